@@ -1,0 +1,45 @@
+# The two commands a new machine needs: `make repro` and `make test`. Both set themselves up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup system-deps repro repro-sample test test-fast bench lint ui clean-sample
+
+setup: $(STAMP) system-deps
+
+# The virtual environment, pinned exactly by requirements.lock (torch 2.14.1 + torchvision 0.29.1).
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+# Debian's Fashion-MNIST files (as root, where apt-get exists and the folder is missing).
+system-deps:
+	@bash scripts/system_deps.sh data
+
+repro: setup
+	$(BIN)/dvc repro
+
+repro-sample: $(STAMP)
+	$(BIN)/dvc repro sample/dvc.yaml
+
+test: $(STAMP)
+	@bash scripts/system_deps.sh test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest -n 2 --dist loadgroup
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -n 2 -m "not slow"
+
+bench: setup
+	$(BIN)/python -m benchmarks.run
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000

@@ -1,0 +1,184 @@
+"""``multitask <stage>``: one subcommand per DVC stage, plus the registry and helper commands.
+
+Only argparse is imported here so that ``multitask --help`` answers at once; each subcommand
+imports its library module (torch, mlflow, great_expectations ...) when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from multitask import __version__
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: where its code lives and how its arguments look."""
+
+    target: str  # "module:function"; the function takes the parsed argparse namespace
+    help: str
+    description: str
+    arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+
+
+def _tune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="worker processes sharing the study (default: tune.workers in params.yaml)")
+    parser.add_argument(
+        "--n-trials", type=int, default=None,
+        help="trials to reach in the stored study (default: tune.n_trials)")
+
+
+def _promote_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true",
+                        help="show the decision without registering or moving any alias")
+    parser.add_argument("--status", action="store_true",
+                        help="print champion and challenger side by side, per task, and exit")
+    parser.add_argument("--run-id", default=None,
+                        help="MLflow run to promote (default: the run in reports/train.json)")
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="model URI, e.g. models:/multifashion@champion or runs:/<id>/model")
+    parser.add_argument("images", nargs="+", help="image files (PNG/JPEG) or .npy arrays")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _methods_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help='print {"weighting": [...], "architectures": [...]}')
+
+
+def _ci_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", required=True,
+                        help="folder holding the base branch's reports/ (metrics.json, params)")
+    parser.add_argument("--head", default=".", help="folder holding this branch's reports/")
+    parser.add_argument("--output", default="reports/ci_report.md",
+                        help="where to write the markdown report")
+
+
+COMMANDS: dict[str, Command] = {
+    "download": Command(
+        "multitask.data.download:main",
+        "fetch the raw data set from its mirrors and verify every file",
+        "Fetch each file of the sources the data set needs from the first mirror that has it "
+        "(a local folder or HTTP), verify the SHA-256 of its decompressed payload and move it "
+        "into data.raw_dir/<source>/. Verified files are not fetched again; a partial HTTP "
+        "download resumes."),
+    "validate": Command(
+        "multitask.data.validation:main",
+        "check the raw data with Great Expectations; non-zero exit on any failure",
+        "Run the expectation suite over a per-image table of the raw data and write "
+        "validate.report_dir/summary.json plus the Great Expectations data docs. Exits 1 "
+        "naming each failed expectation, its column and the offending values."),
+    "preprocess": Command(
+        "multitask.data.preprocess:main",
+        "build the two-item composites (MultiFashion ...) and their splits",
+        "Build train/val/test composites of two items (top-left and bottom-right) from the "
+        "raw data and write uint8 arrays plus meta.json under data.processed_dir."),
+    "baselines": Command(
+        "multitask.training.stages:baselines",
+        "train one single-task model per task (the reference for Δm%%)",
+        "Train one single-task model per task with the same backbone and schedule as the "
+        "multi-task model and write reports/baselines.json with each one's test metrics."),
+    "tune": Command(
+        "multitask.tuning:main",
+        "tune the task-loss weights with Optuna",
+        "Run (or resume) the Optuna study over task-loss weights on the validation split and "
+        "write reports/tuning/ (chosen weights, Pareto front, study summary).",
+        _tune_arguments),
+    "train": Command(
+        "multitask.training.stages:train",
+        "train the multi-task network",
+        "Train the multi-task network and write models/model.pt, reports/train.json and the "
+        "per-epoch curves under reports/plots/. Resumes from the last checkpoint after an "
+        "interruption."),
+    "evaluate": Command(
+        "multitask.training.stages:evaluate",
+        "evaluate on the test split: per-task metrics and Δm%%",
+        "Evaluate models/model.pt on the test split, write reports/metrics.json (per-task "
+        "accuracy and loss, delta_m_pct against reports/baselines.json) and the confusion "
+        "matrices, and complete the MLflow run."),
+    "promote": Command(
+        "multitask.registry:main",
+        "register the evaluated model and move the champion alias through the task-aware gate",
+        "Register the evaluated model as a new version; it becomes 'champion' only if no task "
+        "is worse than the champion's by more than promote.tolerance and the aggregate "
+        "improves, else 'challenger'. Exit 0: promoted; 3: kept as challenger.",
+        _promote_arguments),
+    "registry": Command(
+        "multitask.registry:status_main",
+        "print champion and challenger side by side, per task",
+        "Print the registered model's champion and challenger versions with their per-task "
+        "test metrics."),
+    "predict": Command(
+        "multitask.predict:main",
+        "predict every task's label for images with a registered model",
+        "Load a model by URI (models:/<name>@champion ...) and print each task's predicted "
+        "label for each image.",
+        _predict_arguments),
+    "methods": Command(
+        "multitask.catalog:main",
+        "list the weighting methods and architectures params.yaml accepts",
+        "List every task-weighting method (train.weighting) and architecture "
+        "(model.architecture) by name, with a one-line description.",
+        _methods_arguments),
+    "ci-report": Command(
+        "multitask.ci_report:main",
+        "compare two pipeline results per task and gate regressions (used by CI)",
+        "Write a markdown report of per-task metric and param deltas between a base and a "
+        "head result; exit 1 when a task's accuracy drops by more than ci.regression_tolerance.",
+        _ci_report_arguments),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="multitask",
+        description="Multi-task learning experiments: one subcommand per DVC pipeline stage "
+        "(download -> validate -> preprocess -> baselines -> tune -> train -> evaluate), "
+        "plus model promotion and prediction.",
+    )
+    parser.add_argument("--version", action="version", version=f"multitask {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        child = sub.add_parser(name, help=command.help, description=command.description)
+        child.add_argument("--params", default="params.yaml",
+                           help="parameters file (default: params.yaml in the current folder)")
+        child.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        command.arguments(child)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    module_name, function_name = COMMANDS[args.command].target.split(":")
+    handler = getattr(importlib.import_module(module_name), function_name)
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        print("multitask: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        # Expected failures (bad params, bad files, failed checks) carry a message that names
+        # the file or key and what to do; a traceback would only bury it.
+        if args.verbose:
+            raise
+        print(f"multitask {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

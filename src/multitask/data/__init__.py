@@ -1,0 +1,1 @@
+"""Raw data: sources and download, file readers, validation and the composite builders."""

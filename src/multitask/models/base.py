@@ -1,0 +1,90 @@
+"""The multi-task network contract and the architecture registry.
+
+Every architecture maps an input batch to one output per task through ``encode`` (the shared
+representation) and ``decode`` (the task-specific part). ``shared_parameters`` and
+``task_parameters`` partition the parameters: weighting methods combine per-task gradients of
+the shared ones only.
+"""
+
+from __future__ import annotations
+
+import difflib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+from multitask.config import ModelConfig
+from multitask.tasks import Task
+
+
+class MultiTaskModel(nn.Module, ABC):
+    """Input -> shared encoder -> per-task heads -> per-task outputs."""
+
+    name: str
+    description: str
+
+    def __init__(self, tasks: list[Task]) -> None:
+        super().__init__()
+        self.tasks = list(tasks)
+        self.task_names = [t.name for t in tasks]
+
+    @abstractmethod
+    def encode(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
+        """The shared representation of ``x``."""
+
+    @abstractmethod
+    def decode(self, features: Tensor | tuple[Tensor, ...]) -> dict[str, Tensor]:
+        """Per-task outputs (logits) from the shared representation."""
+
+    @abstractmethod
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters every task's loss depends on."""
+
+    def task_parameters(self) -> list[nn.Parameter]:
+        shared = {id(p) for p in self.shared_parameters()}
+        return [p for p in self.parameters() if id(p) not in shared]
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.decode(self.encode(x))
+
+
+def make_head(in_features: int, hidden: list[int], num_classes: int) -> nn.Sequential:
+    """A task head: optional hidden layers with ReLU, then the classifier."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+Builder = Callable[[ModelConfig, list[Task], int, int], MultiTaskModel]
+ARCHITECTURES: dict[str, tuple[Builder, str]] = {}
+
+
+def register_architecture(name: str, description: str) -> Callable[[Builder], Builder]:
+    """Decorator: make an architecture builder selectable as ``model.architecture: <name>``."""
+
+    def wrap(builder: Builder) -> Builder:
+        if name in ARCHITECTURES:
+            raise ValueError(f"architecture '{name}' registered twice")
+        ARCHITECTURES[name] = (builder, description)
+        return builder
+
+    return wrap
+
+
+def build_model(config: ModelConfig, tasks: list[Task], in_channels: int, image_size: int
+                ) -> MultiTaskModel:
+    """Instantiate ``config.architecture`` with ``config.backbone`` for ``tasks``."""
+    if config.architecture not in ARCHITECTURES:
+        close = difflib.get_close_matches(config.architecture, list(ARCHITECTURES), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ValueError(
+            f"params.yaml: model.architecture: unknown architecture '{config.architecture}'"
+            f"{hint} (available: {', '.join(sorted(ARCHITECTURES))})"
+        )
+    builder, _ = ARCHITECTURES[config.architecture]
+    return builder(config, tasks, in_channels, image_size)

@@ -1,0 +1,39 @@
+"""Hard parameter sharing: one shared encoder, one head per task."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from multitask.config import ModelConfig
+from multitask.models.backbones import build_backbone
+from multitask.models.base import MultiTaskModel, make_head, register_architecture
+from multitask.tasks import Task
+
+
+class HardParameterSharing(MultiTaskModel):
+    """``x -> encoder(x) = z -> {task: head_task(z)}``; every task reads the same ``z``."""
+
+    name = "hps"
+
+    def __init__(self, encoder: nn.Module, tasks: list[Task], head_hidden: list[int]) -> None:
+        super().__init__(tasks)
+        self.encoder = encoder
+        self.heads = nn.ModuleDict(
+            {t.name: make_head(encoder.out_features, head_hidden, t.num_classes) for t in tasks}
+        )
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encoder(x)
+
+    def decode(self, features: Tensor) -> dict[str, Tensor]:
+        return {name: head(features) for name, head in self.heads.items()}
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self.encoder.parameters())
+
+
+@register_architecture("hps", "hard parameter sharing: shared encoder, one head per task")
+def build_hps(config: ModelConfig, tasks: list[Task], in_channels: int, image_size: int
+              ) -> HardParameterSharing:
+    encoder = build_backbone(config.backbone, in_channels, image_size)
+    return HardParameterSharing(encoder, tasks, config.head_hidden)
