@@ -1,0 +1,59 @@
+"""Run the benchmarks and merge their rows into reports/benchmarks.json.
+
+Each ``benchmarks/bench_<name>.py`` exposes ``run() -> list[dict]``; a row has at least
+``name``, ``value`` and ``unit``, and where the project sets one, ``target`` and ``ok``.
+
+    python -m benchmarks.run            # all
+    python -m benchmarks.run data cli   # only bench_data.py and bench_cli.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from multitask.io import write_json
+
+RESULTS = Path("reports/benchmarks.json")
+
+
+def available() -> list[str]:
+    return sorted(p.stem.removeprefix("bench_") for p in Path(__file__).parent.glob("bench_*.py"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run benchmarks; results in " + str(RESULTS))
+    parser.add_argument("names", nargs="*", help=f"subset of: {', '.join(available())}")
+    args = parser.parse_args()
+    names = args.names or available()
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    machine = {
+        "cpu_count": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    for name in names:
+        module = importlib.import_module(f"benchmarks.bench_{name}")
+        print(f"== {name}", flush=True)
+        rows = module.run()
+        for row in rows:
+            status = "" if "ok" not in row else ("  ok" if row["ok"] else "  MISSED")
+            target = f" (target {row['target']})" if "target" in row else ""
+            print(f"  {row['name']}: {row['value']} {row['unit']}{target}{status}", flush=True)
+        results[name] = {
+            "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": machine,
+            "rows": rows,
+        }
+        write_json(RESULTS, results)
+
+
+if __name__ == "__main__":
+    main()
