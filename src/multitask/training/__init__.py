@@ -1,0 +1,1 @@
+"""Training: data on the device, the trainer loop, per-task gradients, checkpoints, metrics."""

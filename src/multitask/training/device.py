@@ -1,0 +1,36 @@
+"""The device, chosen once: CUDA when present (bf16 autocast), else the CPU."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Literal
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def select_device(requested: Literal["auto", "cpu", "cuda"] = "auto") -> torch.device:
+    """``auto``: the first CUDA device if there is one, else the CPU."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "params.yaml: train.device: 'cuda' requested but no CUDA device is visible; "
+            "use 'auto' or 'cpu'"
+        )
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """bf16 autocast on CUDA; on the CPU, plain float32 (bf16 there is slower, not faster)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

@@ -1,0 +1,261 @@
+"""The training loop: per-task losses -> weighting method -> optimiser, checkpointed each epoch.
+
+One step: ``features = model.encode(x)``, ``outputs = model.decode(features)``, one loss per task,
+then the weighting method turns the losses (and, for gradient methods, per-task gradients) into
+``.grad`` and the optimiser steps. Each epoch ends with a validation pass, a history record and an
+atomic checkpoint holding everything needed to continue bit-for-bit: model, optimiser,
+scheduler, weighting state, RNG states and the history so far.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from multitask.config import OptimizerConfig, ScheduleConfig, TrainConfig
+from multitask.io import atomic_path
+from multitask.models.base import MultiTaskModel
+from multitask.tasks import Task
+from multitask.training.data import ProcessedData
+from multitask.training.device import autocast
+from multitask.training.metrics import evaluate
+from multitask.weighting import StepContext, WeightingMethod
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def build_optimizer(parameters: Iterable[nn.Parameter], config: OptimizerConfig
+                    ) -> torch.optim.Optimizer:
+    params = list(parameters)
+    if config.name == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    cls = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, epochs: int
+                    ) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-epoch learning-rate factor: optional linear warm-up, then constant/step/cosine."""
+    warmup = config.warmup_epochs
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup:
+            return (epoch + 1) / (warmup + 1)
+        done = epoch - warmup
+        if config.name == "step":
+            return config.gamma ** (done // config.step_size)
+        if config.name == "cosine":
+            span = max(1, epochs - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * done / span))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def rotate_batch(x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Each image turned by a random multiple of 90°; returns the images and the multiple."""
+    turns = torch.randint(0, 4, (len(x),), generator=generator).to(x.device)
+    rotated = x.clone()
+    for k in range(1, 4):
+        picked = turns == k
+        rotated[picked] = torch.rot90(x[picked], k, dims=(2, 3))
+    return rotated, turns
+
+
+def task_losses(model: MultiTaskModel, tasks: Sequence[Task], columns: Sequence[int | None],
+                x: Tensor, y: Tensor, generator: torch.Generator
+                ) -> tuple[Tensor, Tensor | tuple[Tensor, ...]]:
+    """One cross-entropy per task (stacked, shape [T]) and the shared representation.
+
+    ``columns[t]`` is task ``t``'s column in ``y`` (``None`` for auxiliary tasks).
+
+    With the auxiliary rotation task, the batch is extended by a rotated copy of itself: the
+    main tasks are scored on the originals, the rotation head on the copies.
+    """
+    rotation = any(t.name == "rotation" and t.auxiliary for t in tasks)
+    batch = len(x)
+    if rotation:
+        rotated, turns = rotate_batch(x, generator)
+        x = torch.cat([x, rotated])
+    with autocast(x.device):
+        features = model.encode(x)
+        outputs = model.decode(features)
+    losses = []
+    for task, column in zip(tasks, columns, strict=True):
+        logits = outputs[task.name].float()
+        if column is None:
+            losses.append(F.cross_entropy(logits[batch:], turns))
+        else:
+            losses.append(F.cross_entropy(logits[:batch], y[:, column]))
+    return torch.stack(losses), features
+
+
+@dataclass
+class Trainer:
+    """Trains ``model`` on ``data`` with ``method``; see the module docstring."""
+
+    model: MultiTaskModel
+    tasks: list[Task]
+    method: WeightingMethod
+    data: ProcessedData
+    config: TrainConfig
+    epochs: int | None = None  # default: config.epochs
+    data_fraction: float | None = None  # default: config.data_fraction
+    checkpoint_path: Path | None = None
+    fingerprint: str = ""  # a checkpoint with another fingerprint is not resumed
+    on_epoch: EpochCallback | None = None
+    progress: bool = True
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.epochs = self.epochs or self.config.epochs
+        fraction = (self.config.data_fraction if self.data_fraction is None
+                    else self.data_fraction)
+        self.device = self.data.device
+        self.columns = [None if t.auxiliary else self.data.label_column(t.name) for t in self.tasks]
+        self.model.to(self.device, memory_format=torch.channels_last)
+        self.method.to(self.device)
+        self.optimizer = build_optimizer(
+            [*self.model.parameters(), *self.method.parameters()], self.config.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, self.config.schedule, self.epochs)
+        torch.manual_seed(self.config.seed)
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        n_train = len(self.data.splits["train"])
+        self.subset: Tensor | None = None
+        if fraction < 1.0:
+            keep = max(1, int(fraction * n_train))
+            fixed = torch.Generator().manual_seed(self.config.seed)
+            order = torch.randperm(n_train, generator=fixed)
+            self.subset = order[:keep].sort().values.to(self.device)
+        self.train_size = n_train if self.subset is None else len(self.subset)
+        self.start_epoch = 0
+        self.step = 0
+
+    # ----------------------------------------------------------------------- checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "epoch": self.start_epoch,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "method": self.method.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "generator": self.generator.get_state(),
+            "history": self.history,
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_path is None:
+            return
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(self._state(), tmp)
+
+    def try_resume(self) -> bool:
+        """Load the checkpoint if it exists and belongs to this run; return whether it did."""
+        path = self.checkpoint_path
+        if path is None or not path.is_file():
+            return False
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # any unreadable checkpoint is discarded, loudly
+            log.warning("%s: unreadable checkpoint (%s); starting from scratch", path, exc)
+            return False
+        if state.get("fingerprint") != self.fingerprint:
+            log.info("%s: checkpoint of other params or data; starting from scratch", path)
+            return False
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["method"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if self.device.type == "cuda" and state["cuda_rng"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        self.generator.set_state(state["generator"].cpu())
+        self.history = list(state["history"])
+        self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
+        log.info("resumed from %s after epoch %d", path, self.start_epoch)
+        return True
+
+    # -------------------------------------------------------------------------- training
+    def _diagnostics_due(self) -> bool:
+        every = self.config.diagnostics_every
+        return every > 0 and self.step % every == 0
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        names = [t.name for t in self.tasks]
+        loss_sum = torch.zeros(len(self.tasks), device=self.device)
+        weight_sum = torch.zeros(len(self.tasks), device=self.device)
+        diagnostics: dict[str, list[float]] = {}
+        steps = 0
+        batches = self.data.batches("train", self.config.batch_size, generator=self.generator,
+                                    subset=self.subset)
+        total = math.ceil(self.train_size / self.config.batch_size)
+        bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{self.epochs}",
+                   disable=not self.progress, leave=False, unit="batch")
+        shared = self.model.shared_parameters()
+        for x, y in bar:
+            losses, features = task_losses(self.model, self.tasks, self.columns, x, y,
+                                           self.generator)
+            if self._diagnostics_due():
+                from multitask.training import gradients
+
+                for key, value in gradients.gradient_diagnostics(losses, shared, names).items():
+                    diagnostics.setdefault(key, []).append(value)
+            self.optimizer.zero_grad(set_to_none=True)
+            weights = self.method.backward(StepContext(losses, features, shared, self.step, epoch))
+            self.optimizer.step()
+            loss_sum += losses.detach()
+            weight_sum += weights.to(self.device)
+            steps += 1
+            self.step += 1
+            if steps % 20 == 0:
+                bar.set_postfix({n: f"{v:.3f}" for n, v in zip(names, (loss_sum / steps).tolist(),
+                                                             strict=True)})
+        bar.close()
+        mean_losses = loss_sum / steps
+        self.method.end_epoch(epoch, mean_losses.detach())
+        record = {f"train/{n}/loss": v for n, v in zip(names, mean_losses.tolist(), strict=True)}
+        record.update({f"weight/{n}": v for n, v in zip(names, (weight_sum / steps).tolist(),
+                                                         strict=True)})
+        record.update({k: sum(v) / len(v) for k, v in diagnostics.items()})
+        return record
+
+    def fit(self) -> list[dict[str, float]]:
+        """Train from ``start_epoch`` (see :meth:`try_resume`); return the per-epoch history."""
+        for epoch in range(self.start_epoch, self.epochs):
+            started = time.perf_counter()
+            record: dict[str, float] = {"epoch": epoch + 1,
+                                        "lr": self.optimizer.param_groups[0]["lr"]}
+            record.update(self.train_epoch(epoch))
+            self.scheduler.step()
+            train_seconds = time.perf_counter() - started
+            val = evaluate(self.model, self.data, "val", self.tasks)
+            for task, values in val.metrics.items():
+                record.update({f"val/{task}/{k}": v for k, v in values.items()})
+            record["time/epoch_s"] = time.perf_counter() - started
+            record["time/train_images_per_s"] = self.train_size / train_seconds
+            self.history.append(record)
+            self.start_epoch = epoch + 1
+            self.save_checkpoint()
+            log.info("epoch %d/%d %s", epoch + 1, self.epochs, "  ".join(
+                f"{k}={v:.4f}" for k, v in record.items() if k.startswith(("val/", "train/"))))
+            if self.on_epoch is not None:
+                self.on_epoch(epoch + 1, record)
+        return self.history
