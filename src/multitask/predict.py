@@ -1,0 +1,164 @@
+"""``multitask predict``: every task's label for a few images, through a logged or registered model.
+
+The logged model (see :meth:`multitask.tracking.StageRun.log_model`) is :class:`TaskLabels`: it
+takes float32 raw pixel values 0..255 shaped (N, C, H, W) and returns one column of predicted
+class indices per task. This module turns files into that batch and the columns into names.
+
+Images: PNG/JPEG (converted to grayscale; any other size is scaled to fit the model's canvas,
+keeping the aspect ratio, and padded with black -- the data's background -- with a warning) and
+``.npy`` arrays of pixel values 0..255, shaped (H, W), (N, H, W) or (N, 1, H, W).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+class TaskLabels(nn.Module):
+    """Raw pixels -> one predicted class index per task: the module MLflow serves.
+
+    pyfunc (and ``mlflow models serve``) needs a single output tensor; the multi-task network
+    returns ``{task: logits}``, so this stacks each task's argmax into an int64 (N, tasks)
+    tensor, columns in ``task_names`` order. Normalisation is part of the module, so a served
+    model takes pixels as they are stored (0..255), never pre-normalised input.
+    """
+
+    def __init__(self, model: nn.Module, task_names: list[str], pixel_mean: float = 0.0,
+                 pixel_std: float = 1.0) -> None:
+        super().__init__()
+        if pixel_std <= 0:
+            raise ValueError(f"TaskLabels: pixel_std must be positive (got {pixel_std})")
+        self.model = model
+        self.task_names = list(task_names)
+        self.pixel_mean = float(pixel_mean)
+        self.pixel_std = float(pixel_std)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        inputs = (pixels.float() / 255.0 - self.pixel_mean) / self.pixel_std
+        logits = self.model(inputs)
+        return torch.stack([logits[name].argmax(dim=1) for name in self.task_names], dim=1)
+
+
+# ------------------------------------------------------------------------------ reading images
+def _letterbox(image: Any, size: tuple[int, int], source: Path) -> np.ndarray:
+    """Scale a PIL image to fit ``size`` (H, W) keeping its aspect ratio; pad with black."""
+    from PIL import Image
+
+    height, width = size
+    if image.size == (width, height):
+        return np.asarray(image, dtype=np.float32)
+    log.warning("%s: %dx%d resized to fit %dx%d (aspect kept, padded with black)",
+                source, image.size[0], image.size[1], width, height)
+    scale = min(width / image.size[0], height / image.size[1])
+    fitted = image.resize((max(1, round(image.size[0] * scale)),
+                           max(1, round(image.size[1] * scale))), Image.Resampling.BILINEAR)
+    canvas = Image.new("L", (width, height), 0)
+    canvas.paste(fitted, ((width - fitted.size[0]) // 2, (height - fitted.size[1]) // 2))
+    return np.asarray(canvas, dtype=np.float32)
+
+
+def load_images(paths: list[Path], shape: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:
+    """A float32 (N, C, H, W) batch of pixel values 0..255 and a name for each image."""
+    from PIL import Image, UnidentifiedImageError
+
+    channels, height, width = shape
+    batch: list[np.ndarray] = []
+    names: list[str] = []
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such image file")
+        if path.suffix.lower() == ".npy":
+            array = np.load(path, allow_pickle=False).astype(np.float32)
+            if array.ndim == 2:
+                array = array[None]
+            if array.ndim == 4 and array.shape[1] == channels:
+                array = array[:, 0] if channels == 1 else array
+            if array.shape[-2:] != (height, width) or array.ndim != 3:
+                raise ValueError(f"{path}: array of shape {array.shape}; expected ({height}, "
+                                 f"{width}), (N, {height}, {width}) or (N, 1, {height}, {width})")
+            if array.size and (array.min() < 0 or array.max() > 255):
+                raise ValueError(f"{path}: values outside 0..255 (min {array.min()}, max "
+                                 f"{array.max()}); save raw pixel values, not normalised ones")
+            batch.extend(array)
+            names.extend([str(path)] if len(array) == 1
+                         else [f"{path}[{i}]" for i in range(len(array))])
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            try:
+                with Image.open(path) as image:
+                    batch.append(_letterbox(image.convert("L"), (height, width), path))
+            except UnidentifiedImageError:
+                raise ValueError(f"{path}: not a readable {path.suffix} image") from None
+            names.append(str(path))
+        else:
+            raise ValueError(f"{path}: unsupported file type '{path.suffix}'; give PNG, JPEG "
+                             "or .npy files")
+    return np.stack(batch)[:, None].astype(np.float32), names
+
+
+# --------------------------------------------------------------------------------- predicting
+def model_info(model: Any) -> tuple[list[str], dict[str, list[str]], tuple[int, int, int]]:
+    """Task names, class names and input shape (C, H, W) of a loaded pyfunc model."""
+    metadata = model.metadata.metadata or {}
+    tasks = list(metadata.get("task_names") or [])
+    if not tasks:
+        raise ValueError("the model carries no task names in its metadata; log it with "
+                         "multitask.tracking.StageRun.log_model")
+    schema = model.metadata.get_input_schema()
+    shape = tuple(schema.inputs[0].shape[1:]) if schema is not None else (1, 36, 36)
+    if len(shape) != 3:
+        raise ValueError(f"the model's input signature has shape {shape}; expected (C, H, W)")
+    return tasks, dict(metadata.get("class_names") or {}), shape  # type: ignore[return-value]
+
+
+def predict_labels(model: Any, batch: np.ndarray) -> pd.DataFrame:
+    """Predicted class indices, one column per task, for a (N, C, H, W) batch."""
+    tasks, _, _ = model_info(model)
+    predicted = np.asarray(model.predict(batch.astype(np.float32)))
+    return pd.DataFrame(predicted, columns=tasks)
+
+
+def label(class_names: dict[str, list[str]], task: str, index: int) -> str:
+    """The class name of ``index`` for ``task`` (the index itself when the model has none)."""
+    names = class_names.get(task) or []
+    return names[index] if 0 <= index < len(names) else str(index)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``multitask predict --model URI IMAGE... [--json]``."""
+    from multitask.tracking import load_model
+
+    model = load_model(args.model)
+    tasks, class_names, shape = model_info(model)
+    batch, names = load_images([Path(p) for p in args.images], shape)
+    indices = predict_labels(model, batch)
+    rows = [
+        {"image": name,
+         "labels": {t: label(class_names, t, int(indices.at[i, t])) for t in tasks},
+         "classes": {t: int(indices.at[i, t]) for t in tasks}}
+        for i, name in enumerate(names)
+    ]
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    width = max(len("image"), *(len(n) for n in names))
+    header = "  ".join([f"{'image':<{width}}", *(f"{t:<14}" for t in tasks)])
+    lines = [header.rstrip()]
+    for row in rows:
+        cells = [f"{row['image']:<{width}}", *(f"{row['labels'][t]:<14}" for t in tasks)]
+        lines.append("  ".join(cells).rstrip())
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0

@@ -1,0 +1,436 @@
+"""The only module that talks to MLflow: where the store is, one run per pipeline execution.
+
+``train`` opens a run with :func:`stage_run` and records its id in ``reports/train.json``;
+``evaluate`` reopens it by that id. Whatever happens inside the block, the run never stays
+RUNNING: it ends FINISHED on success and FAILED on an exception, Ctrl-C or SIGTERM (the signal is
+turned into ``SystemExit(143)`` while the block runs; only SIGKILL can still leave it RUNNING).
+
+The store is ``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<repo>/mlflow.db`` with artifacts
+in ``<repo>/mlartifacts/``. ``<repo>`` is the original repository, also for the sample pipeline
+(run in ``sample/``) and for ``dvc exp run --temp``/``--queue``, which execute in a copy under
+``<repo>/.dvc/tmp/exps/``: every run lands in one store.
+
+mlflow is imported inside the functions that need it, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from multitask.config import Params, flatten
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from matplotlib.figure import Figure
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+URI_ENV = "MLFLOW_TRACKING_URI"
+STORE_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+MODEL_NAME = "model"  # the logged model's name inside its run
+MODEL_URI_TAG = "multitask.model_uri"  # where promote finds the run's model
+_TEMP_EXPERIMENT_SEGMENT = (".dvc", "tmp", "exps")
+
+
+# ------------------------------------------------------------------------------ where the store is
+def repo_root(start: str | os.PathLike[str] | None = None) -> Path:
+    """The original repository's root, seen from ``start`` (default: the current folder).
+
+    ``dvc exp run --temp`` and queued experiments run in ``<repo>/.dvc/tmp/exps/<tmp>/``, a copy
+    that has its own ``.dvc`` folder; the store must still be the original's, so that segment is
+    looked for first. Otherwise the nearest folder holding ``.dvc`` (then ``.git``) wins, which
+    makes ``sample/`` share the root's store. Outside any repository: ``start`` itself.
+    """
+    here = Path(start if start is not None else Path.cwd()).resolve()
+    parts = here.parts
+    width = len(_TEMP_EXPERIMENT_SEGMENT)
+    for index in range(len(parts) - width + 1):
+        if parts[index:index + width] == _TEMP_EXPERIMENT_SEGMENT:
+            return Path(*parts[:index])
+    for marker in (".dvc", ".git"):
+        for folder in (here, *here.parents):
+            if (folder / marker).exists():
+                return folder
+    return here
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else the SQLite store at the repository root."""
+    configured = os.environ.get(URI_ENV, "").strip()
+    if configured:
+        return configured
+    return f"sqlite:///{repo_root() / STORE_FILE}"
+
+
+def artifact_root(uri: str) -> Path | None:
+    """Where new experiments of a SQLite store keep artifacts: ``mlartifacts/`` beside the file.
+
+    MLflow's own default is ``./mlruns`` relative to the *current* folder, which would scatter
+    artifacts between the root, ``sample/`` and temporary experiment copies. For other stores
+    (a tracking server, which proxies artifacts) the server decides: None.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///"))
+    return (database.parent / ARTIFACT_DIR).resolve()
+
+
+def client() -> MlflowClient:
+    """An MlflowClient on :func:`tracking_uri` (tracking and registry in the same store)."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "experiment"
+
+
+def experiment_id(name: str) -> str:
+    """The id of experiment ``name``, created (artifacts under :func:`artifact_root`) if new."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client()
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is None:
+        root = artifact_root(tracking_uri())
+        location = (root / _slug(name)).as_uri() if root else None
+        try:
+            return mlflow_client.create_experiment(name, artifact_location=location)
+        except MlflowException as exc:
+            # Two queued experiments may create it at the same moment: take the winner's.
+            experiment = mlflow_client.get_experiment_by_name(name)
+            if experiment is None:
+                raise RuntimeError(
+                    f"MLflow store {tracking_uri()}: cannot create experiment '{name}': {exc}"
+                ) from exc
+    if experiment.lifecycle_stage == "deleted":
+        raise RuntimeError(
+            f"MLflow store {tracking_uri()}: experiment '{name}' is deleted; restore it with "
+            f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` or set "
+            "tracking.experiment in params.yaml to another name"
+        )
+    return experiment.experiment_id
+
+
+def get_run(run_id: str) -> Any:
+    """The MLflow run ``run_id``; a clear error when the store does not have it."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(run_id, str) or not re.fullmatch(r"[0-9a-f]{32}", run_id):
+        raise ValueError(
+            f"run id {run_id!r} is not an MLflow run id (32 hex digits); check "
+            "reports/train.json or --run-id, or rerun `multitask train`"
+        )
+    try:
+        return client().get_run(run_id)
+    except MlflowException as exc:
+        raise ValueError(
+            f"run {run_id} not found in the MLflow store {tracking_uri()} ({exc.message}); "
+            f"check {URI_ENV} and reports/train.json, or rerun `multitask train`"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------- the run
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                              check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout
+
+
+def _device(params: Params) -> tuple[str, str]:
+    """The device the trainer will pick ('cuda' or 'cpu') and its name, for the run's tags."""
+    import torch
+
+    wanted = params.train.device
+    if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
+        name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "unavailable"
+        return "cuda", name
+    return "cpu", "cpu"
+
+
+def run_tags(params: Params, stage: str) -> dict[str, str]:
+    """Provenance tags: git commit and dirty flag, DVC experiment, device, torch and CUDA."""
+    import torch
+
+    commit = (_git("rev-parse", "HEAD") or "").strip() or "unknown"
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    device, device_name = _device(params)
+    tags = {
+        "git.commit": commit,
+        "mlflow.source.git.commit": commit,
+        "git.dirty": "unknown" if status is None else str(bool(status.strip())).lower(),
+        "device": device,
+        "device.name": device_name,
+        "torch.version": torch.__version__,
+        "cuda.version": torch.version.cuda or "none",
+        "stage": stage,
+        "dataset": params.data.dataset,
+    }
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+    return tags
+
+
+def _param_value(value: Any) -> str:
+    """A param spelt as YAML would (true, null, [1, 2]) rather than Python's repr."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@dataclass
+class StageRun:
+    """The stage's handle on its MLflow run; with ``run_id`` None every method does nothing."""
+
+    run_id: str | None
+    _pending: list[Any] = field(default_factory=list, repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.run_id is not None
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Per-epoch metrics (``train/<task>/loss``, ``val/<task>/accuracy``, ``weight/<task>``
+        ...) at step ``epoch``: one batch, sent asynchronously so training never waits on it."""
+        self.log_metrics(metrics, step=epoch)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Any metrics at ``step`` (default 0), in one asynchronous batch."""
+        if not self.enabled or not metrics:
+            return
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        batch = [Metric(key, float(value), timestamp, step or 0) for key, value in metrics.items()]
+        operation = client().log_batch(self.run_id, metrics=batch, synchronous=False)
+        if operation is not None:
+            self._pending.append(operation)
+
+    def flush(self) -> None:
+        """Wait for every asynchronous batch; raise if one was rejected (e.g. a bad key)."""
+        pending, self._pending = self._pending, []
+        for operation in pending:
+            operation.wait()
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.enabled and tags:
+            import mlflow
+
+            mlflow.set_tags({key: str(value) for key, value in tags.items()})
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None
+                     ) -> None:
+        """A file, or a folder under its own name, at ``artifact_path`` in the run."""
+        if not self.enabled:
+            return
+        import mlflow
+
+        path = Path(path)
+        if path.is_dir():
+            target = f"{artifact_path}/{path.name}" if artifact_path else path.name
+            mlflow.log_artifacts(str(path), artifact_path=target)
+        elif path.is_file():
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        else:
+            raise FileNotFoundError(f"{path}: not found; cannot log it to MLflow run "
+                                    f"{self.run_id}; run the stage that writes it first")
+
+    def log_figure(self, figure: Figure, artifact_file: str) -> None:
+        """A matplotlib figure as a PNG at ``artifact_file`` (which must end in .png)."""
+        if not self.enabled:
+            return
+        if not artifact_file.endswith(".png"):
+            raise ValueError(f"log_figure: artifact_file '{artifact_file}' must end in .png")
+        import mlflow
+
+        mlflow.log_figure(figure, artifact_file)
+
+    def log_model(self, model: torch.nn.Module, input_example: np.ndarray,
+                  task_names: list[str], *, class_names: dict[str, list[str]] | None = None,
+                  pixel_mean: float = 0.0, pixel_std: float = 1.0) -> str | None:
+        """Log ``model`` with ``mlflow.pytorch.log_model`` so that pyfunc predicts every task.
+
+        The logged module is :class:`multitask.predict.TaskLabels` around ``model``: it takes
+        float32 raw pixel values 0..255 shaped (N, C, H, W) (an (N, H, W) example gets C=1),
+        normalises them as ``(x / 255 - pixel_mean) / pixel_std`` (pass the statistics the
+        trainer used) and returns an int64 (N, tasks) array of predicted class indices, one
+        column per task in ``task_names`` order. The task and class names travel in the model's
+        metadata; :func:`multitask.predict.predict_labels` turns the array into a named table.
+        Returns the model URI (``models:/<model id>``), also stored in the run's tags.
+        """
+        if not self.enabled:
+            return None
+        import mlflow
+        import mlflow.pytorch
+        import numpy as np
+        import torch
+        from mlflow.models import infer_signature
+
+        from multitask.predict import TaskLabels
+
+        example = np.asarray(input_example, dtype=np.float32)
+        if example.ndim == 3:
+            example = example[:, None]
+        # A CPU copy: the caller's model stays where it is (``.cpu()`` would move it in place).
+        wrapped = TaskLabels(copy.deepcopy(model).cpu(), task_names, pixel_mean=pixel_mean,
+                             pixel_std=pixel_std).eval()
+        with torch.no_grad():
+            output = wrapped(torch.from_numpy(example)).numpy()
+        info = mlflow.pytorch.log_model(
+            wrapped,
+            name=MODEL_NAME,
+            signature=infer_signature(example, output),
+            input_example=example,
+            # Explicit requirements: inferring them reloads the model in a subprocess (seconds).
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                              f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
+            metadata={"task_names": list(task_names), "class_names": class_names or {},
+                      "input": "float32 (N, C, H, W) raw pixel values 0..255"},
+        )
+        self.set_tags({MODEL_URI_TAG: info.model_uri})
+        return info.model_uri
+
+    def log_dataset(self, meta: dict[str, Any], source: str) -> None:
+        """Record the processed data as the run's training input (``mlflow.log_input``).
+
+        The digest column holds 36 characters, so the digest is the first 32 hex digits of
+        ``meta['sha256']``; the full hash is the run's ``data.sha256`` tag.
+        """
+        if not self.enabled:
+            return
+        import mlflow
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        sha256 = str(meta["sha256"])
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": both local
+            warnings.simplefilter("ignore", UserWarning)
+            data_source = resolve_dataset_source(str(Path(source).resolve()))
+        dataset = MetaDataset(data_source, name=str(meta.get("dataset", Path(source).name)),
+                              digest=sha256[:32])
+        splits = meta.get("splits", {})
+        mlflow.log_input(dataset, context="training",
+                         tags={"splits": json.dumps(splits)} if splits else None)
+        self.set_tags({"data.sha256": sha256})
+
+
+def _sigterm_raises() -> Callable[[], None]:
+    """Turn SIGTERM into ``SystemExit(143)`` so the run can end FAILED; return the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _is_failure(exc: BaseException) -> bool:
+    return not (isinstance(exc, SystemExit) and exc.code in (0, None))
+
+
+@contextlib.contextmanager
+def stage_run(params: Params, stage: str, run_id: str | None = None) -> Iterator[StageRun]:
+    """The MLflow run of one pipeline stage, ended FINISHED or FAILED whatever happens.
+
+    ``run_id`` None (``train``): a new run in experiment ``tracking.experiment`` (default: the
+    data set's name), named after the DVC experiment when there is one, with every param of
+    ``params.yaml`` flattened and the provenance tags of :func:`run_tags`. A ``run_id``
+    (``evaluate``): that run, reopened. System metrics are sampled when
+    ``tracking.system_metrics``. With ``tracking.enabled`` false the run does nothing.
+    """
+    if not params.tracking.enabled:
+        yield StageRun(None)
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    system_metrics = params.tracking.system_metrics
+    if run_id is None:
+        experiment = params.tracking.experiment or params.data.dataset
+        active = mlflow.start_run(
+            experiment_id=experiment_id(experiment),
+            run_name=os.environ.get("DVC_EXP_NAME") or None,
+            tags=run_tags(params, stage),
+            log_system_metrics=system_metrics,
+        )
+        mlflow.log_params({key: _param_value(v) for key, v in flatten(params).items()},
+                          synchronous=True)
+    else:
+        get_run(run_id)  # a clear error for a missing run before MLflow's own
+        active = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
+        mlflow.set_tags({"stage": stage})
+    run = StageRun(active.info.run_id)
+    log.info("MLflow run %s (%s) in %s", run.run_id, stage, tracking_uri())
+    restore_sigterm = _sigterm_raises()
+    try:
+        yield run
+        run.flush()
+    except BaseException as exc:
+        if not _is_failure(exc):
+            mlflow.end_run("FINISHED")
+            raise
+        _end_failed(run, stage, exc)
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+    finally:
+        restore_sigterm()
+
+
+def _end_failed(run: StageRun, stage: str, exc: BaseException) -> None:
+    """End the run FAILED with the reason as a tag; never mask the original exception."""
+    import mlflow
+
+    reason = f"{stage}: {type(exc).__name__}: {exc}"[:4000]
+    log.error("MLflow run %s ends FAILED (%s)", run.run_id, reason)
+    try:
+        run.flush()
+        mlflow.set_tag("failure", reason)
+    except Exception:  # the store may be what failed; ending the run still matters more
+        log.exception("could not record the failure reason on run %s", run.run_id)
+    mlflow.end_run("FAILED")
+
+
+# ------------------------------------------------------------------------------- loading models
+def load_model(model_uri: str) -> Any:
+    """``mlflow.pyfunc.load_model(model_uri)`` with an error that names the URI and the store."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    client()  # points the fluent API (and so models:/ URIs) at our store
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as exc:
+        message = getattr(exc, "message", str(exc))
+        raise ValueError(
+            f"cannot load model {model_uri} from the MLflow store {tracking_uri()}: {message}; "
+            "check the name and alias with `multitask registry`, or set "
+            f"{URI_ENV} to the store that holds it"
+        ) from None

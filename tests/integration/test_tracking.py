@@ -1,0 +1,248 @@
+"""multitask.tracking against a real MLflow SQLite store in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import matplotlib
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from multitask.config import Params, TrackingConfig, flatten, load_params
+from multitask.models import build_model
+from multitask.predict import predict_labels
+from multitask.tasks import Task
+from multitask.tracking import (
+    MODEL_URI_TAG,
+    artifact_root,
+    load_model,
+    repo_root,
+    stage_run,
+    tracking_uri,
+)
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite store for one test, selected the way users select one: the env var."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
+def sample_params(**tracking: object) -> Params:
+    params = load_params(ROOT / "sample" / "params.yaml")
+    settings = {"experiment": "unit-tests", "system_metrics": False, **tracking}
+    return params.model_copy(update={"tracking": TrackingConfig(**settings)})
+
+
+# ------------------------------------------------------------------------------- where the store is
+def test_repo_root_is_the_original_repository_from_sample_and_temp_experiment_copies(
+        tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / ".dvc").mkdir(parents=True)
+    (repo / "sample").mkdir()
+    temp_copy = repo / ".dvc" / "tmp" / "exps" / "tmpab12cd" / "sample"
+    (temp_copy.parent / ".dvc").mkdir(parents=True)  # the copy has a .dvc of its own
+    temp_copy.mkdir()
+    assert repo_root(repo / "sample") == repo.resolve()
+    assert repo_root(temp_copy) == repo.resolve()
+    assert repo_root(temp_copy.parent) == repo.resolve()
+
+
+def test_tracking_uri_defaults_to_sqlite_at_the_root_and_obeys_the_env_var(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "repo"
+    (repo / ".dvc").mkdir(parents=True)
+    (repo / "sample").mkdir()
+    monkeypatch.chdir(repo / "sample")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri() == f"sqlite:///{repo.resolve() / 'mlflow.db'}"
+    assert artifact_root(tracking_uri()) == repo.resolve() / "mlartifacts"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking_uri() == "http://127.0.0.1:5999"
+    assert artifact_root(tracking_uri()) is None
+
+
+# -------------------------------------------------------------------------------------- the run
+def test_train_run_logs_params_tags_epochs_and_finishes(
+        store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-unit")
+    params = sample_params()
+    with stage_run(params, "train") as run:
+        for epoch in range(3):
+            run.log_epoch(epoch, {"train/left/loss": 1.0 / (epoch + 1), "val/right/accuracy": 0.5,
+                                  "weight/left": 0.5, "grad/cos/left__right": -0.1})
+        run.log_metrics({"test/left/accuracy": 0.9})
+    client = mlflow.MlflowClient(store)
+    logged = client.get_run(run.run_id)
+    assert logged.info.status == "FINISHED"
+    assert client.get_experiment(logged.info.experiment_id).name == "unit-tests"
+    assert logged.info.run_name == "exp-unit"
+    assert set(logged.data.params) == set(flatten(params))
+    assert logged.data.params["train.optimizer.lr"] == "0.002"
+    assert logged.data.params["tracking.enabled"] == "true"
+    assert logged.data.params["data.dataset"] == "multifashion"
+    tags = logged.data.tags
+    assert tags["dvc.experiment"] == "exp-unit"
+    assert tags["stage"] == "train"
+    assert tags["device"] in {"cpu", "cuda"}
+    assert tags["torch.version"] == torch.__version__
+    assert tags["git.dirty"] in {"true", "false", "unknown"}
+    assert {"git.commit", "cuda.version"} <= set(tags)
+    history = client.get_metric_history(run.run_id, "grad/cos/left__right")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1, 2]
+    losses = {m.step: m.value for m in client.get_metric_history(run.run_id, "train/left/loss")}
+    assert losses == pytest.approx({0: 1.0, 1: 0.5, 2: 1 / 3})
+    # artifacts beside the store, not in ./mlruns of whatever folder the stage ran in
+    assert logged.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+
+
+def test_evaluate_reopens_the_train_run_and_a_missing_run_is_a_clear_error(store: str) -> None:
+    params = sample_params()
+    with stage_run(params, "train") as run:
+        run.log_epoch(0, {"val/left/accuracy": 0.4})
+    with stage_run(params, "evaluate", run_id=run.run_id) as reopened:
+        reopened.log_metrics({"test/left/accuracy": 0.8, "test/delta_m_pct": 1.5})
+    assert reopened.run_id == run.run_id
+    logged = mlflow.MlflowClient(store).get_run(run.run_id)
+    assert logged.info.status == "FINISHED"
+    assert logged.data.metrics["test/delta_m_pct"] == 1.5
+    assert logged.data.tags["stage"] == "evaluate"
+    with pytest.raises(ValueError, match=r"run 0{32} not found in the MLflow store"), \
+            stage_run(params, "evaluate", run_id="0" * 32):
+        pass
+    with pytest.raises(ValueError, match=r"'not-a-run' is not an MLflow run id"), \
+            stage_run(params, "evaluate", run_id="not-a-run"):
+        pass
+
+
+@pytest.mark.parametrize("error", [RuntimeError("diverged"), KeyboardInterrupt()])
+def test_a_crash_or_ctrl_c_ends_the_run_failed_with_the_reason(
+        store: str, error: BaseException) -> None:
+    with pytest.raises(type(error)), stage_run(sample_params(), "train") as run:
+        run.log_epoch(0, {"train/left/loss": 2.0})
+        raise error
+    logged = mlflow.MlflowClient(store).get_run(run.run_id)
+    assert logged.info.status == "FAILED"
+    assert logged.data.tags["failure"].startswith(f"train: {type(error).__name__}")
+    assert logged.data.metrics["train/left/loss"] == 2.0  # flushed before ending
+
+
+def test_sigterm_ends_the_run_failed(store: str, tmp_path: Path) -> None:
+    script = tmp_path / "stage.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, time
+        from multitask.config import TrackingConfig, load_params
+        from multitask.tracking import stage_run
+        params = load_params({str(ROOT / "sample" / "params.yaml")!r})
+        params = params.model_copy(update={{"tracking": TrackingConfig(
+            experiment="unit-tests", system_metrics=False)}})
+        with stage_run(params, "train") as run:
+            print(run.run_id, flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, env=os.environ.copy())
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    run_id = done.stdout.split()[0]
+    logged = mlflow.MlflowClient(store).get_run(run_id)
+    assert logged.info.status == "FAILED"
+    assert "SystemExit" in logged.data.tags["failure"]
+
+
+def test_disabled_tracking_does_nothing(store: str, tmp_path: Path) -> None:
+    with stage_run(sample_params(enabled=False), "train") as run:
+        run.log_epoch(0, {"train/left/loss": 1.0})
+        run.set_tags({"a": "b"})
+        run.log_artifact(tmp_path / "missing.txt")
+        assert run.log_model(torch.nn.Linear(1, 1), np.zeros((1, 1)), ["left"]) is None
+    assert run.run_id is None
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_system_metrics_are_sampled_when_enabled(store: str) -> None:
+    mlflow.set_system_metrics_sampling_interval(0.2)
+    try:
+        with stage_run(sample_params(system_metrics=True), "train") as run:
+            import time
+
+            time.sleep(1.5)
+    finally:
+        mlflow.set_system_metrics_sampling_interval(None)
+    metrics = mlflow.MlflowClient(store).get_run(run.run_id).data.metrics
+    assert any(key.startswith("system/cpu_utilization") for key in metrics), sorted(metrics)
+
+
+# ---------------------------------------------------------------------------------- artifacts
+def test_artifacts_figure_and_dataset_input(store: str, tmp_path: Path) -> None:
+    (tmp_path / "reports" / "validation").mkdir(parents=True)
+    (tmp_path / "reports" / "metrics.json").write_text("{}")
+    (tmp_path / "reports" / "validation" / "summary.json").write_text("{}")
+    figure, axis = plt.subplots()
+    axis.plot([0, 1], [1, 0])
+    meta = {"dataset": "multifashion", "sha256": "ab" * 32, "splits": {"train": 10}}
+    with stage_run(sample_params(), "train") as run:
+        run.log_artifact(tmp_path / "reports" / "metrics.json")
+        run.log_artifact(tmp_path / "reports" / "validation")
+        run.log_figure(figure, "plots/curves.png")
+        run.log_dataset(meta, str(tmp_path / "data" / "processed"))
+        with pytest.raises(FileNotFoundError, match=r"missing\.json: not found"):
+            run.log_artifact(tmp_path / "missing.json")
+        with pytest.raises(ValueError, match=r"must end in \.png"):
+            run.log_figure(figure, "plots/curves.svg")
+    plt.close(figure)
+    client = mlflow.MlflowClient(store)
+    paths = {a.path for a in client.list_artifacts(run.run_id)}
+    assert {"metrics.json", "validation", "plots"} <= paths
+    assert [a.path for a in client.list_artifacts(run.run_id, "plots")] == ["plots/curves.png"]
+    png = Path(client.download_artifacts(run.run_id, "plots/curves.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    logged = client.get_run(run.run_id)
+    (dataset_input,) = logged.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "multifashion"
+    assert dataset_input.dataset.digest == "ab" * 16
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
+    assert logged.data.tags["data.sha256"] == "ab" * 32
+
+
+def test_logged_model_loads_with_pyfunc_and_predicts_every_task(store: str) -> None:
+    torch.manual_seed(0)
+    tasks = [Task("left", 10), Task("right", 10)]
+    model = build_model(sample_params().model, tasks, in_channels=1, image_size=36).eval()
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 36, 36)).astype(np.uint8)
+    classes = {t.name: [f"{t.name}-{i}" for i in range(10)] for t in tasks}
+    with stage_run(sample_params(), "train") as run:
+        uri = run.log_model(model, images[:2], ["left", "right"], class_names=classes,
+                            pixel_mean=0.3, pixel_std=0.3)
+    tags = mlflow.MlflowClient(store).get_run(run.run_id).data.tags
+    assert tags[MODEL_URI_TAG] == uri
+    loaded = load_model(uri)
+    batch = images[:, None].astype(np.float32)
+    table = predict_labels(loaded, batch)
+    assert list(table.columns) == ["left", "right"]
+    with torch.no_grad():
+        logits = model((torch.from_numpy(batch) / 255.0 - 0.3) / 0.3)
+    assert table["left"].tolist() == logits["left"].argmax(1).tolist()
+    assert table["right"].tolist() == logits["right"].argmax(1).tolist()
+    assert loaded.metadata.metadata["class_names"] == classes
+    # the run's own URI resolves to the same model
+    assert np.array_equal(load_model(f"runs:/{run.run_id}/model").predict(batch),
+                          table.to_numpy())
+    with pytest.raises(ValueError, match="cannot load model models:/nope@champion"):
+        load_model("models:/nope@champion")
