@@ -1,0 +1,176 @@
+"""The trainer on real (sample) data: learning, determinism, resuming after SIGKILL, bad params."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from multitask.config import DataConfig, ModelConfig, Source, TrainConfig
+from multitask.data.preprocess import build_dataset, write_dataset
+from multitask.models import build_model
+from multitask.tasks import tasks_from_meta
+from multitask.training.data import ProcessedData
+from multitask.training.trainer import Trainer, task_losses
+from multitask.weighting import build_weighting
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "data" / "sample" / "fashion-mnist"
+TIME_KEYS = ("time/",)
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MultiFashion composites built from the shipped sample: 3,600 train, 400 val, 500 test."""
+    root = tmp_path_factory.mktemp("processed-sample")
+    (root / "raw").mkdir()
+    (root / "raw" / "fashion_mnist").symlink_to(SAMPLE)
+    config = DataConfig(
+        raw_dir=str(root / "raw"), processed_dir=str(root / "processed"),
+        sources={"fashion_mnist": Source(mirrors=[str(SAMPLE)], files={"x": "0" * 64})},
+        train_size=4000, test_size=500, seed=0)
+    arrays, meta = build_dataset(config)
+    write_dataset(root / "processed", arrays, meta)
+    return root / "processed"
+
+
+def make_trainer(processed: Path, weighting: str = "equal", epochs: int = 2, **train: object
+                 ) -> Trainer:
+    data = ProcessedData(processed, torch.device("cpu"))
+    tasks = tasks_from_meta(data.meta)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(), tasks, 1, data.image_size)
+    config = TrainConfig(epochs=epochs, batch_size=128, diagnostics_every=0,
+                         **train)  # type: ignore[arg-type]
+    return Trainer(model, tasks, build_weighting(weighting, len(tasks), {}), data, config,
+                   progress=False)
+
+
+def without_time(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in row.items() if not k.startswith(TIME_KEYS)} for row in history]
+
+
+@pytest.mark.parametrize("weighting", ["equal", "uncertainty"])
+def test_a_few_steps_lower_every_task_loss(processed: Path, weighting: str) -> None:
+    trainer = make_trainer(processed, weighting)
+    x, y = next(trainer.data.batches("train", 256))
+    generator = torch.Generator().manual_seed(0)
+
+    def losses() -> torch.Tensor:
+        with torch.no_grad():
+            return task_losses(trainer.model, trainer.tasks, trainer.columns, x, y, generator)[0]
+
+    before = losses()
+    from multitask.weighting import StepContext
+
+    for step in range(15):
+        values, features = task_losses(trainer.model, trainer.tasks, trainer.columns, x, y,
+                                       generator)
+        trainer.optimizer.zero_grad()
+        trainer.method.backward(StepContext(values, features, trainer.model.shared_parameters(),
+                                            step, 0))
+        trainer.optimizer.step()
+    after = losses()
+    assert torch.all(after < before), (before, after)
+
+
+@pytest.mark.slow
+def test_short_run_is_far_above_chance(processed: Path) -> None:
+    history = make_trainer(processed, epochs=4).fit()
+    assert history[-1]["val/left/accuracy"] > 0.5  # chance: 0.1
+    assert history[-1]["val/right/accuracy"] > 0.5
+    assert history[-1]["train/left/loss"] < history[0]["train/left/loss"]
+
+
+def test_two_cpu_runs_are_identical(processed: Path) -> None:
+    first = make_trainer(processed, epochs=1, data_fraction=0.5).fit()
+    second = make_trainer(processed, epochs=1, data_fraction=0.5).fit()
+    assert without_time(first) == without_time(second)
+
+
+def test_rotation_task_trains_alongside(processed: Path) -> None:
+    data = ProcessedData(processed, torch.device("cpu"))
+    tasks = tasks_from_meta(data.meta, rotation=True)
+    model = build_model(ModelConfig(), tasks, 1, data.image_size)
+    trainer = Trainer(model, tasks, build_weighting("equal", 3), data,
+                      TrainConfig(epochs=1, batch_size=128, diagnostics_every=0,
+                                  data_fraction=0.25),
+                      progress=False)
+    record = trainer.fit()[-1]
+    assert {"train/rotation/loss", "weight/rotation"} <= set(record)
+    assert "val/rotation/accuracy" not in record  # auxiliary: not scored on the data set
+    assert record["train/rotation/loss"] < 1.39  # below chance level ln(4)
+
+
+# ----------------------------------------------------------------- the stage, as DVC runs it
+def stage_dir(root: Path, processed: Path, **train: object) -> Path:
+    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
+    params["data"]["processed_dir"] = str(processed)
+    params["train"].update({"epochs": 5, "diagnostics_every": 0, **train})
+    params["tracking"]["enabled"] = False
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def run_train(cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "multitask", "train"], cwd=cwd,
+                          capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_sigkilled_training_resumes_to_the_same_result(processed: Path, tmp_path: Path) -> None:
+    straight = stage_dir(tmp_path / "straight", processed)
+    assert run_train(straight).returncode == 0
+
+    killed = stage_dir(tmp_path / "killed", processed)
+    checkpoint = killed / "models" / "checkpoints" / "train.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "multitask", "train"], cwd=killed,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(checkpoint, weights_only=True)
+    assert 1 <= state["epoch"] < 5, "the kill should land mid-training"
+    assert not (killed / "reports" / "train.json").exists()
+
+    resumed = run_train(killed)
+    assert resumed.returncode == 0, resumed.stderr
+    expected = f"resumed from models/checkpoints/train.pt after epoch {state['epoch']}"
+    assert expected in resumed.stderr
+    assert not checkpoint.exists(), "the checkpoint is removed once the model is written"
+    a = json.loads((straight / "reports" / "train.json").read_text())
+    b = json.loads((killed / "reports" / "train.json").read_text())
+    assert a["final"] == b["final"] and a["epochs"] == b["epochs"] == 5
+    weights_a = torch.load(straight / "models" / "model.pt", weights_only=True)["state_dict"]
+    weights_b = torch.load(killed / "models" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"weighting": "static", "method_params": {"static": {"weights": [1.0, -0.5]}}},
+         "train.method_params.static: weights: Value error, weights must be non-negative"),
+        ({"weighting": "static", "method_params": {"static": {"weights": [1.0, 1.0, 1.0]}}},
+         "3 weights given for 2 tasks"),
+        ({"weighting": "pcgard"}, "train.weighting: unknown method 'pcgard'"),
+        ({"method_params": {"static": {"weigths": [1, 1]}}}, "train.method_params.static"),
+    ],
+)
+def test_bad_params_fail_before_training(processed: Path, tmp_path: Path, train: dict,
+                                         message: str) -> None:
+    cwd = stage_dir(tmp_path, processed, **train)
+    result = run_train(cwd)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert not (cwd / "models").exists(), "nothing trained or checkpointed"

@@ -1,0 +1,52 @@
+"""`multitask --help` is fast and true: every stage of dvc.yaml has a subcommand."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from multitask.cli import COMMANDS, build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_help_lists_every_command_and_imports_nothing_heavy() -> None:
+    code = ("import sys; from multitask.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'mlflow', 'great_expectations', 'optuna', 'pandas')"
+            " if m in sys.modules]\nprint('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    for name in COMMANDS:
+        assert name in out.stdout
+    assert "HEAVY []" in out.stdout
+
+
+def test_every_dvc_stage_is_a_subcommand() -> None:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"multitask {name}"
+        assert name in COMMANDS
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_subcommand_has_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([name, "--help"])
+    assert exit_info.value.code == 0
+    assert "--params" in capsys.readouterr().out
+
+
+def test_bad_params_exit_1_with_the_key(tmp_path: Path) -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"]["epoch"] = 3
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, "-m", "multitask", "train", "--params", str(path)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "train.epoch: unknown key; did you mean 'epochs'?" in result.stderr
+    assert "Traceback" not in result.stderr

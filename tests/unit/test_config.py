@@ -1,0 +1,92 @@
+"""params.yaml is validated once, with errors that name the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from multitask.config import ConfigError, flatten, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def raw() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", ["params.yaml", "sample/params.yaml"])
+def test_shipped_params_validate(path: str) -> None:
+    params = load_params(ROOT / path)
+    assert params.data.dataset == "multifashion"
+    assert params.train.epochs >= 1
+
+
+def test_misspelt_key_names_key_and_nearest_valid_name(raw: dict) -> None:
+    raw["train"]["epoch"] = raw["train"].pop("epochs")
+    with pytest.raises(ConfigError, match=r"train\.epoch: unknown key; did you mean 'epochs'\?"):
+        parse_params(raw)
+
+
+def test_misspelt_nested_key(raw: dict) -> None:
+    raw["train"]["optimizer"]["lrate"] = 0.1
+    expected = r"train\.optimizer\.lrate: unknown key; did you mean 'lr'"
+    with pytest.raises(ConfigError, match=expected):
+        parse_params(raw)
+
+
+def test_unknown_section(raw: dict) -> None:
+    raw["trian"] = {}
+    with pytest.raises(ConfigError, match=r"trian: unknown key; did you mean 'train'"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("train", "epochs", 0, r"train\.epochs: Input should be greater than or equal to 1"),
+        ("train", "epochs", "ten", r"train\.epochs: Input should be a valid integer"),
+        ("model", "backbone", "vgg", r"model\.backbone: Input should be 'lenet' or 'resnet18'"),
+        ("data", "val_fraction", 0.9, r"data\.val_fraction: Input should be less than 0.5"),
+    ],
+)
+def test_wrong_type_or_range_names_key(raw: dict, section: str, key: str, value: object,
+                                       message: str) -> None:
+    bad = copy.deepcopy(raw)
+    bad[section][key] = value
+    with pytest.raises(ConfigError, match=message):
+        parse_params(bad)
+
+
+def test_bad_checksum_is_rejected(raw: dict) -> None:
+    raw["data"]["sources"]["fashion_mnist"]["files"]["train-images-idx3-ubyte.gz"] = "abc"
+    with pytest.raises(ConfigError, match="64-character lowercase hex SHA-256"):
+        parse_params(raw)
+
+
+def test_shift_must_fit_canvas(raw: dict) -> None:
+    raw["data"]["canvas_size"] = 30
+    raw["data"]["max_shift"] = 4
+    with pytest.raises(ConfigError, match="max_shift=4 does not fit a 30px canvas"):
+        parse_params(raw)
+
+
+def test_missing_file_is_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_params_are_frozen(raw: dict) -> None:
+    params = parse_params(raw)
+    with pytest.raises(Exception, match="frozen"):
+        params.train.epochs = 3  # type: ignore[misc]
+
+
+def test_flatten_spells_keys_as_params_yaml(raw: dict) -> None:
+    flat = flatten(parse_params(raw))
+    assert flat["train.optimizer.lr"] == raw["train"]["optimizer"]["lr"]
+    assert flat["validate.report_dir"] == raw["validate"]["report_dir"]
+    assert "validate_.report_dir" not in flat

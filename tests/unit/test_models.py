@@ -1,0 +1,57 @@
+"""Hard parameter sharing: shapes, and the heads share every encoder parameter and nothing else."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from multitask.config import ModelConfig
+from multitask.models import build_model
+from multitask.models.backbones import LeNetEncoder
+from multitask.tasks import Task
+
+TASKS = [Task("left", 10), Task("right", 10)]
+
+
+@pytest.mark.parametrize("backbone", ["lenet", "resnet18"])
+def test_output_shapes(backbone: str) -> None:
+    model = build_model(ModelConfig(backbone=backbone), TASKS, 1, 36)
+    outputs = model(torch.zeros(3, 1, 36, 36))
+    assert {k: tuple(v.shape) for k, v in outputs.items()} == {"left": (3, 10), "right": (3, 10)}
+
+
+def test_lenet_matches_the_published_layout() -> None:
+    encoder = LeNetEncoder(1, 36)
+    convs = [m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (1, 10, (9, 9)), (10, 20, (5, 5))]
+    assert (encoder.fc[0].in_features, encoder.fc[0].out_features) == (500, 50)
+
+
+def test_heads_share_every_encoder_parameter_and_nothing_else() -> None:
+    model = build_model(ModelConfig(head_hidden=[32]), TASKS, 1, 36)
+    shared = {id(p) for p in model.shared_parameters()}
+    assert shared == {id(p) for p in model.encoder.parameters()}
+    outputs = model(torch.randn(4, 1, 36, 36))
+    for name, other in (("left", "right"), ("right", "left")):
+        model.zero_grad()
+        outputs[name].sum().backward(retain_graph=True)
+        # every shared parameter receives this task's gradient ...
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.shared_parameters())
+        # ... its own head too, the other task's head nothing
+        assert all(p.grad is not None for p in model.heads[name].parameters())
+        assert all(p.grad is None for p in model.heads[other].parameters())
+    task = {id(p) for p in model.task_parameters()}
+    assert not shared & task
+    assert shared | task == {id(p) for p in model.parameters()}
+
+
+def test_head_hidden_layers() -> None:
+    model = build_model(ModelConfig(head_hidden=[64, 32]), TASKS, 1, 36)
+    sizes = [m.out_features for m in model.heads["left"] if isinstance(m, torch.nn.Linear)]
+    assert sizes == [64, 32, 10]
+
+
+def test_unknown_architecture_is_named() -> None:
+    with pytest.raises(ValueError, match=r"model\.architecture: unknown architecture 'hsp'; did you"):
+        build_model(ModelConfig(architecture="hsp"), TASKS, 1, 36)
