@@ -53,5 +53,6 @@ def test_head_hidden_layers() -> None:
 
 
 def test_unknown_architecture_is_named() -> None:
-    with pytest.raises(ValueError, match=r"model\.architecture: unknown architecture 'hsp'; did you"):
+    expected = r"model\.architecture: unknown architecture 'hsp'; did you"
+    with pytest.raises(ValueError, match=expected):
         build_model(ModelConfig(architecture="hsp"), TASKS, 1, 36)
