@@ -1,0 +1,405 @@
+"""The ``validate`` stage: check the raw images with Great Expectations before anything trusts them.
+
+Each source of the data set (``fashion_mnist``, ``mnist``) becomes, per split, three pandas tables
+built with vectorised numpy: ``images`` (one row per image: label, shape, dtype, pixel min / max /
+mean / std, NaN flag, SHA-256 of the pixel bytes), ``classes`` (count of each class against the
+balanced count) and ``statistics`` (pixel mean and std of the whole split). A Great Expectations
+suite runs on each table in an ephemeral context; ``validate.report_dir`` receives
+``summary.json`` (what was checked, what was observed, a few offending values per failure) and
+the data docs (``data_docs/index.html``). Any failed expectation fails the stage, after the
+reports are written, so people can read why.
+
+Leakage is checked by exact content: a test image whose bytes equal a training image's is listed
+in the summary (``train_test_duplicates``) and fails the stage. Near-duplicates (Geier 2019, for
+Fashion-MNIST) are out of scope: they need an image-similarity search, not a hash.
+
+Great Expectations is imported only inside :func:`validate`, so ``multitask --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from multitask.config import ValidateConfig, load_params
+from multitask.data.idx import read_idx_pair
+from multitask.data.sources import DATASET_SOURCES, source_dir
+from multitask.io import atomic_dir, write_json
+
+if TYPE_CHECKING:
+    from great_expectations.expectations import Expectation
+
+log = logging.getLogger(__name__)
+
+# What every source of these data sets holds: 10 classes of 28x28 uint8 images.
+CLASSES = 10
+IMAGE_SHAPE = (28, 28)
+IMAGE_DTYPE = "uint8"
+PIXEL_RANGE = (0, 255)
+SPLIT_FILES: dict[str, tuple[str, str]] = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+TABLES = ("images", "classes", "statistics")
+# The columns that locate an offending row of each table in the summary and the data docs.
+ROW_KEYS: dict[str, list[str]] = {
+    "images": ["split", "index"],
+    "classes": ["split", "label"],
+    "statistics": ["split"],
+}
+EXAMPLES = 5  # offending values kept per failed expectation
+DOCS_DIR = "data_docs"
+SUMMARY_FILE = "summary.json"
+
+
+# ------------------------------------------------------------------------------------- tables
+def image_table(images: np.ndarray, labels: np.ndarray, split: str) -> pd.DataFrame:
+    """One row per image: what the expectations check, computed in a few numpy passes.
+
+    Float images are accepted so that a NaN can be represented (IDX files hold only bytes); their
+    statistics skip NaN, and ``has_nan`` flags the image.
+    """
+    count = len(images)
+    flat = images.reshape(count, -1)
+    floating = np.issubdtype(flat.dtype, np.floating)
+    has_nan = np.isnan(flat).any(axis=1) if floating else np.zeros(count, dtype=bool)
+    stat = (np.nanmin, np.nanmax, np.nanmean, np.nanstd) if floating else (
+        np.min, np.max, np.mean, np.std)
+    with np.errstate(all="ignore"):  # an all-NaN image gives NaN statistics, flagged by has_nan
+        minimum, maximum, mean, std = (f(flat, axis=1) for f in stat)
+    return pd.DataFrame({
+        "split": split,
+        "index": np.arange(count),
+        "label": labels.astype(np.int64),
+        "height": images.shape[1],
+        "width": images.shape[2],
+        "dtype": str(images.dtype),
+        "pixel_min": minimum.astype(np.float64),
+        "pixel_max": maximum.astype(np.float64),
+        "pixel_mean": mean.astype(np.float64),
+        "pixel_std": std.astype(np.float64),
+        "has_nan": has_nan,
+        "content_hash": [hashlib.sha256(row.tobytes()).hexdigest() for row in flat],
+    })
+
+
+def mark_train_duplicates(train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """``test`` plus ``duplicate_of_train``: the index of an identical training image, else null."""
+    first_index = train.drop_duplicates("content_hash").set_index("content_hash")["index"]
+    marked = test.copy()
+    marked["duplicate_of_train"] = test["content_hash"].map(first_index).astype("Int64")
+    return marked
+
+
+def class_table(images: pd.DataFrame, classes: int = CLASSES) -> pd.DataFrame:
+    """Each class's image count against the balanced count (split size / classes).
+
+    Labels outside ``[0, classes)`` are not counted here; the ``images`` suite reports them.
+    """
+    labels = images["label"].to_numpy()
+    counts = np.bincount(labels[(labels >= 0) & (labels < classes)], minlength=classes)
+    expected = len(images) / classes
+    return pd.DataFrame({
+        "split": images["split"].iloc[0] if len(images) else "",
+        "label": np.arange(classes),
+        "count": counts,
+        "expected_count": expected,
+        "relative_deviation": counts / expected - 1.0 if expected else np.nan,
+    })
+
+
+def statistics_table(images: pd.DataFrame) -> pd.DataFrame:
+    """Pixel mean and std of the whole split (one row), from the per-image mean and std.
+
+    Every image has the same pixel count, so the split's mean is the mean of the image means and
+    its variance the mean of (image variance + image mean²) minus the split mean².
+    """
+    mean = images["pixel_mean"].mean()
+    second_moment = (images["pixel_std"] ** 2 + images["pixel_mean"] ** 2).mean()
+    return pd.DataFrame({
+        "split": [images["split"].iloc[0] if len(images) else ""],
+        "images": [len(images)],
+        "pixel_mean": [mean],
+        "pixel_std": [float(np.sqrt(max(second_moment - mean**2, 0.0)))],
+    })
+
+
+def split_tables(images_by_split: Mapping[str, pd.DataFrame],
+                 classes: int = CLASSES) -> dict[str, dict[str, pd.DataFrame]]:
+    """``{split: {table: DataFrame}}`` for one source, test images marked against train."""
+    tables: dict[str, dict[str, pd.DataFrame]] = {}
+    for split, images in images_by_split.items():
+        if split == "test" and "train" in images_by_split:
+            images = mark_train_duplicates(images_by_split["train"], images)
+        tables[split] = {"images": images, "classes": class_table(images, classes),
+                         "statistics": statistics_table(images)}
+    return tables
+
+
+def train_test_duplicates(tables: Mapping[str, Mapping[str, pd.DataFrame]]) -> list[dict[str, int]]:
+    """Test images identical to a training image, as index pairs (what preprocess would drop)."""
+    test = tables.get("test", {}).get("images")
+    if test is None:
+        return []
+    leaked = test[test["duplicate_of_train"].notna()]
+    return [{"test_index": int(t), "train_index": int(r)}
+            for t, r in zip(leaked["index"], leaked["duplicate_of_train"], strict=True)]
+
+
+def load_source(folder: Path) -> dict[str, pd.DataFrame]:
+    """Read one source's IDX files into per-split image tables."""
+    tables: dict[str, pd.DataFrame] = {}
+    for split, names in SPLIT_FILES.items():
+        images_path, labels_path = (folder / name for name in names)
+        for path in (images_path, labels_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: not found; run multitask download first")
+        images, labels = read_idx_pair(images_path, labels_path)
+        tables[split] = image_table(images, labels, split)
+    return tables
+
+
+# ------------------------------------------------------------------------------- expectations
+def expectations(table: str, split: str, config: ValidateConfig,
+                 classes: int = CLASSES) -> list[Expectation]:
+    """The suite for one table of one split (Great Expectations must be importable)."""
+    import great_expectations.expectations as gxe
+
+    if table == "images":
+        suite: list[Expectation] = [
+            gxe.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=classes - 1),
+            gxe.ExpectColumnDistinctValuesToContainSet(column="label",
+                                                       value_set=list(range(classes))),
+            gxe.ExpectColumnValuesToBeInSet(column="height", value_set=[IMAGE_SHAPE[0]]),
+            gxe.ExpectColumnValuesToBeInSet(column="width", value_set=[IMAGE_SHAPE[1]]),
+            gxe.ExpectColumnValuesToBeInSet(column="dtype", value_set=[IMAGE_DTYPE]),
+            gxe.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=PIXEL_RANGE[0],
+                                              max_value=PIXEL_RANGE[1]),
+            gxe.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=PIXEL_RANGE[0],
+                                              max_value=PIXEL_RANGE[1]),
+            gxe.ExpectColumnValuesToBeInSet(column="has_nan", value_set=[False]),
+        ]
+        if split == "test":
+            suite.append(gxe.ExpectColumnValuesToBeNull(column="duplicate_of_train"))
+        return suite
+    if table == "classes":
+        tolerance = config.class_balance_tolerance
+        return [gxe.ExpectColumnValuesToBeBetween(column="relative_deviation",
+                                                  min_value=-tolerance, max_value=tolerance)]
+    if table == "statistics":
+        (mean_low, mean_high), (std_low, std_high) = config.pixel_mean_range, config.pixel_std_range
+        return [
+            gxe.ExpectColumnValuesToBeBetween(column="pixel_mean", min_value=mean_low,
+                                              max_value=mean_high),
+            gxe.ExpectColumnValuesToBeBetween(column="pixel_std", min_value=std_low,
+                                              max_value=std_high),
+        ]
+    raise ValueError(f"unknown table {table!r}; one of {TABLES}")
+
+
+# ---------------------------------------------------------------------- great expectations run
+def _context(docs_dir: Path | None) -> Any:
+    """An in-memory Great Expectations context, analytics off, data docs under ``docs_dir``."""
+    os.environ["GX_ANALYTICS_ENABLED"] = "False"  # read at import: no usage statistics sent
+    gx_log = logging.getLogger("great_expectations")
+    if gx_log.level == logging.NOTSET:  # its INFO lines are internal registration noise
+        gx_log.setLevel(logging.WARNING)
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    sites = {} if docs_dir is None else {"local_site": {
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                          "base_directory": str(docs_dir.resolve())},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    }}
+    project = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(), analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False), data_docs_sites=sites)
+    return gx.get_context(mode="ephemeral", project_config=project)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready Python value (numpy scalars unwrapped, NaN/NA as None)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value
+
+
+def _observed(column: pd.Series, distinct: bool) -> Any:
+    """What a per-row expectation saw: the column's one value, its range, or its distinct values.
+
+    Great Expectations reports no observed value for per-row expectations, and none for
+    ``expect_column_distinct_values_to_contain_set`` on pandas, so it is computed here.
+    """
+    present = column.dropna()
+    if present.empty:
+        return None
+    values = present.unique()
+    if len(values) == 1:
+        return _plain(values[0])
+    numeric = pd.api.types.is_numeric_dtype(present) and not pd.api.types.is_bool_dtype(present)
+    if numeric and not distinct:
+        return {"min": _plain(present.min()), "max": _plain(present.max())}
+    return sorted(_plain(v) for v in values)[:50]
+
+
+def _entry(table: str, result: Any, frame: pd.DataFrame) -> dict[str, Any]:
+    """One expectation's outcome for ``summary.json``: name, column, observed, offending rows."""
+    raw = result.to_json_dict()
+    kwargs = dict(raw["expectation_config"]["kwargs"])
+    kwargs.pop("batch_id", None)
+    column = kwargs.pop("column", None)
+    outcome = raw.get("result") or {}
+    name = raw["expectation_config"]["type"]
+    observed = outcome.get("observed_value")
+    if observed is None and column in frame:
+        observed = _observed(frame[column], distinct="distinct_values" in name)
+    entry: dict[str, Any] = {
+        "table": table, "expectation": name, "column": column,
+        "kwargs": kwargs, "success": bool(raw["success"]), "observed_value": observed,
+    }
+    if "unexpected_count" in outcome:
+        entry["unexpected_count"] = outcome["unexpected_count"]
+        entry["element_count"] = outcome["element_count"]
+    if not entry["success"]:
+        rows = outcome.get("partial_unexpected_index_list") or []
+        entry["examples"] = [
+            {"value": _plain(row.get(column)),
+             **{k: _plain(v) for k, v in row.items() if k not in (column, "split")}}
+            for row in rows[:EXAMPLES]
+        ] + [{"missing": _plain(v)} for v in (outcome.get("partial_missing_list") or [])[:EXAMPLES]]
+    if raw["exception_info"].get("raised_exception"):
+        entry["error"] = raw["exception_info"].get("exception_message")
+    return entry
+
+
+def validate(sources: Mapping[str, Mapping[str, pd.DataFrame]], config: ValidateConfig,
+             docs_dir: Path | None = None, classes: int = CLASSES) -> dict[str, Any]:
+    """Run the suites over each source's per-split image tables; return the summary.
+
+    ``sources`` maps a source name to ``{split: image_table(...)}``. With ``docs_dir`` the
+    Great Expectations data docs are built there. Nothing raises on a failed expectation: the
+    summary's ``success`` fields say, and :func:`failure_messages` spells them out.
+    """
+    context = _context(docs_dir)
+    import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    run_id = RunIdentifier(run_name="multitask-validate")
+    summary: dict[str, Any] = {"success": True, "great_expectations": gx.__version__,
+                               "params": config.model_dump(by_alias=True, mode="json"),
+                               "sources": {}}
+    for source, images_by_split in sources.items():
+        data_source = context.data_sources.add_pandas(source)
+        tables = split_tables(images_by_split, classes)
+        splits: dict[str, Any] = {}
+        for split, by_table in tables.items():
+            entries: list[dict[str, Any]] = []
+            for table, frame in by_table.items():
+                name = f"{source}.{split}.{table}"
+                batch = data_source.add_dataframe_asset(f"{split}.{table}") \
+                    .add_batch_definition_whole_dataframe("whole table")
+                suite = context.suites.add(gx.ExpectationSuite(
+                    name=name, expectations=expectations(table, split, config, classes)))
+                definition = context.validation_definitions.add(
+                    gx.ValidationDefinition(name=name, data=batch, suite=suite))
+                result = definition.run(
+                    batch_parameters={"dataframe": frame}, run_id=run_id,
+                    result_format={"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES,
+                                   "unexpected_index_column_names": ROW_KEYS[table]})
+                entries += [_entry(table, r, frame) for r in result.results]
+            labels = by_table["images"]["label"].value_counts().sort_index()
+            stats = by_table["statistics"].iloc[0]
+            splits[split] = {
+                "success": all(e["success"] for e in entries),
+                "rows": len(by_table["images"]),
+                "class_counts": {str(k): int(v) for k, v in labels.items()},
+                "pixel_mean": _plain(stats["pixel_mean"]),
+                "pixel_std": _plain(stats["pixel_std"]),
+                "expectations": entries,
+            }
+        summary["sources"][source] = {
+            "success": all(s["success"] for s in splits.values()),
+            "splits": splits,
+            "train_test_duplicates": train_test_duplicates(tables),
+        }
+        summary["success"] &= summary["sources"][source]["success"]
+    if docs_dir is not None:
+        context.build_data_docs()
+    return summary
+
+
+def failure_messages(summary: Mapping[str, Any]) -> list[str]:
+    """One line per failed expectation: where, which expectation and column, what was wrong."""
+    messages = []
+    for source, by_source in summary["sources"].items():
+        for split, by_split in by_source["splits"].items():
+            for entry in by_split["expectations"]:
+                if entry["success"]:
+                    continue
+                column = entry["column"]
+                if entry.get("error"):
+                    detail = f"raised {entry['error']}"
+                elif any("missing" in e for e in entry["examples"]):
+                    detail = f"missing values {[e['missing'] for e in entry['examples']]}"
+                elif entry["examples"]:
+                    shown = ", ".join(
+                        f"{column}={_short(e['value'])}"
+                        + "".join(f" at {k} {v}" for k, v in e.items() if k != "value")
+                        for e in entry["examples"])
+                    count = entry.get("unexpected_count")
+                    total = entry.get("element_count")
+                    detail = f"{count} of {total} rows unexpected, e.g. {shown}"
+                else:
+                    detail = f"observed {entry['observed_value']}"
+                messages.append(f"{source}/{split} {entry['table']}: {entry['expectation']} "
+                                f"on column '{column}' {entry['kwargs']}: {detail}")
+    return messages
+
+
+def _short(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+# ---------------------------------------------------------------------------------- the stage
+def main(args: argparse.Namespace) -> int:
+    """``multitask validate``: validate every source of ``data.dataset``, write the reports."""
+    params = load_params(args.params)
+    config = params.validate_
+    start = time.perf_counter()
+    sources = {s: load_source(source_dir(params.data, s))
+               for s in DATASET_SOURCES[params.data.dataset]}
+    report_dir = Path(config.report_dir)
+    with atomic_dir(report_dir / DOCS_DIR) as docs_dir:
+        summary = validate(sources, config, docs_dir=docs_dir)
+    summary = {"dataset": params.data.dataset, "raw_dir": params.data.raw_dir,
+               "data_docs": f"{DOCS_DIR}/index.html", **summary}
+    write_json(report_dir / SUMMARY_FILE, summary)
+    for source, by_source in summary["sources"].items():
+        for split, by_split in by_source["splits"].items():
+            passed = sum(e["success"] for e in by_split["expectations"])
+            log.info("%s/%s: %d images, %d/%d expectations met", source, split,
+                     by_split["rows"], passed, len(by_split["expectations"]))
+    log.info("validated in %.1f s -> %s", time.perf_counter() - start, report_dir)
+    failures = failure_messages(summary)
+    if failures:
+        raise ValueError(
+            f"{len(failures)} expectation(s) failed; details in {report_dir / SUMMARY_FILE} and "
+            f"{report_dir / DOCS_DIR / 'index.html'}:\n  " + "\n  ".join(failures))
+    return 0
