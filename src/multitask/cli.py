@@ -26,6 +26,12 @@ class Command:
     arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
 
 
+def _download_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source", action="append", metavar="NAME",
+        help="fetch this entry of data.sources instead of those data.dataset needs (repeatable)")
+
+
 def _tune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, default=None,
@@ -69,9 +75,11 @@ COMMANDS: dict[str, Command] = {
         "multitask.data.download:main",
         "fetch the raw data set from its mirrors and verify every file",
         "Fetch each file of the sources the data set needs from the first mirror that has it "
-        "(a local folder or HTTP), verify the SHA-256 of its decompressed payload and move it "
-        "into data.raw_dir/<source>/. Verified files are not fetched again; a partial HTTP "
-        "download resumes."),
+        "(a local folder or HTTP), verify the SHA-256 of its decompressed payload (or, for "
+        "archive_sha256 entries, of the file as published) and move it into "
+        "data.raw_dir/<source>/. Verified files are not fetched again; a partial HTTP "
+        "download resumes.",
+        _download_arguments),
     "validate": Command(
         "multitask.data.validation:main",
         "check the raw data with Great Expectations; non-zero exit on any failure",

@@ -31,18 +31,30 @@ class Source(_Section):
 
     ``files`` maps each file name to the SHA-256 of its *decompressed payload*, so a copy that
     was recompressed (Debian's package recompresses the gzip files) verifies as well.
+    ``archive_sha256`` maps a file name to the SHA-256 of the file exactly as its mirror serves
+    it: only for files whose payload digest is published nowhere (a recompressed copy of such
+    a file does not verify). Together they name every file of the source.
     """
 
     mirrors: list[str] = Field(min_length=1)
-    files: dict[str, str] = Field(min_length=1)
+    files: dict[str, str] = Field(default_factory=dict)
+    archive_sha256: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("files")
+    @field_validator("files", "archive_sha256")
     @classmethod
     def _hex_digests(cls, files: dict[str, str]) -> dict[str, str]:
         for name, digest in files.items():
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 raise ValueError(f"{name}: expected a 64-character lowercase hex SHA-256")
         return files
+
+    @model_validator(mode="after")
+    def _each_file_once(self) -> Source:
+        if not self.files and not self.archive_sha256:
+            raise ValueError("no files: list them under files (payload SHA-256) or archive_sha256")
+        if both := sorted(set(self.files) & set(self.archive_sha256)):
+            raise ValueError(f"{', '.join(both)}: under both files and archive_sha256; keep one")
+        return self
 
 
 DatasetName = Literal["multifashion", "multimnist", "multifashion_mnist"]

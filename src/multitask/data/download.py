@@ -1,0 +1,257 @@
+"""The ``download`` stage: fetch every file of the needed sources and verify it.
+
+Each file is taken from the first mirror of its source that has it with the right digest
+(:mod:`multitask.data.sources`): a local folder is copied, an HTTP(S) URL is streamed with a
+progress bar into ``<file>.part`` beside the destination, resumed with a Range request after a
+dropped connection, retried with exponential back-off, verified, and only then renamed into
+place. A file that does not verify is deleted and the next mirror is tried, so the raw folder
+only ever holds verified files. Files already there and verified are not fetched again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import requests
+import urllib3
+from tqdm import tqdm
+
+from multitask import __version__
+from multitask.config import DataConfig, load_params
+from multitask.data.sources import (
+    SOURCE_HINTS,
+    ExpectedFile,
+    digest_mismatch,
+    expected_files,
+    is_known_verified,
+    remember_verified,
+    required_sources,
+    source_dir,
+)
+from multitask.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class HttpPolicy:
+    """How hard to try one HTTP mirror before moving on to the next."""
+
+    attempts: int = 5
+    backoff_s: float = 1.0  # wait backoff_s, 2 * backoff_s, 4 * backoff_s ... between attempts
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+    chunk_bytes: int = 1 << 20
+
+
+class MirrorError(Exception):
+    """This mirror cannot provide this file; the message says why."""
+
+
+class UnreachableMirror(MirrorError):
+    """Every attempt failed in transit: the other files will not fare better this run."""
+
+
+class _Retry(Exception):
+    """A transient failure (dropped connection, timeout, 5xx): try the same mirror again."""
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost useful message of a requests/urllib3 error chain."""
+    while True:
+        inner = getattr(exc, "reason", None)
+        if isinstance(inner, BaseException):
+            exc = inner
+        elif exc.args and isinstance(exc.args[0], BaseException):
+            exc = exc.args[0]
+        else:
+            return f"{type(exc).__name__}: {exc}"
+
+
+# ---------------------------------------------------------------------------------- mirrors
+def _from_folder(folder: Path, expected: ExpectedFile, dest: Path) -> None:
+    """Copy ``folder/<name>`` to ``dest`` if it verifies."""
+    source = folder / expected.name
+    if not source.is_file():
+        where = "folder not found" if not folder.is_dir() else "file not found"
+        raise MirrorError(f"{where}: {source.resolve()}")
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(source, tmp)
+        if (reason := digest_mismatch(tmp, expected)) is not None:
+            raise MirrorError(f"{source}: {reason}")
+
+
+def _stream(session: requests.Session, url: str, part: Path, policy: HttpPolicy) -> None:
+    """Download ``url`` into ``part``, continuing from its current size when the server lets us."""
+    offset = part.stat().st_size if part.exists() else 0
+    # identity: keep the bytes exactly as published (a .gz must not be decoded in transit).
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    timeout = (policy.connect_timeout_s, policy.read_timeout_s)
+    try:
+        with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
+            status = f"HTTP {response.status_code} {response.reason}"
+            if response.status_code == 416 and offset:
+                part.unlink()  # the partial file is not a prefix the server recognises
+                raise _Retry(f"{status} for bytes {offset}-; starting over")
+            if response.status_code in RETRY_STATUSES:
+                raise _Retry(status)
+            if response.status_code >= 400:
+                raise MirrorError(status)
+            content_range = response.headers.get("Content-Range", "")
+            if not (response.status_code == 206 and content_range.startswith(f"bytes {offset}-")):
+                offset = 0  # the server sent the whole file
+            length = response.headers.get("Content-Length")
+            announced = int(length) if length and length.isdigit() else None
+            received = 0
+            with open(part, "ab" if offset else "wb") as out, tqdm(
+                total=None if announced is None else offset + announced, initial=offset,
+                unit="B", unit_scale=True, unit_divisor=1024, desc=part.name.removesuffix(".part"),
+                disable=None, leave=False,
+            ) as bar:
+                for chunk in response.raw.stream(policy.chunk_bytes, decode_content=False):
+                    out.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError) as exc:
+        raise _Retry(_reason(exc)) from None
+    if announced is not None and received < announced:
+        raise _Retry(f"connection closed after {received} of {announced} bytes")
+
+
+def _from_http(
+    session: requests.Session, base_url: str, expected: ExpectedFile, dest: Path,
+    policy: HttpPolicy,
+) -> None:
+    """Fetch ``<base_url>/<name>`` to ``dest`` through ``dest.part`` (kept for a resume only
+    when the process is interrupted), verify it, then rename it into place."""
+    url = f"{base_url.rstrip('/')}/{quote(expected.name)}"
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for attempt in range(1, policy.attempts + 1):
+            try:
+                _stream(session, url, part, policy)
+                break
+            except _Retry as exc:
+                if attempt == policy.attempts:
+                    raise UnreachableMirror(f"{exc} (gave up after {attempt} attempts)") \
+                        from None
+                wait = policy.backoff_s * 2 ** (attempt - 1)
+                log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)",
+                            url, exc, wait, attempt + 1, policy.attempts)
+                time.sleep(wait)
+        if (reason := digest_mismatch(part, expected)) is not None:
+            raise MirrorError(f"{url}: {reason}")
+    except MirrorError:
+        part.unlink(missing_ok=True)
+        raise
+    with atomic_path(dest) as tmp:
+        os.replace(part, tmp)
+
+
+def fetch_file(
+    expected: ExpectedFile, dest: Path, mirrors: Sequence[str],
+    session: requests.Session, policy: HttpPolicy = HttpPolicy(),
+    unreachable: dict[str, str] | None = None,
+) -> bool:
+    """Make ``dest`` a verified copy of ``expected``; True if it had to be fetched.
+
+    ``unreachable`` (mirror -> why), shared across the files of one run, lets a mirror that
+    is down cost its retries once rather than once per file. Raises :class:`RuntimeError`
+    listing every mirror tried and why it failed.
+    """
+    unreachable = {} if unreachable is None else unreachable
+    if dest.is_file():
+        if is_known_verified(dest, expected):
+            log.debug("%s: verified earlier, unchanged", dest)
+            return False
+        if (reason := digest_mismatch(dest, expected)) is None:
+            remember_verified(dest, expected)
+            log.info("%s: present and verified", dest)
+            return False
+        log.warning("%s: %s; fetching it again", dest, reason)
+        dest.unlink()
+    failures: list[str] = []
+    for mirror in mirrors:
+        if mirror in unreachable:
+            failures.append(f"  - {mirror}: skipped, unreachable earlier in this run")
+            continue
+        started = time.perf_counter()
+        is_http = mirror.startswith(("http://", "https://"))
+        try:
+            if is_http:
+                _from_http(session, mirror, expected, dest, policy)
+            elif "://" not in mirror or mirror.startswith("file://"):
+                _from_folder(Path(mirror.removeprefix("file://")).expanduser(), expected, dest)
+            else:
+                raise MirrorError("unsupported mirror: use a folder or an http(s):// URL")
+        except MirrorError as exc:
+            log.info("%s: %s: %s", expected.name, mirror, exc)
+            failures.append(f"  - {mirror}: {exc}")
+            if isinstance(exc, UnreachableMirror):
+                unreachable[mirror] = str(exc)
+            continue
+        remember_verified(dest, expected)
+        log.info("%s: %s from %s and verified in %.1f s", dest,
+                 "downloaded" if is_http else "copied", mirror, time.perf_counter() - started)
+        return True
+    raise RuntimeError(f"{dest}: every mirror failed:\n" + "\n".join(failures))
+
+
+def download(
+    data: DataConfig, names: Sequence[str] = (), *, params_path: str | Path = "params.yaml",
+    policy: HttpPolicy = HttpPolicy(),
+) -> list[Path]:
+    """Fetch and verify every file of the sources ``names`` (default: those the data set needs).
+
+    Every file is attempted; then one error lists each file that no mirror could provide.
+    """
+    paths: list[Path] = []
+    failed: dict[str, list[str]] = {}
+    unreachable: dict[str, str] = {}
+    fetched = 0
+    started = time.perf_counter()
+    with requests.Session() as session:
+        session.headers["User-Agent"] = f"multitask/{__version__} python-requests"
+        for name, source in required_sources(data, names, params_path).items():
+            folder = source_dir(data, name)
+            for expected in expected_files(source):
+                dest = folder / expected.name
+                try:
+                    fetched += fetch_file(expected, dest, source.mirrors, session, policy,
+                                          unreachable)
+                    paths.append(dest)
+                except RuntimeError as exc:
+                    failed.setdefault(name, []).append(str(exc))
+            if name in failed and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()  # leave nothing behind, not even a folder
+    if failed:
+        advice = [SOURCE_HINTS[name] for name in failed if name in SOURCE_HINTS]
+        advice += ["check the network connection (and HTTPS_PROXY) for the HTTP mirrors",
+                   "or add a mirror that has the files to "
+                   + ", ".join(f"data.sources.{name}.mirrors" for name in failed)
+                   + f" in {params_path}"]
+        errors = [line for lines in failed.values() for line in lines]
+        raise RuntimeError("\n".join([*errors, "To fix: " + "; ".join(advice) + "."]))
+    log.info("%d files verified under %s (%d fetched) in %.2f s",
+             len(paths), data.raw_dir, fetched, time.perf_counter() - started)
+    return paths
+
+
+def main(args: argparse.Namespace) -> int:
+    """``multitask download [--source NAME ...]``."""
+    params = load_params(args.params)
+    download(params.data, getattr(args, "source", None) or (), params_path=args.params)
+    return 0

@@ -1,0 +1,67 @@
+"""Fixtures shared by every test: small real data files and an isolated user cache."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+IDX_NAMES = {  # the four files of (Fashion-)MNIST: split -> (images, labels)
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """``array`` (uint8) encoded as an IDX payload: magic, big-endian dimensions, data."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def _write_idx(path: str | Path, array: np.ndarray) -> str:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = idx_bytes(array)
+    path.write_bytes(gzip.compress(payload, mtime=0) if path.suffix == ".gz" else payload)
+    return hashlib.sha256(payload).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_cache(tmp_path_factory: pytest.TempPathFactory,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep each test's download verification cache out of the real ``~/.cache``."""
+    monkeypatch.setenv("MULTITASK_CACHE_DIR", str(tmp_path_factory.mktemp("user-cache")))
+
+
+@pytest.fixture
+def write_idx() -> Callable[[str | Path, np.ndarray], str]:
+    """``write_idx(path, uint8 array) -> payload sha256``; gzip-compressed when path ends .gz."""
+    return _write_idx
+
+
+@pytest.fixture
+def idx_dataset() -> Callable[..., dict[str, str]]:
+    """``idx_dataset(folder, n_train=40, n_test=20, seed=0) -> {file name: payload sha256}``.
+
+    Writes the four (Fashion-)MNIST files with random 28x28 images and balanced labels 0..9.
+    """
+
+    def make(folder: str | Path, n_train: int = 40, n_test: int = 20,
+             seed: int = 0) -> dict[str, str]:
+        rng = np.random.default_rng(seed)
+        digests = {}
+        for split, count in (("train", n_train), ("test", n_test)):
+            images_name, labels_name = IDX_NAMES[split]
+            images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
+            labels = rng.permutation(np.arange(count) % 10).astype(np.uint8)
+            digests[images_name] = _write_idx(Path(folder) / images_name, images)
+            digests[labels_name] = _write_idx(Path(folder) / labels_name, labels)
+        return digests
+
+    return make

@@ -1,0 +1,280 @@
+"""The download stage against a real HTTP server on 127.0.0.1 and real local mirrors."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from multitask import cli
+from multitask.config import ConfigError, DataConfig, parse_params
+from multitask.data import sources
+from multitask.data.download import HttpPolicy, download
+from multitask.data.sources import DATASET_SOURCES, required_sources
+
+FAST = HttpPolicy(attempts=3, backoff_s=0.0, connect_timeout_s=2.0, read_timeout_s=5.0)
+IMAGES = "train-images-idx3-ubyte.gz"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves ``server.files`` with Range support; ``server.faults[path]`` lists what to do
+    instead on the next requests: an HTTP status, or "cut" (drop the connection mid-file)."""
+
+    server: FileServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
+        pass
+
+    def do_GET(self) -> None:
+        server = self.server
+        server.requests.append((self.path, self.headers.get("Range")))
+        fault = server.faults.get(self.path, []).pop(0) if server.faults.get(self.path) else None
+        body = server.files.get(self.path)
+        if isinstance(fault, int) or body is None:
+            self.send_error(fault if isinstance(fault, int) else 404)
+            return
+        start = 0
+        if match := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or ""):
+            start = int(match.group(1))
+            if start >= len(body):
+                self.send_error(416)
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        if fault == "cut":
+            self.wfile.write(body[start:start + (len(body) - start) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        self.wfile.write(body[start:])
+
+
+class FileServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.files: dict[str, bytes] = {}
+        self.faults: dict[str, list[int | str]] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+    def publish(self, prefix: str, folder: Path) -> str:
+        """Serve every file of ``folder`` under ``/<prefix>/``; return that base URL."""
+        for path in folder.iterdir():
+            self.files[f"/{prefix}/{path.name}"] = path.read_bytes()
+        return f"{self.url}/{prefix}/"
+
+
+@pytest.fixture
+def server() -> Iterator[FileServer]:
+    server = FileServer()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, idx_dataset: Callable[..., dict[str, str]]) -> tuple[Path, dict]:
+    """A folder with the four Fashion-MNIST-named files and their payload digests."""
+    folder = tmp_path / "mirror"
+    return folder, idx_dataset(folder, n_train=60, n_test=20)
+
+
+def _data(tmp_path: Path, mirrors: list[str], files: dict[str, str], **source: Any) -> DataConfig:
+    raw = {"raw_dir": str(tmp_path / "raw"),
+           "sources": {"fashion_mnist": {"mirrors": mirrors, "files": files, **source}}}
+    return parse_params({"data": raw}).data
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_http_download_keeps_the_published_bytes(tmp_path: Path, server: FileServer,
+                                                 mirror: tuple[Path, dict]) -> None:
+    folder, digests = mirror
+    data = _data(tmp_path, [server.publish("fm", folder)], digests)
+    paths = download(data, policy=FAST)
+    assert sorted(p.name for p in paths) == sorted(digests)
+    for path in paths:
+        assert path.read_bytes() == (folder / path.name).read_bytes()
+    assert _leftovers(tmp_path / "raw" / "fashion_mnist") == sorted(digests)  # no .part, no tmp
+    assert [rng for _, rng in server.requests] == [None] * 4
+
+
+def test_a_cut_connection_resumes_with_a_range_request(tmp_path: Path, server: FileServer,
+                                                       mirror: tuple[Path, dict]) -> None:
+    folder, digests = mirror
+    base = server.publish("fm", folder)
+    server.faults[f"/fm/{IMAGES}"] = ["cut"]
+    download(_data(tmp_path, [base], digests), policy=FAST)
+    size = len(server.files[f"/fm/{IMAGES}"])
+    image_requests = [rng for path, rng in server.requests if path == f"/fm/{IMAGES}"]
+    assert image_requests == [None, f"bytes={size // 2}-"]
+    dest = tmp_path / "raw" / "fashion_mnist" / IMAGES
+    assert hashlib.sha256(gzip.decompress(dest.read_bytes())).hexdigest() == digests[IMAGES]
+
+
+@pytest.mark.parametrize("leftover", ["first half", "longer than the file"])
+def test_a_part_file_left_by_an_interrupted_run_is_resumed(
+        tmp_path: Path, server: FileServer, mirror: tuple[Path, dict], leftover: str) -> None:
+    folder, digests = mirror
+    base = server.publish("fm", folder)
+    body = server.files[f"/fm/{IMAGES}"]
+    part = tmp_path / "raw" / "fashion_mnist" / f"{IMAGES}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(body[: len(body) // 2] if leftover == "first half" else body + b"x")
+    download(_data(tmp_path, [base], {IMAGES: digests[IMAGES]}), policy=FAST)
+    ranges = [rng for _, rng in server.requests]
+    if leftover == "first half":
+        assert ranges == [f"bytes={len(body) // 2}-"]
+    else:  # the server answers 416; the download starts over
+        assert ranges == [f"bytes={len(body) + 1}-", None]
+    assert _leftovers(part.parent) == [IMAGES]
+    assert (part.parent / IMAGES).read_bytes() == body
+
+
+def test_a_checksum_mismatch_leaves_no_file(tmp_path: Path, server: FileServer,
+                                            mirror: tuple[Path, dict]) -> None:
+    folder, digests = mirror
+    wrong = {**digests, IMAGES: "0" * 64}
+    with pytest.raises(RuntimeError) as error:
+        download(_data(tmp_path, [server.publish("fm", folder)], wrong), policy=FAST)
+    message = str(error.value)
+    assert f"payload sha256 mismatch (expected {'0' * 64}, got {digests[IMAGES]})" in message
+    assert _leftovers(tmp_path / "raw" / "fashion_mnist") == sorted(set(digests) - {IMAGES})
+
+
+def test_a_corrupt_mirror_is_skipped_for_the_next(tmp_path: Path, server: FileServer,
+                                                  mirror: tuple[Path, dict],
+                                                  idx_dataset: Callable) -> None:
+    folder, digests = mirror
+    idx_dataset(tmp_path / "other", n_train=60, n_test=20, seed=1)  # same names, other content
+    data = _data(tmp_path, [server.publish("other", tmp_path / "other"), str(folder)], digests)
+    paths = download(data, policy=FAST)
+    for path in paths:
+        assert path.read_bytes() == (folder / path.name).read_bytes()
+    assert len(server.requests) == 4  # every file tried on the corrupt mirror first
+
+
+def test_every_mirror_down_names_each_mirror_and_why(tmp_path: Path, server: FileServer,
+                                                     mirror: tuple[Path, dict]) -> None:
+    folder, digests = mirror
+    server.publish("flaky", folder)
+    server.faults[f"/flaky/{IMAGES}"] = [500] * FAST.attempts
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/"
+    mirrors = [f"{server.url}/missing/", f"{server.url}/flaky/", str(tmp_path / "nowhere"),
+               closed]
+    labels = "train-labels-idx1-ubyte.gz"
+    files = {IMAGES: digests[IMAGES], labels: digests[labels]}
+    with pytest.raises(RuntimeError) as error:
+        download(_data(tmp_path, mirrors, files), policy=FAST)
+    first, second = str(error.value).split(f"fashion_mnist/{labels}: every mirror failed")
+    assert f"fashion_mnist/{IMAGES}: every mirror failed" in first
+    assert f"- {server.url}/missing/: HTTP 404" in first
+    assert f"- {server.url}/flaky/: HTTP 500 Internal Server Error (gave up after 3 " in first
+    assert f"- {tmp_path / 'nowhere'}: folder not found" in first
+    assert re.search(rf"- {re.escape(closed)}: .*[Cc]onnection refused", first)
+    # A mirror that is down costs its retries once per run, not once per file.
+    assert f"- {server.url}/missing/: HTTP 404" in second
+    assert f"- {server.url}/flaky/: skipped, unreachable earlier in this run" in second
+    assert f"- {closed}: skipped, unreachable earlier in this run" in second
+    assert sum(path.startswith("/flaky/") for path, _ in server.requests) == FAST.attempts
+    assert "dataset-fashion-mnist" in second and "data.sources.fashion_mnist.mirrors" in second
+    assert not (tmp_path / "raw" / "fashion_mnist").exists()
+
+
+def test_a_relative_local_mirror_accepts_a_recompressed_copy(
+        tmp_path: Path, mirror: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, digests = mirror
+    recompressed = tmp_path / "debian"
+    recompressed.mkdir()
+    for name in digests:
+        payload = gzip.decompress((folder / name).read_bytes())
+        (recompressed / name).write_bytes(gzip.compress(payload, compresslevel=1, mtime=1))
+        assert (recompressed / name).read_bytes() != (folder / name).read_bytes()
+    monkeypatch.chdir(tmp_path)
+    paths = download(_data(tmp_path, ["debian/"], digests), policy=FAST)
+    for path in paths:
+        assert path.read_bytes() == (recompressed / path.name).read_bytes()
+
+
+def test_an_archive_digest_checks_the_file_as_published(tmp_path: Path,
+                                                        mirror: tuple[Path, dict]) -> None:
+    folder, _ = mirror
+    published = (folder / IMAGES).read_bytes()
+    digest = hashlib.sha256(published).hexdigest()
+    data = _data(tmp_path, [str(folder)], {}, archive_sha256={IMAGES: digest})
+    assert [p.read_bytes() for p in download(data, policy=FAST)] == [published]
+    (folder / IMAGES).write_bytes(gzip.compress(gzip.decompress(published), compresslevel=1))
+    (tmp_path / "raw" / "fashion_mnist" / IMAGES).unlink()
+    with pytest.raises(RuntimeError, match=f"archive sha256 mismatch \\(expected {digest}"):
+        download(data, policy=FAST)
+
+
+def _must_not_hash(path: Path, kind: str) -> str:
+    raise AssertionError(f"{path} was hashed again although it was verified and is unchanged")
+
+
+def test_verified_files_are_not_fetched_again_unless_changed(
+        tmp_path: Path, server: FileServer, mirror: tuple[Path, dict],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, digests = mirror
+    data = _data(tmp_path, [server.publish("fm", folder)], digests)
+    download(data, policy=FAST)
+    server.requests.clear()
+    with monkeypatch.context() as patch:  # the cache answers: no decompression, no request
+        patch.setattr(sources, "file_sha256", _must_not_hash)
+        download(data, policy=FAST)
+    assert server.requests == []
+    dest = tmp_path / "raw" / "fashion_mnist" / IMAGES
+    corrupt = bytearray(dest.read_bytes())
+    corrupt[len(corrupt) // 2] ^= 0xFF  # same size, one byte of the deflate stream changed
+    dest.write_bytes(bytes(corrupt))
+    download(data, policy=FAST)
+    assert [path for path, _ in server.requests] == [f"/fm/{IMAGES}"]
+    assert dest.read_bytes() == (folder / IMAGES).read_bytes()
+
+
+def test_cli_download_and_its_errors(tmp_path: Path, mirror: tuple[Path, dict],
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    folder, digests = mirror
+    params = tmp_path / "params.yaml"
+    files = "".join(f"        {name}: {digest}\n" for name, digest in digests.items())
+    params.write_text(f"data:\n  raw_dir: {tmp_path / 'raw'}\n  sources:\n    fashion_mnist:\n"
+                      f"      mirrors: [{folder}]\n      files:\n{files}")
+    assert cli.main(["download", "--params", str(params)]) == 0
+    assert _leftovers(tmp_path / "raw" / "fashion_mnist") == sorted(digests)
+    assert cli.main(["download", "--params", str(params), "--source", "mnist"]) == 1
+    assert f"{params}: data.sources.mnist: not defined" in capsys.readouterr().err
+
+
+def test_each_data_set_maps_to_its_sources(tmp_path: Path, mirror: tuple[Path, dict]) -> None:
+    folder, digests = mirror
+    assert DATASET_SOURCES["multifashion_mnist"] == ("fashion_mnist", "mnist")
+    data = _data(tmp_path, [str(folder)], digests)
+    assert list(required_sources(data)) == ["fashion_mnist"]
+    mixed = data.model_copy(update={"dataset": "multifashion_mnist"})
+    with pytest.raises(ConfigError, match=r"data\.sources\.mnist: not defined, but mnist is "
+                                          r"needed by data\.dataset=multifashion_mnist"):
+        required_sources(mixed)
