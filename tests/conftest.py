@@ -11,10 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-IDX_NAMES = {  # the four files of (Fashion-)MNIST: split -> (images, labels)
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
+from multitask.data.idx import SPLIT_FILES
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -57,7 +54,7 @@ def idx_dataset() -> Callable[..., dict[str, str]]:
         rng = np.random.default_rng(seed)
         digests = {}
         for split, count in (("train", n_train), ("test", n_test)):
-            images_name, labels_name = IDX_NAMES[split]
+            images_name, labels_name = SPLIT_FILES[split]
             images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
             labels = rng.permutation(np.arange(count) % 10).astype(np.uint8)
             digests[images_name] = _write_idx(Path(folder) / images_name, images)

@@ -84,7 +84,8 @@ def test_same_seed_same_bytes_other_seed_differs(sample_config: DataConfig) -> N
 def test_validation_items_are_held_out_of_training(sample_config: DataConfig) -> None:
     from multitask.data.preprocess import load_pool
 
-    pool = load_pool(Path(sample_config.raw_dir), "fashion_mnist", 0.1, np.random.default_rng(0))
+    folder = Path(sample_config.raw_dir) / "fashion_mnist"
+    pool = load_pool(folder, 0.1, np.random.default_rng(0))
     train = {img.tobytes() for img in pool.images["train"]}
     val = {img.tobytes() for img in pool.images["val"]}
     assert len(pool.images["val"]) == 400  # 10% of the 4,000 sample training images

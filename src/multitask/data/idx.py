@@ -14,6 +14,11 @@ from pathlib import Path
 import numpy as np
 
 UBYTE = 0x08
+# The four files of MNIST and Fashion-MNIST: split -> (images, labels).
+SPLIT_FILES: dict[str, tuple[str, str]] = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 
 
 def read_bytes(path: str | Path) -> bytes:
@@ -60,11 +65,13 @@ def read_idx(path: str | Path) -> np.ndarray:
     return parse_idx(read_bytes(path), str(path))
 
 
-def read_idx_pair(images_path: str | Path, labels_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+def read_idx_pair(images_path: str | Path, labels_path: str | Path
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, H, W) and labels (N,), checked to agree on N."""
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3:
-        raise ValueError(f"{images_path}: expected 3 dimensions (N, rows, cols), got {images.shape}")
+        raise ValueError(
+            f"{images_path}: expected 3 dimensions (N, rows, cols), got {images.shape}")
     if labels.ndim != 1:
         raise ValueError(f"{labels_path}: expected 1 dimension (N,), got {labels.shape}")
     if len(images) != len(labels):
@@ -72,3 +79,12 @@ def read_idx_pair(images_path: str | Path, labels_path: str | Path) -> tuple[np.
             f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
         )
     return images, labels
+
+
+def read_split(folder: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of ``split`` ("train" or "test") from a source's folder."""
+    images_path, labels_path = (Path(folder) / name for name in SPLIT_FILES[split])
+    for path in (images_path, labels_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; run multitask download first")
+    return read_idx_pair(images_path, labels_path)

@@ -11,9 +11,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +20,9 @@ import numpy as np
 
 from multitask.config import DataConfig, load_params
 from multitask.data.composites import build_composites
-from multitask.data.idx import read_idx_pair
-from multitask.io import current_umask, write_json
+from multitask.data.idx import read_split
+from multitask.data.sources import COMPOSITIONS, source_dir
+from multitask.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +32,6 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 CLASS_NAMES = {"fashion_mnist": FASHION_CLASSES, "mnist": DIGIT_CLASSES}
 
-# data set -> (source of the top-left item, source of the bottom-right item)
-COMPOSITIONS: dict[str, tuple[str, str]] = {
-    "multifashion": ("fashion_mnist", "fashion_mnist"),
-    "multimnist": ("mnist", "mnist"),
-    "multifashion_mnist": ("mnist", "fashion_mnist"),
-}
 
 
 @dataclass(frozen=True)
@@ -50,13 +42,10 @@ class Pool:
     labels: dict[str, np.ndarray]
 
 
-def load_pool(raw_dir: Path, source: str, val_fraction: float, rng: np.random.Generator) -> Pool:
-    """Read a source's IDX files and hold out ``val_fraction`` of its training images."""
-    folder = raw_dir / source
-    train_x, train_y = read_idx_pair(folder / "train-images-idx3-ubyte.gz",
-                                     folder / "train-labels-idx1-ubyte.gz")
-    test_x, test_y = read_idx_pair(folder / "t10k-images-idx3-ubyte.gz",
-                                   folder / "t10k-labels-idx1-ubyte.gz")
+def load_pool(folder: Path, val_fraction: float, rng: np.random.Generator) -> Pool:
+    """A source's IDX files (in ``folder``), ``val_fraction`` of its training images held out."""
+    train_x, train_y = read_split(folder, "train")
+    test_x, test_y = read_split(folder, "test")
     order = rng.permutation(len(train_x))
     n_val = max(1, round(val_fraction * len(train_x)))
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
@@ -85,8 +74,7 @@ def build_dataset(config: DataConfig) -> tuple[dict[str, np.ndarray], dict[str, 
     """All splits' arrays and their ``meta.json`` content, deterministic for ``config.seed``."""
     left_source, right_source = COMPOSITIONS[config.dataset]
     rng = np.random.default_rng(config.seed)
-    raw_dir = Path(config.raw_dir)
-    pools = {s: load_pool(raw_dir, s, config.val_fraction, rng)
+    pools = {s: load_pool(source_dir(config, s), config.val_fraction, rng)
              for s in dict.fromkeys((left_source, right_source))}
     left, right = pools[left_source], pools[right_source]
     arrays: dict[str, np.ndarray] = {}
@@ -122,23 +110,10 @@ def build_dataset(config: DataConfig) -> tuple[dict[str, np.ndarray], dict[str, 
 
 def write_dataset(out_dir: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Write into a sibling temporary folder, then swap it into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    os.chmod(tmp, 0o777 & ~current_umask())
-    try:
+    with atomic_dir(out_dir) as tmp:
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array, allow_pickle=False)
         write_json(tmp / "meta.json", meta)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(args: argparse.Namespace) -> int:

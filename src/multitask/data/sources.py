@@ -32,12 +32,17 @@ from multitask.io import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-# The raw sources each composite data set is built from; the download and preprocess stages
-# both read this, so a new data set is declared here once.
+# Each composite data set, declared once: (source of the top-left item, source of the
+# bottom-right item). Multi-(Fashion+MNIST) pairs a digit (left) with a garment (right).
+COMPOSITIONS: Mapping[str, tuple[str, str]] = MappingProxyType({
+    "multifashion": ("fashion_mnist", "fashion_mnist"),
+    "multimnist": ("mnist", "mnist"),
+    "multifashion_mnist": ("mnist", "fashion_mnist"),
+})
+
+# The raw sources each data set needs, as the download and validate stages fetch and check them.
 DATASET_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "multifashion": ("fashion_mnist",),
-    "multimnist": ("mnist",),
-    "multifashion_mnist": ("fashion_mnist", "mnist"),
+    name: tuple(sorted(set(pair))) for name, pair in COMPOSITIONS.items()
 })
 
 # What to do when no mirror of a source answers, beyond the generic advice.

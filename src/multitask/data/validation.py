@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from multitask.config import ValidateConfig, load_params
-from multitask.data.idx import read_idx_pair
+from multitask.data.idx import SPLIT_FILES, read_split
 from multitask.data.sources import DATASET_SOURCES, source_dir
 from multitask.io import atomic_dir, write_json
 
@@ -45,10 +45,6 @@ CLASSES = 10
 IMAGE_SHAPE = (28, 28)
 IMAGE_DTYPE = "uint8"
 PIXEL_RANGE = (0, 255)
-SPLIT_FILES: dict[str, tuple[str, str]] = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
 TABLES = ("images", "classes", "statistics")
 # The columns that locate an offending row of each table in the summary and the data docs.
 ROW_KEYS: dict[str, list[str]] = {
@@ -158,12 +154,8 @@ def train_test_duplicates(tables: Mapping[str, Mapping[str, pd.DataFrame]]) -> l
 def load_source(folder: Path) -> dict[str, pd.DataFrame]:
     """Read one source's IDX files into per-split image tables."""
     tables: dict[str, pd.DataFrame] = {}
-    for split, names in SPLIT_FILES.items():
-        images_path, labels_path = (folder / name for name in names)
-        for path in (images_path, labels_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: not found; run multitask download first")
-        images, labels = read_idx_pair(images_path, labels_path)
+    for split in SPLIT_FILES:
+        images, labels = read_split(folder, split)
         tables[split] = image_table(images, labels, split)
     return tables
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from multitask.training.metrics import evaluate
 from multitask.weighting import StepContext, WeightingMethod
 
 log = logging.getLogger(__name__)
+FAIL_AFTER_EPOCH_ENV = "MULTITASK_FAIL_AFTER_EPOCH"  # tests only: raise after this epoch
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -208,7 +210,8 @@ class Trainer:
                                     subset=self.subset)
         total = math.ceil(self.train_size / self.config.batch_size)
         bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{self.epochs}",
-                   disable=not self.progress, leave=False, unit="batch")
+                   # None: shown on a terminal only, so logs hold no bar redraws
+                   disable=None if self.progress else True, leave=False, unit="batch")
         shared = self.model.shared_parameters()
         for x, y in bar:
             losses, features = task_losses(self.model, self.tasks, self.columns, x, y,
@@ -258,4 +261,7 @@ class Trainer:
                 f"{k}={v:.4f}" for k, v in record.items() if k.startswith(("val/", "train/"))))
             if self.on_epoch is not None:
                 self.on_epoch(epoch + 1, record)
+            if os.environ.get(FAIL_AFTER_EPOCH_ENV) == str(epoch + 1):
+                # Test hook: a crash mid-training must leave the MLflow run FAILED.
+                raise RuntimeError(f"{FAIL_AFTER_EPOCH_ENV}={epoch + 1}: injected failure")
         return self.history
