@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from multitask.cli import main as cli_main
-from multitask.config import ValidateConfig
+from multitask.config import PixelStats, ValidateConfig
 from multitask.data.idx import read_idx_pair
 from multitask.data.validation import (
     SPLIT_FILES,
@@ -30,7 +30,9 @@ from multitask.data.validation import (
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "sample" / "fashion-mnist"
 # Uniform random pixels have mean 127.5 and std 73.9, outside the Fashion-MNIST ranges.
-RANDOM_PIXELS = ValidateConfig(pixel_mean_range=(100.0, 160.0), pixel_std_range=(50.0, 100.0))
+# uniform random pixels: mean ~127.5, std ~73.9
+RANDOM_PIXEL_STATS = {"fashion_mnist": {"mean": [100.0, 160.0], "std": [50.0, 100.0]}}
+RANDOM_PIXELS = ValidateConfig(pixel_stats=RANDOM_PIXEL_STATS)
 
 
 def failed(summary: dict[str, Any]) -> set[tuple[str, str, str, str]]:
@@ -124,7 +126,8 @@ def test_missing_class_is_caught(source_with: Callable) -> None:
 
 
 def test_pixel_statistics_outside_their_range_are_caught(source_with: Callable) -> None:
-    config = ValidateConfig(pixel_mean_range=(40.0, 120.0), pixel_std_range=(50.0, 100.0))
+    config = ValidateConfig(
+        pixel_stats={"fashion_mnist": PixelStats(mean=(40.0, 120.0), std=(50.0, 100.0))})
     summary = run(source_with(lambda arrays: None), config)
     assert failed(summary) == {
         (split, "statistics", "expect_column_values_to_be_between", "pixel_mean")
@@ -191,7 +194,7 @@ def test_stage_fails_naming_expectation_column_and_values(
         arrays["test"][1][[4, 9]] = 250
 
     folder = source_with(plant)
-    params = write_params(tmp_path, folder.parent, pixel_mean_range=[100.0, 160.0])
+    params = write_params(tmp_path, folder.parent, pixel_stats=RANDOM_PIXEL_STATS)
 
     assert cli_main(["validate", "--params", str(params)]) == 1
 
@@ -206,7 +209,7 @@ def test_stage_fails_naming_expectation_column_and_values(
 def test_interrupted_stage_keeps_the_previous_reports(
         tmp_path: Path, source_with: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
     params = write_params(tmp_path, source_with(lambda arrays: None).parent,
-                          pixel_mean_range=[100.0, 160.0])
+                          pixel_stats=RANDOM_PIXEL_STATS)
     previous = tmp_path / "reports" / "data_docs" / "index.html"
     previous.parent.mkdir(parents=True)
     previous.write_text("previous run")

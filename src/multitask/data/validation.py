@@ -161,7 +161,7 @@ def load_source(folder: Path) -> dict[str, pd.DataFrame]:
 
 
 # ------------------------------------------------------------------------------- expectations
-def expectations(table: str, split: str, config: ValidateConfig,
+def expectations(table: str, split: str, config: ValidateConfig, source: str,
                  classes: int = CLASSES) -> list[Expectation]:
     """The suite for one table of one split (Great Expectations must be importable)."""
     import great_expectations.expectations as gxe
@@ -188,7 +188,11 @@ def expectations(table: str, split: str, config: ValidateConfig,
         return [gxe.ExpectColumnValuesToBeBetween(column="relative_deviation",
                                                   min_value=-tolerance, max_value=tolerance)]
     if table == "statistics":
-        (mean_low, mean_high), (std_low, std_high) = config.pixel_mean_range, config.pixel_std_range
+        if source not in config.pixel_stats:
+            raise ValueError(f"params.yaml: validate.pixel_stats.{source}: missing; give the "
+                             "expected range of this source's pixel mean and std")
+        stats = config.pixel_stats[source]
+        (mean_low, mean_high), (std_low, std_high) = stats.mean, stats.std
         return [
             gxe.ExpectColumnValuesToBeBetween(column="pixel_mean", min_value=mean_low,
                                               max_value=mean_high),
@@ -308,7 +312,7 @@ def validate(sources: Mapping[str, Mapping[str, pd.DataFrame]], config: Validate
                 batch = data_source.add_dataframe_asset(f"{split}.{table}") \
                     .add_batch_definition_whole_dataframe("whole table")
                 suite = context.suites.add(gx.ExpectationSuite(
-                    name=name, expectations=expectations(table, split, config, classes)))
+                    name=name, expectations=expectations(table, split, config, source, classes)))
                 definition = context.validation_definitions.add(
                     gx.ValidationDefinition(name=name, data=batch, suite=suite))
                 result = definition.run(
