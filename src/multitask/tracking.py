@@ -204,7 +204,11 @@ def _param_value(value: Any) -> str:
 
 @dataclass
 class StageRun:
-    """The stage's handle on its MLflow run; with ``run_id`` None every method does nothing."""
+    """A handle on one MLflow run; with ``run_id`` None every method does nothing.
+
+    Every call names the run explicitly (never MLflow's "active run"), so the handle of a nested
+    trial run and that of its parent can be used side by side.
+    """
 
     run_id: str | None
     _pending: list[Any] = field(default_factory=list, repr=False)
@@ -220,7 +224,7 @@ class StageRun:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Any metrics at ``step`` (default 0), in one asynchronous batch."""
-        if not self.enabled or not metrics:
+        if self.run_id is None or not metrics:
             return
         from mlflow.entities import Metric
 
@@ -237,37 +241,43 @@ class StageRun:
             operation.wait()
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        if self.enabled and tags:
-            import mlflow
+        if self.run_id is None or not tags:
+            return
+        from mlflow.entities import RunTag
 
-            mlflow.set_tags({key: str(value) for key, value in tags.items()})
+        client().log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Params spelt as ``params.yaml`` spells them (true, null, [1, 2])."""
+        if self.run_id is None or not params:
+            return
+        from mlflow.entities import Param
+
+        client().log_batch(self.run_id, params=[Param(k, _param_value(v))
+                                                for k, v in params.items()])
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None
                      ) -> None:
         """A file, or a folder under its own name, at ``artifact_path`` in the run."""
-        if not self.enabled:
+        if self.run_id is None:
             return
-        import mlflow
-
         path = Path(path)
         if path.is_dir():
             target = f"{artifact_path}/{path.name}" if artifact_path else path.name
-            mlflow.log_artifacts(str(path), artifact_path=target)
+            client().log_artifacts(self.run_id, str(path), artifact_path=target)
         elif path.is_file():
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            client().log_artifact(self.run_id, str(path), artifact_path=artifact_path)
         else:
             raise FileNotFoundError(f"{path}: not found; cannot log it to MLflow run "
                                     f"{self.run_id}; run the stage that writes it first")
 
     def log_figure(self, figure: Figure, artifact_file: str) -> None:
         """A matplotlib figure as a PNG at ``artifact_file`` (which must end in .png)."""
-        if not self.enabled:
+        if self.run_id is None:
             return
         if not artifact_file.endswith(".png"):
             raise ValueError(f"log_figure: artifact_file '{artifact_file}' must end in .png")
-        import mlflow
-
-        mlflow.log_figure(figure, artifact_file)
+        client().log_figure(self.run_id, figure, artifact_file)
 
     def log_model(self, model: torch.nn.Module, input_example: np.ndarray,
                   task_names: list[str], *, class_names: dict[str, list[str]] | None = None,
@@ -280,9 +290,12 @@ class StageRun:
         trainer used) and returns an int64 (N, tasks) array of predicted class indices, one
         column per task in ``task_names`` order. The task and class names travel in the model's
         metadata; :func:`multitask.predict.predict_labels` turns the array into a named table.
-        Returns the model URI (``models:/<model id>``), also stored in the run's tags.
+        It is saved as a ``torch.export`` program (pt2), so loading it needs torch, not this
+        package, and the batch dimension is dynamic. Only the run :func:`stage_run` opened
+        (MLflow's active run) can log a model. Returns the model URI (``models:/<id>``), also
+        stored in the run's ``multitask.model_uri`` tag.
         """
-        if not self.enabled:
+        if self.run_id is None:
             return None
         import mlflow
         import mlflow.pytorch
@@ -292,9 +305,15 @@ class StageRun:
 
         from multitask.predict import TaskLabels
 
+        active = mlflow.active_run()
+        if active is None or active.info.run_id != self.run_id:
+            raise RuntimeError(f"log_model: run {self.run_id} is not the active stage run; "
+                               "log models inside `with stage_run(...)`")
         example = np.asarray(input_example, dtype=np.float32)
         if example.ndim == 3:
             example = example[:, None]
+        if len(example) == 1:  # torch.export fixes a batch dimension of size 1 to 1
+            example = np.concatenate([example, example])
         # A CPU copy: the caller's model stays where it is (``.cpu()`` would move it in place).
         wrapped = TaskLabels(copy.deepcopy(model).cpu(), task_names, pixel_mean=pixel_mean,
                              pixel_std=pixel_std).eval()
@@ -308,6 +327,8 @@ class StageRun:
             # Explicit requirements: inferring them reloads the model in a subprocess (seconds).
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                               f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
+            # pt2 (torch.export): the saved graph loads without this package's classes.
+            serialization_format="pt2",
             metadata={"task_names": list(task_names), "class_names": class_names or {},
                       "input": "float32 (N, C, H, W) raw pixel values 0..255"},
         )
@@ -320,11 +341,11 @@ class StageRun:
         The digest column holds 36 characters, so the digest is the first 32 hex digits of
         ``meta['sha256']``; the full hash is the run's ``data.sha256`` tag.
         """
-        if not self.enabled:
+        if self.run_id is None:
             return
-        import mlflow
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
 
         sha256 = str(meta["sha256"])
         with warnings.catch_warnings():  # "can be interpreted in multiple ways": both local
@@ -332,9 +353,10 @@ class StageRun:
             data_source = resolve_dataset_source(str(Path(source).resolve()))
         dataset = MetaDataset(data_source, name=str(meta.get("dataset", Path(source).name)),
                               digest=sha256[:32])
-        splits = meta.get("splits", {})
-        mlflow.log_input(dataset, context="training",
-                         tags={"splits": json.dumps(splits)} if splits else None)
+        tags = [InputTag("mlflow.data.context", "training")]
+        if meta.get("splits"):
+            tags.append(InputTag("splits", json.dumps(meta["splits"])))
+        client().log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), tags)])
         self.set_tags({"data.sha256": sha256})
 
 
@@ -353,6 +375,39 @@ def _sigterm_raises() -> Callable[[], None]:
 
 def _is_failure(exc: BaseException) -> bool:
     return not (isinstance(exc, SystemExit) and exc.code in (0, None))
+
+
+@contextlib.contextmanager
+def _ending(run: StageRun, what: str, end: Callable[[str], None],
+            finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[StageRun]:
+    """Yield ``run``; end it FINISHED on success (or a ``finished_on`` exception), else FAILED.
+
+    The exception always propagates; the run's pending metrics are flushed either way.
+    """
+    try:
+        yield run
+        run.flush()
+    except BaseException as exc:
+        if isinstance(exc, finished_on) or not _is_failure(exc):
+            _flush_quietly(run)
+            end("FINISHED")
+            raise
+        reason = f"{what}: {type(exc).__name__}: {exc}"[:4000]
+        log.error("MLflow run %s ends FAILED (%s)", run.run_id, reason)
+        _flush_quietly(run)
+        with contextlib.suppress(Exception):  # the store may be what failed; ending matters more
+            run.set_tags({"failure": reason})
+        end("FAILED")
+        raise
+    else:
+        end("FINISHED")
+
+
+def _flush_quietly(run: StageRun) -> None:
+    try:
+        run.flush()
+    except Exception:  # already leaving with an exception; do not replace it
+        log.exception("MLflow run %s: some metrics could not be logged", run.run_id)
 
 
 @contextlib.contextmanager
@@ -380,42 +435,55 @@ def stage_run(params: Params, stage: str, run_id: str | None = None) -> Iterator
             tags=run_tags(params, stage),
             log_system_metrics=system_metrics,
         )
-        mlflow.log_params({key: _param_value(v) for key, v in flatten(params).items()},
-                          synchronous=True)
+        run = StageRun(active.info.run_id)
+        run.log_params(flatten(params))
     else:
         get_run(run_id)  # a clear error for a missing run before MLflow's own
         active = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
-        mlflow.set_tags({"stage": stage})
-    run = StageRun(active.info.run_id)
+        run = StageRun(active.info.run_id)
+        run.set_tags({"stage": stage})
     log.info("MLflow run %s (%s) in %s", run.run_id, stage, tracking_uri())
     restore_sigterm = _sigterm_raises()
     try:
-        yield run
-        run.flush()
-    except BaseException as exc:
-        if not _is_failure(exc):
-            mlflow.end_run("FINISHED")
-            raise
-        _end_failed(run, stage, exc)
-        raise
-    else:
-        mlflow.end_run("FINISHED")
+        with _ending(run, stage, lambda status: mlflow.end_run(status)):
+            yield run
     finally:
         restore_sigterm()
 
 
-def _end_failed(run: StageRun, stage: str, exc: BaseException) -> None:
-    """End the run FAILED with the reason as a tag; never mask the original exception."""
-    import mlflow
+@contextlib.contextmanager
+def nested_run(parent_run_id: str | None, run_name: str, *, params: dict[str, Any] | None = None,
+               tags: dict[str, str] | None = None,
+               finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[StageRun]:
+    """A child run of ``parent_run_id`` (an Optuna trial under the ``tune`` stage's run).
 
-    reason = f"{stage}: {type(exc).__name__}: {exc}"[:4000]
-    log.error("MLflow run %s ends FAILED (%s)", run.run_id, reason)
-    try:
-        run.flush()
-        mlflow.set_tag("failure", reason)
-    except Exception:  # the store may be what failed; ending the run still matters more
-        log.exception("could not record the failure reason on run %s", run.run_id)
-    mlflow.end_run("FAILED")
+    Created by id, not as MLflow's active run, so worker processes can open one under a
+    parent that lives in another process. Ends FINISHED on success or on an exception of
+    ``finished_on`` (a pruned trial is not a failure), FAILED otherwise; the exception
+    propagates. ``parent_run_id`` None (tracking disabled): a run that does nothing.
+    """
+    if parent_run_id is None:
+        yield StageRun(None)
+        return
+    mlflow_client = client()
+    parent = get_run(parent_run_id)
+    created = mlflow_client.create_run(parent.info.experiment_id, run_name=run_name,
+                                       tags={**(tags or {}), "mlflow.parentRunId": parent_run_id})
+    run = StageRun(created.info.run_id)
+    run.log_params(params or {})
+    with _ending(run, run_name, lambda status: mlflow_client.set_terminated(created.info.run_id,
+                                                                         status), finished_on):
+        yield run
+
+
+def end_run(run_id: str, status: str = "FAILED", reason: str | None = None) -> None:
+    """End run ``run_id`` with ``status`` (e.g. a trial whose worker process died)."""
+    if status not in {"FINISHED", "FAILED", "KILLED"}:
+        raise ValueError(f"end_run: status '{status}' is not FINISHED, FAILED or KILLED")
+    stage = StageRun(run_id)
+    if reason:
+        stage.set_tags({"failure": reason[:4000]})
+    client().set_terminated(run_id, status)
 
 
 # ------------------------------------------------------------------------------- loading models
@@ -434,3 +502,73 @@ def load_model(model_uri: str) -> Any:
             "check the name and alias with `multitask registry`, or set "
             f"{URI_ENV} to the store that holds it"
         ) from None
+
+
+# ------------------------------------------------------------------------------------ registry
+@dataclass(frozen=True)
+class ModelVersion:
+    """One version of a registered model, as the promotion gate needs it."""
+
+    name: str
+    version: str
+    run_id: str | None
+    source: str
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+
+
+def _version(entity: Any) -> ModelVersion:
+    return ModelVersion(name=entity.name, version=str(entity.version), run_id=entity.run_id,
+                        source=entity.source, tags=dict(entity.tags or {}),
+                        aliases=tuple(getattr(entity, "aliases", None) or ()))
+
+
+def _missing(exc: Exception) -> bool:
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def version_by_alias(name: str, alias: str) -> ModelVersion | None:
+    """The version of registered model ``name`` holding ``alias``; None if there is none."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client()
+    try:
+        registered = mlflow_client.get_registered_model(name)
+    except MlflowException as exc:
+        if _missing(exc):
+            return None
+        raise
+    version = dict(registered.aliases or {}).get(alias)
+    return None if version is None else _version(mlflow_client.get_model_version(name, version))
+
+
+def versions_of_run(name: str, run_id: str) -> list[ModelVersion]:
+    """The versions of ``name`` registered from run ``run_id`` (oldest first)."""
+    found = client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return sorted((_version(v) for v in found), key=lambda v: int(v.version))
+
+
+def register_version(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
+    """Register ``model_uri`` as a new version of ``name`` (created if new), with ``tags``."""
+    import mlflow
+
+    client()
+    registered = mlflow.register_model(model_uri, name, tags=tags)
+    return _version(client().get_model_version(name, registered.version))
+
+
+def set_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
+    mlflow_client = client()
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(name, version, key, value)
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(name, alias, version)
+
+
+def delete_alias(name: str, alias: str) -> None:
+    """Remove ``alias`` from ``name``; nothing to do when it is not set."""
+    if version_by_alias(name, alias) is not None:
+        client().delete_registered_model_alias(name, alias)
+

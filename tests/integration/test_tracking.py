@@ -22,7 +22,9 @@ from multitask.tasks import Task
 from multitask.tracking import (
     MODEL_URI_TAG,
     artifact_root,
+    end_run,
     load_model,
+    nested_run,
     repo_root,
     stage_run,
     tracking_uri,
@@ -164,6 +166,40 @@ def test_sigterm_ends_the_run_failed(store: str, tmp_path: Path) -> None:
     logged = mlflow.MlflowClient(store).get_run(run_id)
     assert logged.info.status == "FAILED"
     assert "SystemExit" in logged.data.tags["failure"]
+
+
+class Pruned(Exception):
+    """Stands for optuna.TrialPruned: an exception that is not a failure."""
+
+
+def test_nested_runs_end_finished_pruned_or_failed_under_their_parent(store: str) -> None:
+    client = mlflow.MlflowClient(store)
+    with stage_run(sample_params(), "tune") as parent:
+        with nested_run(parent.run_id, "trial-0", params={"weight/left": 0.3},
+                        tags={"optuna.trial": "0"}) as trial:
+            trial.log_epoch(1, {"val/left/accuracy": 0.5})
+            with pytest.raises(RuntimeError, match="not the active stage run"):
+                trial.log_model(torch.nn.Linear(1, 1), np.zeros((2, 1)), ["left"])
+        with pytest.raises(Pruned), nested_run(parent.run_id, "trial-1",
+                                               finished_on=(Pruned,)) as pruned:
+            raise Pruned
+        with pytest.raises(ValueError), nested_run(parent.run_id, "trial-2") as failed:
+            raise ValueError("nan loss")
+        with nested_run(parent.run_id, "trial-3") as stale:
+            pass
+    end_run(str(stale.run_id), "FAILED", "tune: worker 3 is gone")
+    runs = {r: client.get_run(r) for r in (trial.run_id, pruned.run_id, failed.run_id)}
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.run_id}
+    assert [r.info.status for r in runs.values()] == ["FINISHED", "FINISHED", "FAILED"]
+    assert runs[trial.run_id].data.params == {"weight/left": "0.3"}
+    assert runs[trial.run_id].data.metrics == {"val/left/accuracy": 0.5}
+    assert runs[failed.run_id].data.tags["failure"] == "trial-2: ValueError: nan loss"
+    assert client.get_run(stale.run_id).info.status == "FAILED"
+    assert client.get_run(stale.run_id).data.tags["failure"] == "tune: worker 3 is gone"
+    assert client.get_run(parent.run_id).info.status == "FINISHED"
+    with nested_run(None, "trial-4") as disabled:
+        disabled.log_epoch(1, {"x": 1.0})
+    assert disabled.run_id is None
 
 
 def test_disabled_tracking_does_nothing(store: str, tmp_path: Path) -> None:

@@ -1,0 +1,218 @@
+"""``multitask promote`` and ``multitask registry``: the task-aware gate over MLflow aliases.
+
+A multi-task model is not better because its average is: the gate protects every task. The
+candidate (the evaluated run of ``reports/train.json``, or ``--run-id``) is registered as a new
+version of the registered model ``promote.model_name`` (default: the experiment, i.e. the data
+set) with its test metrics as version tags. It takes the ``champion`` alias only if
+
+* no task's test accuracy is below the champion's by more than ``promote.tolerance``
+  (absolute: 0.01 = one percentage point), and
+* the aggregate ``promote.aggregate`` improves on the champion's: ``delta_m`` (Δm% against the
+  single-task baselines, higher is better) or ``mean_accuracy``.
+
+Otherwise it takes the ``challenger`` alias and the command says, task by task, why. The first
+registered model becomes champion. Exit codes (for CI): 0 promoted (or already champion),
+3 kept as challenger, 1 error. ``--dry-run`` prints the same decision and exit code and changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from multitask import tracking
+from multitask.config import Params, load_params
+from multitask.io import read_json
+
+log = logging.getLogger(__name__)
+
+TRAIN_JSON = Path("reports/train.json")
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+EXIT_PROMOTED = 0
+EXIT_CHALLENGER = 3
+AGGREGATE_KEYS = {"delta_m": "test/delta_m_pct", "mean_accuracy": "test/mean_accuracy"}
+_TASK_METRIC = re.compile(r"test/(?P<task>[^/]+)/accuracy")
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What the gate compares: per-task test accuracy and the aggregate."""
+
+    tasks: dict[str, float]
+    aggregate: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reasons: list[str]  # one line per task and one for the aggregate
+
+
+def scores_from(metrics: dict[str, float], aggregate: str, where: str) -> Scores:
+    """Per-task accuracies and the aggregate from test metrics (run metrics or version tags)."""
+    tasks = {m["task"]: float(value) for key, value in metrics.items()
+             if (m := _TASK_METRIC.fullmatch(key))}
+    key = AGGREGATE_KEYS[aggregate]
+    if not tasks or key not in metrics:
+        raise ValueError(
+            f"{where}: no test metrics (test/<task>/accuracy and {key}); run "
+            "`multitask evaluate` on it first"
+        )
+    return Scores(tasks=tasks, aggregate=float(metrics[key]))
+
+
+def decide(candidate: Scores, champion: Scores | None, tolerance: float, aggregate: str
+           ) -> Decision:
+    """The gate. With no champion the candidate is promoted."""
+    if champion is None:
+        return Decision(True, ["no champion yet: the first registered model becomes champion"])
+    reasons: list[str] = []
+    passed = True
+    for task, best in sorted(champion.tasks.items()):
+        if task not in candidate.tasks:
+            passed = False
+            reasons.append(f"{task}: missing from the candidate's test metrics")
+            continue
+        change = candidate.tasks[task] - best
+        worse = -change > tolerance
+        passed &= not worse
+        verdict = (f"worse by {-change:.4f} > tolerance {tolerance:.4f}" if worse
+                   else "within tolerance" if change < 0 else "not worse")
+        reasons.append(f"{task}: accuracy {candidate.tasks[task]:.4f} vs champion {best:.4f} "
+                       f"({change:+.4f}): {verdict}")
+    improved = candidate.aggregate > champion.aggregate
+    passed &= improved
+    reasons.append(f"{aggregate}: {candidate.aggregate:.4f} vs champion {champion.aggregate:.4f}"
+                   f" ({candidate.aggregate - champion.aggregate:+.4f}): "
+                   f"{'improves' if improved else 'does not improve'}")
+    return Decision(passed, reasons)
+
+
+def model_name(params: Params) -> str:
+    """The registered model: ``promote.model_name``, else the experiment (the data set)."""
+    return params.promote.model_name or params.tracking.experiment or params.data.dataset
+
+
+def _version_metrics(version: tracking.ModelVersion) -> dict[str, float]:
+    """Test metrics recorded on a version's tags (falling back to its run's metrics)."""
+    metrics = {k: float(v) for k, v in version.tags.items() if k.startswith("test/")}
+    if not metrics and version.run_id:
+        metrics = dict(tracking.get_run(version.run_id).data.metrics)
+    return metrics
+
+
+def _candidate_run_id(args: argparse.Namespace) -> str:
+    if args.run_id:
+        return str(args.run_id)
+    run_id = read_json(TRAIN_JSON).get("run_id")
+    if not run_id:
+        raise ValueError(f"{TRAIN_JSON}: no run_id (trained with tracking.enabled false?); "
+                         "enable tracking and rerun `multitask train`, or pass --run-id")
+    return str(run_id)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``multitask promote [--dry-run] [--status] [--run-id ID]``."""
+    params = load_params(args.params)
+    if args.status:
+        return status_main(args)
+    name = model_name(params)
+    aggregate = params.promote.aggregate
+    run_id = _candidate_run_id(args)
+    run = tracking.get_run(run_id)
+    if run.info.status != "FINISHED":
+        raise ValueError(f"run {run_id} is {run.info.status}; only a finished, evaluated run "
+                         "can be promoted (rerun `multitask evaluate`)")
+    metrics = dict(run.data.metrics)
+    candidate = scores_from(metrics, aggregate, f"run {run_id}")
+    model_uri = run.data.tags.get(tracking.MODEL_URI_TAG)
+    if not model_uri:
+        raise ValueError(f"run {run_id} has no logged model (tracking.log_model false?); "
+                         "rerun `multitask train` with it enabled")
+
+    champion_version = tracking.version_by_alias(name, CHAMPION)
+    if champion_version is not None and champion_version.run_id == run_id:
+        _write(f"{name} v{champion_version.version} (run {run_id}) is already the champion\n")
+        return EXIT_PROMOTED
+    champion = (scores_from(_version_metrics(champion_version), aggregate,
+                            f"{name} v{champion_version.version}")
+                if champion_version is not None else None)
+    decision = decide(candidate, champion, params.promote.tolerance, aggregate)
+    outcome = CHAMPION if decision.promote else CHALLENGER
+    against = f" against champion v{champion_version.version}" if champion_version else ""
+    lines = [f"candidate: run {run_id}{against} ({name})", *(f"  {r}" for r in decision.reasons)]
+
+    if args.dry_run:
+        lines.append(f"dry run: would become {outcome}; nothing registered, no alias moved")
+        _write("\n".join(lines) + "\n")
+        return EXIT_PROMOTED if decision.promote else EXIT_CHALLENGER
+
+    existing = tracking.versions_of_run(name, run_id)
+    tags = {key: str(value) for key, value in metrics.items() if key.startswith("test/")}
+    tags.update({"gate.decision": outcome, "gate.reason": "; ".join(decision.reasons)[:5000]})
+    if existing:  # promoting the same run again reuses its version
+        version = existing[-1]
+        tracking.set_version_tags(name, version.version, tags)
+    else:
+        version = tracking.register_version(model_uri, name, tags)
+    tracking.set_alias(name, outcome, version.version)
+    if decision.promote:
+        challenger = tracking.version_by_alias(name, CHALLENGER)
+        if challenger is not None and challenger.version == version.version:
+            tracking.delete_alias(name, CHALLENGER)
+    lines.append(f"{name} v{version.version} is now {outcome}")
+    _write("\n".join(lines) + "\n")
+    return EXIT_PROMOTED if decision.promote else EXIT_CHALLENGER
+
+
+def status_main(args: argparse.Namespace) -> int:
+    """``multitask registry``: champion and challenger side by side, per task."""
+    params = load_params(args.params)
+    name = model_name(params)
+    aggregate = params.promote.aggregate
+    versions = {alias: tracking.version_by_alias(name, alias) for alias in (CHAMPION, CHALLENGER)}
+    if not any(versions.values()):
+        raise ValueError(f"registered model '{name}' has no champion or challenger in "
+                         f"{tracking.tracking_uri()}; run `multitask promote` first")
+    columns = {alias: _version_metrics(v) if v else {} for alias, v in versions.items()}
+    tasks = sorted({m["task"] for metrics in columns.values() for key in metrics
+                    if (m := _TASK_METRIC.fullmatch(key))})
+    rows = [(f"{task} accuracy", f"test/{task}/accuracy") for task in tasks]
+    rows += [("Δm%", AGGREGATE_KEYS["delta_m"]), ("mean accuracy", AGGREGATE_KEYS["mean_accuracy"])]
+
+    def cell(alias: str, key: str) -> str:
+        value = columns[alias].get(key)
+        return "-" if value is None else f"{value:.4f}"
+
+    def header(alias: str) -> str:
+        version = versions[alias]
+        return f"{alias} v{version.version}" if version else f"{alias} (none)"
+
+    table = [("", header(CHAMPION), header(CHALLENGER), "challenger - champion")]
+    for label, key in rows:
+        champion_value = columns[CHAMPION].get(key)
+        challenger_value = columns[CHALLENGER].get(key)
+        delta = ("-" if champion_value is None or challenger_value is None
+                 else f"{challenger_value - champion_value:+.4f}")
+        table.append((label, cell(CHAMPION, key), cell(CHALLENGER, key), delta))
+    table.append(("run", *((versions[a].run_id or "-") if versions[a] else "-"
+                           for a in (CHAMPION, CHALLENGER)), ""))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    lines = [f"registered model '{name}' (gate: {aggregate}, tolerance "
+             f"{params.promote.tolerance}) in {tracking.tracking_uri()}"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+              for row in table]
+    _write("\n".join(lines) + "\n")
+    return 0
+
+
+def _write(text: str) -> None:
+    """The command's result goes to stdout (logging carries progress and warnings)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()

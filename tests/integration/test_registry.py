@@ -1,0 +1,145 @@
+"""``multitask promote`` / ``multitask registry`` on a real MLflow SQLite store.
+
+The candidates are real runs (a LeNet HPS model logged with StageRun.log_model, test metrics
+logged by an 'evaluate' stage_run) whose test metrics are chosen to land on each side of the gate.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from multitask.cli import main as cli
+from multitask.config import load_params
+from multitask.models import build_model
+from multitask.registry import Scores, decide
+from multitask.tasks import Task
+from multitask.tracking import stage_run
+
+ROOT = Path(__file__).resolve().parents[2]
+NAME = "multifashion-sample"  # sample/params.yaml's tracking.experiment
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "sample" / "params.yaml", tmp_path / "params.yaml")
+    text = (tmp_path / "params.yaml").read_text().replace("enabled: true",
+                                                          "enabled: true\n  system_metrics: false")
+    (tmp_path / "params.yaml").write_text(text)
+    return tmp_path
+
+
+def evaluated_run(left: float, right: float, delta_m: float) -> str:
+    """A finished run with a logged model and the test metrics ``evaluate`` records."""
+    params = load_params("params.yaml")
+    tasks = [Task("left", 10), Task("right", 10)]
+    model = build_model(params.model, tasks, in_channels=1, image_size=36)
+    with stage_run(params, "train") as run:
+        run.log_model(model, np.zeros((2, 36, 36), dtype=np.uint8), ["left", "right"])
+    with stage_run(params, "evaluate", run_id=run.run_id) as reopened:
+        reopened.log_metrics({"test/left/accuracy": left, "test/right/accuracy": right,
+                              "test/left/loss": 1 - left, "test/right/loss": 1 - right,
+                              "test/delta_m_pct": delta_m,
+                              "test/mean_accuracy": (left + right) / 2})
+    assert run.run_id is not None
+    return run.run_id
+
+
+def promote(*extra: str) -> int:
+    return cli(["promote", "--params", "params.yaml", *extra])
+
+
+def aliases() -> dict[str, str]:
+    return {k: str(v) for k, v in mlflow.MlflowClient().get_registered_model(NAME).aliases.items()}
+
+
+def test_gate_decisions_on_hand_made_scores() -> None:
+    champion = Scores({"left": 0.80, "right": 0.90}, aggregate=1.0)
+    assert decide(Scores({"left": 0.81, "right": 0.91}, 2.0), champion, 0.01, "delta_m").promote
+    within = decide(Scores({"left": 0.795, "right": 0.93}, 2.0), champion, 0.01, "delta_m")
+    assert within.promote and "within tolerance" in within.reasons[0]
+    beyond = decide(Scores({"left": 0.85, "right": 0.87}, 3.0), champion, 0.01, "delta_m")
+    assert not beyond.promote
+    assert beyond.reasons[1].startswith("right:") and "worse by 0.0300 > tolerance" in \
+        beyond.reasons[1]
+    flat = decide(Scores({"left": 0.80, "right": 0.90}, 1.0), champion, 0.01, "delta_m")
+    assert not flat.promote and "does not improve" in flat.reasons[-1]
+    assert decide(Scores({"left": 0.1}, -5.0), None, 0.01, "delta_m").promote
+
+
+def test_promotion_first_better_worse_dry_run_and_status(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(0)
+    first = evaluated_run(0.80, 0.90, 1.0)
+    assert promote("--run-id", first) == 0
+    assert "becomes champion" in capsys.readouterr().out
+    client = mlflow.MlflowClient()
+    assert aliases() == {"champion": "1"}
+    tags = client.get_model_version(NAME, "1").tags
+    assert float(tags["test/left/accuracy"]) == pytest.approx(0.80)
+    assert float(tags["test/delta_m_pct"]) == pytest.approx(1.0)
+    assert tags["gate.decision"] == "champion"
+
+    better = evaluated_run(0.82, 0.91, 2.0)
+    assert promote("--run-id", better) == 0
+    assert aliases() == {"champion": "2"}
+
+    # better on average (Δm% and mean accuracy up) but 'right' drops beyond the tolerance
+    lopsided = evaluated_run(0.90, 0.88, 4.0)
+    (workdir / "reports").mkdir()
+    (workdir / "reports" / "train.json").write_text(f'{{"run_id": "{lopsided}"}}')
+    assert promote("--dry-run") == 3  # the decision, nothing changed
+    out = capsys.readouterr().out
+    assert "dry run: would become challenger" in out
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
+    assert aliases() == {"champion": "2"}
+
+    assert promote() == 3  # default: the run in reports/train.json
+    out = capsys.readouterr().out
+    assert "right: accuracy 0.8800 vs champion 0.9100 (-0.0300): worse by 0.0300 > " \
+           "tolerance 0.0100" in out
+    assert "left: accuracy 0.9000 vs champion 0.8200 (+0.0800): not worse" in out
+    assert "delta_m: 4.0000 vs champion 2.0000 (+2.0000): improves" in out
+    assert aliases() == {"champion": "2", "challenger": "3"}
+    assert client.get_model_version(NAME, "3").tags["gate.decision"] == "challenger"
+
+    assert cli(["registry", "--params", "params.yaml"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "champion v2" in table[1] and "challenger v3" in table[1]
+    right_row = next(line for line in table if line.startswith("right accuracy"))
+    assert right_row.split()[2:] == ["0.9100", "0.8800", "-0.0300"]
+    assert promote("--status") == 0
+    assert "champion v2" in capsys.readouterr().out
+
+
+def test_missing_corrupt_or_unfinished_runs_are_clear_errors(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert promote("--run-id", "0" * 32) == 1
+    assert f"run {'0' * 32} not found in the MLflow store sqlite:///" in capsys.readouterr().err
+    assert promote("--run-id", "../../etc") == 1
+    assert "'../../etc' is not an MLflow run id" in capsys.readouterr().err
+    assert promote() == 1
+    assert "reports/train.json: not found" in capsys.readouterr().err
+    (workdir / "reports").mkdir()
+    (workdir / "reports" / "train.json").write_text('{"run_id": ')
+    assert promote() == 1
+    assert "reports/train.json: not valid JSON" in capsys.readouterr().err
+
+    params = load_params("params.yaml")
+    with pytest.raises(RuntimeError), stage_run(params, "train") as crashed:
+        raise RuntimeError("diverged")
+    assert promote("--run-id", str(crashed.run_id)) == 1
+    assert f"run {crashed.run_id} is FAILED" in capsys.readouterr().err
+    with stage_run(params, "train") as unevaluated:
+        pass
+    assert promote("--run-id", str(unevaluated.run_id)) == 1
+    assert "no test metrics" in capsys.readouterr().err
+    assert cli(["registry", "--params", "params.yaml"]) == 1
+    assert "has no champion or challenger" in capsys.readouterr().err
