@@ -1,4 +1,9 @@
-"""Shared encoders: the LeNet of the MultiMNIST literature and a ResNet-18 for 1x36x36 input."""
+"""Shared encoders: the LeNet of the MultiMNIST literature and a ResNet-18 for 1x36x36 input.
+
+Both also expose their parts, ``stem()``, ``stages()`` and ``readout()``, as views onto their own
+modules (no new parameters): ``readout(stage_n(... stage_1(stem(x))))`` equals ``forward(x)``.
+Soft-sharing architectures (MTAN, MMoE, cross-stitch) read or mix the features between stages.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +38,18 @@ class LeNetEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.features(x))
 
+    def stem(self) -> nn.Module:
+        """What runs before the first stage: nothing for LeNet."""
+        return nn.Identity()
+
+    def stages(self) -> list[nn.Module]:
+        """The two convolutional stages (conv, max-pool, ReLU), views onto ``features``."""
+        return [self.features[0:3], self.features[3:6]]
+
+    def readout(self) -> nn.Module:
+        """Last stage's maps -> the ``out_features`` vector (flatten, fc, ReLU)."""
+        return nn.Sequential(self.features[6], self.fc)
+
 
 class ResNet18Encoder(nn.Module):
     """torchvision's ResNet-18, adapted to small single-channel images.
@@ -53,6 +70,32 @@ class ResNet18Encoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def stem(self) -> nn.Module:
+        """The 3x3 convolution, batch norm and ReLU before the first residual stage."""
+        return nn.Sequential(self.net.conv1, self.net.bn1, self.net.relu, self.net.maxpool)
+
+    def stages(self) -> list[nn.Module]:
+        """The four residual stages (two basic blocks each; 64, 128, 256, 512 channels)."""
+        return [self.net.layer1, self.net.layer2, self.net.layer3, self.net.layer4]
+
+    def readout(self) -> nn.Module:
+        """Last stage's maps -> the 512 features (global average pooling; no parameters)."""
+        return nn.Sequential(self.net.avgpool, nn.Flatten())
+
+
+def output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> torch.Size:
+    """The shape of ``module``'s output for one input of ``input_shape`` (no batch dimension).
+
+    Runs one zero input in eval mode, so batch-norm running statistics are left untouched.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return module(torch.zeros(1, *input_shape)).shape[1:]
+    finally:
+        module.train(was_training)
 
 
 def build_backbone(name: str, in_channels: int, image_size: int) -> nn.Module:

@@ -49,6 +49,19 @@ class MultiTaskModel(nn.Module, ABC):
         return self.decode(self.encode(x))
 
 
+def separate_nodes(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Each tensor as its own node of the autograd graph, for a multi-tensor representation.
+
+    When one element of ``encode``'s tuple was computed from another (stage 2 from stage 1),
+    ``torch.autograd.grad(loss, features)`` would return, for the earlier element, the total
+    derivative through the later one too, and ``torch.autograd.backward(features, grads)``
+    would then count that path twice. Returning a view of each element (a new graph node that
+    nothing downstream in ``encode`` reads) makes the gradient w.r.t. each element the partial
+    derivative through ``decode`` alone, which is what backpropagating through ``encode`` expects.
+    """
+    return tuple(t.view_as(t) for t in tensors)
+
+
 def make_head(in_features: int, hidden: list[int], num_classes: int) -> nn.Sequential:
     """A task head: optional hidden layers with ReLU, then the classifier."""
     layers: list[nn.Module] = []

@@ -1,0 +1,116 @@
+"""Cross-stitch networks (Misra, Shrivastava, Gupta & Hebert, "Cross-stitch Networks for
+Multi-task Learning", CVPR 2016).
+
+One backbone column per task; after each stage, a cross-stitch unit replaces every column's
+features by a learned linear combination of all columns' features, so the network learns how
+much to share at each depth instead of fixing it. Units sit after each LeNet stage and after its
+fc layer (the paper's placement: after pooling and fully connected layers) and after each
+ResNet-18 residual stage (the last one followed by its parameter-free pooling).
+
+The shared representation (``encode``) is every column's output before the last unit, stacked
+``[B, T, D]``: with the last unit each task reads all columns, so every column parameter and
+every inner unit is shared. The last unit's rows are task parameters: row ``t`` mixes the
+columns for task ``t`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from multitask.config import ModelConfig
+from multitask.models.backbones import build_backbone
+from multitask.models.base import MultiTaskModel, make_head, register_architecture
+from multitask.tasks import Task
+
+SELF_WEIGHT = 0.9  # the paper's initialisation: 0.9 for a column's own features
+
+
+def stitch_init(num_tasks: int, self_weight: float = SELF_WEIGHT) -> Tensor:
+    """``T x T`` mixing near identity: ``self_weight`` on the diagonal, rows summing to 1."""
+    weight = torch.full((num_tasks, num_tasks), (1.0 - self_weight) / (num_tasks - 1))
+    weight.fill_diagonal_(self_weight)
+    return weight
+
+
+class CrossStitchUnit(nn.Module):
+    """``x'_t = sum_s alpha[t, s] x_s`` for every task ``t``: one learned ``T x T`` matrix.
+
+    One scalar per pair of columns, shared over channels and positions (the paper also tries
+    one per channel). The paper raises these parameters' learning rate by 10^2-10^3; here they
+    use the optimiser's, like every other parameter.
+    """
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(stitch_init(num_tasks))
+
+    def forward(self, columns: list[Tensor]) -> list[Tensor]:
+        mixed = torch.einsum("ts,s...->t...", self.weight, torch.stack(columns))
+        return list(mixed.unbind(0))
+
+
+def column_segments(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone cut where cross-stitch units go: after each stage and after the readout.
+
+    The stem joins the first stage; a readout without parameters (ResNet-18's pooling) joins
+    the last stage, as a unit on either side of a pooling would mix the same features.
+    """
+    segments = [*backbone.stages(), backbone.readout()]
+    segments[0] = nn.Sequential(backbone.stem(), segments[0])
+    if not any(True for _ in segments[-1].parameters()):
+        segments[-2:] = [nn.Sequential(segments[-2], segments[-1])]
+    return segments
+
+
+class CrossStitchNetwork(MultiTaskModel):
+    """One backbone column per task, mixed by cross-stitch units after each stage."""
+
+    name = "cross_stitch"
+
+    def __init__(self, make_backbone: Callable[[], nn.Module], tasks: list[Task],
+                 head_hidden: list[int]) -> None:
+        super().__init__(tasks)
+        if len(tasks) < 2:
+            raise ValueError(
+                f"params.yaml: model.architecture: cross_stitch mixes one column per task and "
+                f"needs at least two tasks (got {len(tasks)}: {', '.join(self.task_names)}); "
+                f"use hps for a single task")
+        backbones = [make_backbone() for _ in tasks]
+        self.columns = nn.ModuleList(nn.ModuleList(column_segments(b)) for b in backbones)
+        self.units = nn.ModuleList(
+            CrossStitchUnit(len(tasks)) for _ in range(len(self.columns[0]) - 1))
+        init = stitch_init(len(tasks))
+        self.final_mix = nn.ParameterDict(
+            {t.name: nn.Parameter(init[i].clone()) for i, t in enumerate(tasks)})
+        width = backbones[0].out_features
+        self.heads = nn.ModuleDict(
+            {t.name: make_head(width, head_hidden, t.num_classes) for t in tasks})
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Each column's readout before the last unit, stacked ``[B, T, D]``."""
+        columns = [x] * len(self.columns)
+        for depth, unit in enumerate(self.units):
+            columns = unit([col[depth](h) for col, h in zip(self.columns, columns, strict=True)])
+        return torch.stack(
+            [col[-1](h) for col, h in zip(self.columns, columns, strict=True)], dim=1)
+
+    def decode(self, features: Tensor) -> dict[str, Tensor]:
+        return {
+            name: head(torch.einsum("bsd,s->bd", features, self.final_mix[name]))
+            for name, head in self.heads.items()
+        }
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [*self.columns.parameters(), *self.units.parameters()]
+
+
+@register_architecture(
+    "cross_stitch", "cross-stitch network: one backbone per task, learned mixing after each stage")
+def build_cross_stitch(config: ModelConfig, tasks: list[Task], in_channels: int, image_size: int
+                       ) -> CrossStitchNetwork:
+    return CrossStitchNetwork(
+        lambda: build_backbone(config.backbone, in_channels, image_size), tasks,
+        config.head_hidden)
