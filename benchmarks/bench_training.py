@@ -1,0 +1,52 @@
+"""Training throughput (images per second) of the default model: LeNet, hard sharing, equal
+weighting, batch 256, on the full MultiFashion training split. On the CPU always; on CUDA
+(bf16 autocast, data resident on the GPU) when a GPU is present."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import ROOT, ensure_raw_data, row
+from multitask.config import load_params
+from multitask.data.preprocess import build_dataset, write_dataset
+from multitask.models import build_model
+from multitask.tasks import tasks_from_meta
+from multitask.training.data import ProcessedData
+from multitask.training.trainer import Trainer
+from multitask.weighting import build_weighting
+
+
+def throughput(folder: Path, device: torch.device, fraction: float, epochs: int) -> float:
+    """Median over epochs of training images per second (validation excluded)."""
+    params = load_params(ROOT / "params.yaml")
+    data = ProcessedData(folder, device, splits=("train", "val"))
+    tasks = tasks_from_meta(data.meta)
+    model = build_model(params.model, tasks, data.channels, data.image_size)
+    config = params.train.model_copy(update={"diagnostics_every": 0, "batch_size": 256})
+    trainer = Trainer(model, tasks, build_weighting("equal", len(tasks)), data, config,
+                      epochs=epochs, data_fraction=fraction, progress=False)
+    history = trainer.fit()
+    rates = sorted(r["time/train_images_per_s"] for r in history)
+    return rates[len(rates) // 2]
+
+
+def run() -> list[dict[str, Any]]:
+    ensure_raw_data()
+    params = load_params(ROOT / "params.yaml")
+    data = params.data.model_copy(update={"raw_dir": str(ROOT / params.data.raw_dir)})
+    rows = []
+    with tempfile.TemporaryDirectory(dir=ROOT / "data") as tmp:
+        folder = Path(tmp) / "processed"
+        write_dataset(folder, *build_dataset(data))
+        cpu = throughput(folder, torch.device("cpu"), fraction=0.5, epochs=3)
+        rows.append(row(f"train images/s, CPU ({torch.get_num_threads()} threads)", cpu,
+                        "images/s", extra_note="LeNet HPS, equal, batch 256"))
+        if torch.cuda.is_available():
+            gpu = throughput(folder, torch.device("cuda"), fraction=1.0, epochs=3)
+            rows.append(row(f"train images/s, {torch.cuda.get_device_name(0)}", gpu, "images/s",
+                            extra_note="LeNet HPS, equal, batch 256, bf16 autocast"))
+    return rows

@@ -1,0 +1,46 @@
+"""The DVC pipeline definitions: the sample pipeline is the main one, stage for stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from multitask.config import load_params
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def test_sample_pipeline_mirrors_the_main_one() -> None:
+    main, sample = load(ROOT / "dvc.yaml"), load(ROOT / "sample" / "dvc.yaml")
+    assert main["vars"] == [{"PKG": "src/multitask"}]
+    assert sample["vars"] == [{"PKG": "../src/multitask"}]
+    assert main["stages"] == sample["stages"]
+    assert main["plots"] == sample["plots"]
+
+
+def test_stages_run_in_pipeline_order() -> None:
+    stages = list(load(ROOT / "dvc.yaml")["stages"])
+    assert stages == ["download", "validate", "preprocess", "baselines", "tune", "train",
+                      "evaluate"]
+
+
+def test_every_params_key_a_stage_declares_exists() -> None:
+    params = load(ROOT / "params.yaml")
+    for name, stage in load(ROOT / "dvc.yaml")["stages"].items():
+        for dotted in stage.get("params", []):
+            node = params
+            for part in dotted.split("."):
+                assert part in node, f"stage {name}: params.yaml has no {dotted}"
+                node = node[part]
+
+
+def test_sample_params_use_the_shipped_sample_only() -> None:
+    params = load_params(ROOT / "sample" / "params.yaml")
+    mirrors = [m for source in params.data.sources.values() for m in source.mirrors]
+    assert mirrors == ["../data/sample/fashion-mnist/"]
+    assert (ROOT / "sample" / mirrors[0]).resolve() == (ROOT / "data/sample/fashion-mnist")
