@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# The pull-request steps of CI (.github/workflows/ci.yaml), the same when run by hand:
+#
+#   ci/pr_report.sh report BASE_REV
+#       Run the sample pipeline (sample/dvc.yaml) of BASE_REV in a git worktree and of this
+#       checkout, then `multitask ci-report`: the per-task markdown report and its PNG in
+#       $REPORT_DIR (default reports/ci), appended to $GITHUB_STEP_SUMMARY when set.
+#       Exit 1 when a task's accuracy dropped by more than the base's ci.regression_tolerance.
+#   ci/pr_report.sh comment REPORT_MD
+#       Create the pull request's report comment, or update the one posted before (found by
+#       the marker on its first line and its author), with `gh api`. Needs GH_TOKEN,
+#       GITHUB_REPOSITORY and PR_NUMBER.
+#
+# Environment for `report`: BASE_WORKTREE (default $RUNNER_TEMP or $TMPDIR /multitask-base),
+# VENV_BIN (default .venv/bin, where dvc and multitask live), SKIP_REPRO=1 to reuse results
+# already in both folders. The base worktree shares this checkout's DVC cache, so unchanged
+# stages are restored rather than rerun.
+set -euo pipefail
+
+MARKER='<!-- multitask-ci-report -->'
+ROOT="$(git rev-parse --show-toplevel)"
+cd "$ROOT"
+
+die() { echo "ci/pr_report.sh: $*" >&2; exit 2; }
+
+# Run the sample pipeline in folder $1 with the code of that folder (not this checkout's
+# editable install): stage commands call `multitask`, which imports from PYTHONPATH first.
+repro_sample() {
+    local tree="$1"
+    (cd "$tree" && PATH="$VENV_BIN:$PATH" PYTHONPATH="$tree/src${PYTHONPATH:+:$PYTHONPATH}" \
+        "$VENV_BIN/dvc" repro sample/dvc.yaml)
+}
+
+publish() {  # $1: markdown file; adds the run link, appends it to the job summary
+    local report="$1"
+    if [ -n "${GITHUB_RUN_ID:-}" ]; then
+        printf '\n[Workflow run](%s/%s/actions/runs/%s) (plots: its artifacts)\n' \
+            "${GITHUB_SERVER_URL:-https://github.com}" "${GITHUB_REPOSITORY:-}" \
+            "$GITHUB_RUN_ID" >> "$report"
+    fi
+    if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
+        cat "$report" >> "$GITHUB_STEP_SUMMARY"
+    fi
+}
+
+report() {
+    local base_rev="${1:?usage: ci/pr_report.sh report BASE_REV}"
+    VENV_BIN="${VENV_BIN:-$ROOT/.venv/bin}"
+    [ -x "$VENV_BIN/dvc" ] && [ -x "$VENV_BIN/multitask" ] \
+        || die "$VENV_BIN has no dvc or multitask; run make setup (or set VENV_BIN)"
+    local out_dir="${REPORT_DIR:-reports/ci}"
+    local worktree="${BASE_WORKTREE:-${RUNNER_TEMP:-${TMPDIR:-/tmp}}/multitask-base}"
+    local base_sha
+    base_sha="$(git rev-parse --verify --quiet "${base_rev}^{commit}")" \
+        || die "$base_rev: no such commit here (on GitHub, check out with fetch-depth: 2)"
+    mkdir -p "$out_dir"
+    local md="$out_dir/ci_report.md"
+    rm -f "$md" "${md%.md}.png"
+
+    if [ "${SKIP_REPRO:-0}" != 1 ]; then
+        if [ "$(git -C "$worktree" rev-parse HEAD 2>/dev/null)" != "$base_sha" ] \
+                || [ ! -e "$worktree/.git" ]; then
+            git worktree remove --force "$worktree" 2>/dev/null || rm -rf "$worktree"
+            git worktree prune
+            git worktree add --detach --quiet "$worktree" "$base_sha"
+        fi
+        mkdir -p "$ROOT/.dvc/cache"
+        (cd "$worktree" && "$VENV_BIN/dvc" cache dir --local "$ROOT/.dvc/cache")
+        echo "ci/pr_report.sh: sample pipeline of the base, ${base_sha:0:12}" >&2
+        if ! repro_sample "$worktree"; then
+            {
+                echo "$MARKER"
+                echo "## Sample pipeline: this pull request vs its base"
+                echo
+                echo "**Gate: not evaluated.** The sample pipeline of the base (${base_sha:0:12})"
+                echo "failed, so there is nothing to compare with; see the job log."
+            } > "$md"
+            publish "$md"
+            [ -z "${GITHUB_OUTPUT:-}" ] || echo "gate=skipped" >> "$GITHUB_OUTPUT"
+            echo "::warning title=ci-report::base ${base_sha:0:12}: sample pipeline failed; gate skipped"
+            return 0
+        fi
+        echo "ci/pr_report.sh: sample pipeline of this checkout" >&2
+        repro_sample "$ROOT"
+    fi
+
+    local status=0
+    PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" "$VENV_BIN/multitask" ci-report \
+        --params "$worktree/sample/params.yaml" --base "$worktree/sample" --head sample \
+        --output "$md" || status=$?
+    [ -f "$md" ] || die "multitask ci-report wrote no report (exit $status); see the error above"
+    publish "$md"
+    if [ -n "${GITHUB_OUTPUT:-}" ]; then
+        echo "gate=$([ "$status" = 0 ] && echo passed || echo failed)" >> "$GITHUB_OUTPUT"
+    fi
+    return "$status"
+}
+
+comment() {
+    local body_file="${1:?usage: ci/pr_report.sh comment REPORT_MD}"
+    [ -f "$body_file" ] || die "$body_file: no such report"
+    : "${GITHUB_REPOSITORY:?GITHUB_REPOSITORY (owner/name) is required}"
+    : "${PR_NUMBER:?PR_NUMBER is required}"
+    local author="${COMMENT_AUTHOR:-github-actions[bot]}"
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    # --paginate prints one JSON array per page; the filter reads them all.
+    gh api --paginate "repos/$GITHUB_REPOSITORY/issues/$PR_NUMBER/comments" > "$tmp/comments.json"
+    python3 - "$body_file" "$tmp/comments.json" "$author" "$MARKER" "$tmp/payload.json" \
+        > "$tmp/comment_id" <<'PY'
+import json
+import sys
+
+body_file, comments_file, author, marker, payload_file = sys.argv[1:]
+body = open(body_file, encoding="utf-8").read()
+if not body.startswith(marker):
+    sys.exit(f"{body_file}: does not start with {marker}; pass the file multitask ci-report wrote")
+limit = 65_000  # GitHub rejects comments over 65,536 characters
+if len(body) > limit:
+    body = body[:limit] + "\n\n_Truncated: the job summary has the whole report._\n"
+with open(payload_file, "w", encoding="utf-8") as handle:
+    json.dump({"body": body}, handle)
+text, decoder, position, ids = open(comments_file, encoding="utf-8").read(), json.JSONDecoder(), 0, []
+while position < len(text.rstrip()):
+    while text[position].isspace():
+        position += 1
+    page, position = decoder.raw_decode(text, position)
+    ids += [c["id"] for c in page
+            if c["user"]["login"] == author and c["body"].startswith(marker)]
+print(ids[0] if ids else "")
+PY
+    local comment_id
+    comment_id="$(cat "$tmp/comment_id")"
+    if [ -n "$comment_id" ]; then
+        gh api --method PATCH "repos/$GITHUB_REPOSITORY/issues/comments/$comment_id" \
+            --input "$tmp/payload.json" > /dev/null
+        echo "ci/pr_report.sh: updated comment $comment_id on #$PR_NUMBER"
+    else
+        gh api --method POST "repos/$GITHUB_REPOSITORY/issues/$PR_NUMBER/comments" \
+            --input "$tmp/payload.json" > /dev/null
+        echo "ci/pr_report.sh: created the report comment on #$PR_NUMBER"
+    fi
+}
+
+case "${1:-}" in
+    report) shift; report "$@" ;;
+    comment) shift; comment "$@" ;;
+    *) die "usage: ci/pr_report.sh report BASE_REV | comment REPORT_MD" ;;
+esac

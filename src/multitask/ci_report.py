@@ -1,0 +1,394 @@
+"""Compare two sample-pipeline results per task: the pull-request report and its gate.
+
+CI runs the sample pipeline on the pull request and on the branch it merges into, then calls
+``multitask ci-report --base DIR --head DIR --output FILE``. Each DIR is a pipeline folder
+(``sample/`` of a checkout) holding its ``params.yaml`` and the ``reports/`` its stages wrote:
+``metrics.json``, ``plots/history.csv`` and ``confusion/<task>.csv``.
+
+The markdown report (posted as the pull-request comment and the job summary) has one row per
+task and metric with base, head and delta, the aggregate rows (mean accuracy, Δm%), the params
+that changed (as ``dvc params diff`` lists them) and per-epoch and per-class tables. The learning
+curves and confusion matrices of both sides are drawn with matplotlib into one PNG beside the
+report. matplotlib rather than ``dvc plots diff``: DVC renders HTML whose Vega charts load their
+scripts from a CDN and has no offline image export, while this runs on a runner without network
+and its images must open without a browser running scripts.
+
+The gate: exit status 1 when any task's accuracy falls below the base's by more than
+``ci.regression_tolerance`` of the ``--params`` file (CI passes the base branch's, so a pull
+request cannot loosen its own gate). Auxiliary tasks are reported but not gated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from pydantic import ValidationError
+
+from multitask.config import CIConfig, ConfigError
+from multitask.io import atomic_open, read_json
+
+log = logging.getLogger(__name__)
+
+MARKER = "<!-- multitask-ci-report -->"
+GATED_METRIC = "accuracy"
+# Deltas this small are float noise: 0.81 - 0.79 must not count as more than 0.02.
+_EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What one pipeline run left in its folder."""
+
+    folder: Path
+    metrics: dict[str, Any]
+    params: dict[str, Any]  # flattened, dotted keys as in `dvc params diff`
+    history: pd.DataFrame | None  # reports/plots/history.csv, when the run wrote it
+    confusion: dict[str, pd.DataFrame]  # task -> reports/confusion/<task>.csv (actual, predicted)
+
+    def tasks(self) -> dict[str, dict[str, Any]]:
+        return self.metrics["tasks"]
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One metric of one task (or an aggregate, task ``None``) on both sides."""
+
+    task: str | None
+    metric: str
+    base: float | None
+    head: float | None
+    higher_is_better: bool
+    gated: bool = False
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.base is None or self.head is None else self.head - self.base
+
+    def is_regression(self, tolerance: float) -> bool:
+        """A gated metric that got worse by more than ``tolerance`` (or vanished from head)."""
+        if not self.gated or self.base is None:
+            return False
+        if self.head is None:
+            return True
+        worse_by = self.base - self.head if self.higher_is_better else self.head - self.base
+        return worse_by > tolerance + _EPSILON
+
+
+# ------------------------------------------------------------------------------------ loading
+def flatten_params(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{'train': {'epochs': 5}}`` -> ``{'train.epochs': 5}``; lists stay values, as in DVC."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten_params(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def load_result(folder: str | Path) -> PipelineResult:
+    """Read a pipeline folder; metrics and params are required, plots are optional."""
+    folder = Path(folder)
+    metrics_path = folder / "reports" / "metrics.json"
+    metrics = read_json(metrics_path)
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("tasks"), dict):
+        raise ValueError(f"{metrics_path}: expected a 'tasks' mapping of per-task metrics; "
+                         "rerun the evaluate stage")
+    params_path = folder / "params.yaml"
+    if not params_path.is_file():
+        raise FileNotFoundError(f"{params_path}: not found; --base and --head take the folder "
+                                "a pipeline ran in (e.g. sample/), which holds its params.yaml")
+    params = flatten_params(yaml.safe_load(params_path.read_text()) or {})
+    history_path = folder / "reports" / "plots" / "history.csv"
+    history = pd.read_csv(history_path) if history_path.is_file() else None
+    confusion = {
+        path.stem: pd.read_csv(path, dtype=str, keep_default_na=False)  # labels, not numbers
+        for path in sorted((folder / "reports" / "confusion").glob("*.csv"))
+    }
+    return PipelineResult(folder, metrics, params, history, confusion)
+
+
+# --------------------------------------------------------------------------------- comparison
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _higher_is_better(metric: str) -> bool:
+    return "loss" not in metric
+
+
+def compare_metrics(base: PipelineResult, head: PipelineResult) -> list[MetricRow]:
+    """Every numeric metric of every task in either result, then the aggregates."""
+    rows: list[MetricRow] = []
+    base_tasks, head_tasks = base.tasks(), head.tasks()
+    for task in [*base_tasks, *(t for t in head_tasks if t not in base_tasks)]:
+        before, after = base_tasks.get(task, {}), head_tasks.get(task, {})
+        auxiliary = bool(before.get("auxiliary") or after.get("auxiliary"))
+        for metric in [*before, *(m for m in after if m not in before)]:
+            if _number(before.get(metric)) is None and _number(after.get(metric)) is None:
+                continue
+            rows.append(MetricRow(task, metric, _number(before.get(metric)),
+                                  _number(after.get(metric)), _higher_is_better(metric),
+                                  gated=metric == GATED_METRIC and not auxiliary))
+    for key in [*base.metrics, *(k for k in head.metrics if k not in base.metrics)]:
+        before, after = _number(base.metrics.get(key)), _number(head.metrics.get(key))
+        if before is not None or after is not None:
+            rows.append(MetricRow(None, key, before, after, _higher_is_better(key)))
+    return rows
+
+
+def params_diff(base: dict[str, Any], head: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(param, base value, head value) for each param that differs; ``None`` when absent."""
+    keys = [*base, *(k for k in head if k not in base)]
+    return [(k, base.get(k), head.get(k)) for k in keys if base.get(k) != head.get(k)]
+
+
+def gate_messages(rows: list[MetricRow], tolerance: float) -> list[str]:
+    """One sentence per regression: which task, from what to what, by how much."""
+    messages = []
+    for row in rows:
+        if not row.is_regression(tolerance):
+            continue
+        if row.head is None:
+            messages.append(f"task '{row.task}': {row.metric} missing from the head results "
+                            f"(base {row.base:.4f})")
+        else:
+            messages.append(
+                f"task '{row.task}': {row.metric} dropped by {100 * -row.delta:.2f} pp "
+                f"({row.base:.4f} -> {row.head:.4f}), more than the {100 * tolerance:.2f} pp "
+                f"tolerance (ci.regression_tolerance = {tolerance:g})")
+    return messages
+
+
+# ----------------------------------------------------------------------------------- markdown
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
+    return f"`{value}`"
+
+
+def _param(value: Any) -> str:
+    """A param value spelt as in params.yaml (``1e-05``, not a rounded ``0.0000``)."""
+    return "—" if value is None else f"`{value}`"
+
+
+def _status(row: MetricRow, tolerance: float) -> str:
+    if row.is_regression(tolerance):
+        return f"❌ **regression** (> {tolerance:g})"
+    if row.delta is None or abs(row.delta) <= _EPSILON:
+        return "new" if row.base is None else ("removed" if row.head is None else "")
+    better = (row.delta > 0) == row.higher_is_better
+    return ("✅ better" if better else "worse, within tolerance") if row.gated else (
+        "better" if better else "worse")
+
+
+def _metrics_table(rows: list[MetricRow], tolerance: float) -> list[str]:
+    lines = ["| Task | Metric | Base | Head | Δ | |", "|---|---|---:|---:|---:|---|"]
+    for row in rows:
+        name = {"delta_m_pct": "Δm%", "mean_accuracy": "mean accuracy"}.get(row.metric,
+                                                                             row.metric)
+        digits = 2 if row.metric.endswith("_pct") else 4
+        delta = "—" if row.delta is None else f"{row.delta:+.{digits}f}"
+        task = f"`{row.task}`" if row.task else "**all tasks**"
+        lines.append(f"| {task} | {name} | {_fmt(row.base, digits)} | {_fmt(row.head, digits)} "
+                     f"| {delta} | {_status(row, tolerance)} |")
+    return lines
+
+
+def _curve_tables(base: PipelineResult, head: PipelineResult, tasks: list[str]) -> list[str]:
+    if base.history is None or head.history is None:
+        return ["_No learning curves: reports/plots/history.csv is missing on one side._"]
+    lines = ["<details><summary>Validation accuracy per epoch</summary>", ""]
+    columns = [f"val/{task}/{GATED_METRIC}" for task in tasks]
+    header = " | ".join(f"{side} `{task}`" for task in tasks for side in ("base", "head"))
+    lines += [f"| epoch | {header} |", "|---:|" + "---:|" * (2 * len(tasks))]
+    epochs = sorted(set(base.history["epoch"]) | set(head.history["epoch"]))
+    for epoch in epochs:
+        cells = []
+        for column in columns:
+            for side in (base.history, head.history):
+                match = side.loc[side["epoch"] == epoch, column] if column in side else []
+                cells.append(_fmt(float(match.iloc[-1])) if len(match) else "—")
+        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+    return [*lines, "", "</details>"]
+
+
+def _class_order(confusion: pd.DataFrame) -> list[str]:
+    """Class labels in the order the evaluate stage wrote them (its class index order)."""
+    return list(dict.fromkeys([*confusion["actual"], *confusion["predicted"]]))
+
+
+def confusion_matrix(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Row-normalised confusion (actual x predicted) of ``actual,predicted`` pairs."""
+    labels = _class_order(pairs)
+    matrix = pd.crosstab(pairs["actual"], pairs["predicted"], normalize="index")
+    return matrix.reindex(index=labels, columns=labels, fill_value=0.0)
+
+
+def _per_class_recall(confusion: pd.DataFrame) -> pd.Series:
+    hits = confusion["actual"] == confusion["predicted"]
+    return hits.groupby(confusion["actual"]).mean()
+
+
+def _confusion_tables(base: PipelineResult, head: PipelineResult, tasks: list[str]) -> list[str]:
+    lines: list[str] = []
+    for task in tasks:
+        if task not in base.confusion or task not in head.confusion:
+            lines.append(f"_No confusion data for `{task}` on one side._")
+            continue
+        before = _per_class_recall(base.confusion[task])
+        after = _per_class_recall(head.confusion[task])
+        lines += [f"<details><summary>Per-class accuracy (confusion diagonal), task `{task}`"
+                  "</summary>", "", "| class | base | head | Δ |", "|---|---:|---:|---:|"]
+        labels = _class_order(base.confusion[task])
+        labels += [c for c in _class_order(head.confusion[task]) if c not in labels]
+        for label in labels:
+            b, h = before.get(label), after.get(label)
+            delta = "—" if b is None or h is None else f"{h - b:+.4f}"
+            lines.append(f"| {label} | {_fmt(b)} | {_fmt(h)} | {delta} |")
+        lines += ["", "</details>", ""]
+    return lines
+
+
+def render_markdown(base: PipelineResult, head: PipelineResult, rows: list[MetricRow],
+                    tolerance: float, plot_name: str | None) -> str:
+    """The whole report; its first line is the marker CI uses to find and update its comment."""
+    failures = gate_messages(rows, tolerance)
+    if failures:
+        verdict = ["**Gate: failed.** A task got worse by more than the tolerance:", "",
+                   *(f"- {message}" for message in failures)]
+    else:
+        verdict = [f"**Gate: passed.** No task's {GATED_METRIC} dropped by more than "
+                   f"{100 * tolerance:.2f} pp (ci.regression_tolerance = {tolerance:g})."]
+    changed = params_diff(base.params, head.params)
+    params = (["| Param | Base | Head |", "|---|---|---|",
+               *(f"| `{k}` | {_param(b)} | {_param(h)} |" for k, b, h in changed)]
+              if changed else ["No param changed."])
+    tasks = [t for t in base.tasks() if t in head.tasks()]
+    plots = ([f"Learning curves (loss, validation accuracy) and confusion matrices per task, "
+              f"base dashed and head solid: `{plot_name}` in this run's artifacts."]
+             if plot_name else ["_No plots: history or confusion data is missing._"])
+    return "\n".join([
+        MARKER,
+        "## Sample pipeline: this pull request vs its base",
+        "",
+        *verdict,
+        "",
+        "### Metrics per task (`dvc metrics diff`)",
+        "",
+        *_metrics_table(rows, tolerance),
+        "",
+        "### Params changed (`dvc params diff`)",
+        "",
+        *params,
+        "",
+        "### Plots",
+        "",
+        *plots,
+        "",
+        *_curve_tables(base, head, tasks),
+        "",
+        *_confusion_tables(base, head, tasks),
+        "",
+    ])
+
+
+# -------------------------------------------------------------------------------------- plots
+def render_plots(base: PipelineResult, head: PipelineResult, path: Path) -> bool:
+    """Draw one row per task (losses, validation accuracy, base and head confusion) to ``path``.
+
+    Returns False (drawing nothing) when neither side has curves or confusion data.
+    """
+    # Imported here: matplotlib is slow to import and the report text does not need it.
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    tasks = [t for t in base.tasks() if t in head.tasks()]
+    if not tasks or all(side.history is None and not side.confusion for side in (base, head)):
+        return False
+    figure = Figure(figsize=(16, 3.6 * len(tasks)), layout="constrained")
+    axes = figure.subplots(len(tasks), 4, squeeze=False)
+    for row, task in enumerate(tasks):
+        loss_ax, acc_ax, *confusion_axes = axes[row]
+        for side, style in ((base, "--"), (head, "-")):
+            name = "base" if side is base else "head"
+            if side.history is None:
+                continue
+            for kind, color in (("train", "tab:blue"), ("val", "tab:orange")):
+                column = f"{kind}/{task}/loss"
+                if column in side.history:
+                    loss_ax.plot(side.history["epoch"], side.history[column], style, color=color,
+                                 label=f"{name} {kind}")
+            column = f"val/{task}/{GATED_METRIC}"
+            if column in side.history:
+                acc_ax.plot(side.history["epoch"], side.history[column], style,
+                            color="tab:green", label=name)
+        loss_ax.set(title=f"{task}: loss", xlabel="epoch")
+        acc_ax.set(title=f"{task}: validation accuracy", xlabel="epoch")
+        for ax in (loss_ax, acc_ax):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if ax.lines:
+                ax.legend(fontsize="small")
+        for ax, side, name in zip(confusion_axes, (base, head), ("base", "head"), strict=True):
+            ax.set(title=f"{task}: confusion, {name}", xlabel="predicted", ylabel="actual")
+            if task in side.confusion:
+                matrix = confusion_matrix(side.confusion[task])
+                labels = list(matrix.index)
+                ax.imshow(matrix.to_numpy(), vmin=0.0, vmax=1.0, cmap="Blues")
+                ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize="small")
+                ax.set_yticks(range(len(labels)), labels, fontsize="small")
+    figure.suptitle("Sample pipeline: base (dashed) vs head (solid)")
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=80)
+    return True
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def regression_tolerance(params_path: str | Path) -> float:
+    """``ci.regression_tolerance`` of a params file, validated as :class:`CIConfig`.
+
+    Only the ``ci`` section is read: CI passes the base branch's params file, whose other
+    sections may follow an older schema than this code's.
+    """
+    path = Path(params_path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; pass the params file that holds ci.regression_"
+                          "tolerance with --params")
+    raw = yaml.safe_load(path.read_text()) or {}
+    section = raw.get("ci", {}) if isinstance(raw, dict) else {}
+    try:
+        return CIConfig.model_validate(section).regression_tolerance
+    except ValidationError as exc:
+        problems = "; ".join(f"ci.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                             for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+def main(args: argparse.Namespace) -> int:
+    """``multitask ci-report``: write the report and its PNG; 1 when the gate fails."""
+    tolerance = regression_tolerance(args.params)
+    base, head = load_result(args.base), load_result(args.head)
+    rows = compare_metrics(base, head)
+    output = Path(args.output)
+    plot_path = output.with_suffix(".png")
+    drawn = render_plots(base, head, plot_path)
+    with atomic_open(output) as handle:
+        handle.write(render_markdown(base, head, rows, tolerance,
+                                     plot_path.name if drawn else None))
+    log.info("wrote %s%s", output, f" and {plot_path}" if drawn else "")
+    failures = gate_messages(rows, tolerance)
+    for message in failures:
+        log.error("gate: %s", message)
+    if not failures:
+        log.info("gate: passed (no task's %s dropped by more than %g)", GATED_METRIC, tolerance)
+    return 1 if failures else 0

@@ -1,0 +1,365 @@
+"""`multitask ci-report` and ci/pr_report.sh: the pull-request report, its gate and its comment.
+
+The fast tests compare hand-written pipeline results whose numbers are known; the slow ones run
+the real sample pipeline twice (a base and heads at other params, one with a planted regression)
+through the script the workflow calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from multitask import ci_report
+from multitask.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "ci" / "pr_report.sh"
+VENV_BIN = Path(sys.executable).parent
+SAMPLE_PARAMS = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
+
+
+def write_result(folder: Path, accuracy: dict[str, float], epochs: int = 3,
+                 params: dict[str, Any] | None = None, plots: bool = True,
+                 extra_tasks: dict[str, dict[str, Any]] | None = None) -> Path:
+    """A pipeline folder as the sample stages leave it, with the given test accuracies."""
+    (folder / "reports").mkdir(parents=True)
+    tasks = {t: {"accuracy": a, "loss": round(1.0 - a, 4)} for t, a in accuracy.items()}
+    tasks.update(extra_tasks or {})
+    metrics = {"tasks": tasks, "mean_accuracy": sum(accuracy.values()) / len(accuracy),
+               "delta_m_pct": -1.2}
+    (folder / "reports" / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "params.yaml").write_text(yaml.safe_dump(params or SAMPLE_PARAMS))
+    if plots:
+        (folder / "reports" / "plots").mkdir()
+        header = ["epoch"] + [f"{kind}/{t}/{metric}" for t in accuracy for kind, metric in
+                              (("train", "loss"), ("val", "loss"), ("val", "accuracy"))]
+        lines = [",".join(header)]
+        for epoch in range(1, epochs + 1):
+            values = [f"{v:.4f}" for a in accuracy.values()
+                      for v in (1 / epoch, 1.1 / epoch, a * epoch / epochs)]
+            lines.append(",".join([str(epoch), *values]))
+        (folder / "reports" / "plots" / "history.csv").write_text("\n".join(lines) + "\n")
+        (folder / "reports" / "confusion").mkdir()
+        rng = random.Random(0)
+        for task, acc in accuracy.items():
+            rows = ["actual,predicted"]
+            for index in range(200):
+                label = index % 10
+                rows.append(f"{label},{label if rng.random() < acc else (label + 1) % 10}")
+            (folder / "reports" / "confusion" / f"{task}.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def run_report(tmp_path: Path, base: Path, head: Path,
+               params: Path | None = None) -> tuple[int, str]:
+    output = tmp_path / "out" / "ci_report.md"
+    status = cli_main(["ci-report", "--base", str(base), "--head", str(head),
+                       "--output", str(output), "--params", str(params or base / "params.yaml")])
+    return status, output.read_text() if output.exists() else ""
+
+
+def table_row(report: str, task: str, metric: str) -> str:
+    return next(line for line in report.splitlines()
+                if line.startswith(f"| `{task}` | {metric} |"))
+
+
+# ------------------------------------------------------------------------------ ci-report
+def test_a_regression_beyond_tolerance_fails_the_gate_naming_the_task(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    base = write_result(tmp_path / "base", {"left": 0.81, "right": 0.78})
+    head = write_result(tmp_path / "head", {"left": 0.82, "right": 0.70})
+    status, report = run_report(tmp_path, base, head)
+    assert status == 1
+    assert report.startswith(ci_report.MARKER + "\n")
+    assert "**Gate: failed.**" in report
+    assert "task 'right': accuracy dropped by 8.00 pp (0.7800 -> 0.7000)" in report
+    assert "regression" in table_row(report, "right", "accuracy")
+    assert "regression" not in table_row(report, "left", "accuracy")
+    assert "task 'right'" in caplog.text and "task 'left'" not in caplog.text
+
+
+def test_a_drop_of_exactly_the_tolerance_passes(tmp_path: Path) -> None:
+    # 0.81 - 0.79 is 0.020000000000000018 in floating point: still within 0.02.
+    base = write_result(tmp_path / "base", {"left": 0.81, "right": 0.78})
+    head = write_result(tmp_path / "head", {"left": 0.79, "right": 0.78})
+    status, report = run_report(tmp_path, base, head)
+    assert status == 0
+    assert "**Gate: passed.**" in report
+    assert "within tolerance" in table_row(report, "left", "accuracy")
+
+
+def test_the_tolerance_is_read_from_the_params_file(tmp_path: Path) -> None:
+    base = write_result(tmp_path / "base", {"left": 0.81, "right": 0.78})
+    head = write_result(tmp_path / "head", {"left": 0.81, "right": 0.70})
+    loose = tmp_path / "loose.yaml"
+    loose.write_text(yaml.safe_dump({"ci": {"regression_tolerance": 0.1}}))
+    assert run_report(tmp_path, base, head, loose)[0] == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"ci": {"regression_tolernce": 0.1}}))
+    with pytest.raises(ci_report.ConfigError, match=r"bad.yaml: ci.regression_tolernce"):
+        ci_report.regression_tolerance(bad)
+
+
+def test_a_task_missing_from_head_fails_and_auxiliary_tasks_are_not_gated(
+        tmp_path: Path) -> None:
+    rotation = {"rotation": {"accuracy": 0.9, "loss": 0.2, "auxiliary": True}}
+    base = write_result(tmp_path / "base", {"left": 0.81, "right": 0.78}, extra_tasks=rotation)
+    rotation_worse = {"rotation": {"accuracy": 0.5, "loss": 0.9, "auxiliary": True}}
+    head = write_result(tmp_path / "head", {"left": 0.81}, extra_tasks=rotation_worse)
+    status, report = run_report(tmp_path, base, head)
+    assert status == 1
+    assert "task 'right': accuracy missing from the head results" in report
+    assert "rotation" not in report.split("### Metrics")[0]  # not among the gate's reasons
+    assert "regression" not in table_row(report, "rotation", "accuracy")
+
+
+def test_report_has_aggregates_param_changes_curves_and_confusion(tmp_path: Path) -> None:
+    changed = {**SAMPLE_PARAMS, "train": {**SAMPLE_PARAMS["train"], "epochs": 2,
+                                           "optimizer": {"name": "adam", "lr": 1e-05}}}
+    base = write_result(tmp_path / "base", {"left": 0.81, "right": 0.78}, epochs=3)
+    head = write_result(tmp_path / "head", {"left": 0.83, "right": 0.79}, epochs=2,
+                        params=changed)
+    status, report = run_report(tmp_path, base, head)
+    assert status == 0
+    assert "| **all tasks** | mean accuracy | 0.7950 | 0.8100 | +0.0150 |" in report
+    assert "| **all tasks** | Δm% | -1.20 | -1.20 | +0.00 |" in report
+    params_section = report.split("### Params changed")[1].split("###")[0]
+    assert "| `train.epochs` | `5` | `2` |" in params_section
+    assert "| `train.optimizer.lr` | `0.002` | `1e-05` |" in params_section
+    assert "train.optimizer.weight_decay" in params_section  # dropped from head: shown as —
+    assert "train.batch_size" not in params_section  # unchanged params stay out
+    assert "| 3 | 0.8100 | — | 0.7800 | — |" in report  # base ran one epoch more
+    assert "Per-class accuracy (confusion diagonal), task `right`" in report
+    png = tmp_path / "out" / "ci_report.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "`ci_report.png`" in report
+
+
+def test_without_plots_the_report_says_so_and_draws_nothing(tmp_path: Path) -> None:
+    base = write_result(tmp_path / "base", {"left": 0.81, "right": 0.78}, plots=False)
+    head = write_result(tmp_path / "head", {"left": 0.81, "right": 0.78}, plots=False)
+    status, report = run_report(tmp_path, base, head)
+    assert status == 0
+    assert "_No plots: history or confusion data is missing._" in report
+    assert not (tmp_path / "out" / "ci_report.png").exists()
+
+
+def test_missing_metrics_are_an_error_naming_the_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = write_result(tmp_path / "base", {"left": 0.81, "right": 0.78})
+    head = tmp_path / "head"
+    head.mkdir()
+    status, report = run_report(tmp_path, base, head)
+    assert status == 1 and report == ""
+    assert f"{head}/reports/metrics.json: not found" in capsys.readouterr().err
+
+
+def test_confusion_matrix_is_row_normalised_in_class_order(tmp_path: Path) -> None:
+    result = ci_report.load_result(write_result(tmp_path / "run", {"left": 0.7}))
+    pairs = result.confusion["left"]
+    matrix = ci_report.confusion_matrix(pairs)
+    assert list(matrix.index) == list(matrix.columns) == [str(i) for i in range(10)]
+    assert matrix.sum(axis=1).round(9).eq(1.0).all()
+    hits = (pairs["actual"] == pairs["predicted"]).groupby(pairs["actual"]).mean()
+    assert [matrix.loc[c, c] for c in matrix.index] == [hits[c] for c in matrix.index]
+
+
+# ---------------------------------------------------------------------- ci/pr_report.sh
+def git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.org",
+           "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.org"}
+    return subprocess.run(["git", "-C", str(repo), *args], env=env, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def script_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "VENV_BIN": str(VENV_BIN), "GITHUB_STEP_SUMMARY": str(tmp_path /
+            "summary.md"), "GITHUB_OUTPUT": str(tmp_path / "output"), **extra}
+
+
+def test_script_report_gates_and_writes_the_job_summary(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    write_result(repo / "sample", {"left": 0.80, "right": 0.60})
+    shutil.copytree(ROOT / "ci", repo / "ci")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "head")
+    base_tree = tmp_path / "base"
+    write_result(base_tree / "sample", {"left": 0.80, "right": 0.78})
+    env = script_env(tmp_path, SKIP_REPRO="1", BASE_WORKTREE=str(base_tree),
+                     GITHUB_RUN_ID="77", GITHUB_REPOSITORY="team/multitask")
+    result = subprocess.run([str(repo / "ci" / "pr_report.sh"), "report", "HEAD"], cwd=repo,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "task 'right': accuracy dropped by 18.00 pp" in result.stderr
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith(ci_report.MARKER)
+    assert "https://github.com/team/multitask/actions/runs/77" in summary
+    assert (tmp_path / "output").read_text() == "gate=failed\n"
+    assert (repo / "reports" / "ci" / "ci_report.png").is_file()
+
+
+FAKE_GH = """#!{python}
+import json, os, sys
+args = sys.argv[1:]
+entry = {{"args": args}}
+if "--input" in args:
+    entry["input"] = json.load(open(args[args.index("--input") + 1]))
+with open(os.environ["FAKE_GH_LOG"], "a") as log:
+    log.write(json.dumps(entry) + "\\n")
+if "--method" not in args:
+    sys.stdout.write(open(os.environ["FAKE_GH_COMMENTS"]).read())
+"""
+
+
+def run_comment(tmp_path: Path, pages: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Run `ci/pr_report.sh comment` against a fake `gh`; return the calls it made."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "gh").write_text(FAKE_GH.format(python=sys.executable))
+    (fake_bin / "gh").chmod(0o755)
+    comments = tmp_path / "comments.json"
+    comments.write_text("\n".join(json.dumps(page) for page in pages))  # as --paginate prints
+    report = tmp_path / "ci_report.md"
+    report.write_text(f"{ci_report.MARKER}\n## new report\n")
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "FAKE_GH_COMMENTS":
+           str(comments), "FAKE_GH_LOG": str(tmp_path / "gh.log"),
+           "GITHUB_REPOSITORY": "team/multitask", "PR_NUMBER": "12", "GH_TOKEN": "x"}
+    subprocess.run([str(SCRIPT), "comment", str(report)], cwd=ROOT, env=env, check=True,
+                   capture_output=True, text=True, timeout=60)
+    return [json.loads(line) for line in (tmp_path / "gh.log").read_text().splitlines()]
+
+
+def test_script_comment_updates_the_previous_report_instead_of_adding_one(
+        tmp_path: Path) -> None:
+    marker = ci_report.MARKER
+    pages = [[{"id": 1, "user": {"login": "alice"}, "body": f"{marker} quoted by a person"}],
+             [{"id": 5, "user": {"login": "github-actions[bot]"}, "body": "another bot note"},
+              {"id": 42, "user": {"login": "github-actions[bot]"}, "body": f"{marker}\nold"}]]
+    calls = run_comment(tmp_path, pages)
+    assert calls[0]["args"] == ["api", "--paginate", "repos/team/multitask/issues/12/comments"]
+    assert [c["args"][:4] for c in calls[1:]] == [
+        ["api", "--method", "PATCH", "repos/team/multitask/issues/comments/42"]]
+    assert calls[1]["input"] == {"body": f"{marker}\n## new report\n"}
+
+
+def test_script_comment_creates_the_report_on_a_first_push(tmp_path: Path) -> None:
+    pages = [[{"id": 5, "user": {"login": "github-actions[bot]"}, "body": "another bot note"}]]
+    calls = run_comment(tmp_path, pages)
+    assert [c["args"][:4] for c in calls[1:]] == [
+        ["api", "--method", "POST", "repos/team/multitask/issues/12/comments"]]
+
+
+def test_script_and_report_share_the_comment_marker() -> None:
+    assert f"MARKER='{ci_report.MARKER}'" in SCRIPT.read_text()
+
+
+# ------------------------------------------------------- end to end: real sample pipelines
+# Small enough for three sample pipelines in a few minutes on 2 cores, real enough that a task
+# trained with zero loss weight comes out at chance level.
+TINY = {"data.train_size": 2000, "data.test_size": 600, "train.epochs": 2,
+        "train.batch_size": 64, "train.diagnostics_every": 0, "tune.n_trials": 1,
+        "tune.epochs": 1, "tracking.enabled": False}
+PROJECT = ["src", "ci", "data/sample", "sample/dvc.yaml", "sample/params.yaml", ".dvc/config",
+           ".dvcignore", ".gitignore"]
+
+
+def write_params(repo: Path, changes: dict[str, Any]) -> None:
+    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split(".")
+        section = params
+        for name in parents:
+            section = section.setdefault(name, {})
+        section[key] = value
+    (repo / "sample" / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run_pr_report(repo: Path, base_sha: str, work: Path, name: str) -> dict[str, Any]:
+    """``ci/pr_report.sh report <base>`` as the workflow calls it; what it left behind."""
+    env = script_env(work / name, BASE_WORKTREE=str(work / "base"),
+                     REPORT_DIR=f"reports/{name}")
+    (work / name).mkdir()
+    result = subprocess.run([str(repo / "ci" / "pr_report.sh"), "report", base_sha], cwd=repo,
+                            env=env, capture_output=True, text=True, timeout=1200)
+    report = repo / "reports" / name / "ci_report.md"
+    return {"status": result.returncode, "log": result.stdout + result.stderr,
+            "report": report.read_text() if report.exists() else "",
+            "png": (repo / "reports" / name / "ci_report.png").is_file(),
+            "head": json.loads((repo / "sample" / "reports" / "metrics.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def sample_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A base commit and two heads (other params; a planted regression), each reported."""
+    work = tmp_path_factory.mktemp("ci_e2e")
+    repo = work / "repo"
+    for relative in PROJECT:
+        source, target = ROOT / relative, repo / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, target)
+    write_params(repo, TINY)
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    base_sha = git(repo, "rev-parse", "HEAD")
+
+    write_params(repo, {**TINY, "train.epochs": 3, "train.optimizer.lr": 0.004})
+    git(repo, "commit", "-qam", "head: other params")
+    other = run_pr_report(repo, base_sha, work, "other-params")
+
+    # The planted regression: task 'right' gets zero loss weight, so it is never trained.
+    write_params(repo, {**TINY, "train.weighting": "static",
+                        "train.method_params": {"static": {"weights": [1.0, 0.0]}}})
+    git(repo, "commit", "-qam", "head: right untrained")
+    regression = run_pr_report(repo, base_sha, work, "regression")
+    base = json.loads((work / "base" / "sample" / "reports" / "metrics.json").read_text())
+    return {"base": base, "other": other, "regression": regression}
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ci_report")
+def test_two_real_pipelines_give_the_per_task_report(sample_runs: dict[str, Any]) -> None:
+    base, other = sample_runs["base"], sample_runs["other"]
+    assert other["report"], other["log"]
+    report = other["report"]
+    for task in ("left", "right"):
+        row = table_row(report, task, "accuracy")
+        assert f"| {base['tasks'][task]['accuracy']:.4f} | " in row
+        assert f"| {other['head']['tasks'][task]['accuracy']:.4f} | " in row
+    params_section = report.split("### Params changed")[1].split("###")[0]
+    changed = {line.split("`")[1] for line in params_section.splitlines()
+               if line.startswith("| `")}
+    assert changed == {"train.epochs", "train.optimizer.lr"}
+    assert "| 3 |" in report  # the head's third epoch in the per-epoch table
+    assert other["png"]
+    assert (other["status"] == 0) == ("**Gate: passed.**" in report)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ci_report")
+def test_a_planted_regression_fails_the_gate_naming_its_task(
+        sample_runs: dict[str, Any]) -> None:
+    base, regression = sample_runs["base"], sample_runs["regression"]
+    assert regression["report"], regression["log"]
+    right_before = base["tasks"]["right"]["accuracy"]
+    right_after = regression["head"]["tasks"]["right"]["accuracy"]
+    assert right_after < right_before - 0.1  # the plant took: 'right' is near chance
+    assert regression["status"] == 1
+    assert "gate: task 'right': accuracy dropped by" in regression["log"]
+    assert f"({right_before:.4f} -> {right_after:.4f})" in regression["report"]
+    assert "regression" in table_row(regression["report"], "right", "accuracy")

@@ -1,0 +1,188 @@
+"""The GitHub workflows, checked here where GitHub does not run them.
+
+Each file must validate against GitHub's workflow schema (check-jsonschema's vendored copy) and
+draw no high-severity finding from ``zizmor --offline``; a deliberately broken or unsafe copy
+must fail the same checks, so a passing run means something. The rest pins down the
+conventions zizmor does not state: pinned actions with their release in a comment, least
+privilege, no secret or event text in a shell script, and the promote job's skip without its
+secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yaml"))
+BIN = Path(sys.executable).parent
+PINNED = re.compile(  # uses: owner/action@<40-hex SHA> # vX.Y.Z
+    r"^\s*(?:-\s+)?uses:\s+([\w.-]+/[\w./-]+)@([0-9a-f]{40}) # (v\d+\.\d+\.\d+)\s*$")
+
+
+def load(path: Path) -> dict[str, Any]:
+    # PyYAML reads the key `on` as True; GitHub reads it as the string "on".
+    data = yaml.safe_load(path.read_text())
+    if True in data:
+        data["on"] = data.pop(True)
+    return data
+
+
+def schema_check(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
+         *map(str, paths)], capture_output=True, text=True, timeout=120)
+
+
+def high_findings(*paths: Path) -> list[dict[str, Any]]:
+    """zizmor's high-severity findings over ``paths``, audited offline."""
+    result = subprocess.run(
+        [str(BIN / "zizmor"), "--offline", "--format", "json", *map(str, paths)],
+        capture_output=True, text=True, timeout=120)
+    try:
+        findings = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"zizmor exited {result.returncode} without a JSON report:\n{result.stderr}")
+    for path in paths:
+        assert f"completed {path}" in result.stderr, f"zizmor did not audit {path}"
+    return [f for f in findings if f["determinations"]["severity"] == "High"]
+
+
+def steps(workflow: dict[str, Any]) -> list[dict[str, Any]]:
+    return [step for job in workflow["jobs"].values() for step in job.get("steps", [])]
+
+
+def test_both_workflows_exist() -> None:
+    assert [p.name for p in WORKFLOWS] == ["ci.yaml", "promote.yaml"]
+
+
+def test_workflows_match_githubs_schema() -> None:
+    result = schema_check(*WORKFLOWS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_broken_workflow_fails_the_schema_check(tmp_path: Path) -> None:
+    broken = tmp_path / "ci.yaml"
+    # `runs-on` misspelt and `timeout-minutes` given a word: both schema errors.
+    broken.write_text(WORKFLOWS[0].read_text()
+                      .replace("runs-on:", "run-on:", 1)
+                      .replace("timeout-minutes: 45", "timeout-minutes: soon"))
+    result = schema_check(broken)
+    assert result.returncode != 0
+    assert "run-on" in result.stdout or "runs-on" in result.stdout
+
+
+def test_zizmor_finds_nothing_high_in_the_workflows() -> None:
+    high = high_findings(*WORKFLOWS)
+    assert not high, [(f["ident"], f["locations"][0]["concrete"]["feature"]) for f in high]
+
+
+def test_an_unsafe_workflow_draws_high_zizmor_findings(tmp_path: Path) -> None:
+    unsafe = tmp_path / "ci.yaml"
+    text = WORKFLOWS[0].read_text()
+    pinned_checkout = next(line for line in text.splitlines() if "actions/checkout@" in line)
+    text = text.replace(pinned_checkout.strip(), "uses: actions/checkout@v6", 1)
+    text = text.replace("run: make lint", 'run: echo "${{ github.event.pull_request.title }}"')
+    unsafe.write_text(text)
+    assert schema_check(unsafe).returncode == 0  # still a valid workflow: only zizmor objects
+    idents = {f["ident"] for f in high_findings(unsafe)}
+    assert {"unpinned-uses", "template-injection"} <= idents
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_action_is_pinned_to_a_commit_with_its_release(path: Path) -> None:
+    uses = [line for line in path.read_text().splitlines() if re.search(r"\buses:", line)]
+    assert uses
+    unpinned = [line.strip() for line in uses if not PINNED.match(line)]
+    assert not unpinned, f"pin these to a full SHA with '# vX.Y.Z': {unpinned}"
+
+
+def test_each_action_has_one_pin_across_workflows() -> None:
+    pins: dict[str, set[tuple[str, str]]] = {}
+    for path in WORKFLOWS:
+        for line in path.read_text().splitlines():
+            if match := PINNED.match(line):
+                pins.setdefault(match[1], set()).add((match[2], match[3]))
+    assert {action for action, seen in pins.items() if len(seen) > 1} == set()
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_least_privilege_and_no_persisted_credentials(path: Path) -> None:
+    workflow = load(path)
+    assert workflow["permissions"] == {"contents": "read"}
+    for name, job in workflow["jobs"].items():
+        writes = {k for k, v in job.get("permissions", {}).items() if v == "write"}
+        assert writes <= ({"pull-requests"} if name == "comment" else set()), name
+    checkouts = [s for s in steps(workflow) if s.get("uses", "").startswith("actions/checkout@")]
+    assert checkouts and all(s["with"]["persist-credentials"] is False for s in checkouts)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_no_secret_or_event_text_in_shell_scripts(path: Path) -> None:
+    for step in steps(load(path)):
+        script = step.get("run", "")
+        assert "${{" not in script, f"{step.get('name')}: pass values through env, not ${{{{ }}}}"
+
+
+def test_ci_runs_the_readme_commands_and_the_pr_script() -> None:
+    workflow = load(WORKFLOWS[0])
+    assert set(workflow["on"]) == {"pull_request", "push"}
+    assert workflow["on"]["push"]["branches"] == ["main"]
+    runs = [s["run"] for s in workflow["jobs"]["test"]["steps"] if "run" in s]
+    assert runs == ["make setup", "make lint", ".ci/run", "make repro-sample",
+                    "ci/pr_report.sh report HEAD^1"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert all(re.search(rf"^{target}:", makefile, re.M) for target in
+               ("setup", "lint", "test", "repro-sample"))
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    python = next(s for s in steps(workflow) if s.get("uses", "").startswith("actions/setup-"))
+    assert python["with"]["cache"] == "pip"
+    assert python["with"]["cache-dependency-path"] == "requirements.lock"
+    cache = next(s for s in steps(workflow) if s.get("uses", "").startswith("actions/cache@"))
+    assert cache["with"]["path"] == ".dvc/cache"
+    comment = workflow["jobs"]["comment"]["steps"][-1]
+    assert comment["run"] == "ci/pr_report.sh comment ci-report/ci_report.md"
+
+
+def _server_check_script() -> str:
+    workflow = load(WORKFLOWS[1])
+    job = workflow["jobs"]["promote"]
+    check = job["steps"][0]
+    assert check["id"] == "server"
+    # Every later step waits for the check: nothing runs against no server.
+    assert all(s["if"] == "steps.server.outputs.configured == 'true'" for s in job["steps"][1:])
+    return check["run"]
+
+
+@pytest.mark.parametrize("uri", ["", "https://user:hunter2@mlflow.example.org"])
+def test_promote_skips_with_an_explanation_without_the_secret(tmp_path: Path, uri: str) -> None:
+    output, summary = tmp_path / "output", tmp_path / "summary"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "GITHUB_OUTPUT": str(output),
+           "GITHUB_STEP_SUMMARY": str(summary)}
+    result = subprocess.run(["bash", "-e", "-c", _server_check_script()], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    written = output.read_text() + (summary.read_text() if summary.exists() else "")
+    if uri:
+        assert output.read_text() == "configured=true\n"
+        assert "hunter2" not in result.stdout + result.stderr + written
+    else:
+        assert output.read_text() == "configured=false\n"
+        assert "MLFLOW_TRACKING_URI secret is not set" in summary.read_text()
+        assert "::notice title=Promotion skipped::" in result.stdout
+
+
+def test_promote_runs_the_pipeline_then_the_gate() -> None:
+    workflow = load(WORKFLOWS[1])
+    assert set(workflow["on"]) == {"push", "workflow_dispatch"}
+    runs = [s["run"] for s in workflow["jobs"]["promote"]["steps"][1:] if "run" in s]
+    assert runs[:2] == ["make setup", "make repro"]
+    assert ".venv/bin/multitask promote" in runs[2]
