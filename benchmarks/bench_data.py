@@ -21,7 +21,7 @@ def run() -> list[dict[str, Any]]:
         built["arrays"], built["meta"] = build_dataset(data)
 
     build_s = median_seconds(build)
-    with tempfile.TemporaryDirectory(dir=ROOT / "data") as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         write_s = median_seconds(lambda: write_dataset(Path(tmp) / "processed", built["arrays"],
                                                        built["meta"]))
     count = sum(built["meta"]["splits"].values())

@@ -39,7 +39,7 @@ def run() -> list[dict[str, Any]]:
     params = load_params(ROOT / "params.yaml")
     data = params.data.model_copy(update={"raw_dir": str(ROOT / params.data.raw_dir)})
     rows = []
-    with tempfile.TemporaryDirectory(dir=ROOT / "data") as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "processed"
         write_dataset(folder, *build_dataset(data))
         cpu = throughput(folder, torch.device("cpu"), fraction=0.5, epochs=3)
