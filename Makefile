@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# DVC stage commands call `multitask`: find it without an activated venv (as on CI).
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup system-deps repro repro-sample test test-fast bench lint ui clean-sample
 
