@@ -1,0 +1,112 @@
+"""Compare weighting methods (and architectures) on the full data with `dvc exp run`.
+
+One queued DVC experiment per method, all with the same epochs and seed; DVC reuses the cached
+data and baseline stages, so each experiment trains and evaluates only. The per-task results
+are read back from `dvc exp show --json` (the same numbers MLflow holds for each run) into
+reports/method_comparison.json, which scripts/update_readme.py renders into the README.
+
+    python scripts/compare_methods.py --epochs 3 equal uncertainty dwa pcgrad ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = ROOT / "reports" / "method_comparison.json"
+METRICS = "reports/metrics.json"
+
+
+def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ROOT, check=check,
+                          capture_output=True, text=True)
+
+
+def experiment_name(method: str, epochs: int) -> str:
+    return f"cmp-{method.replace('_', '-')}-e{epochs}"
+
+
+def queue(methods: list[str], epochs: int, architecture: str | None) -> list[str]:
+    names = []
+    for method in methods:
+        name = experiment_name(method if not architecture else f"{architecture}-{method}", epochs)
+        overrides = ["-S", f"train.weighting={method}", "-S", f"train.epochs={epochs}"]
+        if architecture:
+            overrides += ["-S", f"model.architecture={architecture}"]
+        dvc("exp", "run", "--queue", "--name", name, *overrides)
+        names.append(name)
+    return names
+
+
+def wait_for_queue(poll_s: float = 20.0) -> None:
+    dvc("queue", "start", "--jobs", "1")
+    while True:
+        status = dvc("queue", "status", check=False).stdout
+        if not any(state in status for state in ("Queued", "Running")):
+            return
+        time.sleep(poll_s)
+
+
+def _find(node: Any, name: str) -> dict[str, Any] | None:
+    """The experiment record named ``name`` anywhere in `dvc exp show --json` output."""
+    if isinstance(node, dict):
+        if node.get("name") == name and isinstance(node.get("data"), dict):
+            return node["data"]
+        children = node.values()
+    elif isinstance(node, list):
+        children = node
+    else:
+        return None
+    for child in children:
+        found = _find(child, name)
+        if found is not None:
+            return found
+    return None
+
+
+def collect(names: dict[str, str]) -> dict[str, Any]:
+    shown = json.loads(dvc("exp", "show", "--json").stdout)
+    results: dict[str, Any] = {}
+    for method, name in names.items():
+        data = _find(shown, name)
+        metrics = (data or {}).get("metrics", {}).get(METRICS, {}).get("data")
+        if not metrics:
+            results[method] = {"experiment": name, "error": "no metrics (failed or not run)"}
+            continue
+        results[method] = {"experiment": name, **metrics}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("methods", nargs="+")
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--architecture", default=None,
+                        help="model.architecture for every experiment (default: params.yaml)")
+    parser.add_argument("--collect-only", action="store_true",
+                        help="read back already-run experiments, queue nothing")
+    args = parser.parse_args()
+    prefix = f"{args.architecture}-" if args.architecture else ""
+    names = {m: experiment_name(prefix + m, args.epochs) for m in args.methods}
+    if not args.collect_only:
+        queue(args.methods, args.epochs, args.architecture)
+        wait_for_queue()
+    results = collect(names)
+    previous = json.loads(OUTPUT.read_text()) if OUTPUT.is_file() else {}
+    key = f"{args.architecture or 'default'}@{args.epochs}"
+    previous[key] = {"epochs": args.epochs, "architecture": args.architecture,
+                     "methods": results}
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    OUTPUT.write_text(json.dumps(previous, indent=2) + "\n")
+    for method, result in results.items():
+        print(method, json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

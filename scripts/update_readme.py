@@ -1,0 +1,123 @@
+"""Render the README's measured figures from the files that hold them, never by hand.
+
+Blocks between `<!-- NAME:start -->` and `<!-- NAME:end -->` are replaced:
+- results: reports/metrics.json, reports/baselines.json, reports/train.json (the last `make repro`)
+- comparison: reports/method_comparison.json (scripts/compare_methods.py)
+- benchmarks: reports/benchmarks.json (`make bench`)
+
+    python scripts/update_readme.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def load(path: str) -> Any:
+    file = ROOT / path
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def results() -> str:
+    metrics, baselines, train = (load("reports/metrics.json"), load("reports/baselines.json"),
+                                 load("reports/train.json"))
+    if not (metrics and baselines and train):
+        return "_No full-data run recorded yet: run `make repro`._"
+    tasks = list(metrics["tasks"])
+    lines = [
+        f"Full MultiFashion, `{train['weighting']}` weighting, {train['epochs']} epochs, "
+        f"{train['device']}; test split (20,000 composites):",
+        "",
+        "| | " + " | ".join(f"task `{t}` accuracy" for t in tasks) + " | Δm% |",
+        "|---|" + "---|" * (len(tasks) + 1),
+        "| multi-task (one network) | " + " | ".join(
+            f"{metrics['tasks'][t]['accuracy']:.4f}" for t in tasks)
+        + f" | {metrics['delta_m_pct']:+.2f} |",
+        "| single-task baselines (one network per task) | " + " | ".join(
+            f"{baselines['tasks'][t]['accuracy']:.4f}" for t in tasks) + " | 0 (reference) |",
+        "",
+        f"Training took {train['seconds']:.0f} s ({train['train_images_per_s']:.0f} training "
+        "images/s).",
+    ]
+    return "\n".join(lines)
+
+
+def comparison() -> str:
+    data = load("reports/method_comparison.json")
+    if not data:
+        return "_Not run yet: `python scripts/compare_methods.py --epochs N METHOD...`._"
+    blocks = []
+    for entry in data.values():
+        methods = entry["methods"]
+        tasks = next((list(m["tasks"]) for m in methods.values() if "tasks" in m), [])
+        arch = entry["architecture"] or "params.yaml's"
+        blocks += [
+            f"{entry['epochs']} epochs each, {arch} architecture, same seed "
+            "(`dvc exp run`, read back with `dvc exp show`):",
+            "",
+            "| method | " + " | ".join(f"`{t}` accuracy" for t in tasks)
+            + " | mean accuracy | Δm% |",
+            "|---|" + "---|" * (len(tasks) + 2),
+        ]
+        ranked = sorted(methods.items(), key=lambda kv: -kv[1].get("delta_m_pct", -1e9))
+        for method, result in ranked:
+            if "tasks" not in result:
+                blocks.append(f"| `{method}` | " + " | ".join("—" for _ in tasks)
+                              + f" | — | {result.get('error', 'failed')} |")
+                continue
+            blocks.append(f"| `{method}` | " + " | ".join(
+                f"{result['tasks'][t]['accuracy']:.4f}" for t in tasks)
+                + f" | {result['mean_accuracy']:.4f} | {result['delta_m_pct']:+.2f} |")
+        blocks.append("")
+    return "\n".join(blocks).rstrip()
+
+
+def _value(row: dict[str, Any]) -> str:
+    value = row.get("value")
+    if value is None:
+        return f"— ({row.get('skipped') or row.get('error') or 'not measured'})"
+    return f"{value:g} {row.get('unit', '')}".strip() if isinstance(value, int | float) \
+        else f"{value} {row.get('unit', '')}".strip()
+
+
+def benchmarks() -> str:
+    data = load("reports/benchmarks.json")
+    if not data:
+        return "_No benchmarks recorded yet: run `make bench`._"
+    lines = ["| benchmark | measured | target | met |", "|---|---|---|---|"]
+    for group, entry in data.items():
+        for row in entry["rows"]:
+            met = "" if "ok" not in row else ("yes" if row["ok"] else "**no**")
+            lines.append(f"| {group}: {row['name']} | {_value(row)} | {row.get('target', '')} "
+                         f"| {met} |")
+    stamps = sorted({entry["measured_at"][:10] for entry in data.values()})
+    machine = next(iter(data.values()))["machine"]
+    lines += ["", f"Measured {', '.join(stamps)} on {machine['platform']} "
+              f"({machine['cpu_count']} threads), torch {machine['torch']}"
+              + (f", {machine['cuda']}" if machine.get("cuda") else ", no GPU") + "."]
+    return "\n".join(lines)
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"{README}: no <!-- {name}:start --> ... <!-- {name}:end --> block")
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+
+
+def main() -> None:
+    text = README.read_text()
+    for name, render in (("results", results), ("comparison", comparison),
+                         ("benchmarks", benchmarks)):
+        text = replace_block(text, name, render())
+    README.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
