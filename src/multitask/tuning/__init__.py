@@ -1,0 +1,100 @@
+"""The ``tune`` stage: an Optuna study over the task-loss weights, judged on the validation split.
+
+**Search space** (``params.yaml: tune``, :mod:`.space`): the task weights on the simplex
+(T-1 stick-breaking coordinates, every normalised weight within ``tune.weight_range``),
+optionally the learning rate (``tune.tune_lr``, log-uniform in ``tune.lr_range``) and the
+weighting method itself (``tune.methods``; ``static`` means the searched weights).
+
+**Modes.** ``multi`` (default): one objective per main task, its validation accuracy; the study
+yields a Pareto front and ``tune.selection`` picks one trial on it (``best_mean``,
+``best_worst``, or the highest ``preference``-weighted mean accuracy). ``single``: one scalar,
+the mean validation accuracy or Δm% against single-task models trained here with the same
+budget on the same validation split -- never ``reports/baselines.json``, which holds *test*
+metrics. Only single-objective studies prune (Optuna cannot prune several objectives): each
+epoch reports the scalar and ``median`` or ``hyperband`` stops poor trials. The test split is
+never loaded.
+
+**Storage, resumption, workers** (:mod:`.study`, :mod:`.storage`): a journal file or a
+``postgresql://`` URL holds the study ``<tune.study_name>-<hash>``, the hash covering all that
+makes trial values comparable, so changed params start a new study instead of mixing trials.
+A rerun continues until the study holds ``n_trials`` finished (complete or pruned) trials;
+finished trials are never rerun. ``--workers N`` starts N processes that claim trials under a
+lock: exactly ``n_trials`` trials between them, each recorded once.
+
+**MLflow** (:mod:`.trials`): one parent run per invocation, one nested run per trial (params,
+per-epoch per-task metrics, final state); the Pareto figure, chosen weights and summary go on
+the parent. Nothing at all with ``tracking.enabled: false``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from multitask import tracking
+from multitask.config import load_params
+from multitask.tuning.reports import (
+    PARETO_CSV,
+    PARETO_PNG,
+    SUMMARY_JSON,
+    TUNED_WEIGHTS,
+    pareto_front,
+    select,
+    write_reports,
+)
+from multitask.tuning.space import SearchSpace, simplex_weights
+from multitask.tuning.storage import StudyStorage, count_states, fail_stale_trials
+from multitask.tuning.study import make_pruner, make_sampler, open_study, setup
+from multitask.tuning.trials import describe_choice, run_workers, validation_baselines
+
+__all__ = [
+    "SearchSpace",
+    "StudyStorage",
+    "main",
+    "make_pruner",
+    "make_sampler",
+    "pareto_front",
+    "select",
+    "simplex_weights",
+]
+
+log = logging.getLogger(__name__)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``multitask tune``: run or resume the study to ``n_trials``, then write the reports."""
+    params = load_params(args.params)
+    n_trials = getattr(args, "n_trials", None) or params.tune.n_trials
+    workers = getattr(args, "workers", None) or params.tune.workers
+    if n_trials < 1 or workers < 1:
+        raise ValueError(f"--n-trials ({n_trials}) and --workers ({workers}) must be at least 1")
+    study_setup = setup(params, str(args.params))
+    storage = StudyStorage(params.tune.storage, str(args.params))
+    study = open_study(study_setup, storage, n_trials)
+    with storage.claim_lock(study.study_name):
+        fail_stale_trials(study, params.tracking.enabled)
+    counts = count_states(study)
+    log.info("study %s in %s: %s; target %d finished trials, %d worker(s)", study.study_name,
+             storage.describe(), {k: v for k, v in counts.items() if v} or "new", n_trials,
+             workers)
+    with tracking.stage_run(params, "tune") as run:
+        run.set_tags({"optuna.study": study.study_name, "optuna.storage": storage.describe()})
+        if study_setup.single and params.tune.objective == "delta_m":
+            baselines = validation_baselines(study_setup, study)
+            run.log_metrics({f"tune/baseline/{k}/val_accuracy": v for k, v in baselines.items()})
+        run_workers(study_setup, storage, study, n_trials, workers, run.run_id)
+        weights = write_reports(study_setup, storage, study, n_trials, workers)
+        run.log_metrics({
+            **{f"tune/chosen/weight/{k}": v for k, v in (weights["weights"] or {}).items()},
+            **{f"tune/chosen/val/{k}/accuracy": v for k, v in weights["values"].items()},
+            **{f"tune/trials/{k.lower()}": v for k, v in count_states(study).items() if v},
+        })
+        for path in (TUNED_WEIGHTS, SUMMARY_JSON, PARETO_CSV, PARETO_PNG):
+            run.log_artifact(path, "tuning")
+    log.info("chosen: trial %d (%s): %s", weights["trial"], weights["selection"],
+             describe_choice(weights, weights["values"]))
+    if weights["lr"] is not None:
+        log.info("tuned learning rate %.3g is reported, not applied: train uses "
+                 "train.optimizer.lr (set it with dvc exp run -S train.optimizer.lr=%.3g)",
+                 weights["lr"], weights["lr"])
+    return 0

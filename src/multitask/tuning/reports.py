@@ -1,0 +1,166 @@
+"""``reports/tuning/``: the chosen weights (read by ``train`` when ``train.weighting: tuned``),
+the Pareto front as a CSV (a DVC plot) and a PNG, and the study summary; written atomically."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from multitask.io import atomic_open, write_json
+from multitask.training.plots import save_figure
+from multitask.training.stages import TUNED_WEIGHTS
+from multitask.tuning.storage import StudyStorage, count_states
+from multitask.tuning.study import Setup
+
+REPORT_DIR = TUNED_WEIGHTS.parent
+SUMMARY_JSON = REPORT_DIR / "summary.json"
+PARETO_CSV = REPORT_DIR / "pareto.csv"
+PARETO_PNG = REPORT_DIR / "pareto.png"
+
+
+def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of the points no other point dominates (every objective maximised)."""
+    array = np.asarray(points, dtype=float)
+    front = []
+    for index, point in enumerate(array):
+        dominated = np.any(np.all(array >= point, axis=1) & np.any(array > point, axis=1))
+        if not dominated:
+            front.append(index)
+    return front
+
+
+def select(points: Sequence[Sequence[float]], rule: str,
+           preference: Sequence[float] | None = None) -> int:
+    """Index of the point ``rule`` prefers (the first on ties).
+
+    ``best_mean``: highest mean; ``best_worst``: highest minimum; ``preference``: highest mean
+    weighted by ``preference`` (normalised to sum to one).
+    """
+    array = np.asarray(points, dtype=float)
+    if rule == "best_mean":
+        scores = array.mean(axis=1)
+    elif rule == "best_worst":
+        scores = array.min(axis=1)
+    elif rule == "preference" and preference is not None:
+        scores = array @ (np.asarray(preference, dtype=float) / float(np.sum(preference)))
+    else:
+        raise ValueError(f"selection rule '{rule}' needs a preference vector or is unknown")
+    return int(np.argmax(scores))
+
+
+def pareto_figure(points: np.ndarray, front: Sequence[int], chosen: int, names: Sequence[str],
+                  title: str) -> Any:
+    """Validation accuracy of the first two tasks per trial; the front and the choice marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), constrained_layout=True)
+    if points.shape[1] == 1:  # one task: accuracy per completed trial
+        ax.scatter(np.arange(len(points)), points[:, 0], color="tab:blue")
+        ax.scatter([chosen], [points[chosen, 0]], marker="*", s=250, color="tab:red",
+                   label="chosen")
+        ax.set_xlabel("completed trial")
+        ax.set_ylabel(f"val accuracy ({names[0]})")
+    else:
+        ax.scatter(points[:, 0], points[:, 1], color="lightgray", label="trial")
+        edge = points[sorted(front, key=lambda i: points[i, 0])]
+        ax.plot(edge[:, 0], edge[:, 1], marker="o", color="tab:blue", label="Pareto front")
+        ax.scatter([points[chosen, 0]], [points[chosen, 1]], marker="*", s=250,
+                   color="tab:red", label="chosen", zorder=3)
+        ax.set_xlabel(f"val accuracy ({names[0]})")
+        ax.set_ylabel(f"val accuracy ({names[1]})")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _trial_row(trial: FrozenTrial, setup: Setup) -> dict[str, Any]:
+    choice = trial.user_attrs["choice"]
+    row: dict[str, Any] = {"trial": trial.number}
+    row.update({f"val/{k}/accuracy": v for k, v in trial.user_attrs["val_accuracy"].items()})
+    row.update({f"weight/{name}": (choice["weights"] or {}).get(name, "")
+                for name in setup.space.tasks})
+    row.update({"method": choice["method"], "lr": choice["lr"] if choice["lr"] else ""})
+    return row
+
+
+def _seconds(trials: Sequence[FrozenTrial]) -> dict[str, float | None]:
+    durations = [t.duration.total_seconds() for t in trials if t.duration is not None]
+    if not durations:
+        return {"mean": None, "median": None, "total": 0.0}
+    return {"mean": round(float(np.mean(durations)), 2),
+            "median": round(float(np.median(durations)), 2),
+            "total": round(float(np.sum(durations)), 1)}
+
+
+def write_reports(setup: Setup, storage: StudyStorage, study: optuna.Study, n_trials: int,
+                  workers: int) -> dict[str, Any]:
+    """``weights.json``, ``pareto.csv``, ``pareto.png`` and ``summary.json``; returns weights."""
+    tune = setup.params.tune
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        raise RuntimeError(f"study {setup.study_name} in {storage.describe()} has no completed "
+                           "trial; raise tune.n_trials or choose a gentler tune.pruner")
+    names = list(setup.space.objectives)
+    points = np.array([[t.user_attrs["val_accuracy"][n] for n in names] for t in complete])
+    front = pareto_front(points)
+    if setup.single:
+        best = study.best_trial
+        chosen = complete.index(next(t for t in complete if t.number == best.number))
+        selection = f"highest {tune.objective} (single-objective)"
+    else:
+        chosen = front[select(points[front], tune.selection, tune.preference)]
+        selection = tune.selection
+    trial = complete[chosen]
+    choice = trial.user_attrs["choice"]
+    weights = {
+        "weights": choice["weights"],
+        "method": choice["method"],
+        "lr": choice["lr"],
+        "selection": selection,
+        "trial": trial.number,
+        "values": trial.user_attrs["val_accuracy"],
+        "objective": dict(zip(setup.objective_names, trial.values, strict=True)),
+        "mode": tune.mode,
+        "study": setup.study_name,
+        "split": "val",
+    }
+    rows = [{**_trial_row(t, setup), "on_front": int(i in front), "chosen": int(i == chosen)}
+            for i, t in enumerate(complete)]
+    with atomic_open(PARETO_CSV, "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    save_figure(pareto_figure(points, front, chosen, names,
+                              f"{setup.study_name}: {len(complete)} trials, {selection}"),
+                PARETO_PNG)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    finished = complete + pruned
+    epochs_run = sum(int(t.user_attrs.get("epochs_run", tune.epochs)) for t in finished)
+    budget = len(finished) * tune.epochs
+    write_json(SUMMARY_JSON, {
+        "study": setup.study_name,
+        "storage": storage.describe(),
+        "mode": tune.mode,
+        "objectives": setup.objective_names,
+        "n_trials": n_trials,
+        "workers": workers,
+        "trials": {state: n for state, n in count_states(study).items() if n},
+        "pruned_share": round(len(pruned) / len(finished), 4),
+        "trial_epochs": {"run": epochs_run, "budget": budget,
+                         "saved_share": round(1 - epochs_run / budget, 4)},
+        "seconds_per_trial": _seconds(finished),
+        "pareto_front": [{"trial": complete[i].number, "val_accuracy": dict(zip(
+            names, points[i].tolist(), strict=True))} for i in front],
+        "best": {"trial": trial.number, "objective": weights["objective"]},
+        "validation_baselines": study.user_attrs.get("validation_baselines"),
+        "fingerprint": setup.fingerprint,
+    })
+    write_json(TUNED_WEIGHTS, weights)
+    return weights

@@ -1,0 +1,116 @@
+"""What a trial may vary: the task weights on the simplex, the learning rate, the method.
+
+The weights of the T trained tasks come from T-1 free coordinates ``simplex/<task>`` in [0, 1]
+by stick-breaking: task i takes ``z_i = 1 - (1 - u_i)^(1/(T-1-i))`` of what is still feasible
+for it, so that without bounds uniform coordinates are uniform on the simplex (two tasks:
+``w_first = u``). ``tune.weight_range = [low, high]`` bounds every *normalised* weight; each
+coordinate's feasible interval already accounts for the tasks after it, so every sample sums to
+one within the bounds (possible when ``low * T <= 1 <= high * T``). The coordinates have fixed
+[0, 1] ranges, which TPE needs; the weights themselves are stored on the trial.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.trial import Trial
+
+from multitask.config import Params, TrainConfig
+from multitask.tasks import Task, main_tasks
+from multitask.weighting import (
+    METHODS,
+    WeightingMethod,
+    build_weighting,
+    validate_method_params,
+)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What one trial trains with."""
+
+    method: str
+    weights: dict[str, float] | None  # static only: one weight per task, summing to one
+    lr: float | None  # None: train.optimizer.lr
+
+    def weighting_method(self, tasks: Sequence[Task], params: Params) -> WeightingMethod:
+        if self.weights is None:
+            return build_weighting(self.method, len(tasks), params.train.method_params)
+        weights = [self.weights[t.name] for t in tasks]
+        return build_weighting("static", len(tasks), {"static": {"weights": weights}})
+
+
+def trial_config(params: Params, lr: float | None = None) -> TrainConfig:
+    """``train`` with a trial's learning rate and no gradient diagnostics (pure cost here)."""
+    update: dict[str, Any] = {"diagnostics_every": 0}
+    if lr is not None:
+        update["optimizer"] = params.train.optimizer.model_copy(update={"lr": lr})
+    return params.train.model_copy(update=update)
+
+
+def simplex_weights(coordinates: Sequence[float], low: float, high: float) -> list[float]:
+    """Map T-1 coordinates in [0, 1] to T weights summing to one, each within [low, high].
+
+    See the module docstring: stick-breaking with Beta(1, k) inverse CDFs, so that with
+    ``low=0, high=1`` uniform coordinates are uniform on the simplex.
+    """
+    count = len(coordinates) + 1
+    remaining, weights = 1.0, []
+    for index, u in enumerate(coordinates):
+        after = count - index - 1  # tasks still to receive a weight after this one
+        lowest = max(low, remaining - after * high)
+        highest = min(high, remaining - after * low)
+        share = 1.0 - (1.0 - u) ** (1.0 / after)
+        weights.append(lowest + share * (highest - lowest))
+        remaining -= weights[-1]
+    return [*weights, remaining]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What trials vary, from ``params.tune`` and the data set's tasks; validated on creation."""
+
+    tasks: tuple[str, ...]  # every trained task, auxiliary ones included (each needs a weight)
+    objectives: tuple[str, ...]  # main tasks: their validation accuracies are judged
+    weight_range: tuple[float, float]
+    lr_range: tuple[float, float] | None
+    methods: tuple[str, ...]
+
+    @classmethod
+    def from_params(cls, params: Params, tasks: Sequence[Task], source: str) -> SearchSpace:
+        """Check what pydantic cannot (method names, bounds against the task count)."""
+        tune = params.tune
+        methods = tuple(tune.methods or ["static"])
+        for name in methods:
+            if name not in METHODS:
+                raise ValueError(
+                    f"{source}: tune.methods: unknown weighting method '{name}' (available: "
+                    f"{', '.join(sorted(METHODS))}; static searches the weights)")
+        if set(methods) - {"static"}:
+            validate_method_params(params.train.method_params)
+        count, (low, high) = len(tasks), tune.weight_range
+        if "static" in methods and not low * count <= 1.0 <= high * count:
+            raise ValueError(
+                f"{source}: tune.weight_range: [{low}, {high}] cannot hold {count} weights that "
+                f"sum to one; need low <= 1/{count} <= high")
+        objectives = tuple(t.name for t in main_tasks(tasks))
+        if tune.selection == "preference" and len(tune.preference or []) != len(objectives):
+            raise ValueError(
+                f"{source}: tune.preference: {len(tune.preference or [])} values for "
+                f"{len(objectives)} tasks {list(objectives)}; give one per task, in that order")
+        return cls(tuple(t.name for t in tasks), objectives, tune.weight_range,
+                   tune.lr_range if tune.tune_lr else None, methods)
+
+    def suggest(self, trial: Trial) -> Choice:
+        method = (trial.suggest_categorical("method", list(self.methods))
+                  if len(self.methods) > 1 else self.methods[0])
+        weights = None
+        if method == "static":
+            coordinates = [trial.suggest_float(f"simplex/{name}", 0.0, 1.0)
+                           for name in self.tasks[:-1]]
+            values = simplex_weights(coordinates, *self.weight_range)
+            weights = dict(zip(self.tasks, values, strict=True))
+        lr = None if self.lr_range is None else trial.suggest_float("lr", *self.lr_range, log=True)
+        return Choice(str(method), weights, lr)

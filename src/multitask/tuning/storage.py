@@ -1,0 +1,186 @@
+"""Where the study lives and who may add a trial to it.
+
+A journal file (several processes on one machine) or PostgreSQL (several machines). Workers
+claim trials under a lock -- ``flock`` on the journal file, a PostgreSQL advisory lock -- so that
+finished plus running trials never exceed ``n_trials``. A worker killed mid-trial leaves it
+RUNNING; the next claim sees its process gone (same host: pid and start time; another host: no
+heartbeat for :data:`STALE_AFTER_S`) and marks it FAIL, and a new trial takes its place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from multitask import tracking
+
+log = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards n_trials
+HEARTBEAT_S = 60.0  # how often a running trial says it is alive (for workers on other hosts)
+STALE_AFTER_S = 600.0  # silence after which another host's running trial counts as lost
+HOST = socket.gethostname()
+
+
+class StudyStorage:
+    """Where the study lives (journal file or PostgreSQL) and the lock that serialises claims."""
+
+    def __init__(self, location: str, source: str) -> None:
+        self.location = location
+        self.is_url = "://" in location
+        if self.is_url and not location.startswith(("postgresql://", "postgresql+")):
+            raise ValueError(
+                f"{source}: tune.storage: '{self.describe()}' is not supported; use a journal "
+                "file path (several processes on one machine) or a postgresql:// URL (several "
+                "machines)")
+        if self.is_url:
+            import sqlalchemy
+
+            url = sqlalchemy.engine.make_url(location)
+            if url.drivername == "postgresql":  # SQLAlchemy 2.1 defaults to psycopg 3; we ship 2
+                location = url.set(drivername="postgresql+psycopg2").render_as_string(
+                    hide_password=False)
+            self.optuna: optuna.storages.BaseStorage = optuna.storages.RDBStorage(
+                location, engine_kwargs={"pool_pre_ping": True})
+            self._engine = sqlalchemy.create_engine(location, poolclass=sqlalchemy.pool.NullPool)
+        else:
+            Path(location).parent.mkdir(parents=True, exist_ok=True)
+            backend = optuna.storages.journal.JournalFileBackend(location)
+            self.optuna = optuna.storages.JournalStorage(backend)
+
+    def describe(self) -> str:
+        """The location with any password masked (for logs, summaries and MLflow)."""
+        if not self.is_url:
+            return self.location
+        import sqlalchemy
+
+        return sqlalchemy.engine.make_url(self.location).render_as_string(hide_password=True)
+
+    @contextlib.contextmanager
+    def claim_lock(self, study_name: str) -> Iterator[None]:
+        """Held while counting trials and asking for one, by every worker of every host."""
+        if not self.is_url:
+            with open(self.location, "a") as handle:  # Optuna's own lock is a symlink: no clash
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+        import sqlalchemy
+
+        key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
+        with self._engine.connect() as connection:  # released with the session at the latest
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"),
+                                   {"key": key})
+
+
+# ------------------------------------------------------------------------- liveness of trials
+def _start_ticks(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot; None if gone or a zombie (Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces and brackets
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _owner() -> dict[str, Any]:
+    """Who runs a trial: enough for another worker to tell later whether it still runs."""
+    pid = os.getpid()
+    return {"host": HOST, "pid": pid, "start": _start_ticks(pid), "since": time.time()}
+
+
+def _stale_reason(trial: FrozenTrial) -> str | None:
+    """Why a RUNNING trial is lost, or None while its worker may still be running it."""
+    owner = trial.user_attrs.get("owner")
+    if owner is None:  # claims happen under the lock we hold: this claim's process died in it
+        return "its worker died while claiming it"
+    where = f"pid {owner['pid']} on {owner['host']}"
+    if owner["host"] == HOST:
+        if owner["start"] is not None:
+            alive = _start_ticks(owner["pid"]) == owner["start"]
+        else:  # no /proc: a signal 0 tells whether the pid exists
+            try:
+                os.kill(owner["pid"], 0)
+                alive = True
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:
+                alive = True
+        return None if alive else f"its worker ({where}) is gone"
+    silent = time.time() - max(owner["since"], trial.user_attrs.get("heartbeat", 0.0))
+    return f"no heartbeat from its worker ({where}) for {silent:.0f} s" if (
+        silent > STALE_AFTER_S) else None
+
+
+def fail_stale_trials(study: optuna.Study, tracking_enabled: bool) -> list[int]:
+    """Mark RUNNING trials whose worker is gone as FAIL (and end their MLflow runs)."""
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = _stale_reason(trial)
+        if reason is None:
+            continue
+        log.warning("trial %d: %s; marking it FAIL, a new trial takes its place",
+                    trial.number, reason)
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if tracking_enabled and run_id:
+            tracking.end_run(run_id, "FAILED", f"tune: {reason}")
+        failed.append(trial.number)
+    return failed
+
+
+@contextlib.contextmanager
+def heartbeat(trial: Trial) -> Iterator[None]:
+    """Record ``heartbeat`` on the trial every :data:`HEARTBEAT_S` while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            trial.set_user_attr("heartbeat", time.time())
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def count_states(study: optuna.Study) -> dict[str, int]:
+    counts = {state.name: 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name] += 1
+    return counts
+
+
+def claim_trial(study: optuna.Study, storage: StudyStorage, n_trials: int,
+                tracking_enabled: bool) -> Trial | None:
+    """A new trial if finished plus running trials number fewer than ``n_trials``, else None."""
+    with storage.claim_lock(study.study_name):
+        fail_stale_trials(study, tracking_enabled)
+        counts = count_states(study)
+        if counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"] >= n_trials:
+            return None
+        trial = study.ask()
+        trial.set_user_attr("owner", _owner())
+        return trial

@@ -1,0 +1,271 @@
+"""Running trials: the objective (train on the trial's choice, report, prune, one nested MLflow
+run), the worker loop that claims trials until the study is full, and parallel worker processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import FrozenTrial, Trial, TrialState
+from tqdm.auto import tqdm
+
+from multitask import tracking
+from multitask.config import load_params
+from multitask.tasks import main_tasks
+from multitask.training.metrics import delta_m
+from multitask.training.stages import _model
+from multitask.training.trainer import Trainer
+from multitask.tuning.space import trial_config
+from multitask.tuning.storage import FINISHED, StudyStorage, claim_trial, count_states, heartbeat
+from multitask.tuning.study import Setup, open_study, setup
+from multitask.weighting import build_weighting
+
+log = logging.getLogger(__name__)
+
+POLL_S = 2.0  # how often the parent of several workers refreshes its progress bar
+
+
+def _accuracies(record: dict[str, float], names: Sequence[str]) -> dict[str, float]:
+    return {name: float(record[f"val/{name}/accuracy"]) for name in names}
+
+
+@dataclass
+class Objective:
+    """Trains one trial on its choice and returns its objective values.
+
+    Multi-objective: each main task's validation accuracy after the last epoch. Single: their
+    mean or Δm% against ``baselines``, also reported after every epoch so that the pruner can
+    stop the trial there. Every epoch's record goes to the trial's nested MLflow run.
+    """
+
+    setup: Setup
+    baselines: dict[str, float] | None  # validation baselines, single mode with delta_m only
+    parent_run_id: str | None
+
+    def scalar(self, accuracy: dict[str, float]) -> float:
+        if self.baselines is None:
+            return float(np.mean(list(accuracy.values())))
+        return delta_m(accuracy, self.baselines, {name: True for name in accuracy})
+
+    def values(self, accuracy: dict[str, float]) -> list[float]:
+        if self.setup.single:
+            return [self.scalar(accuracy)]
+        return [accuracy[name] for name in self.setup.space.objectives]
+
+    def __call__(self, trial: Trial) -> list[float]:
+        setup, params = self.setup, self.setup.params
+        choice = setup.space.suggest(trial)
+        trial.set_user_attr("choice", asdict(choice))
+        epochs = params.tune.epochs
+        last: dict[str, float] = {}
+        state = "FAIL"
+        run_params = {"trial": trial.number, "method": choice.method,
+                      "lr": choice.lr or params.train.optimizer.lr,
+                      **{f"weight/{k}": v for k, v in (choice.weights or {}).items()}}
+        with tracking.nested_run(
+                self.parent_run_id, f"trial-{trial.number}", params=run_params,
+                tags={"optuna.study": setup.study_name, "optuna.trial": str(trial.number),
+                      "stage": "tune-trial"},
+                finished_on=(optuna.TrialPruned,)) as run:
+            if run.enabled:
+                trial.set_user_attr("mlflow_run_id", run.run_id)
+
+            def on_epoch(epoch: int, record: dict[str, float]) -> None:
+                last.clear()
+                last.update(record)
+                run.log_epoch(epoch, record)
+                if not setup.single:
+                    return  # Optuna prunes single-objective studies only
+                value = self.scalar(_accuracies(record, setup.space.objectives))
+                trial.report(value, epoch)
+                if epoch < epochs and trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch} ({value:.4f})")
+
+            try:
+                Trainer(_model(params, setup.tasks, setup.data), setup.tasks,
+                        choice.weighting_method(setup.tasks, params), setup.data,
+                        trial_config(params, choice.lr), epochs=epochs,
+                        data_fraction=params.tune.data_fraction, on_epoch=on_epoch,
+                        progress=False).fit()
+                state = "COMPLETE"
+            except optuna.TrialPruned:
+                state = "PRUNED"
+                raise
+            finally:
+                if last:
+                    accuracy = _accuracies(last, setup.space.objectives)
+                    trial.set_user_attr("val_accuracy", accuracy)
+                    trial.set_user_attr("epochs_run", int(last["epoch"]))
+                    run.log_metrics({f"objective/{name}": value for name, value in zip(
+                        setup.objective_names, self.values(accuracy), strict=True)}, step=epochs)
+                run.set_tags({"optuna.state": state})
+        return self.values(_accuracies(last, setup.space.objectives))
+
+
+def run_trial(study: optuna.Study, trial: Trial, objective: Objective) -> FrozenTrial:
+    """Run ``trial`` and record how it ended; an error fails the trial and propagates."""
+    with heartbeat(trial):
+        try:
+            values = objective(trial)
+        except optuna.TrialPruned:
+            return study.tell(trial, state=TrialState.PRUNED)
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+    return study.tell(trial, values)
+
+
+def validation_baselines(setup: Setup, study: optuna.Study) -> dict[str, float]:
+    """Validation accuracy of one single-task model per main task, at the per-trial budget.
+
+    Δm% needs a reference; ``reports/baselines.json`` holds test metrics, which tuning must not
+    see. Computed once per study and stored on it, so workers and reruns share it.
+    """
+    stored = study.user_attrs.get("validation_baselines")
+    if stored is not None:
+        return dict(stored)
+    params, result = setup.params, {}
+    for task in main_tasks(setup.tasks):
+        log.info("Δm%% reference: single-task model for task '%s'", task.name)
+        history = Trainer(_model(params, [task], setup.data), [task], build_weighting("equal", 1),
+                          setup.data, trial_config(params), epochs=params.tune.epochs,
+                          data_fraction=params.tune.data_fraction, progress=False).fit()
+        result[task.name] = float(history[-1][f"val/{task.name}/accuracy"])
+    study.set_user_attr("validation_baselines", result)
+    return result
+
+
+def run_worker(setup: Setup, storage: StudyStorage, n_trials: int, worker: int,
+               parent_run_id: str | None, on_trial: Callable[[FrozenTrial], None] | None = None
+               ) -> int:
+    """Claim and run trials until the study has ``n_trials``; return how many this one ran."""
+    study = open_study(setup, storage, n_trials, worker)
+    baselines = (study.user_attrs.get("validation_baselines")
+                 if setup.single and setup.params.tune.objective == "delta_m" else None)
+    objective = Objective(setup, baselines, parent_run_id)
+    ran = 0
+    with _epoch_logs_at_debug():
+        while (trial := claim_trial(study, storage, n_trials,
+                                    setup.params.tracking.enabled)) is not None:
+            started = time.perf_counter()
+            frozen = run_trial(study, trial, objective)
+            ran += 1
+            log.info("worker %d: trial %d %s in %.1f s: %s", worker, frozen.number,
+                     frozen.state.name, time.perf_counter() - started,
+                     describe_choice(frozen.user_attrs["choice"],
+                                     frozen.user_attrs.get("val_accuracy")))
+            if on_trial is not None:
+                on_trial(frozen)
+    return ran
+
+
+@contextlib.contextmanager
+def _epoch_logs_at_debug() -> Iterator[None]:
+    """Silence the trainer's per-epoch lines (one line per trial says enough) unless -v."""
+    trainer_log = logging.getLogger(Trainer.__module__)
+    level = trainer_log.level
+    if not log.isEnabledFor(logging.DEBUG):
+        trainer_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        trainer_log.setLevel(level)
+
+
+def describe_choice(choice: dict[str, Any], accuracy: dict[str, float] | None) -> str:
+    """``static left=0.412 right=0.588 -> val accuracy left=0.8123 right=0.7911``."""
+    parts = [choice["method"]]
+    parts += [f"{name}={weight:.3f}" for name, weight in (choice["weights"] or {}).items()]
+    if choice["lr"] is not None:
+        parts.append(f"lr={choice['lr']:.3g}")
+    if accuracy:
+        parts.append("-> val accuracy")
+        parts += [f"{name}={value:.4f}" for name, value in accuracy.items()]
+    return " ".join(parts)
+
+
+# ------------------------------------------------------------------------- parallel workers
+@dataclass(frozen=True)
+class WorkerJob:
+    """What a spawned worker process needs (picklable)."""
+
+    params_path: str
+    study_name: str
+    n_trials: int
+    worker: int
+    threads: int
+    parent_run_id: str | None
+    log_level: int
+
+
+def _worker_process(job: WorkerJob) -> None:
+    """Entry point of a spawned worker: its own data copy, CPU threads and sampler stream."""
+    logging.basicConfig(level=job.log_level, datefmt="%H:%M:%S",
+                        format=f"%(asctime)s %(levelname)s %(name)s[worker {job.worker}]: "
+                               "%(message)s")
+
+    def terminate(signum: int, frame: Any) -> None:  # the parent stops us: fail the trial
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    torch.set_num_threads(job.threads)
+    params = load_params(job.params_path)
+    worker_setup = setup(params, job.params_path)
+    if worker_setup.study_name != job.study_name:
+        raise RuntimeError(f"{job.params_path} changed while tuning (study "
+                           f"{worker_setup.study_name}, expected {job.study_name}); rerun")
+    storage = StudyStorage(params.tune.storage, job.params_path)
+    run_worker(worker_setup, storage, job.n_trials, job.worker, job.parent_run_id)
+
+
+def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_trials: int,
+                workers: int, parent_run_id: str | None) -> None:
+    """Run the study to ``n_trials`` with ``workers`` processes, a progress bar over trials."""
+    def finished() -> int:
+        return sum(count_states(study)[state.name] for state in FINISHED)
+
+    remaining = n_trials - finished()
+    bar = tqdm(total=n_trials, initial=n_trials - max(remaining, 0), desc="tune",
+               unit="trial")
+    try:
+        if workers == 1:
+            run_worker(setup, storage, n_trials, 0, parent_run_id,
+                       on_trial=lambda trial: bar.update(1))
+            return
+        count = min(workers, max(remaining, 0))
+        threads = max(1, torch.get_num_threads() // max(count, 1))
+        context = multiprocessing.get_context("spawn")  # no inherited torch/MLflow state
+        processes = [context.Process(
+            target=_worker_process, name=f"tune-worker-{index}",
+            args=(WorkerJob(setup.source, setup.study_name, n_trials, index, threads,
+                            parent_run_id, logging.getLogger().getEffectiveLevel()),))
+            for index in range(count)]
+        for process in processes:
+            process.start()
+        try:
+            while running := [p for p in processes if p.exitcode is None]:
+                multiprocessing.connection.wait([p.sentinel for p in running], POLL_S)
+                if (done := min(n_trials, finished())) != bar.n:
+                    bar.update(done - bar.n)
+                if failed := [p for p in processes if p.exitcode not in (None, 0)]:
+                    raise RuntimeError(
+                        f"{failed[0].name} exited with code {failed[0].exitcode} (its log is "
+                        "above); the study keeps every finished trial: rerun multitask tune")
+        finally:
+            for process in processes:
+                if process.exitcode is None:
+                    process.terminate()
+                process.join()
+    finally:
+        bar.close()

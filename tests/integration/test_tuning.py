@@ -1,0 +1,459 @@
+"""The tune stage on real (sample) composites: a short study, resumption after SIGKILL, parallel
+workers on a journal file and on a real PostgreSQL, MLflow nested runs, search-space errors."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import yaml
+
+from multitask import tuning
+from multitask.config import ConfigError, DataConfig, Source, load_params
+from multitask.data.preprocess import build_dataset, write_dataset
+from multitask.tasks import tasks_from_meta
+from multitask.training.data import ProcessedData
+from multitask.training.stages import _weighting
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "data" / "sample" / "fashion-mnist"
+JOURNAL = "reports/tuning/study.journal"
+
+
+# ---------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MultiFashion composites from the shipped sample: 720 train, 80 val, 100 test."""
+    root = tmp_path_factory.mktemp("tuning-data")
+    (root / "raw").mkdir()
+    (root / "raw" / "fashion_mnist").symlink_to(SAMPLE)
+    config = DataConfig(
+        raw_dir=str(root / "raw"), processed_dir=str(root / "processed"),
+        sources={"fashion_mnist": Source(mirrors=[str(SAMPLE)], files={"x": "0" * 64})},
+        train_size=800, test_size=100, seed=0)
+    arrays, meta = build_dataset(config)
+    write_dataset(root / "processed", arrays, meta)
+    return root / "processed"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test's working directory (reports/ and the journal land here); no MLflow store."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
+
+
+def write_params(folder: Path, processed: Path, tracking: dict[str, Any] | None = None,
+                 **tune: Any) -> Path:
+    """A params.yaml for ``processed``: one-epoch trials, CPU, no MLflow unless asked."""
+    sample = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
+    raw = {
+        "data": {"dataset": "multifashion", "sources": sample["data"]["sources"],
+                 "processed_dir": str(processed)},
+        "model": {"backbone": "lenet", "architecture": "hps"},
+        "train": {"epochs": 1, "batch_size": 64, "optimizer": {"name": "adam", "lr": 0.003},
+                  "device": "cpu", "seed": 0, "diagnostics_every": 0},
+        "tune": {"n_trials": 4, "epochs": 1, "data_fraction": 1.0, "sampler": "random",
+                 "storage": JOURNAL, **tune},
+        "tracking": tracking or {"enabled": False},
+    }
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def tracking_on(experiment: str) -> dict[str, Any]:
+    """``tracking`` params that log to the test's store (see ``workdir``)."""
+    return {"enabled": True, "experiment": experiment, "system_metrics": False}
+
+
+def tuned_method(params: Path, processed: Path) -> Any:
+    """The weighting method the train stage builds with ``train.weighting: tuned``."""
+    loaded = load_params(params)
+    loaded = loaded.model_copy(update={"train": loaded.train.model_copy(
+        update={"weighting": "tuned"})})
+    return _weighting(loaded, tasks_from_meta(
+        ProcessedData(processed, torch.device("cpu"), ("val",)).meta))
+
+
+def run_tune(params: Path, **args: Any) -> int:
+    return tuning.main(argparse.Namespace(params=str(params), workers=args.get("workers"),
+                                          n_trials=args.get("n_trials")))
+
+
+def tune_process(folder: Path, params: Path, *args: str) -> subprocess.Popen[str]:
+    """``multitask tune`` in its own process, as DVC or a user would start it."""
+    return subprocess.Popen([sys.executable, "-m", "multitask", "tune", "--params", str(params),
+                             *args], cwd=folder, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def stored_trials(storage: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials of the (one) study in ``storage``, read as any other process would."""
+    backend = tuning.StudyStorage(storage, "test").optuna
+    names = optuna.get_all_study_names(backend)
+    if not names:
+        return []
+    assert len(names) == 1, names
+    return optuna.load_study(study_name=names[0], storage=backend).get_trials()
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+# ------------------------------------------------------------------------ search space math
+@pytest.mark.parametrize(("count", "low", "high"), [(2, 0.05, 1.0), (3, 0.1, 0.6), (4, 0.0, 1.0)])
+def test_simplex_weights_sum_to_one_within_the_bounds(count: int, low: float, high: float
+                                                      ) -> None:
+    rng = np.random.default_rng(0)
+    for coordinates in [*rng.random((500, count - 1)), np.zeros(count - 1), np.ones(count - 1)]:
+        weights = tuning.simplex_weights(list(coordinates), low, high)
+        assert len(weights) == count
+        assert sum(weights) == pytest.approx(1.0)
+        assert min(weights) >= low - 1e-9 and max(weights) <= high + 1e-9
+
+
+def test_unbounded_simplex_coordinates_are_uniform_on_the_simplex() -> None:
+    """Uniform coordinates -> Dirichlet(1, 1, 1): each weight has mean 1/3, P(w < 1/2) = 3/4."""
+    samples = np.array([tuning.simplex_weights(list(u), 0.0, 1.0)
+                        for u in np.random.default_rng(1).random((20_000, 2))])
+    assert samples.mean(axis=0) == pytest.approx([1 / 3] * 3, abs=0.01)
+    assert (samples < 0.5).mean(axis=0) == pytest.approx([0.75] * 3, abs=0.015)
+
+
+def test_pareto_front_and_selection_rules_on_hand_computed_points() -> None:
+    points = [[0.9, 0.5], [0.7, 0.7], [0.6, 0.6], [0.5, 0.9], [0.9, 0.4], [0.7, 0.7]]
+    front = tuning.pareto_front(points)
+    assert front == [0, 1, 3, 5]  # (0.6, 0.6) and (0.9, 0.4) are dominated; ties both stay
+    on_front = [points[i] for i in front]
+    assert tuning.select(on_front, "best_mean") == 0  # 0.7 mean; first on ties (0.7, 0.7, 0.7)
+    assert tuning.select(on_front, "best_worst") == 1  # min 0.7
+    assert tuning.select(on_front, "preference", [1.0, 3.0]) == 2  # 0.25*0.5 + 0.75*0.9
+
+
+def test_multi_objective_studies_never_prune(processed: Path, tmp_path: Path) -> None:
+    multi = load_params(write_params(tmp_path, processed, pruner="median"))
+    single = multi.model_copy(update={"tune": multi.tune.model_copy(update={"mode": "single"})})
+    assert isinstance(tuning.make_pruner(multi, 8), optuna.pruners.NopPruner)
+    assert isinstance(tuning.make_pruner(single, 8), optuna.pruners.MedianPruner)
+
+
+# ------------------------------------------------------------------------- invalid settings
+@pytest.mark.parametrize(("tune", "message"), [
+    ({"weight_range": [-0.1, 1.0]}, "tune.weight_range"),
+    ({"lr_range": [0.0, 0.1], "tune_lr": True}, "tune.lr_range"),
+    ({"methods": []}, "tune.methods: Value error, empty list"),
+    ({"selection": "preference"}, "needs tune.preference"),
+    ({"preference": [1.0, -1.0], "selection": "preference"}, "tune.preference"),
+])
+def test_invalid_search_space_is_a_config_error(processed: Path, tmp_path: Path,
+                                                tune: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_params(write_params(tmp_path, processed, **tune))
+
+
+@pytest.mark.parametrize(("tune", "message"), [
+    ({"methods": ["static", "pcgard"]}, "tune.methods: unknown weighting method 'pcgard'"),
+    ({"selection": "preference", "preference": [1.0, 1.0, 1.0]},
+     r"tune.preference: 3 values for 2 tasks \['left', 'right'\]"),
+    ({"weight_range": [0.6, 1.0]}, r"cannot hold 2 weights that sum to one"),
+    ({"storage": "sqlite:///study.db"}, "tune.storage: 'sqlite:///study.db' is not supported"),
+])
+def test_invalid_search_space_fails_before_any_trial(processed: Path, workdir: Path,
+                                                     tune: dict[str, Any], message: str) -> None:
+    params = write_params(workdir, processed, **tune)
+    with pytest.raises(ValueError, match=message):
+        run_tune(params)
+    assert not (workdir / JOURNAL).exists()  # no study was even created
+    assert not (workdir / "reports/tuning/weights.json").exists()
+
+
+# ------------------------------------------------------------------------------ real studies
+@pytest.mark.slow
+def test_a_short_study_yields_a_pareto_front_and_weights_train_uses(processed: Path,
+                                                                    workdir: Path) -> None:
+    params = write_params(workdir, processed, n_trials=5, weight_range=[0.1, 0.9])
+    assert run_tune(params) == 0
+    summary = json.loads((workdir / "reports/tuning/summary.json").read_text())
+    assert summary["trials"] == {"COMPLETE": 5}
+    rows = read_csv(workdir / "reports/tuning/pareto.csv")
+    assert [int(r["trial"]) for r in rows] == [0, 1, 2, 3, 4]
+    points = np.array([[float(r["val/left/accuracy"]), float(r["val/right/accuracy"])]
+                       for r in rows])
+    front = [i for i, r in enumerate(rows) if r["on_front"] == "1"]
+    for i in range(len(rows)):
+        dominated = any((points[j] >= points[i]).all() and (points[j] > points[i]).any()
+                        for j in range(len(rows)))
+        assert dominated == (i not in front), f"trial {i} wrongly {'on' if dominated else 'off'}"
+    chosen = json.loads((workdir / "reports/tuning/weights.json").read_text())
+    best_mean = max(front, key=lambda i: points[i].mean())
+    assert chosen["trial"] == int(rows[best_mean]["trial"])
+    assert chosen["values"] == pytest.approx({"left": points[best_mean][0],
+                                              "right": points[best_mean][1]})
+    assert sum(chosen["weights"].values()) == pytest.approx(1.0)
+    assert all(0.1 - 1e-9 <= w <= 0.9 + 1e-9 for w in chosen["weights"].values())
+    assert (workdir / "reports/tuning/pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (workdir / "mlflow.db").exists()  # tracking.enabled false: no MLflow at all
+
+    # Another selection rule re-selects from the stored study without running a trial.
+    reselect = write_params(workdir, processed, n_trials=5, weight_range=[0.1, 0.9],
+                            selection="best_worst")
+    assert run_tune(reselect) == 0
+    again = json.loads((workdir / "reports/tuning/weights.json").read_text())
+    assert again["trial"] == int(rows[max(front, key=lambda i: points[i].min())]["trial"])
+    assert len(stored_trials(str(workdir / JOURNAL))) == 5
+
+    # The train stage with train.weighting: tuned trains with exactly these weights.
+    method = tuned_method(params, processed)
+    assert method.name == "static"
+    assert method.weights(torch.zeros(2)).tolist() == pytest.approx(
+        [again["weights"]["left"], again["weights"]["right"]])
+
+
+@pytest.mark.slow
+def test_the_method_and_learning_rate_can_be_searched_too(processed: Path,
+                                                          workdir: Path) -> None:
+    params = write_params(workdir, processed, n_trials=4, methods=["static", "equal",
+                          "uncertainty"], tune_lr=True, lr_range=[0.0005, 0.02])
+    assert run_tune(params) == 0
+    trials = stored_trials(str(workdir / JOURNAL))
+    assert len({t.user_attrs["choice"]["method"] for t in trials}) > 1  # seed 0 draws several
+    for trial in trials:
+        choice = trial.user_attrs["choice"]
+        assert choice["method"] in {"static", "equal", "uncertainty"}
+        assert (choice["weights"] is not None) == (choice["method"] == "static")
+        assert 0.0005 <= choice["lr"] <= 0.02
+    # When the chosen trial used another method, train builds that method.
+    chosen = json.loads((workdir / "reports/tuning/weights.json").read_text())
+    chosen.update({"method": "uncertainty", "weights": None})
+    (workdir / "reports/tuning/weights.json").write_text(json.dumps(chosen))
+    assert tuned_method(params, processed).name == "uncertainty"
+
+
+@pytest.mark.slow
+def test_changed_search_space_starts_a_new_study_instead_of_mixing(processed: Path,
+                                                                    workdir: Path) -> None:
+    storage = tuning.StudyStorage(str(workdir / JOURNAL), "test").optuna
+    assert run_tune(write_params(workdir, processed, n_trials=2)) == 0
+    assert run_tune(write_params(workdir, processed, n_trials=2,
+                                 weight_range=[0.2, 0.8])) == 0
+    names = optuna.get_all_study_names(storage)
+    assert len(names) == 2 and all(n.startswith("task-weights-") for n in names)
+    for name in names:  # each study holds its own two trials
+        assert len(optuna.load_study(study_name=name, storage=storage).trials) == 2
+    summary = json.loads((workdir / "reports/tuning/summary.json").read_text())
+    assert summary["fingerprint"]["search_space"]["weight_range"] == [0.2, 0.8]
+    # A study of the same name made with another setup is refused, not extended.
+    study = optuna.load_study(study_name=summary["study"], storage=storage)
+    study.set_user_attr("fingerprint", {"search_space": "something else"})
+    with pytest.raises(ValueError, match="holds trials of another search space"):
+        run_tune(write_params(workdir, processed, n_trials=3, weight_range=[0.2, 0.8]))
+
+
+class PruneOddTrials(optuna.pruners.BasePruner):
+    """Deterministic stand-in for the median pruner: stops every odd-numbered trial."""
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.number % 2 == 1
+
+
+@pytest.mark.slow
+def test_single_objective_delta_m_prunes_from_per_epoch_reports(
+        processed: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tuning.study, "make_pruner", lambda params, n_trials: PruneOddTrials())
+    params = write_params(workdir, processed, mode="single", objective="delta_m", n_trials=4,
+                          epochs=2, data_fraction=0.5)
+    assert run_tune(params) == 0
+    trials = stored_trials(str(workdir / JOURNAL))
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "COMPLETE", "PRUNED"]
+    assert [t.user_attrs["epochs_run"] for t in trials] == [2, 1, 2, 1]
+    summary = json.loads((workdir / "reports/tuning/summary.json").read_text())
+    assert summary["trial_epochs"] == {"run": 6, "budget": 8, "saved_share": 0.25}
+    assert summary["pruned_share"] == 0.5
+    # Δm% is measured against single-task models trained here on the validation split.
+    baselines = summary["validation_baselines"]
+    assert set(baselines) == {"left", "right"}
+    chosen = json.loads((workdir / "reports/tuning/weights.json").read_text())
+    expected = 100 * np.mean([(chosen["values"][t] - baselines[t]) / baselines[t]
+                              for t in ("left", "right")])
+    assert chosen["objective"]["delta_m"] == pytest.approx(expected)
+    assert chosen["trial"] == max((t for t in trials if t.state.name == "COMPLETE"),
+                                  key=lambda t: t.value).number
+
+
+@pytest.mark.slow
+def test_mlflow_parent_run_holds_one_nested_run_per_trial(processed: Path,
+                                                          workdir: Path) -> None:
+    import mlflow
+
+    params = write_params(workdir, processed, n_trials=2, epochs=2,
+                          tracking=tracking_on("tuning-tests"))
+    assert run_tune(params) == 0
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tuning-tests").experiment_id
+    runs = client.search_runs([experiment])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["optuna.state"] == "COMPLETE"
+        assert float(child.data.params["weight/left"]) + float(
+            child.data.params["weight/right"]) == pytest.approx(1.0)
+        history = client.get_metric_history(child.info.run_id, "val/right/accuracy")
+        assert [m.step for m in history] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "tuning")}
+    assert artifacts == {"tuning/weights.json", "tuning/pareto.png", "tuning/pareto.csv",
+                         "tuning/summary.json"}
+    chosen = json.loads((workdir / "reports/tuning/weights.json").read_text())
+    assert parent.data.metrics["tune/chosen/weight/left"] == pytest.approx(
+        chosen["weights"]["left"])
+
+
+def finished(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Complete or pruned: what counts towards tune.n_trials (not FAIL)."""
+    return [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+
+
+def wait_until_mid_trial(storage: str, count: int, process: subprocess.Popen[str],
+                         timeout: float = 180.0) -> None:
+    """Until ``count`` trials have finished and the next one is being trained."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        trials = stored_trials(storage) if Path(storage).exists() else []
+        if len(finished(trials)) >= count and any(
+                t.state.name == "RUNNING" and "choice" in t.user_attrs for t in trials):
+            return
+        time.sleep(0.1)
+    process.kill()
+    pytest.fail(f"{count} finished trials and a running one did not appear in {storage}")
+
+
+@pytest.mark.slow
+def test_a_study_killed_midway_continues_where_it_stopped(processed: Path,
+                                                          workdir: Path) -> None:
+    params = write_params(workdir, processed, n_trials=5, epochs=3,
+                          tracking=tracking_on("tuning-kill"))
+    storage = str(workdir / JOURNAL)
+    process = tune_process(workdir, params)
+    wait_until_mid_trial(storage, 2, process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    before = {t.number: t for t in stored_trials(storage)}
+    finished_before = {t.number for t in finished(list(before.values()))}
+    interrupted = {n for n, t in before.items() if t.state.name == "RUNNING"}
+    assert 2 <= len(finished_before) < 5 and len(interrupted) == 1
+
+    assert run_tune(params) == 0
+    after = {t.number: t for t in stored_trials(storage)}
+    assert sorted(after) == list(range(len(after)))  # numbering continues, no gaps
+    for number in finished_before:  # kept as they were, not rerun
+        assert after[number].state == before[number].state
+        assert after[number].values == before[number].values
+        assert after[number].datetime_complete == before[number].datetime_complete
+    for number in interrupted:  # the killed trial is recorded as failed and replaced
+        assert after[number].state.name == "FAIL"
+    new = set(after) - set(before)
+    assert min(new) > max(before)
+    assert len(finished(list(after.values()))) == 5
+    assert len(after) == 5 + len(interrupted)
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    for number in interrupted:
+        run = client.get_run(before[number].user_attrs["mlflow_run_id"])
+        assert run.info.status == "FAILED"
+        assert "is gone" in run.data.tags["failure"]
+
+
+def assert_each_trial_once(trials: list[optuna.trial.FrozenTrial], n_trials: int) -> None:
+    assert [t.number for t in trials] == list(range(n_trials))
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    assert len({t.user_attrs["owner"]["pid"] for t in trials}) == 2  # both workers took trials
+
+
+@pytest.mark.slow
+def test_two_workers_record_every_trial_exactly_once(processed: Path, workdir: Path) -> None:
+    params = write_params(workdir, processed, n_trials=8, epochs=2)
+    process = tune_process(workdir, params, "--workers", "2")
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output[-3000:]
+    assert_each_trial_once(stored_trials(str(workdir / JOURNAL)), 8)
+    summary = json.loads((workdir / "reports/tuning/summary.json").read_text())
+    assert summary["trials"] == {"COMPLETE": 8} and summary["workers"] == 2
+
+
+# ------------------------------------------------------------------ PostgreSQL (many hosts)
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A throw-away PostgreSQL server on 127.0.0.1 (as user postgres when run as root)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    initdb = shutil.which("initdb") or (str(found[-1]) if found else None)
+    if initdb is None:
+        pytest.skip("PostgreSQL is not installed (no initdb); `bash scripts/system_deps.sh "
+                    "test` installs it as root")
+    bindir, prefix = Path(initdb).parent, []
+    folder = Path(tempfile.mkdtemp(prefix="multitask-pg-"))
+    if os.geteuid() == 0:  # the server refuses to run as root
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server")
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    data = folder / "data"
+    try:
+        subprocess.run([*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"],
+                       check=True, capture_output=True)
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l",
+                        str(folder / "server.log"), "-w", "-o",
+                        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"],
+                       check=True, capture_output=True)
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                        "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_study_in_postgresql(processed: Path, workdir: Path,
+                                                 postgres_url: str) -> None:
+    params = write_params(workdir, processed, n_trials=6, storage=postgres_url)
+    process = tune_process(workdir, params, "--workers", "2")
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output[-3000:]
+    assert_each_trial_once(stored_trials(postgres_url), 6)
+    assert not (workdir / JOURNAL).exists()
+    summary = json.loads((workdir / "reports/tuning/summary.json").read_text())
+    assert summary["storage"].startswith("postgresql://postgres@127.0.0.1:")
