@@ -211,6 +211,7 @@ class StageRun:
     """
 
     run_id: str | None
+    log_models: bool = True  # tracking.log_model: false makes log_model a no-op
     _pending: list[Any] = field(default_factory=list, repr=False)
 
     @property
@@ -293,9 +294,10 @@ class StageRun:
         It is saved as a ``torch.export`` program (pt2), so loading it needs torch, not this
         package, and the batch dimension is dynamic. Only the run :func:`stage_run` opened
         (MLflow's active run) can log a model. Returns the model URI (``models:/<id>``), also
-        stored in the run's ``multitask.model_uri`` tag.
+        stored in the run's ``multitask.model_uri`` tag; None, logging nothing, when
+        ``tracking.log_model`` is false.
         """
-        if self.run_id is None:
+        if self.run_id is None or not self.log_models:
             return None
         import mlflow
         import mlflow.pytorch
@@ -435,12 +437,12 @@ def stage_run(params: Params, stage: str, run_id: str | None = None) -> Iterator
             tags=run_tags(params, stage),
             log_system_metrics=system_metrics,
         )
-        run = StageRun(active.info.run_id)
+        run = StageRun(active.info.run_id, log_models=params.tracking.log_model)
         run.log_params(flatten(params))
     else:
         get_run(run_id)  # a clear error for a missing run before MLflow's own
         active = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
-        run = StageRun(active.info.run_id)
+        run = StageRun(active.info.run_id, log_models=params.tracking.log_model)
         run.set_tags({"stage": stage})
     log.info("MLflow run %s (%s) in %s", run.run_id, stage, tracking_uri())
     restore_sigterm = _sigterm_raises()

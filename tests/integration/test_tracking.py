@@ -212,6 +212,12 @@ def test_disabled_tracking_does_nothing(store: str, tmp_path: Path) -> None:
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_log_model_false_logs_no_model(store: str) -> None:
+    with stage_run(sample_params(log_model=False), "train") as run:
+        assert run.log_model(torch.nn.Linear(1, 1), np.zeros((2, 1)), ["left"]) is None
+    assert MODEL_URI_TAG not in mlflow.MlflowClient(store).get_run(run.run_id).data.tags
+
+
 def test_system_metrics_are_sampled_when_enabled(store: str) -> None:
     mlflow.set_system_metrics_sampling_interval(0.2)
     try:
