@@ -119,7 +119,8 @@ COMMANDS: dict[str, Command] = {
         "register the evaluated model and move the champion alias through the task-aware gate",
         "Register the evaluated model as a new version; it becomes 'champion' only if no task "
         "is worse than the champion's by more than promote.tolerance and the aggregate "
-        "improves, else 'challenger'. Exit 0: promoted; 3: kept as challenger.",
+        "improves, else 'challenger'. Exit 0: promoted (or already champion); 3: kept as "
+        "challenger; 1: error. --dry-run exits the same way and changes nothing.",
         _promote_arguments),
     "registry": Command(
         "multitask.registry:status_main",

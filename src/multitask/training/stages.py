@@ -97,7 +97,10 @@ def _weighting(params: Params, tasks: list[Task]) -> WeightingMethod:
     name = params.train.weighting
     if name != "tuned":
         return build_weighting(name, len(tasks), params.train.method_params)
-    chosen = read_json(TUNED_WEIGHTS)["weights"]
+    tuned = read_json(TUNED_WEIGHTS)
+    if tuned.get("method", "static") != "static":  # tune.methods chose another method
+        return build_weighting(tuned["method"], len(tasks), params.train.method_params)
+    chosen = tuned["weights"]
     missing = [t.name for t in tasks if t.name not in chosen]
     if missing:
         raise ValueError(f"{TUNED_WEIGHTS}: no weight for task(s) {missing}; rerun multitask tune")
@@ -176,8 +179,10 @@ def train(args: argparse.Namespace) -> int:
         save_figure(learning_curves(trainer.history, names), CURVES_PNG)
         run.log_artifact(CURVES_PNG, "plots")
         run.log_artifact(HISTORY_CSV, "plots")
-        example = data.normalise(data.splits["test"].images[:4]).cpu().numpy()
-        run.log_model(model.cpu(), example, names)
+        # The logged model takes raw pixels (0..255) and normalises them itself (TaskLabels).
+        example = data.splits["test"].images[:4].cpu().numpy()
+        run.log_model(model, example, names, pixel_mean=data.mean, pixel_std=data.std,
+                      class_names={t["name"]: t["class_names"] for t in data.meta["tasks"]})
         final = trainer.history[-1]
         write_json(TRAIN_JSON, {
             "run_id": run.run_id,
