@@ -1,6 +1,11 @@
 """Task-weighting methods, selected by name (``train.weighting``); see ``multitask methods``."""
 
-from multitask.weighting import loss_based  # noqa: F401  (registers the methods)
+from multitask.weighting import (  # noqa: F401  (importing registers the methods)
+    loss_based,
+    magnitude,
+    multi_objective,
+    surgery,
+)
 from multitask.weighting.base import (
     METHODS,
     LossWeighting,
@@ -11,11 +16,13 @@ from multitask.weighting.base import (
     register,
     validate_method_params,
 )
+from multitask.weighting.solvers import SolverError
 
 __all__ = [
     "METHODS",
     "LossWeighting",
     "MethodParams",
+    "SolverError",
     "StepContext",
     "WeightingMethod",
     "build_weighting",

@@ -42,7 +42,12 @@ class WeightingMethod(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]
-    gradients: ClassVar[Literal["none", "representation", "parameters"]] = "none"
+    # What per-task gradients the method needs; a class default that a method whose params
+    # choose (``gradients: representation``) overrides per instance.
+    gradients: Literal["none", "representation", "parameters"] = "none"
+    # True: after ``optimizer.step()`` the trainer recomputes this batch's losses without
+    # gradients and passes them to :meth:`after_step` (FAMO; its params may turn it off).
+    needs_losses_after_step: bool = False
     Params: ClassVar[type[MethodParams]] = MethodParams
 
     def __init__(self, num_tasks: int, params: MethodParams | None = None) -> None:
@@ -53,8 +58,15 @@ class WeightingMethod(ABC):
     def backward(self, ctx: StepContext) -> Tensor:
         """Populate ``.grad`` for this step; return the task weights used (detached, [T])."""
 
-    def end_epoch(self, epoch: int, mean_train_losses: Tensor) -> None:
+    def end_epoch(self, epoch: int, mean_train_losses: Tensor) -> None:  # noqa: B027 (optional hook)
         """Hook for methods that adapt per epoch (DWA); default: nothing."""
+
+    def after_step(self, losses_after_step: Tensor) -> None:  # noqa: B027 (optional hook)
+        """This batch's losses after the optimiser step (if ``needs_losses_after_step``)."""
+
+    def metrics(self) -> dict[str, float]:
+        """Scalars worth logging each epoch (solver failures ...); default: none."""
+        return {}
 
     def parameters(self) -> list[nn.Parameter]:
         """Learnable parameters the optimiser must update too (Kendall's log-variances)."""

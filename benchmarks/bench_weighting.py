@@ -1,0 +1,179 @@
+"""Per-step training cost of every weighting method relative to ``equal``.
+
+LeNet HPS at batch 256 on the CPU, with 2 tasks and with 10 (a synthetic 10-head setup; the
+inputs are random images, as data content does not change the cost). One step is what the
+trainer does: forward, per-task losses, ``method.backward``, ``optimizer.step``, and for FAMO
+the no-grad forward of ``after_step``. Every method gets its own copy of the model and its own
+optimiser; methods run interleaved, a few steps each, over several rounds (the order rotating).
+
+Each row's value is the median CPU time of a step over the median for ``equal``, measured with
+one intra-op thread (:data:`THREADS`): the process's CPU time is then the work of the step, which
+other processes on a shared machine do not change, whereas wall-clock time there swings by
+several times (two threads also spin-wait for each other whenever one is descheduled). Rows carry
+the wall-clock ratio too (``wall_ratio``), meaningful on an idle machine. Also: minor page faults
+per step at T = 10, and the vmapped ``is_grads_batched`` backward against T plain passes, the
+measurement behind :mod:`multitask.training.gradients`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from multitask.config import ModelConfig
+from multitask.models import MultiTaskModel, build_model
+from multitask.tasks import Task
+from multitask.training.gradients import per_task_gradients
+from multitask.weighting import METHODS, StepContext, WeightingMethod, build_weighting
+
+BATCH = 256
+THREADS = 1
+ROUNDS = 8
+STEPS_PER_ROUND = 3
+# (label, method, params): every registered method, plus variants worth a row of their own.
+VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("dbmtl+balance", "dbmtl", {"balance_gradients": True}),
+    ("nashmtl+every4", "nashmtl", {"update_weights_every": 4}),
+    ("famo+next_batch", "famo", {"update": "next_batch"}),
+    *[(f"{name}@representation", name, {"gradients": "representation"})
+      for name in ("pcgrad", "cagrad", "nashmtl", "upgrad", "alignedmtl", "gradnorm")],
+]
+LIGHT = {"loss": (1.1, 1.2), "representation": (1.1, 1.2), "famo": (1.35, 1.35),
+         "parameters": (1.5, 3.5), "nashmtl": (1.8, 4.0)}
+
+
+@dataclass
+class Runner:
+    label: str
+    method: WeightingMethod
+    model: MultiTaskModel
+    optimizer: torch.optim.Optimizer
+    seconds: list[float] = field(default_factory=list)  # wall clock
+    cpu_seconds: list[float] = field(default_factory=list)  # this process, all threads
+    faults: list[int] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        if self.method.name == "famo" and self.method.needs_losses_after_step:
+            return "famo"
+        if self.method.name == "nashmtl" and self.method.gradients == "parameters":
+            return "nashmtl"
+        return "loss" if self.method.gradients == "none" else self.method.gradients
+
+
+def _losses(model: MultiTaskModel, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    features = model.encode(x)
+    outputs = model.decode(features)
+    return torch.stack([F.cross_entropy(outputs[name], y[:, t])
+                        for t, name in enumerate(model.task_names)]), features
+
+
+def _step(runner: Runner, x: Tensor, y: Tensor, step: int, record: bool) -> None:
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    started, cpu_started = time.perf_counter(), time.process_time()
+    runner.optimizer.zero_grad(set_to_none=True)
+    losses, features = _losses(runner.model, x, y)
+    runner.method.backward(StepContext(losses, features, runner.model.shared_parameters(),
+                                       step, 0))
+    runner.optimizer.step()
+    if runner.method.needs_losses_after_step:
+        with torch.no_grad():
+            runner.method.after_step(_losses(runner.model, x, y)[0])
+    if record:
+        runner.seconds.append(time.perf_counter() - started)
+        runner.cpu_seconds.append(time.process_time() - cpu_started)
+        runner.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+
+
+def _runners(tasks: int) -> list[Runner]:
+    torch.manual_seed(0)
+    task_list = [Task(name=f"task{t}", num_classes=10) for t in range(tasks)]
+    model = build_model(ModelConfig(), task_list, 1, 36).to(memory_format=torch.channels_last)
+    specs = [(name, name, {"weights": [1.0] * tasks} if name == "static" else {})
+             for name in sorted(METHODS)] + VARIANTS
+    runners = []
+    for label, name, params in specs:
+        method = build_weighting(name, tasks, {name: params})
+        own = copy.deepcopy(model)
+        optimizer = torch.optim.Adam([*own.parameters(), *method.parameters()], lr=1e-4)
+        runners.append(Runner(label, method, own, optimizer))
+    return runners
+
+
+def _batched_over_loop(tasks: int, x: Tensor, y: Tensor) -> float:
+    """Median time of one vmapped backward over :func:`per_task_gradients`' T plain ones."""
+    task_list = [Task(name=f"task{t}", num_classes=10) for t in range(tasks)]
+    model = build_model(ModelConfig(), task_list, 1, 36)
+    shared = model.shared_parameters()
+    batched, loop = [], []
+    for _ in range(5):
+        losses, _ = _losses(model, x, y)
+        started = time.perf_counter()
+        torch.autograd.grad(losses, shared, torch.eye(tasks), is_grads_batched=True)
+        batched.append(time.perf_counter() - started)
+        losses, features = _losses(model, x, y)
+        started = time.perf_counter()
+        per_task_gradients(losses, features, shared, "parameters")
+        loop.append(time.perf_counter() - started)
+    return statistics.median(batched) / statistics.median(loop)
+
+
+def measure(tasks: int) -> list[dict[str, Any]]:
+    generator = torch.Generator().manual_seed(tasks)
+    x = torch.rand(BATCH, 1, 36, 36, generator=generator)
+    y = torch.randint(0, 10, (BATCH, tasks), generator=generator)
+    runners = _runners(tasks)
+    step = 0
+    for runner in runners:  # warm-up: allocator, kernels, first-step state
+        _step(runner, x, y, step, record=False)
+    for round_ in range(ROUNDS):
+        shift = round_ % len(runners)
+        for runner in runners[shift:] + runners[:shift]:
+            for _ in range(STEPS_PER_ROUND):
+                step += 1
+                _step(runner, x, y, step, record=True)
+    equal = next(r for r in runners if r.label == "equal")
+    baseline = statistics.median(equal.cpu_seconds)
+    rows: list[dict[str, Any]] = [{"name": f"weighting/T{tasks}/equal/step_cpu_ms",
+                                   "value": round(baseline * 1000, 2), "unit": "ms",
+                                   "wall_ms": round(statistics.median(equal.seconds) * 1000, 2)}]
+    column = 0 if tasks == 2 else 1
+    for runner in runners:
+        ratio = statistics.median(runner.cpu_seconds) / baseline
+        target = LIGHT[runner.kind][column]
+        rows.append({"name": f"weighting/T{tasks}/{runner.label}/step_time", "value":
+                     round(ratio, 3), "unit": "x equal (CPU time)", "target": target,
+                     "ok": ratio <= target, "gradients": runner.kind,
+                     "wall_ratio": round(statistics.median(runner.seconds)
+                                         / statistics.median(equal.seconds), 3)})
+    if tasks == 10:
+        for runner in runners:
+            if runner.kind in ("parameters", "nashmtl") or runner.label == "equal":
+                rows.append({"name": f"weighting/T{tasks}/{runner.label}/minor_page_faults",
+                             "value": round(statistics.mean(runner.faults), 1),
+                             "unit": "faults/step (mean)"})
+    rows.append({"name": f"weighting/T{tasks}/gradients/is_grads_batched_over_loop",
+                 "value": round(_batched_over_loop(tasks, x, y), 3), "unit": "x loop"})
+    return rows
+
+
+def run() -> list[dict[str, Any]]:
+    """Both setups; the 1-minute load average before and after says how busy the machine was."""
+    load_before, threads = os.getloadavg()[0], torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        rows = measure(2) + measure(10)
+    finally:
+        torch.set_num_threads(threads)
+    return [*rows, {"name": "weighting/load_average_1min", "unit": "runnable processes",
+                    "value": round(max(load_before, os.getloadavg()[0]), 2),
+                    "intra_op_threads": THREADS}]

@@ -1,0 +1,180 @@
+"""Small solvers on the T x T Gramian ``G = J Jᵀ`` of the per-task gradients.
+
+Each returns a :class:`Solution` that says whether it converged; none substitutes another answer.
+What a method does when its solver fails is its own documented decision (see
+:class:`multitask.weighting.gramian.GramianWeighting`). They take and return float64 tensors and
+iterate in NumPy: T is a handful, and torch's per-operation overhead would dominate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class SolverError(RuntimeError):
+    """A weighting method's solver failed and ``on_solver_failure`` is ``raise``."""
+
+
+def cpu64(tensor: Tensor | None) -> Tensor | None:
+    """``tensor`` as float64 on the CPU (solver inputs, weighting state from a checkpoint)."""
+    return None if tensor is None else tensor.to("cpu", torch.float64)
+
+
+@dataclass(frozen=True)
+class Solution:
+    x: Tensor
+    converged: bool
+    iterations: int
+    detail: str = ""
+
+
+def min_norm_two(g11: float, g12: float, g22: float) -> float:
+    """``γ`` in [0, 1] minimising ``|γ a + (1 - γ) b|²`` given ``a·a``, ``a·b``, ``b·b``.
+
+    ``γ = (b·b - a·b) / |a - b|²`` clipped to [0, 1] (Sener & Koltun 2018, Algorithm 1); when
+    ``a = b`` every ``γ`` gives the same point and 1/2 is returned.
+    """
+    distance = g11 + g22 - 2.0 * g12
+    if distance <= 1e-12 * max(g11, g22, 1e-300):
+        return 0.5
+    return min(1.0, max(0.0, (g22 - g12) / distance))
+
+
+def min_norm_simplex(gramian: Tensor, max_iter: int = 250, tol: float = 1e-8) -> Solution:
+    """``argmin_w wᵀ G w`` over the simplex: the min-norm point of the gradients' convex hull.
+
+    T = 2: the closed form of :func:`min_norm_two`. T > 2: Frank-Wolfe from the best pair (as in
+    Sener & Koltun's Algorithm 2) with exact line search, plus away steps (Lacoste-Julien &
+    Jaggi 2015), which converge linearly where plain Frank-Wolfe zig-zags towards an optimum on
+    a face. Stops when the duality gap ``wᵀGw - min_i (Gw)_i`` is at most ``tol`` (G scaled to
+    a largest diagonal of 1).
+    """
+    g = gramian.to(torch.float64).numpy()
+    n = g.shape[0]
+    scale = float(g.diagonal().max()) if n else 0.0
+    if n == 1 or scale <= 0.0:  # one task, or all gradients zero: any w is optimal
+        return _solution(np.full(n, 1.0 / n), True, 0)
+    g = g / scale
+    if n == 2:
+        gamma = min_norm_two(g[0, 0], g[0, 1], g[1, 1])
+        return _solution(np.array([gamma, 1.0 - gamma]), True, 0)
+    best = (np.inf, 0, 1, 0.5)
+    for i in range(n):
+        for j in range(i + 1, n):
+            gamma = min_norm_two(g[i, i], g[i, j], g[j, j])
+            mix = np.array([gamma, 1.0 - gamma])
+            value = float(mix @ g[np.ix_([i, j], [i, j])] @ mix)
+            if value < best[0]:
+                best = (value, i, j, gamma)
+    w = np.zeros(n)
+    w[best[1]], w[best[2]] = best[3], 1.0 - best[3]
+    gap = np.inf
+    for iteration in range(1, max_iter + 1):
+        gw = g @ w
+        wgw = float(w @ gw)
+        toward = int(gw.argmin())
+        gap = wgw - gw[toward]
+        if gap <= tol:
+            return _solution(w, True, iteration)
+        away = int(np.where(w > 0, gw, -np.inf).argmax())
+        if gap >= gw[away] - wgw:  # Frank-Wolfe step towards vertex `toward`
+            direction = -w
+            direction[toward] += 1.0
+            limit = 1.0
+        else:  # away step: move weight off vertex `away`
+            direction = w.copy()
+            direction[away] -= 1.0
+            limit = w[away] / (1.0 - w[away])
+        curvature = float(direction @ g @ direction)
+        slope = float(direction @ gw)
+        step = limit if curvature <= 0 else min(limit, max(0.0, -slope / curvature))
+        w = np.clip(w + step * direction, 0.0, None)
+        w /= w.sum()
+    return _solution(w, False, max_iter, f"duality gap {gap:.2e} > {tol:g} after {max_iter} "
+                     "iterations")
+
+
+def nonnegative_qp(q: Tensor, c: Tensor, max_iter: int = 100, tol: float = 1e-12) -> Solution:
+    """``argmin_{s >= 0} ½ sᵀ Q s + cᵀ s`` for positive definite ``Q``: an active-set method.
+
+    Lawson & Hanson's NNLS algorithm written for a quadratic: free a variable whose constraint
+    blocks descent, solve the equality-constrained problem on the free set, step back to the
+    boundary where a free variable would turn negative. Exact after finitely many steps; a
+    ``max_iter`` cap (counting inner steps) guards against cycling.
+    """
+    qn, cn = q.to(torch.float64).numpy(), c.to(torch.float64).numpy()
+    n = len(cn)
+    s = np.zeros(n)
+    free = np.zeros(n, dtype=bool)
+    iterations = 0
+    while iterations < max_iter:
+        candidate = np.where(free, -np.inf, -(qn @ s + cn))
+        j = int(candidate.argmax())
+        if candidate[j] <= tol:
+            return _solution(s, True, iterations)
+        free[j] = True
+        while iterations < max_iter and free.any():
+            iterations += 1
+            index = np.flatnonzero(free)
+            z = np.zeros(n)
+            z[index] = np.linalg.solve(qn[np.ix_(index, index)], -cn[index])
+            if (z[index] > 0).all():
+                s = z
+                break
+            blocking = free & (z <= 0)
+            gap = s[blocking] - z[blocking]
+            ratio = np.where(gap > 0, s[blocking] / np.maximum(gap, 1e-300), 0.0)
+            s = s + ratio.min() * (z - s)
+            free &= s > tol
+            s = np.where(free, s, 0.0)
+    return _solution(s, False, iterations, f"active set not settled after {max_iter} steps")
+
+
+def nash_bargaining(gramian: Tensor, start: Tensor, max_iter: int = 50, tol: float = 1e-10,
+                    bound: float = 1e6) -> Solution:
+    """``α > 0`` with ``(G α)_i = 1 / α_i`` for every i (Navon et al. 2022, eq. 2).
+
+    These are the stationarity conditions of the convex ``F(α) = ½ αᵀGα - Σ_i log α_i``;
+    damped Newton steps (Hessian ``G + diag(1/α²)``, backtracking that keeps ``α > 0``) minimise
+    it, stopping when the Newton decrement ``λ²/2 <= tol``. When 0 lies in the convex hull of
+    the gradients (for instance two opposite gradients, or a zero gradient), F is unbounded below,
+    no solution exists and ``α`` grows past ``bound``: reported as not converged.
+    """
+    g = gramian.to(torch.float64).numpy()
+    alpha = start.to(torch.float64).numpy().copy()
+
+    def objective(a: np.ndarray) -> float:
+        return float(0.5 * a @ g @ a - np.log(a).sum())
+
+    decrement = np.inf
+    for iteration in range(1, max_iter + 1):
+        gradient = g @ alpha - 1.0 / alpha
+        step = np.linalg.solve(g + np.diag(1.0 / alpha**2), -gradient)
+        decrement = float(-(gradient @ step))
+        if decrement / 2.0 <= tol:
+            return _solution(alpha, True, iteration)
+        shrinking = step < 0
+        t = 1.0
+        if shrinking.any():  # stay inside α > 0
+            t = min(1.0, 0.99 * float((-alpha[shrinking] / step[shrinking]).min()))
+        current = objective(alpha)
+        while objective(alpha + t * step) > current - 0.25 * t * decrement:
+            t *= 0.5
+            if t < 1e-12:
+                return _solution(alpha, False, iteration, "line search stalled")
+        alpha = alpha + t * step
+        if not np.isfinite(alpha).all() or alpha.max() > bound:
+            return _solution(alpha, False, iteration,
+                             f"weights diverge (max {alpha.max():.3g}): no α > 0 solves "
+                             "Gα = 1/α, the task gradients have no common descent direction")
+    return _solution(alpha, False, max_iter, f"Newton decrement {decrement:.2e} > {tol:g} after "
+                     f"{max_iter} iterations")
+
+
+def _solution(x: np.ndarray, converged: bool, iterations: int, detail: str = "") -> Solution:
+    return Solution(torch.from_numpy(np.asarray(x, dtype=np.float64)), converged, iterations,
+                    detail)
