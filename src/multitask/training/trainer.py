@@ -67,31 +67,34 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, ep
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def rotate_batch(x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Each image turned by a random multiple of 90°; returns the images and the multiple."""
-    turns = torch.randint(0, 4, (len(x),), generator=generator).to(x.device)
+def random_turns(count: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """A random multiple of 90° (0..3) per image, for the auxiliary rotation task."""
+    return torch.randint(0, 4, (count,), generator=generator).to(device)
+
+
+def rotate_batch(x: Tensor, turns: Tensor) -> Tensor:
+    """Each image of ``x`` turned by ``turns`` × 90°."""
     rotated = x.clone()
     for k in range(1, 4):
         picked = turns == k
         rotated[picked] = torch.rot90(x[picked], k, dims=(2, 3))
-    return rotated, turns
+    return rotated
 
 
 def task_losses(model: MultiTaskModel, tasks: Sequence[Task], columns: Sequence[int | None],
-                x: Tensor, y: Tensor, generator: torch.Generator
+                x: Tensor, y: Tensor, turns: Tensor | None = None
                 ) -> tuple[Tensor, Tensor | tuple[Tensor, ...]]:
     """One cross-entropy per task (stacked, shape [T]) and the shared representation.
 
     ``columns[t]`` is task ``t``'s column in ``y`` (``None`` for auxiliary tasks).
 
-    With the auxiliary rotation task, the batch is extended by a rotated copy of itself: the
-    main tasks are scored on the originals, the rotation head on the copies.
+    With the auxiliary rotation task, ``turns`` (see :func:`random_turns`) extends the batch by
+    a rotated copy of itself: the main tasks are scored on the originals, the rotation head on
+    the copies.
     """
-    rotation = any(t.name == "rotation" and t.auxiliary for t in tasks)
     batch = len(x)
-    if rotation:
-        rotated, turns = rotate_batch(x, generator)
-        x = torch.cat([x, rotated])
+    if turns is not None:
+        x = torch.cat([x, rotate_batch(x, turns)])
     with autocast(x.device):
         features = model.encode(x)
         outputs = model.decode(features)
@@ -213,9 +216,10 @@ class Trainer:
                    # None: shown on a terminal only, so logs hold no bar redraws
                    disable=None if self.progress else True, leave=False, unit="batch")
         shared = self.model.shared_parameters()
+        rotation = any(column is None for column in self.columns)
         for x, y in bar:
-            losses, features = task_losses(self.model, self.tasks, self.columns, x, y,
-                                           self.generator)
+            turns = random_turns(len(x), self.generator, self.device) if rotation else None
+            losses, features = task_losses(self.model, self.tasks, self.columns, x, y, turns)
             if self._diagnostics_due():
                 from multitask.training import gradients
 
@@ -224,6 +228,10 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             weights = self.method.backward(StepContext(losses, features, shared, self.step, epoch))
             self.optimizer.step()
+            if self.method.needs_losses_after_step:  # FAMO: this batch's losses after the step
+                with torch.no_grad():
+                    after, _ = task_losses(self.model, self.tasks, self.columns, x, y, turns)
+                self.method.after_step(after)
             loss_sum += losses.detach()
             weight_sum += weights.to(self.device)
             steps += 1
@@ -238,6 +246,7 @@ class Trainer:
         record.update({f"weight/{n}": v for n, v in zip(names, (weight_sum / steps).tolist(),
                                                          strict=True)})
         record.update({k: sum(v) / len(v) for k, v in diagnostics.items()})
+        record.update(self.method.metrics())
         return record
 
     def fit(self) -> list[dict[str, float]]:
