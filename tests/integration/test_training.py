@@ -125,7 +125,7 @@ def test_famo_updates_after_each_step_with_the_rotation_task(processed: Path) ->
 def stage_dir(root: Path, processed: Path, **train: object) -> Path:
     params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
     params["data"]["processed_dir"] = str(processed)
-    params["train"].update({"epochs": 5, "diagnostics_every": 0, **train})
+    params["train"].update({"epochs": 5, "diagnostics_every": 0, "weighting": "equal", **train})
     params["tracking"]["enabled"] = False
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
