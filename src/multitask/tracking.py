@@ -47,6 +47,10 @@ ARTIFACT_DIR = "mlartifacts"
 MODEL_NAME = "model"  # the logged model's name inside its run
 MODEL_URI_TAG = "multitask.model_uri"  # where promote finds the run's model
 _TEMP_EXPERIMENT_SEGMENT = (".dvc", "tmp", "exps")
+# MLflow's async logging thread otherwise polls its queue with a 1 s timeout, so ending every run
+# waits up to a second for it; with a buffer it waits on an event that ending the run sets, and
+# merges the batches queued meanwhile (one write per buffer period).
+_ASYNC_BUFFER = ("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "2")
 
 
 # ------------------------------------------------------------------------------ where the store is
@@ -236,8 +240,14 @@ class StageRun:
             self._pending.append(operation)
 
     def flush(self) -> None:
-        """Wait for every asynchronous batch; raise if one was rejected (e.g. a bad key)."""
+        """Send every queued batch now and wait for it; raise if one was rejected (a bad key)."""
         pending, self._pending = self._pending, []
+        if not pending:
+            return
+        import mlflow
+
+        client()  # the fluent flush below acts on the store of the current tracking URI
+        mlflow.flush_async_logging()  # wakes the logging thread instead of waiting out its buffer
         for operation in pending:
             operation.wait()
 
@@ -427,6 +437,7 @@ def stage_run(params: Params, stage: str, run_id: str | None = None) -> Iterator
         return
     import mlflow
 
+    os.environ.setdefault(*_ASYNC_BUFFER)
     mlflow.set_tracking_uri(tracking_uri())
     system_metrics = params.tracking.system_metrics
     if run_id is None:
@@ -467,6 +478,7 @@ def nested_run(parent_run_id: str | None, run_name: str, *, params: dict[str, An
     if parent_run_id is None:
         yield StageRun(None)
         return
+    os.environ.setdefault(*_ASYNC_BUFFER)
     mlflow_client = client()
     parent = get_run(parent_run_id)
     created = mlflow_client.create_run(parent.info.experiment_id, run_name=run_name,
