@@ -339,13 +339,14 @@ def finished(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.Frozen
 
 def wait_until_mid_trial(storage: str, count: int, process: subprocess.Popen[str],
                          timeout: float = 180.0) -> None:
-    """Until ``count`` trials have finished and the next one is being trained."""
+    """Until ``count`` trials have finished and the next one is being trained (its MLflow run
+    is open: the trial records the run's id just before training starts)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[0][-3000:]
         trials = stored_trials(storage) if Path(storage).exists() else []
         if len(finished(trials)) >= count and any(
-                t.state.name == "RUNNING" and "choice" in t.user_attrs for t in trials):
+                t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs for t in trials):
             return
         time.sleep(0.1)
     process.kill()
