@@ -30,8 +30,13 @@ def results() -> str:
     if not (metrics and baselines and train):
         return "_No full-data run recorded yet: run `make repro`._"
     tasks = list(metrics["tasks"])
+    weighting = f"`{train.get('requested_weighting', train['weighting'])}` weighting"
+    tuned = load("reports/tuning/weights.json")
+    if train.get("requested_weighting") == "tuned" and tuned:
+        weighting += " (" + ", ".join(f"{t} {w:.2f}" for t, w in tuned["weights"].items()) \
+            + ", chosen by the tune stage)"
     lines = [
-        f"Full MultiFashion, `{train['weighting']}` weighting, {train['epochs']} epochs, "
+        f"Full MultiFashion, {weighting}, {train['epochs']} epochs, "
         f"{train['device']}; test split (20,000 composites):",
         "",
         "| | " + " | ".join(f"task `{t}` accuracy" for t in tasks) + " | Δm% |",
@@ -42,8 +47,8 @@ def results() -> str:
         "| single-task baselines (one network per task) | " + " | ".join(
             f"{baselines['tasks'][t]['accuracy']:.4f}" for t in tasks) + " | 0 (reference) |",
         "",
-        f"Training took {train['seconds']:.0f} s ({train['train_images_per_s']:.0f} training "
-        "images/s).",
+        f"Training took {train['seconds']:.0f} s wall (median epoch: "
+        f"{train['train_images_per_s']:.0f} training images/s).",
     ]
     return "\n".join(lines)
 
