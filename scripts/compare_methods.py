@@ -1,8 +1,9 @@
 """Compare weighting methods (and architectures) on the full data with `dvc exp run`.
 
-One queued DVC experiment per method, all with the same epochs and seed; DVC reuses the cached
-data and baseline stages, so each experiment trains and evaluates only. The per-task results
-are read back from `dvc exp show --json` (the same numbers MLflow holds for each run) into
+One DVC experiment per method, all with the same epochs and seed; run in the workspace, DVC
+reuses the committed data, baseline and tune stages, so each experiment trains and evaluates
+only (restore the workspace afterwards with `git checkout -- . && dvc checkout`). The per-task
+results are read back from `dvc exp show --json` (the same numbers MLflow holds for each run) into
 reports/method_comparison.json, which scripts/update_readme.py renders into the README.
 
     python scripts/compare_methods.py --epochs 3 equal uncertainty dwa pcgrad ...
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,23 +26,41 @@ METRICS = "reports/metrics.json"
 
 
 def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ROOT, check=check,
-                          capture_output=True, text=True)
+    """Run DVC with this interpreter's scripts (the stages' `multitask`) first on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed:\n{result.stdout[-2000:]}"
+                           f"{result.stderr[-2000:]}")
+    return result
 
 
 def experiment_name(method: str, epochs: int) -> str:
     return f"cmp-{method.replace('_', '-')}-e{epochs}"
 
 
-def queue(methods: list[str], epochs: int, architecture: str | None) -> list[str]:
+def run_experiments(methods: list[str], epochs: int, architecture: str | None,
+                    queued: bool) -> list[str]:
+    """One experiment per method: queued (each in a copy), or one after another in the workspace.
+
+    In the workspace DVC reuses the committed outputs of every stage the change does not touch
+    (data, baselines, tune); a queued copy lacks the git-ignored study journal and reruns tune.
+    """
     names = []
     for method in methods:
         name = experiment_name(method if not architecture else f"{architecture}-{method}", epochs)
         overrides = ["-S", f"train.weighting={method}", "-S", f"train.epochs={epochs}"]
         if architecture:
             overrides += ["-S", f"model.architecture={architecture}"]
-        dvc("exp", "run", "--queue", "--name", name, *overrides)
+        if queued:
+            dvc("exp", "run", "--queue", "--name", name, *overrides)
+        else:
+            print(f"running {name}", flush=True)
+            dvc("exp", "run", "--name", name, *overrides)
         names.append(name)
+    if queued:
+        wait_for_queue()
     return names
 
 
@@ -76,6 +96,11 @@ def collect(names: dict[str, str]) -> dict[str, Any]:
     for method, name in names.items():
         data = _find(shown, name)
         metrics = (data or {}).get("metrics", {}).get(METRICS, {}).get("data")
+        if not metrics and method == "tuned":  # the committed pipeline run (params.yaml default)
+            committed = subprocess.run(["git", "show", f"HEAD:{METRICS}"], cwd=ROOT,
+                                       capture_output=True, text=True)
+            if committed.returncode == 0:
+                name, metrics = "HEAD (the committed pipeline run)", json.loads(committed.stdout)
         if not metrics:
             results[method] = {"experiment": name, "error": "no metrics (failed or not run)"}
             continue
@@ -90,13 +115,15 @@ def main() -> None:
     parser.add_argument("--architecture", default=None,
                         help="model.architecture for every experiment (default: params.yaml)")
     parser.add_argument("--collect-only", action="store_true",
-                        help="read back already-run experiments, queue nothing")
+                        help="read back already-run experiments, run nothing")
+    parser.add_argument("--queue", action="store_true",
+                        help="queue the experiments (each in a copy) instead of running them "
+                        "one after another in the workspace")
     args = parser.parse_args()
     prefix = f"{args.architecture}-" if args.architecture else ""
     names = {m: experiment_name(prefix + m, args.epochs) for m in args.methods}
     if not args.collect_only:
-        queue(args.methods, args.epochs, args.architecture)
-        wait_for_queue()
+        run_experiments(args.methods, args.epochs, args.architecture, args.queue)
     results = collect(names)
     previous = json.loads(OUTPUT.read_text()) if OUTPUT.is_file() else {}
     key = f"{args.architecture or 'default'}@{args.epochs}"
