@@ -62,3 +62,32 @@ def idx_dataset() -> Callable[..., dict[str, str]]:
         return digests
 
     return make
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def sample_composites(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``sample_composites(train_size, test_size) -> processed folder``: MultiFashion composites
+    built from the shipped sample (10% of ``train_size`` become the validation split), once per
+    size and session."""
+    from multitask.config import DataConfig, Source
+    from multitask.data.preprocess import build_dataset, write_dataset
+
+    built: dict[tuple[int, int], Path] = {}
+
+    def make(train_size: int, test_size: int) -> Path:
+        if (train_size, test_size) not in built:
+            root = tmp_path_factory.mktemp("composites")
+            (root / "raw").mkdir()
+            (root / "raw" / "fashion_mnist").symlink_to(SAMPLE)
+            config = DataConfig(
+                raw_dir=str(root / "raw"), processed_dir=str(root / "processed"),
+                sources={"fashion_mnist": Source(mirrors=[str(SAMPLE)], files={"x": "0" * 64})},
+                train_size=train_size, test_size=test_size, seed=0)
+            write_dataset(root / "processed", *build_dataset(config))
+            built[(train_size, test_size)] = root / "processed"
+        return built[(train_size, test_size)]
+
+    return make

@@ -7,14 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from multitask.config import DataConfig, ModelConfig, Source, TrainConfig
-from multitask.data.preprocess import build_dataset, write_dataset
+from multitask.config import ModelConfig, TrainConfig
 from multitask.models import build_model
 from multitask.tasks import tasks_from_meta
 from multitask.training.data import ProcessedData
@@ -22,23 +22,13 @@ from multitask.training.trainer import Trainer, task_losses
 from multitask.weighting import build_weighting
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = ROOT / "data" / "sample" / "fashion-mnist"
 TIME_KEYS = ("time/",)
 
 
 @pytest.fixture(scope="module")
-def processed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def processed(sample_composites: Callable[..., Path]) -> Path:
     """MultiFashion composites built from the shipped sample: 3,600 train, 400 val, 500 test."""
-    root = tmp_path_factory.mktemp("processed-sample")
-    (root / "raw").mkdir()
-    (root / "raw" / "fashion_mnist").symlink_to(SAMPLE)
-    config = DataConfig(
-        raw_dir=str(root / "raw"), processed_dir=str(root / "processed"),
-        sources={"fashion_mnist": Source(mirrors=[str(SAMPLE)], files={"x": "0" * 64})},
-        train_size=4000, test_size=500, seed=0)
-    arrays, meta = build_dataset(config)
-    write_dataset(root / "processed", arrays, meta)
-    return root / "processed"
+    return sample_composites(4000, 500)
 
 
 def make_trainer(processed: Path, weighting: str = "equal", epochs: int = 2, **train: object

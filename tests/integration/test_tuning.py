@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,31 +26,20 @@ import torch
 import yaml
 
 from multitask import tuning
-from multitask.config import ConfigError, DataConfig, Source, load_params
-from multitask.data.preprocess import build_dataset, write_dataset
+from multitask.config import ConfigError, load_params
 from multitask.tasks import tasks_from_meta
 from multitask.training.data import ProcessedData
 from multitask.training.stages import _weighting
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = ROOT / "data" / "sample" / "fashion-mnist"
 JOURNAL = "reports/tuning/study.journal"
 
 
 # ---------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def processed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def processed(sample_composites: Callable[..., Path]) -> Path:
     """MultiFashion composites from the shipped sample: 720 train, 80 val, 100 test."""
-    root = tmp_path_factory.mktemp("tuning-data")
-    (root / "raw").mkdir()
-    (root / "raw" / "fashion_mnist").symlink_to(SAMPLE)
-    config = DataConfig(
-        raw_dir=str(root / "raw"), processed_dir=str(root / "processed"),
-        sources={"fashion_mnist": Source(mirrors=[str(SAMPLE)], files={"x": "0" * 64})},
-        train_size=800, test_size=100, seed=0)
-    arrays, meta = build_dataset(config)
-    write_dataset(root / "processed", arrays, meta)
-    return root / "processed"
+    return sample_composites(800, 100)
 
 
 @pytest.fixture

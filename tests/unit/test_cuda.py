@@ -5,13 +5,13 @@ Skipped cleanly without CUDA; benchmarks/gpu_check.sh runs them on a GPU machine
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from multitask.config import DataConfig, ModelConfig, Source, TrainConfig
-from multitask.data.preprocess import build_dataset, write_dataset
+from multitask.config import ModelConfig, TrainConfig
 from multitask.models import build_model
 from multitask.tasks import tasks_from_meta
 from multitask.training.data import ProcessedData
@@ -19,8 +19,6 @@ from multitask.training.device import autocast, select_device
 from multitask.training.trainer import Trainer
 from multitask.weighting import build_weighting
 
-ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = ROOT / "data" / "sample" / "fashion-mnist"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
@@ -33,16 +31,8 @@ def test_cuda_request_without_a_gpu_is_a_clear_error() -> None:
 
 
 @pytest.fixture(scope="module")
-def processed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cuda-data")
-    (root / "raw").mkdir()
-    (root / "raw" / "fashion_mnist").symlink_to(SAMPLE)
-    config = DataConfig(
-        raw_dir=str(root / "raw"), processed_dir=str(root / "processed"),
-        sources={"fashion_mnist": Source(mirrors=[str(SAMPLE)], files={"x": "0" * 64})},
-        train_size=4000, test_size=500)
-    write_dataset(root / "processed", *build_dataset(config))
-    return root / "processed"
+def processed(sample_composites: Callable[..., Path]) -> Path:
+    return sample_composites(4000, 500)
 
 
 def trainer(processed: Path, checkpoint: Path | None = None, epochs: int = 2) -> Trainer:
