@@ -34,7 +34,7 @@ JOB_TARGET_S = 15 * 60
 SAMPLE_PIPELINE_TARGET_S = 3 * 60
 
 
-def _clean_env(pip_cache: Path) -> dict[str, str]:
+def clean_env(pip_cache: Path) -> dict[str, str]:
     """The environment of a fresh CI runner: no active venv, no project on PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     venv_bin = str(ROOT / ".venv" / "bin")
@@ -45,7 +45,7 @@ def _clean_env(pip_cache: Path) -> dict[str, str]:
     return env
 
 
-def _timed(name: str, command: list[str], cwd: Path, env: dict[str, str],
+def timed_step(name: str, command: list[str], cwd: Path, env: dict[str, str],
            timeout_s: float, target_s: float | None = None) -> dict[str, Any]:
     """Run one CI step; a row with its wall time, or with the error that stopped it."""
     start = time.perf_counter()
@@ -79,7 +79,7 @@ def _total(name: str, parts: list[dict[str, Any]], target_s: float | None) -> di
 def run() -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="bench-ci-") as tmp:
         work = Path(tmp)
-        env = _clean_env(work / "pip-cache")
+        env = clean_env(work / "pip-cache")
         clones = []
         for name in ("cold", "warm"):
             clone = work / name
@@ -88,17 +88,17 @@ def run() -> list[dict[str, Any]]:
             clones.append(clone)
         cold, warm = clones
         rows = [
-            _timed("ci_setup_cold_pip_cache_s", ["make", "setup"], cold, env, 3600),
-            _timed("ci_setup_warm_pip_cache_s", ["make", "setup"], warm, env, 3600),
+            timed_step("ci_setup_cold_pip_cache_s", ["make", "setup"], cold, env, 3600),
+            timed_step("ci_setup_warm_pip_cache_s", ["make", "setup"], warm, env, 3600),
         ]
         shutil.rmtree(warm)  # a second multi-GB venv is not needed past this point
-        steps = [_timed("ci_lint_s", ["make", "lint"], cold, env, 600)]
+        steps = [timed_step("ci_lint_s", ["make", "lint"], cold, env, 600)]
         if os.environ.get("BENCH_CI_TESTS") == "1":
-            steps.append(_timed("ci_tests_s", [".ci/run"], cold, env, 3600))
-        steps.append(_timed("ci_sample_pipeline_s", ["make", "repro-sample"], cold, env, 1800,
+            steps.append(timed_step("ci_tests_s", [".ci/run"], cold, env, 3600))
+        steps.append(timed_step("ci_sample_pipeline_s", ["make", "repro-sample"], cold, env, 1800,
                             SAMPLE_PIPELINE_TARGET_S))
         pr_env = {**env, "BASE_WORKTREE": str(work / "base"), "REPORT_DIR": str(work / "report")}
-        steps.append(_timed("ci_pr_report_s", ["ci/pr_report.sh", "report", "HEAD"], cold,
+        steps.append(timed_step("ci_pr_report_s", ["ci/pr_report.sh", "report", "HEAD"], cold,
                             pr_env, 1800))
         rows += steps
         suffix = "" if os.environ.get("BENCH_CI_TESTS") == "1" else "_excluding_tests"
