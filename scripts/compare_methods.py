@@ -2,7 +2,7 @@
 
 One DVC experiment per method, all with the same epochs and seed; run in the workspace, DVC
 reuses the committed data, baseline and tune stages, so each experiment trains and evaluates
-only (restore the workspace afterwards with `git checkout -- . && dvc checkout`). The per-task
+only, and the script puts the workspace back as it found it afterwards. The per-task
 results are read back from `dvc exp show --json` (the same numbers MLflow holds for each run) into
 reports/method_comparison.json, which scripts/update_readme.py renders into the README.
 
@@ -23,6 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "reports" / "method_comparison.json"
 METRICS = "reports/metrics.json"
+BASELINES = "reports/baselines.json"
 
 
 def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -64,6 +65,22 @@ def run_experiments(methods: list[str], epochs: int, architecture: str | None,
     return names
 
 
+def changed_files() -> set[str]:
+    """Tracked files that differ from HEAD."""
+    diff = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=ROOT, check=True,
+                          capture_output=True, text=True)
+    return set(diff.stdout.split())
+
+
+def restore_workspace(before: set[str]) -> None:
+    """Undo what the workspace experiments changed (params.yaml, dvc.lock, reports, models),
+    keeping the files that were already modified before and this script's own output."""
+    touched = sorted(changed_files() - before - {str(OUTPUT.relative_to(ROOT))})
+    if touched:
+        subprocess.run(["git", "checkout", "HEAD", "--", *touched], cwd=ROOT, check=True)
+    dvc("checkout", "--force")
+
+
 def wait_for_queue(poll_s: float = 20.0) -> None:
     dvc("queue", "start", "--jobs", "1")
     while True:
@@ -90,22 +107,37 @@ def _find(node: Any, name: str) -> dict[str, Any] | None:
     return None
 
 
-def collect(names: dict[str, str]) -> dict[str, Any]:
+def _committed(path: str) -> dict[str, Any] | None:
+    shown = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=ROOT, capture_output=True,
+                           text=True)
+    return json.loads(shown.stdout) if shown.returncode == 0 else None
+
+
+def collect(names: dict[str, str], epochs: int) -> tuple[dict[str, Any], dict[str, float]]:
+    """Each method's metrics, and the single-task baseline accuracies they were measured against.
+
+    Every experiment of one table shares the baselines (same data, model and schedule), so the
+    first experiment's ``reports/baselines.json`` stands for all.
+    """
     shown = json.loads(dvc("exp", "show", "--json").stdout)
     results: dict[str, Any] = {}
+    baselines: dict[str, float] = {}
     for method, name in names.items():
-        data = _find(shown, name)
-        metrics = (data or {}).get("metrics", {}).get(METRICS, {}).get("data")
-        if not metrics and method == "tuned":  # the committed pipeline run (params.yaml default)
-            committed = subprocess.run(["git", "show", f"HEAD:{METRICS}"], cwd=ROOT,
-                                       capture_output=True, text=True)
-            if committed.returncode == 0:
-                name, metrics = "HEAD (the committed pipeline run)", json.loads(committed.stdout)
+        data = _find(shown, name) or {}
+        metrics = data.get("metrics", {}).get(METRICS, {}).get("data")
+        reference = data.get("metrics", {}).get(BASELINES, {}).get("data")
+        committed_baselines = _committed(BASELINES) or {}
+        if not metrics and method == "tuned" and committed_baselines.get("epochs") == epochs:
+            # the committed pipeline run (params.yaml's default method at the same epochs)
+            name, metrics, reference = ("HEAD (the committed pipeline run)", _committed(METRICS),
+                                        committed_baselines)
         if not metrics:
             results[method] = {"experiment": name, "error": "no metrics (failed or not run)"}
             continue
         results[method] = {"experiment": name, **metrics}
-    return results
+        if reference and not baselines:
+            baselines = {task: m["accuracy"] for task, m in reference["tasks"].items()}
+    return results, baselines
 
 
 def main() -> None:
@@ -122,13 +154,21 @@ def main() -> None:
     args = parser.parse_args()
     prefix = f"{args.architecture}-" if args.architecture else ""
     names = {m: experiment_name(prefix + m, args.epochs) for m in args.methods}
+    before = changed_files()
     if not args.collect_only:
-        run_experiments(args.methods, args.epochs, args.architecture, args.queue)
-    results = collect(names)
+        try:
+            run_experiments(args.methods, args.epochs, args.architecture, args.queue)
+        finally:
+            if not args.queue:
+                restore_workspace(before)
+    results, baselines = collect(names, args.epochs)
     previous = json.loads(OUTPUT.read_text()) if OUTPUT.is_file() else {}
     key = f"{args.architecture or 'default'}@{args.epochs}"
-    previous[key] = {"epochs": args.epochs, "architecture": args.architecture,
-                     "methods": results}
+    entry = previous.setdefault(key, {"epochs": args.epochs, "architecture": args.architecture,
+                                      "methods": {}})
+    entry["methods"].update(results)  # methods of earlier invocations stay in the table
+    if baselines:
+        entry["baselines"] = baselines
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
     OUTPUT.write_text(json.dumps(previous, indent=2) + "\n")
     for method, result in results.items():

@@ -79,6 +79,10 @@ def comparison() -> str:
             blocks.append(f"| `{method}` | " + " | ".join(
                 f"{result['tasks'][t]['accuracy']:.4f}" for t in tasks)
                 + f" | {result['mean_accuracy']:.4f} | {result['delta_m_pct']:+.2f} |")
+        if baselines := entry.get("baselines"):
+            blocks.append("| single-task baselines (Δm% reference) | " + " | ".join(
+                f"{baselines[t]:.4f}" for t in tasks)
+                + f" | {sum(baselines.values()) / len(baselines):.4f} | 0 |")
         blocks.append("")
     return "\n".join(blocks).rstrip()
 
