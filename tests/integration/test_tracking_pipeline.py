@@ -164,8 +164,8 @@ def sample_repo(factory: pytest.TempPathFactory) -> SampleRepo:
 
     Under xdist the workers' temporary folders share a parent: the first worker to get the
     lock builds there and records the outcome (or its error) in a JSON file; the others wait
-    for the lock and read it (``--dist loadgroup`` would keep these tests on one worker, but
-    pytest 9 ignores the group suffix xdist 3.8 sets, so they may be spread).
+    for the lock and read it. ``make test``'s ``--dist loadgroup`` keeps these tests on one
+    worker anyway; the lock keeps the fixture right under any other distribution (``-n 2``).
     """
     base = factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
@@ -360,3 +360,15 @@ def test_promote_predict_and_serve_the_champion(sample_pipeline: SampleRepo,
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_experiments_in_copies_reuse_the_tuning_study(sample_pipeline: SampleRepo) -> None:
+    """`--temp` and `--queue` run in a copy; the study journal comes from the DVC cache there,
+    so an experiment that does not change the tune params does not tune again."""
+    client = sample_pipeline.client()
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    for mode in ("temp", "queue"):
+        name = EXPERIMENTS[mode][0]
+        tune_runs = client.search_runs(
+            [experiment], filter_string=f"tags.`dvc.experiment` = '{name}' and tags.stage = 'tune'")
+        assert tune_runs == [], f"{mode}: the tune stage ran again in the copy"

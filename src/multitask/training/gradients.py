@@ -20,6 +20,13 @@ is_grads_batched=True)``: on torch 2.14 (CPU) the vmapped backward has no batchi
 ``cat``; for LeNet HPS (batch 256, T = 10) it took 129 ms against 90 ms for T plain passes.
 The exact per-task gradients of P parameters need T backward passes whatever the batching;
 methods that only need the Gramian ``J Jᵀ`` avoid a further pass by using ``wᵀ J`` directly.
+Sharing the passes' work was measured as well: one sweep of the encoder's graph carrying all T
+cotangents (every task's kernel gradients from one convolution call with the tasks' output
+gradients stacked as channels, T x B batches for the rest) gave the same gradients but took
+2.2x as long as the T passes (LeNet, T = 10, batch 256, one thread): oneDNN's kernels are
+already efficient at batch 256 and its stacked-channel weight gradient is slower than ten
+small ones. The loop is what a CPU runs best; the benchmark's ``parameter_gradients`` row is
+that floor.
 """
 
 from __future__ import annotations
