@@ -45,8 +45,8 @@ def run_experiments(methods: list[str], epochs: int, architecture: str | None,
                     queued: bool) -> list[str]:
     """One experiment per method: queued (each in a copy), or one after another in the workspace.
 
-    In the workspace DVC reuses the committed outputs of every stage the change does not touch
-    (data, baselines, tune); a queued copy lacks the git-ignored study journal and reruns tune.
+    Either way DVC reuses the outputs of every stage the change does not touch (data, baselines,
+    tune) from its cache; the workspace is put back afterwards (:func:`restore_workspace`).
     """
     names = []
     for method in methods:
