@@ -44,3 +44,18 @@ def test_sample_params_use_the_shipped_sample_only() -> None:
     mirrors = [m for source in params.data.sources.values() for m in source.mirrors]
     assert mirrors == ["../data/sample/fashion-mnist/"]
     assert (ROOT / "sample" / mirrors[0]).resolve() == (ROOT / "data/sample/fashion-mnist")
+
+
+def test_baselines_ignore_the_architecture_and_declare_only_what_they_read() -> None:
+    """Every architecture's Δm% has the same single-task reference: hard sharing, one head."""
+    from multitask.training.stages import baseline_params
+
+    params = load_params(ROOT / "params.yaml")
+    variant = params.model_copy(update={"model": params.model.model_copy(update={
+        "architecture": "mtan", "rotation_task": True, "num_experts": 8, "head_hidden": [32]})})
+    model = baseline_params(variant).model
+    assert (model.architecture, model.rotation_task) == ("hps", False)
+    assert model.head_hidden == [32] and model.backbone == params.model.backbone
+    declared = [p for p in load(ROOT / "dvc.yaml")["stages"]["baselines"]["params"]
+                if p.startswith("model")]
+    assert declared == ["model.backbone", "model.head_hidden"]

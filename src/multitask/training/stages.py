@@ -136,9 +136,17 @@ def _train(params: Params, data: ProcessedData, tasks: list[Task], method: Weigh
 
 
 # --------------------------------------------------------------------------------- baselines
+def baseline_params(params: Params) -> Params:
+    """The params a single-task baseline trains with: hard sharing with one head and no
+    rotation task, whatever ``model.architecture`` says, so that the Δm% of every architecture
+    is measured against the same reference (only the backbone and head sizes carry over)."""
+    model = params.model.model_copy(update={"architecture": "hps", "rotation_task": False})
+    return params.model_copy(update={"model": model})
+
+
 def baselines(args: argparse.Namespace) -> int:
     """One single-task model per task, same backbone and schedule: the Δm% reference."""
-    params = load_params(args.params)
+    params = baseline_params(load_params(args.params))
     data = _load(params)
     results: dict[str, dict[str, float]] = {}
     started = time.perf_counter()
