@@ -54,37 +54,61 @@ def results() -> str:
 
 
 def comparison() -> str:
+    """One table of methods per budget, and one of architectures per budget (with hard
+    sharing's row for the same method as the reference), each ranked by Δm%."""
     data = load("reports/method_comparison.json")
     if not data:
         return "_Not run yet: `python scripts/compare_methods.py --epochs N METHOD...`._"
-    blocks = []
+    tables: dict[tuple[str, int], dict[str, Any]] = {}
     for entry in data.values():
-        methods = entry["methods"]
-        tasks = next((list(m["tasks"]) for m in methods.values() if "tasks" in m), [])
-        arch = entry["architecture"] or "params.yaml's"
-        blocks += [
-            f"{entry['epochs']} epochs each, {arch} architecture, same seed "
-            "(`dvc exp run`, read back with `dvc exp show`):",
-            "",
-            "| method | " + " | ".join(f"`{t}` accuracy" for t in tasks)
-            + " | mean accuracy | Δm% |",
-            "|---|" + "---|" * (len(tasks) + 2),
-        ]
-        ranked = sorted(methods.items(), key=lambda kv: -kv[1].get("delta_m_pct", -1e9))
-        for method, result in ranked:
-            if "tasks" not in result:
-                blocks.append(f"| `{method}` | " + " | ".join("—" for _ in tasks)
-                              + f" | — | {result.get('error', 'failed')} |")
-                continue
-            blocks.append(f"| `{method}` | " + " | ".join(
-                f"{result['tasks'][t]['accuracy']:.4f}" for t in tasks)
-                + f" | {result['mean_accuracy']:.4f} | {result['delta_m_pct']:+.2f} |")
-        if baselines := entry.get("baselines"):
-            blocks.append("| single-task baselines (Δm% reference) | " + " | ".join(
-                f"{baselines[t]:.4f}" for t in tasks)
-                + f" | {sum(baselines.values()) / len(baselines):.4f} | 0 |")
-        blocks.append("")
+        kind = "methods" if entry["architecture"] is None else "architectures"
+        table = tables.setdefault((kind, entry["epochs"]), {"rows": {}, "baselines": None})
+        for method, result in entry["methods"].items():
+            table["rows"][(entry["architecture"] or "hps", method)] = result
+        table["baselines"] = table["baselines"] or entry.get("baselines")
+    for (kind, epochs), table in tables.items():
+        reference = tables.get(("methods", epochs), {}).get("rows", {})
+        if kind == "architectures":
+            for method in {method for _, method in table["rows"]}:
+                if ("hps", method) in reference:
+                    table["rows"][("hps", method)] = reference[("hps", method)]
+    blocks = []
+    for (kind, epochs), table in sorted(tables.items(), key=lambda kv: (kv[0][0] != "methods",
+                                                                         kv[0][1])):
+        blocks += [*_comparison_table(kind, epochs, table["rows"], table["baselines"]), ""]
     return "\n".join(blocks).rstrip()
+
+
+def _comparison_table(kind: str, epochs: int, rows: dict[tuple[str, str], dict[str, Any]],
+                      baselines: dict[str, float] | None) -> list[str]:
+    tasks = next((list(r["tasks"]) for r in rows.values() if "tasks" in r), [])
+    if kind == "methods":
+        title, first = "params.yaml's architecture", "method"
+    else:
+        title, first = "by `model.architecture`", "architecture, method"
+    lines = [
+        f"{epochs} epochs each, {title}, same seed (`dvc exp run`, read back with "
+        "`dvc exp show`):",
+        "",
+        f"| {first} | " + " | ".join(f"`{t}` accuracy" for t in tasks)
+        + " | mean accuracy | Δm% |",
+        "|---|" + "---|" * (len(tasks) + 2),
+    ]
+    for (architecture, method), result in sorted(
+            rows.items(), key=lambda kv: -kv[1].get("delta_m_pct", -1e9)):
+        label = f"`{method}`" if kind == "methods" else f"`{architecture}`, `{method}`"
+        if "tasks" not in result:
+            lines.append(f"| {label} | " + " | ".join("—" for _ in tasks)
+                         + f" | — | {result.get('error', 'failed')} |")
+            continue
+        lines.append(f"| {label} | " + " | ".join(
+            f"{result['tasks'][t]['accuracy']:.4f}" for t in tasks)
+            + f" | {result['mean_accuracy']:.4f} | {result['delta_m_pct']:+.2f} |")
+    if baselines:
+        lines.append("| single-task baselines (Δm% reference) | " + " | ".join(
+            f"{baselines[t]:.4f}" for t in tasks)
+            + f" | {sum(baselines.values()) / len(baselines):.4f} | 0 |")
+    return lines
 
 
 def _value(row: dict[str, Any]) -> str:

@@ -53,24 +53,29 @@ def test_readme_blocks_match_the_committed_reports(
         f"README.md's {block} block is out of date: run python scripts/update_readme.py")
 
 
-def test_comparison_ranks_by_delta_m_and_shows_baselines_and_failures(
+def test_comparison_ranks_by_delta_m_with_baselines_failures_and_architectures(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     renderer = _renderer()
     (tmp_path / "reports").mkdir()
     tasks = {"a": {"accuracy": 0.5}, "b": {"accuracy": 0.7}}
-    (tmp_path / "reports" / "method_comparison.json").write_text(json.dumps({"mtan@3": {
-        "epochs": 3, "architecture": "mtan", "baselines": {"a": 0.6, "b": 0.8},
-        "methods": {
+    baselines = {"a": 0.6, "b": 0.8}
+    (tmp_path / "reports" / "method_comparison.json").write_text(json.dumps({
+        "mtan@3": {"epochs": 3, "architecture": "mtan", "baselines": baselines, "methods": {
+            "equal": {"tasks": tasks, "mean_accuracy": 0.6, "delta_m_pct": -0.5}}},
+        "default@3": {"epochs": 3, "architecture": None, "baselines": baselines, "methods": {
             "worse": {"tasks": tasks, "mean_accuracy": 0.6, "delta_m_pct": -12.5},
             "broken": {"experiment": "cmp-broken-e3", "error": "no metrics"},
-            "better": {"tasks": tasks, "mean_accuracy": 0.6, "delta_m_pct": -1.0},
-        }}}))
+            "equal": {"tasks": tasks, "mean_accuracy": 0.6, "delta_m_pct": -1.0}}}}))
     monkeypatch.setattr(renderer, "ROOT", tmp_path)
-    lines = renderer.comparison().splitlines()
-    assert lines[0].startswith("3 epochs each, mtan architecture")
-    rows = [line for line in lines if line.startswith("| `") or "baselines" in line]
+    methods, architectures = renderer.comparison().split("\n\n3 epochs")
+    assert methods.startswith("3 epochs each, params.yaml's architecture")
+    rows = [line for line in methods.splitlines() if line.startswith("| `") or "baselines" in line]
     assert [r.split("|")[1].strip() for r in rows] == [
-        "`better`", "`worse`", "`broken`", "single-task baselines (Δm% reference)"]
+        "`equal`", "`worse`", "`broken`", "single-task baselines (Δm% reference)"]
     assert rows[1].endswith("| 0.5000 | 0.7000 | 0.6000 | -12.50 |")
     assert "no metrics" in rows[2]
     assert rows[3].endswith("| 0.6000 | 0.8000 | 0.7000 | 0 |")
+    assert architectures.startswith(" each, by `model.architecture`")
+    labels = [line.split("|")[1].strip() for line in architectures.splitlines()
+              if line.startswith("| `")]
+    assert labels == ["`mtan`, `equal`", "`hps`, `equal`"]  # hard sharing as the reference
