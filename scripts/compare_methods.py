@@ -120,13 +120,13 @@ def collect(names: dict[str, str], epochs: int) -> tuple[dict[str, Any], dict[st
     first experiment's ``reports/baselines.json`` stands for all.
     """
     shown = json.loads(dvc("exp", "show", "--json").stdout)
+    committed_baselines = _committed(BASELINES) or {}
     results: dict[str, Any] = {}
     baselines: dict[str, float] = {}
     for method, name in names.items():
         data = _find(shown, name) or {}
         metrics = data.get("metrics", {}).get(METRICS, {}).get("data")
         reference = data.get("metrics", {}).get(BASELINES, {}).get("data")
-        committed_baselines = _committed(BASELINES) or {}
         if not metrics and method == "tuned" and committed_baselines.get("epochs") == epochs:
             # the committed pipeline run (params.yaml's default method at the same epochs)
             name, metrics, reference = ("HEAD (the committed pipeline run)", _committed(METRICS),
@@ -154,8 +154,8 @@ def main() -> None:
     args = parser.parse_args()
     prefix = f"{args.architecture}-" if args.architecture else ""
     names = {m: experiment_name(prefix + m, args.epochs) for m in args.methods}
-    before = changed_files()
     if not args.collect_only:
+        before = changed_files()
         try:
             run_experiments(args.methods, args.epochs, args.architecture, args.queue)
         finally:

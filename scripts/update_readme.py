@@ -67,8 +67,8 @@ def comparison() -> str:
             table["rows"][(entry["architecture"] or "hps", method)] = result
         table["baselines"] = table["baselines"] or entry.get("baselines")
     for (kind, epochs), table in tables.items():
-        reference = tables.get(("methods", epochs), {}).get("rows", {})
         if kind == "architectures":
+            reference = tables.get(("methods", epochs), {}).get("rows", {})
             for method in {method for _, method in table["rows"]}:
                 if ("hps", method) in reference:
                     table["rows"][("hps", method)] = reference[("hps", method)]
