@@ -8,22 +8,23 @@ from typing import Any
 
 from benchmarks.common import ROOT, ensure_raw_data, median_seconds, row
 from multitask.config import load_params
-from multitask.data.preprocess import build_dataset, write_dataset
+from multitask.data import processed
+from multitask.data.preprocess import build_dataset
+from multitask.layout import Layout
 
 
 def run() -> list[dict[str, Any]]:
     ensure_raw_data()
     params = load_params(ROOT / "params.yaml")
-    data = params.data.model_copy(update={"raw_dir": str(ROOT / params.data.raw_dir)})
     built: dict[str, Any] = {}
 
     def build() -> None:
-        built["arrays"], built["meta"] = build_dataset(data)
+        built["arrays"], built["meta"] = build_dataset(params.data, Layout(ROOT))
 
     build_s = median_seconds(build)
     with tempfile.TemporaryDirectory() as tmp:
-        write_s = median_seconds(lambda: write_dataset(Path(tmp) / "processed", built["arrays"],
-                                                       built["meta"]))
+        write_s = median_seconds(lambda: processed.write(Path(tmp) / "processed",
+                                                         built["arrays"], built["meta"]))
     count = sum(built["meta"]["splits"].values())
     return [
         row(f"build {count} MultiFashion composites (read IDX + compose)", build_s, "s", 5.0),

@@ -31,16 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from multitask import tracking
 from multitask.config import Params, TrackingConfig, load_params
-from multitask.io import write_json
-from multitask.models import build_model
-from multitask.tasks import tasks_from_meta
+from multitask.data import processed
+from multitask.device import select_device
+from multitask.training import session
 from multitask.training.data import ProcessedData
-from multitask.training.device import select_device
-from multitask.training.trainer import Trainer
 from multitask.weighting import build_weighting
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,11 +59,11 @@ class Timing:
 def _synthetic_data(folder: Path, train_images: int, rng: np.random.Generator) -> None:
     """A processed data set in the layout ``multitask preprocess`` writes (random pixels)."""
     sizes = {"train": train_images, "val": max(500, train_images // 9), "test": 500}
+    arrays = {}
     for split, count in sizes.items():
-        np.save(folder / f"{split}_images.npy",
-                rng.integers(0, 256, size=(count, 36, 36), dtype=np.uint8))
-        np.save(folder / f"{split}_labels.npy", rng.integers(0, 10, size=(count, 2)))
-    write_json(folder / "meta.json", {
+        arrays[f"{split}_images"] = rng.integers(0, 256, size=(count, 36, 36), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 10, size=(count, 2))
+    processed.write(folder, arrays, {
         "dataset": "multifashion", "splits": sizes, "image_size": 36, "channels": 1,
         "pixel_mean": 0.5, "pixel_std": 0.29, "sha256": "0" * 64,
         "tasks": [{"name": name, "classes": 10, "class_names": [str(i) for i in range(10)]}
@@ -84,15 +81,14 @@ def _params(tracked: bool, epochs: int, diagnostics_every: int) -> Params:
 
 def _timed_training(data: ProcessedData, params: Params) -> Timing:
     """One training inside ``stage_run``, the model logged after it (timed apart)."""
-    tasks = tasks_from_meta(data.meta)
-    torch.manual_seed(params.train.seed)
-    model = build_model(params.model, tasks, data.channels, data.image_size)
+    tasks = processed.tasks(data.meta)
     wall, cpu = time.perf_counter(), time.process_time()  # process_time: all its threads
     with tracking.stage_run(params, "train") as run:
-        Trainer(model, tasks, build_weighting("equal", len(tasks)), data, params.train,
-                on_epoch=run.log_epoch, progress=False).fit()
+        fitted = session.fit(params, data, tasks, build_weighting("equal", len(tasks)),
+                             on_epoch=run.log_epoch, progress=False)
         trained_wall, trained_cpu = time.perf_counter(), time.process_time()
-        run.log_model(model, data.splits["test"].images[:4].numpy(), [t.name for t in tasks])
+        run.log_model(fitted.model, data.splits["test"].images[:4].numpy(),
+                      [t.name for t in tasks])
         logged_wall, logged_cpu = time.perf_counter(), time.process_time()
     end_wall, end_cpu = time.perf_counter(), time.process_time()
     return Timing(wall_s=(trained_wall - wall) + (end_wall - logged_wall),

@@ -11,12 +11,13 @@ from typing import Any
 import torch
 
 from benchmarks.common import ROOT, ensure_raw_data, row
+from multitask import keys
 from multitask.config import load_params
-from multitask.data.preprocess import build_dataset, write_dataset
-from multitask.models import build_model
-from multitask.tasks import tasks_from_meta
+from multitask.data import processed
+from multitask.data.preprocess import build_dataset
+from multitask.layout import Layout
+from multitask.training import session
 from multitask.training.data import ProcessedData
-from multitask.training.trainer import Trainer
 from multitask.weighting import build_weighting
 
 
@@ -24,24 +25,22 @@ def throughput(folder: Path, device: torch.device, fraction: float, epochs: int)
     """Median over epochs of training images per second (validation excluded)."""
     params = load_params(ROOT / "params.yaml")
     data = ProcessedData(folder, device, splits=("train", "val"))
-    tasks = tasks_from_meta(data.meta)
-    model = build_model(params.model, tasks, data.channels, data.image_size)
-    config = params.train.model_copy(update={"diagnostics_every": 0, "batch_size": 256})
-    trainer = Trainer(model, tasks, build_weighting("equal", len(tasks)), data, config,
-                      epochs=epochs, data_fraction=fraction, progress=False)
-    history = trainer.fit()
-    rates = sorted(r["time/train_images_per_s"] for r in history)
+    tasks = processed.tasks(data.meta)
+    train = params.train.model_copy(update={"diagnostics_every": 0, "batch_size": 256})
+    history = session.fit(params, data, tasks, build_weighting("equal", len(tasks)),
+                          train=train, epochs=epochs, data_fraction=fraction,
+                          progress=False).history
+    rates = sorted(r[keys.TRAIN_IMAGES_PER_S] for r in history)
     return rates[len(rates) // 2]
 
 
 def run() -> list[dict[str, Any]]:
     ensure_raw_data()
     params = load_params(ROOT / "params.yaml")
-    data = params.data.model_copy(update={"raw_dir": str(ROOT / params.data.raw_dir)})
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "processed"
-        write_dataset(folder, *build_dataset(data))
+        processed.write(folder, *build_dataset(params.data, Layout(ROOT)))
         cpu = throughput(folder, torch.device("cpu"), fraction=0.5, epochs=3)
         rows.append(row(f"train images/s, CPU ({torch.get_num_threads()} threads)", cpu,
                         "images/s", extra_note="LeNet HPS, equal, batch 256"))

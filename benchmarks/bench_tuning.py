@@ -13,7 +13,6 @@ single-task model per task, and reports test accuracy per task and Δm% -- the R
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -25,37 +24,34 @@ from typing import Any
 import yaml
 
 from benchmarks.common import ROOT, ensure_raw_data, row
-from multitask import tuning
+from multitask import keys, tuning
 from multitask.config import Params, load_params
-from multitask.data.preprocess import build_dataset, write_dataset
-from multitask.tasks import main_tasks, tasks_from_meta
-from multitask.training.data import ProcessedData
-from multitask.training.device import select_device
+from multitask.data import processed as processed_format
+from multitask.data.preprocess import build_dataset
+from multitask.layout import Layout
+from multitask.tasks import main_tasks
+from multitask.training import session
 from multitask.training.metrics import delta_m
 from multitask.training.metrics import evaluate as evaluate_split
-from multitask.training.stages import _train
 from multitask.weighting import build_weighting
 
 STAGE_TARGET_S = 300.0  # "a few minutes on 2 cores" for the default study
 
 
 def study(folder: Path, processed: Path, **tune: Any) -> tuple[dict[str, Any], float]:
-    """Run ``multitask tune`` in ``folder`` with the repository's params plus ``tune``."""
+    """Run the tune stage in pipeline folder ``folder`` (its data/processed a link to
+    ``processed``) with the repository's params plus ``tune``."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["data"]["processed_dir"] = str(processed)
-    raw["tune"] = {**raw.get("tune", {}), "storage": "study.journal", **tune}
+    raw["tune"] = {**raw.get("tune", {}), **tune}
     raw["tracking"] = {"enabled": False}
-    folder.mkdir(parents=True)
-    (folder / "params.yaml").write_text(yaml.safe_dump(raw))
-    here = Path.cwd()
-    os.chdir(folder)
-    try:
-        started = time.perf_counter()
-        tuning.main(argparse.Namespace(params="params.yaml", workers=None, n_trials=None))
-        seconds = time.perf_counter() - started
-        return json.loads(Path("reports/tuning/summary.json").read_text()), seconds
-    finally:
-        os.chdir(here)
+    layout = Layout(folder)
+    layout.processed_dir.parent.mkdir(parents=True)
+    layout.processed_dir.symlink_to(processed)
+    layout.params.write_text(yaml.safe_dump(raw))
+    started = time.perf_counter()
+    tuning.tune(load_params(layout.params), layout)
+    seconds = time.perf_counter() - started
+    return json.loads(layout.tuning_summary.read_text()), seconds
 
 
 def compare(processed: Path, weights: dict[str, float], methods: Sequence[str],
@@ -63,25 +59,26 @@ def compare(processed: Path, weights: dict[str, float], methods: Sequence[str],
     """Test accuracy per task and Δm% of full trainings: tuned weights, equal, ``methods``."""
     params = load_params(ROOT / "params.yaml")
     params = params.model_copy(update={
-        "data": params.data.model_copy(update={"processed_dir": str(processed)}),
         "train": params.train.model_copy(update={"diagnostics_every": 0})})
-    data = ProcessedData(processed, select_device(params.train.device))
-    tasks = tasks_from_meta(data.meta)
+    layout = Layout(folder)
+    layout.processed_dir.parent.mkdir(parents=True)
+    layout.processed_dir.symlink_to(processed)
+    data = session.load_data(params, layout)
+    tasks = processed_format.tasks(data.meta)
     names = [t.name for t in main_tasks(tasks)]
 
     def test_accuracy(params: Params, task_list: list[Any], method: Any, tag: str
                       ) -> dict[str, float]:
-        model, _ = _train(params, data, task_list, method, folder / f"{tag}.pt")
-        result = evaluate_split(model, data, "test", task_list)
-        return {name: values["accuracy"] for name, values in result.metrics.items()}
+        fitted = session.fit(params, data, task_list, method, checkpoint=layout.checkpoint(tag))
+        result = evaluate_split(fitted.model, data, keys.TEST, task_list)
+        return {name: values[keys.ACCURACY] for name, values in result.metrics.items()}
 
     baselines = {}
     for task in main_tasks(tasks):
         baselines.update(test_accuracy(params, [task], build_weighting("equal", 1),
                                        f"single-{task.name}"))
     candidates = {
-        "tuned": build_weighting("static", len(tasks),
-                                 {"static": {"weights": [weights[t.name] for t in tasks]}}),
+        "tuned": session.weights_method(weights, tasks, "tuned weights"),
         "equal": build_weighting("equal", len(tasks)),
         **{name: build_weighting(name, len(tasks), params.train.method_params)
            for name in methods},
@@ -99,14 +96,13 @@ def compare(processed: Path, weights: dict[str, float], methods: Sequence[str],
 def run() -> list[dict[str, Any]]:
     ensure_raw_data()
     params = load_params(ROOT / "params.yaml")
-    data = params.data.model_copy(update={"raw_dir": str(ROOT / params.data.raw_dir)})
     tune = params.tune
     budget = (f"{tune.n_trials} trials x {tune.epochs} epochs on {tune.data_fraction:.0%} of "
               f"the training split, sampler {tune.sampler}")
     rows = []
     with tempfile.TemporaryDirectory(dir=ROOT / "data") as tmp:
         processed = Path(tmp) / "processed"
-        write_dataset(processed, *build_dataset(data))
+        processed_format.write(processed, *build_dataset(params.data, Layout(ROOT)))
         multi, seconds = study(Path(tmp) / "multi", processed)
         per_trial = multi["seconds_per_trial"]
         rows.append(row("tune (multi-objective): seconds per trial, median",
@@ -125,8 +121,8 @@ def run() -> list[dict[str, Any]]:
         rows.append(row("tune (single-objective, median pruner): stage wall time", seconds, "s",
                         extra_note=budget))
         if os.environ.get("BENCH_TUNING_COMPARE") == "1":
-            chosen = json.loads((Path(tmp) / "multi/reports/tuning/weights.json").read_text())
+            chosen = json.loads(Layout(Path(tmp) / "multi").tuned_weights.read_text())
             methods = os.environ.get("BENCH_TUNING_METHODS", "uncertainty").split(",")
             rows += compare(processed, chosen["weights"], [m for m in methods if m],
-                            Path(tmp) / "checkpoints")
+                            Path(tmp) / "compare")
     return rows

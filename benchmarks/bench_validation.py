@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import ROOT
 from multitask.config import load_params
-from multitask.data.sources import source_dir
 from multitask.data.validation import load_source, validate
+from multitask.layout import Layout
 
 STAGE_TARGET_S = 10.0  # the whole stage on 70,000 images, data docs included
 
@@ -28,8 +29,8 @@ def _seconds(function: Any) -> tuple[float, Any]:
 
 
 def run() -> list[dict[str, Any]]:
-    params = load_params()
-    folder = source_dir(params.data, "fashion_mnist")
+    params = load_params(ROOT / "params.yaml")
+    folder = Layout(ROOT).source_dir("fashion_mnist")
     import_s, _ = _seconds(lambda: subprocess.run(
         [sys.executable, "-c", "import great_expectations"], check=True))
     tables_s, tables = _seconds(lambda: load_source(folder))

@@ -15,7 +15,7 @@ per step at T = 10; two yardsticks without a target: one no-grad forward alone
 (``no_grad_forward``, what exact FAMO adds to a step) and a step whose shared update is the plain
 sum of the exact per-task parameter gradients (``parameter_gradients``, the floor under every
 parameter-gradient method before its own arithmetic); and the vmapped ``is_grads_batched``
-backward against T plain passes, the measurement behind :mod:`multitask.training.gradients`.
+backward against T plain passes, the measurement behind :mod:`multitask.weighting.gradients`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from torch import Tensor
 from multitask.config import ModelConfig
 from multitask.models import MultiTaskModel, build_model
 from multitask.tasks import Task
-from multitask.training.gradients import per_task_gradients
 from multitask.weighting import METHODS, StepContext, WeightingMethod, build_weighting
+from multitask.weighting.gradients import per_task_gradients
 
 BATCH = 256
 THREADS = 1

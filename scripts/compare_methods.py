@@ -20,10 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from multitask.layout import Layout
+
 ROOT = Path(__file__).resolve().parents[1]
-OUTPUT = ROOT / "reports" / "method_comparison.json"
-METRICS = "reports/metrics.json"
-BASELINES = "reports/baselines.json"
+OUTPUT = Layout(ROOT).method_comparison
+METRICS = Layout().metrics_json.as_posix()  # as dvc exp show and git show name them
+BASELINES = Layout().baselines_json.as_posix()
 
 
 def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -1,7 +1,8 @@
 """Render the README's measured figures from the files that hold them, never by hand.
 
 Blocks between `<!-- NAME:start -->` and `<!-- NAME:end -->` are replaced:
-- results: reports/metrics.json, reports/baselines.json, reports/train.json (the last `make repro`)
+- results: the metrics, baselines and train reports of the last `make repro` (paths from
+  multitask.layout), titled from params.yaml's data set
 - comparison: reports/method_comparison.json (scripts/compare_methods.py)
 - benchmarks: reports/benchmarks.json (`make bench`)
 
@@ -15,29 +16,36 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from multitask.data.datasets import DATASETS
+from multitask.layout import Layout
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+LAYOUT = Layout(ROOT)
 
 
-def load(path: str) -> Any:
-    file = ROOT / path
+def load(file: Path) -> Any:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
 def results() -> str:
-    metrics, baselines, train = (load("reports/metrics.json"), load("reports/baselines.json"),
-                                 load("reports/train.json"))
+    metrics, baselines, train = (load(LAYOUT.metrics_json), load(LAYOUT.baselines_json),
+                                 load(LAYOUT.train_json))
     if not (metrics and baselines and train):
         return "_No full-data run recorded yet: run `make repro`._"
+    data = (yaml.safe_load(LAYOUT.params.read_text()) or {}).get("data", {})
+    title = DATASETS[data.get("dataset", "multifashion")].title
     tasks = list(metrics["tasks"])
     weighting = f"`{train.get('requested_weighting', train['weighting'])}` weighting"
-    tuned = load("reports/tuning/weights.json")
+    tuned = load(LAYOUT.tuned_weights)
     if train.get("requested_weighting") == "tuned" and tuned:
         weighting += " (" + ", ".join(f"{t} {w:.2f}" for t, w in tuned["weights"].items()) \
             + ", chosen by the tune stage)"
     lines = [
-        f"Full MultiFashion, {weighting}, {train['epochs']} epochs, "
-        f"{train['device']}; test split (20,000 composites):",
+        f"Full {title}, {weighting}, {train['epochs']} epochs, "
+        f"{train['device']}; test split ({data.get('test_size', 0):,} composites):",
         "",
         "| | " + " | ".join(f"task `{t}` accuracy" for t in tasks) + " | Δm% |",
         "|---|" + "---|" * (len(tasks) + 1),
@@ -56,7 +64,7 @@ def results() -> str:
 def comparison() -> str:
     """One table of methods per budget, and one of architectures per budget (with hard
     sharing's row for the same method as the reference), each ranked by Δm%."""
-    data = load("reports/method_comparison.json")
+    data = load(LAYOUT.method_comparison)
     if not data:
         return "_Not run yet: `python scripts/compare_methods.py --epochs N METHOD...`._"
     tables: dict[tuple[str, int], dict[str, Any]] = {}
@@ -120,7 +128,7 @@ def _value(row: dict[str, Any]) -> str:
 
 
 def benchmarks() -> str:
-    data = load("reports/benchmarks.json")
+    data = load(LAYOUT.benchmarks_json)
     if not data:
         return "_No benchmarks recorded yet: run `make bench`._"
     lines = ["| benchmark | measured | target | met |", "|---|---|---|---|"]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from multitask.data.idx import SPLIT_FILES
+from multitask.layout import Layout
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -73,21 +74,36 @@ def sample_composites(tmp_path_factory: pytest.TempPathFactory) -> Callable[...,
     built from the shipped sample (10% of ``train_size`` become the validation split), once per
     size and session."""
     from multitask.config import DataConfig, Source
-    from multitask.data.preprocess import build_dataset, write_dataset
+    from multitask.data.preprocess import preprocess_data
 
     built: dict[tuple[int, int], Path] = {}
 
     def make(train_size: int, test_size: int) -> Path:
         if (train_size, test_size) not in built:
-            root = tmp_path_factory.mktemp("composites")
-            (root / "raw").mkdir()
-            (root / "raw" / "fashion_mnist").symlink_to(SAMPLE)
+            layout = Layout(tmp_path_factory.mktemp("composites"))
+            layout.raw_dir.mkdir(parents=True)
+            layout.source_dir("fashion_mnist").symlink_to(SAMPLE)
             config = DataConfig(
-                raw_dir=str(root / "raw"), processed_dir=str(root / "processed"),
                 sources={"fashion_mnist": Source(mirrors=[str(SAMPLE)], files={"x": "0" * 64})},
                 train_size=train_size, test_size=test_size, seed=0)
-            write_dataset(root / "processed", *build_dataset(config))
-            built[(train_size, test_size)] = root / "processed"
+            preprocess_data(config, layout)
+            built[(train_size, test_size)] = layout.processed_dir
         return built[(train_size, test_size)]
 
     return make
+
+
+def link_processed(folder: Path, processed: Path) -> Layout:
+    """The layout of pipeline folder ``folder``, its processed data a link to ``processed``."""
+    layout = Layout(folder)
+    layout.processed_dir.parent.mkdir(parents=True, exist_ok=True)
+    if not layout.processed_dir.exists():
+        layout.processed_dir.symlink_to(processed)
+    return layout
+
+
+@pytest.fixture
+def pipeline_folder() -> Callable[[Path, Path], Layout]:
+    """``pipeline_folder(folder, processed) -> Layout``: a pipeline folder whose
+    ``data/processed`` is the (shared, read-only) ``processed`` folder."""
+    return link_processed

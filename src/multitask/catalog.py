@@ -8,22 +8,21 @@ without touching this module.
 
 from __future__ import annotations
 
-import argparse
 import json
 
+from multitask.layout import Layout
 from multitask.models import ARCHITECTURES
-from multitask.weighting import METHODS
+from multitask.weighting import METHODS, TUNED
 
-# `tuned` is no class in the registry: it names the fixed loss weights the tune stage chose,
-# which the train stage reads from reports/tuning/weights.json. Users look here for every value
-# train.weighting takes, so it is listed here (unless a registered method takes the name).
-TUNED = ("tuned", "fixed weights chosen by the tune stage (reports/tuning/weights.json)")
+# `tuned` is no class in the registry: it names the fixed loss weights the tune stage chose.
+# Users look here for every value train.weighting takes, so it is listed too.
+TUNED_DESCRIPTION = f"fixed weights chosen by the tune stage ({Layout().tuned_weights})"
 
 
 def weighting_methods() -> dict[str, str]:
     """Every name ``train.weighting`` accepts -> its description, registered ones sorted."""
     methods = {name: METHODS[name].description for name in sorted(METHODS)}
-    methods.setdefault(*TUNED)
+    methods.setdefault(TUNED, TUNED_DESCRIPTION)
     return methods
 
 
@@ -42,10 +41,10 @@ def render(sections: dict[str, dict[str, str]]) -> str:
     return "\n\n".join(blocks)
 
 
-def main(args: argparse.Namespace) -> int:
-    """Print the catalogue; with ``args.json``, ``{"weighting": [...], "architectures": [...]}``."""
+def show(as_json: bool = False) -> int:
+    """Print the catalogue; with ``as_json``, ``{"weighting": [...], "architectures": [...]}``."""
     methods, models = weighting_methods(), architectures()
-    if args.json:
+    if as_json:
         print(json.dumps({"weighting": list(methods), "architectures": list(models)}))
     else:
         print(render({

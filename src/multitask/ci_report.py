@@ -2,8 +2,8 @@
 
 CI runs the sample pipeline on the pull request and on the branch it merges into, then calls
 ``multitask ci-report --base DIR --head DIR --output FILE``. Each DIR is a pipeline folder
-(``sample/`` of a checkout) holding its ``params.yaml`` and the ``reports/`` its stages wrote:
-``metrics.json``, ``plots/history.csv`` and ``confusion/<task>.csv``.
+(``sample/`` of a checkout, read through :class:`multitask.layout.Layout`) holding its
+``params.yaml`` and the reports its stages wrote: metrics, history and confusion pairs.
 
 The markdown report (posted as the pull-request comment and the job summary) has one row per
 task and metric with base, head and delta, the aggregate rows (mean accuracy, Δm%), the params
@@ -13,14 +13,17 @@ report. matplotlib rather than ``dvc plots diff``: DVC renders HTML whose Vega c
 scripts from a CDN and has no offline image export, while this runs on a runner without network
 and its images must open without a browser running scripts.
 
-The gate: exit status 1 when any task's accuracy falls below the base's by more than
-``ci.regression_tolerance`` of the ``--params`` file (CI passes the base branch's, so a pull
+The gate (:func:`multitask.gate.task_regressions`, the promotion gate's rule): exit status 1
+when any task's accuracy falls below the base's by more than ``ci.regression_tolerance`` of the
+``--params`` file (CI passes the base branch's, so a pull
 request cannot loosen its own gate). Auxiliary tasks are reported but not gated.
+
+One module, not several: loading both sides, comparing them and writing the markdown are one
+report whose sections appear here in the order the comment shows them; the figure is apart.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from dataclasses import dataclass
@@ -29,17 +32,19 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from pydantic import ValidationError
 
-from multitask.config import CIConfig, ConfigError
+from multitask import keys
+from multitask.ci_plots import class_order, render_plots
+from multitask.config import CIConfig
+from multitask.errors import ConfigError, validate
+from multitask.gate import EPSILON, TaskChange
 from multitask.io import atomic_open, read_json
+from multitask.layout import Layout
 
 log = logging.getLogger(__name__)
 
 MARKER = "<!-- multitask-ci-report -->"
-GATED_METRIC = "accuracy"
-# Deltas this small are float noise: 0.81 - 0.79 must not count as more than 0.02.
-_EPSILON = 1e-9
+GATED_METRIC = keys.ACCURACY
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class PipelineResult:
     confusion: dict[str, pd.DataFrame]  # task -> reports/confusion/<task>.csv (actual, predicted)
 
     def tasks(self) -> dict[str, dict[str, Any]]:
-        return self.metrics["tasks"]
+        return self.metrics[keys.TASKS]
 
 
 @dataclass(frozen=True)
@@ -73,12 +78,8 @@ class MetricRow:
 
     def is_regression(self, tolerance: float) -> bool:
         """A gated metric that got worse by more than ``tolerance`` (or vanished from head)."""
-        if not self.gated or self.base is None:
-            return False
-        if self.head is None:
-            return True
-        worse_by = self.base - self.head if self.higher_is_better else self.head - self.base
-        return worse_by > tolerance + _EPSILON
+        return self.gated and TaskChange(self.task or "", self.base, self.head,
+                                         self.higher_is_better).regressed(tolerance)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -97,21 +98,22 @@ def flatten_params(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def load_result(folder: str | Path) -> PipelineResult:
     """Read a pipeline folder; metrics and params are required, plots are optional."""
     folder = Path(folder)
-    metrics_path = folder / "reports" / "metrics.json"
+    layout = Layout(folder)
+    metrics_path = layout.metrics_json
     metrics = read_json(metrics_path)
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("tasks"), dict):
-        raise ValueError(f"{metrics_path}: expected a 'tasks' mapping of per-task metrics; "
-                         "rerun the evaluate stage")
-    params_path = folder / "params.yaml"
+    if not isinstance(metrics, dict) or not isinstance(metrics.get(keys.TASKS), dict):
+        raise ValueError(f"{metrics_path}: expected a '{keys.TASKS}' mapping of per-task "
+                         "metrics; rerun the evaluate stage")
+    params_path = layout.params
     if not params_path.is_file():
         raise FileNotFoundError(f"{params_path}: not found; --base and --head take the folder "
                                 "a pipeline ran in (e.g. sample/), which holds its params.yaml")
     params = flatten_params(yaml.safe_load(params_path.read_text()) or {})
-    history_path = folder / "reports" / "plots" / "history.csv"
+    history_path = layout.history_csv
     history = pd.read_csv(history_path) if history_path.is_file() else None
     confusion = {
         path.stem: pd.read_csv(path, dtype=str, keep_default_na=False)  # labels, not numbers
-        for path in sorted((folder / "reports" / "confusion").glob("*.csv"))
+        for path in sorted(layout.confusion_dir.glob("*.csv"))
     }
     return PipelineResult(folder, metrics, params, history, confusion)
 
@@ -119,10 +121,6 @@ def load_result(folder: str | Path) -> PipelineResult:
 # --------------------------------------------------------------------------------- comparison
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _higher_is_better(metric: str) -> bool:
-    return "loss" not in metric
 
 
 def compare_metrics(base: PipelineResult, head: PipelineResult) -> list[MetricRow]:
@@ -136,12 +134,12 @@ def compare_metrics(base: PipelineResult, head: PipelineResult) -> list[MetricRo
             if _number(before.get(metric)) is None and _number(after.get(metric)) is None:
                 continue
             rows.append(MetricRow(task, metric, _number(before.get(metric)),
-                                  _number(after.get(metric)), _higher_is_better(metric),
+                                  _number(after.get(metric)), keys.higher_is_better(metric),
                                   gated=metric == GATED_METRIC and not auxiliary))
     for key in [*base.metrics, *(k for k in head.metrics if k not in base.metrics)]:
         before, after = _number(base.metrics.get(key)), _number(head.metrics.get(key))
         if before is not None or after is not None:
-            rows.append(MetricRow(None, key, before, after, _higher_is_better(key)))
+            rows.append(MetricRow(None, key, before, after, keys.higher_is_better(key)))
     return rows
 
 
@@ -185,7 +183,7 @@ def _param(value: Any) -> str:
 def _status(row: MetricRow, tolerance: float) -> str:
     if row.is_regression(tolerance):
         return f"❌ **regression** (> {tolerance:g})"
-    if row.delta is None or abs(row.delta) <= _EPSILON:
+    if row.delta is None or abs(row.delta) <= EPSILON:
         return "new" if row.base is None else ("removed" if row.head is None else "")
     better = (row.delta > 0) == row.higher_is_better
     return ("✅ better" if better else "worse, within tolerance") if row.gated else (
@@ -195,8 +193,8 @@ def _status(row: MetricRow, tolerance: float) -> str:
 def _metrics_table(rows: list[MetricRow], tolerance: float) -> list[str]:
     lines = ["| Task | Metric | Base | Head | Δ | |", "|---|---|---:|---:|---:|---|"]
     for row in rows:
-        name = {"delta_m_pct": "Δm%", "mean_accuracy": "mean accuracy"}.get(row.metric,
-                                                                             row.metric)
+        name = {keys.DELTA_M: "Δm%", keys.MEAN_ACCURACY: "mean accuracy"}.get(row.metric,
+                                                                              row.metric)
         digits = 2 if row.metric.endswith("_pct") else 4
         delta = "—" if row.delta is None else f"{row.delta:+.{digits}f}"
         task = f"`{row.task}`" if row.task else "**all tasks**"
@@ -207,9 +205,9 @@ def _metrics_table(rows: list[MetricRow], tolerance: float) -> list[str]:
 
 def _curve_tables(base: PipelineResult, head: PipelineResult, tasks: list[str]) -> list[str]:
     if base.history is None or head.history is None:
-        return ["_No learning curves: reports/plots/history.csv is missing on one side._"]
+        return [f"_No learning curves: {Layout().history_csv} is missing on one side._"]
     lines = ["<details><summary>Validation accuracy per epoch</summary>", ""]
-    columns = [f"val/{task}/{GATED_METRIC}" for task in tasks]
+    columns = [keys.task_metric(keys.VAL, task, GATED_METRIC) for task in tasks]
     header = " | ".join(f"{side} `{task}`" for task in tasks for side in ("base", "head"))
     lines += [f"| epoch | {header} |", "|---:|" + "---:|" * (2 * len(tasks))]
     epochs = sorted(set(base.history["epoch"]) | set(head.history["epoch"]))
@@ -221,18 +219,6 @@ def _curve_tables(base: PipelineResult, head: PipelineResult, tasks: list[str]) 
                 cells.append(_fmt(float(match.iloc[-1])) if len(match) else "—")
         lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
     return [*lines, "", "</details>"]
-
-
-def _class_order(confusion: pd.DataFrame) -> list[str]:
-    """Class labels in the order the evaluate stage wrote them (its class index order)."""
-    return list(dict.fromkeys([*confusion["actual"], *confusion["predicted"]]))
-
-
-def confusion_matrix(pairs: pd.DataFrame) -> pd.DataFrame:
-    """Row-normalised confusion (actual x predicted) of ``actual,predicted`` pairs."""
-    labels = _class_order(pairs)
-    matrix = pd.crosstab(pairs["actual"], pairs["predicted"], normalize="index")
-    return matrix.reindex(index=labels, columns=labels, fill_value=0.0)
 
 
 def _per_class_recall(confusion: pd.DataFrame) -> pd.Series:
@@ -250,8 +236,8 @@ def _confusion_tables(base: PipelineResult, head: PipelineResult, tasks: list[st
         after = _per_class_recall(head.confusion[task])
         lines += [f"<details><summary>Per-class accuracy (confusion diagonal), task `{task}`"
                   "</summary>", "", "| class | base | head | Δ |", "|---|---:|---:|---:|"]
-        labels = _class_order(base.confusion[task])
-        labels += [c for c in _class_order(head.confusion[task]) if c not in labels]
+        labels = class_order(base.confusion[task])
+        labels += [c for c in class_order(head.confusion[task]) if c not in labels]
         for label in labels:
             b, h = before.get(label), after.get(label)
             delta = "—" if b is None or h is None else f"{h - b:+.4f}"
@@ -303,56 +289,6 @@ def render_markdown(base: PipelineResult, head: PipelineResult, rows: list[Metri
     ])
 
 
-# -------------------------------------------------------------------------------------- plots
-def render_plots(base: PipelineResult, head: PipelineResult, path: Path) -> bool:
-    """Draw one row per task (losses, validation accuracy, base and head confusion) to ``path``.
-
-    Returns False (drawing nothing) when neither side has curves or confusion data.
-    """
-    # Imported here: matplotlib is slow to import and the report text does not need it.
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    tasks = [t for t in base.tasks() if t in head.tasks()]
-    if not tasks or all(side.history is None and not side.confusion for side in (base, head)):
-        return False
-    figure = Figure(figsize=(16, 3.6 * len(tasks)), layout="constrained")
-    axes = figure.subplots(len(tasks), 4, squeeze=False)
-    for row, task in enumerate(tasks):
-        loss_ax, acc_ax, *confusion_axes = axes[row]
-        for side, style in ((base, "--"), (head, "-")):
-            name = "base" if side is base else "head"
-            if side.history is None:
-                continue
-            for kind, color in (("train", "tab:blue"), ("val", "tab:orange")):
-                column = f"{kind}/{task}/loss"
-                if column in side.history:
-                    loss_ax.plot(side.history["epoch"], side.history[column], style, color=color,
-                                 label=f"{name} {kind}")
-            column = f"val/{task}/{GATED_METRIC}"
-            if column in side.history:
-                acc_ax.plot(side.history["epoch"], side.history[column], style,
-                            color="tab:green", label=name)
-        loss_ax.set(title=f"{task}: loss", xlabel="epoch")
-        acc_ax.set(title=f"{task}: validation accuracy", xlabel="epoch")
-        for ax in (loss_ax, acc_ax):
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            if ax.lines:
-                ax.legend(fontsize="small")
-        for ax, side, name in zip(confusion_axes, (base, head), ("base", "head"), strict=True):
-            ax.set(title=f"{task}: confusion, {name}", xlabel="predicted", ylabel="actual")
-            if task in side.confusion:
-                matrix = confusion_matrix(side.confusion[task])
-                labels = list(matrix.index)
-                ax.imshow(matrix.to_numpy(), vmin=0.0, vmax=1.0, cmap="Blues")
-                ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize="small")
-                ax.set_yticks(range(len(labels)), labels, fontsize="small")
-    figure.suptitle("Sample pipeline: base (dashed) vs head (solid)")
-    with atomic_open(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=80)
-    return True
-
-
 # ---------------------------------------------------------------------------------------- CLI
 def regression_tolerance(params_path: str | Path) -> float:
     """``ci.regression_tolerance`` of a params file, validated as :class:`CIConfig`.
@@ -366,20 +302,16 @@ def regression_tolerance(params_path: str | Path) -> float:
                           "tolerance with --params")
     raw = yaml.safe_load(path.read_text()) or {}
     section = raw.get("ci", {}) if isinstance(raw, dict) else {}
-    try:
-        return CIConfig.model_validate(section).regression_tolerance
-    except ValidationError as exc:
-        problems = "; ".join(f"ci.{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                             for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from None
+    return validate(CIConfig, section, path, "ci").regression_tolerance
 
 
-def main(args: argparse.Namespace) -> int:
+def ci_report(base_dir: str | Path, head_dir: str | Path, output: str | Path,
+              params_path: str | Path) -> int:
     """``multitask ci-report``: write the report and its PNG; 1 when the gate fails."""
-    tolerance = regression_tolerance(args.params)
-    base, head = load_result(args.base), load_result(args.head)
+    tolerance = regression_tolerance(params_path)
+    base, head = load_result(base_dir), load_result(head_dir)
     rows = compare_metrics(base, head)
-    output = Path(args.output)
+    output = Path(output)
     plot_path = output.with_suffix(".png")
     drawn = render_plots(base, head, plot_path)
     with atomic_open(output) as handle:

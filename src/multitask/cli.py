@@ -1,6 +1,9 @@
 """``multitask <stage>``: one subcommand per DVC stage, plus the registry and helper commands.
 
-Only argparse is imported here so that ``multitask --help`` answers at once; each subcommand
+The only module that knows argparse. Each subcommand loads the params file, takes the pipeline
+folder's :class:`~multitask.layout.Layout` (the folder holding that file) and calls a plain,
+typed library function: ``train(params, layout)``, ``tune(params, layout, workers=...)`` ...
+Only argparse is imported at start, so ``multitask --help`` answers at once; a subcommand
 imports its library module (torch, mlflow, great_expectations ...) when it runs.
 """
 
@@ -12,18 +15,41 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from multitask import __version__
+from multitask.layout import Layout
+
+if TYPE_CHECKING:
+    from multitask.config import Params
 
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: where its code lives and how its arguments look."""
+    """A subcommand: the library function it calls and how its arguments look."""
 
-    target: str  # "module:function"; the function takes the parsed argparse namespace
+    target: str  # "module:function", imported when the subcommand runs
     help: str
     description: str
     arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    # how the parsed arguments become the call: (function, args) -> exit code
+    call: Callable[[Callable[..., Any], argparse.Namespace], int] = (
+        lambda function, args: _stage(function, args))
+
+
+def _pipeline(args: argparse.Namespace) -> tuple[Params, Layout]:
+    """The params file and the layout of the folder it lives in."""
+    from multitask.config import load_params
+
+    params = load_params(args.params)
+    return params, Layout(Path(args.params).parent)
+
+
+def _stage(function: Callable[..., Any], args: argparse.Namespace, **options: Any) -> int:
+    """Call a stage function with the params and layout; it raises on failure."""
+    function(*_pipeline(args), **options)
+    return 0
 
 
 def _download_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,42 +92,45 @@ def _ci_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", required=True,
                         help="folder holding the base branch's reports/ (metrics.json, params)")
     parser.add_argument("--head", default=".", help="folder holding this branch's reports/")
-    parser.add_argument("--output", default="reports/ci_report.md",
+    parser.add_argument("--output", default=str(Layout().ci_report),
                         help="where to write the markdown report")
 
 
 COMMANDS: dict[str, Command] = {
     "download": Command(
-        "multitask.data.download:main",
+        "multitask.data.download:download",
         "fetch the raw data set from its mirrors and verify every file",
         "Fetch each file of the sources the data set needs from the first mirror that has it "
         "(a local folder or HTTP), verify the SHA-256 of its decompressed payload (or, for "
         "archive_sha256 entries, of the file as published) and move it into "
-        "data.raw_dir/<source>/. Verified files are not fetched again; a partial HTTP "
+        "data/raw/<source>/. Verified files are not fetched again; a partial HTTP "
         "download resumes.",
-        _download_arguments),
+        _download_arguments,
+        lambda function, args: _stage(function, args, sources=args.source or ())),
     "validate": Command(
-        "multitask.data.validation:main",
+        "multitask.data.validation:validate_raw",
         "check the raw data with Great Expectations; non-zero exit on any failure",
         "Run the expectation suite over a per-image table of the raw data and write "
-        "validate.report_dir/summary.json plus the Great Expectations data docs. Exits 1 "
+        "reports/validation/summary.json plus the Great Expectations data docs. Exits 1 "
         "naming each failed expectation, its column and the offending values."),
     "preprocess": Command(
-        "multitask.data.preprocess:main",
+        "multitask.data.preprocess:preprocess",
         "build the two-item composites (MultiFashion ...) and their splits",
         "Build train/val/test composites of two items (top-left and bottom-right) from the "
-        "raw data and write uint8 arrays plus meta.json under data.processed_dir."),
+        "raw data and write uint8 arrays plus meta.json under data/processed."),
     "baselines": Command(
         "multitask.training.stages:baselines",
         "train one single-task model per task (the reference for Δm%%)",
         "Train one single-task model per task with the same backbone and schedule as the "
         "multi-task model and write reports/baselines.json with each one's test metrics."),
     "tune": Command(
-        "multitask.tuning:main",
+        "multitask.tuning:tune",
         "tune the task-loss weights with Optuna",
         "Run (or resume) the Optuna study over task-loss weights on the validation split and "
         "write reports/tuning/ (chosen weights, Pareto front, study summary).",
-        _tune_arguments),
+        _tune_arguments,
+        lambda function, args: _stage(function, args, workers=args.workers,
+                                      n_trials=args.n_trials)),
     "train": Command(
         "multitask.training.stages:train",
         "train the multi-task network",
@@ -115,37 +144,50 @@ COMMANDS: dict[str, Command] = {
         "accuracy and loss, delta_m_pct against reports/baselines.json) and the confusion "
         "matrices, and complete the MLflow run."),
     "promote": Command(
-        "multitask.registry:main",
+        "multitask.promotion:promote",
         "register the evaluated model and move the champion alias through the task-aware gate",
         "Register the evaluated model as a new version; it becomes 'champion' only if no task "
         "is worse than the champion's by more than promote.tolerance and the aggregate "
         "improves, else 'challenger'. Exit 0: promoted (or already champion); 3: kept as "
         "challenger; 1: error. --dry-run exits the same way and changes nothing.",
-        _promote_arguments),
+        _promote_arguments,
+        lambda function, args: _promote(function, args)),
     "registry": Command(
-        "multitask.registry:status_main",
+        "multitask.promotion:status",
         "print champion and challenger side by side, per task",
         "Print the registered model's champion and challenger versions with their per-task "
-        "test metrics."),
+        "test metrics.",
+        call=lambda function, args: function(_pipeline(args)[0])),
     "predict": Command(
-        "multitask.predict:main",
+        "multitask.predict:predict",
         "predict every task's label for images with a registered model",
         "Load a model by URI (models:/<name>@champion ...) and print each task's predicted "
         "label for each image.",
-        _predict_arguments),
+        _predict_arguments,
+        lambda function, args: function(args.model, args.images, as_json=args.json)),
     "methods": Command(
-        "multitask.catalog:main",
+        "multitask.catalog:show",
         "list the weighting methods and architectures params.yaml accepts",
         "List every task-weighting method (train.weighting) and architecture "
         "(model.architecture) by name, with a one-line description.",
-        _methods_arguments),
+        _methods_arguments,
+        lambda function, args: function(as_json=args.json)),
     "ci-report": Command(
-        "multitask.ci_report:main",
+        "multitask.ci_report:ci_report",
         "compare two pipeline results per task and gate regressions (used by CI)",
         "Write a markdown report of per-task metric and param deltas between a base and a "
         "head result; exit 1 when a task's accuracy drops by more than ci.regression_tolerance.",
-        _ci_report_arguments),
+        _ci_report_arguments,
+        lambda function, args: function(args.base, args.head, args.output, args.params)),
 }
+
+
+def _promote(function: Callable[..., int], args: argparse.Namespace) -> int:
+    if args.status:
+        from multitask.promotion import status
+
+        return status(_pipeline(args)[0])
+    return function(*_pipeline(args), run_id=args.run_id, dry_run=args.dry_run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         child = sub.add_parser(name, help=command.help, description=command.description)
         child.add_argument("--params", default="params.yaml",
-                           help="parameters file (default: params.yaml in the current folder)")
+                           help="parameters file (default: params.yaml in the current folder); "
+                           "the pipeline's data, models and reports live beside it")
         child.add_argument("-v", "--verbose", action="store_true", help="debug logging")
         command.arguments(child)
     return parser
@@ -173,10 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    module_name, function_name = COMMANDS[args.command].target.split(":")
-    handler = getattr(importlib.import_module(module_name), function_name)
+    command = COMMANDS[args.command]
+    module_name, function_name = command.target.split(":")
     try:
-        return int(handler(args) or 0)
+        function = getattr(importlib.import_module(module_name), function_name)
+        return int(command.call(function, args) or 0)
     except KeyboardInterrupt:
         print("multitask: interrupted", file=sys.stderr)
         return 130

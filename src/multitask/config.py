@@ -1,8 +1,15 @@
 """``params.yaml`` parsed once into frozen, validated objects.
 
-Every stage calls :func:`load_params` and reads its own section. A misspelt key, a wrong type
-or an out-of-range value is an error at start-up that names the key and, for unknown keys, the
-nearest valid name -- never a silent default.
+:func:`load_params` reads the file; each stage gets the result and reads its own section. A
+misspelt key, a wrong type, an out-of-range value or an unknown name (data set, architecture,
+weighting method and its params, tuned methods) is an error at start-up that names the file, the
+key and, where it can, the nearest valid name -- never a silent default, and never after data
+has been loaded. The loaded :class:`Params` remembers its file (:attr:`Params.source`) so later
+errors name the real file, e.g. ``sample/params.yaml``.
+
+One module, not several: the schema reads as one document, a class per section in the order
+of ``params.yaml``, with the loader that checks it underneath; split, a reader would have to
+stitch the file back together.
 """
 
 from __future__ import annotations
@@ -12,13 +19,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from multitask.data.datasets import DATASETS
+from multitask.errors import ConfigError, validate
+
+__all__ = ["ConfigError", "Params", "flatten", "load_params", "parse_params"]
 
 DEFAULT_PARAMS = Path("params.yaml")
-
-
-class ConfigError(ValueError):
-    """A problem in ``params.yaml``; the message names the file and the key."""
+# Keys that earlier versions accepted and what to do instead (paths are fixed by the layout).
+_REMOVED = {
+    ("data", "raw_dir"): "raw files are always under data/raw (multitask.layout)",
+    ("data", "processed_dir"): "processed data is always under data/processed (multitask.layout)",
+    ("validate", "report_dir"): "the validation report is always under reports/validation",
+    ("train", "checkpoint_dir"): "checkpoints are always under models/checkpoints",
+}
 
 
 class _Section(BaseModel):
@@ -57,13 +72,8 @@ class Source(_Section):
         return self
 
 
-DatasetName = Literal["multifashion", "multimnist", "multifashion_mnist"]
-
-
 class DataConfig(_Section):
-    dataset: DatasetName = "multifashion"
-    raw_dir: str = "data/raw"
-    processed_dir: str = "data/processed"
+    dataset: str = "multifashion"  # a name of multitask.data.datasets.DATASETS
     sources: dict[str, Source]
     canvas_size: int = Field(36, ge=28, le=64)
     max_shift: int = Field(4, ge=0, le=8)
@@ -81,6 +91,15 @@ class DataConfig(_Section):
             )
         return self
 
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        if name not in DATASETS:
+            close = difflib.get_close_matches(name, list(DATASETS), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ValueError(f"unknown data set; {hint}(available: {', '.join(DATASETS)})")
+        return name
+
 
 class PixelStats(_Section):
     """Expected range of a split's pixel mean and standard deviation (0..255 scale)."""
@@ -97,7 +116,6 @@ class PixelStats(_Section):
 
 
 class ValidateConfig(_Section):
-    report_dir: str = "reports/validation"
     class_balance_tolerance: float = Field(0.25, gt=0.0, lt=1.0)
     # Per source: Fashion-MNIST's pixels average 72.9 (std 90.0), MNIST's 33.3 (std 78.6).
     pixel_stats: dict[str, PixelStats] = Field(default_factory=lambda: {
@@ -142,7 +160,6 @@ class TrainConfig(_Section):
     seed: int = 0
     data_fraction: float = Field(1.0, gt=0.0, le=1.0)
     diagnostics_every: int = Field(0, ge=0)
-    checkpoint_dir: str = "models/checkpoints"
 
 
 # --------------------------------------------------------------------------------------- tune
@@ -161,7 +178,7 @@ class TuneConfig(_Section):
     lr_range: tuple[float, float] = (1e-4, 1e-2)
     methods: list[str] | None = None
     seed: int = 0
-    storage: str = "reports/tuning/study.journal"
+    storage: str | None = None  # None: the journal file of the layout; or postgresql://...
     study_name: str = "task-weights"
     workers: int = Field(1, ge=1)
 
@@ -237,52 +254,76 @@ class Params(_Section):
     ci: CIConfig = CIConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    _source: Path = PrivateAttr(default=DEFAULT_PARAMS)
+
+    @property
+    def source(self) -> Path:
+        """The file these params were read from (for messages that name it)."""
+        return self._source
 
 
 # ------------------------------------------------------------------------------------ loading
-def _section_model(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the mapping at ``loc`` (for 'did you mean')."""
-    model: type[BaseModel] | None = Params
-    for part in loc[:-1]:
-        if model is None or not isinstance(part, str):
-            return None
-        field = next(
-            (f for n, f in model.model_fields.items() if part in (n, f.alias)),
-            None,
-        )
-        annotation = getattr(field, "annotation", None)
-        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-        model = annotation if is_section else None
-    return model
+def _removed_keys(raw: dict[str, Any], path: Path) -> list[str]:
+    return [f"{path}: {section}.{key}: no longer a param; {why}; remove the key"
+            for (section, key), why in _REMOVED.items()
+            if isinstance(raw.get(section), dict) and key in raw[section]]
 
 
-def _describe(error: dict[str, Any], path: Path) -> str:
-    loc = tuple(error["loc"])
-    dotted = ".".join(str(p) for p in loc)
-    if error["type"] == "extra_forbidden":
-        owner = _section_model(loc)
-        names = [f.alias or n for n, f in owner.model_fields.items()] if owner else []
-        close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.5)
-        hint = f"; did you mean '{close[0]}'?" if close else (
-            f"; valid keys: {', '.join(sorted(names))}" if names else "")
-        return f"{path}: {dotted}: unknown key{hint}"
-    given = error.get("input")
-    return f"{path}: {dotted}: {error['msg']} (got {given!r})"
+def _unknown_name(path: Path, key: str, kind: str, name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return (f"{path}: {key}: unknown {kind} '{name}'{hint} (available: "
+            f"{', '.join(sorted(known))}; see `multitask methods`)")
 
 
-def parse_params(raw: dict[str, Any], path: Path = DEFAULT_PARAMS) -> Params:
+def _registry_problems(params: Params, path: Path) -> list[str]:
+    """Names that only the registries know: architecture, weighting methods and their params.
+
+    The registries are imported here, not at module level: they import torch, which the
+    schema itself does not need.
+    """
+    from multitask.models import ARCHITECTURES
+    from multitask.weighting import METHODS, TUNED, MethodParamsError, parse_method_params
+
+    problems = []
+    if params.model.architecture not in ARCHITECTURES:
+        problems.append(_unknown_name(path, "model.architecture", "architecture",
+                                      params.model.architecture, list(ARCHITECTURES)))
+    if params.train.weighting not in METHODS and params.train.weighting != TUNED:
+        problems.append(_unknown_name(path, "train.weighting", "weighting method",
+                                      params.train.weighting, [*METHODS, TUNED]))
+    for name in params.tune.methods or []:
+        if name not in METHODS:
+            problems.append(_unknown_name(path, "tune.methods", "weighting method", name,
+                                          list(METHODS)))
+    for name, raw in params.train.method_params.items():
+        if name not in METHODS:
+            problems.append(_unknown_name(path, f"train.method_params.{name}",
+                                          "weighting method", name, list(METHODS)))
+            continue
+        try:
+            parse_method_params(name, raw, where=path)
+        except MethodParamsError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def parse_params(raw: dict[str, Any], path: str | Path = DEFAULT_PARAMS) -> Params:
     """Validate an already-loaded mapping; raise :class:`ConfigError` naming each bad key."""
+    path = Path(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as exc:
-        lines = [_describe(e, path) for e in exc.errors()]
-        raise ConfigError("\n".join(lines)) from None
+    if removed := _removed_keys(raw, path):
+        raise ConfigError("\n".join(removed))
+    params: Params = validate(Params, raw, path)
+    if problems := _registry_problems(params, path):
+        raise ConfigError("\n".join(problems))
+    params._source = path
+    return params
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
-    """Read and validate ``params.yaml``."""
+    """Read and validate a params file (``params.yaml``, ``sample/params.yaml`` ...)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: not found; run from the repository root or pass --params")

@@ -1,8 +1,9 @@
 """``multitask predict``: every task's label for a few images, through a logged or registered model.
 
-The logged model (see :meth:`multitask.tracking.StageRun.log_model`) is :class:`TaskLabels`: it
-takes float32 raw pixel values 0..255 shaped (N, C, H, W) and returns one column of predicted
-class indices per task. This module turns files into that batch and the columns into names.
+The logged model (see :func:`multitask.tracking.log_model`) is
+:class:`multitask.models.serving.TaskLabels`: it takes float32 raw pixel values 0..255 shaped
+(N, C, H, W) and returns one column of predicted class indices per task. This module turns
+files into that batch and the columns into names.
 
 Images: PNG/JPEG (converted to grayscale; any other size is scaled to fit the model's canvas,
 keeping the aspect ratio, and padded with black -- the data's background -- with a warning) and
@@ -11,46 +12,19 @@ keeping the aspect ratio, and padded with black -- the data's background -- with
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-
-
-class TaskLabels(nn.Module):
-    """Raw pixels -> one predicted class index per task: the module MLflow serves.
-
-    pyfunc (and ``mlflow models serve``) needs a single output tensor; the multi-task network
-    returns ``{task: logits}``, so this stacks each task's argmax into an int64 (N, tasks)
-    tensor, columns in ``task_names`` order. Normalisation is part of the module, so a served
-    model takes pixels as they are stored (0..255), never pre-normalised input.
-    """
-
-    def __init__(self, model: nn.Module, task_names: list[str], pixel_mean: float = 0.0,
-                 pixel_std: float = 1.0) -> None:
-        super().__init__()
-        if pixel_std <= 0:
-            raise ValueError(f"TaskLabels: pixel_std must be positive (got {pixel_std})")
-        self.model = model
-        self.task_names = list(task_names)
-        self.pixel_mean = float(pixel_mean)
-        self.pixel_std = float(pixel_std)
-
-    def forward(self, pixels: Tensor) -> Tensor:
-        inputs = (pixels.float() / 255.0 - self.pixel_mean) / self.pixel_std
-        logits = self.model(inputs)
-        return torch.stack([logits[name].argmax(dim=1) for name in self.task_names], dim=1)
 
 
 # ------------------------------------------------------------------------------ reading images
@@ -137,13 +111,13 @@ def label(class_names: dict[str, list[str]], task: str, index: int) -> str:
     return names[index] if 0 <= index < len(names) else str(index)
 
 
-def main(args: argparse.Namespace) -> int:
-    """``multitask predict --model URI IMAGE... [--json]``."""
+def predict(model_uri: str, images: Sequence[str | Path], as_json: bool = False) -> int:
+    """``multitask predict --model URI IMAGE... [--json]``: print each image's labels."""
     from multitask.tracking import load_model
 
-    model = load_model(args.model)
+    model = load_model(model_uri)
     tasks, class_names, shape = model_info(model)
-    batch, names = load_images([Path(p) for p in args.images], shape)
+    batch, names = load_images([Path(p) for p in images], shape)
     indices = predict_labels(model, batch)
     rows = [
         {"image": name,
@@ -151,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
          "classes": {t: int(indices.at[i, t]) for t in tasks}}
         for i, name in enumerate(names)
     ]
-    if args.json:
+    if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return 0
     width = max(len("image"), *(len(n) for n in names))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -24,14 +24,6 @@ class Task:
 
 
 ROTATION_TASK = Task(name="rotation", num_classes=4, auxiliary=True)
-
-
-def tasks_from_meta(meta: Mapping[str, Any], rotation: bool = False) -> list[Task]:
-    """The tasks of a processed data set (``meta.json``), plus the optional rotation task."""
-    tasks = [Task(name=t["name"], num_classes=int(t["classes"])) for t in meta["tasks"]]
-    if rotation:
-        tasks.append(ROTATION_TASK)
-    return tasks
 
 
 def main_tasks(tasks: Iterable[Task]) -> list[Task]:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from multitask import ci_report
+from multitask import ci_plots, ci_report
 from multitask.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,7 +167,7 @@ def test_missing_metrics_are_an_error_naming_the_file(
 def test_confusion_matrix_is_row_normalised_in_class_order(tmp_path: Path) -> None:
     result = ci_report.load_result(write_result(tmp_path / "run", {"left": 0.7}))
     pairs = result.confusion["left"]
-    matrix = ci_report.confusion_matrix(pairs)
+    matrix = ci_plots.confusion_matrix(pairs)
     assert list(matrix.index) == list(matrix.columns) == [str(i) for i in range(10)]
     assert matrix.sum(axis=1).round(9).eq(1.0).all()
     hits = (pairs["actual"] == pairs["predicted"]).groupby(pairs["actual"]).mean()

@@ -17,8 +17,10 @@ import pytest
 from multitask import cli
 from multitask.config import ConfigError, DataConfig, parse_params
 from multitask.data import sources
-from multitask.data.download import HttpPolicy, download
-from multitask.data.sources import DATASET_SOURCES, required_sources
+from multitask.data.datasets import DATASETS
+from multitask.data.download import HttpPolicy, fetch_sources
+from multitask.data.sources import required_sources
+from multitask.layout import Layout
 
 FAST = HttpPolicy(attempts=3, backoff_s=0.0, connect_timeout_s=2.0, read_timeout_s=5.0)
 IMAGES = "train-images-idx3-ubyte.gz"
@@ -99,9 +101,18 @@ def mirror(tmp_path: Path, idx_dataset: Callable[..., dict[str, str]]) -> tuple[
 
 
 def _data(tmp_path: Path, mirrors: list[str], files: dict[str, str], **source: Any) -> DataConfig:
-    raw = {"raw_dir": str(tmp_path / "raw"),
-           "sources": {"fashion_mnist": {"mirrors": mirrors, "files": files, **source}}}
+    raw = {"sources": {"fashion_mnist": {"mirrors": mirrors, "files": files, **source}}}
     return parse_params({"data": raw}).data
+
+
+
+def fetch(data: DataConfig, pipeline: Path) -> list[Path]:
+    """Fetch ``data``'s sources into the raw folder of pipeline folder ``pipeline``."""
+    return fetch_sources(data, Layout(pipeline), policy=FAST)
+
+
+def raw_source(pipeline: Path) -> Path:
+    return Layout(pipeline).source_dir("fashion_mnist")
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -112,11 +123,11 @@ def test_http_download_keeps_the_published_bytes(tmp_path: Path, server: FileSer
                                                  mirror: tuple[Path, dict]) -> None:
     folder, digests = mirror
     data = _data(tmp_path, [server.publish("fm", folder)], digests)
-    paths = download(data, policy=FAST)
+    paths = fetch(data, tmp_path)
     assert sorted(p.name for p in paths) == sorted(digests)
     for path in paths:
         assert path.read_bytes() == (folder / path.name).read_bytes()
-    assert _leftovers(tmp_path / "raw" / "fashion_mnist") == sorted(digests)  # no .part, no tmp
+    assert _leftovers(raw_source(tmp_path)) == sorted(digests)  # no .part, no tmp
     assert [rng for _, rng in server.requests] == [None] * 4
 
 
@@ -125,11 +136,11 @@ def test_a_cut_connection_resumes_with_a_range_request(tmp_path: Path, server: F
     folder, digests = mirror
     base = server.publish("fm", folder)
     server.faults[f"/fm/{IMAGES}"] = ["cut"]
-    download(_data(tmp_path, [base], digests), policy=FAST)
+    fetch(_data(tmp_path, [base], digests), tmp_path)
     size = len(server.files[f"/fm/{IMAGES}"])
     image_requests = [rng for path, rng in server.requests if path == f"/fm/{IMAGES}"]
     assert image_requests == [None, f"bytes={size // 2}-"]
-    dest = tmp_path / "raw" / "fashion_mnist" / IMAGES
+    dest = raw_source(tmp_path) / IMAGES
     assert hashlib.sha256(gzip.decompress(dest.read_bytes())).hexdigest() == digests[IMAGES]
 
 
@@ -139,10 +150,10 @@ def test_a_part_file_left_by_an_interrupted_run_is_resumed(
     folder, digests = mirror
     base = server.publish("fm", folder)
     body = server.files[f"/fm/{IMAGES}"]
-    part = tmp_path / "raw" / "fashion_mnist" / f"{IMAGES}.part"
+    part = raw_source(tmp_path) / f"{IMAGES}.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(body[: len(body) // 2] if leftover == "first half" else body + b"x")
-    download(_data(tmp_path, [base], {IMAGES: digests[IMAGES]}), policy=FAST)
+    fetch(_data(tmp_path, [base], {IMAGES: digests[IMAGES]}), tmp_path)
     ranges = [rng for _, rng in server.requests]
     if leftover == "first half":
         assert ranges == [f"bytes={len(body) // 2}-"]
@@ -157,10 +168,10 @@ def test_a_checksum_mismatch_leaves_no_file(tmp_path: Path, server: FileServer,
     folder, digests = mirror
     wrong = {**digests, IMAGES: "0" * 64}
     with pytest.raises(RuntimeError) as error:
-        download(_data(tmp_path, [server.publish("fm", folder)], wrong), policy=FAST)
+        fetch(_data(tmp_path, [server.publish("fm", folder)], wrong), tmp_path)
     message = str(error.value)
     assert f"payload sha256 mismatch (expected {'0' * 64}, got {digests[IMAGES]})" in message
-    assert _leftovers(tmp_path / "raw" / "fashion_mnist") == sorted(set(digests) - {IMAGES})
+    assert _leftovers(raw_source(tmp_path)) == sorted(set(digests) - {IMAGES})
 
 
 def test_a_corrupt_mirror_is_skipped_for_the_next(tmp_path: Path, server: FileServer,
@@ -169,7 +180,7 @@ def test_a_corrupt_mirror_is_skipped_for_the_next(tmp_path: Path, server: FileSe
     folder, digests = mirror
     idx_dataset(tmp_path / "other", n_train=60, n_test=20, seed=1)  # same names, other content
     data = _data(tmp_path, [server.publish("other", tmp_path / "other"), str(folder)], digests)
-    paths = download(data, policy=FAST)
+    paths = fetch(data, tmp_path)
     for path in paths:
         assert path.read_bytes() == (folder / path.name).read_bytes()
     assert len(server.requests) == 4  # every file tried on the corrupt mirror first
@@ -188,7 +199,7 @@ def test_every_mirror_down_names_each_mirror_and_why(tmp_path: Path, server: Fil
     labels = "train-labels-idx1-ubyte.gz"
     files = {IMAGES: digests[IMAGES], labels: digests[labels]}
     with pytest.raises(RuntimeError) as error:
-        download(_data(tmp_path, mirrors, files), policy=FAST)
+        fetch(_data(tmp_path, mirrors, files), tmp_path)
     first, second = str(error.value).split(f"fashion_mnist/{labels}: every mirror failed")
     assert f"fashion_mnist/{IMAGES}: every mirror failed" in first
     assert f"- {server.url}/missing/: HTTP 404" in first
@@ -201,7 +212,7 @@ def test_every_mirror_down_names_each_mirror_and_why(tmp_path: Path, server: Fil
     assert f"- {closed}: skipped, unreachable earlier in this run" in second
     assert sum(path.startswith("/flaky/") for path, _ in server.requests) == FAST.attempts
     assert "dataset-fashion-mnist" in second and "data.sources.fashion_mnist.mirrors" in second
-    assert not (tmp_path / "raw" / "fashion_mnist").exists()
+    assert not raw_source(tmp_path).exists()
 
 
 def test_a_relative_local_mirror_accepts_a_recompressed_copy(
@@ -214,7 +225,7 @@ def test_a_relative_local_mirror_accepts_a_recompressed_copy(
         (recompressed / name).write_bytes(gzip.compress(payload, compresslevel=1, mtime=1))
         assert (recompressed / name).read_bytes() != (folder / name).read_bytes()
     monkeypatch.chdir(tmp_path)
-    paths = download(_data(tmp_path, ["debian/"], digests), policy=FAST)
+    paths = fetch(_data(tmp_path, ["debian/"], digests), tmp_path)
     for path in paths:
         assert path.read_bytes() == (recompressed / path.name).read_bytes()
 
@@ -225,11 +236,11 @@ def test_an_archive_digest_checks_the_file_as_published(tmp_path: Path,
     published = (folder / IMAGES).read_bytes()
     digest = hashlib.sha256(published).hexdigest()
     data = _data(tmp_path, [str(folder)], {}, archive_sha256={IMAGES: digest})
-    assert [p.read_bytes() for p in download(data, policy=FAST)] == [published]
+    assert [p.read_bytes() for p in fetch(data, tmp_path)] == [published]
     (folder / IMAGES).write_bytes(gzip.compress(gzip.decompress(published), compresslevel=1))
-    (tmp_path / "raw" / "fashion_mnist" / IMAGES).unlink()
+    (raw_source(tmp_path) / IMAGES).unlink()
     with pytest.raises(RuntimeError, match=f"archive sha256 mismatch \\(expected {digest}"):
-        download(data, policy=FAST)
+        fetch(data, tmp_path)
 
 
 def _must_not_hash(path: Path, kind: str) -> str:
@@ -241,17 +252,17 @@ def test_verified_files_are_not_fetched_again_unless_changed(
         monkeypatch: pytest.MonkeyPatch) -> None:
     folder, digests = mirror
     data = _data(tmp_path, [server.publish("fm", folder)], digests)
-    download(data, policy=FAST)
+    fetch(data, tmp_path)
     server.requests.clear()
     with monkeypatch.context() as patch:  # the cache answers: no decompression, no request
         patch.setattr(sources, "file_sha256", _must_not_hash)
-        download(data, policy=FAST)
+        fetch(data, tmp_path)
     assert server.requests == []
-    dest = tmp_path / "raw" / "fashion_mnist" / IMAGES
+    dest = raw_source(tmp_path) / IMAGES
     corrupt = bytearray(dest.read_bytes())
     corrupt[len(corrupt) // 2] ^= 0xFF  # same size, one byte of the deflate stream changed
     dest.write_bytes(bytes(corrupt))
-    download(data, policy=FAST)
+    fetch(data, tmp_path)
     assert [path for path, _ in server.requests] == [f"/fm/{IMAGES}"]
     assert dest.read_bytes() == (folder / IMAGES).read_bytes()
 
@@ -261,17 +272,17 @@ def test_cli_download_and_its_errors(tmp_path: Path, mirror: tuple[Path, dict],
     folder, digests = mirror
     params = tmp_path / "params.yaml"
     files = "".join(f"        {name}: {digest}\n" for name, digest in digests.items())
-    params.write_text(f"data:\n  raw_dir: {tmp_path / 'raw'}\n  sources:\n    fashion_mnist:\n"
+    params.write_text("data:\n  sources:\n    fashion_mnist:\n"
                       f"      mirrors: [{folder}]\n      files:\n{files}")
     assert cli.main(["download", "--params", str(params)]) == 0
-    assert _leftovers(tmp_path / "raw" / "fashion_mnist") == sorted(digests)
+    assert _leftovers(raw_source(tmp_path)) == sorted(digests)
     assert cli.main(["download", "--params", str(params), "--source", "mnist"]) == 1
     assert f"{params}: data.sources.mnist: not defined" in capsys.readouterr().err
 
 
 def test_each_data_set_maps_to_its_sources(tmp_path: Path, mirror: tuple[Path, dict]) -> None:
     folder, digests = mirror
-    assert DATASET_SOURCES["multifashion_mnist"] == ("fashion_mnist", "mnist")
+    assert DATASETS["multifashion_mnist"].sources == ("fashion_mnist", "mnist")
     data = _data(tmp_path, [str(folder)], digests)
     assert list(required_sources(data)) == ["fashion_mnist"]
     mixed = data.model_copy(update={"dataset": "multifashion_mnist"})

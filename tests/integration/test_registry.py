@@ -17,7 +17,7 @@ import torch
 from multitask.cli import main as cli
 from multitask.config import load_params
 from multitask.models import build_model
-from multitask.registry import Scores, decide
+from multitask.promotion import Scores, decide
 from multitask.tasks import Task
 from multitask.tracking import stage_run
 

@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from multitask.config import ModelConfig, TrainConfig
+from multitask.data.processed import tasks as tasks_from_meta
 from multitask.models import build_model
-from multitask.tasks import tasks_from_meta
 from multitask.training.data import ProcessedData
 from multitask.training.trainer import Trainer, task_losses
 from multitask.weighting import build_weighting
@@ -112,9 +112,18 @@ def test_famo_updates_after_each_step_with_the_rotation_task(processed: Path) ->
 
 
 # ----------------------------------------------------------------- the stage, as DVC runs it
-def stage_dir(root: Path, processed: Path, **train: object) -> Path:
+@pytest.fixture
+def stage_dir(processed: Path, pipeline_folder: Callable[[Path, Path], object]
+              ) -> Callable[..., Path]:
+    """``stage_dir(root, **train) -> root``: a pipeline folder on the shared composites with a
+    params.yaml (5 epochs, equal weighting, no MLflow, ``train`` overrides)."""
+    return lambda root, **train: _stage_dir(root, processed, pipeline_folder, **train)
+
+
+def _stage_dir(root: Path, processed: Path, pipeline_folder: Callable[[Path, Path], object],
+               **train: object) -> Path:
     params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
-    params["data"]["processed_dir"] = str(processed)
+    pipeline_folder(root, processed)
     params["train"].update({"epochs": 5, "diagnostics_every": 0, "weighting": "equal", **train})
     params["tracking"]["enabled"] = False
     root.mkdir(parents=True, exist_ok=True)
@@ -128,11 +137,12 @@ def run_train(cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_sigkilled_training_resumes_to_the_same_result(processed: Path, tmp_path: Path) -> None:
-    straight = stage_dir(tmp_path / "straight", processed)
+def test_sigkilled_training_resumes_to_the_same_result(stage_dir: Callable[..., Path],
+                                                       tmp_path: Path) -> None:
+    straight = stage_dir(tmp_path / "straight")
     assert run_train(straight).returncode == 0
 
-    killed = stage_dir(tmp_path / "killed", processed)
+    killed = stage_dir(tmp_path / "killed")
     checkpoint = killed / "models" / "checkpoints" / "train.pt"
     proc = subprocess.Popen([sys.executable, "-m", "multitask", "train"], cwd=killed,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -162,16 +172,16 @@ def test_sigkilled_training_resumes_to_the_same_result(processed: Path, tmp_path
     ("train", "message"),
     [
         ({"weighting": "static", "method_params": {"static": {"weights": [1.0, -0.5]}}},
-         "train.method_params.static: weights: Value error, weights must be non-negative"),
+         "train.method_params.static.weights: Value error, weights must be non-negative"),
         ({"weighting": "static", "method_params": {"static": {"weights": [1.0, 1.0, 1.0]}}},
          "3 weights given for 2 tasks"),
-        ({"weighting": "pcgard"}, "train.weighting: unknown method 'pcgard'"),
+        ({"weighting": "pcgard"}, "train.weighting: unknown weighting method 'pcgard'"),
         ({"method_params": {"static": {"weigths": [1, 1]}}}, "train.method_params.static"),
     ],
 )
-def test_bad_params_fail_before_training(processed: Path, tmp_path: Path, train: dict,
-                                         message: str) -> None:
-    cwd = stage_dir(tmp_path, processed, **train)
+def test_bad_params_fail_before_training(stage_dir: Callable[..., Path], tmp_path: Path,
+                                         train: dict, message: str) -> None:
+    cwd = stage_dir(tmp_path, **train)
     result = run_train(cwd)
     assert result.returncode == 1
     assert message in result.stderr

@@ -3,7 +3,6 @@ workers on a journal file and on a real PostgreSQL, MLflow nested runs, search-s
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -27,9 +26,10 @@ import yaml
 
 from multitask import tuning
 from multitask.config import ConfigError, load_params
-from multitask.tasks import tasks_from_meta
+from multitask.data.processed import tasks as tasks_from_meta
+from multitask.layout import Layout
+from multitask.training import session
 from multitask.training.data import ProcessedData
-from multitask.training.stages import _weighting
 
 ROOT = Path(__file__).resolve().parents[2]
 JOURNAL = "reports/tuning/study.journal"
@@ -43,8 +43,11 @@ def processed(sample_composites: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The test's working directory (reports/ and the journal land here); no MLflow store."""
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processed: Path,
+            pipeline_folder: Callable[[Path, Path], Layout]) -> Path:
+    """The test's pipeline folder and working directory (its data/processed is the shared
+    composites; reports/ and the journal land here); the MLflow store is its own."""
+    pipeline_folder(tmp_path, processed)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return tmp_path
@@ -55,8 +58,7 @@ def write_params(folder: Path, processed: Path, tracking: dict[str, Any] | None 
     """A params.yaml for ``processed``: one-epoch trials, CPU, no MLflow unless asked."""
     sample = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
     raw = {
-        "data": {"dataset": "multifashion", "sources": sample["data"]["sources"],
-                 "processed_dir": str(processed)},
+        "data": {"dataset": "multifashion", "sources": sample["data"]["sources"]},
         "model": {"backbone": "lenet", "architecture": "hps"},
         "train": {"epochs": 1, "batch_size": 64, "optimizer": {"name": "adam", "lr": 0.003},
                   "device": "cpu", "seed": 0, "diagnostics_every": 0},
@@ -79,13 +81,13 @@ def tuned_method(params: Path, processed: Path) -> Any:
     loaded = load_params(params)
     loaded = loaded.model_copy(update={"train": loaded.train.model_copy(
         update={"weighting": "tuned"})})
-    return _weighting(loaded, tasks_from_meta(
-        ProcessedData(processed, torch.device("cpu"), ("val",)).meta))
+    return session.build_method(loaded, tasks_from_meta(
+        ProcessedData(processed, torch.device("cpu"), ("val",)).meta), Layout(params.parent))
 
 
-def run_tune(params: Path, **args: Any) -> int:
-    return tuning.main(argparse.Namespace(params=str(params), workers=args.get("workers"),
-                                          n_trials=args.get("n_trials")))
+def run_tune(params: Path, **args: Any) -> dict[str, Any]:
+    return tuning.tune(load_params(params), Layout(params.parent), workers=args.get("workers"),
+                       n_trials=args.get("n_trials"))
 
 
 def tune_process(folder: Path, params: Path, *args: str) -> subprocess.Popen[str]:
@@ -182,7 +184,7 @@ def test_invalid_search_space_fails_before_any_trial(processed: Path, workdir: P
 def test_a_short_study_yields_a_pareto_front_and_weights_train_uses(processed: Path,
                                                                     workdir: Path) -> None:
     params = write_params(workdir, processed, n_trials=5, weight_range=[0.1, 0.9])
-    assert run_tune(params) == 0
+    assert run_tune(params)["trial"] >= 0
     summary = json.loads((workdir / "reports/tuning/summary.json").read_text())
     assert summary["trials"] == {"COMPLETE": 5}
     rows = read_csv(workdir / "reports/tuning/pareto.csv")
@@ -207,7 +209,7 @@ def test_a_short_study_yields_a_pareto_front_and_weights_train_uses(processed: P
     # Another selection rule re-selects from the stored study without running a trial.
     reselect = write_params(workdir, processed, n_trials=5, weight_range=[0.1, 0.9],
                             selection="best_worst")
-    assert run_tune(reselect) == 0
+    assert run_tune(reselect)["trial"] >= 0
     again = json.loads((workdir / "reports/tuning/weights.json").read_text())
     assert again["trial"] == int(rows[max(front, key=lambda i: points[i].min())]["trial"])
     assert len(stored_trials(str(workdir / JOURNAL))) == 5
@@ -224,7 +226,7 @@ def test_the_method_and_learning_rate_can_be_searched_too(processed: Path,
                                                           workdir: Path) -> None:
     params = write_params(workdir, processed, n_trials=4, methods=["static", "equal",
                           "uncertainty"], tune_lr=True, lr_range=[0.0005, 0.02])
-    assert run_tune(params) == 0
+    assert run_tune(params)["trial"] >= 0
     trials = stored_trials(str(workdir / JOURNAL))
     assert len({t.user_attrs["choice"]["method"] for t in trials}) > 1  # seed 0 draws several
     for trial in trials:
@@ -243,9 +245,9 @@ def test_the_method_and_learning_rate_can_be_searched_too(processed: Path,
 def test_changed_search_space_starts_a_new_study_instead_of_mixing(processed: Path,
                                                                     workdir: Path) -> None:
     storage = tuning.StudyStorage(str(workdir / JOURNAL), "test").optuna
-    assert run_tune(write_params(workdir, processed, n_trials=2)) == 0
+    assert run_tune(write_params(workdir, processed, n_trials=2))["trial"] >= 0
     assert run_tune(write_params(workdir, processed, n_trials=2,
-                                 weight_range=[0.2, 0.8])) == 0
+                                 weight_range=[0.2, 0.8]))["trial"] >= 0
     names = optuna.get_all_study_names(storage)
     assert len(names) == 2 and all(n.startswith("task-weights-") for n in names)
     for name in names:  # each study holds its own two trials
@@ -272,7 +274,7 @@ def test_single_objective_delta_m_prunes_from_per_epoch_reports(
     monkeypatch.setattr(tuning.study, "make_pruner", lambda params, n_trials: PruneOddTrials())
     params = write_params(workdir, processed, mode="single", objective="delta_m", n_trials=4,
                           epochs=2, data_fraction=0.5)
-    assert run_tune(params) == 0
+    assert run_tune(params)["trial"] >= 0
     trials = stored_trials(str(workdir / JOURNAL))
     assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "COMPLETE", "PRUNED"]
     assert [t.user_attrs["epochs_run"] for t in trials] == [2, 1, 2, 1]
@@ -297,7 +299,7 @@ def test_mlflow_parent_run_holds_one_nested_run_per_trial(processed: Path,
 
     params = write_params(workdir, processed, n_trials=2, epochs=2,
                           tracking=tracking_on("tuning-tests"))
-    assert run_tune(params) == 0
+    assert run_tune(params)["trial"] >= 0
     client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tuning-tests").experiment_id
     runs = client.search_runs([experiment])
@@ -357,7 +359,7 @@ def test_a_study_killed_midway_continues_where_it_stopped(processed: Path,
     interrupted = {n for n, t in before.items() if t.state.name == "RUNNING"}
     assert 2 <= len(finished_before) < 5 and len(interrupted) == 1
 
-    assert run_tune(params) == 0
+    assert run_tune(params)["trial"] >= 0
     after = {t.number: t for t in stored_trials(storage)}
     assert sorted(after) == list(range(len(after)))  # numbering continues, no gaps
     for number in finished_before:  # kept as they were, not rerun

@@ -18,14 +18,10 @@ import yaml
 
 from multitask.cli import main as cli_main
 from multitask.config import PixelStats, ValidateConfig
-from multitask.data.idx import read_idx_pair
-from multitask.data.validation import (
-    SPLIT_FILES,
-    failure_messages,
-    image_table,
-    load_source,
-    validate,
-)
+from multitask.data.idx import SPLIT_FILES, read_idx_pair
+from multitask.data.tables import image_table, load_source
+from multitask.data.validation import failure_messages, validate
+from multitask.layout import Layout
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "sample" / "fashion-mnist"
@@ -58,7 +54,7 @@ def source_with(tmp_path: Path, idx_dataset: Callable, write_idx: Callable) -> C
     """
 
     def make(plant: Callable[[dict[str, tuple[np.ndarray, np.ndarray]]], None]) -> Path:
-        folder = tmp_path / "raw" / "fashion_mnist"
+        folder = Layout(tmp_path).source_dir("fashion_mnist")
         idx_dataset(folder, n_train=100, n_test=50)
         arrays = {split: tuple(a.copy() for a in read_idx_pair(*(folder / n for n in names)))
                   for split, names in SPLIT_FILES.items()}
@@ -155,28 +151,28 @@ def test_nan_pixel_is_caught_at_the_table_level() -> None:
 
 
 # ------------------------------------------------------------------------------- the stage
-def write_params(tmp_path: Path, raw_dir: Path, **validate_section: Any) -> Path:
-    """The sample pipeline's params with raw and report folders under ``tmp_path``."""
+def write_params(tmp_path: Path, **validate_section: Any) -> Path:
+    """The sample pipeline's params in pipeline folder ``tmp_path`` (raw data and reports
+    under it, as its layout says)."""
     params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
-    params["data"]["raw_dir"] = str(raw_dir)
-    params["validate"].update(report_dir=str(tmp_path / "reports"), **validate_section)
+    params["validate"].update(**validate_section)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
 
 
 def test_stage_passes_the_real_sample_and_writes_reports(tmp_path: Path) -> None:
-    raw_dir = tmp_path / "raw"
-    shutil.copytree(SAMPLE, raw_dir / "fashion_mnist")
-    params = write_params(tmp_path, raw_dir)
-    stale = tmp_path / "reports" / "data_docs" / "stale.html"
+    layout = Layout(tmp_path)
+    shutil.copytree(SAMPLE, layout.source_dir("fashion_mnist"))
+    params = write_params(tmp_path)
+    stale = layout.data_docs / "stale.html"
     stale.parent.mkdir(parents=True)
     stale.write_text("from an earlier run")
 
     assert cli_main(["validate", "--params", str(params)]) == 0
 
-    reports = tmp_path / "reports"
-    summary = json.loads((reports / "summary.json").read_text())
+    reports = layout.validation_dir
+    summary = json.loads(layout.validation_summary.read_text())
     assert summary["success"]
     splits = summary["sources"]["fashion_mnist"]["splits"]
     assert {s: splits[s]["rows"] for s in splits} == {"train": 4000, "test": 1000}
@@ -193,8 +189,8 @@ def test_stage_fails_naming_expectation_column_and_values(
     def plant(arrays: dict) -> None:
         arrays["test"][1][[4, 9]] = 250
 
-    folder = source_with(plant)
-    params = write_params(tmp_path, folder.parent, pixel_stats=RANDOM_PIXEL_STATS)
+    source_with(plant)
+    params = write_params(tmp_path, pixel_stats=RANDOM_PIXEL_STATS)
 
     assert cli_main(["validate", "--params", str(params)]) == 1
 
@@ -202,15 +198,16 @@ def test_stage_fails_naming_expectation_column_and_values(
     assert "fashion_mnist/test images: expect_column_values_to_be_between on column 'label'" \
         in error
     assert "2 of 50 rows unexpected, e.g. label=250 at index 4, label=250 at index 9" in error
-    summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
+    summary = json.loads(Layout(tmp_path).validation_summary.read_text())
     assert summary["success"] is False  # written even though the stage failed
 
 
 def test_interrupted_stage_keeps_the_previous_reports(
         tmp_path: Path, source_with: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
-    params = write_params(tmp_path, source_with(lambda arrays: None).parent,
-                          pixel_stats=RANDOM_PIXEL_STATS)
-    previous = tmp_path / "reports" / "data_docs" / "index.html"
+    source_with(lambda arrays: None)
+    params = write_params(tmp_path, pixel_stats=RANDOM_PIXEL_STATS)
+    layout = Layout(tmp_path)
+    previous = layout.data_docs / "index.html"
     previous.parent.mkdir(parents=True)
     previous.write_text("previous run")
 
@@ -221,4 +218,4 @@ def test_interrupted_stage_keeps_the_previous_reports(
     monkeypatch.setattr("multitask.data.validation.validate", crash)
     assert cli_main(["validate", "--params", str(params)]) == 1
     assert previous.read_text() == "previous run"
-    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["data_docs"]
+    assert sorted(p.name for p in layout.validation_dir.iterdir()) == ["data_docs"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from multitask.weighting import METHODS, LossWeighting
 
 
 def run(capsys: pytest.CaptureFixture[str], json_output: bool) -> str:
-    assert catalog.main(argparse.Namespace(json=json_output)) == 0
+    assert catalog.show(as_json=json_output) == 0
     return capsys.readouterr().out
 
 
@@ -36,7 +35,7 @@ def test_text_gives_one_line_per_name_with_its_description(
     lines = run(capsys, json_output=False).splitlines()
     expected = {
         **{name: cls.description for name, cls in METHODS.items()},
-        "tuned": catalog.TUNED[1],
+        "tuned": catalog.TUNED_DESCRIPTION,
         **{name: description for name, (_, description) in ARCHITECTURES.items()},
     }
     for name, description in expected.items():

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from multitask.config import DataConfig, Source
+from multitask.data import processed
 from multitask.data.composites import ITEM, build_composites, sample_pairs
-from multitask.data.preprocess import build_dataset, content_hash, split_sizes, write_dataset
+from multitask.data.preprocess import build_dataset, split_sizes
 from multitask.io import read_json
+from multitask.layout import Layout
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "sample" / "fashion-mnist"
@@ -59,32 +61,38 @@ def test_pairs_need_two_classes() -> None:
 
 
 @pytest.fixture
-def sample_config(tmp_path: Path) -> DataConfig:
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    (raw / "fashion_mnist").symlink_to(SAMPLE)
+def layout(tmp_path: Path) -> Layout:
+    layout = Layout(tmp_path)
+    layout.raw_dir.mkdir(parents=True)
+    layout.source_dir("fashion_mnist").symlink_to(SAMPLE)
+    return layout
+
+
+@pytest.fixture
+def sample_config() -> DataConfig:
     return DataConfig(
-        dataset="multifashion", raw_dir=str(raw), processed_dir=str(tmp_path / "processed"),
+        dataset="multifashion",
         sources={"fashion_mnist": Source(mirrors=[str(SAMPLE)], files={"x": "0" * 64})},
         train_size=1000, test_size=200, val_fraction=0.1, seed=0,
     )
 
 
-def test_same_seed_same_bytes_other_seed_differs(sample_config: DataConfig) -> None:
-    first, meta1 = build_dataset(sample_config)
-    second, meta2 = build_dataset(sample_config)
-    other, meta3 = build_dataset(sample_config.model_copy(update={"seed": 1}))
-    assert meta1["sha256"] == meta2["sha256"] == content_hash(second)
+def test_same_seed_same_bytes_other_seed_differs(sample_config: DataConfig,
+                                                 layout: Layout) -> None:
+    first, meta1 = build_dataset(sample_config, layout)
+    second, meta2 = build_dataset(sample_config, layout)
+    other, meta3 = build_dataset(sample_config.model_copy(update={"seed": 1}), layout)
+    assert meta1["sha256"] == meta2["sha256"] == processed.content_hash(second)
     for name in first:
         assert np.array_equal(first[name], second[name])
     assert meta3["sha256"] != meta1["sha256"]
     assert not np.array_equal(first["train_images"], other["train_images"])
 
 
-def test_validation_items_are_held_out_of_training(sample_config: DataConfig) -> None:
+def test_validation_items_are_held_out_of_training(layout: Layout) -> None:
     from multitask.data.preprocess import load_pool
 
-    folder = Path(sample_config.raw_dir) / "fashion_mnist"
+    folder = layout.source_dir("fashion_mnist")
     pool = load_pool(folder, 0.1, np.random.default_rng(0))
     train = {img.tobytes() for img in pool.images["train"]}
     val = {img.tobytes() for img in pool.images["val"]}
@@ -92,17 +100,17 @@ def test_validation_items_are_held_out_of_training(sample_config: DataConfig) ->
     assert not train & val
 
 
-def test_written_dataset_and_meta(sample_config: DataConfig) -> None:
-    arrays, meta = build_dataset(sample_config)
-    out = Path(sample_config.processed_dir)
-    write_dataset(out, arrays, meta)
-    write_dataset(out, arrays, meta)  # replacing an existing folder works too
+def test_written_dataset_and_meta(sample_config: DataConfig, layout: Layout) -> None:
+    arrays, meta = build_dataset(sample_config, layout)
+    out = layout.processed_dir
+    processed.write(out, arrays, meta)
+    processed.write(out, arrays, meta)  # replacing an existing folder works too
     saved = read_json(out / "meta.json")
     assert saved["splits"] == split_sizes(sample_config) == {"train": 900, "val": 100, "test": 200}
     assert [t["name"] for t in saved["tasks"]] == ["left", "right"]
     assert all(t["classes"] == 10 for t in saved["tasks"])
     assert saved["seed"] == 0
     loaded = {p.stem: np.load(p) for p in out.glob("*.npy")}
-    assert content_hash(loaded) == saved["sha256"]
+    assert processed.content_hash(loaded) == saved["sha256"]
     assert loaded["train_labels"].shape == (900, 2)
     assert not list(out.parent.glob(".processed.*")), "temporary folders left behind"

@@ -88,5 +88,51 @@ def test_params_are_frozen(raw: dict) -> None:
 def test_flatten_spells_keys_as_params_yaml(raw: dict) -> None:
     flat = flatten(parse_params(raw))
     assert flat["train.optimizer.lr"] == raw["train"]["optimizer"]["lr"]
-    assert flat["validate.report_dir"] == raw["validate"]["report_dir"]
-    assert "validate_.report_dir" not in flat
+    tolerance = raw["validate"]["class_balance_tolerance"]
+    assert flat["validate.class_balance_tolerance"] == tolerance
+    assert "validate_.class_balance_tolerance" not in flat
+
+
+def write(tmp_path: Path, raw: dict, name: str = "params.yaml") -> Path:
+    path = tmp_path / "sample" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(("section", "key", "value", "message"), [
+    ("model", "architecture", "mmeo",
+     r"model\.architecture: unknown architecture 'mmeo'; did you mean 'mmoe'\?"),
+    ("train", "weighting", "pcgard",
+     r"train\.weighting: unknown weighting method 'pcgard'; did you mean 'pcgrad'\?"),
+    ("train", "method_params", {"cagrad": {"cc": 0.5}},
+     r"train\.method_params\.cagrad\.cc: unknown key; did you mean 'c'\?"),
+    ("train", "method_params", {"cagard": {}},
+     r"train\.method_params\.cagard: unknown weighting method 'cagard'"),
+    ("tune", "methods", ["static", "nope"], r"tune\.methods: unknown weighting method 'nope'"),
+    ("data", "dataset", "multifashon", r"data\.dataset: .*did you mean 'multifashion'\?"),
+])
+def test_registry_names_fail_at_load_naming_the_real_file(
+        raw: dict, tmp_path: Path, section: str, key: str, value: object, message: str) -> None:
+    raw[section][key] = value
+    path = write(tmp_path, raw)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_params(path)
+    assert str(caught.value).startswith(f"{path}: "), "the message names the file it read"
+
+
+@pytest.mark.parametrize(("section", "key"), [("data", "processed_dir"), ("data", "raw_dir"),
+                                              ("validate", "report_dir"),
+                                              ("train", "checkpoint_dir")])
+def test_path_params_are_gone_with_a_reason(raw: dict, section: str, key: str) -> None:
+    raw[section][key] = "elsewhere"
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}: no longer a param; .* remove"):
+        parse_params(raw)
+
+
+def test_params_remember_their_file_through_copies(raw: dict, tmp_path: Path) -> None:
+    path = write(tmp_path, raw, "other.yaml")
+    params = load_params(path)
+    assert params.source == path
+    copied = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 2})})
+    assert copied.source == path and copied.train.epochs == 2

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from multitask.config import ModelConfig, TrainConfig
+from multitask.data.processed import tasks as tasks_from_meta
+from multitask.device import autocast, select_device
 from multitask.models import build_model
-from multitask.tasks import tasks_from_meta
 from multitask.training.data import ProcessedData
-from multitask.training.device import autocast, select_device
 from multitask.training.trainer import Trainer
 from multitask.weighting import build_weighting
 

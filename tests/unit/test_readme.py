@@ -11,6 +11,8 @@ from types import ModuleType
 
 import pytest
 
+from multitask.layout import Layout
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -66,7 +68,7 @@ def test_comparison_ranks_by_delta_m_with_baselines_failures_and_architectures(
             "worse": {"tasks": tasks, "mean_accuracy": 0.6, "delta_m_pct": -12.5},
             "broken": {"experiment": "cmp-broken-e3", "error": "no metrics"},
             "equal": {"tasks": tasks, "mean_accuracy": 0.6, "delta_m_pct": -1.0}}}}))
-    monkeypatch.setattr(renderer, "ROOT", tmp_path)
+    monkeypatch.setattr(renderer, "LAYOUT", Layout(tmp_path))
     methods, architectures = renderer.comparison().split("\n\n3 epochs")
     assert methods.startswith("3 epochs each, params.yaml's architecture")
     rows = [line for line in methods.splitlines() if line.startswith("| `") or "baselines" in line]

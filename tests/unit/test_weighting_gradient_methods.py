@@ -194,5 +194,5 @@ def test_mgda_iteration_cap_is_counted(caplog: pytest.LogCaptureFixture) -> None
     ("famo", {"w_lr": 0.1}, "w_lr"),
 ])
 def test_bad_method_params_name_the_key(name: str, params: dict[str, object], key: str) -> None:
-    with pytest.raises(ValueError, match=rf"train\.method_params\.{name}: {key}"):
+    with pytest.raises(ValueError, match=rf"train\.method_params\.{name}\.{key}"):
         build_weighting(name, 2, {name: params})

@@ -1,4 +1,4 @@
-"""multitask.training.gradients: per-task gradients, their write-back, diagnostics."""
+"""multitask.weighting.gradients: per-task gradients, their write-back, diagnostics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from multitask.training.gradients import (
+from multitask.weighting.gradients import (
     decoder_leaves,
     describe_gramian,
     gradient_diagnostics,

@@ -22,8 +22,8 @@ from multitask.config import ModelConfig
 from multitask.data.idx import read_idx
 from multitask.models import ARCHITECTURES, MultiTaskModel, build_model
 from multitask.tasks import Task
-from multitask.training.gradients import decoder_leaves
 from multitask.weighting import METHODS, StepContext, build_weighting
+from multitask.weighting.gradients import decoder_leaves
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "fashion-mnist"
 TASKS = [Task(name="left", num_classes=10), Task(name="right", num_classes=10)]

@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
+from multitask.data.datasets import CIFAR10_CLASSES
+
 BATCH_DIR = "cifar-10-batches-py"
 SPLIT_BATCHES: Mapping[str, tuple[str, ...]] = {
     "train": tuple(f"data_batch_{i}" for i in range(1, 6)),

@@ -10,7 +10,6 @@ only ever holds verified files. Files already there and verified are not fetched
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -25,18 +24,18 @@ import urllib3
 from tqdm import tqdm
 
 from multitask import __version__
-from multitask.config import DataConfig, load_params
+from multitask.config import DataConfig, Params
+from multitask.data.datasets import SOURCES
 from multitask.data.sources import (
-    SOURCE_HINTS,
     ExpectedFile,
     digest_mismatch,
     expected_files,
     is_known_verified,
     remember_verified,
     required_sources,
-    source_dir,
 )
 from multitask.io import atomic_path
+from multitask.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -210,9 +209,9 @@ def fetch_file(
     raise RuntimeError(f"{dest}: every mirror failed:\n" + "\n".join(failures))
 
 
-def download(
-    data: DataConfig, names: Sequence[str] = (), *, params_path: str | Path = "params.yaml",
-    policy: HttpPolicy = HttpPolicy(),
+def fetch_sources(
+    data: DataConfig, layout: Layout, names: Sequence[str] = (), *,
+    params_path: str | Path = "params.yaml", policy: HttpPolicy = HttpPolicy(),
 ) -> list[Path]:
     """Fetch and verify every file of the sources ``names`` (default: those the data set needs).
 
@@ -226,7 +225,7 @@ def download(
     with requests.Session() as session:
         session.headers["User-Agent"] = f"multitask/{__version__} python-requests"
         for name, source in required_sources(data, names, params_path).items():
-            folder = source_dir(data, name)
+            folder = layout.source_dir(name)
             for expected in expected_files(source):
                 dest = folder / expected.name
                 try:
@@ -238,7 +237,7 @@ def download(
             if name in failed and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()  # leave nothing behind, not even a folder
     if failed:
-        advice = [SOURCE_HINTS[name] for name in failed if name in SOURCE_HINTS]
+        advice = [SOURCES[name].hint for name in failed if name in SOURCES and SOURCES[name].hint]
         advice += ["check the network connection (and HTTPS_PROXY) for the HTTP mirrors",
                    "or add a mirror that has the files to "
                    + ", ".join(f"data.sources.{name}.mirrors" for name in failed)
@@ -246,12 +245,10 @@ def download(
         errors = [line for lines in failed.values() for line in lines]
         raise RuntimeError("\n".join([*errors, "To fix: " + "; ".join(advice) + "."]))
     log.info("%d files verified under %s (%d fetched) in %.2f s",
-             len(paths), data.raw_dir, fetched, time.perf_counter() - started)
+             len(paths), layout.raw_dir, fetched, time.perf_counter() - started)
     return paths
 
 
-def main(args: argparse.Namespace) -> int:
-    """``multitask download [--source NAME ...]``."""
-    params = load_params(args.params)
-    download(params.data, getattr(args, "source", None) or (), params_path=args.params)
-    return 0
+def download(params: Params, layout: Layout, sources: Sequence[str] = ()) -> list[Path]:
+    """``multitask download [--source NAME ...]``: the stage; returns the verified files."""
+    return fetch_sources(params.data, layout, sources, params_path=params.source)

@@ -10,7 +10,7 @@ Checking a payload means decompressing it (about 0.3 s for the 26 MB Fashion-MNI
 images), so every verified file is remembered in a small cache keyed on the file's path, size,
 inode and modification and change times. A no-op download then costs one ``stat`` per file,
 while any rewrite of a file changes its change time and makes it be verified again. The cache
-lives outside ``data.raw_dir`` (see :func:`cache_path`) so that the DVC output holds exactly
+lives outside the raw folder (see :func:`cache_path`) so that the DVC output holds exactly
 the original files and its hash does not depend on when they were written.
 """
 
@@ -21,35 +21,16 @@ import hashlib
 import logging
 import os
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Literal
 
 from multitask.config import ConfigError, DataConfig, Source
+from multitask.data.datasets import DATASETS
 from multitask.io import read_json, write_json
 
 log = logging.getLogger(__name__)
-
-# Each composite data set, declared once: (source of the top-left item, source of the
-# bottom-right item). Multi-(Fashion+MNIST) pairs a digit (left) with a garment (right).
-COMPOSITIONS: Mapping[str, tuple[str, str]] = MappingProxyType({
-    "multifashion": ("fashion_mnist", "fashion_mnist"),
-    "multimnist": ("mnist", "mnist"),
-    "multifashion_mnist": ("mnist", "fashion_mnist"),
-})
-
-# The raw sources each data set needs, as the download and validate stages fetch and check them.
-DATASET_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    name: tuple(sorted(set(pair))) for name, pair in COMPOSITIONS.items()
-})
-
-# What to do when no mirror of a source answers, beyond the generic advice.
-SOURCE_HINTS: Mapping[str, str] = MappingProxyType({
-    "fashion_mnist": "install Debian's dataset-fashion-mnist package (`make system-deps` as "
-    "root), which puts the four files in /usr/share/datasets/fashion-mnist/",
-})
 
 DigestKind = Literal["payload", "archive"]
 GZIP_MAGIC = b"\x1f\x8b"
@@ -81,7 +62,7 @@ def required_sources(
     data: DataConfig, names: Sequence[str] = (), params_path: str | Path = "params.yaml"
 ) -> dict[str, Source]:
     """The sources to fetch: ``names`` if given, else those ``data.dataset`` is built from."""
-    wanted = list(dict.fromkeys(names)) or list(DATASET_SOURCES[data.dataset])
+    wanted = list(dict.fromkeys(names)) or list(DATASETS[data.dataset].sources)
     for name in wanted:
         if name not in data.sources:
             why = "was asked for" if names else f"is needed by data.dataset={data.dataset}"
@@ -90,11 +71,6 @@ def required_sources(
                 f"with its mirrors and files (defined: {', '.join(sorted(data.sources))})"
             )
     return {name: data.sources[name] for name in wanted}
-
-
-def source_dir(data: DataConfig, name: str) -> Path:
-    """Where the files of source ``name`` are kept: ``<data.raw_dir>/<name>/``."""
-    return Path(data.raw_dir) / name
 
 
 # ---------------------------------------------------------------------------------- digests

@@ -1,10 +1,8 @@
 """The ``validate`` stage: check the raw images with Great Expectations before anything trusts them.
 
 Each source of the data set (``fashion_mnist``, ``mnist``) becomes, per split, three pandas tables
-built with vectorised numpy: ``images`` (one row per image: label, shape, dtype, pixel min / max /
-mean / std, NaN flag, SHA-256 of the pixel bytes), ``classes`` (count of each class against the
-balanced count) and ``statistics`` (pixel mean and std of the whole split). A Great Expectations
-suite runs on each table in an ephemeral context; ``validate.report_dir`` receives
+(:mod:`multitask.data.tables`): ``images``, ``classes`` and ``statistics``. A Great Expectations
+suite runs on each table in an ephemeral context; ``reports/validation/`` receives
 ``summary.json`` (what was checked, what was observed, a few offending values per failure) and
 the data docs (``data_docs/index.html``). Any failed expectation fails the stage, after the
 reports are written, so people can read why.
@@ -18,8 +16,6 @@ Great Expectations is imported only inside :func:`validate`, so ``multitask --he
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import logging
 import os
 import time
@@ -30,19 +26,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from multitask.config import ValidateConfig, load_params
-from multitask.data.idx import SPLIT_FILES, read_split
-from multitask.data.sources import DATASET_SOURCES, source_dir
+from multitask.config import Params, ValidateConfig
+from multitask.data.datasets import DATASETS, SOURCES
+from multitask.data.tables import CLASSES, load_source, split_tables, train_test_duplicates
 from multitask.io import atomic_dir, write_json
+from multitask.layout import Layout
 
 if TYPE_CHECKING:
     from great_expectations.expectations import Expectation
 
 log = logging.getLogger(__name__)
 
-# What every source of these data sets holds: 10 classes of 28x28 uint8 images.
-CLASSES = 10
-IMAGE_SHAPE = (28, 28)
+# What every IDX source of these data sets holds (multitask.data.datasets): 28x28 uint8 images.
+IMAGE_SHAPE = SOURCES["fashion_mnist"].item_shape
 IMAGE_DTYPE = "uint8"
 PIXEL_RANGE = (0, 255)
 TABLES = ("images", "classes", "statistics")
@@ -53,111 +49,6 @@ ROW_KEYS: dict[str, list[str]] = {
     "statistics": ["split"],
 }
 EXAMPLES = 5  # offending values kept per failed expectation
-DOCS_DIR = "data_docs"
-SUMMARY_FILE = "summary.json"
-
-
-# ------------------------------------------------------------------------------------- tables
-def image_table(images: np.ndarray, labels: np.ndarray, split: str) -> pd.DataFrame:
-    """One row per image: what the expectations check, computed in a few numpy passes.
-
-    Float images are accepted so that a NaN can be represented (IDX files hold only bytes); their
-    statistics skip NaN, and ``has_nan`` flags the image.
-    """
-    count = len(images)
-    flat = images.reshape(count, -1)
-    floating = np.issubdtype(flat.dtype, np.floating)
-    has_nan = np.isnan(flat).any(axis=1) if floating else np.zeros(count, dtype=bool)
-    stat = (np.nanmin, np.nanmax, np.nanmean, np.nanstd) if floating else (
-        np.min, np.max, np.mean, np.std)
-    with np.errstate(all="ignore"):  # an all-NaN image gives NaN statistics, flagged by has_nan
-        minimum, maximum, mean, std = (f(flat, axis=1) for f in stat)
-    return pd.DataFrame({
-        "split": split,
-        "index": np.arange(count),
-        "label": labels.astype(np.int64),
-        "height": images.shape[1],
-        "width": images.shape[2],
-        "dtype": str(images.dtype),
-        "pixel_min": minimum.astype(np.float64),
-        "pixel_max": maximum.astype(np.float64),
-        "pixel_mean": mean.astype(np.float64),
-        "pixel_std": std.astype(np.float64),
-        "has_nan": has_nan,
-        "content_hash": [hashlib.sha256(row.tobytes()).hexdigest() for row in flat],
-    })
-
-
-def mark_train_duplicates(train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
-    """``test`` plus ``duplicate_of_train``: the index of an identical training image, else null."""
-    first_index = train.drop_duplicates("content_hash").set_index("content_hash")["index"]
-    marked = test.copy()
-    marked["duplicate_of_train"] = test["content_hash"].map(first_index).astype("Int64")
-    return marked
-
-
-def class_table(images: pd.DataFrame, classes: int = CLASSES) -> pd.DataFrame:
-    """Each class's image count against the balanced count (split size / classes).
-
-    Labels outside ``[0, classes)`` are not counted here; the ``images`` suite reports them.
-    """
-    labels = images["label"].to_numpy()
-    counts = np.bincount(labels[(labels >= 0) & (labels < classes)], minlength=classes)
-    expected = len(images) / classes
-    return pd.DataFrame({
-        "split": images["split"].iloc[0] if len(images) else "",
-        "label": np.arange(classes),
-        "count": counts,
-        "expected_count": expected,
-        "relative_deviation": counts / expected - 1.0 if expected else np.nan,
-    })
-
-
-def statistics_table(images: pd.DataFrame) -> pd.DataFrame:
-    """Pixel mean and std of the whole split (one row), from the per-image mean and std.
-
-    Every image has the same pixel count, so the split's mean is the mean of the image means and
-    its variance the mean of (image variance + image mean²) minus the split mean².
-    """
-    mean = images["pixel_mean"].mean()
-    second_moment = (images["pixel_std"] ** 2 + images["pixel_mean"] ** 2).mean()
-    return pd.DataFrame({
-        "split": [images["split"].iloc[0] if len(images) else ""],
-        "images": [len(images)],
-        "pixel_mean": [mean],
-        "pixel_std": [float(np.sqrt(max(second_moment - mean**2, 0.0)))],
-    })
-
-
-def split_tables(images_by_split: Mapping[str, pd.DataFrame],
-                 classes: int = CLASSES) -> dict[str, dict[str, pd.DataFrame]]:
-    """``{split: {table: DataFrame}}`` for one source, test images marked against train."""
-    tables: dict[str, dict[str, pd.DataFrame]] = {}
-    for split, images in images_by_split.items():
-        if split == "test" and "train" in images_by_split:
-            images = mark_train_duplicates(images_by_split["train"], images)
-        tables[split] = {"images": images, "classes": class_table(images, classes),
-                         "statistics": statistics_table(images)}
-    return tables
-
-
-def train_test_duplicates(tables: Mapping[str, Mapping[str, pd.DataFrame]]) -> list[dict[str, int]]:
-    """Test images identical to a training image, as index pairs (what preprocess would drop)."""
-    test = tables.get("test", {}).get("images")
-    if test is None:
-        return []
-    leaked = test[test["duplicate_of_train"].notna()]
-    return [{"test_index": int(t), "train_index": int(r)}
-            for t, r in zip(leaked["index"], leaked["duplicate_of_train"], strict=True)]
-
-
-def load_source(folder: Path) -> dict[str, pd.DataFrame]:
-    """Read one source's IDX files into per-split image tables."""
-    tables: dict[str, pd.DataFrame] = {}
-    for split in SPLIT_FILES:
-        images, labels = read_split(folder, split)
-        tables[split] = image_table(images, labels, split)
-    return tables
 
 
 # ------------------------------------------------------------------------------- expectations
@@ -189,7 +80,7 @@ def expectations(table: str, split: str, config: ValidateConfig, source: str,
                                                   min_value=-tolerance, max_value=tolerance)]
     if table == "statistics":
         if source not in config.pixel_stats:
-            raise ValueError(f"params.yaml: validate.pixel_stats.{source}: missing; give the "
+            raise ValueError(f"validate.pixel_stats.{source}: missing; give the "
                              "expected range of this source's pixel mean and std")
         stats = config.pixel_stats[source]
         (mean_low, mean_high), (std_low, std_high) = stats.mean, stats.std
@@ -374,19 +265,21 @@ def _short(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------- the stage
-def main(args: argparse.Namespace) -> int:
-    """``multitask validate``: validate every source of ``data.dataset``, write the reports."""
-    params = load_params(args.params)
+def validate_raw(params: Params, layout: Layout) -> dict[str, Any]:
+    """``multitask validate``: validate every source of ``data.dataset``, write the reports.
+
+    Returns the summary; raises naming every failed expectation after writing the reports.
+    """
     config = params.validate_
     start = time.perf_counter()
-    sources = {s: load_source(source_dir(params.data, s))
-               for s in DATASET_SOURCES[params.data.dataset]}
-    report_dir = Path(config.report_dir)
-    with atomic_dir(report_dir / DOCS_DIR) as docs_dir:
+    sources = {s: load_source(layout.source_dir(s)) for s in DATASETS[params.data.dataset].sources}
+    with atomic_dir(layout.data_docs) as docs_dir:
         summary = validate(sources, config, docs_dir=docs_dir)
-    summary = {"dataset": params.data.dataset, "raw_dir": params.data.raw_dir,
-               "data_docs": f"{DOCS_DIR}/index.html", **summary}
-    write_json(report_dir / SUMMARY_FILE, summary)
+    report_dir = layout.validation_dir
+    summary = {"dataset": params.data.dataset, "raw_dir": str(layout.raw_dir),
+               "data_docs": f"{layout.data_docs.relative_to(report_dir).as_posix()}/index.html",
+               **summary}
+    write_json(layout.validation_summary, summary)
     for source, by_source in summary["sources"].items():
         for split, by_split in by_source["splits"].items():
             passed = sum(e["success"] for e in by_split["expectations"])
@@ -396,6 +289,6 @@ def main(args: argparse.Namespace) -> int:
     failures = failure_messages(summary)
     if failures:
         raise ValueError(
-            f"{len(failures)} expectation(s) failed; details in {report_dir / SUMMARY_FILE} and "
-            f"{report_dir / DOCS_DIR / 'index.html'}:\n  " + "\n  ".join(failures))
-    return 0
+            f"{len(failures)} expectation(s) failed; details in {layout.validation_summary} and "
+            f"{layout.data_docs / 'index.html'}:\n  " + "\n  ".join(failures))
+    return summary

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet18
 
 
 class LeNetEncoder(nn.Module):
@@ -61,6 +60,8 @@ class ResNet18Encoder(nn.Module):
 
     def __init__(self, in_channels: int = 1) -> None:
         super().__init__()
+        from torchvision.models import resnet18  # torchvision costs ~1 s to import
+
         net = resnet18(weights=None)
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
@@ -103,4 +104,4 @@ def build_backbone(name: str, in_channels: int, image_size: int) -> nn.Module:
         return LeNetEncoder(in_channels, image_size)
     if name == "resnet18":
         return ResNet18Encoder(in_channels)
-    raise ValueError(f"params.yaml: model.backbone: unknown backbone '{name}' (lenet, resnet18)")
+    raise ValueError(f"model.backbone: unknown backbone '{name}' (lenet, resnet18)")

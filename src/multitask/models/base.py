@@ -11,11 +11,14 @@ from __future__ import annotations
 import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from multitask.config import ModelConfig
 from multitask.tasks import Task
+
+if TYPE_CHECKING:
+    from multitask.config import ModelConfig
 
 
 class MultiTaskModel(nn.Module, ABC):
@@ -73,7 +76,7 @@ def make_head(in_features: int, hidden: list[int], num_classes: int) -> nn.Seque
     return nn.Sequential(*layers)
 
 
-Builder = Callable[[ModelConfig, list[Task], int, int], MultiTaskModel]
+Builder = Callable[["ModelConfig", list[Task], int, int], MultiTaskModel]
 ARCHITECTURES: dict[str, tuple[Builder, str]] = {}
 
 
@@ -96,7 +99,7 @@ def build_model(config: ModelConfig, tasks: list[Task], in_channels: int, image_
         close = difflib.get_close_matches(config.architecture, list(ARCHITECTURES), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ValueError(
-            f"params.yaml: model.architecture: unknown architecture '{config.architecture}'"
+            f"model.architecture: unknown architecture '{config.architecture}'"
             f"{hint} (available: {', '.join(sorted(ARCHITECTURES))})"
         )
     builder, _ = ARCHITECTURES[config.architecture]

@@ -16,14 +16,17 @@ columns for task ``t`` only.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from multitask.config import ModelConfig
 from multitask.models.backbones import build_backbone
 from multitask.models.base import MultiTaskModel, make_head, register_architecture
 from multitask.tasks import Task
+
+if TYPE_CHECKING:
+    from multitask.config import ModelConfig
 
 SELF_WEIGHT = 0.9  # the paper's initialisation: 0.9 for a column's own features
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
 
-from multitask.config import ModelConfig
 from multitask.models.backbones import build_backbone
 from multitask.models.base import MultiTaskModel, make_head, register_architecture
 from multitask.tasks import Task
+
+if TYPE_CHECKING:
+    from multitask.config import ModelConfig
 
 
 class HardParameterSharing(MultiTaskModel):

@@ -20,11 +20,11 @@ are task parameters.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from multitask.config import ModelConfig
 from multitask.models.backbones import LeNetEncoder, build_backbone, output_shape
 from multitask.models.base import (
     MultiTaskModel,
@@ -33,6 +33,9 @@ from multitask.models.base import (
     separate_nodes,
 )
 from multitask.tasks import Task
+
+if TYPE_CHECKING:
+    from multitask.config import ModelConfig
 
 
 def make_expert(backbone: str, in_channels: int, image_size: int, expert_dim: int) -> nn.Module:

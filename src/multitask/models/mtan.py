@@ -17,13 +17,12 @@ stages. Everything in ``decode`` (attention, carriers, readout, head) belongs to
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock
 
-from multitask.config import ModelConfig
 from multitask.models.backbones import build_backbone, output_shape
 from multitask.models.base import (
     MultiTaskModel,
@@ -32,6 +31,9 @@ from multitask.models.base import (
     separate_nodes,
 )
 from multitask.tasks import Task
+
+if TYPE_CHECKING:
+    from multitask.config import ModelConfig
 
 
 def attention_mask(in_channels: int, channels: int) -> nn.Sequential:
@@ -52,6 +54,8 @@ def split_stage(stage: nn.Module) -> tuple[nn.Module, nn.Module]:
     A residual stage splits before its last block; any other stage (a LeNet convolution) is
     one piece, and its last part is the identity (``u = p``).
     """
+    from torchvision.models.resnet import BasicBlock  # torchvision costs ~1 s to import
+
     if (isinstance(stage, nn.Sequential) and len(stage) > 1
             and all(isinstance(block, BasicBlock) for block in stage)):
         return stage[:-1], stage[-1]

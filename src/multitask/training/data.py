@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from multitask.io import read_json
+from multitask.data import processed
 
 
 @dataclass
@@ -32,22 +32,15 @@ class ProcessedData:
     """``meta.json`` plus the splits the caller asks for, moved to ``device``."""
 
     def __init__(self, folder: str | Path, device: torch.device,
-                 splits: tuple[str, ...] = ("train", "val", "test")) -> None:
+                 splits: tuple[str, ...] = processed.SPLITS) -> None:
         self.folder = Path(folder)
-        self.meta: dict[str, Any] = read_json(self.folder / "meta.json")
+        self.meta: dict[str, Any] = processed.read_meta(self.folder)
         self.device = device
         self.mean = float(self.meta["pixel_mean"])
         self.std = float(self.meta["pixel_std"])
         self.splits: dict[str, Split] = {}
         for split in splits:
-            images = np.load(self.folder / f"{split}_images.npy", allow_pickle=False)
-            labels = np.load(self.folder / f"{split}_labels.npy", allow_pickle=False)
-            expected = self.meta["splits"][split]
-            if len(images) != expected or len(labels) != expected:
-                raise ValueError(
-                    f"{self.folder}: {split} has {len(images)} images and {len(labels)} labels, "
-                    f"meta.json says {expected}; rerun multitask preprocess"
-                )
+            images, labels = processed.load_split(self.folder, split, self.meta)
             self.splits[split] = Split(
                 torch.from_numpy(images).to(device),
                 torch.from_numpy(labels.astype(np.int64)).to(device),
@@ -63,9 +56,10 @@ class ProcessedData:
 
     def label_column(self, task: str) -> int:
         """Column of ``task`` in the label arrays (the order of ``meta.json``'s tasks)."""
-        names = [t["name"] for t in self.meta["tasks"]]
+        names = processed.task_names(self.meta)
         if task not in names:
-            raise ValueError(f"{self.folder}/meta.json: no task '{task}' (tasks: {names})")
+            raise ValueError(
+                f"{self.folder / processed.META_FILE}: no task '{task}' (tasks: {names})")
         return names.index(task)
 
     def normalise(self, images: Tensor) -> Tensor:

@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from multitask import keys
+from multitask.device import autocast
 from multitask.models.base import MultiTaskModel
 from multitask.tasks import Task
 from multitask.training.data import ProcessedData
-from multitask.training.device import autocast
 
 
 @dataclass
@@ -47,8 +48,8 @@ def evaluate(model: MultiTaskModel, data: ProcessedData, split: str, tasks: Sequ
     count = len(data.splits[split])
     metrics = {
         name: {
-            "accuracy": float(confusion[name].diagonal().sum()) / count,
-            "loss": float(loss_sum[name]) / count,
+            keys.ACCURACY: float(confusion[name].diagonal().sum()) / count,
+            keys.LOSS: float(loss_sum[name]) / count,
         }
         for name in loss_sum
     }

@@ -16,19 +16,22 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from multitask import keys
 from multitask.io import atomic_path
 
 
 def learning_curves(history: Sequence[dict[str, float]], task_names: Sequence[str]) -> Figure:
     """Per-task training loss, validation loss and accuracy, and task weights, per epoch."""
-    epochs = [row["epoch"] for row in history]
-    panels = [("train/{}/loss", "training loss"), ("val/{}/loss", "validation loss"),
-              ("val/{}/accuracy", "validation accuracy"), ("weight/{}", "task weight")]
+    epochs = [row[keys.EPOCH] for row in history]
+    panels = [(lambda t: keys.task_metric(keys.TRAIN, t, keys.LOSS), "training loss"),
+              (lambda t: keys.task_metric(keys.VAL, t, keys.LOSS), "validation loss"),
+              (lambda t: keys.task_metric(keys.VAL, t, keys.ACCURACY), "validation accuracy"),
+              (keys.weight, "task weight")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2),
                              constrained_layout=True)
-    for ax, (pattern, title) in zip(axes, panels, strict=True):
+    for ax, (key_of, title) in zip(axes, panels, strict=True):
         for name in task_names:
-            key = pattern.format(name)
+            key = key_of(name)
             values = [row.get(key, np.nan) for row in history]
             if not np.all(np.isnan(values)):
                 ax.plot(epochs, values, marker="o", markersize=3, label=name)

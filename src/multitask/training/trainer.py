@@ -23,12 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from multitask import keys
 from multitask.config import OptimizerConfig, ScheduleConfig, TrainConfig
+from multitask.device import autocast
 from multitask.io import atomic_path
 from multitask.models.base import MultiTaskModel
 from multitask.tasks import Task
 from multitask.training.data import ProcessedData
-from multitask.training.device import autocast
 from multitask.training.metrics import evaluate
 from multitask.weighting import StepContext, WeightingMethod
 
@@ -221,7 +222,7 @@ class Trainer:
             turns = random_turns(len(x), self.generator, self.device) if rotation else None
             losses, features = task_losses(self.model, self.tasks, self.columns, x, y, turns)
             if self._diagnostics_due():
-                from multitask.training import gradients
+                from multitask.weighting import gradients  # only when diagnostics are due
 
                 for key, value in gradients.gradient_diagnostics(losses, shared, names).items():
                     diagnostics.setdefault(key, []).append(value)
@@ -242,9 +243,10 @@ class Trainer:
         bar.close()
         mean_losses = loss_sum / steps
         self.method.end_epoch(epoch, mean_losses.detach())
-        record = {f"train/{n}/loss": v for n, v in zip(names, mean_losses.tolist(), strict=True)}
-        record.update({f"weight/{n}": v for n, v in zip(names, (weight_sum / steps).tolist(),
-                                                         strict=True)})
+        record = {keys.task_metric(keys.TRAIN, n, keys.LOSS): v
+                  for n, v in zip(names, mean_losses.tolist(), strict=True)}
+        record.update({keys.weight(n): v
+                       for n, v in zip(names, (weight_sum / steps).tolist(), strict=True)})
         record.update({k: sum(v) / len(v) for k, v in diagnostics.items()})
         record.update(self.method.metrics())
         return record
@@ -253,21 +255,21 @@ class Trainer:
         """Train from ``start_epoch`` (see :meth:`try_resume`); return the per-epoch history."""
         for epoch in range(self.start_epoch, self.epochs):
             started = time.perf_counter()
-            record: dict[str, float] = {"epoch": epoch + 1,
-                                        "lr": self.optimizer.param_groups[0]["lr"]}
+            record: dict[str, float] = {keys.EPOCH: epoch + 1,
+                                        keys.LR: self.optimizer.param_groups[0]["lr"]}
             record.update(self.train_epoch(epoch))
             self.scheduler.step()
             train_seconds = time.perf_counter() - started
-            val = evaluate(self.model, self.data, "val", self.tasks)
-            for task, values in val.metrics.items():
-                record.update({f"val/{task}/{k}": v for k, v in values.items()})
-            record["time/epoch_s"] = time.perf_counter() - started
-            record["time/train_images_per_s"] = self.train_size / train_seconds
+            val = evaluate(self.model, self.data, keys.VAL, self.tasks)
+            record.update(keys.split_metrics(keys.VAL, val.metrics))
+            record[keys.EPOCH_SECONDS] = time.perf_counter() - started
+            record[keys.TRAIN_IMAGES_PER_S] = self.train_size / train_seconds
             self.history.append(record)
             self.start_epoch = epoch + 1
             self.save_checkpoint()
             log.info("epoch %d/%d %s", epoch + 1, self.epochs, "  ".join(
-                f"{k}={v:.4f}" for k, v in record.items() if k.startswith(("val/", "train/"))))
+                f"{k}={v:.4f}" for k, v in record.items()
+                if keys.parse_task_metric(k) is not None))
             if self.on_epoch is not None:
                 self.on_epoch(epoch + 1, record)
             if os.environ.get(FAIL_AFTER_EPOCH_ENV) == str(epoch + 1):

@@ -28,20 +28,13 @@ the parent. Nothing at all with ``tracking.enabled: false``.
 
 from __future__ import annotations
 
-import argparse
 import logging
+from typing import Any
 
-from multitask import tracking
-from multitask.config import load_params
-from multitask.tuning.reports import (
-    PARETO_CSV,
-    PARETO_PNG,
-    SUMMARY_JSON,
-    TUNED_WEIGHTS,
-    pareto_front,
-    select,
-    write_reports,
-)
+from multitask import keys, tracking
+from multitask.config import Params
+from multitask.layout import Layout
+from multitask.tuning.reports import pareto_front, select, write_reports
 from multitask.tuning.space import SearchSpace, simplex_weights
 from multitask.tuning.storage import StudyStorage, count_states, fail_stale_trials
 from multitask.tuning.study import make_pruner, make_sampler, open_study, setup
@@ -50,26 +43,30 @@ from multitask.tuning.trials import describe_choice, run_workers, validation_bas
 __all__ = [
     "SearchSpace",
     "StudyStorage",
-    "main",
     "make_pruner",
     "make_sampler",
     "pareto_front",
     "select",
     "simplex_weights",
+    "tune",
 ]
 
 log = logging.getLogger(__name__)
 
 
-def main(args: argparse.Namespace) -> int:
-    """``multitask tune``: run or resume the study to ``n_trials``, then write the reports."""
-    params = load_params(args.params)
-    n_trials = getattr(args, "n_trials", None) or params.tune.n_trials
-    workers = getattr(args, "workers", None) or params.tune.workers
+def tune(params: Params, layout: Layout, *, workers: int | None = None,
+         n_trials: int | None = None) -> dict[str, Any]:
+    """``multitask tune``: run or resume the study to ``n_trials``, then write the reports.
+
+    ``workers``/``n_trials`` default to ``tune.workers``/``tune.n_trials``. Returns the chosen
+    weights as written to ``reports/tuning/weights.json``.
+    """
+    n_trials = n_trials or params.tune.n_trials
+    workers = workers or params.tune.workers
     if n_trials < 1 or workers < 1:
         raise ValueError(f"--n-trials ({n_trials}) and --workers ({workers}) must be at least 1")
-    study_setup = setup(params, str(args.params))
-    storage = StudyStorage(params.tune.storage, str(args.params))
+    study_setup = setup(params, layout)
+    storage = StudyStorage.of(params, layout)
     study = open_study(study_setup, storage, n_trials)
     with storage.claim_lock(study.study_name):
         fail_stale_trials(study, params.tracking.enabled)
@@ -81,15 +78,18 @@ def main(args: argparse.Namespace) -> int:
         run.set_tags({"optuna.study": study.study_name, "optuna.storage": storage.describe()})
         if study_setup.single and params.tune.objective == "delta_m":
             baselines = validation_baselines(study_setup, study)
-            run.log_metrics({f"tune/baseline/{k}/val_accuracy": v for k, v in baselines.items()})
+            run.log_metrics({f"tune/baseline/{k}/val_accuracy": v
+                             for k, v in baselines.items()})
         run_workers(study_setup, storage, study, n_trials, workers, run.run_id)
         weights = write_reports(study_setup, storage, study, n_trials, workers)
         run.log_metrics({
-            **{f"tune/chosen/weight/{k}": v for k, v in (weights["weights"] or {}).items()},
-            **{f"tune/chosen/val/{k}/accuracy": v for k, v in weights["values"].items()},
+            **{f"tune/chosen/{keys.weight(k)}": v for k, v in (weights["weights"] or {}).items()},
+            **{f"tune/chosen/{keys.task_metric(keys.VAL, k, keys.ACCURACY)}": v
+               for k, v in weights["values"].items()},
             **{f"tune/trials/{k.lower()}": v for k, v in count_states(study).items() if v},
         })
-        for path in (TUNED_WEIGHTS, SUMMARY_JSON, PARETO_CSV, PARETO_PNG):
+        for path in (layout.tuned_weights, layout.tuning_summary, layout.pareto_csv,
+                     layout.pareto_png):
             run.log_artifact(path, "tuning")
     log.info("chosen: trial %d (%s): %s", weights["trial"], weights["selection"],
              describe_choice(weights, weights["values"]))
@@ -97,4 +97,4 @@ def main(args: argparse.Namespace) -> int:
         log.info("tuned learning rate %.3g is reported, not applied: train uses "
                  "train.optimizer.lr (set it with dvc exp run -S train.optimizer.lr=%.3g)",
                  weights["lr"], weights["lr"])
-    return 0
+    return weights

@@ -11,16 +11,11 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from multitask import keys
 from multitask.io import atomic_open, write_json
 from multitask.training.plots import save_figure
-from multitask.training.stages import TUNED_WEIGHTS
 from multitask.tuning.storage import StudyStorage, count_states
 from multitask.tuning.study import Setup
-
-REPORT_DIR = TUNED_WEIGHTS.parent
-SUMMARY_JSON = REPORT_DIR / "summary.json"
-PARETO_CSV = REPORT_DIR / "pareto.csv"
-PARETO_PNG = REPORT_DIR / "pareto.png"
 
 
 def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
@@ -82,8 +77,9 @@ def pareto_figure(points: np.ndarray, front: Sequence[int], chosen: int, names: 
 def _trial_row(trial: FrozenTrial, setup: Setup) -> dict[str, Any]:
     choice = trial.user_attrs["choice"]
     row: dict[str, Any] = {"trial": trial.number}
-    row.update({f"val/{k}/accuracy": v for k, v in trial.user_attrs["val_accuracy"].items()})
-    row.update({f"weight/{name}": (choice["weights"] or {}).get(name, "")
+    row.update({keys.task_metric(keys.VAL, k, keys.ACCURACY): v
+                for k, v in trial.user_attrs["val_accuracy"].items()})
+    row.update({keys.weight(name): (choice["weights"] or {}).get(name, "")
                 for name in setup.space.tasks})
     row.update({"method": choice["method"], "lr": choice["lr"] if choice["lr"] else ""})
     return row
@@ -133,18 +129,19 @@ def write_reports(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tr
     }
     rows = [{**_trial_row(t, setup), "on_front": int(i in front), "chosen": int(i == chosen)}
             for i, t in enumerate(complete)]
-    with atomic_open(PARETO_CSV, "w") as handle:
+    layout = setup.layout
+    with atomic_open(layout.pareto_csv, "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     save_figure(pareto_figure(points, front, chosen, names,
                               f"{setup.study_name}: {len(complete)} trials, {selection}"),
-                PARETO_PNG)
+                layout.pareto_png)
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     finished = complete + pruned
     epochs_run = sum(int(t.user_attrs.get("epochs_run", tune.epochs)) for t in finished)
     budget = len(finished) * tune.epochs
-    write_json(SUMMARY_JSON, {
+    write_json(layout.tuning_summary, {
         "study": setup.study_name,
         "storage": storage.describe(),
         "mode": tune.mode,
@@ -162,5 +159,5 @@ def write_reports(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tr
         "validation_baselines": study.user_attrs.get("validation_baselines"),
         "fingerprint": setup.fingerprint,
     })
-    write_json(TUNED_WEIGHTS, weights)
+    write_json(layout.tuned_weights, weights)
     return weights

@@ -19,12 +19,8 @@ from optuna.trial import Trial
 
 from multitask.config import Params, TrainConfig
 from multitask.tasks import Task, main_tasks
-from multitask.weighting import (
-    METHODS,
-    WeightingMethod,
-    build_weighting,
-    validate_method_params,
-)
+from multitask.training.session import weights_method
+from multitask.weighting import WeightingMethod, build_weighting
 
 
 @dataclass(frozen=True)
@@ -37,9 +33,9 @@ class Choice:
 
     def weighting_method(self, tasks: Sequence[Task], params: Params) -> WeightingMethod:
         if self.weights is None:
-            return build_weighting(self.method, len(tasks), params.train.method_params)
-        weights = [self.weights[t.name] for t in tasks]
-        return build_weighting("static", len(tasks), {"static": {"weights": weights}})
+            return build_weighting(self.method, len(tasks), params.train.method_params,
+                                   where=params.source)
+        return weights_method(self.weights, list(tasks), f"{params.source}: tune")
 
 
 def trial_config(params: Params, lr: float | None = None) -> TrainConfig:
@@ -80,16 +76,9 @@ class SearchSpace:
 
     @classmethod
     def from_params(cls, params: Params, tasks: Sequence[Task], source: str) -> SearchSpace:
-        """Check what pydantic cannot (method names, bounds against the task count)."""
+        """Check what needs the task count (method names were checked when params loaded)."""
         tune = params.tune
         methods = tuple(tune.methods or ["static"])
-        for name in methods:
-            if name not in METHODS:
-                raise ValueError(
-                    f"{source}: tune.methods: unknown weighting method '{name}' (available: "
-                    f"{', '.join(sorted(METHODS))}; static searches the weights)")
-        if set(methods) - {"static"}:
-            validate_method_params(params.train.method_params)
         count, (low, high) = len(tasks), tune.weight_range
         if "static" in methods and not low * count <= 1.0 <= high * count:
             raise ValueError(

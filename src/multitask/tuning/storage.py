@@ -25,6 +25,8 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from multitask import tracking
+from multitask.config import Params
+from multitask.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,11 @@ class StudyStorage:
             Path(location).parent.mkdir(parents=True, exist_ok=True)
             backend = optuna.storages.journal.JournalFileBackend(location)
             self.optuna = optuna.storages.JournalStorage(backend)
+
+    @classmethod
+    def of(cls, params: Params, layout: Layout) -> StudyStorage:
+        """``tune.storage``, or the layout's journal file when it names none."""
+        return cls(params.tune.storage or str(layout.study_journal), str(params.source))
 
     def describe(self) -> str:
         """The location with any password masked (for logs, summaries and MLflow)."""

@@ -14,9 +14,10 @@ import numpy as np
 import optuna
 
 from multitask.config import Params
-from multitask.tasks import Task, tasks_from_meta
+from multitask.layout import Layout
+from multitask.tasks import Task
+from multitask.training import session
 from multitask.training.data import ProcessedData
-from multitask.training.stages import _load
 from multitask.tuning.space import SearchSpace
 from multitask.tuning.storage import StudyStorage
 
@@ -26,12 +27,17 @@ class Setup:
     """Everything a worker derives from the params and the data, identically in every process."""
 
     params: Params
-    source: str  # the params file, for error messages and spawned workers
+    layout: Layout
     data: ProcessedData
     tasks: list[Task]
     space: SearchSpace
     study_name: str
     fingerprint: dict[str, Any]  # what the study name's hash covers, stored on the study
+
+    @property
+    def source(self) -> str:
+        """The params file, for error messages and spawned workers."""
+        return str(self.params.source)
 
     @property
     def single(self) -> bool:
@@ -42,11 +48,11 @@ class Setup:
         return [self.params.tune.objective] if self.single else list(self.space.objectives)
 
 
-def setup(params: Params, source: str) -> Setup:
+def setup(params: Params, layout: Layout) -> Setup:
     """Load the train and validation splits (never test) and derive the study's identity."""
-    data = _load(params, splits=("train", "val"))
-    tasks = tasks_from_meta(data.meta, rotation=params.model.rotation_task)
-    space = SearchSpace.from_params(params, tasks, source)
+    data = session.load_data(params, layout, splits=("train", "val"))
+    tasks = session.task_list(params, data)
+    space = SearchSpace.from_params(params, tasks, str(params.source))
     tune, train = params.tune, params.train
     fingerprint = json.loads(json.dumps({
         "search_space": asdict(space),
@@ -60,7 +66,7 @@ def setup(params: Params, source: str) -> Setup:
         "data_sha256": data.meta["sha256"],
     }))
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:10]
-    return Setup(params, source, data, tasks, space, f"{tune.study_name}-{digest}", fingerprint)
+    return Setup(params, layout, data, tasks, space, f"{tune.study_name}-{digest}", fingerprint)
 
 
 def make_sampler(params: Params, n_trials: int, stream: Sequence[int]

@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,12 +21,12 @@ import torch
 from optuna.trial import FrozenTrial, Trial, TrialState
 from tqdm.auto import tqdm
 
-from multitask import tracking
+from multitask import keys, tracking
 from multitask.config import load_params
+from multitask.layout import Layout
 from multitask.tasks import main_tasks
+from multitask.training import session, trainer
 from multitask.training.metrics import delta_m
-from multitask.training.stages import _model
-from multitask.training.trainer import Trainer
 from multitask.tuning.space import trial_config
 from multitask.tuning.storage import FINISHED, StudyStorage, claim_trial, count_states, heartbeat
 from multitask.tuning.study import Setup, open_study, setup
@@ -37,7 +38,8 @@ POLL_S = 2.0  # how often the parent of several workers refreshes its progress b
 
 
 def _accuracies(record: dict[str, float], names: Sequence[str]) -> dict[str, float]:
-    return {name: float(record[f"val/{name}/accuracy"]) for name in names}
+    return {name: float(record[keys.task_metric(keys.VAL, name, keys.ACCURACY)])
+            for name in names}
 
 
 @dataclass
@@ -72,7 +74,7 @@ class Objective:
         state = "FAIL"
         run_params = {"trial": trial.number, "method": choice.method,
                       "lr": choice.lr or params.train.optimizer.lr,
-                      **{f"weight/{k}": v for k, v in (choice.weights or {}).items()}}
+                      **{keys.weight(k): v for k, v in (choice.weights or {}).items()}}
         with tracking.nested_run(
                 self.parent_run_id, f"trial-{trial.number}", params=run_params,
                 tags={"optuna.study": setup.study_name, "optuna.trial": str(trial.number),
@@ -93,11 +95,11 @@ class Objective:
                     raise optuna.TrialPruned(f"pruned after epoch {epoch} ({value:.4f})")
 
             try:
-                Trainer(_model(params, setup.tasks, setup.data), setup.tasks,
-                        choice.weighting_method(setup.tasks, params), setup.data,
-                        trial_config(params, choice.lr), epochs=epochs,
-                        data_fraction=params.tune.data_fraction, on_epoch=on_epoch,
-                        progress=False).fit()
+                session.fit(params, setup.data, setup.tasks,
+                            choice.weighting_method(setup.tasks, params),
+                            train=trial_config(params, choice.lr), epochs=epochs,
+                            data_fraction=params.tune.data_fraction, on_epoch=on_epoch,
+                            progress=False)
                 state = "COMPLETE"
             except optuna.TrialPruned:
                 state = "PRUNED"
@@ -138,10 +140,10 @@ def validation_baselines(setup: Setup, study: optuna.Study) -> dict[str, float]:
     params, result = setup.params, {}
     for task in main_tasks(setup.tasks):
         log.info("Δm%% reference: single-task model for task '%s'", task.name)
-        history = Trainer(_model(params, [task], setup.data), [task], build_weighting("equal", 1),
-                          setup.data, trial_config(params), epochs=params.tune.epochs,
-                          data_fraction=params.tune.data_fraction, progress=False).fit()
-        result[task.name] = float(history[-1][f"val/{task.name}/accuracy"])
+        history = session.fit(params, setup.data, [task], build_weighting("equal", 1),
+                              train=trial_config(params), epochs=params.tune.epochs,
+                              data_fraction=params.tune.data_fraction, progress=False).history
+        result[task.name] = _accuracies(history[-1], [task.name])[task.name]
     study.set_user_attr("validation_baselines", result)
     return result
 
@@ -173,7 +175,7 @@ def run_worker(setup: Setup, storage: StudyStorage, n_trials: int, worker: int,
 @contextlib.contextmanager
 def _epoch_logs_at_debug() -> Iterator[None]:
     """Silence the trainer's per-epoch lines (one line per trial says enough) unless -v."""
-    trainer_log = logging.getLogger(Trainer.__module__)
+    trainer_log = logging.getLogger(trainer.__name__)
     level = trainer_log.level
     if not log.isEnabledFor(logging.DEBUG):
         trainer_log.setLevel(logging.WARNING)
@@ -201,6 +203,7 @@ class WorkerJob:
     """What a spawned worker process needs (picklable)."""
 
     params_path: str
+    root: str  # the pipeline folder (its Layout)
     study_name: str
     n_trials: int
     worker: int
@@ -221,11 +224,11 @@ def _worker_process(job: WorkerJob) -> None:
     signal.signal(signal.SIGTERM, terminate)
     torch.set_num_threads(job.threads)
     params = load_params(job.params_path)
-    worker_setup = setup(params, job.params_path)
+    worker_setup = setup(params, Layout(Path(job.root)))
     if worker_setup.study_name != job.study_name:
         raise RuntimeError(f"{job.params_path} changed while tuning (study "
                            f"{worker_setup.study_name}, expected {job.study_name}); rerun")
-    storage = StudyStorage(params.tune.storage, job.params_path)
+    storage = StudyStorage.of(params, worker_setup.layout)
     run_worker(worker_setup, storage, job.n_trials, job.worker, job.parent_run_id)
 
 
@@ -248,7 +251,8 @@ def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tria
         context = multiprocessing.get_context("spawn")  # no inherited torch/MLflow state
         processes = [context.Process(
             target=_worker_process, name=f"tune-worker-{index}",
-            args=(WorkerJob(setup.source, setup.study_name, n_trials, index, threads,
+            args=(WorkerJob(setup.source, str(setup.layout.root), setup.study_name, n_trials,
+                            index, threads,
                             parent_run_id, logging.getLogger().getEffectiveLevel()),))
             for index in range(count)]
         for process in processes:

@@ -1,4 +1,9 @@
-"""Task-weighting methods, selected by name (``train.weighting``); see ``multitask methods``."""
+"""Task-weighting methods, selected by name (``train.weighting``); see ``multitask methods``.
+
+A leaf package: it imports nothing of training, tracking or the stages. The trainer hands each
+method a :class:`StepContext`; gradient methods get per-task gradients from
+:mod:`multitask.weighting.gradients`, which lives here beside its only callers.
+"""
 
 from multitask.weighting import (  # noqa: F401  (importing registers the methods)
     loss_based,
@@ -8,24 +13,30 @@ from multitask.weighting import (  # noqa: F401  (importing registers the method
 )
 from multitask.weighting.base import (
     METHODS,
+    TUNED,
     LossWeighting,
     MethodParams,
+    MethodParamsError,
     StepContext,
     WeightingMethod,
     build_weighting,
+    parse_method_params,
     register,
-    validate_method_params,
+    unknown_method,
 )
 from multitask.weighting.solvers import SolverError
 
 __all__ = [
     "METHODS",
+    "TUNED",
     "LossWeighting",
     "MethodParams",
+    "MethodParamsError",
     "SolverError",
     "StepContext",
     "WeightingMethod",
     "build_weighting",
+    "parse_method_params",
     "register",
-    "validate_method_params",
+    "unknown_method",
 ]

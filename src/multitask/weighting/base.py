@@ -4,7 +4,8 @@ A method turns the per-task losses of one step into gradients: heads always rece
 ordinary gradients; the shared encoder receives the method's combined update. Loss-based
 methods only rescale the losses; gradient-based methods declare which per-task gradients they
 need (``gradients = "representation"`` or ``"parameters"``) and get them from
-:mod:`multitask.training.gradients`, computed once per step.
+:mod:`multitask.weighting.gradients`, computed once per step. The package imports nothing
+above it: the trainer calls the method, never the other way round.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
+
+from multitask.errors import ConfigError, describe
 
 
 class MethodParams(BaseModel):
@@ -109,38 +113,46 @@ def register(cls: type[WeightingMethod]) -> type[WeightingMethod]:
     return cls
 
 
-def _unknown(name: str) -> ValueError:
+# Not a class in the registry: ``train.weighting: tuned`` names the fixed loss weights the tune
+# stage chose (reports/tuning/weights.json), which the training session turns into a method.
+TUNED = "tuned"
+
+
+class MethodParamsError(ConfigError):
+    """A method name or its params are not valid; the message names the file and key."""
+
+
+def unknown_method(name: str, key: str = "train.weighting", where: str | Path = "params.yaml"
+                   ) -> MethodParamsError:
+    """The error for a method name the registry does not hold, with the nearest name."""
     close = difflib.get_close_matches(name, list(METHODS), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
-    return ValueError(
-        f"params.yaml: train.weighting: unknown method '{name}'{hint} "
-        f"(available: {', '.join(sorted(METHODS))}; see `multitask methods`)"
-    )
+    return MethodParamsError(
+        f"{where}: {key}: unknown weighting method '{name}'{hint} "
+        f"(available: {', '.join(sorted(METHODS))}; see `multitask methods`)")
 
 
-def validate_method_params(method_params: dict[str, dict[str, Any]]) -> None:
-    """Check every ``train.method_params`` entry names a method and validates, before training."""
-    for name, raw in method_params.items():
-        if name not in METHODS:
-            raise _unknown(name)
-        _parse_params(name, raw)
-
-
-def _parse_params(name: str, raw: dict[str, Any]) -> MethodParams:
+def parse_method_params(name: str, raw: dict[str, Any], where: str | Path = "params.yaml"
+                        ) -> MethodParams:
+    """``train.method_params.<name>`` validated against the method's own params class."""
+    if name not in METHODS:
+        raise unknown_method(name, f"train.method_params.{name}", where)
     try:
         return METHODS[name].Params.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or name}: {e['msg']}" for e in exc.errors()
-        )
-        raise ValueError(f"params.yaml: train.method_params.{name}: {problems}") from None
+        raise MethodParamsError(describe(exc, METHODS[name].Params, where,
+                                         f"train.method_params.{name}")) from None
 
 
 def build_weighting(
-    name: str, num_tasks: int, method_params: dict[str, dict[str, Any]] | None = None
+    name: str, num_tasks: int, method_params: dict[str, dict[str, Any]] | None = None,
+    where: str | Path = "params.yaml",
 ) -> WeightingMethod:
-    """Instantiate method ``name`` for ``num_tasks`` tasks with its validated params."""
+    """Instantiate method ``name`` for ``num_tasks`` tasks with its validated params.
+
+    ``where`` names the file the name and params come from, for error messages.
+    """
     if name not in METHODS:
-        raise _unknown(name)
-    params = _parse_params(name, (method_params or {}).get(name, {}))
-    return METHODS[name](num_tasks, params)
+        raise unknown_method(name, where=where)
+    params = parse_method_params(name, (method_params or {}).get(name, {}), where)
+    return METHODS[name](num_tasks, params)  # type: ignore[arg-type]

@@ -19,8 +19,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 from torch import Tensor
 
-from multitask.training.gradients import per_task_gradients
 from multitask.weighting.base import MethodParams, StepContext, WeightingMethod
+from multitask.weighting.gradients import per_task_gradients
 from multitask.weighting.solvers import SolverError
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from multitask.training.gradients import per_task_gradients
 from multitask.weighting.base import MethodParams, StepContext, WeightingMethod, register
+from multitask.weighting.gradients import per_task_gradients
 from multitask.weighting.gramian import GramianParams, GramianWeighting
 from multitask.weighting.solvers import cpu64
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from multitask.training.gradients import per_task_gradients
 from multitask.weighting.base import StepContext, WeightingMethod, register
+from multitask.weighting.gradients import per_task_gradients
 from multitask.weighting.gramian import GradientSource, GramianParams, GramianWeighting
 
 

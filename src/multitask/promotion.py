@@ -1,7 +1,8 @@
 """``multitask promote`` and ``multitask registry``: the task-aware gate over MLflow aliases.
 
-A multi-task model is not better because its average is: the gate protects every task. The
-candidate (the evaluated run of ``reports/train.json``, or ``--run-id``) is registered as a new
+A multi-task model is not better because its average is: the gate protects every task
+(:func:`multitask.gate.task_regressions`, the rule the CI gate applies too). The candidate
+(the evaluated run of ``reports/train.json``, or ``--run-id``) is registered as a new
 version of the registered model ``promote.model_name`` (default: the experiment, i.e. the data
 set) with its test metrics as version tags. It takes the ``champion`` alias only if
 
@@ -18,26 +19,23 @@ nothing.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-from multitask import tracking
-from multitask.config import Params, load_params
+from multitask import keys, tracking
+from multitask.config import Params
+from multitask.gate import TaskChange
 from multitask.io import read_json
+from multitask.layout import Layout
 
 log = logging.getLogger(__name__)
 
-TRAIN_JSON = Path("reports/train.json")
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 EXIT_PROMOTED = 0
 EXIT_CHALLENGER = 3
-AGGREGATE_KEYS = {"delta_m": "test/delta_m_pct", "mean_accuracy": "test/mean_accuracy"}
-_TASK_METRIC = re.compile(r"test/(?P<task>[^/]+)/accuracy")
+GATED_METRIC = keys.ACCURACY
 
 
 @dataclass(frozen=True)
@@ -56,12 +54,12 @@ class Decision:
 
 def scores_from(metrics: dict[str, float], aggregate: str, where: str) -> Scores:
     """Per-task accuracies and the aggregate from test metrics (run metrics or version tags)."""
-    tasks = {m["task"]: float(value) for key, value in metrics.items()
-             if (m := _TASK_METRIC.fullmatch(key))}
-    key = AGGREGATE_KEYS[aggregate]
+    tasks = keys.task_values(metrics, keys.TEST, GATED_METRIC)
+    key = keys.AGGREGATES[aggregate]
     if not tasks or key not in metrics:
+        pattern = keys.task_metric(keys.TEST, "<task>", GATED_METRIC)
         raise ValueError(
-            f"{where}: no test metrics (test/<task>/accuracy and {key}); run "
+            f"{where}: no test metrics ({pattern} and {key}); run "
             "`multitask evaluate` on it first"
         )
     return Scores(tasks=tasks, aggregate=float(metrics[key]))
@@ -75,17 +73,16 @@ def decide(candidate: Scores, champion: Scores | None, tolerance: float, aggrega
     reasons: list[str] = []
     passed = True
     for task, best in sorted(champion.tasks.items()):
-        if task not in candidate.tasks:
-            passed = False
+        change = TaskChange(task, best, candidate.tasks.get(task))
+        worse = change.regressed(tolerance)
+        passed &= not worse
+        if change.delta is None:
             reasons.append(f"{task}: missing from the candidate's test metrics")
             continue
-        change = candidate.tasks[task] - best
-        worse = -change > tolerance
-        passed &= not worse
-        verdict = (f"worse by {-change:.4f} > tolerance {tolerance:.4f}" if worse
-                   else "within tolerance" if change < 0 else "not worse")
-        reasons.append(f"{task}: accuracy {candidate.tasks[task]:.4f} vs champion {best:.4f} "
-                       f"({change:+.4f}): {verdict}")
+        verdict = (f"worse by {-change.delta:.4f} > tolerance {tolerance:.4f}" if worse
+                   else "within tolerance" if change.delta < 0 else "not worse")
+        reasons.append(f"{task}: accuracy {change.head:.4f} vs champion {best:.4f} "
+                       f"({change.delta:+.4f}): {verdict}")
     improved = candidate.aggregate > champion.aggregate
     passed &= improved
     reasons.append(f"{aggregate}: {candidate.aggregate:.4f} vs champion {champion.aggregate:.4f}"
@@ -101,30 +98,28 @@ def model_name(params: Params) -> str:
 
 def _version_metrics(version: tracking.ModelVersion) -> dict[str, float]:
     """Test metrics recorded on a version's tags (falling back to its run's metrics)."""
-    metrics = {k: float(v) for k, v in version.tags.items() if k.startswith("test/")}
+    metrics = {k: float(v) for k, v in version.tags.items() if k.startswith(f"{keys.TEST}/")}
     if not metrics and version.run_id:
         metrics = dict(tracking.get_run(version.run_id).data.metrics)
     return metrics
 
 
-def _candidate_run_id(args: argparse.Namespace) -> str:
-    if args.run_id:
-        return str(args.run_id)
-    run_id = read_json(TRAIN_JSON).get("run_id")
-    if not run_id:
-        raise ValueError(f"{TRAIN_JSON}: no run_id (trained with tracking.enabled false?); "
-                         "enable tracking and rerun `multitask train`, or pass --run-id")
-    return str(run_id)
+def _candidate_run_id(layout: Layout, run_id: str | None) -> str:
+    if run_id:
+        return str(run_id)
+    recorded = read_json(layout.train_json).get("run_id")
+    if not recorded:
+        raise ValueError(f"{layout.train_json}: no run_id (trained with tracking.enabled "
+                         "false?); enable tracking and rerun `multitask train`, or pass --run-id")
+    return str(recorded)
 
 
-def main(args: argparse.Namespace) -> int:
-    """``multitask promote [--dry-run] [--status] [--run-id ID]``."""
-    params = load_params(args.params)
-    if args.status:
-        return status_main(args)
+def promote(params: Params, layout: Layout, *, run_id: str | None = None,
+            dry_run: bool = False) -> int:
+    """``multitask promote [--dry-run] [--run-id ID]``: the exit code says the outcome."""
     name = model_name(params)
     aggregate = params.promote.aggregate
-    run_id = _candidate_run_id(args)
+    run_id = _candidate_run_id(layout, run_id)
     run = tracking.get_run(run_id)
     if run.info.status != "FINISHED":
         raise ValueError(f"run {run_id} is {run.info.status}; only a finished, evaluated run "
@@ -148,13 +143,13 @@ def main(args: argparse.Namespace) -> int:
     against = f" against champion v{champion_version.version}" if champion_version else ""
     lines = [f"candidate: run {run_id}{against} ({name})", *(f"  {r}" for r in decision.reasons)]
 
-    if args.dry_run:
+    if dry_run:
         lines.append(f"dry run: would become {outcome}; nothing registered, no alias moved")
         _write("\n".join(lines) + "\n")
         return EXIT_PROMOTED if decision.promote else EXIT_CHALLENGER
 
     existing = tracking.versions_of_run(name, run_id)
-    tags = {key: str(value) for key, value in metrics.items() if key.startswith("test/")}
+    tags = {key: str(value) for key, value in metrics.items() if key.startswith(f"{keys.TEST}/")}
     tags.update({"gate.decision": outcome, "gate.reason": "; ".join(decision.reasons)[:5000]})
     if existing:  # promoting the same run again reuses its version
         version = existing[-1]
@@ -171,9 +166,8 @@ def main(args: argparse.Namespace) -> int:
     return EXIT_PROMOTED if decision.promote else EXIT_CHALLENGER
 
 
-def status_main(args: argparse.Namespace) -> int:
+def status(params: Params) -> int:
     """``multitask registry``: champion and challenger side by side, per task."""
-    params = load_params(args.params)
     name = model_name(params)
     aggregate = params.promote.aggregate
     versions = {alias: tracking.version_by_alias(name, alias) for alias in (CHAMPION, CHALLENGER)}
@@ -181,10 +175,12 @@ def status_main(args: argparse.Namespace) -> int:
         raise ValueError(f"registered model '{name}' has no champion or challenger in "
                          f"{tracking.tracking_uri()}; run `multitask promote` first")
     columns = {alias: _version_metrics(v) if v else {} for alias, v in versions.items()}
-    tasks = sorted({m["task"] for metrics in columns.values() for key in metrics
-                    if (m := _TASK_METRIC.fullmatch(key))})
-    rows = [(f"{task} accuracy", f"test/{task}/accuracy") for task in tasks]
-    rows += [("Δm%", AGGREGATE_KEYS["delta_m"]), ("mean accuracy", AGGREGATE_KEYS["mean_accuracy"])]
+    tasks = sorted({task for metrics in columns.values()
+                    for task in keys.task_values(metrics, keys.TEST, GATED_METRIC)})
+    rows = [(f"{task} {GATED_METRIC}", keys.task_metric(keys.TEST, task, GATED_METRIC))
+            for task in tasks]
+    rows += [("Δm%", keys.AGGREGATES["delta_m"]),
+             ("mean accuracy", keys.AGGREGATES["mean_accuracy"])]
 
     def cell(alias: str, key: str) -> str:
         value = columns[alias].get(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -11,11 +12,15 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def select_device(requested: Literal["auto", "cpu", "cuda"] = "auto") -> torch.device:
-    """``auto``: the first CUDA device if there is one, else the CPU."""
+def select_device(requested: Literal["auto", "cpu", "cuda"] = "auto",
+                  where: str | Path = "params.yaml") -> torch.device:
+    """``auto``: the first CUDA device if there is one, else the CPU.
+
+    The one place the device is chosen: the trainer and the MLflow run's tags both ask here.
+    """
     if requested == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
-            "params.yaml: train.device: 'cuda' requested but no CUDA device is visible; "
+            f"{where}: train.device: 'cuda' requested but no CUDA device is visible; "
             "use 'auto' or 'cpu'"
         )
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
@@ -28,6 +33,11 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def device_name(device: torch.device) -> str:
+    """The accelerator's name, or ``cpu``."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def describe(device: torch.device) -> str:

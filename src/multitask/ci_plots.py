@@ -1,0 +1,80 @@
+"""The CI report's picture: per task, both sides' learning curves and confusion matrices.
+
+matplotlib rather than ``dvc plots diff``: DVC renders HTML whose Vega charts load their scripts
+from a CDN and has no offline image export, while this runs on a runner without network and its
+images must open without a browser running scripts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from multitask import keys
+from multitask.io import atomic_open
+
+if TYPE_CHECKING:
+    from multitask.ci_report import PipelineResult
+
+
+def class_order(confusion: pd.DataFrame) -> list[str]:
+    """Class labels in the order the evaluate stage wrote them (its class index order)."""
+    return list(dict.fromkeys([*confusion["actual"], *confusion["predicted"]]))
+
+
+def confusion_matrix(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Row-normalised confusion (actual x predicted) of ``actual,predicted`` pairs."""
+    labels = class_order(pairs)
+    matrix = pd.crosstab(pairs["actual"], pairs["predicted"], normalize="index")
+    return matrix.reindex(index=labels, columns=labels, fill_value=0.0)
+
+
+def render_plots(base: PipelineResult, head: PipelineResult, path: Path) -> bool:
+    """Draw one row per task (losses, validation accuracy, base and head confusion) to ``path``.
+
+    Returns False (drawing nothing) when neither side has curves or confusion data.
+    """
+    # Imported here: matplotlib is slow to import and the report text does not need it.
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    tasks = [t for t in base.tasks() if t in head.tasks()]
+    if not tasks or all(side.history is None and not side.confusion for side in (base, head)):
+        return False
+    figure = Figure(figsize=(16, 3.6 * len(tasks)), layout="constrained")
+    axes = figure.subplots(len(tasks), 4, squeeze=False)
+    for row, task in enumerate(tasks):
+        loss_ax, acc_ax, *confusion_axes = axes[row]
+        for side, style in ((base, "--"), (head, "-")):
+            name = "base" if side is base else "head"
+            if side.history is None:
+                continue
+            for kind, color in ((keys.TRAIN, "tab:blue"), (keys.VAL, "tab:orange")):
+                column = keys.task_metric(kind, task, keys.LOSS)
+                if column in side.history:
+                    loss_ax.plot(side.history["epoch"], side.history[column], style, color=color,
+                                 label=f"{name} {kind}")
+            column = keys.task_metric(keys.VAL, task, keys.ACCURACY)
+            if column in side.history:
+                acc_ax.plot(side.history["epoch"], side.history[column], style,
+                            color="tab:green", label=name)
+        loss_ax.set(title=f"{task}: loss", xlabel="epoch")
+        acc_ax.set(title=f"{task}: validation accuracy", xlabel="epoch")
+        for ax in (loss_ax, acc_ax):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if ax.lines:
+                ax.legend(fontsize="small")
+        for ax, side, name in zip(confusion_axes, (base, head), ("base", "head"), strict=True):
+            ax.set(title=f"{task}: confusion, {name}", xlabel="predicted", ylabel="actual")
+            if task in side.confusion:
+                matrix = confusion_matrix(side.confusion[task])
+                labels = list(matrix.index)
+                ax.imshow(matrix.to_numpy(), vmin=0.0, vmax=1.0, cmap="Blues")
+                ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize="small")
+                ax.set_yticks(range(len(labels)), labels, fontsize="small")
+    figure.suptitle("Sample pipeline: base (dashed) vs head (solid)")
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=80)
+    return True

@@ -1,0 +1,99 @@
+"""What a data set is, declared once: the raw sources, the tasks, their classes and shapes.
+
+Config validation, download, validate, preprocess, predict and the README renderer all read
+:data:`DATASETS` and :data:`SOURCES`; adding a composite data set is one entry here (plus, if it
+needs a new raw source, that source's entry and its mirrors and digests in ``params.yaml``).
+
+A composite data set places one item of each task's source on a square canvas: task ``left``'s
+item in the top-left corner, task ``right``'s in the bottom-right (Sener & Koltun, NeurIPS
+2018, MultiMNIST; Lin et al., NeurIPS 2019, MultiFashion and Multi-(Fashion+MNIST)).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+DIGIT_CLASSES = tuple(str(digit) for digit in range(10))
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One raw source: its file format, the shape of one item and its class names.
+
+    Mirrors and digests are deployment facts and live in ``params.yaml`` (``data.sources``).
+    """
+
+    reader: str  # "idx" (MNIST-style files) or "cifar" (the CIFAR-10 python archive)
+    item_shape: tuple[int, ...]  # (H, W) for grey images, (H, W, C) for colour ones
+    class_names: tuple[str, ...]
+    hint: str = ""  # what to do when no mirror answers, beyond the generic advice
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a composite data set: which source its item comes from."""
+
+    name: str
+    source: str
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A composite data set: one task per corner of the canvas, in canvas order."""
+
+    title: str  # how people write the name (README, plots)
+    tasks: tuple[TaskSpec, ...]
+    channels: int = 1
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The raw sources the data set is built from (sorted, each once)."""
+        return tuple(sorted({task.source for task in self.tasks}))
+
+
+SOURCES: Mapping[str, SourceSpec] = MappingProxyType({
+    "fashion_mnist": SourceSpec(
+        "idx", (28, 28), FASHION_CLASSES,
+        hint="install Debian's dataset-fashion-mnist package (`make system-deps` as root), "
+        "which puts the four files in /usr/share/datasets/fashion-mnist/"),
+    "mnist": SourceSpec("idx", (28, 28), DIGIT_CLASSES),
+    "cifar10": SourceSpec("cifar", (32, 32, 3), CIFAR10_CLASSES),
+})
+
+DATASETS: Mapping[str, DatasetSpec] = MappingProxyType({
+    "multifashion": DatasetSpec("MultiFashion", (TaskSpec("left", "fashion_mnist"),
+                                                 TaskSpec("right", "fashion_mnist"))),
+    "multimnist": DatasetSpec("MultiMNIST", (TaskSpec("left", "mnist"),
+                                             TaskSpec("right", "mnist"))),
+    # a digit top-left, a garment bottom-right
+    "multifashion_mnist": DatasetSpec("Multi-(Fashion+MNIST)", (TaskSpec("left", "mnist"),
+                                                                TaskSpec("right",
+                                                                         "fashion_mnist"))),
+})
+
+
+def dataset(name: str) -> DatasetSpec:
+    """The data set ``name``; an error naming the valid ones (and the nearest) otherwise."""
+    if name in DATASETS:
+        return DATASETS[name]
+    close = difflib.get_close_matches(name, list(DATASETS), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise ValueError(f"unknown data set '{name}'; {hint}(available: {', '.join(DATASETS)})")
+
+
+def source(name: str) -> SourceSpec:
+    """The raw source ``name`` (see :data:`SOURCES`)."""
+    if name not in SOURCES:
+        raise ValueError(f"unknown raw source '{name}' (known: {', '.join(SOURCES)})")
+    return SOURCES[name]

@@ -1,0 +1,85 @@
+"""Every metric key, spelt once: MLflow metrics, DVC metrics and plots, reports, gates.
+
+Per-task metrics are ``<split>/<task>/<metric>`` (``train/left/loss``, ``val/left/accuracy``,
+``test/left/accuracy``), task weights ``weight/<task>``, aggregates ``test/mean_accuracy`` and
+``test/delta_m_pct``. The trainer and stages produce them with the functions below; plots,
+tuning, promotion and the CI report read them with the same functions, so a renamed or new
+metric changes here and in its producer only.
+
+``reports/metrics.json`` and ``reports/baselines.json`` nest the same names:
+``{"tasks": {task: {metric: value}}, "mean_accuracy": ..., "delta_m_pct": ...}``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+TRAIN, VAL, TEST = "train", "val", "test"
+ACCURACY, LOSS = "accuracy", "loss"
+TASKS = "tasks"  # the per-task mapping of metrics.json and baselines.json
+MEAN_ACCURACY = "mean_accuracy"
+DELTA_M = "delta_m_pct"
+
+EPOCH = "epoch"
+LR = "lr"
+EPOCH_SECONDS = "time/epoch_s"
+TRAIN_IMAGES_PER_S = "time/train_images_per_s"
+
+# promote.aggregate -> the run metric it compares
+AGGREGATES: Mapping[str, str] = {"delta_m": f"{TEST}/{DELTA_M}",
+                                 "mean_accuracy": f"{TEST}/{MEAN_ACCURACY}"}
+
+_TASK_METRIC = re.compile(r"(?P<split>train|val|test)/(?P<task>[^/]+)/(?P<metric>[^/]+)")
+
+
+def task_metric(split: str, task: str, metric: str) -> str:
+    """``val/left/accuracy``."""
+    return f"{split}/{task}/{metric}"
+
+
+def weight(task: str) -> str:
+    """The task's mean loss weight over an epoch: ``weight/left``."""
+    return f"weight/{task}"
+
+
+def aggregate(split: str, name: str) -> str:
+    """``test/mean_accuracy``, ``test/delta_m_pct``."""
+    return f"{split}/{name}"
+
+
+def parse_task_metric(key: str) -> tuple[str, str, str] | None:
+    """``(split, task, metric)`` of a per-task key; None for any other key."""
+    match = _TASK_METRIC.fullmatch(key)
+    return None if match is None else (match["split"], match["task"], match["metric"])
+
+
+def task_values(metrics: Mapping[str, float], split: str, metric: str) -> dict[str, float]:
+    """``{task: value}`` of every ``<split>/<task>/<metric>`` key in ``metrics``."""
+    found = {}
+    for key, value in metrics.items():
+        parsed = parse_task_metric(key)
+        if parsed is not None and parsed[0] == split and parsed[2] == metric:
+            found[parsed[1]] = float(value)
+    return found
+
+
+def split_metrics(split: str, per_task: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """``{task: {metric: v}}`` -> ``{"<split>/<task>/<metric>": v}``."""
+    return {task_metric(split, task, metric): float(value)
+            for task, values in per_task.items() for metric, value in values.items()}
+
+
+def flat_test_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+    """``reports/metrics.json`` as MLflow run metrics: per task, then the aggregates."""
+    flat = split_metrics(TEST, report[TASKS])
+    for name in (MEAN_ACCURACY, DELTA_M):
+        if name in report:
+            flat[aggregate(TEST, name)] = float(report[name])
+    return flat
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` is better (losses and errors are not)."""
+    return LOSS not in metric

@@ -1,0 +1,185 @@
+"""Every artifact path of a pipeline folder, spelt once.
+
+A pipeline folder is where ``dvc.yaml`` and ``params.yaml`` live: the repository root, or
+``sample/``. Stages, tuning, promotion, the CI report and the scripts take a :class:`Layout`
+and ask it for paths; none spells a path itself. :meth:`Layout.stage_files` lists each stage's
+data dependencies and outputs, and a test keeps ``dvc.yaml`` (and ``sample/dvc.yaml``) equal to
+it, so a path can change here only together with the pipeline file.
+
+Paths are fixed rather than params: ``dvc.yaml`` declares them, so a param that moved one
+would only break the pipeline (and could point a stage's output at its own inputs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class StageFiles:
+    """What a stage reads (besides code and params) and writes, relative to its folder."""
+
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths of one pipeline folder (``root``, relative paths by default)."""
+
+    root: Path = Path(".")
+
+    def _at(self, relative: str) -> Path:
+        return self.root / relative
+
+    # ----------------------------------------------------------------------------- inputs
+    @property
+    def params(self) -> Path:
+        return self._at("params.yaml")
+
+    # ------------------------------------------------------------------------------- data
+    @property
+    def raw_dir(self) -> Path:
+        return self._at("data/raw")
+
+    def source_dir(self, source: str) -> Path:
+        """Where the verified files of one raw source are kept."""
+        return self.raw_dir / source
+
+    @property
+    def processed_dir(self) -> Path:
+        return self._at("data/processed")
+
+    @property
+    def validation_dir(self) -> Path:
+        return self._at("reports/validation")
+
+    @property
+    def validation_summary(self) -> Path:
+        return self.validation_dir / "summary.json"
+
+    @property
+    def data_docs(self) -> Path:
+        return self.validation_dir / "data_docs"
+
+    # ----------------------------------------------------------------------------- models
+    @property
+    def model(self) -> Path:
+        return self._at("models/model.pt")
+
+    @property
+    def baselines_dir(self) -> Path:
+        return self._at("models/baselines")
+
+    def baseline_model(self, task: str) -> Path:
+        return self.baselines_dir / f"{task}.pt"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Per-epoch checkpoints of an interrupted training (git- and DVC-ignored)."""
+        return self._at("models/checkpoints")
+
+    def checkpoint(self, name: str) -> Path:
+        return self.checkpoints_dir / f"{name}.pt"
+
+    # ---------------------------------------------------------------------------- reports
+    @property
+    def baselines_json(self) -> Path:
+        return self._at("reports/baselines.json")
+
+    @property
+    def train_json(self) -> Path:
+        return self._at("reports/train.json")
+
+    @property
+    def history_csv(self) -> Path:
+        return self._at("reports/plots/history.csv")
+
+    @property
+    def curves_png(self) -> Path:
+        return self._at("reports/plots/curves.png")
+
+    @property
+    def metrics_json(self) -> Path:
+        return self._at("reports/metrics.json")
+
+    @property
+    def confusion_dir(self) -> Path:
+        return self._at("reports/confusion")
+
+    def confusion_csv(self, task: str) -> Path:
+        return self.confusion_dir / f"{task}.csv"
+
+    def confusion_png(self, task: str) -> Path:
+        return self.confusion_dir / f"{task}.png"
+
+    # ----------------------------------------------------------------------------- tuning
+    @property
+    def tuning_dir(self) -> Path:
+        return self._at("reports/tuning")
+
+    @property
+    def tuned_weights(self) -> Path:
+        return self.tuning_dir / "weights.json"
+
+    @property
+    def tuning_summary(self) -> Path:
+        return self.tuning_dir / "summary.json"
+
+    @property
+    def pareto_csv(self) -> Path:
+        return self.tuning_dir / "pareto.csv"
+
+    @property
+    def pareto_png(self) -> Path:
+        return self.tuning_dir / "pareto.png"
+
+    @property
+    def study_journal(self) -> Path:
+        """The Optuna journal when ``tune.storage`` names no database."""
+        return self.tuning_dir / "study.journal"
+
+    # ------------------------------------------------------- outside the pipeline (scripts, CI)
+    @property
+    def method_comparison(self) -> Path:
+        """``scripts/compare_methods.py``'s table of experiments."""
+        return self._at("reports/method_comparison.json")
+
+    @property
+    def benchmarks_json(self) -> Path:
+        """``make bench``'s rows."""
+        return self._at("reports/benchmarks.json")
+
+    @property
+    def ci_report(self) -> Path:
+        """``multitask ci-report``'s default output (its PNG lies beside it)."""
+        return self._at("reports/ci_report.md")
+
+    # ------------------------------------------------------------------------- the stages
+    def stage_files(self) -> dict[str, StageFiles]:
+        """Each ``dvc.yaml`` stage's data deps and outs (metrics included), as dvc.yaml
+        spells them (relative to the pipeline folder)."""
+        here = Layout()
+
+        def spelt(*paths: Path) -> tuple[str, ...]:
+            return tuple(path.as_posix() for path in paths)
+
+        return {
+            "download": StageFiles(deps=(), outs=spelt(here.raw_dir)),
+            "validate": StageFiles(deps=spelt(here.raw_dir),
+                                   outs=spelt(here.validation_summary, here.data_docs)),
+            "preprocess": StageFiles(deps=spelt(here.raw_dir, here.validation_summary),
+                                     outs=spelt(here.processed_dir)),
+            "baselines": StageFiles(deps=spelt(here.processed_dir),
+                                    outs=spelt(here.baselines_dir, here.baselines_json)),
+            "tune": StageFiles(deps=spelt(here.processed_dir),
+                               outs=spelt(here.tuned_weights, here.tuning_summary,
+                                          here.pareto_csv, here.pareto_png, here.study_journal)),
+            "train": StageFiles(deps=spelt(here.processed_dir, here.tuned_weights),
+                                outs=spelt(here.model, here.train_json, here.history_csv,
+                                           here.curves_png)),
+            "evaluate": StageFiles(deps=spelt(here.model, here.processed_dir,
+                                              here.baselines_json, here.train_json),
+                                   outs=spelt(here.confusion_dir, here.metrics_json)),
+        }

@@ -1,0 +1,61 @@
+"""The only door to MLflow, in four rooms.
+
+- :mod:`.store`: where the store is (``$MLFLOW_TRACKING_URI`` or the repository's SQLite file);
+- :mod:`.runs`: the run of a stage and nested trial runs, never left RUNNING;
+- :mod:`.models`: logging the served model and loading it back through pyfunc;
+- :mod:`.registry`: registered versions, tags and aliases.
+
+mlflow itself is imported inside the functions that need it, so importing this package is cheap.
+"""
+
+from multitask.tracking.models import MODEL_NAME, MODEL_URI_TAG, load_model, log_model
+from multitask.tracking.provenance import run_tags
+from multitask.tracking.registry import (
+    ModelVersion,
+    delete_alias,
+    register_version,
+    set_alias,
+    set_version_tags,
+    version_by_alias,
+    versions_of_run,
+)
+from multitask.tracking.runs import StageRun, end_run, nested_run, stage_run
+from multitask.tracking.store import (
+    ARTIFACT_DIR,
+    STORE_FILE,
+    URI_ENV,
+    artifact_root,
+    client,
+    experiment_id,
+    get_run,
+    repo_root,
+    tracking_uri,
+)
+
+__all__ = [
+    "ARTIFACT_DIR",
+    "MODEL_NAME",
+    "MODEL_URI_TAG",
+    "STORE_FILE",
+    "URI_ENV",
+    "ModelVersion",
+    "StageRun",
+    "artifact_root",
+    "client",
+    "delete_alias",
+    "end_run",
+    "experiment_id",
+    "get_run",
+    "load_model",
+    "log_model",
+    "nested_run",
+    "register_version",
+    "repo_root",
+    "run_tags",
+    "set_alias",
+    "set_version_tags",
+    "stage_run",
+    "tracking_uri",
+    "version_by_alias",
+    "versions_of_run",
+]

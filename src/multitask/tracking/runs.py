@@ -1,0 +1,293 @@
+"""The MLflow run of a stage: one run per pipeline execution, never left RUNNING.
+
+``train`` opens a run with :func:`stage_run` and records its id in ``reports/train.json``;
+``evaluate`` reopens it by that id. Whatever happens inside the block, the run never stays
+RUNNING: it ends FINISHED on success and FAILED on an exception, Ctrl-C or SIGTERM (the signal is
+turned into ``SystemExit(143)`` while the block runs; only SIGKILL can still leave it RUNNING).
+Tuning trials are nested runs (:func:`nested_run`) created by id, so worker processes can add
+them under a parent that lives in another process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from multitask.config import Params, flatten
+from multitask.tracking.models import log_model
+from multitask.tracking.provenance import run_tags
+from multitask.tracking.store import client, experiment_id, get_run, tracking_uri
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
+
+# MLflow's async logging thread otherwise polls its queue with a 1 s timeout, so ending every run
+# waits up to a second for it; with a buffer it waits on an event that ending the run sets, and
+# merges the batches queued meanwhile (one write per buffer period).
+_ASYNC_BUFFER = ("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "2")
+
+
+def _param_value(value: Any) -> str:
+    """A param spelt as YAML would (true, null, [1, 2]) rather than Python's repr."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@dataclass
+class StageRun:
+    """A handle on one MLflow run; with ``run_id`` None every method does nothing.
+
+    Every call names the run explicitly (never MLflow's "active run"), so the handle of a nested
+    trial run and that of its parent can be used side by side.
+    """
+
+    run_id: str | None
+    log_models: bool = True  # tracking.log_model: false makes log_model a no-op
+    _pending: list[Any] = field(default_factory=list, repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.run_id is not None
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Per-epoch metrics (``train/<task>/loss``, ``val/<task>/accuracy``, ``weight/<task>``
+        ...) at step ``epoch``: one batch, sent asynchronously so training never waits on it."""
+        self.log_metrics(metrics, step=epoch)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Any metrics at ``step`` (default 0), in one asynchronous batch."""
+        if self.run_id is None or not metrics:
+            return
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        batch = [Metric(key, float(value), timestamp, step or 0) for key, value in metrics.items()]
+        operation = client().log_batch(self.run_id, metrics=batch, synchronous=False)
+        if operation is not None:
+            self._pending.append(operation)
+
+    def flush(self) -> None:
+        """Send every queued batch now and wait for it; raise if one was rejected (a bad key)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        import mlflow
+
+        client()  # the fluent flush below acts on the store of the current tracking URI
+        mlflow.flush_async_logging()  # wakes the logging thread instead of waiting out its buffer
+        for operation in pending:
+            operation.wait()
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.run_id is None or not tags:
+            return
+        from mlflow.entities import RunTag
+
+        client().log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Params spelt as ``params.yaml`` spells them (true, null, [1, 2])."""
+        if self.run_id is None or not params:
+            return
+        from mlflow.entities import Param
+
+        client().log_batch(self.run_id, params=[Param(k, _param_value(v))
+                                                for k, v in params.items()])
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None
+                     ) -> None:
+        """A file, or a folder under its own name, at ``artifact_path`` in the run."""
+        if self.run_id is None:
+            return
+        path = Path(path)
+        if path.is_dir():
+            target = f"{artifact_path}/{path.name}" if artifact_path else path.name
+            client().log_artifacts(self.run_id, str(path), artifact_path=target)
+        elif path.is_file():
+            client().log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+        else:
+            raise FileNotFoundError(f"{path}: not found; cannot log it to MLflow run "
+                                    f"{self.run_id}; run the stage that writes it first")
+
+    def log_figure(self, figure: Figure, artifact_file: str) -> None:
+        """A matplotlib figure as a PNG at ``artifact_file`` (which must end in .png)."""
+        if self.run_id is None:
+            return
+        if not artifact_file.endswith(".png"):
+            raise ValueError(f"log_figure: artifact_file '{artifact_file}' must end in .png")
+        client().log_figure(self.run_id, figure, artifact_file)
+
+    def log_model(self, model: torch.nn.Module, input_example: np.ndarray,
+                  task_names: list[str], *, class_names: dict[str, list[str]] | None = None,
+                  pixel_mean: float = 0.0, pixel_std: float = 1.0) -> str | None:
+        """Log the served model (see :func:`multitask.tracking.models.log_model`); None, logging
+        nothing, when tracking is off or ``tracking.log_model`` is false."""
+        if self.run_id is None or not self.log_models:
+            return None
+        return log_model(self.run_id, model, input_example, task_names,
+                         class_names=class_names, pixel_mean=pixel_mean, pixel_std=pixel_std)
+
+    def log_dataset(self, meta: dict[str, Any], source: str) -> None:
+        """Record the processed data as the run's training input (``mlflow.log_input``).
+
+        The digest column holds 36 characters, so the digest is the first 32 hex digits of
+        ``meta['sha256']``; the full hash is the run's ``data.sha256`` tag.
+        """
+        if self.run_id is None:
+            return
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        sha256 = str(meta["sha256"])
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": both local
+            warnings.simplefilter("ignore", UserWarning)
+            data_source = resolve_dataset_source(str(Path(source).resolve()))
+        dataset = MetaDataset(data_source, name=str(meta.get("dataset", Path(source).name)),
+                              digest=sha256[:32])
+        tags = [InputTag("mlflow.data.context", "training")]
+        if meta.get("splits"):
+            tags.append(InputTag("splits", json.dumps(meta["splits"])))
+        client().log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), tags)])
+        self.set_tags({"data.sha256": sha256})
+
+
+def _sigterm_raises() -> Callable[[], None]:
+    """Turn SIGTERM into ``SystemExit(143)`` so the run can end FAILED; return the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _is_failure(exc: BaseException) -> bool:
+    return not (isinstance(exc, SystemExit) and exc.code in (0, None))
+
+
+@contextlib.contextmanager
+def _ending(run: StageRun, what: str, end: Callable[[str], None],
+            finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[StageRun]:
+    """Yield ``run``; end it FINISHED on success (or a ``finished_on`` exception), else FAILED.
+
+    The exception always propagates; the run's pending metrics are flushed either way.
+    """
+    try:
+        yield run
+        run.flush()
+    except BaseException as exc:
+        if isinstance(exc, finished_on) or not _is_failure(exc):
+            _flush_quietly(run)
+            end("FINISHED")
+            raise
+        reason = f"{what}: {type(exc).__name__}: {exc}"[:4000]
+        log.error("MLflow run %s ends FAILED (%s)", run.run_id, reason)
+        _flush_quietly(run)
+        with contextlib.suppress(Exception):  # the store may be what failed; ending matters more
+            run.set_tags({"failure": reason})
+        end("FAILED")
+        raise
+    else:
+        end("FINISHED")
+
+
+def _flush_quietly(run: StageRun) -> None:
+    try:
+        run.flush()
+    except Exception:  # already leaving with an exception; do not replace it
+        log.exception("MLflow run %s: some metrics could not be logged", run.run_id)
+
+
+@contextlib.contextmanager
+def stage_run(params: Params, stage: str, run_id: str | None = None) -> Iterator[StageRun]:
+    """The MLflow run of one pipeline stage, ended FINISHED or FAILED whatever happens.
+
+    ``run_id`` None (``train``): a new run in experiment ``tracking.experiment`` (default: the
+    data set's name), named after the DVC experiment when there is one, with every param of
+    ``params.yaml`` flattened and the provenance tags of :func:`run_tags`. A ``run_id``
+    (``evaluate``): that run, reopened. System metrics are sampled when
+    ``tracking.system_metrics``. With ``tracking.enabled`` false the run does nothing.
+    """
+    if not params.tracking.enabled:
+        yield StageRun(None)
+        return
+    import mlflow
+
+    os.environ.setdefault(*_ASYNC_BUFFER)
+    mlflow.set_tracking_uri(tracking_uri())
+    system_metrics = params.tracking.system_metrics
+    if run_id is None:
+        experiment = params.tracking.experiment or params.data.dataset
+        active = mlflow.start_run(
+            experiment_id=experiment_id(experiment),
+            run_name=os.environ.get("DVC_EXP_NAME") or None,
+            tags=run_tags(params, stage),
+            log_system_metrics=system_metrics,
+        )
+        run = StageRun(active.info.run_id, log_models=params.tracking.log_model)
+        run.log_params(flatten(params))
+    else:
+        get_run(run_id)  # a clear error for a missing run before MLflow's own
+        active = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
+        run = StageRun(active.info.run_id, log_models=params.tracking.log_model)
+        run.set_tags({"stage": stage})
+    log.info("MLflow run %s (%s) in %s", run.run_id, stage, tracking_uri())
+    restore_sigterm = _sigterm_raises()
+    try:
+        with _ending(run, stage, lambda status: mlflow.end_run(status)):
+            yield run
+    finally:
+        restore_sigterm()
+
+
+@contextlib.contextmanager
+def nested_run(parent_run_id: str | None, run_name: str, *, params: dict[str, Any] | None = None,
+               tags: dict[str, str] | None = None,
+               finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[StageRun]:
+    """A child run of ``parent_run_id`` (an Optuna trial under the ``tune`` stage's run).
+
+    Created by id, not as MLflow's active run, so worker processes can open one under a
+    parent that lives in another process. Ends FINISHED on success or on an exception of
+    ``finished_on`` (a pruned trial is not a failure), FAILED otherwise; the exception
+    propagates. ``parent_run_id`` None (tracking disabled): a run that does nothing.
+    """
+    if parent_run_id is None:
+        yield StageRun(None)
+        return
+    os.environ.setdefault(*_ASYNC_BUFFER)
+    mlflow_client = client()
+    parent = get_run(parent_run_id)
+    created = mlflow_client.create_run(parent.info.experiment_id, run_name=run_name,
+                                       tags={**(tags or {}), "mlflow.parentRunId": parent_run_id})
+    run = StageRun(created.info.run_id)
+    run.log_params(params or {})
+    with _ending(run, run_name, lambda status: mlflow_client.set_terminated(created.info.run_id,
+                                                                         status), finished_on):
+        yield run
+
+
+def end_run(run_id: str, status: str = "FAILED", reason: str | None = None) -> None:
+    """End run ``run_id`` with ``status`` (e.g. a trial whose worker process died)."""
+    if status not in {"FINISHED", "FAILED", "KILLED"}:
+        raise ValueError(f"end_run: status '{status}' is not FINISHED, FAILED or KILLED")
+    stage = StageRun(run_id)
+    if reason:
+        stage.set_tags({"failure": reason[:4000]})
+    client().set_terminated(run_id, status)

@@ -1,0 +1,123 @@
+"""Where the MLflow store is: one store for the root pipeline, ``sample/`` and experiment copies.
+
+The store is ``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<repo>/mlflow.db`` with artifacts
+in ``<repo>/mlartifacts/``. ``<repo>`` is the original repository, also for the sample pipeline
+(run in ``sample/``) and for ``dvc exp run --temp``/``--queue``, which execute in a copy under
+``<repo>/.dvc/tmp/exps/``: every run lands in one store.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+URI_ENV = "MLFLOW_TRACKING_URI"
+STORE_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+_TEMP_EXPERIMENT_SEGMENT = (".dvc", "tmp", "exps")
+
+
+def repo_root(start: str | os.PathLike[str] | None = None) -> Path:
+    """The original repository's root, seen from ``start`` (default: the current folder).
+
+    ``dvc exp run --temp`` and queued experiments run in ``<repo>/.dvc/tmp/exps/<tmp>/``, a copy
+    that has its own ``.dvc`` folder; the store must still be the original's, so that segment is
+    looked for first. Otherwise the nearest folder holding ``.dvc`` (then ``.git``) wins, which
+    makes ``sample/`` share the root's store. Outside any repository: ``start`` itself.
+    """
+    here = Path(start if start is not None else Path.cwd()).resolve()
+    parts = here.parts
+    width = len(_TEMP_EXPERIMENT_SEGMENT)
+    for index in range(len(parts) - width + 1):
+        if parts[index:index + width] == _TEMP_EXPERIMENT_SEGMENT:
+            return Path(*parts[:index])
+    for marker in (".dvc", ".git"):
+        for folder in (here, *here.parents):
+            if (folder / marker).exists():
+                return folder
+    return here
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else the SQLite store at the repository root."""
+    configured = os.environ.get(URI_ENV, "").strip()
+    if configured:
+        return configured
+    return f"sqlite:///{repo_root() / STORE_FILE}"
+
+
+def artifact_root(uri: str) -> Path | None:
+    """Where new experiments of a SQLite store keep artifacts: ``mlartifacts/`` beside the file.
+
+    MLflow's own default is ``./mlruns`` relative to the *current* folder, which would scatter
+    artifacts between the root, ``sample/`` and temporary experiment copies. For other stores
+    (a tracking server, which proxies artifacts) the server decides: None.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///"))
+    return (database.parent / ARTIFACT_DIR).resolve()
+
+
+def client() -> MlflowClient:
+    """An MlflowClient on :func:`tracking_uri` (tracking and registry in the same store)."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "experiment"
+
+
+def experiment_id(name: str) -> str:
+    """The id of experiment ``name``, created (artifacts under :func:`artifact_root`) if new."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client()
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is None:
+        root = artifact_root(tracking_uri())
+        location = (root / _slug(name)).as_uri() if root else None
+        try:
+            return mlflow_client.create_experiment(name, artifact_location=location)
+        except MlflowException as exc:
+            # Two queued experiments may create it at the same moment: take the winner's.
+            experiment = mlflow_client.get_experiment_by_name(name)
+            if experiment is None:
+                raise RuntimeError(
+                    f"MLflow store {tracking_uri()}: cannot create experiment '{name}': {exc}"
+                ) from exc
+    if experiment.lifecycle_stage == "deleted":
+        raise RuntimeError(
+            f"MLflow store {tracking_uri()}: experiment '{name}' is deleted; restore it with "
+            f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` or set "
+            "tracking.experiment in params.yaml to another name"
+        )
+    return experiment.experiment_id
+
+
+def get_run(run_id: str) -> Any:
+    """The MLflow run ``run_id``; a clear error when the store does not have it."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(run_id, str) or not re.fullmatch(r"[0-9a-f]{32}", run_id):
+        raise ValueError(
+            f"run id {run_id!r} is not an MLflow run id (32 hex digits); check "
+            "reports/train.json or --run-id, or rerun `multitask train`"
+        )
+    try:
+        return client().get_run(run_id)
+    except MlflowException as exc:
+        raise ValueError(
+            f"run {run_id} not found in the MLflow store {tracking_uri()} ({exc.message}); "
+            f"check {URI_ENV} and reports/train.json, or rerun `multitask train`"
+        ) from None

@@ -1,0 +1,170 @@
+"""The public way to train: load data, build the network and the method, fit, save and load.
+
+Stages, tuning trials, benchmarks and tests all train through these functions; none wires a
+:class:`~multitask.training.trainer.Trainer` by hand or seeds the RNG itself, so a run started
+from any of them is the same run::
+
+    data = load_data(params, layout)
+    tasks = task_list(params, data)
+    method = build_method(params, tasks, layout)
+    fitted = fit(params, data, tasks, method)
+    save_network(layout.model, fitted.model, params, data)
+
+Seeding follows one order (data, then network, then trainer, each from ``train.seed``), which
+keeps CPU runs bit-for-bit reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from multitask.config import ModelConfig, Params, TrainConfig
+from multitask.data import processed
+from multitask.device import describe, select_device
+from multitask.io import atomic_path, read_json
+from multitask.layout import Layout
+from multitask.models import MultiTaskModel, build_model
+from multitask.tasks import Task
+from multitask.training.data import ProcessedData
+from multitask.training.trainer import EpochCallback, Trainer
+from multitask.weighting import TUNED, WeightingMethod, build_weighting
+
+log = logging.getLogger(__name__)
+
+ResumeCallback = Callable[[int, list[dict[str, float]]], None]
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A trained network and its per-epoch history."""
+
+    model: MultiTaskModel
+    history: list[dict[str, float]]
+
+
+def load_data(params: Params, layout: Layout,
+              splits: tuple[str, ...] = processed.SPLITS) -> ProcessedData:
+    """The processed splits on the training device (chosen once, from ``train.device``)."""
+    device = select_device(params.train.device, params.source)
+    torch.manual_seed(params.train.seed)
+    data = ProcessedData(layout.processed_dir, device, splits)
+    log.info("device: %s; data: %s %s", describe(device), data.meta["dataset"],
+             data.meta["splits"])
+    return data
+
+
+def task_list(params: Params, data: ProcessedData) -> list[Task]:
+    """The data set's tasks, plus the rotation task when ``model.rotation_task``."""
+    return processed.tasks(data.meta, rotation=params.model.rotation_task)
+
+
+def build_network(model: ModelConfig, seed: int, tasks: list[Task], data: ProcessedData
+                  ) -> MultiTaskModel:
+    """The configured architecture for ``tasks``, initialised from ``seed``."""
+    torch.manual_seed(seed)
+    return build_model(model, tasks, data.channels, data.image_size)
+
+
+def weights_method(weights: Mapping[str, float], tasks: list[Task], where: str | Path
+                   ) -> WeightingMethod:
+    """Fixed loss weights, one per task by name (``static``): what tuning chooses."""
+    missing = [t.name for t in tasks if t.name not in weights]
+    if missing:
+        raise ValueError(f"{where}: no weight for task(s) {missing}; rerun multitask tune")
+    ordered = [float(weights[t.name]) for t in tasks]
+    return build_weighting("static", len(tasks), {"static": {"weights": ordered}}, where=where)
+
+
+def tuned_method(path: Path, tasks: list[Task], method_params: dict[str, dict[str, Any]]
+                 ) -> WeightingMethod:
+    """The method the tune stage chose (``weights.json``): static weights, or another method."""
+    tuned = read_json(path)
+    if not isinstance(tuned, dict):
+        raise ValueError(f"{path}: expected a mapping with 'method' and 'weights'; rerun "
+                         "multitask tune")
+    if tuned.get("method", "static") != "static":  # tune.methods chose another method
+        return build_weighting(tuned["method"], len(tasks), method_params, where=path)
+    chosen = tuned.get("weights")
+    if not isinstance(chosen, dict):
+        raise ValueError(f"{path}: 'weights' is not a mapping of task -> weight; rerun "
+                         "multitask tune")
+    return weights_method(chosen, tasks, path)
+
+
+def build_method(params: Params, tasks: list[Task], layout: Layout) -> WeightingMethod:
+    """The one home of "weights -> method": ``train.weighting`` with its params; ``tuned``
+    means what the tune stage chose."""
+    name = params.train.weighting
+    if name == TUNED:
+        return tuned_method(layout.tuned_weights, tasks, params.train.method_params)
+    return build_weighting(name, len(tasks), params.train.method_params, where=params.source)
+
+
+def fingerprint(*parts: Any) -> str:
+    """Identifies a training run's inputs; a checkpoint of another run is never resumed."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fit(params: Params, data: ProcessedData, tasks: list[Task], method: WeightingMethod, *,
+        model: ModelConfig | None = None, train: TrainConfig | None = None,
+        epochs: int | None = None, data_fraction: float | None = None,
+        checkpoint: Path | None = None, on_epoch: EpochCallback | None = None,
+        on_resume: ResumeCallback | None = None, progress: bool = True) -> Fitted:
+    """Build the network and train it on ``data`` with ``method``.
+
+    ``model``/``train`` override ``params.model``/``params.train`` (a baseline's hard sharing, a
+    trial's learning rate); ``epochs``/``data_fraction`` override the train config's. With a
+    ``checkpoint`` path the run saves every epoch there and first resumes from it when it
+    belongs to the same inputs; ``on_resume(epochs_done, history)`` then hears of it.
+    """
+    model_config = model or params.model
+    train_config = train or params.train
+    network = build_network(model_config, train_config.seed, tasks, data)
+    trainer = Trainer(
+        network, tasks, method, data, train_config, epochs=epochs, data_fraction=data_fraction,
+        checkpoint_path=checkpoint,
+        fingerprint=fingerprint(model_config.model_dump(), train_config.model_dump(),
+                                data.meta["sha256"], [t.name for t in tasks],
+                                method.name, method.params.model_dump()),
+        on_epoch=on_epoch, progress=progress,
+    )
+    if trainer.try_resume() and on_resume is not None:
+        on_resume(trainer.start_epoch, trainer.history)
+    trainer.fit()
+    return Fitted(network, trainer.history)
+
+
+def save_network(path: Path, model: MultiTaskModel, params: Params, data: ProcessedData,
+                 model_config: ModelConfig | None = None) -> None:
+    """Weights plus what rebuilding the network needs; loadable with ``weights_only=True``."""
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "tasks": [t.to_dict() for t in model.tasks],
+        "model": (model_config or params.model).model_dump(mode="json"),
+        "input": {"channels": data.channels, "image_size": data.image_size,
+                  "pixel_mean": data.mean, "pixel_std": data.std},
+        "dataset": data.meta["dataset"],
+        "data_sha256": data.meta["sha256"],
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_network(path: Path) -> tuple[MultiTaskModel, dict[str, Any]]:
+    """Rebuild the network saved by :func:`save_network`; also return its payload."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run multitask train first")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    tasks = [Task(**t) for t in payload["tasks"]]
+    model = build_model(ModelConfig(**payload["model"]), tasks, payload["input"]["channels"],
+                        payload["input"]["image_size"])
+    model.load_state_dict(payload["state_dict"])
+    return model, payload

@@ -1,0 +1,98 @@
+"""The public training session and the typed stages, called directly (no argparse, no chdir)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from multitask import keys
+from multitask.config import Params, load_params
+from multitask.layout import Layout
+from multitask.training import session, stages
+from multitask.weighting import build_weighting
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def processed(sample_composites: Callable[..., Path]) -> Path:
+    return sample_composites(800, 100)
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path, processed: Path,
+             pipeline_folder: Callable[[Path, Path], Layout]) -> tuple[Params, Layout]:
+    """The sample params (1 epoch, no MLflow) in a pipeline folder on the shared composites;
+    the working directory stays where it is."""
+    layout = pipeline_folder(tmp_path / "pipeline", processed)
+    raw = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
+    raw["train"].update({"epochs": 1, "weighting": "equal", "diagnostics_every": 0})
+    raw["tracking"] = {"enabled": False}
+    layout.params.write_text(yaml.safe_dump(raw))
+    return load_params(layout.params), layout
+
+
+def test_fit_twice_gives_the_same_network(pipeline: tuple[Params, Layout]) -> None:
+    params, layout = pipeline
+    data = session.load_data(params, layout)
+    tasks = session.task_list(params, data)
+    first = session.fit(params, data, tasks, session.build_method(params, tasks, layout),
+                        progress=False)
+    second = session.fit(params, data, tasks, session.build_method(params, tasks, layout),
+                         progress=False)
+    for name, tensor in first.model.state_dict().items():
+        assert torch.equal(tensor, second.model.state_dict()[name]), name
+    assert len(first.history) == 1
+
+
+def test_saved_network_loads_back(pipeline: tuple[Params, Layout]) -> None:
+    params, layout = pipeline
+    data = session.load_data(params, layout)
+    tasks = session.task_list(params, data)
+    fitted = session.fit(params, data, tasks, build_weighting("equal", len(tasks)),
+                         progress=False)
+    session.save_network(layout.model, fitted.model, params, data)
+    loaded, payload = session.load_network(layout.model)
+    assert payload["data_sha256"] == data.meta["sha256"]
+    x, _ = next(data.batches("test", 8))
+    fitted.model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(fitted.model(x)["left"], loaded(x)["left"])
+
+
+@pytest.mark.parametrize(("weights", "message"), [
+    ({"method": "static", "weights": {"left": 0.3}}, r"no weight for task\(s\) \['right'\]"),
+    ({"method": "static", "weights": [0.3, 0.7]}, "'weights' is not a mapping"),
+    (["left", "right"], "expected a mapping"),
+    ({"method": "pcgard"}, "unknown weighting method 'pcgard'"),
+])
+def test_a_bad_weights_file_is_named(pipeline: tuple[Params, Layout], weights: object,
+                                     message: str) -> None:
+    params, layout = pipeline
+    params = params.model_copy(update={"train": params.train.model_copy(
+        update={"weighting": "tuned"})})
+    layout.tuned_weights.parent.mkdir(parents=True)
+    layout.tuned_weights.write_text(json.dumps(weights))
+    data = session.load_data(params, layout, splits=("val",))
+    with pytest.raises(ValueError, match=message) as caught:
+        session.build_method(params, session.task_list(params, data), layout)
+    assert str(layout.tuned_weights) in str(caught.value)
+
+
+@pytest.mark.slow
+def test_typed_stages_run_in_their_folder(pipeline: tuple[Params, Layout]) -> None:
+    params, layout = pipeline
+    results = stages.baselines(params, layout)
+    assert set(results) == {"left", "right"} and layout.baselines_json.is_file()
+    final = stages.train(params, layout)
+    assert keys.task_metric(keys.VAL, "left", keys.ACCURACY) in final
+    metrics = stages.evaluate(params, layout)
+    assert json.loads(layout.metrics_json.read_text()) == metrics
+    assert layout.confusion_csv("left").is_file() and layout.curves_png.is_file()
+    assert not layout.checkpoint("train").exists()
