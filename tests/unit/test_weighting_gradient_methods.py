@@ -100,6 +100,14 @@ def test_upgrad_of_orthogonal_gradients_is_the_mean() -> None:
     torch.testing.assert_close(d, gradients.mean(0))
 
 
+def test_upgrad_steps_on_the_mean_of_gradients_below_norm_eps() -> None:
+    # Σ|g_t|² = 6e-6 < norm_eps = 1e-4: TorchJD normalises G to 0, so the problems are
+    # reg_eps·I and d is the mean gradient (conflicting here: g_1·g_2 < 0), not zero.
+    d, weights, gradients = step(method("upgrad", 2), [[1e-3, 0.0], [-2e-3, 1e-3]])
+    torch.testing.assert_close(weights, torch.full((2,), 0.5))
+    torch.testing.assert_close(d, gradients.mean(0))
+
+
 def test_nashmtl_satisfies_its_optimality_condition() -> None:
     # α_t (g_t · d) = 1 for every t, on the gradients themselves (the paper's Theorem 5.1)
     vectors = [[1.0, 0.3, 0.0, 0.2], [-0.2, 1.5, 0.1, 0.0], [0.4, -0.1, 0.8, 0.6]]

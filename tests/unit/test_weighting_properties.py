@@ -13,6 +13,7 @@ import itertools
 
 import pytest
 import torch
+from scipy.optimize import nnls
 from torch import Tensor
 
 from multitask.weighting import SolverError, StepContext, build_weighting
@@ -54,6 +55,12 @@ def weigh(name: str, matrix: Tensor, **params: object) -> tuple[Tensor, GramianW
     return method.weigh(matrix @ matrix.T, ctx), method
 
 
+def dual_cone_projection(matrix: Tensor, vector: Tensor) -> Tensor:
+    """``argmin |x - y|`` over ``{x : J x >= 0}``: ``x = y + Jᵀλ``, ``λ = NNLS(Jᵀ, -y)``."""
+    multipliers, _ = nnls(matrix.T.numpy(), -vector.numpy(), maxiter=1000)
+    return vector + matrix.T @ torch.from_numpy(multipliers)
+
+
 # Nash-MTL (Navon et al. 2022, Theorem 5.1): α_t (g_t · d) = 1 on the gradients themselves.
 
 
@@ -71,3 +78,41 @@ def test_nashmtl_weights_satisfy_the_bargaining_identity(kind: str, tasks: int) 
 def test_nashmtl_reports_a_zero_task_gradient_as_a_solver_failure(tasks: int) -> None:
     with pytest.raises(SolverError, match=r"gradients of tasks \[0\] are zero"):
         weigh("nashmtl", gradients("zero_task", tasks), on_solver_failure="raise")
+
+
+# UPGrad (Quinton & Rey 2024): d = mean of the gradients projected onto the dual cone.
+
+
+@pytest.mark.parametrize(("kind", "tasks"),
+                         list(itertools.product([k for k in KINDS if k != "tiny"], TASKS)))
+def test_upgrad_update_lies_in_the_dual_cone(kind: str, tasks: int) -> None:
+    # reg_eps·I moves the cone by up to reg_eps·trace(G)·w_t; a negligible one tests the cone of
+    # the gradients themselves.
+    matrix = gradients(kind, tasks)
+    weights, _ = weigh("upgrad", matrix, reg_eps=1e-12, on_solver_failure="raise")
+    products = matrix @ (weights @ matrix)
+    assert bool((products >= -1e-9 * float(matrix.norm(dim=1).max()) ** 2).all()), products
+
+
+@ALL
+def test_upgrad_is_the_mean_projection_onto_the_dual_cone(kind: str, tasks: int) -> None:
+    # With its regularisation UPGrad projects the rows of J' = [J / √tr(G), √reg_eps I]
+    # (Gramian G / tr(G) + reg_eps I, TorchJD's): the update d' = wᵀ J' must be the mean of
+    # their projections, computed here in the gradients' own space.
+    matrix, reg = gradients(kind, tasks), 1e-4
+    weights, _ = weigh("upgrad", matrix, reg_eps=reg, on_solver_failure="raise")
+    trace = float((matrix * matrix).sum())
+    scaled = matrix / trace**0.5 if trace >= 1e-4 else torch.zeros_like(matrix)
+    augmented = torch.cat([scaled, reg**0.5 * torch.eye(tasks, dtype=torch.float64)], dim=1)
+    expected = torch.stack([dual_cone_projection(augmented, row) for row in augmented]).mean(0)
+    torch.testing.assert_close(weights @ augmented, expected, atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("tasks", TASKS)
+def test_upgrad_gives_gradients_below_norm_eps_the_mean(tasks: int) -> None:
+    # TorchJD normalises such a Gramian to 0, leaving reg_eps·I: every projection is the
+    # gradient itself, so d is the mean gradient, not zero.
+    matrix = gradients("tiny", tasks)
+    assert float((matrix * matrix).sum()) < 1e-4  # UPGrad's default norm_eps
+    weights, _ = weigh("upgrad", matrix)
+    torch.testing.assert_close(weights, torch.full((tasks,), 1 / tasks, dtype=torch.float64))

@@ -193,8 +193,10 @@ class UPGrad(GramianWeighting):
     ``d = (1/T) Σ_i π(g_i)``: each task gradient projected onto the dual cone
     ``{x : g_t · x >= 0 for all t}``, then averaged, so ``g_t · d >= 0`` for every task. With the
     Gramian, ``π(Jᵀu) = Jᵀv`` with ``v = argmin_{v >= u} vᵀ G v``; so ``w = Σ_i v_i`` with
-    ``u = e_i / T``. As TorchJD: G divided by its trace (``w = 0`` when the trace is below
-    ``norm_eps``) plus ``reg_eps·I``, which makes each problem strictly convex; each is a
+    ``u = e_i / T``. As TorchJD: G divided by its trace, or replaced by 0 when the trace
+    ``Σ_t |g_t|²`` is below ``norm_eps``, plus ``reg_eps·I``, which makes each problem strictly
+    convex. With G replaced by 0 the problems are ``reg_eps·I``, each ``v = u`` and ``w = 1/T``:
+    tiny gradients get the mean gradient, not the dual-cone property. Each problem is a
     non-negative QP in ``v - u`` solved exactly by an active-set method
     (:func:`~multitask.weighting.solvers.nonnegative_qp`). Solver failure (``warn``): the last
     active-set iterate, which is feasible.
@@ -208,9 +210,8 @@ class UPGrad(GramianWeighting):
     def weigh(self, gramian: Tensor, ctx: StepContext) -> Tensor:
         n = gramian.shape[0]
         trace = float(gramian.trace())
-        if trace < self.params.norm_eps:
-            return torch.zeros(n, dtype=torch.float64)
-        g = gramian / trace + self.params.reg_eps * torch.eye(n, dtype=torch.float64)
+        normalised = gramian / trace if trace >= self.params.norm_eps else torch.zeros_like(gramian)
+        g = normalised + self.params.reg_eps * torch.eye(n, dtype=torch.float64)
         total = torch.zeros(n, dtype=torch.float64)
         for task in range(n):
             lower = torch.zeros(n, dtype=torch.float64)
