@@ -41,8 +41,10 @@ class MGDA(GramianWeighting):
     ``w = argmin_{w in simplex} |Σ_t w_t g_t|²``, the min-norm point of the convex hull of the
     task gradients, here (as MGDA-UB) the gradients w.r.t. the shared representation; the
     encoder then gets ``∇θ Σ_t w_t L_t``. T = 2: ``w_1 = clip((g_2 - g_1)·g_2 / |g_1 - g_2|², 0,
-    1)``; T > 2: Frank-Wolfe (:func:`~multitask.weighting.solvers.min_norm_simplex`). Weights
-    sum to 1. Solver failure (``warn``): the last Frank-Wolfe iterate, feasible but not optimal.
+    1)``; T > 2: Wolfe's exact active-set method
+    (:func:`~multitask.weighting.solvers.min_norm_simplex`), done when the duality gap is at most
+    ``tol · |d|²``. Weights sum to 1. Solver failure (``warn``): the last active-set iterate,
+    feasible but not optimal.
     """
 
     name = "mgda"
@@ -54,7 +56,7 @@ class MGDA(GramianWeighting):
     def weigh(self, gramian: Tensor, ctx: StepContext) -> Tensor:
         solution = min_norm_simplex(gramian, self.params.max_iter, self.params.tol)
         if not solution.converged:
-            self.solver_failed(ctx, solution.detail, "the last Frank-Wolfe iterate")
+            self.solver_failed(ctx, solution.detail, "the last active-set iterate")
         return solution.x
 
 
