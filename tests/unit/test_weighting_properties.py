@@ -119,6 +119,28 @@ def test_mgda_gives_zero_when_zero_is_in_the_hull(tasks: int) -> None:
     assert float((weights @ matrix).norm()) <= 1e-7 * float(matrix.norm(dim=1).max())
 
 
+# IMTL-G (Liu et al. 2021): equal projections of d on every unit task gradient.
+
+
+@pytest.mark.parametrize(("kind", "tasks"),
+                         list(itertools.product([k for k in KINDS if k != "zero_task"], TASKS)))
+def test_imtl_projects_d_equally_on_every_unit_gradient(kind: str, tasks: int) -> None:
+    matrix = gradients(kind, tasks)
+    weights, _ = weigh("imtl", matrix)
+    d = weights @ matrix
+    projections = matrix @ d / matrix.norm(dim=1)
+    assert float(weights.sum()) == pytest.approx(1.0)
+    assert float(projections.min()) > 0.0
+    torch.testing.assert_close(projections, projections.mean().expand(tasks), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("tasks", TASKS)
+def test_imtl_update_is_zero_when_a_task_gradient_is_zero(tasks: int) -> None:
+    matrix = gradients("zero_task", tasks)
+    weights, _ = weigh("imtl", matrix)
+    assert float((weights @ matrix).norm()) <= 1e-12 * float(matrix.norm(dim=1).max())
+
+
 # Nash-MTL (Navon et al. 2022, Theorem 5.1): α_t (g_t · d) = 1 on the gradients themselves.
 
 

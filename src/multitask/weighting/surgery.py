@@ -57,7 +57,11 @@ class IMTLG(GramianWeighting):
     gradients w.r.t. the shared representation. Every product is a Gramian entry
     (``g_s · u_t = G[s, t] / |g_t|``). Linearly dependent gradients make ``D Uᵀ`` singular; it
     is then solved by the pseudo-inverse, which equals the inverse whenever that exists. A zero
-    gradient counts as norm 1e-15.
+    gradient counts as norm 1e-15, so its unit vector is 0 and its projection ``d · u_t`` is 0.
+    Hence when one task's gradient is exactly zero the shared update is zero: equal projections
+    make every ``d · u_t = 0``, and the only ``d`` in the span of the gradients orthogonal to all
+    of them is 0 (with linearly independent gradients α is then that task's unit vector). The
+    heads still get their gradients.
     """
 
     name = "imtl"
