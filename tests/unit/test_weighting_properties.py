@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import nnls
-from torch import Tensor
+from torch import Tensor, nn
 
 from multitask.weighting import SolverError, StepContext, build_weighting
 from multitask.weighting.gramian import GramianWeighting
+from multitask.weighting.surgery import aligned_balance, pcgrad_combinations
 
 KINDS = ("random", "conflicting", "nearly_collinear", "zero_task", "dominating", "tiny")
 TASKS = (2, 3, 5, 10)
@@ -55,6 +56,17 @@ def weigh(name: str, matrix: Tensor, **params: object) -> tuple[Tensor, GramianW
     assert isinstance(method, GramianWeighting)
     ctx = StepContext(torch.ones(len(matrix)), matrix, [], step=0, epoch=0)
     return method.weigh(matrix @ matrix.T, ctx), method
+
+
+def toy_step(name: str, matrix: Tensor, losses: Tensor, **params: object) -> tuple[Tensor, Tensor]:
+    """One step on ``L_t = g_t · (z - 1) + losses_t`` at ``z = θ = 1`` (a batch of one)."""
+    method = build_weighting(name, len(matrix), {name: dict(params)})
+    theta = nn.Parameter(torch.ones(matrix.shape[1]))
+    z = (theta * 1.0).unsqueeze(0)
+    task_losses = (matrix.float() @ (z[0] - 1.0)) + losses.float()
+    weights = method.backward(StepContext(task_losses, z, [theta], step=0, epoch=0))
+    assert theta.grad is not None
+    return theta.grad.double(), weights.double()
 
 
 def exact_min_norm_point(matrix: Tensor) -> Tensor:
@@ -196,3 +208,140 @@ def test_upgrad_gives_gradients_below_norm_eps_the_mean(tasks: int) -> None:
     assert float((matrix * matrix).sum()) < 1e-4  # UPGrad's default norm_eps
     weights, _ = weigh("upgrad", matrix)
     torch.testing.assert_close(weights, torch.full((tasks,), 1 / tasks, dtype=torch.float64))
+
+
+# PCGrad (Yu et al. 2020): after each projection, g_i^PC no longer conflicts with that g_j.
+
+
+@ALL
+def test_pcgrad_leaves_no_conflict_with_the_last_gradient_projected_against(
+        kind: str, tasks: int) -> None:
+    # A later projection can reintroduce a conflict with an earlier g_j (T >= 3), but none
+    # follows the last one: g_i^PC · g_j >= 0 for the last j in i's order, with or without
+    # a projection.
+    matrix = gradients(kind, tasks)
+    gramian = (matrix @ matrix.T).numpy()
+    generator = torch.Generator().manual_seed(tasks)
+    orders = [torch.randperm(tasks, generator=generator).tolist() for _ in range(tasks)]
+    products = pcgrad_combinations(gramian, orders) @ gramian  # [i, j] = g_i^PC · g_j
+    scale = float(np.abs(gramian).max())
+    for task, order in enumerate(orders):
+        last = [j for j in order if j != task][-1]
+        assert products[task, last] >= -1e-12 * scale, (task, last, products[task, last])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pcgrad_two_conflicting_gradients_become_orthogonal(kind: str) -> None:
+    matrix = gradients(kind, 2)
+    gramian = (matrix @ matrix.T).numpy()
+    products = pcgrad_combinations(gramian, [[1, 0], [0, 1]]) @ gramian
+    scale = float(np.abs(gramian).max())
+    off_diagonal = np.array([products[0, 1], products[1, 0]])
+    if gramian[0, 1] < 0:
+        np.testing.assert_allclose(off_diagonal, 0.0, atol=1e-12 * scale)
+    else:
+        np.testing.assert_allclose(off_diagonal, gramian[0, 1])
+
+
+# CAGrad (Liu et al. 2021): d maximises min_t g_t · d within c·|g_0| of the mean g_0.
+
+
+@ALL
+def test_cagrad_certifies_its_worst_task_improvement(kind: str, tasks: int) -> None:
+    # Weak duality: for d in the ball and any w in the simplex, min_t g_t·d <= F(w) =
+    # g_w·g_0 + c|g_0||g_w|. d = g_0 + (c|g_0| / |g_w|) g_w with F(w) = min_t g_t·d is
+    # therefore optimal; w is read off the combined weights (g_0 + λ g_w). SLSQP solves the
+    # dual on G scaled to a largest diagonal of 1, so the gap is only that small relative to
+    # max|g|²: on the dominating kind at T = 10 the worst task's g_t·d is -260 where -197 is
+    # attainable.
+    matrix, c = gradients(kind, tasks), 0.5
+    combined, _ = weigh("cagrad", matrix, c=c, rescale=0, on_solver_failure="raise")
+    mean = matrix.mean(0)
+    radius = c * float(mean.norm())
+    scale = float(matrix.norm(dim=1).max())
+    d = combined @ matrix
+    assert float((d - mean).norm()) <= radius + 1e-9 * scale
+    direction = combined - 1.0 / tasks
+    if float(direction.sum()) <= 0.0:  # no ball: g_0 = 0
+        return
+    g_w = (direction / direction.sum()) @ matrix
+    dual = float(g_w @ mean) + radius * float(g_w.norm())
+    assert float((matrix @ d).min()) >= dual - 1e-5 * scale**2
+
+
+# Aligned-MTL (Senushkin et al. 2023): the aligned gradients B J have one singular value.
+
+
+@ALL
+def test_alignedmtl_aligned_gradients_share_the_smallest_singular_value(
+        kind: str, tasks: int) -> None:
+    matrix = gradients(kind, tasks)
+    gramian = matrix @ matrix.T
+    balance = aligned_balance(gramian)
+    eigenvalues = torch.linalg.eigvalsh(gramian)
+    kept = eigenvalues[eigenvalues > eigenvalues.max() * tasks * torch.finfo(torch.float32).eps]
+    aligned = torch.linalg.eigvalsh(balance @ gramian @ balance.T)  # squared singular values
+    nonzero = aligned[aligned > 1e-6 * float(kept.min())]
+    assert len(nonzero) == len(kept)
+    torch.testing.assert_close(nonzero, kept.min().expand(len(kept)), rtol=1e-7, atol=0)
+    weights, _ = weigh("alignedmtl", matrix)
+    torch.testing.assert_close(weights, balance.sum(1))
+
+
+# GradDrop (Chen et al. 2020): each element keeps the gradients of one sign only.
+
+
+@ALL
+def test_graddrop_keeps_one_sign_per_element(kind: str, tasks: int) -> None:
+    torch.manual_seed(tasks)
+    matrix = gradients(kind, tasks)
+    update, _ = toy_step("graddrop", matrix, torch.ones(tasks))
+    rows = matrix.float().double()
+    positive, negative = rows.clamp_min(0).sum(0), rows.clamp_max(0).sum(0)
+    is_positive = torch.isclose(update, positive, rtol=1e-5, atol=0)
+    is_negative = torch.isclose(update, negative, rtol=1e-5, atol=0)
+    assert bool((is_positive | is_negative).all()), update
+    unanimous = (rows >= 0).all(0) | (rows <= 0).all(0)  # purity 0 or 1: no draw involved
+    torch.testing.assert_close(update[unanimous], rows.sum(0)[unanimous], rtol=1e-5, atol=0)
+
+
+# DB-MTL (Lin & Zhang 2023): every task's averaged log-loss gradient scaled to the largest norm.
+
+
+@ALL
+def test_dbmtl_scales_every_gradient_to_the_largest_norm(kind: str, tasks: int) -> None:
+    matrix, beta, eps = gradients(kind, tasks), 0.9, 1e-8
+    losses = torch.linspace(0.5, 2.0, tasks, dtype=torch.float64)
+    update, weights = toy_step("dbmtl", matrix, losses, balance_gradients=True, beta=beta)
+    rows = matrix.float().double()
+    averaged = (1 - beta) * rows / (losses + eps).unsqueeze(1)  # the average after one step
+    norms = averaged.norm(dim=1)
+    scaled = (weights * (1 - beta)).unsqueeze(1) * rows  # weights include 1 / (L_t + ε)
+    torch.testing.assert_close(update, scaled.sum(0), rtol=1e-5, atol=1e-6 * float(norms.max()))
+    # exact up to the authors' ε in max|ĥ| / (|ĥ_t| + ε); zero gradients stay zero
+    nonzero = norms > 0
+    relative = scaled.norm(dim=1)[nonzero] / norms.max()
+    bound = 1e-5 + eps / norms[nonzero]
+    assert bool(((relative - 1).abs() <= bound).all()), relative
+
+
+# GradNorm (Chen et al. 2018): w.grad is the gradient of Σ_t |w_t |g_t| - Ḡ r_t^α| (target fixed).
+
+
+@ALL
+def test_gradnorm_weight_gradient_is_that_of_its_gradient_loss(kind: str, tasks: int) -> None:
+    matrix, alpha = gradients(kind, tasks), 1.5
+    gradnorm = build_weighting("gradnorm", tasks, {"gradnorm": {"alpha": alpha}})
+    assert isinstance(gradnorm, GramianWeighting)
+    gramian = matrix @ matrix.T
+    first, later = torch.ones(tasks), torch.linspace(0.3, 1.2, tasks)
+    gradnorm.weigh(gramian, StepContext(first, matrix, [], step=0, epoch=0))
+    weights = gradnorm.weigh(gramian, StepContext(later, matrix, [], step=1, epoch=0))
+    assert float(weights.sum()) == pytest.approx(tasks)
+    w = weights.clone().requires_grad_(True)
+    norms = gramian.diagonal().sqrt()
+    rates = later.double() / first.double()
+    target = ((w * norms).mean() * (rates / rates.mean()) ** alpha).detach()
+    (w * norms - target).abs().sum().backward()
+    assert w.grad is not None
+    torch.testing.assert_close(gradnorm.task_weights.grad.double(), w.grad)
