@@ -19,7 +19,13 @@ from torch import Tensor
 
 from multitask.weighting.base import StepContext, register
 from multitask.weighting.gramian import GradientSource, GramianWeighting, SolverParams
-from multitask.weighting.solvers import cpu64, min_norm_simplex, nash_bargaining, nonnegative_qp
+from multitask.weighting.solvers import (
+    Solution,
+    cpu64,
+    min_norm_simplex,
+    nash_bargaining,
+    nonnegative_qp,
+)
 
 
 class MGDAParams(SolverParams):
@@ -35,8 +41,10 @@ class MGDA(GramianWeighting):
     ``w = argmin_{w in simplex} |Σ_t w_t g_t|²``, the min-norm point of the convex hull of the
     task gradients, here (as MGDA-UB) the gradients w.r.t. the shared representation; the
     encoder then gets ``∇θ Σ_t w_t L_t``. T = 2: ``w_1 = clip((g_2 - g_1)·g_2 / |g_1 - g_2|², 0,
-    1)``; T > 2: Frank-Wolfe (:func:`~multitask.weighting.solvers.min_norm_simplex`). Weights
-    sum to 1. Solver failure (``warn``): the last Frank-Wolfe iterate, feasible but not optimal.
+    1)``; T > 2: Wolfe's exact active-set method
+    (:func:`~multitask.weighting.solvers.min_norm_simplex`), done when the duality gap is at most
+    ``tol · |d|²``. Weights sum to 1. Solver failure (``warn``): the last active-set iterate,
+    feasible but not optimal.
     """
 
     name = "mgda"
@@ -48,7 +56,7 @@ class MGDA(GramianWeighting):
     def weigh(self, gramian: Tensor, ctx: StepContext) -> Tensor:
         solution = min_norm_simplex(gramian, self.params.max_iter, self.params.tol)
         if not solution.converged:
-            self.solver_failed(ctx, solution.detail, "the last Frank-Wolfe iterate")
+            self.solver_failed(ctx, solution.detail, "the last active-set iterate")
         return solution.x
 
 
@@ -114,16 +122,21 @@ class NashMTL(GramianWeighting):
     """Nash-MTL (Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022).
 
     ``d = Σ_t α_t g_t`` with ``α > 0`` solving ``G α = 1/α`` elementwise, that is
-    ``α_t (g_t · d) = 1`` for every task: the Nash bargaining solution (the paper's Theorem 5.1).
-    As in the authors' code, G is first divided by its Frobenius norm and the heads get
-    ``α``-weighted gradients (they backpropagate ``Σ_t α_t L_t``). The authors approximate the
-    solution by a sequence of convex programs (cvxpy); here damped Newton minimises the convex
-    ``½ αᵀGα - Σ_t log α_t``, whose stationary point is exactly ``G α = 1/α``
-    (:func:`~multitask.weighting.solvers.nash_bargaining`), warm-started from the previous α.
-    ``update_weights_every: k`` re-solves every k-th step and otherwise steps on ``Σ_t α_t L_t``
-    with the last α (one backward, the authors' speed option). No solution exists when 0 is in
-    the convex hull of the gradients; then (``warn``) the previous step's α is used (ones at
-    the first step), as the authors' code does.
+    ``α_t (g_t · d) = 1`` for every task: the Nash bargaining solution (the paper's Theorem 5.1),
+    on the gradients themselves; the heads get ``α``-weighted gradients (they backpropagate
+    ``Σ_t α_t L_t``). The authors' code divides G by its Frobenius norm for the solver and puts
+    the factor back into the constraint, so its α too solves the original problem. Here the solver
+    gets the cosine matrix ``C = N⁻¹ G N⁻¹`` (``N = diag |g_t|``): with ``β = N α``,
+    ``α_t (G α)_t = β_t (C β)_t``, so ``β`` solves ``C β = 1/β`` and ``α = β / |g|`` exactly,
+    and gradients of very different norms do not make the solver's problem ill-conditioned.
+    The authors approximate the solution by a sequence of convex programs (cvxpy); here damped
+    Newton minimises the convex ``½ βᵀCβ - Σ_t log β_t``, whose stationary point is exactly
+    ``C β = 1/β`` (:func:`~multitask.weighting.solvers.nash_bargaining`), warm-started from the
+    previous α. ``update_weights_every: k`` re-solves every k-th step and otherwise steps on
+    ``Σ_t α_t L_t`` with the last α (one backward, the authors' speed option). No solution exists
+    when 0 is in the convex hull of the gradients, in particular when a task's gradient is zero;
+    then (``warn``) the previous step's α is used (ones at the first step), as the authors' code
+    does.
     """
 
     name = "nashmtl"
@@ -144,13 +157,18 @@ class NashMTL(GramianWeighting):
         return super().backward(ctx)
 
     def weigh(self, gramian: Tensor, ctx: StepContext) -> Tensor:
-        norm = float(torch.linalg.matrix_norm(gramian))
-        g = gramian / norm if norm > 0 else gramian
-        start = (self.alpha if self.alpha is not None
-                 else 1.0 / g.diagonal().clamp_min(1e-12).sqrt())
-        solution = nash_bargaining(g, start, self.params.max_iter)
+        norms = gramian.diagonal().clamp_min(0.0).sqrt()
+        if bool((norms > 0).all()):
+            cosines = gramian / torch.outer(norms, norms)
+            start = (self.alpha * norms if self.alpha is not None
+                     else torch.ones(len(norms), dtype=torch.float64))
+            solution = nash_bargaining(cosines, start, self.params.max_iter)
+        else:
+            zero = torch.nonzero(norms == 0).flatten().tolist()
+            solution = Solution(norms, False, 0, f"the gradients of tasks {zero} are zero: no "
+                                "α satisfies α_t (g_t · d) = 1")
         if solution.converged:
-            self.alpha = solution.x
+            self.alpha = solution.x / norms
         else:
             self.solver_failed(ctx, solution.detail, "the previous step's weights")
             if self.alpha is None:
@@ -177,8 +195,10 @@ class UPGrad(GramianWeighting):
     ``d = (1/T) Σ_i π(g_i)``: each task gradient projected onto the dual cone
     ``{x : g_t · x >= 0 for all t}``, then averaged, so ``g_t · d >= 0`` for every task. With the
     Gramian, ``π(Jᵀu) = Jᵀv`` with ``v = argmin_{v >= u} vᵀ G v``; so ``w = Σ_i v_i`` with
-    ``u = e_i / T``. As TorchJD: G divided by its trace (``w = 0`` when the trace is below
-    ``norm_eps``) plus ``reg_eps·I``, which makes each problem strictly convex; each is a
+    ``u = e_i / T``. As TorchJD: G divided by its trace, or replaced by 0 when the trace
+    ``Σ_t |g_t|²`` is below ``norm_eps``, plus ``reg_eps·I``, which makes each problem strictly
+    convex. With G replaced by 0 the problems are ``reg_eps·I``, each ``v = u`` and ``w = 1/T``:
+    tiny gradients get the mean gradient, not the dual-cone property. Each problem is a
     non-negative QP in ``v - u`` solved exactly by an active-set method
     (:func:`~multitask.weighting.solvers.nonnegative_qp`). Solver failure (``warn``): the last
     active-set iterate, which is feasible.
@@ -192,9 +212,8 @@ class UPGrad(GramianWeighting):
     def weigh(self, gramian: Tensor, ctx: StepContext) -> Tensor:
         n = gramian.shape[0]
         trace = float(gramian.trace())
-        if trace < self.params.norm_eps:
-            return torch.zeros(n, dtype=torch.float64)
-        g = gramian / trace + self.params.reg_eps * torch.eye(n, dtype=torch.float64)
+        normalised = gramian / trace if trace >= self.params.norm_eps else torch.zeros_like(gramian)
+        g = normalised + self.params.reg_eps * torch.eye(n, dtype=torch.float64)
         total = torch.zeros(n, dtype=torch.float64)
         for task in range(n):
             lower = torch.zeros(n, dtype=torch.float64)

@@ -31,16 +31,26 @@ class PCGrad(GramianWeighting):
 
     def weigh(self, gramian: Tensor, ctx: StepContext) -> Tensor:
         n = gramian.shape[0]
-        g = gramian.numpy()  # small T x T loops: NumPy, not torch's per-op overhead
-        combination = np.eye(n)
-        for i in range(n):
-            for j in torch.randperm(n).tolist():
-                if j == i or g[j, j] <= 0:
-                    continue
-                dot = combination[i] @ g[:, j]
-                if dot < 0:
-                    combination[i, j] -= dot / g[j, j]
-        return torch.from_numpy(combination.sum(0))
+        orders = [torch.randperm(n).tolist() for _ in range(n)]
+        return torch.from_numpy(pcgrad_combinations(gramian.numpy(), orders).sum(0))
+
+
+def pcgrad_combinations(gramian: np.ndarray, orders: list[list[int]]) -> np.ndarray:
+    """``C`` with ``g_i^PC = Σ_k C[i, k] g_k``: task i projected against ``orders[i]`` in turn.
+
+    Small T x T loops, so NumPy rather than torch's per-operation overhead. Tasks with a zero
+    gradient have no normal plane and are skipped.
+    """
+    n = gramian.shape[0]
+    combination = np.eye(n)
+    for i in range(n):
+        for j in orders[i]:
+            if j == i or gramian[j, j] <= 0:
+                continue
+            dot = combination[i] @ gramian[:, j]
+            if dot < 0:
+                combination[i, j] -= dot / gramian[j, j]
+    return combination
 
 
 class IMTLParams(GramianParams):
@@ -57,7 +67,11 @@ class IMTLG(GramianWeighting):
     gradients w.r.t. the shared representation. Every product is a Gramian entry
     (``g_s · u_t = G[s, t] / |g_t|``). Linearly dependent gradients make ``D Uᵀ`` singular; it
     is then solved by the pseudo-inverse, which equals the inverse whenever that exists. A zero
-    gradient counts as norm 1e-15.
+    gradient counts as norm 1e-15, so its unit vector is 0 and its projection ``d · u_t`` is 0.
+    Hence when one task's gradient is exactly zero the shared update is zero: equal projections
+    make every ``d · u_t = 0``, and the only ``d`` in the span of the gradients orthogonal to all
+    of them is 0 (with linearly independent gradients α is then that task's unit vector). The
+    heads still get their gradients.
     """
 
     name = "imtl"
@@ -91,14 +105,21 @@ class AlignedMTL(GramianWeighting):
     description = "align the task gradients to equal singular values (Senushkin et al. 2023)"
 
     def weigh(self, gramian: Tensor, ctx: StepContext) -> Tensor:
-        n = gramian.shape[0]
-        eigenvalues, vectors = torch.linalg.eigh(gramian)
-        keep = eigenvalues > eigenvalues.max() * n * torch.finfo(torch.float32).eps
-        if not bool(keep.any()):
-            return torch.zeros(n, dtype=torch.float64)
-        kept, basis = eigenvalues[keep], vectors[:, keep]
-        balance = kept.min().sqrt() * (basis / kept.sqrt()) @ basis.T
-        return balance.sum(1)
+        return aligned_balance(gramian).sum(1)
+
+
+def aligned_balance(gramian: Tensor) -> Tensor:
+    """Aligned-MTL's ``B`` (T x T): the aligned gradients ``B J`` have Gramian ``λ_min Π``.
+
+    ``Π`` projects onto the eigenvectors of G that are kept; all-zero gradients give ``B = 0``.
+    """
+    n = gramian.shape[0]
+    eigenvalues, vectors = torch.linalg.eigh(gramian)
+    keep = eigenvalues > eigenvalues.max() * n * torch.finfo(torch.float32).eps
+    if not bool(keep.any()):
+        return torch.zeros(n, n, dtype=torch.float64)
+    kept, basis = eigenvalues[keep], vectors[:, keep]
+    return kept.min().sqrt() * (basis / kept.sqrt()) @ basis.T
 
 
 @register
