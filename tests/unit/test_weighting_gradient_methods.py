@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from multitask.weighting import SolverError, StepContext, WeightingMethod, build_weighting
-from multitask.weighting.gramian import GramianWeighting, gramian64
+from multitask.weighting.gradients import gramian64
+from multitask.weighting.gramian import GramianWeighting
 
 
 def step(method: WeightingMethod, vectors: list[list[float]],

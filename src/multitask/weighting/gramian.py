@@ -8,9 +8,9 @@ Gramian ``G = J Jᵀ`` (``G[i, j] = g_i · g_j``). So each is one function ``G -
 their Gramian, and writes ``d = wᵀ J`` back without a further backward pass through the encoder.
 With ``gradients: representation`` that write-back is one encoder backward of ``d``, which is
 exactly the gradient of ``Σ_t w_t L_t`` (MGDA-UB's upper-bound trick, Sener & Koltun 2018).
-The Gramian is formed in float64 (:func:`gramian64`): the gradients are float32, but G is only
-T x T, and the float32 product is neither exactly symmetric nor accurate for nearly collinear
-gradients, whose differences the methods divide by.
+The Gramian is formed in float64 (:func:`multitask.weighting.gradients.gramian64`): the
+gradients are float32, but G is only T x T, and the float32 product is neither exactly
+symmetric nor accurate for nearly collinear gradients, whose differences the methods divide by.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import logging
 from abc import abstractmethod
 from typing import Any, ClassVar, Literal
 
-import torch
 from pydantic import Field
 from torch import Tensor
 
@@ -30,22 +29,6 @@ from multitask.weighting.solvers import SolverError
 log = logging.getLogger(__name__)
 
 GradientSource = Literal["parameters", "representation"]
-
-
-def gramian64(matrix: Tensor, block: int = 1 << 20) -> Tensor:
-    """``G = J Jᵀ`` of the ``T x D`` gradients ``matrix``: float64, on the CPU, exactly symmetric.
-
-    Accumulated over blocks of ``block`` columns so that no float64 copy of the whole of J is made
-    (J can hold every shared parameter). On float32 gradients 1% apart (D = 1000, T <= 10) the
-    float32 product moved IMTL-G's weights by up to 0.6% and Aligned-MTL's and MGDA's by 0.09%;
-    at 0.1% apart IMTL-G's by 66%.
-    """
-    rows = matrix.shape[0]
-    gramian = torch.zeros(rows, rows, dtype=torch.float64, device=matrix.device)
-    for columns in matrix.split(block, dim=1):
-        columns = columns.to(torch.float64)
-        gramian += columns @ columns.T
-    return ((gramian + gramian.T) / 2).cpu()
 
 
 class GramianParams(MethodParams):
@@ -84,7 +67,7 @@ class GramianWeighting(WeightingMethod):
     def backward(self, ctx: StepContext) -> Tensor:
         grads = per_task_gradients(ctx.losses, ctx.features, ctx.shared_parameters,
                                    self.gradients)
-        weights = self.weigh(gramian64(grads.matrix), ctx).to(grads.matrix)
+        weights = self.weigh(grads.gramian(), ctx).to(grads.matrix)
         grads.apply(weights @ grads.matrix, weights if self.weights_heads else None)
         return weights
 
