@@ -92,7 +92,10 @@ def model_info(model: Any) -> tuple[list[str], dict[str, list[str]], tuple[int, 
         raise ValueError("the model carries no task names in its metadata; log it with "
                          "multitask.tracking.StageRun.log_model")
     schema = model.metadata.get_input_schema()
-    shape = tuple(schema.inputs[0].shape[1:]) if schema is not None else (1, 36, 36)
+    if schema is None:  # the signature, not a data set's defaults, says what the model takes
+        raise ValueError("the model has no input signature; log it with "
+                         "multitask.tracking.log_model, which records one")
+    shape = tuple(schema.inputs[0].shape[1:])
     if len(shape) != 3:
         raise ValueError(f"the model's input signature has shape {shape}; expected (C, H, W)")
     return tasks, dict(metadata.get("class_names") or {}), shape  # type: ignore[return-value]
