@@ -18,7 +18,7 @@ from multitask.config import ModelConfig, TrainConfig
 from multitask.data.processed import tasks as tasks_from_meta
 from multitask.models import build_model
 from multitask.training.data import ProcessedData
-from multitask.training.trainer import Trainer, task_losses
+from multitask.training.trainer import NonFiniteLossError, Trainer, task_losses
 from multitask.weighting import build_weighting
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,6 +168,23 @@ def test_sigkilled_training_resumes_to_the_same_result(stage_dir: Callable[..., 
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
+def test_a_loss_that_blows_up_stops_training(processed: Path) -> None:
+    trainer = make_trainer(processed, epochs=2, optimizer={"name": "sgd", "lr": 1e10})
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1: the training loss of task\(s\) "):
+        trainer.fit()
+    assert trainer.history == [], "no epoch is recorded once the loss is not finite"
+
+
+def test_a_diverging_run_ends_with_one_line_and_no_model(stage_dir: Callable[..., Path],
+                                                         tmp_path: Path) -> None:
+    cwd = stage_dir(tmp_path, optimizer={"name": "sgd", "lr": 1e10})
+    result = run_train(cwd)
+    assert result.returncode == 1
+    assert "is not finite (NaN or inf)" in result.stderr and "Traceback" not in result.stderr
+    assert not (cwd / "models" / "model.pt").exists()
+    assert not (cwd / "reports" / "train.json").exists()
+
+
 @pytest.mark.parametrize(
     ("train", "message"),
     [
@@ -176,6 +193,10 @@ def test_sigkilled_training_resumes_to_the_same_result(stage_dir: Callable[..., 
         ({"weighting": "static", "method_params": {"static": {"weights": [1.0, 1.0, 1.0]}}},
          "3 weights given for 2 tasks"),
         ({"weighting": "pcgard"}, "train.weighting: unknown weighting method 'pcgard'"),
+        ({"weighting": "static", "method_params": {"static": {"weights": [float("nan"), 1.0]}}},
+         "weights must be finite numbers"),
+        ({"weighting": "static", "method_params": {"static": {"weights": [float("inf"), 1.0]}}},
+         "weights must be finite numbers"),
         ({"method_params": {"static": {"weigths": [1, 1]}}}, "train.method_params.static"),
     ],
 )

@@ -39,6 +39,10 @@ FAIL_AFTER_EPOCH_ENV = "MULTITASK_FAIL_AFTER_EPOCH"  # tests only: raise after t
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
+class NonFiniteLossError(RuntimeError):
+    """A task's training loss became NaN or infinite: the run stops, nothing is saved."""
+
+
 def build_optimizer(parameters: Iterable[nn.Parameter], config: OptimizerConfig
                     ) -> torch.optim.Optimizer:
     params = list(parameters)
@@ -242,6 +246,13 @@ class Trainer:
                                                              strict=True)})
         bar.close()
         mean_losses = loss_sum / steps
+        if not bool(torch.isfinite(mean_losses).all()):  # one check per epoch: no step syncs
+            broken = [n for n, v in zip(names, mean_losses.tolist(), strict=True)
+                      if not math.isfinite(v)]
+            raise NonFiniteLossError(
+                f"epoch {epoch + 1}: the training loss of task(s) {broken} is not finite (NaN or "
+                "inf); stopped before saving this epoch. Lower the task weights "
+                "(train.method_params, reports/tuning/weights.json) or train.optimizer.lr")
         self.method.end_epoch(epoch, mean_losses.detach())
         record = {keys.task_metric(keys.TRAIN, n, keys.LOSS): v
                   for n, v in zip(names, mean_losses.tolist(), strict=True)}

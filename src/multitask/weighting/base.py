@@ -155,4 +155,7 @@ def build_weighting(
     if name not in METHODS:
         raise unknown_method(name, where=where)
     params = parse_method_params(name, (method_params or {}).get(name, {}), where)
-    return METHODS[name](num_tasks, params)  # type: ignore[arg-type]
+    try:
+        return METHODS[name](num_tasks, params)
+    except ValueError as exc:  # params that do not fit the task count (static's weights ...)
+        raise MethodParamsError(f"{where}: {exc}") from None

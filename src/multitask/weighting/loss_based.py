@@ -6,6 +6,7 @@ and famo (Liu et al. 2023).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -33,6 +34,8 @@ class StaticParams(MethodParams):
     @field_validator("weights")
     @classmethod
     def _non_negative(cls, weights: list[float]) -> list[float]:
+        if not all(math.isfinite(w) for w in weights):
+            raise ValueError(f"weights must be finite numbers, got {weights}")
         if any(w < 0 for w in weights):
             raise ValueError(f"weights must be non-negative, got {weights}")
         if sum(weights) <= 0:
@@ -54,12 +57,12 @@ class Static(LossWeighting):
     def __init__(self, num_tasks: int, params: StaticParams | None = None) -> None:
         if params is None:
             raise ValueError(
-                "params.yaml: train.method_params.static.weights: required for "
+                "train.method_params.static.weights: required for "
                 "train.weighting: static (one non-negative weight per task)"
             )
         if len(params.weights) != num_tasks:
             raise ValueError(
-                f"params.yaml: train.method_params.static.weights: {len(params.weights)} "
+                f"train.method_params.static.weights: {len(params.weights)} "
                 f"weights given for {num_tasks} tasks; give one per task"
             )
         super().__init__(num_tasks, params)
