@@ -25,6 +25,7 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+MAX_IMAGE_PIXELS = 50_000_000  # about 7000 x 7000: far beyond any input this model takes
 
 
 # ------------------------------------------------------------------------------ reading images
@@ -45,10 +46,56 @@ def _letterbox(image: Any, size: tuple[int, int], source: Path) -> np.ndarray:
     return np.asarray(canvas, dtype=np.float32)
 
 
-def load_images(paths: list[Path], shape: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:
-    """A float32 (N, C, H, W) batch of pixel values 0..255 and a name for each image."""
+def _read_array(path: Path, channels: int, height: int, width: int) -> np.ndarray:
+    """An ``.npy`` file as float32 (N, H, W) raw pixels; a clear error for anything else."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:  # object arrays, truncated or foreign files
+        raise ValueError(f"{path}: not a readable .npy array of numbers ({exc})") from None
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f"{path}: array of {array.dtype}; save pixel values as numbers")
+    array = array.astype(np.float32)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim == 4 and array.shape[1] == channels:
+        array = array[:, 0] if channels == 1 else array
+    if array.shape[-2:] != (height, width) or array.ndim != 3:
+        raise ValueError(f"{path}: array of shape {array.shape}; expected ({height}, "
+                         f"{width}), (N, {height}, {width}) or (N, 1, {height}, {width})")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{path}: {int((~np.isfinite(array)).sum())} NaN or infinite values; "
+                         "save raw pixel values 0..255")
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise ValueError(f"{path}: values outside 0..255 (min {array.min()}, max "
+                         f"{array.max()}); save raw pixel values, not normalised ones")
+    return array
+
+
+def _read_image(path: Path, height: int, width: int) -> np.ndarray:
+    """A PNG/JPEG file as float32 (H, W) raw grey pixels, letterboxed to the model's size.
+
+    The header is checked before any pixel is decoded: a file claiming more than
+    :data:`MAX_IMAGE_PIXELS` pixels is refused (a decompression bomb would exhaust memory).
+    """
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        with Image.open(path) as image:
+            pixels = image.size[0] * image.size[1]
+            if pixels > MAX_IMAGE_PIXELS:
+                raise ValueError(f"{path}: {image.size[0]}x{image.size[1]} pixels, more than "
+                                 f"{MAX_IMAGE_PIXELS:,}; refused before decoding (resize it)")
+            return _letterbox(image.convert("L"), (height, width), path)
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not a readable {path.suffix} image") from None
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{path}: refused before decoding ({exc})") from None
+    except OSError as exc:  # truncated or corrupt pixel data
+        raise ValueError(f"{path}: truncated or corrupt {path.suffix} image ({exc})") from None
+
+
+def load_images(paths: list[Path], shape: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:
+    """A float32 (N, C, H, W) batch of pixel values 0..255 and a name for each image."""
     channels, height, width = shape
     batch: list[np.ndarray] = []
     names: list[str] = []
@@ -56,26 +103,12 @@ def load_images(paths: list[Path], shape: tuple[int, int, int]) -> tuple[np.ndar
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such image file")
         if path.suffix.lower() == ".npy":
-            array = np.load(path, allow_pickle=False).astype(np.float32)
-            if array.ndim == 2:
-                array = array[None]
-            if array.ndim == 4 and array.shape[1] == channels:
-                array = array[:, 0] if channels == 1 else array
-            if array.shape[-2:] != (height, width) or array.ndim != 3:
-                raise ValueError(f"{path}: array of shape {array.shape}; expected ({height}, "
-                                 f"{width}), (N, {height}, {width}) or (N, 1, {height}, {width})")
-            if array.size and (array.min() < 0 or array.max() > 255):
-                raise ValueError(f"{path}: values outside 0..255 (min {array.min()}, max "
-                                 f"{array.max()}); save raw pixel values, not normalised ones")
+            array = _read_array(path, channels, height, width)
             batch.extend(array)
             names.extend([str(path)] if len(array) == 1
                          else [f"{path}[{i}]" for i in range(len(array))])
         elif path.suffix.lower() in IMAGE_SUFFIXES:
-            try:
-                with Image.open(path) as image:
-                    batch.append(_letterbox(image.convert("L"), (height, width), path))
-            except UnidentifiedImageError:
-                raise ValueError(f"{path}: not a readable {path.suffix} image") from None
+            batch.append(_read_image(path, height, width))
             names.append(str(path))
         else:
             raise ValueError(f"{path}: unsupported file type '{path.suffix}'; give PNG, JPEG "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from multitask.config import DataConfig, Source
 from multitask.data import processed
 from multitask.data.composites import ITEM, build_composites, sample_pairs
+from multitask.data.idx import SPLIT_FILES
 from multitask.data.preprocess import build_dataset, split_sizes
 from multitask.io import read_json
 from multitask.layout import Layout
@@ -93,7 +95,7 @@ def test_validation_items_are_held_out_of_training(layout: Layout) -> None:
     from multitask.data.preprocess import load_pool
 
     folder = layout.source_dir("fashion_mnist")
-    pool = load_pool(folder, 0.1, np.random.default_rng(0))
+    pool = load_pool(folder, 0.1, np.random.default_rng(0), classes=10)
     train = {img.tobytes() for img in pool.images["train"]}
     val = {img.tobytes() for img in pool.images["val"]}
     assert len(pool.images["val"]) == 400  # 10% of the 4,000 sample training images
@@ -114,3 +116,17 @@ def test_written_dataset_and_meta(sample_config: DataConfig, layout: Layout) -> 
     assert processed.content_hash(loaded) == saved["sha256"]
     assert loaded["train_labels"].shape == (900, 2)
     assert not list(out.parent.glob(".processed.*")), "temporary folders left behind"
+
+
+def test_out_of_range_labels_stop_preprocess_on_its_own(
+        sample_config: DataConfig, tmp_path: Path, write_idx: Callable[..., str],
+        idx_dataset: Callable[..., dict[str, str]]) -> None:
+    layout = Layout(tmp_path / "bad")
+    folder = layout.source_dir("fashion_mnist")
+    idx_dataset(folder, n_train=40, n_test=20)
+    labels = np.arange(20, dtype=np.uint8) % 10
+    labels[[3, 7]] = [12, 250]
+    write_idx(folder / SPLIT_FILES["test"][1], labels)
+    with pytest.raises(ValueError, match=r"test labels \[12, 250\] outside 0\.\.9"):
+        build_dataset(sample_config, layout)
+    assert not layout.processed_dir.exists()

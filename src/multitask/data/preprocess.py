@@ -35,10 +35,24 @@ class Pool:
     labels: dict[str, np.ndarray]
 
 
-def load_pool(folder: Path, val_fraction: float, rng: np.random.Generator) -> Pool:
+def _checked_labels(folder: Path, split: str, labels: np.ndarray, classes: int) -> np.ndarray:
+    """``labels``, refused when one lies outside the source's classes: a composite must never
+    carry a label its task cannot have, even when the stage runs without ``validate``."""
+    outside = np.unique(labels[labels >= classes])
+    if outside.size:
+        raise ValueError(f"{folder}: {split} labels {outside[:5].tolist()} outside 0..{classes - 1}"
+                         "; these files are not this source's, rerun multitask download and "
+                         "multitask validate")
+    return labels
+
+
+def load_pool(folder: Path, val_fraction: float, rng: np.random.Generator,
+              classes: int) -> Pool:
     """A source's IDX files (in ``folder``), ``val_fraction`` of its training images held out."""
     train_x, train_y = read_split(folder, "train")
     test_x, test_y = read_split(folder, "test")
+    train_y = _checked_labels(folder, "train", train_y, classes)
+    test_y = _checked_labels(folder, "test", test_y, classes)
     order = rng.permutation(len(train_x))
     n_val = max(1, round(val_fraction * len(train_x)))
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
@@ -60,7 +74,7 @@ def build_dataset(config: DataConfig, layout: Layout
     left_task, right_task = spec.tasks  # the canvas has a top-left and a bottom-right item
     left_source, right_source = left_task.source, right_task.source
     rng = np.random.default_rng(config.seed)
-    pools = {s: load_pool(layout.source_dir(s), config.val_fraction, rng)
+    pools = {s: load_pool(layout.source_dir(s), config.val_fraction, rng, SOURCES[s].num_classes)
              for s in dict.fromkeys((left_source, right_source))}
     left, right = pools[left_source], pools[right_source]
     arrays: dict[str, np.ndarray] = {}
