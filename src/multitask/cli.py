@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from multitask import __version__
 from multitask.layout import Layout
+from multitask.redaction import RedactingFilter, redact
 
 if TYPE_CHECKING:
     from multitask.config import Params
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     command = COMMANDS[args.command]
     module_name, function_name = command.target.split(":")
     try:
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         # the file or key and what to do; a traceback would only bury it.
         if args.verbose:
             raise
-        print(f"multitask {args.command}: error: {exc}", file=sys.stderr)
+        print(f"multitask {args.command}: error: {redact(str(exc))}", file=sys.stderr)
         return 1
 
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from multitask.data.datasets import DATASETS
 from multitask.errors import ConfigError, validate
+from multitask.redaction import redact
 
 __all__ = ["ConfigError", "Params", "flatten", "load_params", "parse_params"]
 
@@ -335,7 +336,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
 
 
 def flatten(params: Params) -> dict[str, Any]:
-    """``{'train.optimizer.lr': 0.001, ...}`` spelt as in ``params.yaml`` (for MLflow)."""
+    """``{'train.optimizer.lr': 0.001, ...}`` spelt as in ``params.yaml`` (for MLflow); the
+    credentials of any URL (``tune.storage: postgresql://user:password@...``) are masked."""
     out: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -343,7 +345,7 @@ def flatten(params: Params) -> dict[str, Any]:
             for key, item in value.items():
                 walk(f"{prefix}.{key}" if prefix else str(key), item)
         else:
-            out[prefix] = value
+            out[prefix] = redact(value) if isinstance(value, str) else value
 
     walk("", params.model_dump(by_alias=True, mode="json"))
     return out

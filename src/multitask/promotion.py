@@ -173,7 +173,7 @@ def status(params: Params) -> int:
     versions = {alias: tracking.version_by_alias(name, alias) for alias in (CHAMPION, CHALLENGER)}
     if not any(versions.values()):
         raise ValueError(f"registered model '{name}' has no champion or challenger in "
-                         f"{tracking.tracking_uri()}; run `multitask promote` first")
+                         f"{tracking.describe_uri()}; run `multitask promote` first")
     columns = {alias: _version_metrics(v) if v else {} for alias, v in versions.items()}
     tasks = sorted({task for metrics in columns.values()
                     for task in keys.task_values(metrics, keys.TEST, GATED_METRIC)})
@@ -201,7 +201,7 @@ def status(params: Params) -> int:
                            for a in (CHAMPION, CHALLENGER)), ""))
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     lines = [f"registered model '{name}' (gate: {aggregate}, tolerance "
-             f"{params.promote.tolerance}) in {tracking.tracking_uri()}"]
+             f"{params.promote.tolerance}) in {tracking.describe_uri()}"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
               for row in table]
     _write("\n".join(lines) + "\n")

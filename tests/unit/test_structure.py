@@ -17,7 +17,8 @@ SRC = ROOT / "src"
 # Lowest first. A module may import its own layer and the ones below, never one above.
 LAYERS: list[tuple[str, ...]] = [
     ("multitask", "multitask.io", "multitask.keys", "multitask.tasks", "multitask.device",
-     "multitask.errors", "multitask.gate", "multitask.layout", "multitask.data.datasets"),
+     "multitask.errors", "multitask.gate", "multitask.layout", "multitask.redaction",
+     "multitask.data.datasets"),
     ("multitask.models", "multitask.weighting"),
     ("multitask.config",),
     ("multitask.data",),

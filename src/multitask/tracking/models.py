@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
-from multitask.tracking.store import URI_ENV, client, tracking_uri
+from multitask.redaction import redact
+from multitask.tracking.store import URI_ENV, client, describe_uri
 
 if TYPE_CHECKING:
     import numpy as np
@@ -85,7 +86,8 @@ def load_model(model_uri: str) -> Any:
     except (MlflowException, OSError) as exc:
         message = getattr(exc, "message", str(exc))
         raise ValueError(
-            f"cannot load model {model_uri} from the MLflow store {tracking_uri()}: {message}; "
+            f"cannot load model {model_uri} from the MLflow store {describe_uri()}: "
+            f"{redact(message)}; "
             "check the name and alias with `multitask registry`, or set "
             f"{URI_ENV} to the store that holds it"
         ) from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from multitask.tracking.store import client
+from multitask.tracking.store import client, store_errors
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ def _missing(exc: Exception) -> bool:
     return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
 
 
+@store_errors
 def version_by_alias(name: str, alias: str) -> ModelVersion | None:
     """The version of registered model ``name`` holding ``alias``; None if there is none."""
     from mlflow.exceptions import MlflowException
@@ -48,12 +49,14 @@ def version_by_alias(name: str, alias: str) -> ModelVersion | None:
     return None if version is None else _version(mlflow_client.get_model_version(name, version))
 
 
+@store_errors
 def versions_of_run(name: str, run_id: str) -> list[ModelVersion]:
     """The versions of ``name`` registered from run ``run_id`` (oldest first)."""
     found = client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     return sorted((_version(v) for v in found), key=lambda v: int(v.version))
 
 
+@store_errors
 def register_version(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
     """Register ``model_uri`` as a new version of ``name`` (created if new), with ``tags``."""
     import mlflow
@@ -63,16 +66,19 @@ def register_version(model_uri: str, name: str, tags: dict[str, str]) -> ModelVe
     return _version(client().get_model_version(name, registered.version))
 
 
+@store_errors
 def set_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
     mlflow_client = client()
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, version, key, value)
 
 
+@store_errors
 def set_alias(name: str, alias: str, version: str) -> None:
     client().set_registered_model_alias(name, alias, version)
 
 
+@store_errors
 def delete_alias(name: str, alias: str) -> None:
     """Remove ``alias`` from ``name``; nothing to do when it is not set."""
     if version_by_alias(name, alias) is not None:

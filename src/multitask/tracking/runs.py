@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from multitask.config import Params, flatten
 from multitask.tracking.models import log_model
 from multitask.tracking.provenance import run_tags
-from multitask.tracking.store import client, experiment_id, get_run, tracking_uri
+from multitask.tracking.store import client, describe_uri, experiment_id, get_run, tracking_uri
 
 if TYPE_CHECKING:
     import numpy as np
@@ -248,7 +248,7 @@ def stage_run(params: Params, stage: str, run_id: str | None = None) -> Iterator
         active = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
         run = StageRun(active.info.run_id, log_models=params.tracking.log_model)
         run.set_tags({"stage": stage})
-    log.info("MLflow run %s (%s) in %s", run.run_id, stage, tracking_uri())
+    log.info("MLflow run %s (%s) in %s", run.run_id, stage, describe_uri())
     restore_sigterm = _sigterm_raises()
     try:
         with _ending(run, stage, lambda status: mlflow.end_run(status)):

@@ -8,10 +8,14 @@ in ``<repo>/mlartifacts/``. ``<repo>`` is the original repository, also for the 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from multitask.redaction import redact
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -20,6 +24,35 @@ URI_ENV = "MLFLOW_TRACKING_URI"
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 _TEMP_EXPERIMENT_SEGMENT = (".dvc", "tmp", "exps")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class StoreError(RuntimeError):
+    """The MLflow store could not be reached or refused a request; credentials are masked."""
+
+
+def describe_uri() -> str:
+    """:func:`tracking_uri` with any password masked: the only form that is logged or raised."""
+    return redact(tracking_uri())
+
+
+def store_errors(function: Callable[P, R]) -> Callable[P, R]:
+    """Turn MLflow's and the HTTP client's failures into one :class:`StoreError` line that
+    names the store (credentials masked) and what to check."""
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from mlflow.exceptions import MlflowException
+        from requests.exceptions import RequestException
+
+        try:
+            return function(*args, **kwargs)
+        except (MlflowException, RequestException) as exc:
+            message = redact(str(getattr(exc, "message", exc))).splitlines()[0][:500]
+            raise StoreError(f"MLflow store {describe_uri()}: {message}; check {URI_ENV} and "
+                             "that the tracking server is up") from None
+
+    return wrapper
 
 
 def repo_root(start: str | os.PathLike[str] | None = None) -> Path:
@@ -78,6 +111,7 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "experiment"
 
 
+@store_errors
 def experiment_id(name: str) -> str:
     """The id of experiment ``name``, created (artifacts under :func:`artifact_root`) if new."""
     from mlflow.exceptions import MlflowException
@@ -94,17 +128,19 @@ def experiment_id(name: str) -> str:
             experiment = mlflow_client.get_experiment_by_name(name)
             if experiment is None:
                 raise RuntimeError(
-                    f"MLflow store {tracking_uri()}: cannot create experiment '{name}': {exc}"
+                    f"MLflow store {describe_uri()}: cannot create experiment '{name}': "
+                    f"{redact(str(exc))}"
                 ) from exc
     if experiment.lifecycle_stage == "deleted":
         raise RuntimeError(
-            f"MLflow store {tracking_uri()}: experiment '{name}' is deleted; restore it with "
+            f"MLflow store {describe_uri()}: experiment '{name}' is deleted; restore it with "
             f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` or set "
             "tracking.experiment in params.yaml to another name"
         )
     return experiment.experiment_id
 
 
+@store_errors
 def get_run(run_id: str) -> Any:
     """The MLflow run ``run_id``; a clear error when the store does not have it."""
     from mlflow.exceptions import MlflowException
@@ -118,6 +154,7 @@ def get_run(run_id: str) -> Any:
         return client().get_run(run_id)
     except MlflowException as exc:
         raise ValueError(
-            f"run {run_id} not found in the MLflow store {tracking_uri()} ({exc.message}); "
+            f"run {run_id} not found in the MLflow store {describe_uri()} "
+            f"({redact(exc.message)}); "
             f"check {URI_ENV} and reports/train.json, or rerun `multitask train`"
         ) from None
