@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import matplotlib
@@ -288,3 +289,44 @@ def test_logged_model_loads_with_pyfunc_and_predicts_every_task(store: str) -> N
                           table.to_numpy())
     with pytest.raises(ValueError, match="cannot load model models:/nope@champion"):
         load_model("models:/nope@champion")
+
+
+# ------------------------------------------------------------------- runs a SIGKILL left behind
+HOLD_RUN = """
+import sys, time
+from pathlib import Path
+from multitask.config import TrackingConfig, load_params
+from multitask.tracking import stage_run
+params = load_params(sys.argv[1])
+params = params.model_copy(update={"tracking": TrackingConfig(experiment="unit-tests",
+                                                              system_metrics=False)})
+with stage_run(params, "train") as run:
+    Path("run_id").write_text(run.run_id)
+    time.sleep(600)
+"""
+
+
+def test_a_sigkilled_stage_run_is_ended_by_the_next_run_of_that_stage(store: str,
+                                                                      tmp_path: Path) -> None:
+    held = subprocess.Popen([sys.executable, "-c", HOLD_RUN,
+                             str(ROOT / "sample" / "params.yaml")], cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run_id").exists() and time.monotonic() < deadline:
+        assert held.poll() is None, "the holding process died before opening its run"
+        time.sleep(0.1)
+    held_id = (tmp_path / "run_id").read_text()
+    client = mlflow.MlflowClient(store)
+    with stage_run(sample_params(), "train"):
+        pass
+    assert client.get_run(held_id).info.status == "RUNNING", "its process is alive: left alone"
+
+    held.send_signal(signal.SIGKILL)
+    held.wait()
+    with stage_run(sample_params(), "tune") as other_stage:  # another stage leaves it alone
+        pass
+    assert client.get_run(held_id).info.status == "RUNNING"
+    with stage_run(sample_params(), "train") as rerun:
+        assert client.get_run(held_id).info.status == "KILLED"
+    assert f"pid {held.pid}" in client.get_run(held_id).data.tags["failure"]
+    assert client.get_run(rerun.run_id).info.status == "FINISHED"
+    assert client.get_run(other_stage.run_id).info.status == "FINISHED"

@@ -1,7 +1,8 @@
 """The only door to MLflow, in four rooms.
 
 - :mod:`.store`: where the store is (``$MLFLOW_TRACKING_URI`` or the repository's SQLite file);
-- :mod:`.runs`: the run of a stage and nested trial runs, never left RUNNING;
+- :mod:`.runs`: the run of a stage and nested trial runs, never left RUNNING
+  (:mod:`.provenance` tags them; :mod:`.orphans` ends those a killed process left behind);
 - :mod:`.models`: logging the served model and loading it back through pyfunc;
 - :mod:`.registry`: registered versions, tags and aliases.
 
@@ -9,6 +10,7 @@ mlflow itself is imported inside the functions that need it, so importing this p
 """
 
 from multitask.tracking.models import MODEL_NAME, MODEL_URI_TAG, load_model, log_model
+from multitask.tracking.orphans import end_orphaned_runs, owner_tags
 from multitask.tracking.provenance import run_tags
 from multitask.tracking.registry import (
     ModelVersion,
@@ -19,7 +21,7 @@ from multitask.tracking.registry import (
     version_by_alias,
     versions_of_run,
 )
-from multitask.tracking.runs import StageRun, end_run, nested_run, stage_run
+from multitask.tracking.runs import StageRun, nested_run, stage_run
 from multitask.tracking.store import (
     ARTIFACT_DIR,
     STORE_FILE,
@@ -28,6 +30,7 @@ from multitask.tracking.store import (
     artifact_root,
     client,
     describe_uri,
+    end_run,
     experiment_id,
     get_run,
     repo_root,
@@ -47,12 +50,14 @@ __all__ = [
     "client",
     "delete_alias",
     "describe_uri",
+    "end_orphaned_runs",
     "end_run",
     "experiment_id",
     "get_run",
     "load_model",
     "log_model",
     "nested_run",
+    "owner_tags",
     "register_version",
     "repo_root",
     "run_tags",

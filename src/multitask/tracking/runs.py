@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from multitask.config import Params, flatten
 from multitask.tracking.models import log_model
+from multitask.tracking.orphans import end_orphaned_runs, owner_tags
 from multitask.tracking.provenance import run_tags
 from multitask.tracking.store import client, describe_uri, experiment_id, get_run, tracking_uri
 
@@ -234,20 +235,22 @@ def stage_run(params: Params, stage: str, run_id: str | None = None) -> Iterator
     mlflow.set_tracking_uri(tracking_uri())
     system_metrics = params.tracking.system_metrics
     if run_id is None:
-        experiment = params.tracking.experiment or params.data.dataset
+        experiment = experiment_id(params.tracking.experiment or params.data.dataset)
+        end_orphaned_runs(experiment, stage)
         active = mlflow.start_run(
-            experiment_id=experiment_id(experiment),
+            experiment_id=experiment,
             run_name=os.environ.get("DVC_EXP_NAME") or None,
-            tags=run_tags(params, stage),
+            tags={**run_tags(params, stage), **owner_tags()},
             log_system_metrics=system_metrics,
         )
         run = StageRun(active.info.run_id, log_models=params.tracking.log_model)
         run.log_params(flatten(params))
     else:
-        get_run(run_id)  # a clear error for a missing run before MLflow's own
+        reopened = get_run(run_id)  # a clear error for a missing run before MLflow's own
+        end_orphaned_runs(reopened.info.experiment_id, stage, keep=run_id)
         active = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
         run = StageRun(active.info.run_id, log_models=params.tracking.log_model)
-        run.set_tags({"stage": stage})
+        run.set_tags({"stage": stage, **owner_tags()})
     log.info("MLflow run %s (%s) in %s", run.run_id, stage, describe_uri())
     restore_sigterm = _sigterm_raises()
     try:
@@ -281,13 +284,3 @@ def nested_run(parent_run_id: str | None, run_name: str, *, params: dict[str, An
     with _ending(run, run_name, lambda status: mlflow_client.set_terminated(created.info.run_id,
                                                                          status), finished_on):
         yield run
-
-
-def end_run(run_id: str, status: str = "FAILED", reason: str | None = None) -> None:
-    """End run ``run_id`` with ``status`` (e.g. a trial whose worker process died)."""
-    if status not in {"FINISHED", "FAILED", "KILLED"}:
-        raise ValueError(f"end_run: status '{status}' is not FINISHED, FAILED or KILLED")
-    stage = StageRun(run_id)
-    if reason:
-        stage.set_tags({"failure": reason[:4000]})
-    client().set_terminated(run_id, status)

@@ -158,3 +158,13 @@ def get_run(run_id: str) -> Any:
             f"({redact(exc.message)}); "
             f"check {URI_ENV} and reports/train.json, or rerun `multitask train`"
         ) from None
+
+
+@store_errors
+def end_run(run_id: str, status: str = "FAILED", reason: str | None = None) -> None:
+    """End run ``run_id`` with ``status`` (e.g. a trial whose worker process died)."""
+    if status not in {"FINISHED", "FAILED", "KILLED"}:
+        raise ValueError(f"end_run: status '{status}' is not FINISHED, FAILED or KILLED")
+    if reason:
+        client().set_tag(run_id, "failure", reason[:4000])
+    client().set_terminated(run_id, status)

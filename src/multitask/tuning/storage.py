@@ -13,8 +13,6 @@ import contextlib
 import fcntl
 import hashlib
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -27,13 +25,13 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from multitask import tracking
 from multitask.config import Params
 from multitask.layout import Layout
+from multitask.processes import HOST, alive, this_process
 
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards n_trials
 HEARTBEAT_S = 60.0  # how often a running trial says it is alive (for workers on other hosts)
 STALE_AFTER_S = 600.0  # silence after which another host's running trial counts as lost
-HOST = socket.gethostname()
 
 
 class StudyStorage:
@@ -99,20 +97,10 @@ class StudyStorage:
 
 
 # ------------------------------------------------------------------------- liveness of trials
-def _start_ticks(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot; None if gone or a zombie (Linux)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces and brackets
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
 def _owner() -> dict[str, Any]:
     """Who runs a trial: enough for another worker to tell later whether it still runs."""
-    pid = os.getpid()
-    return {"host": HOST, "pid": pid, "start": _start_ticks(pid), "since": time.time()}
+    pid, start = this_process()
+    return {"host": HOST, "pid": pid, "start": start, "since": time.time()}
 
 
 def _stale_reason(trial: FrozenTrial) -> str | None:
@@ -122,17 +110,7 @@ def _stale_reason(trial: FrozenTrial) -> str | None:
         return "its worker died while claiming it"
     where = f"pid {owner['pid']} on {owner['host']}"
     if owner["host"] == HOST:
-        if owner["start"] is not None:
-            alive = _start_ticks(owner["pid"]) == owner["start"]
-        else:  # no /proc: a signal 0 tells whether the pid exists
-            try:
-                os.kill(owner["pid"], 0)
-                alive = True
-            except ProcessLookupError:
-                alive = False
-            except PermissionError:
-                alive = True
-        return None if alive else f"its worker ({where}) is gone"
+        return None if alive(owner["pid"], owner["start"]) else f"its worker ({where}) is gone"
     silent = time.time() - max(owner["since"], trial.user_attrs.get("heartbeat", 0.0))
     return f"no heartbeat from its worker ({where}) for {silent:.0f} s" if (
         silent > STALE_AFTER_S) else None
