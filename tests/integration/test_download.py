@@ -19,7 +19,7 @@ from multitask.config import ConfigError, DataConfig, parse_params
 from multitask.data import sources
 from multitask.data.datasets import DATASETS
 from multitask.data.download import HttpPolicy, fetch_sources
-from multitask.data.sources import required_sources
+from multitask.data.sources import ExpectedFile, required_sources
 from multitask.layout import Layout
 
 FAST = HttpPolicy(attempts=3, backoff_s=0.0, connect_timeout_s=2.0, read_timeout_s=5.0)
@@ -147,20 +147,24 @@ def test_a_cut_connection_resumes_with_a_range_request(tmp_path: Path, server: F
 @pytest.mark.parametrize("leftover", ["first half", "longer than the file"])
 def test_a_part_file_left_by_an_interrupted_run_is_resumed(
         tmp_path: Path, server: FileServer, mirror: tuple[Path, dict], leftover: str) -> None:
+    """A killed download leaves its partial file in the user cache; `dvc repro` then deletes
+    the stage's output (data/raw) before rerunning it, and the partial file survives that."""
     folder, digests = mirror
     base = server.publish("fm", folder)
     body = server.files[f"/fm/{IMAGES}"]
-    part = raw_source(tmp_path) / f"{IMAGES}.part"
+    part = sources.partial_path(ExpectedFile(IMAGES, digests[IMAGES], "payload"))
     part.parent.mkdir(parents=True)
     part.write_bytes(body[: len(body) // 2] if leftover == "first half" else body + b"x")
+    assert not Layout(tmp_path).raw_dir.exists()  # as DVC leaves it before rerunning the stage
     fetch(_data(tmp_path, [base], {IMAGES: digests[IMAGES]}), tmp_path)
     ranges = [rng for _, rng in server.requests]
     if leftover == "first half":
         assert ranges == [f"bytes={len(body) // 2}-"]
     else:  # the server answers 416; the download starts over
         assert ranges == [f"bytes={len(body) + 1}-", None]
-    assert _leftovers(part.parent) == [IMAGES]
-    assert (part.parent / IMAGES).read_bytes() == body
+    assert _leftovers(raw_source(tmp_path)) == [IMAGES]
+    assert (raw_source(tmp_path) / IMAGES).read_bytes() == body
+    assert not part.exists()
 
 
 def test_a_checksum_mismatch_leaves_no_file(tmp_path: Path, server: FileServer,

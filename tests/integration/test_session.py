@@ -73,6 +73,9 @@ def test_saved_network_loads_back(pipeline: tuple[Params, Layout]) -> None:
     ({"method": "static", "weights": [0.3, 0.7]}, "'weights' is not a mapping"),
     (["left", "right"], "expected a mapping"),
     ({"method": "pcgard"}, "unknown weighting method 'pcgard'"),
+    ({"method": "static", "weights": {"left": -0.5, "right": 1.0}}, "must be non-negative"),
+    ({"method": "static", "weights": {"left": float("nan"), "right": 1.0}},
+     "must be finite numbers"),
 ])
 def test_a_bad_weights_file_is_named(pipeline: tuple[Params, Layout], weights: object,
                                      message: str) -> None:

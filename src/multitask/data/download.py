@@ -2,7 +2,8 @@
 
 Each file is taken from the first mirror of its source that has it with the right digest
 (:mod:`multitask.data.sources`): a local folder is copied, an HTTP(S) URL is streamed with a
-progress bar into ``<file>.part`` beside the destination, resumed with a Range request after a
+progress bar into a ``.part`` file in the user cache (:func:`~multitask.data.sources.partial_path`,
+where ``dvc repro`` does not delete it), resumed with a Range request after a
 dropped connection, retried with exponential back-off, verified, and only then renamed into
 place. A file that does not verify is deleted and the next mirror is tried, so the raw folder
 only ever holds verified files. Files already there and verified are not fetched again.
@@ -11,7 +12,6 @@ only ever holds verified files. Files already there and verified are not fetched
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -31,6 +31,7 @@ from multitask.data.sources import (
     digest_mismatch,
     expected_files,
     is_known_verified,
+    partial_path,
     remember_verified,
     required_sources,
 )
@@ -133,10 +134,11 @@ def _from_http(
     session: requests.Session, base_url: str, expected: ExpectedFile, dest: Path,
     policy: HttpPolicy,
 ) -> None:
-    """Fetch ``<base_url>/<name>`` to ``dest`` through ``dest.part`` (kept for a resume only
-    when the process is interrupted), verify it, then rename it into place."""
+    """Fetch ``<base_url>/<name>`` to ``dest`` through a partial file in the user cache (kept
+    for a resume only when the process is interrupted), verify it, then move it into place."""
     url = f"{base_url.rstrip('/')}/{quote(expected.name)}"
-    part = dest.with_name(dest.name + ".part")
+    part = partial_path(expected)
+    part.parent.mkdir(parents=True, exist_ok=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         for attempt in range(1, policy.attempts + 1):
@@ -157,7 +159,7 @@ def _from_http(
         part.unlink(missing_ok=True)
         raise
     with atomic_path(dest) as tmp:
-        os.replace(part, tmp)
+        shutil.move(part, tmp)  # the cache may be on another file system
 
 
 def fetch_file(

@@ -123,6 +123,16 @@ def cache_path() -> Path:
     return Path(folder) / "verified.json"
 
 
+def partial_path(expected: ExpectedFile) -> Path:
+    """Where an interrupted HTTP download of ``expected`` waits to be resumed.
+
+    In the user cache, not beside the destination: ``dvc repro`` deletes a stage's outputs
+    (``data/raw``) before running it, which would throw the partial file away with them. Keyed
+    on the expected digest, so only a download of the same file ever resumes from it.
+    """
+    return cache_path().parent / "partial" / f"{expected.sha256[:16]}-{expected.name}.part"
+
+
 def _fingerprint(path: Path) -> dict[str, int]:
     stat = path.stat()
     return {"size": stat.st_size, "inode": stat.st_ino,
