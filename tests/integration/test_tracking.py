@@ -24,11 +24,13 @@ from multitask.tracking import (
     MODEL_URI_TAG,
     artifact_root,
     end_run,
+    filter_literal,
     load_model,
     nested_run,
     repo_root,
     stage_run,
     tracking_uri,
+    versions_of_run,
 )
 
 matplotlib.use("Agg")
@@ -330,3 +332,15 @@ def test_a_sigkilled_stage_run_is_ended_by_the_next_run_of_that_stage(store: str
     assert f"pid {held.pid}" in client.get_run(held_id).data.tags["failure"]
     assert client.get_run(rerun.run_id).info.status == "FINISHED"
     assert client.get_run(other_stage.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("value", ["x' or name != '", 'a"b', "back\\slash", "new\nline", ""])
+def test_filter_values_that_could_rewrite_a_search_are_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="cannot be used in an MLflow search"):
+        filter_literal(value)
+    assert filter_literal("multifashion-sample") == "'multifashion-sample'"
+
+
+def test_a_quote_in_a_model_name_cannot_widen_the_version_search(store: str) -> None:
+    with pytest.raises(ValueError, match="cannot be used in an MLflow search"):
+        versions_of_run("x' or name != '", "0" * 32)

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from multitask.processes import HOST, alive, this_process
-from multitask.tracking.store import client, end_run, store_errors
+from multitask.tracking.store import client, end_run, filter_literal, store_errors
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +31,13 @@ def end_orphaned_runs(experiment: str, stage: str, keep: str | None = None) -> l
     same stage in the same folder on the same host finds it here. Returns the ended run ids.
     """
     owner = owner_tags()
-    query = (f"attributes.status = 'RUNNING' and tags.stage = '{stage}' and "
-             f"tags.`multitask.host` = '{owner['multitask.host']}' and "
-             f"tags.`multitask.workspace` = '{owner['multitask.workspace']}'")
+    query = f"attributes.status = 'RUNNING' and tags.stage = {filter_literal(stage)}"
     ended = []
     for found in client().search_runs([experiment], filter_string=query):
         tags = found.data.tags
+        # host and folder are compared here, not interpolated: a path may hold any character
+        if any(tags.get(key) != owner[key] for key in ("multitask.host", "multitask.workspace")):
+            continue
         pid = int(tags.get("multitask.pid", "0") or 0)
         start = tags.get("multitask.pid_start") or None
         if found.info.run_id == keep or (pid and alive(pid, start)):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from multitask.tracking.store import client, store_errors
+from multitask.tracking.store import client, filter_literal, store_errors
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ def version_by_alias(name: str, alias: str) -> ModelVersion | None:
 @store_errors
 def versions_of_run(name: str, run_id: str) -> list[ModelVersion]:
     """The versions of ``name`` registered from run ``run_id`` (oldest first)."""
-    found = client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    query = f"name = {filter_literal(name)} and run_id = {filter_literal(run_id)}"
+    found = client().search_model_versions(query)
     return sorted((_version(v) for v in found), key=lambda v: int(v.version))
 
 

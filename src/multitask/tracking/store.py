@@ -32,6 +32,18 @@ class StoreError(RuntimeError):
     """The MLflow store could not be reached or refused a request; credentials are masked."""
 
 
+_FILTER_SAFE = re.compile(r"[A-Za-z0-9 ._:/@+-]{1,256}")
+
+
+def filter_literal(value: str) -> str:
+    """``value`` as a quoted literal of an MLflow search filter; values that could end the
+    quote or change the filter (quotes, backslashes, control characters) are refused."""
+    if not _FILTER_SAFE.fullmatch(value):
+        raise ValueError(f"{value!r} cannot be used in an MLflow search: use letters, digits, "
+                         "spaces and . _ : / @ + - only")
+    return f"'{value}'"
+
+
 def describe_uri() -> str:
     """:func:`tracking_uri` with any password masked: the only form that is logged or raised."""
     return redact(tracking_uri())
