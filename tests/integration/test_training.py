@@ -207,3 +207,27 @@ def test_bad_params_fail_before_training(stage_dir: Callable[..., Path], tmp_pat
     assert result.returncode == 1
     assert message in result.stderr
     assert not (cwd / "models").exists(), "nothing trained or checkpointed"
+
+
+def test_only_a_provably_corrupt_checkpoint_is_discarded(processed: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    checkpoint = tmp_path / "train.pt"
+    first = make_trainer(processed, epochs=1, data_fraction=0.1)
+    first.checkpoint_path = checkpoint
+    first.fit()
+    whole = checkpoint.read_bytes()
+    checkpoint.write_bytes(whole[: len(whole) // 2])  # truncated: provably corrupt
+    resumed = make_trainer(processed, epochs=2, data_fraction=0.1)
+    resumed.checkpoint_path = checkpoint
+    assert resumed.try_resume() is False
+    assert "corrupt checkpoint" in caplog.text
+
+    checkpoint.write_bytes(whole)
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryError("an unrelated failure")
+
+    monkeypatch.setattr(torch, "load", out_of_memory)
+    with pytest.raises(MemoryError):
+        resumed.try_resume()
+    assert checkpoint.read_bytes() == whole, "the checkpoint is kept for the next try"

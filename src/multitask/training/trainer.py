@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +115,34 @@ def task_losses(model: MultiTaskModel, tasks: Sequence[Task], columns: Sequence[
     return torch.stack(losses), features
 
 
+_CHECKPOINT_KEYS = frozenset({"fingerprint", "epoch", "step", "model", "optimizer", "scheduler",
+                              "method", "torch_rng", "cuda_rng", "generator", "history"})
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint at ``path``; None (and a warning saying why) only when it is provably
+    corrupt: not a readable torch archive, or not a checkpoint of this trainer. Any other
+    failure (a permission, the disk, memory) is raised: the file is never discarded for it."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    except RuntimeError as exc:
+        if "PytorchStreamReader" not in str(exc) and "zip archive" not in str(exc):
+            raise
+        reason = str(exc)
+    except OSError as exc:
+        raise RuntimeError(f"{path}: cannot read the checkpoint ({exc}); fix that, or delete "
+                           "the file to train from scratch") from exc
+    else:
+        missing = _CHECKPOINT_KEYS - set(state) if isinstance(state, dict) else _CHECKPOINT_KEYS
+        if not missing:
+            return state
+        reason = f"not a training checkpoint (missing {sorted(missing)})"
+    log.warning("%s: corrupt checkpoint (%s); starting from scratch", path, reason)
+    return None
+
+
 @dataclass
 class Trainer:
     """Trains ``model`` on ``data`` with ``method``; see the module docstring."""
@@ -181,10 +211,8 @@ class Trainer:
         path = self.checkpoint_path
         if path is None or not path.is_file():
             return False
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as exc:  # any unreadable checkpoint is discarded, loudly
-            log.warning("%s: unreadable checkpoint (%s); starting from scratch", path, exc)
+        state = load_checkpoint(path, self.device)
+        if state is None:
             return False
         if state.get("fingerprint") != self.fingerprint:
             log.info("%s: checkpoint of other params or data; starting from scratch", path)
