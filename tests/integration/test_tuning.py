@@ -398,6 +398,46 @@ def test_two_workers_record_every_trial_exactly_once(processed: Path, workdir: P
     assert summary["trials"] == {"COMPLETE": 8} and summary["workers"] == 2
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_workers_stop_when_their_parent_is_sigkilled(processed: Path, workdir: Path) -> None:
+    params = write_params(workdir, processed, n_trials=500, epochs=3)  # minutes of work left
+    # not a pipe: once the parent is gone nobody would read it, and a full pipe blocks a writer
+    process = subprocess.Popen([sys.executable, "-m", "multitask", "tune", "--params",
+                                str(params), "--workers", "2"], cwd=workdir,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while time.monotonic() < deadline and process.poll() is None:
+        workers = [p for p in children(process.pid)
+                   if "tune-worker" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
+                   or "multiprocessing" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
+        if len(workers) >= 2 and stored_trials(str(workdir / JOURNAL)):
+            break
+        time.sleep(0.2)
+    assert len(workers) >= 2, "the workers never started"
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
+        time.sleep(0.2)
+    alive = [p for p in workers if Path(f"/proc/{p}").exists()
+             and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert alive == [], "workers outlived their SIGKILLed parent"
+
+
 # ------------------------------------------------------------------ PostgreSQL (many hosts)
 def _free_port() -> int:
     with socket.socket() as probe:
@@ -449,3 +489,29 @@ def test_two_workers_share_a_study_in_postgresql(processed: Path, workdir: Path,
     assert not (workdir / JOURNAL).exists()
     summary = json.loads((workdir / "reports/tuning/summary.json").read_text())
     assert summary["storage"].startswith("postgresql://postgres@127.0.0.1:")
+
+
+def test_a_hung_claim_lock_times_out_naming_its_holder(tmp_path: Path) -> None:
+    journal = str(tmp_path / "study.journal")
+    holder = tuning.StudyStorage(journal, "test")
+    waiter = tuning.StudyStorage(journal, "test", lock_timeout_s=0.3)
+    with holder.claim_lock("s"):
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=rf"held by pid {os.getpid()} on "), \
+                waiter.claim_lock("s"):
+            pass
+        assert time.monotonic() - started < 5
+    with waiter.claim_lock("s"):  # free again once the holder lets go
+        pass
+
+
+@pytest.mark.slow
+def test_a_hung_postgresql_claim_lock_times_out_naming_its_holder(postgres_url: str) -> None:
+    holder = tuning.StudyStorage(postgres_url, "test")
+    waiter = tuning.StudyStorage(postgres_url, "test", lock_timeout_s=0.5)
+    with (holder.claim_lock("s"),
+          pytest.raises(TimeoutError, match=r"held by PostgreSQL backend \d+"),
+          waiter.claim_lock("s")):
+        pass
+    with waiter.claim_lock("s"):
+        pass

@@ -32,13 +32,17 @@ log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards n_trials
 HEARTBEAT_S = 60.0  # how often a running trial says it is alive (for workers on other hosts)
 STALE_AFTER_S = 600.0  # silence after which another host's running trial counts as lost
+LOCK_TIMEOUT_S = 300.0  # the claim lock is held for milliseconds; this long means a hung holder
+LOCK_POLL_S = 0.05
 
 
 class StudyStorage:
     """Where the study lives (journal file or PostgreSQL) and the lock that serialises claims."""
 
-    def __init__(self, location: str, source: str) -> None:
+    def __init__(self, location: str, source: str,
+                 lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
         self.location = location
+        self.lock_timeout_s = lock_timeout_s
         self.is_url = "://" in location
         if self.is_url and not location.startswith(("postgresql://", "postgresql+")):
             raise ValueError(
@@ -75,25 +79,69 @@ class StudyStorage:
 
     @contextlib.contextmanager
     def claim_lock(self, study_name: str) -> Iterator[None]:
-        """Held while counting trials and asking for one, by every worker of every host."""
+        """Held while counting trials and asking for one, by every worker of every host.
+
+        Held for well under a second; waiting ``lock_timeout_s`` for it means its holder hangs,
+        so the wait ends in a :class:`TimeoutError` that names the holder.
+        """
         if not self.is_url:
-            with open(self.location, "a") as handle:  # Optuna's own lock is a symlink: no clash
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
+            with self._file_lock():
+                yield
             return
         import sqlalchemy
 
         key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
         with self._engine.connect() as connection:  # released with the session at the latest
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            deadline = time.monotonic() + self.lock_timeout_s
+            while not connection.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:key)"),
+                                         {"key": key}).scalar():
+                if time.monotonic() > deadline:
+                    holder = connection.execute(sqlalchemy.text(
+                        "SELECT a.pid, a.client_addr, a.backend_start FROM pg_locks l JOIN "
+                        "pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND "
+                        "l.granted AND l.classid::bigint = :high AND l.objid::bigint = :low"),
+                        {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF}).first()
+                    who = (f"PostgreSQL backend {holder[0]} of client {holder[1]}, connected "
+                           f"{holder[2]}" if holder else "another session")
+                    raise TimeoutError(
+                        f"{self.describe()}: the claim lock of study {study_name} is held by "
+                        f"{who} for over {self.lock_timeout_s:.0f} s; stop that worker or end "
+                        "its session, then rerun multitask tune")
+                time.sleep(LOCK_POLL_S)
             try:
                 yield
             finally:
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"),
                                    {"key": key})
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """An exclusive lock on ``<journal>.claim``, which also records who holds it."""
+        claim = Path(f"{self.location}.claim")  # Optuna's own journal lock is another file
+        with open(claim, "a+") as handle:
+            deadline = time.monotonic() + self.lock_timeout_s
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        handle.seek(0)
+                        who = handle.read().strip() or "an unknown process"
+                        raise TimeoutError(
+                            f"{claim}: the claim lock is held by {who} for over "
+                            f"{self.lock_timeout_s:.0f} s; stop that process, then rerun "
+                            "multitask tune") from None
+                    time.sleep(LOCK_POLL_S)
+            try:
+                handle.seek(0)
+                handle.truncate()
+                pid, _ = this_process()
+                handle.write(f"pid {pid} on {HOST}")
+                handle.flush()
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ------------------------------------------------------------------------- liveness of trials

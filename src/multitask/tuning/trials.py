@@ -8,7 +8,9 @@ import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -222,6 +224,7 @@ def _worker_process(job: WorkerJob) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminate)
+    _die_with_parent()
     torch.set_num_threads(job.threads)
     params = load_params(job.params_path)
     worker_setup = setup(params, Layout(Path(job.root)))
@@ -230,6 +233,21 @@ def _worker_process(job: WorkerJob) -> None:
                            f"{worker_setup.study_name}, expected {job.study_name}); rerun")
     storage = StudyStorage.of(params, worker_setup.layout)
     run_worker(worker_setup, storage, job.n_trials, job.worker, job.parent_run_id)
+
+
+def _die_with_parent(poll_s: float = 1.0) -> None:
+    """Stop this worker (SIGTERM: its trial is failed and recorded) once its parent is gone,
+    even when the parent was SIGKILLed and could not stop it: a watchdog thread notices the
+    worker was handed to another parent."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        log.error("the tune process (pid %d) is gone; this worker stops", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_trials: int,
