@@ -6,6 +6,8 @@
 #       checkout, then `multitask ci-report`: the per-task markdown report and its PNG in
 #       $REPORT_DIR (default reports/ci), appended to $GITHUB_STEP_SUMMARY when set.
 #       Exit 1 when a task's accuracy dropped by more than the base's ci.regression_tolerance.
+#       The report and the gate run with the base's code (its worktree's src/) and params;
+#       this checkout's results are read as data only.
 #   ci/pr_report.sh comment REPORT_MD
 #       Create the pull request's report comment, or update the one posted before (found by
 #       the marker on its first line and its author), with `gh api`. Needs GH_TOKEN,
@@ -84,10 +86,12 @@ report() {
         repro_sample "$ROOT"
     fi
 
+    # The comparison and the gate run the BASE's code and params, the head's results are only
+    # data: a pull request cannot rewrite the gate that judges it.
     local status=0
-    PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" "$VENV_BIN/multitask" ci-report \
-        --params "$worktree/sample/params.yaml" --base "$worktree/sample" --head sample \
-        --output "$md" || status=$?
+    PYTHONPATH="$worktree/src${PYTHONPATH:+:$PYTHONPATH}" "$VENV_BIN/multitask" ci-report \
+        --params "$worktree/sample/params.yaml" --base "$worktree/sample" \
+        --head "$ROOT/sample" --output "$md" || status=$?
     [ -f "$md" ] || die "multitask ci-report wrote no report (exit $status); see the error above"
     publish "$md"
     if [ -n "${GITHUB_OUTPUT:-}" ]; then

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from multitask import keys, tracking
 from multitask.config import Params
@@ -130,6 +132,8 @@ def promote(params: Params, layout: Layout, *, run_id: str | None = None,
     if not model_uri:
         raise ValueError(f"run {run_id} has no logged model (tracking.log_model false?); "
                          "rerun `multitask train` with it enabled")
+    with tempfile.TemporaryDirectory(prefix="multitask-promote-") as tmp:
+        tracking.fetch_checked_model(model_uri, Path(tmp))  # never register what predict refuses
 
     champion_version = tracking.version_by_alias(name, CHAMPION)
     if champion_version is not None and champion_version.run_id == run_id:
@@ -150,7 +154,8 @@ def promote(params: Params, layout: Layout, *, run_id: str | None = None,
 
     existing = tracking.versions_of_run(name, run_id)
     tags = {key: str(value) for key, value in metrics.items() if key.startswith(f"{keys.TEST}/")}
-    tags.update({"gate.decision": outcome, "gate.reason": "; ".join(decision.reasons)[:5000]})
+    tags.update({"gate.decision": outcome, "gate.reason": "; ".join(decision.reasons)[:5000],
+                 tracking.MODEL_FORMAT_TAG: tracking.MODEL_FORMAT})
     if existing:  # promoting the same run again reuses its version
         version = existing[-1]
         tracking.set_version_tags(name, version.version, tags)

@@ -327,8 +327,16 @@ def sample_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                         "train.method_params": {"static": {"weights": [1.0, 0.0]}}})
     git(repo, "commit", "-qam", "head: right untrained")
     regression = run_pr_report(repo, base_sha, work, "regression")
+
+    # The same regression from a head that also rewrites the gate to pass everything.
+    gate = repo / "src" / "multitask" / "gate.py"
+    gate.write_text(gate.read_text().replace(
+        "    def regressed(self, tolerance: float) -> bool:",
+        "    def regressed(self, tolerance: float) -> bool:\n        return False"))
+    git(repo, "commit", "-qam", "head: right untrained, and a gate that always passes")
+    rewritten = run_pr_report(repo, base_sha, work, "rewritten-gate")
     base = json.loads((work / "base" / "sample" / "reports" / "metrics.json").read_text())
-    return {"base": base, "other": other, "regression": regression}
+    return {"base": base, "other": other, "regression": regression, "rewritten": rewritten}
 
 
 @pytest.mark.slow
@@ -363,3 +371,14 @@ def test_a_planted_regression_fails_the_gate_naming_its_task(
     assert "gate: task 'right': accuracy dropped by" in regression["log"]
     assert f"({right_before:.4f} -> {right_after:.4f})" in regression["report"]
     assert "regression" in table_row(regression["report"], "right", "accuracy")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ci_report")
+def test_a_head_that_rewrites_the_gate_is_still_judged_by_the_base(
+        sample_runs: dict[str, Any]) -> None:
+    rewritten = sample_runs["rewritten"]
+    assert rewritten["report"], rewritten["log"]
+    assert rewritten["status"] == 1, "the base's gate, not the head's, decides"
+    assert "gate: task 'right': accuracy dropped by" in rewritten["log"]
+    assert "**Gate: failed.**" in rewritten["report"]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from multitask import tracking
 from multitask.cli import main as cli
 from multitask.config import load_params
 from multitask.models import build_model
@@ -143,3 +144,31 @@ def test_missing_corrupt_or_unfinished_runs_are_clear_errors(
     assert "no test metrics" in capsys.readouterr().err
     assert cli(["registry", "--params", "params.yaml"]) == 1
     assert "has no champion or challenger" in capsys.readouterr().err
+
+
+def test_a_pickled_model_is_never_registered_or_loaded(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import mlflow.pytorch
+
+    params = load_params("params.yaml")
+    model = build_model(params.model, [Task("left", 10), Task("right", 10)], in_channels=1,
+                        image_size=36)
+    with stage_run(params, "train") as run:
+        logged = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle")
+        run.set_tags({tracking.MODEL_URI_TAG: logged.model_uri})
+    with stage_run(params, "evaluate", run_id=run.run_id) as reopened:
+        reopened.log_metrics({"test/left/accuracy": 0.9, "test/right/accuracy": 0.9,
+                              "test/delta_m_pct": 5.0, "test/mean_accuracy": 0.9})
+    assert promote("--run-id", str(run.run_id)) == 1
+    error = capsys.readouterr().err
+    assert f"{logged.model_uri}: refused to load: model files ['model.pth', " in error
+    assert "a pickled model runs code when loaded" in error
+    with pytest.raises(ValueError, match="refused to load"):
+        tracking.load_model(logged.model_uri)
+    assert mlflow.MlflowClient().search_registered_models() == []
+
+
+def test_a_promoted_version_records_the_format_predict_expects(workdir: Path) -> None:
+    assert promote("--run-id", evaluated_run(0.8, 0.8, 1.0)) == 0
+    version = mlflow.MlflowClient().get_model_version_by_alias(NAME, "champion")
+    assert version.tags[tracking.MODEL_FORMAT_TAG] == tracking.MODEL_FORMAT

@@ -9,7 +9,15 @@
 mlflow itself is imported inside the functions that need it, so importing this package is cheap.
 """
 
-from multitask.tracking.models import MODEL_NAME, MODEL_URI_TAG, load_model, log_model
+from multitask.tracking.models import (
+    MODEL_FORMAT,
+    MODEL_FORMAT_TAG,
+    MODEL_NAME,
+    MODEL_URI_TAG,
+    fetch_checked_model,
+    load_model,
+    log_model,
+)
 from multitask.tracking.orphans import end_orphaned_runs, owner_tags
 from multitask.tracking.provenance import run_tags
 from multitask.tracking.registry import (
@@ -40,6 +48,8 @@ from multitask.tracking.store import (
 
 __all__ = [
     "ARTIFACT_DIR",
+    "MODEL_FORMAT",
+    "MODEL_FORMAT_TAG",
     "MODEL_NAME",
     "MODEL_URI_TAG",
     "STORE_FILE",
@@ -54,6 +64,7 @@ __all__ = [
     "end_orphaned_runs",
     "end_run",
     "experiment_id",
+    "fetch_checked_model",
     "filter_literal",
     "get_run",
     "load_model",

@@ -7,10 +7,12 @@ and out of MLflow.
 from __future__ import annotations
 
 import copy
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from multitask.redaction import redact
-from multitask.tracking.store import URI_ENV, client, describe_uri
+from multitask.tracking.store import URI_ENV, StoreError, client, describe_uri, store_errors
 
 if TYPE_CHECKING:
     import numpy as np
@@ -18,6 +20,9 @@ if TYPE_CHECKING:
 
 MODEL_NAME = "model"  # the logged model's name inside its run
 MODEL_URI_TAG = "multitask.model_uri"  # where promote finds the run's model
+MODEL_FORMAT_TAG = "multitask.model_format"  # on registered versions: what loading expects
+MODEL_FORMAT = "torch.export program (pt2)"
+PT2_FILE = "model.pt2"
 
 
 def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
@@ -75,19 +80,58 @@ def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
     return info.model_uri
 
 
+def _format_problem(folder: Path) -> str | None:
+    """Why the model in ``folder`` is not one this package wrote (None when it is)."""
+    import yaml
+
+    spec = yaml.safe_load((folder / "MLmodel").read_text()) or {}
+    flavors = spec.get("flavors") or {}
+    if set(flavors) != {"python_function", "pytorch"}:
+        return f"flavours {sorted(flavors)}, expected exactly pytorch with its pyfunc loader"
+    if flavors["python_function"].get("loader_module") != "mlflow.pytorch":
+        return f"pyfunc loader {flavors['python_function'].get('loader_module')!r}"
+    if flavors["python_function"].get("code") or flavors["pytorch"].get("code"):
+        return "it ships code to import"
+    data = folder / str(flavors["pytorch"].get("model_data", "data"))
+    files = sorted(p.name for p in data.iterdir()) if data.is_dir() else []
+    if files != [PT2_FILE]:
+        return f"model files {files}, expected only {PT2_FILE} (a torch.export program)"
+    return None
+
+
+@store_errors
+def fetch_checked_model(model_uri: str, into: Path) -> Path:
+    """Download ``model_uri`` into ``into`` and check it is a model this package logs: a
+    ``torch.export`` program behind MLflow's pytorch flavour, nothing pickled, no code.
+
+    A pickled model runs arbitrary code when loaded; anyone with write access to a shared
+    registry could register one, so nothing else is ever loaded. Returns the local folder.
+    """
+    import mlflow.artifacts
+
+    client()  # points models:/ URIs at our store
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(into)))
+    problem = _format_problem(folder) if (folder / "MLmodel").is_file() else "no MLmodel file"
+    if problem is not None:
+        raise ValueError(f"{model_uri}: refused to load: {problem}; only models logged by "
+                         f"multitask ({MODEL_FORMAT}) are loaded, since a pickled model runs "
+                         "code when loaded")
+    return folder
+
+
 def load_model(model_uri: str) -> Any:
-    """``mlflow.pyfunc.load_model(model_uri)`` with an error that names the URI and the store."""
+    """The pyfunc model at ``model_uri``, after :func:`fetch_checked_model` vetted its files;
+    errors name the URI and the store."""
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 
-    client()  # points the fluent API (and so models:/ URIs) at our store
-    try:
-        return mlflow.pyfunc.load_model(model_uri)
-    except (MlflowException, OSError) as exc:
-        message = getattr(exc, "message", str(exc))
-        raise ValueError(
-            f"cannot load model {model_uri} from the MLflow store {describe_uri()}: "
-            f"{redact(message)}; "
-            "check the name and alias with `multitask registry`, or set "
-            f"{URI_ENV} to the store that holds it"
-        ) from None
+    with tempfile.TemporaryDirectory(prefix="multitask-model-") as tmp:
+        try:
+            folder = fetch_checked_model(model_uri, Path(tmp))
+            return mlflow.pyfunc.load_model(str(folder))
+        except (StoreError, MlflowException, OSError) as exc:
+            message = getattr(exc, "message", str(exc))
+            raise ValueError(
+                f"cannot load model {model_uri} from the MLflow store {describe_uri()}: "
+                f"{redact(message)}; check the name and alias with `multitask registry`, or "
+                f"set {URI_ENV} to the store that holds it") from None
