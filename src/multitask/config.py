@@ -15,6 +15,7 @@ stitch the file back together.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +36,9 @@ _REMOVED = {
     ("validate", "report_dir"): "the validation report is always under reports/validation",
     ("train", "checkpoint_dir"): "checkpoints are always under models/checkpoints",
 }
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class _Section(BaseModel):
@@ -60,6 +64,9 @@ class Source(_Section):
     @classmethod
     def _hex_digests(cls, files: dict[str, str]) -> dict[str, str]:
         for name, digest in files.items():
+            if not _PLAIN_NAME.fullmatch(name) or name in (".", ".."):
+                raise ValueError(f"{name!r}: a file name, not a path (it lands in "
+                                 "data/raw/<source>/); use letters, digits and . _ -")
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 raise ValueError(f"{name}: expected a 64-character lowercase hex SHA-256")
         return files
@@ -217,6 +224,17 @@ class TuneConfig(_Section):
         if preference is not None and (any(p < 0 for p in preference) or sum(preference) <= 0):
             raise ValueError("one non-negative importance per task, not all zero")
         return preference
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_inside(cls, storage: str | None) -> str | None:
+        if storage is None or "://" in storage:
+            return storage
+        if Path(storage).is_absolute() or ".." in Path(storage).parts:
+            raise ValueError("a journal file lives inside the pipeline folder: give a relative "
+                             "path without '..' (default reports/tuning/study.journal), or a "
+                             "postgresql:// URL for a study shared across machines")
+        return storage
 
     @model_validator(mode="after")
     def _preference_given(self) -> TuneConfig:

@@ -136,3 +136,21 @@ def test_params_remember_their_file_through_copies(raw: dict, tmp_path: Path) ->
     assert params.source == path
     copied = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 2})})
     assert copied.source == path and copied.train.epochs == 2
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "sub/dir.gz", "/abs.gz", ".hidden", ".."])
+def test_a_source_file_must_be_a_plain_name(raw: dict, name: str) -> None:
+    files = raw["data"]["sources"]["fashion_mnist"]["files"]
+    files[name] = files.pop(next(iter(files)))
+    with pytest.raises(ConfigError, match=r"data\.sources\.fashion_mnist\.files: .*a file name"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize("storage", ["/tmp/study.journal", "../outside.journal",
+                                     "reports/../../x.journal"])
+def test_a_journal_outside_the_pipeline_folder_is_refused(raw: dict, storage: str) -> None:
+    raw["tune"]["storage"] = storage
+    with pytest.raises(ConfigError, match=r"tune\.storage: .*inside the pipeline folder"):
+        parse_params(raw)
+    raw["tune"]["storage"] = "postgresql://optuna@127.0.0.1/optuna"
+    assert parse_params(raw).tune.storage.startswith("postgresql://")
