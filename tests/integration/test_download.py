@@ -293,3 +293,21 @@ def test_each_data_set_maps_to_its_sources(tmp_path: Path, mirror: tuple[Path, d
     with pytest.raises(ConfigError, match=r"data\.sources\.mnist: not defined, but mnist is "
                                           r"needed by data\.dataset=multifashion_mnist"):
         required_sources(mixed)
+
+
+def test_a_file_larger_than_the_cap_is_refused(tmp_path: Path, server: FileServer,
+                                               mirror: tuple[Path, dict]) -> None:
+    folder, digests = mirror
+    data = _data(tmp_path, [server.publish("fm", folder)], {IMAGES: digests[IMAGES]})
+    with pytest.raises(RuntimeError, match=r"announces [\d,]+ bytes, more than the 100 a file"):
+        fetch_sources(data, Layout(tmp_path), policy=HttpPolicy(attempts=1, max_bytes=100))
+    assert not raw_source(tmp_path).exists()
+
+
+def test_a_download_slower_than_the_cap_is_stopped(tmp_path: Path, server: FileServer,
+                                                   mirror: tuple[Path, dict]) -> None:
+    folder, digests = mirror
+    data = _data(tmp_path, [server.publish("fm", folder)], {IMAGES: digests[IMAGES]})
+    with pytest.raises(RuntimeError, match=r"took longer than 0 s; stopped"):
+        fetch_sources(data, Layout(tmp_path), policy=HttpPolicy(attempts=1, max_seconds=0.0,
+                                                                chunk_bytes=1024))

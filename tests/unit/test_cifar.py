@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from multitask.data import cifar
 from multitask.data.cifar import BATCH_DIR, SPLIT_BATCHES, read_cifar10
 
 PER_BATCH = 4
@@ -114,4 +115,13 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
                           _members(data_batch_1=pickle.dumps({b"data": Exploit()}, protocol=2)))
     with pytest.raises(ValueError, match=r"data_batch_1: not a CIFAR-10 batch .*refusing to "
                                          r"load (posix|os)\.system"):
+        read_cifar10(path)
+
+
+def test_an_oversized_member_is_refused_before_it_is_read(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write_archive(tmp_path / "cifar.tar.gz", _members())
+    monkeypatch.setattr(cifar, "MAX_BATCH_BYTES", 100)  # the test batches are a few KB
+    with pytest.raises(ValueError, match=r"data_batch_1 is [\d,]+ bytes, more than a CIFAR-10 "
+                                         r"batch can be"):
         read_cifar10(path)

@@ -31,6 +31,7 @@ SPLIT_BATCHES: Mapping[str, tuple[str, ...]] = {
     "test": ("test_batch",),
 }
 SIDE, CHANNELS = 32, 3
+MAX_BATCH_BYTES = 64 << 20  # each batch pickles 10,000 x 3,072 bytes (about 30 MB)
 _FIX = "delete it and rerun multitask download --source cifar10"
 
 # (module, name) -> the object an array pickle may reference; nothing else is loaded.
@@ -98,6 +99,9 @@ def read_cifar10(path: str | Path) -> dict[Literal["train", "test"], tuple[np.nd
         with tarfile.open(path, "r|gz") as archive:
             for member in archive:
                 if member.name in wanted and member.isfile():
+                    if member.size > MAX_BATCH_BYTES:  # a batch is 30 MB: refuse before reading
+                        raise ValueError(f"{path}: {member.name} is {member.size:,} bytes, "
+                                         f"more than a CIFAR-10 batch can be; {_FIX}")
                     handle = archive.extractfile(member)
                     raw = handle.read() if handle is not None else b""
                     found[member.name] = _parse_batch(raw, f"{path}: {member.name}")

@@ -52,6 +52,8 @@ class HttpPolicy:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     chunk_bytes: int = 1 << 20
+    max_bytes: int = 1 << 31  # per file: no source of these data sets comes near 2 GiB
+    max_seconds: float = 3600.0  # per file, all attempts and resumes together
 
 
 class MirrorError(Exception):
@@ -91,8 +93,10 @@ def _from_folder(folder: Path, expected: ExpectedFile, dest: Path) -> None:
             raise MirrorError(f"{source}: {reason}")
 
 
-def _stream(session: requests.Session, url: str, part: Path, policy: HttpPolicy) -> None:
-    """Download ``url`` into ``part``, continuing from its current size when the server lets us."""
+def _stream(session: requests.Session, url: str, part: Path, policy: HttpPolicy,
+            deadline: float) -> None:
+    """Download ``url`` into ``part``, continuing from its current size when the server lets us;
+    stop at ``policy.max_bytes`` or at ``deadline`` (``time.monotonic()``)."""
     offset = part.stat().st_size if part.exists() else 0
     # identity: keep the bytes exactly as published (a .gz must not be decoded in transit).
     headers = {"Accept-Encoding": "identity"}
@@ -114,6 +118,9 @@ def _stream(session: requests.Session, url: str, part: Path, policy: HttpPolicy)
                 offset = 0  # the server sent the whole file
             length = response.headers.get("Content-Length")
             announced = int(length) if length and length.isdigit() else None
+            if announced is not None and offset + announced > policy.max_bytes:
+                raise MirrorError(f"announces {offset + announced:,} bytes, more than the "
+                                  f"{policy.max_bytes:,} a file may have")
             received = 0
             with open(part, "ab" if offset else "wb") as out, tqdm(
                 total=None if announced is None else offset + announced, initial=offset,
@@ -121,6 +128,11 @@ def _stream(session: requests.Session, url: str, part: Path, policy: HttpPolicy)
                 disable=None, leave=False,
             ) as bar:
                 for chunk in response.raw.stream(policy.chunk_bytes, decode_content=False):
+                    if offset + received + len(chunk) > policy.max_bytes:
+                        raise MirrorError(f"sent more than the {policy.max_bytes:,} bytes a file "
+                                          "may have; stopped")
+                    if time.monotonic() > deadline:
+                        raise MirrorError(f"took longer than {policy.max_seconds:.0f} s; stopped")
                     out.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
@@ -140,10 +152,11 @@ def _from_http(
     part = partial_path(expected)
     part.parent.mkdir(parents=True, exist_ok=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + policy.max_seconds
     try:
         for attempt in range(1, policy.attempts + 1):
             try:
-                _stream(session, url, part, policy)
+                _stream(session, url, part, policy, deadline)
                 break
             except _Retry as exc:
                 if attempt == policy.attempts:
