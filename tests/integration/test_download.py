@@ -311,3 +311,13 @@ def test_a_download_slower_than_the_cap_is_stopped(tmp_path: Path, server: FileS
     with pytest.raises(RuntimeError, match=r"took longer than 0 s; stopped"):
         fetch_sources(data, Layout(tmp_path), policy=HttpPolicy(attempts=1, max_seconds=0.0,
                                                                 chunk_bytes=1024))
+
+
+def test_a_local_mirror_inside_the_raw_folder_is_refused(tmp_path: Path,
+                                                         mirror: tuple[Path, dict]) -> None:
+    _, digests = mirror
+    inside = raw_source(tmp_path)
+    data = _data(tmp_path, [str(inside)], digests)
+    with pytest.raises(ValueError, match=r"mirrors: .* lies inside .*data/raw, the folder the "
+                                         r"download stage writes"):
+        fetch(data, tmp_path)

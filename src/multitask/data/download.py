@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -24,7 +24,7 @@ import urllib3
 from tqdm import tqdm
 
 from multitask import __version__
-from multitask.config import DataConfig, Params
+from multitask.config import DataConfig, Params, Source
 from multitask.data.datasets import SOURCES
 from multitask.data.sources import (
     ExpectedFile,
@@ -224,6 +224,21 @@ def fetch_file(
     raise RuntimeError(f"{dest}: every mirror failed:\n" + "\n".join(failures))
 
 
+def _refuse_mirrors_inside(raw_dir: Path, sources: Mapping[str, Source],
+                           params_path: str | Path) -> None:
+    """A local mirror must not lie in the folder the stage writes (and DVC deletes first)."""
+    raw = raw_dir.resolve()
+    for name, source in sources.items():
+        for mirror in source.mirrors:
+            if "://" in mirror and not mirror.startswith("file://"):
+                continue
+            folder = Path(mirror.removeprefix("file://")).expanduser().resolve()
+            if folder == raw or raw in folder.parents:
+                raise ValueError(
+                    f"{params_path}: data.sources.{name}.mirrors: {mirror} lies inside "
+                    f"{raw_dir}, the folder the download stage writes; point it elsewhere")
+
+
 def fetch_sources(
     data: DataConfig, layout: Layout, names: Sequence[str] = (), *,
     params_path: str | Path = "params.yaml", policy: HttpPolicy = HttpPolicy(),
@@ -232,6 +247,8 @@ def fetch_sources(
 
     Every file is attempted; then one error lists each file that no mirror could provide.
     """
+    wanted = required_sources(data, names, params_path)
+    _refuse_mirrors_inside(layout.raw_dir, wanted, params_path)
     paths: list[Path] = []
     failed: dict[str, list[str]] = {}
     unreachable: dict[str, str] = {}
@@ -239,7 +256,7 @@ def fetch_sources(
     started = time.perf_counter()
     with requests.Session() as session:
         session.headers["User-Agent"] = f"multitask/{__version__} python-requests"
-        for name, source in required_sources(data, names, params_path).items():
+        for name, source in wanted.items():
             folder = layout.source_dir(name)
             for expected in expected_files(source):
                 dest = folder / expected.name
