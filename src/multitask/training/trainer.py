@@ -12,9 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
 import time
-import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from multitask.device import autocast
 from multitask.io import atomic_path
 from multitask.models.base import MultiTaskModel
 from multitask.tasks import Task
+from multitask.training.checkpoints import load_checkpoint
 from multitask.training.data import ProcessedData
 from multitask.training.metrics import evaluate
 from multitask.weighting import StepContext, WeightingMethod
@@ -113,34 +112,6 @@ def task_losses(model: MultiTaskModel, tasks: Sequence[Task], columns: Sequence[
         else:
             losses.append(F.cross_entropy(logits[:batch], y[:, column]))
     return torch.stack(losses), features
-
-
-_CHECKPOINT_KEYS = frozenset({"fingerprint", "epoch", "step", "model", "optimizer", "scheduler",
-                              "method", "torch_rng", "cuda_rng", "generator", "history"})
-
-
-def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
-    """The checkpoint at ``path``; None (and a warning saying why) only when it is provably
-    corrupt: not a readable torch archive, or not a checkpoint of this trainer. Any other
-    failure (a permission, the disk, memory) is raised: the file is never discarded for it."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-    except RuntimeError as exc:
-        if "PytorchStreamReader" not in str(exc) and "zip archive" not in str(exc):
-            raise
-        reason = str(exc)
-    except OSError as exc:
-        raise RuntimeError(f"{path}: cannot read the checkpoint ({exc}); fix that, or delete "
-                           "the file to train from scratch") from exc
-    else:
-        missing = _CHECKPOINT_KEYS - set(state) if isinstance(state, dict) else _CHECKPOINT_KEYS
-        if not missing:
-            return state
-        reason = f"not a training checkpoint (missing {sorted(missing)})"
-    log.warning("%s: corrupt checkpoint (%s); starting from scratch", path, reason)
-    return None
 
 
 @dataclass

@@ -212,6 +212,7 @@ class WorkerJob:
     threads: int
     parent_run_id: str | None
     log_level: int
+    parent_pid: int  # the tune process: the worker stops when it is gone
 
 
 def _worker_process(job: WorkerJob) -> None:
@@ -224,7 +225,7 @@ def _worker_process(job: WorkerJob) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminate)
-    _die_with_parent()
+    _die_with_parent(job.parent_pid)
     torch.set_num_threads(job.threads)
     params = load_params(job.params_path)
     worker_setup = setup(params, Layout(Path(job.root)))
@@ -235,12 +236,11 @@ def _worker_process(job: WorkerJob) -> None:
     run_worker(worker_setup, storage, job.n_trials, job.worker, job.parent_run_id)
 
 
-def _die_with_parent(poll_s: float = 1.0) -> None:
-    """Stop this worker (SIGTERM: its trial is failed and recorded) once its parent is gone,
-    even when the parent was SIGKILLed and could not stop it: a watchdog thread notices the
-    worker was handed to another parent."""
-    parent = os.getppid()
-
+def _die_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """Stop this worker (SIGTERM: its trial is failed and recorded) once its parent ``parent``
+    is gone, even when the parent was SIGKILLed and could not stop it: a watchdog thread
+    notices the worker was handed to another parent (also when that happened while the worker
+    was still starting)."""
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(poll_s)
@@ -270,8 +270,8 @@ def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tria
         processes = [context.Process(
             target=_worker_process, name=f"tune-worker-{index}",
             args=(WorkerJob(setup.source, str(setup.layout.root), setup.study_name, n_trials,
-                            index, threads,
-                            parent_run_id, logging.getLogger().getEffectiveLevel()),))
+                            index, threads, parent_run_id,
+                            logging.getLogger().getEffectiveLevel(), os.getpid()),))
             for index in range(count)]
         for process in processes:
             process.start()

@@ -1,0 +1,45 @@
+"""Reading a training checkpoint back, and the only reason to throw one away.
+
+The trainer writes everything needed to continue bit for bit (see
+:class:`~multitask.training.trainer.Trainer`); a checkpoint is discarded only when it is
+provably not one: an unreadable torch archive, or one missing the trainer's keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINT_KEYS = frozenset({"fingerprint", "epoch", "step", "model", "optimizer", "scheduler",
+                              "method", "torch_rng", "cuda_rng", "generator", "history"})
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint at ``path``; None (and a warning saying why) only when it is provably
+    corrupt: not a readable torch archive, or not a checkpoint of this trainer. Any other
+    failure (a permission, the disk, memory) is raised: the file is never discarded for it."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    except RuntimeError as exc:
+        if "PytorchStreamReader" not in str(exc) and "zip archive" not in str(exc):
+            raise
+        reason = str(exc)
+    except OSError as exc:
+        raise RuntimeError(f"{path}: cannot read the checkpoint ({exc}); fix that, or delete "
+                           "the file to train from scratch") from exc
+    else:
+        missing = _CHECKPOINT_KEYS - set(state) if isinstance(state, dict) else _CHECKPOINT_KEYS
+        if not missing:
+            return state
+        reason = f"not a training checkpoint (missing {sorted(missing)})"
+    log.warning("%s: corrupt checkpoint (%s); starting from scratch", path, reason)
+    return None
