@@ -23,6 +23,14 @@ from multitask.io import write_json
 RESULTS = Path("reports/benchmarks.json")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``): CPUs of one platform string differ several-fold."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or "unknown"
+
+
 def available() -> list[str]:
     return sorted(p.stem.removeprefix("bench_") for p in Path(__file__).parent.glob("bench_*.py"))
 
@@ -34,6 +42,8 @@ def main() -> None:
     names = args.names or available()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     machine = {
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": torch.get_num_threads(),
         "platform": platform.platform(),
         "torch": torch.__version__,

@@ -137,12 +137,21 @@ def benchmarks() -> str:
             met = "" if "ok" not in row else ("yes" if row["ok"] else "**no**")
             lines.append(f"| {group}: {row['name']} | {_value(row)} | {row.get('target', '')} "
                          f"| {met} |")
-    stamps = sorted({entry["measured_at"][:10] for entry in data.values()})
-    machine = next(iter(data.values()))["machine"]
-    lines += ["", f"Measured {', '.join(stamps)} on {machine['platform']} "
-              f"({machine['cpu_count']} threads), torch {machine['torch']}"
-              + (f", {machine['cuda']}" if machine.get("cuda") else ", no GPU") + "."]
+    machines: dict[str, list[str]] = {}
+    for group, entry in data.items():
+        machines.setdefault(_machine(entry["machine"]), []).append(
+            f"{group} ({entry['measured_at'][:10]})")
+    lines.append("")
+    lines += [f"- {', '.join(groups)}: {machine}." for machine, groups in machines.items()]
     return "\n".join(lines)
+
+
+def _machine(machine: dict[str, Any]) -> str:
+    """Which machine measured a group: CPU model and torch's instruction set when recorded."""
+    cpu = (f"{machine['cpu_model']}, torch CPU capability {machine['cpu_capability']}"
+           if machine.get("cpu_model") else "CPU model not recorded")
+    return (f"{cpu}, {machine['cpu_count']} threads, {machine['platform']}, torch "
+            f"{machine['torch']}" + (f", {machine['cuda']}" if machine.get("cuda") else ", no GPU"))
 
 
 def replace_block(text: str, name: str, body: str) -> str:
