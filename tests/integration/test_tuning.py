@@ -186,6 +186,9 @@ def test_a_short_study_yields_a_pareto_front_and_weights_train_uses(processed: P
     params = write_params(workdir, processed, n_trials=5, weight_range=[0.1, 0.9])
     assert run_tune(params)["trial"] >= 0
     summary = json.loads((workdir / "reports/tuning/summary.json").read_text())
+    study = optuna.load_study(study_name=summary["study"],
+                              storage=tuning.StudyStorage(str(workdir / JOURNAL), "test").optuna)
+    assert study.metric_names == ["val/left/accuracy", "val/right/accuracy"]  # dashboard axes
     assert summary["trials"] == {"COMPLETE": 5}
     rows = read_csv(workdir / "reports/tuning/pareto.csv")
     assert [int(r["trial"]) for r in rows] == [0, 1, 2, 3, 4]

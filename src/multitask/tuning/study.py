@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import optuna
 
+from multitask import keys
 from multitask.config import Params
 from multitask.layout import Layout
 from multitask.tasks import Task
@@ -115,6 +116,12 @@ def open_study(setup: Setup, storage: StudyStorage, n_trials: int, worker: int =
     if stored is None:
         probe.set_user_attr("fingerprint", setup.fingerprint)
         probe.set_user_attr("objectives", setup.objective_names)
+    if probe.metric_names is None:  # optuna-dashboard labels its axes with these names
+        with warnings.catch_warnings():  # experimental in Optuna 5, stable in practice
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            probe.set_metric_names([
+                name if setup.single else keys.task_metric(keys.VAL, name, keys.ACCURACY)
+                for name in setup.objective_names])
     elif stored != setup.fingerprint:
         raise ValueError(
             f"{storage.describe()}: study '{setup.study_name}' holds trials of another search "
