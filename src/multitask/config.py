@@ -14,7 +14,6 @@ stitch the file back together.
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from multitask.data.datasets import DATASETS
-from multitask.errors import ConfigError, validate
+from multitask.errors import ConfigError, unknown_name, validate
 from multitask.redaction import redact
 
 __all__ = ["ConfigError", "Params", "flatten", "load_params", "parse_params"]
@@ -103,9 +102,7 @@ class DataConfig(_Section):
     @classmethod
     def _known_dataset(cls, name: str) -> str:
         if name not in DATASETS:
-            close = difflib.get_close_matches(name, list(DATASETS), n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise ValueError(f"unknown data set; {hint}(available: {', '.join(DATASETS)})")
+            raise ValueError(unknown_name("data set", name, DATASETS))
         return name
 
 
@@ -289,10 +286,7 @@ def _removed_keys(raw: dict[str, Any], path: Path) -> list[str]:
 
 
 def _unknown_name(path: Path, key: str, kind: str, name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return (f"{path}: {key}: unknown {kind} '{name}'{hint} (available: "
-            f"{', '.join(sorted(known))}; see `multitask methods`)")
+    return f"{path}: {key}: {unknown_name(kind, name, known)}; see `multitask methods`"
 
 
 def _registry_problems(params: Params, path: Path) -> list[str]:

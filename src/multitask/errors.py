@@ -8,6 +8,7 @@ unknown key; did you mean 'epochs'?``. Used for ``params.yaml`` as a whole, for 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,15 @@ from pydantic import BaseModel, ValidationError
 
 class ConfigError(ValueError):
     """A problem in a params file; the message names the file and the key."""
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str]) -> str:
+    """``unknown <kind> '<name>'; did you mean '<nearest>'? (available: ...)``: how every
+    registry (data sets, architectures, weighting methods) words a name it does not hold."""
+    names = sorted(known)
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown {kind} '{name}'{hint} (available: {', '.join(names)})"
 
 
 def _owner(root: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:

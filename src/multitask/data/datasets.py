@@ -11,7 +11,6 @@ item in the top-left corner, task ``right``'s in the bottom-right (Sener & Koltu
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -81,19 +80,3 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType({
                                                                 TaskSpec("right",
                                                                          "fashion_mnist"))),
 })
-
-
-def dataset(name: str) -> DatasetSpec:
-    """The data set ``name``; an error naming the valid ones (and the nearest) otherwise."""
-    if name in DATASETS:
-        return DATASETS[name]
-    close = difflib.get_close_matches(name, list(DATASETS), n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    raise ValueError(f"unknown data set '{name}'; {hint}(available: {', '.join(DATASETS)})")
-
-
-def source(name: str) -> SourceSpec:
-    """The raw source ``name`` (see :data:`SOURCES`)."""
-    if name not in SOURCES:
-        raise ValueError(f"unknown raw source '{name}' (known: {', '.join(SOURCES)})")
-    return SOURCES[name]

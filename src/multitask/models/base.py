@@ -8,13 +8,13 @@ the shared ones only.
 
 from __future__ import annotations
 
-import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
+from multitask.errors import unknown_name
 from multitask.tasks import Task
 
 if TYPE_CHECKING:
@@ -96,11 +96,7 @@ def build_model(config: ModelConfig, tasks: list[Task], in_channels: int, image_
                 ) -> MultiTaskModel:
     """Instantiate ``config.architecture`` with ``config.backbone`` for ``tasks``."""
     if config.architecture not in ARCHITECTURES:
-        close = difflib.get_close_matches(config.architecture, list(ARCHITECTURES), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ValueError(
-            f"model.architecture: unknown architecture '{config.architecture}'"
-            f"{hint} (available: {', '.join(sorted(ARCHITECTURES))})"
-        )
+        raise ValueError("model.architecture: "
+                         + unknown_name("architecture", config.architecture, ARCHITECTURES))
     builder, _ = ARCHITECTURES[config.architecture]
     return builder(config, tasks, in_channels, image_size)

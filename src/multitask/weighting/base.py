@@ -10,7 +10,6 @@ above it: the trainer calls the method, never the other way round.
 
 from __future__ import annotations
 
-import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
-from multitask.errors import ConfigError, describe
+from multitask.errors import ConfigError, describe, unknown_name
 
 
 class MethodParams(BaseModel):
@@ -125,11 +124,8 @@ class MethodParamsError(ConfigError):
 def unknown_method(name: str, key: str = "train.weighting", where: str | Path = "params.yaml"
                    ) -> MethodParamsError:
     """The error for a method name the registry does not hold, with the nearest name."""
-    close = difflib.get_close_matches(name, list(METHODS), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return MethodParamsError(
-        f"{where}: {key}: unknown weighting method '{name}'{hint} "
-        f"(available: {', '.join(sorted(METHODS))}; see `multitask methods`)")
+    return MethodParamsError(f"{where}: {key}: {unknown_name('weighting method', name, METHODS)}"
+                             "; see `multitask methods`")
 
 
 def parse_method_params(name: str, raw: dict[str, Any], where: str | Path = "params.yaml"
