@@ -38,15 +38,21 @@ from multitask.weighting import build_weighting
 STAGE_TARGET_S = 300.0  # "a few minutes on 2 cores" for the default study
 
 
+def pipeline_folder(folder: Path, processed: Path) -> Layout:
+    """The layout of ``folder``, its data/processed a link to the shared ``processed``."""
+    layout = Layout(folder)
+    layout.processed_dir.parent.mkdir(parents=True)
+    layout.processed_dir.symlink_to(processed)
+    return layout
+
+
 def study(folder: Path, processed: Path, **tune: Any) -> tuple[dict[str, Any], float]:
     """Run the tune stage in pipeline folder ``folder`` (its data/processed a link to
     ``processed``) with the repository's params plus ``tune``."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["tune"] = {**raw.get("tune", {}), **tune}
     raw["tracking"] = {"enabled": False}
-    layout = Layout(folder)
-    layout.processed_dir.parent.mkdir(parents=True)
-    layout.processed_dir.symlink_to(processed)
+    layout = pipeline_folder(folder, processed)
     layout.params.write_text(yaml.safe_dump(raw))
     started = time.perf_counter()
     tuning.tune(load_params(layout.params), layout)
@@ -60,9 +66,7 @@ def compare(processed: Path, weights: dict[str, float], methods: Sequence[str],
     params = load_params(ROOT / "params.yaml")
     params = params.model_copy(update={
         "train": params.train.model_copy(update={"diagnostics_every": 0})})
-    layout = Layout(folder)
-    layout.processed_dir.parent.mkdir(parents=True)
-    layout.processed_dir.symlink_to(processed)
+    layout = pipeline_folder(folder, processed)
     data = session.load_data(params, layout)
     tasks = processed_format.tasks(data.meta)
     names = [t.name for t in main_tasks(tasks)]
