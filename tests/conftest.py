@@ -1,11 +1,18 @@
-"""Fixtures shared by every test: small real data files and an isolated user cache."""
+"""Fixtures shared by every test: small real data files, an isolated user cache and a throw-away
+PostgreSQL server on 127.0.0.1."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import os
+import pwd
+import shutil
+import socket
 import struct
-from collections.abc import Callable
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +114,42 @@ def pipeline_folder() -> Callable[[Path, Path], Layout]:
     """``pipeline_folder(folder, processed) -> Layout``: a pipeline folder whose
     ``data/processed`` is the (shared, read-only) ``processed`` folder."""
     return link_processed
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throw-away PostgreSQL server on 127.0.0.1 (as user postgres when run as root)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    initdb = shutil.which("initdb") or (str(found[-1]) if found else None)
+    if initdb is None:
+        pytest.skip("PostgreSQL is not installed (no initdb); `bash scripts/system_deps.sh "
+                    "test` installs it as root")
+    bindir, prefix = Path(initdb).parent, []
+    folder = Path(tempfile.mkdtemp(prefix="multitask-pg-"))
+    if os.geteuid() == 0:  # the server refuses to run as root
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server")
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    data = folder / "data"
+    try:
+        subprocess.run([*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"],
+                       check=True, capture_output=True)
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l",
+                        str(folder / "server.log"), "-w", "-o",
+                        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"],
+                       check=True, capture_output=True)
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                        "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -6,15 +6,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import pwd
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -442,45 +438,6 @@ def test_workers_stop_when_their_parent_is_sigkilled(processed: Path, workdir: P
 
 
 # ------------------------------------------------------------------ PostgreSQL (many hosts)
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    """A throw-away PostgreSQL server on 127.0.0.1 (as user postgres when run as root)."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    initdb = shutil.which("initdb") or (str(found[-1]) if found else None)
-    if initdb is None:
-        pytest.skip("PostgreSQL is not installed (no initdb); `bash scripts/system_deps.sh "
-                    "test` installs it as root")
-    bindir, prefix = Path(initdb).parent, []
-    folder = Path(tempfile.mkdtemp(prefix="multitask-pg-"))
-    if os.geteuid() == 0:  # the server refuses to run as root
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run the server")
-        os.chown(folder, owner.pw_uid, owner.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    data = folder / "data"
-    try:
-        subprocess.run([*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"],
-                       check=True, capture_output=True)
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l",
-                        str(folder / "server.log"), "-w", "-o",
-                        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"],
-                       check=True, capture_output=True)
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 @pytest.mark.slow
 def test_two_workers_share_a_study_in_postgresql(processed: Path, workdir: Path,
                                                  postgres_url: str) -> None:
