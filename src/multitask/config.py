@@ -165,6 +165,9 @@ class TrainConfig(_Section):
     seed: int = 0
     data_fraction: float = Field(1.0, gt=0.0, le=1.0)
     diagnostics_every: int = Field(0, ge=0)
+    # Data-parallel processes (torchrun) for train and baselines; batch_size stays the global
+    # batch. Under a launcher started by hand, its WORLD_SIZE decides instead.
+    processes: int = Field(1, ge=1)
 
 
 # --------------------------------------------------------------------------------------- tune
@@ -186,6 +189,11 @@ class TuneConfig(_Section):
     storage: str | None = None  # None: the journal file of the layout; or postgresql://...
     study_name: str = "task-weights"
     workers: int = Field(1, ge=1)
+    # A running trial's worker records a heartbeat this often; a trial silent for longer than
+    # grace_period_s counts as lost (its worker died or lost its host): it is failed and its
+    # parameters run again. PostgreSQL: Optuna's RDB heartbeat; journal file: other hosts only.
+    heartbeat_interval_s: int = Field(30, ge=1)
+    grace_period_s: int = Field(120, ge=1)
 
     # Search-space errors must stop the stage before its first trial, not in the middle of it.
     @field_validator("weight_range")
@@ -232,6 +240,15 @@ class TuneConfig(_Section):
                              "path without '..' (default reports/tuning/study.journal), or a "
                              "postgresql:// URL for a study shared across machines")
         return storage
+
+    @model_validator(mode="after")
+    def _grace_after_heartbeats(self) -> TuneConfig:
+        if self.grace_period_s <= self.heartbeat_interval_s:
+            raise ValueError(
+                f"grace_period_s ({self.grace_period_s}) must exceed heartbeat_interval_s "
+                f"({self.heartbeat_interval_s}), or every live trial counts as lost between two "
+                "heartbeats; e.g. heartbeat_interval_s: 30, grace_period_s: 120")
+        return self
 
     @model_validator(mode="after")
     def _preference_given(self) -> TuneConfig:

@@ -1,5 +1,6 @@
 """The tune stage on real (sample) composites: a short study, resumption after SIGKILL, parallel
-workers on a journal file and on a real PostgreSQL, MLflow nested runs, search-space errors."""
+workers on a journal file and on a real PostgreSQL (also as separate `multitask tune` processes,
+as on several machines, one of them SIGKILLed), MLflow nested runs, search-space errors."""
 
 from __future__ import annotations
 
@@ -152,6 +153,8 @@ def test_multi_objective_studies_never_prune(processed: Path, tmp_path: Path) ->
     ({"methods": []}, "tune.methods: Value error, empty list"),
     ({"selection": "preference"}, "needs tune.preference"),
     ({"preference": [1.0, -1.0], "selection": "preference"}, "tune.preference"),
+    ({"heartbeat_interval_s": 60, "grace_period_s": 60},
+     r"grace_period_s \(60\) must exceed heartbeat_interval_s \(60\)"),
 ])
 def test_invalid_search_space_is_a_config_error(processed: Path, tmp_path: Path,
                                                 tune: dict[str, Any], message: str) -> None:
@@ -365,8 +368,9 @@ def test_a_study_killed_midway_continues_where_it_stopped(processed: Path,
         assert after[number].state == before[number].state
         assert after[number].values == before[number].values
         assert after[number].datetime_complete == before[number].datetime_complete
-    for number in interrupted:  # the killed trial is recorded as failed and replaced
+    for number in interrupted:  # the killed trial is recorded as failed and run again
         assert after[number].state.name == "FAIL"
+        assert_retried_once(after, number)
     new = set(after) - set(before)
     assert min(new) > max(before)
     assert len(finished(list(after.values()))) == 5
@@ -378,6 +382,14 @@ def test_a_study_killed_midway_continues_where_it_stopped(processed: Path,
         run = client.get_run(before[number].user_attrs["mlflow_run_id"])
         assert run.info.status == "FAILED"
         assert "is gone" in run.data.tags["failure"]
+
+
+def assert_retried_once(trials: dict[int, optuna.trial.FrozenTrial], lost: int) -> None:
+    """Trial ``lost``'s parameters ran again, to completion, as exactly one later trial."""
+    retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == lost]
+    assert len(retries) == 1 and retries[0].number > lost
+    assert retries[0].state.name == "COMPLETE"
+    assert retries[0].params == trials[lost].params
 
 
 def assert_each_trial_once(trials: list[optuna.trial.FrozenTrial], n_trials: int) -> None:
@@ -475,3 +487,98 @@ def test_a_hung_postgresql_claim_lock_times_out_naming_its_holder(postgres_url: 
         pass
     with waiter.claim_lock("s"):
         pass
+
+
+@pytest.fixture
+def postgres_study_db(postgres_url: str) -> str:
+    """A database of its own on the session's PostgreSQL server (so that its only study is this
+    test's)."""
+    import sqlalchemy
+
+    name = f"study_{os.getpid()}_{time.monotonic_ns()}"
+    engine = sqlalchemy.create_engine(
+        postgres_url.replace("postgresql://", "postgresql+psycopg2://"),
+        isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def machine(link: Callable[[Path, Path], Layout], root: Path, name: str, processed: Path,
+            storage: str, **tune: Any) -> Path:
+    """The params of one "machine": a pipeline folder of its own (data/processed ``link``ed,
+    its own reports/ and params.yaml), the study in the shared ``storage``."""
+    folder = root / name
+    folder.mkdir()
+    link(folder, processed)
+    return write_params(folder, processed, storage=storage, **tune)
+
+
+@pytest.mark.slow
+def test_two_tune_processes_on_two_machines_share_a_postgresql_study(
+        processed: Path, workdir: Path, postgres_study_db: str,
+        pipeline_folder: Callable[[Path, Path], Layout]) -> None:
+    """Started independently, in separate folders: n_trials trials between them, each once,
+    and each process returns only when the study is complete (same reports in both)."""
+    folders = [machine(pipeline_folder, workdir, name, processed, postgres_study_db, n_trials=6)
+               for name in ("host-a", "host-b")]
+    processes = [tune_process(params.parent, params) for params in folders]
+    for process in processes:
+        output = process.communicate(timeout=300)[0]
+        assert process.returncode == 0, output[-3000:]
+    trials = stored_trials(postgres_study_db)
+    assert_each_trial_once(trials, 6)
+    assert {t.user_attrs["owner"]["pid"] for t in trials} == {p.pid for p in processes}
+    summaries = [json.loads((params.parent / "reports/tuning/summary.json").read_text())
+                 for params in folders]
+    assert all(summary["trials"] == {"COMPLETE": 6} for summary in summaries)
+    chosen = [json.loads((params.parent / "reports/tuning/weights.json").read_text())
+              for params in folders]
+    assert chosen[0] == chosen[1]
+
+
+@pytest.mark.slow
+def test_a_sigkilled_machine_s_trial_fails_and_the_other_runs_it_again(
+        processed: Path, workdir: Path, postgres_study_db: str,
+        pipeline_folder: Callable[[Path, Path], Layout]) -> None:
+    """Optuna's RDB heartbeat: the killed process's trial goes silent, the surviving process
+    marks it FAIL after tune.grace_period_s, runs its parameters again and completes the
+    study; the killed trial's MLflow run (in the shared store) ends FAILED."""
+    tune = {"n_trials": 4, "epochs": 3, "heartbeat_interval_s": 1, "grace_period_s": 4,
+            "tracking": tracking_on("tuning-machines")}
+    killed_params, survivor_params = (
+        machine(pipeline_folder, workdir, name, processed, postgres_study_db, **tune)
+        for name in ("host-a", "host-b"))
+    import mlflow
+
+    # The shared store stands for a tracking server: create its tables once, before two
+    # processes race to migrate the same SQLite file.
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    client.search_experiments()
+    killed = tune_process(killed_params.parent, killed_params)
+    survivor = tune_process(survivor_params.parent, survivor_params)
+    deadline = time.monotonic() + 180
+    lost = None
+    while lost is None and time.monotonic() < deadline:
+        assert killed.poll() is None, killed.communicate()[0][-3000:]
+        lost = next((t for t in stored_trials(postgres_study_db) if t.state.name == "RUNNING"
+                     and t.user_attrs.get("owner", {}).get("pid") == killed.pid
+                     and "mlflow_run_id" in t.user_attrs), None)
+        time.sleep(0.1)
+    assert lost is not None, "the first process never started training a trial"
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+
+    output = survivor.communicate(timeout=300)[0]
+    assert survivor.returncode == 0, output[-3000:]
+    assert f"trial {lost.number}: no heartbeat from its worker (pid {killed.pid} on " in output
+    trials = {t.number: t for t in stored_trials(postgres_study_db)}
+    assert trials[lost.number].state.name == "FAIL"
+    assert_retried_once(trials, lost.number)
+    assert len(finished(list(trials.values()))) == 4
+    assert sorted(t.state.name for t in trials.values()) == ["COMPLETE"] * 4 + ["FAIL"]
+    summary = json.loads((survivor_params.parent / "reports/tuning/summary.json").read_text())
+    assert summary["trials"] == {"COMPLETE": 4, "FAIL": 1}
+    run = client.get_run(lost.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert "no heartbeat" in run.data.tags["failure"]

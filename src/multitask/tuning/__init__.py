@@ -19,7 +19,10 @@ never loaded.
 makes trial values comparable, so changed params start a new study instead of mixing trials.
 A rerun continues until the study holds ``n_trials`` finished (complete or pruned) trials;
 finished trials are never rerun. ``--workers N`` starts N processes that claim trials under a
-lock: exactly ``n_trials`` trials between them, each recorded once.
+lock: exactly ``n_trials`` trials between them, each recorded once. So do separate ``multitask
+tune`` processes on several machines sharing one PostgreSQL study; each returns once the study
+holds ``n_trials`` finished trials. A trial whose worker died (no heartbeat for
+``tune.grace_period_s``) is marked FAIL and its parameters run again.
 
 **MLflow** (:mod:`.trials`): one parent run per invocation, one nested run per trial (params,
 per-epoch per-task metrics, final state); the Pareto figure, chosen weights and summary go on
@@ -69,7 +72,7 @@ def tune(params: Params, layout: Layout, *, workers: int | None = None,
     storage = StudyStorage.of(params, layout)
     study = open_study(study_setup, storage, n_trials)
     with storage.claim_lock(study.study_name):
-        fail_stale_trials(study, params.tracking.enabled)
+        fail_stale_trials(study, storage, params.tracking.enabled)
     counts = count_states(study)
     log.info("study %s in %s: %s; target %d finished trials, %d worker(s)", study.study_name,
              storage.describe(), {k: v for k, v in counts.items() if v} or "new", n_trials,

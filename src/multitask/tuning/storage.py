@@ -2,24 +2,40 @@
 
 A journal file (several processes on one machine) or PostgreSQL (several machines). Workers
 claim trials under a lock -- ``flock`` on the journal file, a PostgreSQL advisory lock -- so that
-finished plus running trials never exceed ``n_trials``. A worker killed mid-trial leaves it
-RUNNING; the next claim sees its process gone (same host: pid and start time; another host: no
-heartbeat for :data:`STALE_AFTER_S`) and marks it FAIL, and a new trial takes its place.
+finished plus running trials never exceed ``n_trials``.
+
+A worker killed mid-trial leaves it RUNNING. The next claim finds it lost, marks it FAIL and
+queues its parameters once more (Optuna's ``RetryHeartbeatStaleTrialCallback``, at most
+:data:`RETRIES` times, so parameters that kill their worker are not tried for ever). Lost means:
+
+- PostgreSQL: Optuna's own RDB heartbeat (``RDBStorage(heartbeat_interval=..., grace_period=...)``
+  from ``tune.heartbeat_interval_s`` and ``tune.grace_period_s``) has been silent for the grace
+  period. Optuna runs that heartbeat inside ``Study.optimize``; our workers ask and tell under the
+  claim lock instead, so they start Optuna's heartbeat thread and its ``fail_stale_trials``
+  themselves, exactly where ``Study.optimize`` does.
+- Journal file (Optuna has no heartbeat for it): its worker's process is gone (same host: pid and
+  start time), or, for a worker on another host sharing the file, its ``heartbeat`` user attribute
+  is older than the grace period.
+- Either: the trial has no owner yet. Claims happen under the lock we hold, so its worker died
+  while claiming it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from multitask import tracking
@@ -30,19 +46,52 @@ from multitask.processes import HOST, alive, this_process
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards n_trials
-HEARTBEAT_S = 60.0  # how often a running trial says it is alive (for workers on other hosts)
-STALE_AFTER_S = 600.0  # silence after which another host's running trial counts as lost
+RETRIES = 1  # a lost trial's parameters run once more; lost twice, they are left FAIL
+# what one attempt of a trial recorded, as opposed to its parameters (a retry starts afresh)
+ATTEMPT_ATTRS = ("owner", "heartbeat", "mlflow_run_id", "val_accuracy", "epochs_run")
 LOCK_TIMEOUT_S = 300.0  # the claim lock is held for milliseconds; this long means a hung holder
 LOCK_POLL_S = 0.05
+SCHEMA_LOCK = "multitask: create Optuna's tables"  # an advisory lock's name, not a study's
+
+
+class LostTrials:
+    """What happens to a lost trial once it is marked FAIL: its parameters are queued again
+    (Optuna's ``RetryHeartbeatStaleTrialCallback``) and it is remembered, so that
+    :func:`fail_stale_trials` can log it and end its MLflow run.
+
+    On PostgreSQL this is the storage's ``heartbeat_stale_trial_callback``.
+    """
+
+    def __init__(self) -> None:
+        with warnings.catch_warnings():  # experimental in Optuna 5, stable in practice
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)
+        self.found: list[FrozenTrial] = []
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.found.append(trial)
+        again = copy.copy(trial)  # the retry is a new attempt: not this worker, not this run
+        again.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
+        self._retry(study, again)
+
+    def take(self) -> list[FrozenTrial]:
+        found, self.found = self.found, []
+        return found
 
 
 class StudyStorage:
     """Where the study lives (journal file or PostgreSQL) and the lock that serialises claims."""
 
-    def __init__(self, location: str, source: str,
-                 lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
+    def __init__(self, location: str, source: str, lock_timeout_s: float = LOCK_TIMEOUT_S, *,
+                 heartbeat_interval_s: int | None = None, grace_period_s: int | None = None
+                 ) -> None:
+        """Without ``heartbeat_interval_s`` and ``grace_period_s`` (readers, reports) no trial
+        records a heartbeat and only the journal file's same-host rule finds lost trials."""
         self.location = location
         self.lock_timeout_s = lock_timeout_s
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.grace_period_s = grace_period_s
+        self.lost = LostTrials()
         self.is_url = "://" in location
         if self.is_url and not location.startswith(("postgresql://", "postgresql+")):
             raise ValueError(
@@ -56,9 +105,16 @@ class StudyStorage:
             if url.drivername == "postgresql":  # SQLAlchemy 2.1 defaults to psycopg 3; we ship 2
                 location = url.set(drivername="postgresql+psycopg2").render_as_string(
                     hide_password=False)
-            self.optuna: optuna.storages.BaseStorage = optuna.storages.RDBStorage(
-                location, engine_kwargs={"pool_pre_ping": True})
             self._engine = sqlalchemy.create_engine(location, poolclass=sqlalchemy.pool.NullPool)
+            # Workers that start together on an empty database would race to create Optuna's
+            # tables (a duplicate-type error in PostgreSQL): one creates them, the others wait.
+            with (self._advisory_lock(SCHEMA_LOCK, "the lock that creates Optuna's tables"),
+                  warnings.catch_warnings()):  # the heartbeat is experimental in Optuna 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.optuna: optuna.storages.BaseStorage = optuna.storages.RDBStorage(
+                    location, engine_kwargs={"pool_pre_ping": True},
+                    heartbeat_interval=heartbeat_interval_s, grace_period=grace_period_s,
+                    heartbeat_stale_trial_callback=self.lost)
         else:
             Path(location).parent.mkdir(parents=True, exist_ok=True)
             backend = optuna.storages.journal.JournalFileBackend(location)
@@ -66,8 +122,11 @@ class StudyStorage:
 
     @classmethod
     def of(cls, params: Params, layout: Layout) -> StudyStorage:
-        """``tune.storage``, or the layout's journal file when it names none."""
-        return cls(params.tune.storage or str(layout.study_journal), str(params.source))
+        """``tune.storage`` (or the layout's journal file) with ``tune``'s heartbeat settings."""
+        tune = params.tune
+        return cls(tune.storage or str(layout.study_journal), str(params.source),
+                   heartbeat_interval_s=tune.heartbeat_interval_s,
+                   grace_period_s=tune.grace_period_s)
 
     def describe(self) -> str:
         """The location with any password masked (for logs, summaries and MLflow)."""
@@ -88,9 +147,15 @@ class StudyStorage:
             with self._file_lock():
                 yield
             return
+        with self._advisory_lock(study_name, f"the claim lock of study {study_name}"):
+            yield
+
+    @contextlib.contextmanager
+    def _advisory_lock(self, name: str, what: str) -> Iterator[None]:
+        """A PostgreSQL advisory lock keyed by ``name``; ``what`` names it in the timeout."""
         import sqlalchemy
 
-        key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
         with self._engine.connect() as connection:  # released with the session at the latest
             deadline = time.monotonic() + self.lock_timeout_s
             while not connection.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:key)"),
@@ -104,15 +169,43 @@ class StudyStorage:
                     who = (f"PostgreSQL backend {holder[0]} of client {holder[1]}, connected "
                            f"{holder[2]}" if holder else "another session")
                     raise TimeoutError(
-                        f"{self.describe()}: the claim lock of study {study_name} is held by "
-                        f"{who} for over {self.lock_timeout_s:.0f} s; stop that worker or end "
-                        "its session, then rerun multitask tune")
+                        f"{self.describe()}: {what} is held by {who} for over "
+                        f"{self.lock_timeout_s:.0f} s; stop that worker or end its session, "
+                        "then rerun multitask tune")
                 time.sleep(LOCK_POLL_S)
             try:
                 yield
             finally:
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"),
                                    {"key": key})
+
+    @contextlib.contextmanager
+    def heartbeat(self, trial: Trial) -> Iterator[None]:
+        """Tell other workers that ``trial`` is alive while the block runs: Optuna's heartbeat
+        thread on PostgreSQL (as ``Study.optimize`` runs it), on a journal file a ``heartbeat``
+        user attribute every ``heartbeat_interval_s``."""
+        interval = self.heartbeat_interval_s
+        if interval is None:
+            yield
+            return
+        if self.is_url:
+            with get_heartbeat_thread(trial._trial_id, self.optuna):
+                yield
+            return
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                trial.set_user_attr("heartbeat", time.time())
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}",
+                                  daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
@@ -143,7 +236,6 @@ class StudyStorage:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-
 # ------------------------------------------------------------------------- liveness of trials
 def _owner() -> dict[str, Any]:
     """Who runs a trial: enough for another worker to tell later whether it still runs."""
@@ -151,52 +243,57 @@ def _owner() -> dict[str, Any]:
     return {"host": HOST, "pid": pid, "start": start, "since": time.time()}
 
 
-def _stale_reason(trial: FrozenTrial) -> str | None:
-    """Why a RUNNING trial is lost, or None while its worker may still be running it."""
-    owner = trial.user_attrs.get("owner")
-    if owner is None:  # claims happen under the lock we hold: this claim's process died in it
-        return "its worker died while claiming it"
-    where = f"pid {owner['pid']} on {owner['host']}"
+def _where(trial: FrozenTrial) -> str:
+    owner = trial.user_attrs.get("owner") or {}
+    return f"pid {owner.get('pid')} on {owner.get('host')}"
+
+
+def _journal_stale_reason(trial: FrozenTrial, grace_period_s: int | None) -> str | None:
+    """Why a RUNNING trial of a journal file is lost, or None while its worker may run it."""
+    owner = trial.user_attrs["owner"]
     if owner["host"] == HOST:
-        return None if alive(owner["pid"], owner["start"]) else f"its worker ({where}) is gone"
+        return None if alive(owner["pid"], owner["start"]) else (
+            f"its worker ({_where(trial)}) is gone")
+    if grace_period_s is None:
+        return None
     silent = time.time() - max(owner["since"], trial.user_attrs.get("heartbeat", 0.0))
-    return f"no heartbeat from its worker ({where}) for {silent:.0f} s" if (
-        silent > STALE_AFTER_S) else None
+    return f"no heartbeat from its worker ({_where(trial)}) for {silent:.0f} s" if (
+        silent > grace_period_s) else None
 
 
-def fail_stale_trials(study: optuna.Study, tracking_enabled: bool) -> list[int]:
-    """Mark RUNNING trials whose worker is gone as FAIL (and end their MLflow runs)."""
-    failed = []
+def fail_stale_trials(study: optuna.Study, storage: StudyStorage,
+                      tracking_enabled: bool) -> list[int]:
+    """Mark lost RUNNING trials FAIL, queue their parameters again, end their MLflow runs.
+
+    Called under the claim lock. Returns the numbers of the trials marked FAIL.
+    """
+    reasons: dict[int, str] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        reason = _stale_reason(trial)
-        if reason is None:
-            continue
-        log.warning("trial %d: %s; marking it FAIL, a new trial takes its place",
+        if "owner" not in trial.user_attrs:
+            reason: str | None = "its worker died while claiming it"
+        elif storage.is_url:
+            continue  # Optuna's heartbeat decides, below
+        else:
+            reason = _journal_stale_reason(trial, storage.grace_period_s)
+        if reason is not None:
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            storage.lost(study, trial)
+            reasons[trial.number] = reason
+    if storage.is_url:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # calls storage.lost for each one
+    failed = []
+    for trial in storage.lost.take():
+        reason = reasons.get(trial.number) or (
+            f"no heartbeat from its worker ({_where(trial)}) for over {storage.grace_period_s} s")
+        log.warning("trial %d: %s; marked FAIL, its parameters run again as a new trial",
                     trial.number, reason)
-        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         run_id = trial.user_attrs.get("mlflow_run_id")
         if tracking_enabled and run_id:
             tracking.end_run(run_id, "FAILED", f"tune: {reason}")
         failed.append(trial.number)
     return failed
-
-
-@contextlib.contextmanager
-def heartbeat(trial: Trial) -> Iterator[None]:
-    """Record ``heartbeat`` on the trial every :data:`HEARTBEAT_S` while the block runs."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            trial.set_user_attr("heartbeat", time.time())
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def count_states(study: optuna.Study) -> dict[str, int]:
@@ -208,12 +305,20 @@ def count_states(study: optuna.Study) -> dict[str, int]:
 
 def claim_trial(study: optuna.Study, storage: StudyStorage, n_trials: int,
                 tracking_enabled: bool) -> Trial | None:
-    """A new trial if finished plus running trials number fewer than ``n_trials``, else None."""
+    """A new trial if finished plus running trials number fewer than ``n_trials``, else None.
+
+    A queued retry of a lost trial is handed out first. Its first heartbeat is recorded before
+    the lock is released, so that no other worker can see it RUNNING without one.
+    """
     with storage.claim_lock(study.study_name):
-        fail_stale_trials(study, tracking_enabled)
+        fail_stale_trials(study, storage, tracking_enabled)
         counts = count_states(study)
         if counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"] >= n_trials:
             return None
-        trial = study.ask()
+        with warnings.catch_warnings():  # we run the heartbeat that Study.optimize would
+            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
+            trial = study.ask()
+        if storage.is_url and storage.heartbeat_interval_s is not None:
+            storage.optuna.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
         trial.set_user_attr("owner", _owner())
         return trial

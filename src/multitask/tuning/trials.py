@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,13 +31,14 @@ from multitask.tasks import main_tasks
 from multitask.training import session, trainer
 from multitask.training.metrics import delta_m
 from multitask.tuning.space import trial_config
-from multitask.tuning.storage import FINISHED, StudyStorage, claim_trial, count_states, heartbeat
+from multitask.tuning.storage import FINISHED, StudyStorage, claim_trial, count_states
 from multitask.tuning.study import Setup, open_study, setup
 from multitask.weighting import build_weighting
 
 log = logging.getLogger(__name__)
 
 POLL_S = 2.0  # how often the parent of several workers refreshes its progress bar
+WAIT_POLL_S = 2.0  # how often a worker with nothing to claim looks at others' running trials
 
 
 def _accuracies(record: dict[str, float], names: Sequence[str]) -> dict[str, float]:
@@ -117,17 +119,32 @@ class Objective:
         return self.values(_accuracies(last, setup.space.objectives))
 
 
-def run_trial(study: optuna.Study, trial: Trial, objective: Objective) -> FrozenTrial:
-    """Run ``trial`` and record how it ended; an error fails the trial and propagates."""
-    with heartbeat(trial):
+def run_trial(study: optuna.Study, storage: StudyStorage, trial: Trial, objective: Objective
+              ) -> FrozenTrial:
+    """Run ``trial`` and record how it ended; an error fails the trial and propagates.
+
+    A trial that another worker declared lost meanwhile (no heartbeat for the grace period)
+    stays FAIL: its parameters already run again elsewhere.
+    """
+    with storage.heartbeat(trial):
         try:
             values = objective(trial)
         except optuna.TrialPruned:
-            return study.tell(trial, state=TrialState.PRUNED)
+            return _tell(study, trial, state=TrialState.PRUNED)
         except BaseException:
-            study.tell(trial, state=TrialState.FAIL)
+            _tell(study, trial, state=TrialState.FAIL)
             raise
-    return study.tell(trial, values)
+    return _tell(study, trial, values=values)
+
+
+def _tell(study: optuna.Study, trial: Trial, **outcome: Any) -> FrozenTrial:
+    with warnings.catch_warnings():  # Optuna's own warning says less than ours
+        warnings.filterwarnings("ignore", "Skipped telling trial")
+        frozen = study.tell(trial, skip_if_finished=True, **outcome)
+    if frozen.state == TrialState.FAIL and outcome.get("state") != TrialState.FAIL:
+        log.warning("trial %d was declared lost by another worker while this one ran it (no "
+                    "heartbeat for tune.grace_period_s); its result is dropped", trial.number)
+    return frozen
 
 
 def validation_baselines(setup: Setup, study: optuna.Study) -> dict[str, float]:
@@ -158,12 +175,24 @@ def run_worker(setup: Setup, storage: StudyStorage, n_trials: int, worker: int,
     baselines = (study.user_attrs.get("validation_baselines")
                  if setup.single and setup.params.tune.objective == "delta_m" else None)
     objective = Objective(setup, baselines, parent_run_id)
-    ran = 0
+    ran, waiting = 0, False
     with _epoch_logs_at_debug():
-        while (trial := claim_trial(study, storage, n_trials,
-                                    setup.params.tracking.enabled)) is not None:
+        while True:
+            trial = claim_trial(study, storage, n_trials, setup.params.tracking.enabled)
+            if trial is None:
+                counts = count_states(study)
+                if sum(counts[state.name] for state in FINISHED) >= n_trials:
+                    break
+                if not waiting:  # the study is not done until they finish or are replaced
+                    log.info("worker %d: waiting for %d trial(s) running in other workers "
+                             "(a lost one is replaced here after tune.grace_period_s)", worker,
+                             counts["RUNNING"])
+                    waiting = True
+                time.sleep(WAIT_POLL_S)
+                continue
+            waiting = False
             started = time.perf_counter()
-            frozen = run_trial(study, trial, objective)
+            frozen = run_trial(study, storage, trial, objective)
             ran += 1
             log.info("worker %d: trial %d %s in %.1f s: %s", worker, frozen.number,
                      frozen.state.name, time.perf_counter() - started,
