@@ -15,8 +15,10 @@
 #
 # Environment for `report`: BASE_WORKTREE (default $RUNNER_TEMP or $TMPDIR /multitask-base),
 # VENV_BIN (default .venv/bin, where dvc and multitask live), SKIP_REPRO=1 to reuse results
-# already in both folders. The base worktree shares this checkout's DVC cache, so unchanged
-# stages are restored rather than rerun.
+# already in both folders. Both pipelines run with `dvc repro --pull`: a stage whose outputs
+# the DVC remote holds (pushed by CI on main) is pulled, not rerun; without a remote, or when
+# it lacks them, the stage runs. The base worktree shares this checkout's DVC cache and its
+# .dvc/config.local (where CI names the team's remote), so it pulls from the same remote.
 set -euo pipefail
 
 MARKER='<!-- multitask-ci-report -->'
@@ -30,7 +32,7 @@ die() { echo "ci/pr_report.sh: $*" >&2; exit 2; }
 repro_sample() {
     local tree="$1"
     (cd "$tree" && PATH="$VENV_BIN:$PATH" PYTHONPATH="$tree/src${PYTHONPATH:+:$PYTHONPATH}" \
-        "$VENV_BIN/dvc" repro sample/dvc.yaml)
+        "$VENV_BIN/dvc" repro --pull sample/dvc.yaml)
 }
 
 publish() {  # $1: markdown file; adds the run link, appends it to the job summary
@@ -67,6 +69,10 @@ report() {
             git worktree add --detach --quiet "$worktree" "$base_sha"
         fi
         mkdir -p "$ROOT/.dvc/cache"
+        rm -f "$worktree/.dvc/config.local"
+        if [ -f "$ROOT/.dvc/config.local" ]; then  # the remote CI set up (absolute URLs)
+            cp "$ROOT/.dvc/config.local" "$worktree/.dvc/config.local"
+        fi
         (cd "$worktree" && "$VENV_BIN/dvc" cache dir --local "$ROOT/.dvc/cache")
         echo "ci/pr_report.sh: sample pipeline of the base, ${base_sha:0:12}" >&2
         if ! repro_sample "$worktree"; then

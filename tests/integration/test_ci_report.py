@@ -2,7 +2,8 @@
 
 The fast tests compare hand-written pipeline results whose numbers are known; the slow ones run
 the real sample pipeline twice (a base and heads at other params, one with a planted regression)
-through the script the workflow calls.
+through the script the workflow calls, and push a base's outputs to a DVC remote that a fresh
+clone pulls and CI restores the base from.
 """
 
 from __future__ import annotations
@@ -285,25 +286,15 @@ def write_params(repo: Path, changes: dict[str, Any]) -> None:
     (repo / "sample" / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def run_pr_report(repo: Path, base_sha: str, work: Path, name: str) -> dict[str, Any]:
-    """``ci/pr_report.sh report <base>`` as the workflow calls it; what it left behind."""
-    env = script_env(work / name, BASE_WORKTREE=str(work / "base"),
-                     REPORT_DIR=f"reports/{name}")
-    (work / name).mkdir()
-    result = subprocess.run([str(repo / "ci" / "pr_report.sh"), "report", base_sha], cwd=repo,
-                            env=env, capture_output=True, text=True, timeout=1200)
-    report = repo / "reports" / name / "ci_report.md"
-    return {"status": result.returncode, "log": result.stdout + result.stderr,
-            "report": report.read_text() if report.exists() else "",
-            "png": (repo / "reports" / name / "ci_report.png").is_file(),
-            "head": json.loads((repo / "sample" / "reports" / "metrics.json").read_text())}
+def use_remote(repo: Path, remote: Path) -> None:
+    """``remote`` (a folder) as the default DVC remote of ``repo``, set as CI sets it."""
+    subprocess.run([str(ROOT / "ci" / "dvc_remote.sh"), str(remote)], cwd=repo, check=True,
+                   env={**os.environ, "VENV_BIN": str(VENV_BIN)}, capture_output=True)
 
 
-@pytest.fixture(scope="module")
-def sample_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A base commit and two heads (other params; a planted regression), each reported."""
-    work = tmp_path_factory.mktemp("ci_e2e")
-    repo = work / "repo"
+def project_repo(repo: Path, remote: Path) -> str:
+    """The project's files at TINY params as a new git repository whose DVC remote is
+    ``remote`` (never the user cache's); returns the commit."""
     for relative in PROJECT:
         source, target = ROOT / relative, repo / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -314,9 +305,34 @@ def sample_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             shutil.copy2(source, target)
     write_params(repo, TINY)
     git(repo, "init", "-q")
+    use_remote(repo, remote)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "base")
-    base_sha = git(repo, "rev-parse", "HEAD")
+    return git(repo, "rev-parse", "HEAD")
+
+
+def run_pr_report(repo: Path, base_sha: str, work: Path, name: str) -> dict[str, Any]:
+    """``ci/pr_report.sh report <base>`` as the workflow calls it; what it left behind (its
+    output and errors in one log, in the order they came)."""
+    env = script_env(work / name, BASE_WORKTREE=str(work / "base"),
+                     REPORT_DIR=f"reports/{name}")
+    (work / name).mkdir()
+    result = subprocess.run([str(repo / "ci" / "pr_report.sh"), "report", base_sha], cwd=repo,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, timeout=1200)
+    report = repo / "reports" / name / "ci_report.md"
+    return {"status": result.returncode, "log": result.stdout,
+            "report": report.read_text() if report.exists() else "",
+            "png": (repo / "reports" / name / "ci_report.png").is_file(),
+            "head": json.loads((repo / "sample" / "reports" / "metrics.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def sample_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A base commit and two heads (other params; a planted regression), each reported."""
+    work = tmp_path_factory.mktemp("ci_e2e")
+    repo = work / "repo"
+    base_sha = project_repo(repo, work / "empty-remote")  # every stage runs
 
     write_params(repo, {**TINY, "train.epochs": 3, "train.optimizer.lr": 0.004})
     git(repo, "commit", "-qam", "head: other params")
@@ -382,3 +398,93 @@ def test_a_head_that_rewrites_the_gate_is_still_judged_by_the_base(
     assert rewritten["status"] == 1, "the base's gate, not the head's, decides"
     assert "gate: task 'right': accuracy dropped by" in rewritten["log"]
     assert "**Gate: failed.**" in rewritten["report"]
+
+
+# ------------------------------------------------------------------------ the DVC remote
+STAGES = ("download", "validate", "preprocess", "baselines", "tune", "train", "evaluate")
+CACHED = ["data/raw/fashion_mnist", "data/processed/meta.json", "reports/validation/data_docs",
+          "models/baselines", "reports/tuning/study.journal", "models/model.pt"]
+
+
+def dvc(repo: Path, *args: str) -> str:
+    """``dvc <args>`` in ``repo`` with ``repo``'s code, as ci/pr_report.sh runs it."""
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+           "PYTHONPATH": str(repo / "src")}
+    result = subprocess.run([str(VENV_BIN / "dvc"), *args], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            timeout=1200)
+    assert result.returncode == 0, f"dvc {' '.join(args)}:\n{result.stdout[-3000:]}"
+    return result.stdout
+
+
+def test_dvc_remote_script_sets_the_default_remote_or_refuses_a_scheme(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    subprocess.run([str(VENV_BIN / "dvc"), "init", "-q"], cwd=repo, check=True)
+    env = {**os.environ, "VENV_BIN": str(VENV_BIN)}
+    script = str(ROOT / "ci" / "dvc_remote.sh")
+    unset = subprocess.run([script, ""], cwd=repo, env=env, capture_output=True, text=True)
+    assert unset.returncode == 0 and not (repo / ".dvc/config.local").exists()
+    bad = subprocess.run([script, "ftp://host/x"], cwd=repo, env=env, capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "ftp://host/x: not a URL" in bad.stderr
+    use_remote(repo, tmp_path / "remote")
+    default = subprocess.run([str(VENV_BIN / "dvc"), "remote", "list"], cwd=repo,
+                             capture_output=True, text=True, check=True).stdout
+    assert default.split() == ["team", str(tmp_path / "remote"), "(default)"]
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A base commit whose sample pipeline ran and whose outputs (data, models, the tuning
+    journal) and run cache were pushed to a folder remote, as CI does on main."""
+    work = tmp_path_factory.mktemp("dvc_remote")
+    repo, remote = work / "repo", work / "remote"
+    project_repo(repo, remote)
+    dvc(repo, "repro", "sample/dvc.yaml")
+    git(repo, "add", "-A")  # dvc.lock and the reports DVC leaves to git (cache: false)
+    git(repo, "commit", "-qm", "base: reproduced")
+    dvc(repo, "push", "--run-cache", "sample/dvc.yaml")
+    return {"work": work, "repo": repo, "remote": remote, "sha": git(repo, "rev-parse", "HEAD")}
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("dvc_remote")
+def test_a_fresh_clone_pulls_data_models_and_the_tuning_journal(pushed: dict[str, Any]
+                                                                ) -> None:
+    clone = pushed["work"] / "clone"
+    git(pushed["work"], "clone", "-q", str(pushed["repo"]), str(clone))
+    assert not (clone / "sample/models/model.pt").exists()
+    use_remote(clone, pushed["remote"])
+    dvc(clone, "pull", "sample/dvc.yaml")
+    for path in CACHED:
+        pulled, pushed_from = clone / "sample" / path, pushed["repo"] / "sample" / path
+        assert pulled.exists(), path
+        if pulled.is_file():
+            assert pulled.read_bytes() == pushed_from.read_bytes(), path
+    assert "Data and pipelines are up to date." in dvc(clone, "status", "sample/dvc.yaml")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("dvc_remote")
+def test_ci_pulls_the_base_from_the_remote_instead_of_rerunning_it(pushed: dict[str, Any]
+                                                                   ) -> None:
+    work = pushed["work"] / "ci"
+    head = work / "head"  # a fresh clone: an empty DVC cache, as on a new CI runner
+    git(pushed["work"], "clone", "-q", str(pushed["repo"]), str(head))
+    use_remote(head, pushed["remote"])
+    write_params(head, {**TINY, "train.epochs": 3})
+    git(head, "commit", "-qam", "head: one more epoch")
+    result = run_pr_report(head, pushed["sha"], work, "pulled")
+    assert result["report"], result["log"][-3000:]
+    base_log, head_log = result["log"].split("ci/pr_report.sh: sample pipeline of this checkout")
+    assert "Running stage" not in base_log, base_log[-3000:]
+    for stage in STAGES[:-1]:  # evaluate writes only reports git holds (cache: false)
+        assert f"Pulling data for stage: 'sample/dvc.yaml:{stage}'" in base_log, stage
+    assert "Stage 'sample/dvc.yaml:evaluate' didn't change, skipping" in base_log
+    base_model = work / "base" / "sample" / "models" / "model.pt"
+    assert base_model.read_bytes() == (pushed["repo"] / "sample/models/model.pt").read_bytes()
+    # The head pulls what it shares with the base and runs what its params changed.
+    ran = {stage for stage in STAGES if f"Running stage 'sample/dvc.yaml:{stage}'" in head_log}
+    assert ran == {"baselines", "train", "evaluate"}, head_log[-3000:]

@@ -137,7 +137,8 @@ def test_ci_runs_the_readme_commands_and_the_pr_script() -> None:
     assert set(workflow["on"]) == {"pull_request", "push"}
     assert workflow["on"]["push"]["branches"] == ["main"]
     runs = [s["run"] for s in workflow["jobs"]["test"]["steps"] if "run" in s]
-    assert runs == ["make setup", "make lint", ".ci/run", "make repro-sample",
+    assert runs == ["make setup", 'ci/dvc_remote.sh "$DVC_REMOTE_URL"', "make lint", ".ci/run",
+                    "make repro-sample", ".venv/bin/dvc push --run-cache sample/dvc.yaml",
                     "ci/pr_report.sh report HEAD^1"]
     makefile = (ROOT / "Makefile").read_text()
     assert all(re.search(rf"^{target}:", makefile, re.M) for target in
