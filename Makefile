@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # DVC stage commands call `multitask`: find it without an activated venv (as on CI).
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup system-deps repro repro-sample test test-fast bench lint ui clean-sample
+.PHONY: setup system-deps repro repro-sample test test-fast bench lint ui server clean-sample
 
 setup: $(STAMP) system-deps
 
@@ -45,3 +45,9 @@ lint: $(STAMP)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000
+
+# The team's tracking server: PostgreSQL backend store and served artifacts under .server/, on
+# 127.0.0.1:5000 until Ctrl-C; clients set MLFLOW_TRACKING_URI=http://127.0.0.1:5000. Options
+# (python scripts/tracking_server.py --help) via SERVER_ARGS, e.g. SERVER_ARGS="--port 5001".
+server: $(STAMP)
+	$(BIN)/python scripts/tracking_server.py run $(SERVER_ARGS)

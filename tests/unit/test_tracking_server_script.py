@@ -1,0 +1,45 @@
+"""scripts/tracking_server.py without starting anything: `make server` runs it in the
+foreground, and `status`/`stop` on a folder where nothing ever ran say so and change nothing.
+(The server itself, over PostgreSQL: tests/integration/test_tracking_server.py.)"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "tracking_server.py"
+
+
+def _script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_make_server_runs_the_script_in_the_foreground() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "server" in re.search(r"^\.PHONY:(.*)$", makefile, re.M)[1].split()
+    dry = subprocess.run(["make", "-n", "server", "SERVER_ARGS=--port 5001"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert dry.stdout.strip().splitlines()[-1] == (
+        ".venv/bin/python scripts/tracking_server.py run --port 5001")
+
+
+def test_help_names_every_action_and_the_defaults() -> None:
+    shown = _script("--help")
+    assert shown.returncode == 0
+    text = " ".join(shown.stdout.split())
+    for phrase in ("{run,start,stop,status}", "default: .server", "default: 127.0.0.1",
+                   "default: 5000", "s3://bucket/path", "gs://bucket/path", "MLFLOW_TRACKING_URI"):
+        assert phrase in text, phrase
+
+
+def test_status_and_stop_where_nothing_ran(tmp_path: Path) -> None:
+    status = _script("status", "--dir", str(tmp_path / "state"), "--port", "1")
+    assert status.returncode == 3
+    assert "PostgreSQL: not running" in status.stderr
+    assert "mlflow server: http://127.0.0.1:1 not running" in status.stderr
+    assert _script("stop", "--dir", str(tmp_path / "state")).returncode == 0
+    assert not (tmp_path / "state").exists()
