@@ -3,17 +3,17 @@ PostgreSQL server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
-import os
-import pwd
+import importlib.util
 import shutil
-import socket
 import struct
-import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -72,7 +72,8 @@ def idx_dataset() -> Callable[..., dict[str, str]]:
     return make
 
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "fashion-mnist"
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample" / "fashion-mnist"
 
 
 @pytest.fixture(scope="session")
@@ -116,40 +117,34 @@ def pipeline_folder() -> Callable[[Path, Path], Layout]:
     return link_processed
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _tracking_server_script() -> ModuleType:
+    """scripts/tracking_server.py as a module: the one place PostgreSQL is started from."""
+    spec = importlib.util.spec_from_file_location("tracking_server", ROOT / "scripts" /
+                                                  "tracking_server.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return sys.modules[spec.name]
+
+
+tracking_server = _tracking_server_script()
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    """A throw-away PostgreSQL server on 127.0.0.1 (as user postgres when run as root)."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    initdb = shutil.which("initdb") or (str(found[-1]) if found else None)
-    if initdb is None:
-        pytest.skip("PostgreSQL is not installed (no initdb); `bash scripts/system_deps.sh "
-                    "test` installs it as root")
-    bindir, prefix = Path(initdb).parent, []
+    """A throw-away PostgreSQL server on 127.0.0.1 (as user postgres when run as root),
+    started by scripts/tracking_server.py's :class:`Postgres`."""
     folder = Path(tempfile.mkdtemp(prefix="multitask-pg-"))
-    if os.geteuid() == 0:  # the server refuses to run as root
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run the server")
-        os.chown(folder, owner.pw_uid, owner.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    data = folder / "data"
+    folder.chmod(0o755)  # user postgres must reach its cluster inside
+    postgres = tracking_server.Postgres(folder / "postgres")
     try:
-        subprocess.run([*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"],
-                       check=True, capture_output=True)
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l",
-                        str(folder / "server.log"), "-w", "-o",
-                        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"],
-                       check=True, capture_output=True)
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        try:
+            port = postgres.start()
+        except tracking_server.Unavailable as exc:
+            pytest.skip(str(exc))
+        yield postgres.url(port, database="postgres")
     finally:
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "stop"], capture_output=True)
+        with contextlib.suppress(tracking_server.ServerError):
+            postgres.stop(mode="immediate")
         shutil.rmtree(folder, ignore_errors=True)
