@@ -60,7 +60,9 @@ class SampleRepo:
 
     @property
     def store(self) -> str:
-        return f"sqlite:///{self.root / 'mlflow.db'}"
+        """The store the commands log to: the environment's tracking server when it names
+        one (tests/integration/test_tracking_server.py), else the copy's SQLite file."""
+        return self.env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
 
     def client(self) -> mlflow.MlflowClient:
         return mlflow.MlflowClient(tracking_uri=self.store, registry_uri=self.store)
@@ -108,7 +110,7 @@ def _environment() -> dict[str, str]:
     return env
 
 
-def _run_of(repo: SampleRepo, experiment_name: str) -> str:
+def run_of(repo: SampleRepo, experiment_name: str) -> str:
     runs = repo.client().search_runs(
         [repo.client().get_experiment_by_name(EXPERIMENT).experiment_id],
         # the tune stage's run carries the experiment's name too; this is train + evaluate's
@@ -117,16 +119,40 @@ def _run_of(repo: SampleRepo, experiment_name: str) -> str:
     return runs[0].info.run_id
 
 
-def _build(root: Path) -> SampleRepo:
+def copy_sample_repo(root: Path, env: dict[str, str] | None = None) -> SampleRepo:
+    """A git repository at ``root`` holding the working tree, the sample params shrunk to
+    :data:`SMALL`, nothing run yet; ``env`` is added to its commands' environment."""
     root.mkdir(parents=True, exist_ok=True)
     _copy_tree(root)
     params_file = root / "sample" / "params.yaml"
     params_file.write_text(yaml.safe_dump(_merge(yaml.safe_load(params_file.read_text()), SMALL),
                                           sort_keys=False))
-    repo = SampleRepo(root, _environment(), run_id="", experiment_runs={}, promotion=(0, ""))
+    repo = SampleRepo(root, {**_environment(), **(env or {})}, run_id="", experiment_runs={},
+                      promotion=(0, ""))
     repo.run("git", "init", "-q")
     repo.run("git", "add", "-A")
     repo.run("git", "commit", "-q", "-m", "sample pipeline under test")
+    return repo
+
+
+def run_queue(repo: SampleRepo, names: list[str], jobs: int = 1) -> None:
+    """Run the queued experiments ``names`` with ``jobs`` workers; fail with the logs of any
+    experiment that failed."""
+    repo.run("dvc", "queue", "start", "--jobs", str(jobs))
+    deadline = time.monotonic() + 300
+    while True:
+        status = repo.run("dvc", "queue", "status").stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        assert time.monotonic() < deadline, f"dvc queue still busy:\n{status}"
+        time.sleep(2)
+    repo.run("dvc", "queue", "stop", check=False)
+    assert "Failed" not in status, "\n".join(
+        repo.run("dvc", "queue", "logs", name, check=False).stdout for name in names)
+
+
+def _build(root: Path) -> SampleRepo:
+    repo = copy_sample_repo(root)
     repo.run("dvc", "repro", "sample/dvc.yaml", timeout=600)
     run_id = json.loads((root / "sample" / "reports" / "train.json").read_text())["run_id"]
     repo.run("git", "add", "-A")
@@ -141,17 +167,8 @@ def _build(root: Path) -> SampleRepo:
     name, value = EXPERIMENTS["queue"]
     repo.run("dvc", "exp", "run", "sample/dvc.yaml", "--queue", "--name", name,
              "-S", f"{fraction}={value}")
-    repo.run("dvc", "queue", "start", "--jobs", "1")
-    deadline = time.monotonic() + 300
-    while True:
-        status = repo.run("dvc", "queue", "status").stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            break
-        assert time.monotonic() < deadline, f"dvc queue still busy:\n{status}"
-        time.sleep(2)
-    assert "Failed" not in status, repo.run("dvc", "queue", "logs", name, check=False).stdout
-    repo.run("dvc", "queue", "stop", check=False)
-    runs = {mode: _run_of(repo, name) for mode, (name, _) in EXPERIMENTS.items()}
+    run_queue(repo, [name])
+    runs = {mode: run_of(repo, name) for mode, (name, _) in EXPERIMENTS.items()}
     # Promoted here, once: the tests that need a champion may run at the same time.
     promoted = repo.run("multitask", "promote", "--run-id", run_id, cwd=root / "sample",
                         check=False)
