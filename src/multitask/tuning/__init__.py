@@ -41,7 +41,8 @@ from multitask.tuning.reports import pareto_front, select, write_reports
 from multitask.tuning.space import SearchSpace, simplex_weights
 from multitask.tuning.storage import StudyStorage, count_states, fail_stale_trials
 from multitask.tuning.study import make_pruner, make_sampler, open_study, setup
-from multitask.tuning.trials import describe_choice, run_workers, validation_baselines
+from multitask.tuning.trials import describe_choice, validation_baselines
+from multitask.tuning.workers import run_workers
 
 __all__ = [
     "SearchSpace",

@@ -18,6 +18,9 @@ queues its parameters once more (Optuna's ``RetryHeartbeatStaleTrialCallback``, 
   is older than the grace period.
 - Either: the trial has no owner yet. Claims happen under the lock we hold, so its worker died
   while claiming it.
+
+One module, not several: the claim lock, the heartbeats and the rules that find lost trials are
+one protocol between workers; read apart, none of them shows why the others are safe.
 """
 
 from __future__ import annotations

@@ -1,0 +1,123 @@
+"""Parallel worker processes of one ``multitask tune``: each a spawned process with its own
+data copy, CPU threads and sampler stream, stopped when its parent is gone; the parent shows a
+progress bar over the study's finished trials."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from tqdm.auto import tqdm
+
+from multitask.config import load_params
+from multitask.layout import Layout
+from multitask.tuning.storage import FINISHED, StudyStorage, count_states
+from multitask.tuning.study import Setup, setup
+from multitask.tuning.trials import run_worker
+
+log = logging.getLogger(__name__)
+
+POLL_S = 2.0  # how often the parent of several workers refreshes its progress bar
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What a spawned worker process needs (picklable)."""
+
+    params_path: str
+    root: str  # the pipeline folder (its Layout)
+    study_name: str
+    n_trials: int
+    worker: int
+    threads: int
+    parent_run_id: str | None
+    log_level: int
+    parent_pid: int  # the tune process: the worker stops when it is gone
+
+
+def _worker_process(job: WorkerJob) -> None:
+    """Entry point of a spawned worker: its own data copy, CPU threads and sampler stream."""
+    logging.basicConfig(level=job.log_level, datefmt="%H:%M:%S",
+                        format=f"%(asctime)s %(levelname)s %(name)s[worker {job.worker}]: "
+                               "%(message)s")
+
+    def terminate(signum: int, frame: Any) -> None:  # the parent stops us: fail the trial
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    _die_with_parent(job.parent_pid)
+    torch.set_num_threads(job.threads)
+    params = load_params(job.params_path)
+    worker_setup = setup(params, Layout(Path(job.root)))
+    if worker_setup.study_name != job.study_name:
+        raise RuntimeError(f"{job.params_path} changed while tuning (study "
+                           f"{worker_setup.study_name}, expected {job.study_name}); rerun")
+    storage = StudyStorage.of(params, worker_setup.layout)
+    run_worker(worker_setup, storage, job.n_trials, job.worker, job.parent_run_id)
+
+
+def _die_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """Stop this worker (SIGTERM: its trial is failed and recorded) once its parent ``parent``
+    is gone, even when the parent was SIGKILLed and could not stop it: a watchdog thread
+    notices the worker was handed to another parent (also when that happened while the worker
+    was still starting)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        log.error("the tune process (pid %d) is gone; this worker stops", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_trials: int,
+                workers: int, parent_run_id: str | None) -> None:
+    """Run the study to ``n_trials`` with ``workers`` processes, a progress bar over trials."""
+    def finished() -> int:
+        return sum(count_states(study)[state.name] for state in FINISHED)
+
+    remaining = n_trials - finished()
+    bar = tqdm(total=n_trials, initial=n_trials - max(remaining, 0), desc="tune",
+               unit="trial")
+    try:
+        if workers == 1:
+            run_worker(setup, storage, n_trials, 0, parent_run_id,
+                       on_trial=lambda trial: bar.update(1))
+            return
+        count = min(workers, max(remaining, 0))
+        threads = max(1, torch.get_num_threads() // max(count, 1))
+        context = multiprocessing.get_context("spawn")  # no inherited torch/MLflow state
+        processes = [context.Process(
+            target=_worker_process, name=f"tune-worker-{index}",
+            args=(WorkerJob(setup.source, str(setup.layout.root), setup.study_name, n_trials,
+                            index, threads, parent_run_id,
+                            logging.getLogger().getEffectiveLevel(), os.getpid()),))
+            for index in range(count)]
+        for process in processes:
+            process.start()
+        try:
+            while running := [p for p in processes if p.exitcode is None]:
+                multiprocessing.connection.wait([p.sentinel for p in running], POLL_S)
+                if (done := min(n_trials, finished())) != bar.n:
+                    bar.update(done - bar.n)
+                if failed := [p for p in processes if p.exitcode not in (None, 0)]:
+                    raise RuntimeError(
+                        f"{failed[0].name} exited with code {failed[0].exitcode} (its log is "
+                        "above); the study keeps every finished trial: rerun multitask tune")
+        finally:
+            for process in processes:
+                if process.exitcode is None:
+                    process.terminate()
+                process.join()
+    finally:
+        bar.close()
