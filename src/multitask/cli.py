@@ -53,6 +53,18 @@ def _stage(function: Callable[..., Any], args: argparse.Namespace, **options: An
     return 0
 
 
+def _data_parallel(function: Callable[..., Any], args: argparse.Namespace) -> int:
+    """A training stage: under torchrun when ``train.processes > 1`` asks for it."""
+    params, layout = _pipeline(args)
+    from multitask.training import distributed
+
+    if distributed.should_launch(params.train.processes):
+        argv = [args.command, "--params", args.params, *(["--verbose"] if args.verbose else [])]
+        return distributed.relaunch(argv, params.train.processes)
+    function(params, layout)
+    return 0
+
+
 def _download_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source", action="append", metavar="NAME",
@@ -123,7 +135,9 @@ COMMANDS: dict[str, Command] = {
         "multitask.training.stages:baselines",
         "train one single-task model per task (the reference for Δm%%)",
         "Train one single-task model per task with the same backbone and schedule as the "
-        "multi-task model and write reports/baselines.json with each one's test metrics."),
+        "multi-task model and write reports/baselines.json with each one's test metrics. "
+        "With train.processes > 1 it runs that many data-parallel processes (torchrun).",
+        call=_data_parallel),
     "tune": Command(
         "multitask.tuning:tune",
         "tune the task-loss weights with Optuna",
@@ -137,7 +151,9 @@ COMMANDS: dict[str, Command] = {
         "train the multi-task network",
         "Train the multi-task network and write models/model.pt, reports/train.json and the "
         "per-epoch curves under reports/plots/. Resumes from the last checkpoint after an "
-        "interruption."),
+        "interruption. With train.processes > 1 it runs that many data-parallel processes "
+        "(torchrun; rank 0 logs and writes).",
+        call=_data_parallel),
     "evaluate": Command(
         "multitask.training.stages:evaluate",
         "evaluate on the test split: per-task metrics and Δm%%",

@@ -8,12 +8,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from multitask.weighting.gradients import (
-    decoder_leaves,
-    describe_gramian,
-    gradient_diagnostics,
-    per_task_gradients,
-)
+from multitask.weighting.diagnostics import describe_gramian, gradient_diagnostics
+from multitask.weighting.gradients import decoder_leaves, per_task_gradients
 
 
 class TinyHPS(nn.Module):

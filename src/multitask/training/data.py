@@ -70,22 +70,28 @@ class ProcessedData:
         x = ((images.float() / 255.0 - self.mean) / self.std).unsqueeze(1)
         return x.contiguous(memory_format=torch.channels_last)
 
-    def batches(self, split: str, batch_size: int, *, generator: torch.Generator | None = None,
-                subset: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-        """Normalised batches of ``split``; shuffled when a ``generator`` is given.
+    def batch_rows(self, split: str, batch_size: int, *, generator: torch.Generator | None = None,
+                   subset: Tensor | None = None) -> Iterator[Tensor | slice]:
+        """The rows of each batch of ``split``; shuffled when a ``generator`` is given.
 
         ``subset`` restricts the split to those indices (the same subset every epoch).
         """
-        data = self.splits[split]
-        index = subset if subset is not None else None
-        count = len(index) if index is not None else len(data)
+        index = subset
+        count = len(index) if index is not None else len(self.splits[split])
         if generator is not None:
             order = torch.randperm(count, generator=generator).to(self.device)
             index = index[order] if index is not None else order
         for start in range(0, count, batch_size):
-            if index is None:
-                rows = slice(start, start + batch_size)
-                yield self.normalise(data.images[rows]), data.labels[rows]
-            else:
-                rows_t = index[start:start + batch_size]
-                yield self.normalise(data.images[rows_t]), data.labels[rows_t]
+            yield slice(start, start + batch_size) if index is None else index[
+                start:start + batch_size]
+
+    def take(self, split: str, rows: Tensor | slice) -> tuple[Tensor, Tensor]:
+        """Normalised images and labels of ``rows`` of ``split``."""
+        data = self.splits[split]
+        return self.normalise(data.images[rows]), data.labels[rows]
+
+    def batches(self, split: str, batch_size: int, *, generator: torch.Generator | None = None,
+                subset: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """Normalised batches of ``split`` (see :meth:`batch_rows`)."""
+        for rows in self.batch_rows(split, batch_size, generator=generator, subset=subset):
+            yield self.take(split, rows)

@@ -2,6 +2,8 @@
 
 Each takes the loaded params and the pipeline folder's :class:`~multitask.layout.Layout`, so
 tests call them directly; ``multitask <stage>`` only parses its arguments and calls them.
+Under torchrun, ``baselines`` and ``train`` train in every process; rank 0 alone writes the
+models and reports and logs to MLflow.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import torch
 from multitask import keys, tracking
 from multitask.config import Params
 from multitask.data import processed
-from multitask.device import describe
+from multitask.device import describe, select_device
 from multitask.io import atomic_open, read_json, write_json
 from multitask.layout import Layout
 from multitask.tasks import Task, main_tasks
-from multitask.training import session
+from multitask.training import distributed, session
 from multitask.training.metrics import delta_m
 from multitask.training.metrics import evaluate as evaluate_split
 from multitask.training.plots import confusion_figure, learning_curves, save_figure
@@ -53,6 +55,11 @@ def baselines(params: Params, layout: Layout) -> dict[str, dict[str, float]]:
     Writes the models and ``reports/baselines.json``; returns ``{task: test metrics}``.
     """
     params = baseline_params(params)
+    with distributed.process_group(select_device(params.train.device, params.source)) as group:
+        return _baselines(params, layout, group is None or group.main)
+
+
+def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[str, float]]:
     data = session.load_data(params, layout)
     results: dict[str, dict[str, float]] = {}
     started = time.perf_counter()
@@ -62,9 +69,14 @@ def baselines(params: Params, layout: Layout) -> dict[str, dict[str, float]]:
         fitted = session.fit(params, data, [task], build_weighting("equal", 1),
                              checkpoint=checkpoint)
         scored = evaluate_split(fitted.model, data, keys.TEST, [task])
+        if not writes:
+            results[task.name] = scored.metrics[task.name]
+            continue
         results[task.name] = scored.metrics[task.name]
         session.save_network(layout.baseline_model(task.name), fitted.model, params, data)
         checkpoint.unlink(missing_ok=True)
+    if not writes:
+        return results
     write_json(layout.baselines_json, {
         keys.TASKS: results,
         "backbone": params.model.backbone,
@@ -83,10 +95,19 @@ def train(params: Params, layout: Layout) -> dict[str, float]:
     Returns the last epoch's record. Resumes from ``models/checkpoints/train.pt`` when an
     earlier run of the same inputs was interrupted.
     """
+    with distributed.process_group(select_device(params.train.device, params.source)) as group:
+        return _train(params, layout, 1 if group is None else group.world,
+                      writes=group is None or group.main)
+
+
+def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str, float]:
     data = session.load_data(params, layout)
     tasks = session.task_list(params, data)
     method = session.build_method(params, tasks, layout)
     checkpoint = layout.checkpoint("train")
+    if not writes:  # another rank: trains its share, rank 0 reports
+        return session.fit(params, data, tasks, method, checkpoint=checkpoint,
+                           progress=False).history[-1]
     started = time.perf_counter()
     with tracking.stage_run(params, "train") as run:
         run.log_dataset(data.meta, source=str(layout.processed_dir))
@@ -117,6 +138,7 @@ def train(params: Params, layout: Layout) -> dict[str, float]:
             "tasks": names,
             "epochs": len(fitted.history),
             "device": describe(data.device),
+            "processes": world,
             "seconds": round(seconds, 1),
             "train_images_per_s": round(float(np.median(
                 [r[keys.TRAIN_IMAGES_PER_S] for r in fitted.history])), 1),

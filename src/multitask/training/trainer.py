@@ -5,6 +5,10 @@ then the weighting method turns the losses (and, for gradient methods, per-task 
 ``.grad`` and the optimiser steps. Each epoch ends with a validation pass, a history record and an
 atomic checkpoint holding everything needed to continue bit-for-bit: model, optimiser,
 scheduler, weighting state, RNG states and the history so far.
+
+Under torchrun each process trains on its share of every global batch and the step stays the
+one-process step (:mod:`multitask.training.distributed` says how); only rank 0 writes the
+checkpoint and reports epochs.
 """
 
 from __future__ import annotations
@@ -13,25 +17,27 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from multitask import keys
-from multitask.config import OptimizerConfig, ScheduleConfig, TrainConfig
+from multitask.config import TrainConfig
 from multitask.device import autocast
 from multitask.io import atomic_path
 from multitask.models.base import MultiTaskModel
 from multitask.tasks import Task
+from multitask.training import distributed
 from multitask.training.checkpoints import load_checkpoint
 from multitask.training.data import ProcessedData
 from multitask.training.metrics import evaluate
+from multitask.training.optimization import build_optimizer, build_scheduler
 from multitask.weighting import StepContext, WeightingMethod
 
 log = logging.getLogger(__name__)
@@ -42,35 +48,6 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 class NonFiniteLossError(RuntimeError):
     """A task's training loss became NaN or infinite: the run stops, nothing is saved."""
-
-
-def build_optimizer(parameters: Iterable[nn.Parameter], config: OptimizerConfig
-                    ) -> torch.optim.Optimizer:
-    params = list(parameters)
-    if config.name == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
-    cls = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
-    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, epochs: int
-                    ) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-epoch learning-rate factor: optional linear warm-up, then constant/step/cosine."""
-    warmup = config.warmup_epochs
-
-    def factor(epoch: int) -> float:
-        if epoch < warmup:
-            return (epoch + 1) / (warmup + 1)
-        done = epoch - warmup
-        if config.name == "step":
-            return config.gamma ** (done // config.step_size)
-        if config.name == "cosine":
-            span = max(1, epochs - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * done / span))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def random_turns(count: int, generator: torch.Generator, device: torch.device) -> Tensor:
@@ -130,6 +107,8 @@ class Trainer:
     on_epoch: EpochCallback | None = None
     progress: bool = True
     history: list[dict[str, float]] = field(default_factory=list)
+    # the processes training together (torchrun), None alone; default: the current group
+    group: distributed.ProcessGroup | None = field(default_factory=distributed.active)
 
     def __post_init__(self) -> None:
         self.epochs = self.epochs or self.config.epochs
@@ -139,8 +118,8 @@ class Trainer:
         self.columns = [None if t.auxiliary else self.data.label_column(t.name) for t in self.tasks]
         self.model.to(self.device, memory_format=torch.channels_last)
         self.method.to(self.device)
-        self.optimizer = build_optimizer(
-            [*self.model.parameters(), *self.method.parameters()], self.config.optimizer)
+        self._parameters = [*self.model.parameters(), *self.method.parameters()]
+        self.optimizer = build_optimizer(self._parameters, self.config.optimizer)
         self.scheduler = build_scheduler(self.optimizer, self.config.schedule, self.epochs)
         torch.manual_seed(self.config.seed)
         self.generator = torch.Generator().manual_seed(self.config.seed)
@@ -154,6 +133,18 @@ class Trainer:
         self.train_size = n_train if self.subset is None else len(self.subset)
         self.start_epoch = 0
         self.step = 0
+        if self.group is not None:
+            if self.config.batch_size < self.group.world:
+                raise ValueError(
+                    f"train.batch_size: {self.config.batch_size} is the global batch; it cannot "
+                    f"be split among {self.group.world} processes (train.processes)")
+            # Same seed, same network; rank 0's values make sure of it.
+            self.group.broadcast([*self.model.state_dict().values(), *self.method.parameters()])
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes (alone, or rank 0 of a group)."""
+        return self.group is None or self.group.main
 
     # ----------------------------------------------------------------------- checkpoints
     def _state(self) -> dict[str, Any]:
@@ -172,7 +163,7 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        if self.checkpoint_path is None:
+        if self.checkpoint_path is None or not self.main:
             return
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(self._state(), tmp)
@@ -213,28 +204,44 @@ class Trainer:
         weight_sum = torch.zeros(len(self.tasks), device=self.device)
         diagnostics: dict[str, list[float]] = {}
         steps = 0
-        batches = self.data.batches("train", self.config.batch_size, generator=self.generator,
-                                    subset=self.subset)
+        batches = self.data.batch_rows("train", self.config.batch_size,
+                                       generator=self.generator, subset=self.subset)
         total = math.ceil(self.train_size / self.config.batch_size)
         bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{self.epochs}",
                    # None: shown on a terminal only, so logs hold no bar redraws
-                   disable=None if self.progress else True, leave=False, unit="batch")
+                   disable=None if self.progress and self.main else True, leave=False,
+                   unit="batch")
         shared = self.model.shared_parameters()
         rotation = any(column is None for column in self.columns)
-        for x, y in bar:
-            turns = random_turns(len(x), self.generator, self.device) if rotation else None
+        group = self.group
+        for rows in bar:
+            count = len(rows)
+            turns = random_turns(count, self.generator, self.device) if rotation else None
+            if group is not None:  # this process's share of the global batch
+                if count < group.world:
+                    continue
+                mine = group.rows(count)
+                rows, turns = rows[mine], None if turns is None else turns[mine]
+            x, y = self.data.take("train", rows)
             losses, features = task_losses(self.model, self.tasks, self.columns, x, y, turns)
+            if group is not None:
+                losses = group.global_losses(losses, len(x), count)
             if self._diagnostics_due():
-                from multitask.weighting import gradients  # only when diagnostics are due
+                from multitask.weighting.diagnostics import gradient_diagnostics  # when due
 
-                for key, value in gradients.gradient_diagnostics(losses, shared, names).items():
+                for key, value in gradient_diagnostics(losses, shared, names, group).items():
                     diagnostics.setdefault(key, []).append(value)
             self.optimizer.zero_grad(set_to_none=True)
-            weights = self.method.backward(StepContext(losses, features, shared, self.step, epoch))
+            weights = self.method.backward(
+                StepContext(losses, features, shared, self.step, epoch, group))
+            if group is not None:
+                group.average_gradients(self._parameters)
             self.optimizer.step()
             if self.method.needs_losses_after_step:  # FAMO: this batch's losses after the step
                 with torch.no_grad():
                     after, _ = task_losses(self.model, self.tasks, self.columns, x, y, turns)
+                    if group is not None:
+                        after = group.global_losses(after, len(x), count)
                 self.method.after_step(after)
             loss_sum += losses.detach()
             weight_sum += weights.to(self.device)
@@ -244,6 +251,8 @@ class Trainer:
                 bar.set_postfix({n: f"{v:.3f}" for n, v in zip(names, (loss_sum / steps).tolist(),
                                                              strict=True)})
         bar.close()
+        if group is not None:  # batch-norm statistics: rank 0's, so every copy is the same
+            group.broadcast(self.model.buffers())
         mean_losses = loss_sum / steps
         if not bool(torch.isfinite(mean_losses).all()):  # one check per epoch: no step syncs
             broken = [n for n, v in zip(names, mean_losses.tolist(), strict=True)
@@ -280,7 +289,7 @@ class Trainer:
             log.info("epoch %d/%d %s", epoch + 1, self.epochs, "  ".join(
                 f"{k}={v:.4f}" for k, v in record.items()
                 if keys.parse_task_metric(k) is not None))
-            if self.on_epoch is not None:
+            if self.on_epoch is not None and self.main:
                 self.on_epoch(epoch + 1, record)
             if os.environ.get(FAIL_AFTER_EPOCH_ENV) == str(epoch + 1):
                 # Test hook: a crash mid-training must leave the MLflow run FAILED.

@@ -9,8 +9,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from tqdm.auto import tqdm
 
 from multitask.config import load_params
 from multitask.layout import Layout
+from multitask.processes import die_with_parent
 from multitask.tuning.storage import FINISHED, StudyStorage, count_states
 from multitask.tuning.study import Setup, setup
 from multitask.tuning.trials import run_worker
@@ -55,7 +54,7 @@ def _worker_process(job: WorkerJob) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminate)
-    _die_with_parent(job.parent_pid)
+    die_with_parent(job.parent_pid, f"tune worker {job.worker}")
     torch.set_num_threads(job.threads)
     params = load_params(job.params_path)
     worker_setup = setup(params, Layout(Path(job.root)))
@@ -64,20 +63,6 @@ def _worker_process(job: WorkerJob) -> None:
                            f"{worker_setup.study_name}, expected {job.study_name}); rerun")
     storage = StudyStorage.of(params, worker_setup.layout)
     run_worker(worker_setup, storage, job.n_trials, job.worker, job.parent_run_id)
-
-
-def _die_with_parent(parent: int, poll_s: float = 1.0) -> None:
-    """Stop this worker (SIGTERM: its trial is failed and recorded) once its parent ``parent``
-    is gone, even when the parent was SIGKILLed and could not stop it: a watchdog thread
-    notices the worker was handed to another parent (also when that happened while the worker
-    was still starting)."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
-        log.error("the tune process (pid %d) is gone; this worker stops", parent)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_trials: int,

@@ -24,11 +24,13 @@ from multitask.weighting.base import (
     register,
     unknown_method,
 )
+from multitask.weighting.gradients import Collective
 from multitask.weighting.solvers import SolverError
 
 __all__ = [
     "METHODS",
     "TUNED",
+    "Collective",
     "LossWeighting",
     "MethodParams",
     "MethodParamsError",

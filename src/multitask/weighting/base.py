@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
 from multitask.errors import ConfigError, describe, unknown_name
+from multitask.weighting.gradients import Collective, TaskGradients, Wrt, per_task_gradients
 
 
 class MethodParams(BaseModel):
@@ -31,13 +32,24 @@ class MethodParams(BaseModel):
 
 @dataclass
 class StepContext:
-    """What a method may use to compute one step's update."""
+    """What a method may use to compute one step's update.
+
+    With several training processes, ``losses`` hold the global batch's values (each process
+    differentiates its own share) and ``collective`` joins the per-task gradients; a method
+    that takes its gradients from :meth:`per_task_gradients` needs nothing else to be exact.
+    """
 
     losses: Tensor  # shape [T], each still attached to the graph
     features: Tensor | tuple[Tensor, ...]  # shared representation the heads consume
     shared_parameters: Sequence[nn.Parameter]
     step: int
     epoch: int
+    collective: Collective | None = None
+
+    def per_task_gradients(self, wrt: Wrt, scales: Tensor | None = None) -> TaskGradients:
+        """This step's per-task gradients (see :func:`~.gradients.per_task_gradients`)."""
+        return per_task_gradients(self.losses, self.features, self.shared_parameters, wrt,
+                                  scales=scales, collective=self.collective)
 
 
 class WeightingMethod(ABC):

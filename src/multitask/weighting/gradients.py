@@ -27,13 +27,19 @@ gradients stacked as channels, T x B batches for the rest) gave the same gradien
 already efficient at batch 256 and its stacked-channel weight gradient is slower than ten
 small ones. The loop is what a CPU runs best; the benchmark's ``parameter_gradients`` row is
 that floor.
+
+Data-parallel training (several processes, each with a shard of the global batch) plugs in a
+:class:`Collective`. Every quantity a method decides on is then the global batch's: parameter
+gradients are averaged over the processes, representation gradients (and the representation)
+are gathered in the global batch's order, so a method sees exactly what it would see in one
+process; the update is handed back as each process's share, which the trainer averages.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -41,6 +47,24 @@ from torch.autograd.graph import GradientEdge
 
 Features = Tensor | tuple[Tensor, ...]
 Wrt = Literal["representation", "parameters"]
+
+
+class Collective(Protocol):
+    """The operations over the training processes that per-task gradients need.
+
+    Each process holds a shard of the global batch: consecutive rows, in process order.
+    """
+
+    world: int  # number of processes
+
+    def mean(self, tensor: Tensor) -> Tensor:
+        """The element-wise average of ``tensor`` over the processes (a new tensor)."""
+        ...
+
+    def gather(self, tensor: Tensor, dim: int) -> tuple[Tensor, slice]:
+        """Every process's ``tensor`` concatenated along ``dim`` in process order, and the
+        slice of that dimension that holds this process's part."""
+        ...
 
 
 def as_tuple(features: Features) -> tuple[Tensor, ...]:
@@ -87,10 +111,13 @@ def task_outputs(losses: Tensor) -> list[Tensor | GradientEdge]:
     return list(losses)
 
 
-def _per_task(losses: Tensor, targets: Sequence[Tensor], extra: Sequence[Tensor],
+def local_task_gradients(losses: Tensor, targets: Sequence[Tensor], extra: Sequence[Tensor],
               keep_graph: bool, scales: Tensor | None = None
               ) -> tuple[Tensor, list[tuple[Tensor | None, ...]]]:
-    """Row t: ``scales[t] · d losses[t] / d targets`` flattened (float32); the ``extra`` grads."""
+    """Row t: ``scales[t] · d losses[t] / d targets`` flattened (float32); the ``extra`` grads.
+
+    Computed on this process's data alone (see :func:`per_task_gradients` for the global ones).
+    """
     if losses.dim() != 1 or len(losses) == 0:
         raise ValueError(
             f"losses: expected one loss per task, shape [T], got {tuple(losses.shape)}")
@@ -133,32 +160,47 @@ def gramian64(matrix: Tensor, block: int = 1 << 20) -> Tensor:
 
 @dataclass
 class TaskGradients:
-    """One step's per-task gradients: ``matrix[t]`` is task ``t``'s, w.r.t. ``targets``."""
+    """One step's per-task gradients: ``matrix[t]`` is task ``t``'s, w.r.t. ``targets``.
+
+    With a :class:`Collective`, ``matrix`` and ``values`` are the global batch's (identical in
+    every process) while ``targets`` stay this process's tensors; ``rows`` is this process's
+    part of the global batch (representation only).
+    """
 
     wrt: Wrt
     matrix: Tensor  # [T, D] float32: D = representation elements or shared parameters
     targets: tuple[Tensor, ...]  # the representation tensors or the shared parameters
     task_parameters: list[Tensor]
-    task_gradients: list[tuple[Tensor | None, ...]]  # [task][task parameter]
+    task_gradients: list[tuple[Tensor | None, ...]]  # [task][task parameter], this process's
+    values: tuple[Tensor, ...] = ()  # the targets' detached values (global batch); () = targets
+    world: int = 1
+    rows: slice | None = None  # this process's rows of the global batch (representation)
+
+    def __post_init__(self) -> None:
+        if not self.values:
+            self.values = tuple(t.detach() for t in self.targets)
 
     def gramian(self) -> Tensor:
         """``G = J Jᵀ`` (``G[i, j] = g_i · g_j``), float64 on the CPU for the solvers."""
         return gramian64(self.matrix)
 
     def unflatten(self, flat: Tensor) -> list[Tensor]:
-        """``[..., D]`` -> one ``[..., *target.shape]`` piece per target."""
+        """``[..., D]`` -> one ``[..., *value.shape]`` piece per target (global shapes)."""
         lead = flat.shape[:-1]
-        pieces = flat.split([t.numel() for t in self.targets], dim=-1)
-        return [p.reshape(*lead, *t.shape) for p, t in zip(pieces, self.targets, strict=True)]
+        pieces = flat.split([v.numel() for v in self.values], dim=-1)
+        return [p.reshape(*lead, *v.shape) for p, v in zip(pieces, self.values, strict=True)]
 
     def apply(self, combined: Tensor, head_weights: Tensor | None = None) -> None:
         """Write the update: ``combined`` ([D]) for the shared part, and for each task-specific
         parameter ``sum_t head_weights[t] * grad_t`` (the plain sum when ``None``).
 
-        Gradients accumulate into ``.grad`` as ``backward`` does.
+        Gradients accumulate into ``.grad`` as ``backward`` does. With several processes each
+        writes its share, scaled so that the trainer's average over processes is the update.
         """
         pieces = self.unflatten(combined)
         if self.wrt == "representation":
+            if self.rows is not None:  # this process's rows; the average divides by world
+                pieces = [p[self.rows] * self.world for p in pieces]
             torch.autograd.backward(
                 self.targets, [p.to(t.dtype) for p, t in zip(pieces, self.targets, strict=True)])
         else:
@@ -184,14 +226,36 @@ def _accumulate(param: Tensor, grad: Tensor) -> None:
         param.grad.add_(grad.detach())
 
 
+def _gather_rows(matrix: Tensor, targets: Sequence[Tensor], collective: Collective
+                 ) -> tuple[Tensor, tuple[Tensor, ...], slice]:
+    """This process's representation gradients -> the global batch's, and the global values.
+
+    Row ``t`` here is ``world ×`` the gradient of the global loss (each process's loss is its
+    share scaled by ``world``, see the trainer), hence the division.
+    """
+    rows_here = slice(None)
+    pieces, values = [], []
+    start = 0
+    for target in targets:
+        width = target.numel()
+        local = matrix[:, start:start + width].reshape(len(matrix), *target.shape)
+        gathered, rows_here = collective.gather(local, dim=1)
+        pieces.append(gathered.reshape(len(matrix), -1) / collective.world)
+        values.append(collective.gather(target.detach(), dim=0)[0])
+        start += width
+    return torch.cat(pieces, dim=1), tuple(values), rows_here
+
+
 def per_task_gradients(losses: Tensor, features: Features, shared_parameters: Sequence[Tensor],
-                       wrt: Wrt, scales: Tensor | None = None) -> TaskGradients:
+                       wrt: Wrt, scales: Tensor | None = None,
+                       collective: Collective | None = None) -> TaskGradients:
     """Each task's gradient of ``losses[t]`` w.r.t. the representation or the shared parameters.
 
     ``scales``: rows (and head gradients) multiplied by ``scales[t]``, as if differentiating
     ``f_t(L_t)`` with ``f_t' = scales[t]`` (DB-MTL's log losses) without a graph for ``f``.
     The graph is kept for :meth:`TaskGradients.apply` with ``wrt="representation"`` and released
-    with ``"parameters"`` (the update is then written to ``.grad`` directly).
+    with ``"parameters"`` (the update is then written to ``.grad`` directly). ``collective``:
+    several processes share the batch; the rows returned are the global batch's.
     """
     features = as_tuple(features)
     shared_ids = {id(p) for p in shared_parameters}
@@ -209,32 +273,13 @@ def per_task_gradients(losses: Tensor, features: Features, shared_parameters: Se
         targets = tuple(shared_parameters)
     else:
         raise ValueError(f"wrt: expected 'representation' or 'parameters', got {wrt!r}")
-    matrix, task_gradients = _per_task(losses, targets, task_parameters,
+    matrix, task_gradients = local_task_gradients(losses, targets, task_parameters,
                                        keep_graph=wrt == "representation", scales=scales)
-    return TaskGradients(wrt, matrix, targets, task_parameters, task_gradients)
-
-
-def describe_gramian(gramian: Tensor, task_names: Sequence[str]) -> dict[str, float]:
-    """``grad/norm/<task>`` and ``grad/cos/<a>__<b>`` (each pair once, 0 if a norm is 0)."""
-    if gramian.shape != (len(task_names), len(task_names)):
-        raise ValueError(
-            f"task_names: {len(task_names)} names for a {tuple(gramian.shape)} Gramian")
-    norms = gramian.diagonal().clamp_min(0).sqrt().tolist()
-    out = {f"grad/norm/{name}": norm for name, norm in zip(task_names, norms, strict=True)}
-    for i, left in enumerate(task_names):
-        for j in range(i + 1, len(task_names)):
-            scale = norms[i] * norms[j]
-            out[f"grad/cos/{left}__{task_names[j]}"] = (
-                float(gramian[i, j]) / scale if scale > 0 else 0.0)
-    return out
-
-
-def gradient_diagnostics(losses: Tensor, shared_parameters: Sequence[Tensor],
-                         task_names: Sequence[str]) -> dict[str, float]:
-    """Per-task gradient norms and pairwise cosines w.r.t. the shared parameters.
-
-    Costs T backward passes through the encoder; the graph is kept, so call it before the
-    weighting method's ``backward`` of the same step.
-    """
-    matrix, _ = _per_task(losses, tuple(shared_parameters), (), keep_graph=True)
-    return describe_gramian(gramian64(matrix), task_names)
+    if collective is None or collective.world == 1:
+        return TaskGradients(wrt, matrix, targets, task_parameters, task_gradients)
+    if wrt == "parameters":
+        return TaskGradients(wrt, collective.mean(matrix), targets, task_parameters,
+                             task_gradients, world=collective.world)
+    matrix, values, rows = _gather_rows(matrix, targets, collective)
+    return TaskGradients(wrt, matrix, targets, task_parameters, task_gradients, values=values,
+                         world=collective.world, rows=rows)

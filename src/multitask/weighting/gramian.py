@@ -23,7 +23,6 @@ from pydantic import Field
 from torch import Tensor
 
 from multitask.weighting.base import MethodParams, StepContext, WeightingMethod
-from multitask.weighting.gradients import per_task_gradients
 from multitask.weighting.solvers import SolverError
 
 log = logging.getLogger(__name__)
@@ -65,8 +64,7 @@ class GramianWeighting(WeightingMethod):
         """The weights ``w`` (float64, [T]) for gradients whose Gramian is ``gramian``."""
 
     def backward(self, ctx: StepContext) -> Tensor:
-        grads = per_task_gradients(ctx.losses, ctx.features, ctx.shared_parameters,
-                                   self.gradients)
+        grads = ctx.per_task_gradients(self.gradients)
         weights = self.weigh(grads.gramian(), ctx).to(grads.matrix)
         grads.apply(weights @ grads.matrix, weights if self.weights_heads else None)
         return weights

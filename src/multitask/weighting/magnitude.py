@@ -9,7 +9,6 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from multitask.weighting.base import MethodParams, StepContext, WeightingMethod, register
-from multitask.weighting.gradients import per_task_gradients
 from multitask.weighting.gramian import GramianParams, GramianWeighting
 from multitask.weighting.solvers import cpu64
 
@@ -109,8 +108,7 @@ class DBMTL(WeightingMethod):
         if not self.params.balance_gradients:
             torch.log(ctx.losses + eps).sum().backward()
             return inverse
-        grads = per_task_gradients(ctx.losses, ctx.features, ctx.shared_parameters, "parameters",
-                                   scales=inverse)
+        grads = ctx.per_task_gradients("parameters", scales=inverse)
         self.steps += 1
         beta = self.params.beta / self.steps**self.params.beta_sigma
         if self.average is None:

@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from multitask.weighting.base import StepContext, WeightingMethod, register
-from multitask.weighting.gradients import per_task_gradients
 from multitask.weighting.gramian import GradientSource, GramianParams, GramianWeighting
 
 
@@ -140,11 +139,10 @@ class GradDrop(WeightingMethod):
     gradients = "representation"
 
     def backward(self, ctx: StepContext) -> Tensor:
-        grads = per_task_gradients(ctx.losses, ctx.features, ctx.shared_parameters,
-                                   "representation")
+        grads = ctx.per_task_gradients("representation")
         combined, kept = [], []
-        for feature, gradient in zip(grads.targets, grads.unflatten(grads.matrix), strict=True):
-            signed = (gradient * feature.detach().sign()).sum(dim=1)  # [T, ...]: batch summed
+        for feature, gradient in zip(grads.values, grads.unflatten(grads.matrix), strict=True):
+            signed = (gradient * feature.sign()).sum(dim=1)  # [T, ...]: batch summed
             purity = 0.5 * (1.0 + signed.sum(0) / signed.abs().sum(0).clamp_min(1e-30))
             draw = torch.rand(purity.shape, device=purity.device)
             mask = ((purity > draw) & (signed > 0)) | ((purity < draw) & (signed < 0))

@@ -1,0 +1,198 @@
+"""Data-parallel training on the CPU with two Gloo processes under torchrun: every weighting
+method's update equals the one-process update on the same global batch, the copies never drift
+apart, a SIGKILLed distributed run resumes, and the sample pipeline runs with train.processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_tracking_pipeline import EXPERIMENT, copy_sample_repo
+
+from multitask.training import distributed
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+STEPS_SCRIPT = HERE / "distributed_steps.py"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def processed(sample_composites: Callable[..., Path]) -> Path:
+    """MultiFashion composites from the shipped sample: 720 train, 80 val, 100 test."""
+    return sample_composites(800, 100)
+
+
+def torchrun(processes: int, *command: str, cwd: Path | None = None
+             ) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, distributed.THREADS_ENV: "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc-per-node={processes}", *command], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_shards_cover_every_row_once_in_order() -> None:
+    for count in (1, 2, 9, 16, 255):
+        for world in (1, 2, 3, 4):
+            rows = [r for rank in range(world)
+                    for r in range(count)[distributed.shard(count, rank, world)]]
+            assert rows == list(range(count))
+            sizes = [len(range(count)[distributed.shard(count, rank, world)])
+                     for rank in range(world)]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_every_method_updates_as_one_process_on_the_global_batch(processed: Path,
+                                                                 tmp_path: Path) -> None:
+    alone, together = tmp_path / "alone", tmp_path / "together"
+    alone.mkdir()
+    together.mkdir()
+    done = subprocess.run([sys.executable, str(STEPS_SCRIPT), str(processed), str(alone)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = torchrun(2, str(STEPS_SCRIPT), str(processed), str(together))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    variants = sorted(p.name.removesuffix("-rank0.pt") for p in alone.glob("*-rank0.pt"))
+    assert len(variants) >= 20, variants  # every method, both gradient sources, rotation
+    for variant in variants:
+        reference = torch.load(alone / f"{variant}-rank0.pt")
+        ranks = [torch.load(together / f"{variant}-rank{r}.pt") for r in (0, 1)]
+        assert reference["steps"] == ranks[0]["steps"] == 3, variant  # 16 + 16 + 9 (5/4)
+        moved = (reference["parameters"] - reference["initial"]).abs().max()
+        assert moved > 1e-3, f"{variant}: the steps barely moved the network"
+        # the copies are the same network, bit for bit
+        assert torch.equal(ranks[0]["parameters"], ranks[1]["parameters"]), variant
+        assert torch.equal(ranks[0]["method"], ranks[1]["method"]), variant
+        # ... and the one-process network up to float summation order (SGD: lr × updates)
+        torch.testing.assert_close(ranks[0]["parameters"], reference["parameters"],
+                                   rtol=0, atol=1e-5, msg=f"{variant}: parameters")
+        torch.testing.assert_close(ranks[0]["method"], reference["method"], rtol=1e-4,
+                                   atol=1e-5, msg=f"{variant}: method state")
+
+
+def stage_folder(root: Path, processed: Path, pipeline_folder: Callable[[Path, Path], object],
+                 **train: object) -> Path:
+    """A pipeline folder on the shared composites: 4 epochs, MGDA (a gradient method), two
+    processes, no MLflow."""
+    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
+    pipeline_folder(root, processed)
+    params["train"].update({"epochs": 4, "diagnostics_every": 0, "weighting": "mgda",
+                            "processes": 2, **train})
+    params["tracking"]["enabled"] = False
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def train(cwd: Path, **popen: object) -> subprocess.Popen[str]:
+    env = {**os.environ, distributed.THREADS_ENV: "1"}
+    return subprocess.Popen([sys.executable, "-m", "multitask", "train"], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen)  # type: ignore[call-overload]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def test_a_sigkilled_distributed_run_resumes_to_the_same_result(
+        sample_composites: Callable[..., Path], tmp_path: Path,
+        pipeline_folder: Callable[[Path, Path], object]) -> None:
+    processed = sample_composites(4000, 500)  # 3,600 training images: epochs long enough
+    straight = stage_folder(tmp_path / "straight", processed, pipeline_folder)
+    _, err = train(straight).communicate(timeout=600)
+    assert "process 1 of 2 (gloo)" in err, err[-3000:]
+    report = json.loads((straight / "reports" / "train.json").read_text())
+    assert report["processes"] == 2 and report["epochs"] == 4
+
+    killed = stage_folder(tmp_path / "killed", processed, pipeline_folder)
+    checkpoint = killed / "models" / "checkpoints" / "train.pt"
+    job = train(killed)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for pid in [job.pid, *descendants(job.pid)]:  # the launcher, torchrun, both ranks at once
+        os.kill(pid, signal.SIGKILL)
+    _, err = job.communicate()
+    assert checkpoint.exists(), f"no checkpoint before the end:\n{err[-3000:]}"
+    state = torch.load(checkpoint, weights_only=True)
+    assert 1 <= state["epoch"] < 4, "the kill should land mid-training"
+    assert not (killed / "reports" / "train.json").exists()
+
+    resumed = train(killed)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert f"resumed from models/checkpoints/train.pt after epoch {state['epoch']}" in err
+    assert not checkpoint.exists()
+    after = json.loads((killed / "reports" / "train.json").read_text())
+    assert after["final"] == report["final"]
+    first = torch.load(straight / "models" / "model.pt", weights_only=True)["state_dict"]
+    second = torch.load(killed / "models" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_ranks_stop_when_their_launcher_is_sigkilled(
+        sample_composites: Callable[..., Path], tmp_path: Path,
+        pipeline_folder: Callable[[Path, Path], object]) -> None:
+    folder = stage_folder(tmp_path / "orphaned", sample_composites(4000, 500), pipeline_folder,
+                          epochs=30)
+    job = train(folder)
+    deadline = time.monotonic() + 300
+    while len(descendants(job.pid)) < 3 and time.monotonic() < deadline:  # torchrun + 2 ranks
+        time.sleep(0.1)
+    below = descendants(job.pid)
+    job.send_signal(signal.SIGKILL)  # `multitask train` alone, as a kill -9 by pid would
+    job.communicate()
+    deadline = time.monotonic() + 60
+    while (left := [p for p in below if Path(f"/proc/{p}").exists()
+                    and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]]):
+        assert time.monotonic() < deadline, f"processes {left} outlived their launcher"
+        time.sleep(0.2)
+    assert not (folder / "reports" / "train.json").exists()
+
+
+def test_the_sample_pipeline_runs_with_two_processes(tmp_path: Path) -> None:
+    repo = copy_sample_repo(tmp_path / "repo")
+    params_file = repo.sample / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["train"]["processes"] = 2
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    done = repo.run("dvc", "repro", "sample/dvc.yaml", timeout=900)
+    log = done.stdout + done.stderr
+    assert log.count("process 1 of 2 (gloo)") == 2, log[-3000:]  # baselines and train
+    report = json.loads((repo.sample / "reports" / "train.json").read_text())
+    assert report["processes"] == 2
+    baselines = json.loads((repo.sample / "reports" / "baselines.json").read_text())
+    assert set(baselines["tasks"]) == {"left", "right"}
+    client = repo.client()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'evaluate'")
+    assert [r.info.run_id for r in runs] == [report["run_id"]], "rank 1 logged a run"
+    (run,) = runs
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.processes"] == "2"
+    history = client.get_metric_history(run.info.run_id, "val/left/accuracy")
+    assert [m.step for m in history] == list(range(1, report["epochs"] + 1))
