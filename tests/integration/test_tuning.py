@@ -458,7 +458,10 @@ def test_two_workers_share_a_study_in_postgresql(processed: Path, workdir: Path,
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 0, output[-3000:]
     assert_each_trial_once(stored_trials(postgres_url), 6)
-    assert not (workdir / JOURNAL).exists()
+    # the stage's DVC output: a copy of the shared study, the same trials
+    copied = stored_trials(str(workdir / JOURNAL))
+    assert [(t.params, t.values) for t in copied] == [
+        (t.params, t.values) for t in stored_trials(postgres_url)]
     summary = json.loads((workdir / "reports/tuning/summary.json").read_text())
     assert summary["storage"].startswith("postgresql://postgres@127.0.0.1:")
 
@@ -535,6 +538,8 @@ def test_two_tune_processes_on_two_machines_share_a_postgresql_study(
     chosen = [json.loads((params.parent / "reports/tuning/weights.json").read_text())
               for params in folders]
     assert chosen[0] == chosen[1]
+    for params in folders:  # each folder's DVC output holds the whole shared study
+        assert_each_trial_once(stored_trials(str(params.parent / JOURNAL)), 6)
 
 
 @pytest.mark.slow

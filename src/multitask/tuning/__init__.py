@@ -37,7 +37,7 @@ from typing import Any
 from multitask import keys, tracking
 from multitask.config import Params
 from multitask.layout import Layout
-from multitask.tuning.reports import pareto_front, select, write_reports
+from multitask.tuning.reports import pareto_front, select, write_reports, write_snapshot
 from multitask.tuning.space import SearchSpace, simplex_weights
 from multitask.tuning.storage import StudyStorage, count_states, fail_stale_trials
 from multitask.tuning.study import make_pruner, make_sampler, open_study, setup
@@ -86,6 +86,9 @@ def tune(params: Params, layout: Layout, *, workers: int | None = None,
                              for k, v in baselines.items()})
         run_workers(study_setup, storage, study, n_trials, workers, run.run_id)
         weights = write_reports(study_setup, storage, study, n_trials, workers)
+        if write_snapshot(storage, study.study_name, layout.study_journal):
+            log.info("a copy of the study is in %s (the stage's DVC output)",
+                     layout.study_journal)
         run.log_metrics({
             **{f"tune/chosen/{keys.weight(k)}": v for k, v in (weights["weights"] or {}).items()},
             **{f"tune/chosen/{keys.task_metric(keys.VAL, k, keys.ACCURACY)}": v

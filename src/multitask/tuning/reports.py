@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from multitask import keys
-from multitask.io import atomic_open, write_json
+from multitask.io import atomic_open, atomic_path, write_json
 from multitask.training.plots import save_figure
 from multitask.tuning.storage import StudyStorage, count_states
 from multitask.tuning.study import Setup
@@ -161,3 +162,21 @@ def write_reports(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tr
     })
     write_json(layout.tuned_weights, weights)
     return weights
+
+
+def write_snapshot(storage: StudyStorage, study_name: str, journal: Path) -> bool:
+    """A copy of a study kept elsewhere (PostgreSQL) in the journal file the tune stage
+    declares to DVC, written atomically; return whether one was written.
+
+    With the journal file as storage the study is already there. Otherwise the copy makes the
+    stage's output exist (``dvc repro`` needs it), puts the shared study's trials in the DVC
+    cache beside the reports, and opens with ``optuna-dashboard`` without the database.
+    """
+    if not storage.is_url and Path(storage.location).resolve() == journal.resolve():
+        return False
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(journal) as tmp:
+        backend = optuna.storages.journal.JournalFileBackend(str(tmp))
+        optuna.copy_study(from_study_name=study_name, from_storage=storage.optuna,
+                          to_storage=optuna.storages.JournalStorage(backend))
+    return True
