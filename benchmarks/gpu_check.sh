@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, as one script for a lent GPU machine (see the device tool):
-# the CUDA tests and the GPU rows of the training and weighting benchmarks.
+# the CUDA tests and the GPU rows of the training, weighting and data-parallel benchmarks
+# (one process per GPU where there are several).
 #
 # That machine has PyTorch but not every package this project pins. Carry the missing pure
 # Python wheels in .whl/ (ignored by git), e.g. pydantic, pydantic-core, annotated-types,
@@ -16,6 +17,6 @@ export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 status=0
 python3 -m pytest -q -p no:cacheprovider -m cuda tests/unit/test_cuda.py 2>&1 | tee "$out/gpu_tests.log" || status=1
-python3 -m benchmarks.run training weighting 2>&1 | tee "$out/gpu_bench.log" || status=1
+python3 -m benchmarks.run training weighting distributed 2>&1 | tee "$out/gpu_bench.log" || status=1
 cp reports/benchmarks.json "$out/benchmarks_gpu.json" 2>/dev/null || true
 exit $status

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -23,18 +22,21 @@ def build_optimizer(parameters: Iterable[nn.Parameter], config: OptimizerConfig
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, epochs: int
                     ) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-epoch learning-rate factor: optional linear warm-up, then constant/step/cosine."""
+    """The per-epoch learning rate, from torch's schedulers: an optional linear warm-up (factor
+    ``(e + 1) / (w + 1)`` in epoch ``e < w``), then constant, step (``gamma`` every
+    ``step_size`` epochs) or cosine (to 0 over the remaining epochs), chained by ``SequentialLR``.
+    """
+    schedulers = torch.optim.lr_scheduler
     warmup = config.warmup_epochs
-
-    def factor(epoch: int) -> float:
-        if epoch < warmup:
-            return (epoch + 1) / (warmup + 1)
-        done = epoch - warmup
-        if config.name == "step":
-            return config.gamma ** (done // config.step_size)
-        if config.name == "cosine":
-            span = max(1, epochs - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * done / span))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    main: torch.optim.lr_scheduler.LRScheduler
+    if config.name == "step":
+        main = schedulers.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    elif config.name == "cosine":
+        main = schedulers.CosineAnnealingLR(optimizer, T_max=max(1, epochs - warmup))
+    else:
+        main = schedulers.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warmup == 0:
+        return main
+    ramp = schedulers.LinearLR(optimizer, start_factor=1 / (warmup + 1),
+                               end_factor=warmup / (warmup + 1), total_iters=max(1, warmup - 1))
+    return schedulers.SequentialLR(optimizer, [ramp, main], milestones=[warmup])

@@ -1,0 +1,66 @@
+"""multitask.training.optimization: the learning-rate schedules against their formulas."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from multitask.config import ScheduleConfig
+from multitask.training.optimization import build_scheduler
+
+EPOCHS, LR = 12, 0.1
+
+
+def expected(config: ScheduleConfig, epoch: int) -> float:
+    """The factor the docstring promises for ``epoch`` (0-based)."""
+    warmup = config.warmup_epochs
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    done = epoch - warmup
+    if config.name == "step":
+        return config.gamma ** (done // config.step_size)
+    if config.name == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * done / max(1, EPOCHS - warmup)))
+    return 1.0
+
+
+def rates(scheduler: torch.optim.lr_scheduler.LRScheduler, optimizer: torch.optim.Optimizer,
+          epochs: range) -> list[float]:
+    out = []
+    for _ in epochs:
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def fresh(config: ScheduleConfig) -> tuple[torch.optim.Optimizer,
+                                           torch.optim.lr_scheduler.LRScheduler]:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
+    return optimizer, build_scheduler(optimizer, config, EPOCHS)
+
+
+@pytest.mark.parametrize("name", ["none", "step", "cosine"])
+@pytest.mark.parametrize("warmup", [0, 1, 3])
+def test_each_epoch_gets_the_documented_rate(name: str, warmup: int) -> None:
+    config = ScheduleConfig(name=name, warmup_epochs=warmup, step_size=4, gamma=0.5)
+    optimizer, scheduler = fresh(config)
+    got = rates(scheduler, optimizer, range(EPOCHS))
+    assert got == pytest.approx([LR * expected(config, e) for e in range(EPOCHS)], abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ["step", "cosine"])
+def test_a_resumed_schedule_continues_where_it_stopped(name: str) -> None:
+    config = ScheduleConfig(name=name, warmup_epochs=2, step_size=3, gamma=0.5)
+    optimizer, scheduler = fresh(config)
+    straight = rates(scheduler, optimizer, range(EPOCHS))
+    optimizer, scheduler = fresh(config)
+    first = rates(scheduler, optimizer, range(5))
+    states = optimizer.state_dict(), scheduler.state_dict()
+    optimizer, scheduler = fresh(config)
+    optimizer.load_state_dict(states[0])
+    scheduler.load_state_dict(states[1])
+    assert first + rates(scheduler, optimizer, range(5, EPOCHS)) == pytest.approx(straight,
+                                                                                abs=1e-12)
