@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # DVC stage commands call `multitask`: find it without an activated venv (as on CI).
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup system-deps repro repro-sample test test-fast bench lint ui server clean-sample
+.PHONY: setup system-deps repro repro-sample test test-fast bench lint ui dashboard server clean-sample
 
 setup: $(STAMP) system-deps
 
@@ -45,6 +45,14 @@ lint: $(STAMP)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000
+
+# optuna-dashboard over the tuning study (objectives named val/<task>/accuracy) on
+# http://127.0.0.1:8080 until Ctrl-C. The sample's: make dashboard STUDY=sample/reports/tuning/study.journal;
+# a PostgreSQL study: STUDY=postgresql://...; another port: DASHBOARD_PORT=8081.
+STUDY ?= reports/tuning/study.journal
+DASHBOARD_PORT ?= 8080
+dashboard: $(STAMP)
+	$(BIN)/optuna-dashboard $(STUDY) --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 # The team's tracking server: PostgreSQL backend store and served artifacts under .server/, on
 # 127.0.0.1:5000 until Ctrl-C; clients set MLFLOW_TRACKING_URI=http://127.0.0.1:5000. Options

@@ -27,6 +27,8 @@ from multitask.data.processed import tasks as tasks_from_meta
 from multitask.layout import Layout
 from multitask.training import session
 from multitask.training.data import ProcessedData
+from multitask.tuning.study import open_study, setup
+from multitask.weighting import METHODS, LossWeighting
 
 ROOT = Path(__file__).resolve().parents[2]
 JOURNAL = "reports/tuning/study.journal"
@@ -55,7 +57,7 @@ def write_params(folder: Path, processed: Path, tracking: dict[str, Any] | None 
     """A params.yaml for ``processed``: one-epoch trials, CPU, no MLflow unless asked."""
     sample = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
     raw = {
-        "data": {"dataset": "multifashion", "sources": sample["data"]["sources"]},
+        "data": {"dataset": sample["data"]["dataset"]},
         "model": {"backbone": "lenet", "architecture": "hps"},
         "train": {"epochs": 1, "batch_size": 64, "optimizer": {"name": "adam", "lr": 0.003},
                   "device": "cpu", "seed": 0, "diagnostics_every": 0},
@@ -178,6 +180,81 @@ def test_invalid_search_space_fails_before_any_trial(processed: Path, workdir: P
     assert not (workdir / "reports/tuning/weights.json").exists()
 
 
+class NeedsThreeTasks(LossWeighting):
+    """A method that fits some setups only: what params validation cannot see alone."""
+
+    name = "needs_three_tasks"
+    description = "equal weights, for three tasks or more"
+
+    def __init__(self, num_tasks: int, params: Any = None) -> None:
+        if num_tasks < 3:
+            raise ValueError(f"needs_three_tasks: needs 3 tasks or more, got {num_tasks}")
+        super().__init__(num_tasks, params)
+
+    def weights(self, losses: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(losses, 1.0 / self.num_tasks)
+
+
+def test_a_tune_that_cannot_train_leaves_no_study_and_no_mlflow_run(
+        processed: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    store = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    # An architecture typo: refused when params load, before data, study or run.
+    params = write_params(workdir, processed, tracking=tracking_on("tuning-tests"))
+    raw = yaml.safe_load(params.read_text())
+    raw["model"]["architecture"] = "hsp"
+    params.write_text(yaml.safe_dump(raw))
+    done = subprocess.run([sys.executable, "-m", "multitask", "tune", "--params", str(params)],
+                          cwd=workdir, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "model.architecture: unknown architecture 'hsp'" in done.stderr
+    assert "did you mean 'hps'" in done.stderr
+    # A method that cannot train with these tasks: the trial's first step is tried first.
+    monkeypatch.setitem(METHODS, NeedsThreeTasks.name, NeedsThreeTasks)
+    params = write_params(workdir, processed, tracking=tracking_on("tuning-tests"),
+                          methods=["static", "needs_three_tasks"])
+    with pytest.raises(ValueError, match=r"a trial with method 'needs_three_tasks' and "
+                       r"model.architecture 'hps' cannot train: .*needs 3 tasks or more"):
+        run_tune(params)
+    assert not (workdir / JOURNAL).exists()  # no study was created
+    assert not (workdir / "reports/tuning").exists()
+    if (workdir / "mlflow.db").exists():
+        experiment = store.get_experiment_by_name("tuning-tests")
+        assert experiment is None or not store.search_runs([experiment.experiment_id])
+
+
+# ------------------------------------------------------------------ the study's identity
+def test_the_study_has_a_readable_name_named_objectives_and_its_hash(processed: Path,
+                                                                      workdir: Path) -> None:
+    layout = Layout(workdir)
+    first = setup(load_params(write_params(workdir, processed)), layout)
+    assert first.study_name == ("task-weights (multi-objective, hps/lenet, static) "
+                                f"#{first.parameter_hash[:6]}")
+    # Another weight range: the same readable part, another hash, so another study.
+    other = setup(load_params(write_params(workdir, processed, weight_range=[0.2, 0.8])),
+                         layout)
+    assert other.study_name.split("#")[0] == first.study_name.split("#")[0]
+    assert other.parameter_hash != first.parameter_hash
+    assert other.study_name != first.study_name
+    searched = setup(load_params(write_params(
+        workdir, processed, mode="single", objective="delta_m", methods=["static", "pcgrad"],
+        tune_lr=True)), layout)
+    assert searched.study_name.startswith(
+        "task-weights (delta-m%, hps/lenet, static+pcgrad+lr) #")
+    # What optuna-dashboard shows: the objectives by name, the hash and fingerprint as attrs.
+    storage = tuning.StudyStorage(str(workdir / JOURNAL), "test")
+    study = open_study(first, storage, n_trials=2)
+    assert study.study_name == first.study_name
+    assert study.metric_names == ["val/left/accuracy", "val/right/accuracy"]
+    assert study.user_attrs["parameter_hash"] == first.parameter_hash
+    assert study.user_attrs["fingerprint"] == first.fingerprint
+    single = open_study(searched, storage, n_trials=2)
+    assert single.metric_names == ["delta_m"]
+    assert sorted(optuna.get_all_study_names(storage.optuna)) == sorted(
+        [first.study_name, searched.study_name])
+
+
 # ------------------------------------------------------------------------------ real studies
 @pytest.mark.slow
 def test_a_short_study_yields_a_pareto_front_and_weights_train_uses(processed: Path,
@@ -198,6 +275,8 @@ def test_a_short_study_yields_a_pareto_front_and_weights_train_uses(processed: P
         dominated = any((points[j] >= points[i]).all() and (points[j] > points[i]).any()
                         for j in range(len(rows)))
         assert dominated == (i not in front), f"trial {i} wrongly {'on' if dominated else 'off'}"
+    front_rows = read_csv(workdir / "reports/tuning/pareto_front.csv")  # the plot's 2nd series
+    assert [r["trial"] for r in front_rows] == [rows[i]["trial"] for i in front]
     chosen = json.loads((workdir / "reports/tuning/weights.json").read_text())
     best_mean = max(front, key=lambda i: points[i].mean())
     assert chosen["trial"] == int(rows[best_mean]["trial"])
@@ -251,7 +330,7 @@ def test_changed_search_space_starts_a_new_study_instead_of_mixing(processed: Pa
     assert run_tune(write_params(workdir, processed, n_trials=2,
                                  weight_range=[0.2, 0.8]))["trial"] >= 0
     names = optuna.get_all_study_names(storage)
-    assert len(names) == 2 and all(n.startswith("task-weights-") for n in names)
+    assert len(names) == 2 and all(n.startswith("task-weights (multi-objective") for n in names)
     for name in names:  # each study holds its own two trials
         assert len(optuna.load_study(study_name=name, storage=storage).trials) == 2
     summary = json.loads((workdir / "reports/tuning/summary.json").read_text())

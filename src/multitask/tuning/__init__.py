@@ -15,8 +15,10 @@ epoch reports the scalar and ``median`` or ``hyperband`` stops poor trials. The 
 never loaded.
 
 **Storage, resumption, workers** (:mod:`.study`, :mod:`.storage`): a journal file or a
-``postgresql://`` URL holds the study ``<tune.study_name>-<hash>``, the hash covering all that
-makes trial values comparable, so changed params start a new study instead of mixing trials.
+``postgresql://`` URL holds the study ``<tune.study_name> (<objective>, <architecture>/<backbone>,
+<methods>) #<hash>``, the hash covering all that makes trial values comparable, so changed
+params start a new study instead of mixing trials. A setup whose trials cannot train stops
+before the study or any MLflow run is created (:func:`.study.check_trials_can_run`).
 A rerun continues until the study holds ``n_trials`` finished (complete or pruned) trials;
 finished trials are never rerun. ``--workers N`` starts N processes that claim trials under a
 lock: exactly ``n_trials`` trials between them, each recorded once. So do separate ``multitask

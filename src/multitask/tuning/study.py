@@ -1,5 +1,17 @@
-"""The study's identity (a name that hashes everything trial values depend on) and its
-Optuna parts: sampler and pruner scaled to the budget, creation or loading of the study."""
+"""The study's identity and its Optuna parts.
+
+Identity: a readable name that also separates incompatible studies, ``task-weights
+(multi-objective, hps/lenet, static) #3f9a0c``: ``tune.study_name``, what the study searches,
+and the first hex digits of a hash over everything trial values depend on (the fingerprint,
+stored on the study with the whole hash). Changed params give another name, so a new study,
+never a mix of incomparable trials; a study of that name with another fingerprint is refused.
+
+Before any study or MLflow run exists, :func:`setup` checks that trials can run at all: every
+candidate method is built with the network and takes one real optimisation step. A setup that
+cannot train (a method that does not fit the architecture, weights that do not fit the task
+count ...) stops there, leaving no junk study or FAILED runs behind.
+
+Then the sampler and pruner scaled to the budget, and the creation or loading of the study."""
 
 from __future__ import annotations
 
@@ -19,8 +31,12 @@ from multitask.layout import Layout
 from multitask.tasks import Task
 from multitask.training import session
 from multitask.training.data import ProcessedData
-from multitask.tuning.space import SearchSpace
+from multitask.training.trainer import Trainer
+from multitask.tuning.space import Choice, SearchSpace, trial_config
 from multitask.tuning.storage import StudyStorage
+
+HASH_DIGITS = 6  # 16.7 million names per readable part; a clash is refused by the fingerprint
+PREFLIGHT_ROWS = 8  # training examples of the one step each candidate method takes first
 
 
 @dataclass(frozen=True)
@@ -34,6 +50,7 @@ class Setup:
     space: SearchSpace
     study_name: str
     fingerprint: dict[str, Any]  # what the study name's hash covers, stored on the study
+    parameter_hash: str  # sha256 of the fingerprint; its first digits end the study name
 
     @property
     def source(self) -> str:
@@ -48,9 +65,17 @@ class Setup:
     def objective_names(self) -> list[str]:
         return [self.params.tune.objective] if self.single else list(self.space.objectives)
 
+    @property
+    def metric_names(self) -> list[str]:
+        """The objectives as the study names them: ``val/<task>/accuracy`` per task, or the
+        single objective (``mean_accuracy``, ``delta_m``)."""
+        return [name if self.single else keys.task_metric(keys.VAL, name, keys.ACCURACY)
+                for name in self.objective_names]
+
 
 def setup(params: Params, layout: Layout) -> Setup:
-    """Load the train and validation splits (never test) and derive the study's identity."""
+    """Load the train and validation splits (never test), derive the study's identity and check
+    that a trial of every candidate method can train (:func:`check_trials_can_run`)."""
     data = session.load_data(params, layout, splits=("train", "val"))
     tasks = session.task_list(params, data)
     space = SearchSpace.from_params(params, tasks, str(params.source))
@@ -66,8 +91,54 @@ def setup(params: Params, layout: Layout) -> Setup:
             "batch_size", "optimizer", "schedule", "seed", "method_params"}),
         "data_sha256": data.meta["sha256"],
     }))
-    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:10]
-    return Setup(params, layout, data, tasks, space, f"{tune.study_name}-{digest}", fingerprint)
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    check_trials_can_run(params, data, tasks, space)
+    return Setup(params, layout, data, tasks, space, study_name(params, space, digest),
+                 fingerprint, digest)
+
+
+def study_name(params: Params, space: SearchSpace, parameter_hash: str) -> str:
+    """``task-weights (multi-objective, hps/lenet, static) #3f9a0c``: ``tune.study_name``, the
+    objective, the model, the searched methods (``+lr`` when the learning rate is searched too)
+    and the parameter hash's first :data:`HASH_DIGITS` hex digits, which separate studies whose
+    readable parts agree (another weight range, epochs, data ...)."""
+    tune, model = params.tune, params.model
+    objective = ("multi-objective" if tune.mode == "multi"
+                 else {"mean_accuracy": "mean accuracy", "delta_m": "delta-m%"}[tune.objective])
+    searched = "+".join(space.methods) + ("+lr" if space.lr_range is not None else "")
+    return (f"{tune.study_name} ({objective}, {model.architecture}/{model.backbone}, "
+            f"{searched}) #{parameter_hash[:HASH_DIGITS]}")
+
+
+def check_trials_can_run(params: Params, data: ProcessedData, tasks: list[Task],
+                         space: SearchSpace) -> None:
+    """Build the network with every method a trial may choose and take one optimisation step on
+    at most :data:`PREFLIGHT_ROWS` training examples (milliseconds; what a trial does first).
+
+    Params are validated when they load (names of architectures, methods, their params), but
+    some errors only show when the parts meet: static weights or method params that do not fit
+    the task count, gradients w.r.t. a representation that the architecture's heads share.
+    Found here, they stop ``multitask tune`` before it creates a study or an MLflow run.
+    """
+    n_train = len(data.splits["train"])
+    trial_rows = max(1, int(params.tune.data_fraction * n_train))  # as the trainer subsets
+    rows = min(PREFLIGHT_ROWS, params.train.batch_size, trial_rows)
+    config = trial_config(params).model_copy(update={"batch_size": rows})
+    for method in space.methods:
+        weights = ({task.name: 1.0 / len(tasks) for task in tasks} if method == "static"
+                   else None)
+        try:
+            weighting = Choice(method, weights, None).weighting_method(tasks, params)
+            network = session.build_network(params.model, params.train.seed, tasks, data)
+            trainer = Trainer(network, tasks, weighting, data, config, epochs=params.tune.epochs,
+                              data_fraction=min(1.0, (rows + 0.5) / n_train), progress=False,
+                              group=None)
+            trainer.train_epoch(0)
+        except Exception as exc:
+            raise ValueError(
+                f"{params.source}: tune: a trial with method '{method}' and "
+                f"model.architecture '{params.model.architecture}' cannot train: {exc}. Fix "
+                "params before tuning; no study or MLflow run was created") from exc
 
 
 def make_sampler(params: Params, n_trials: int, stream: Sequence[int]
@@ -113,19 +184,19 @@ def open_study(setup: Setup, storage: StudyStorage, n_trials: int, worker: int =
     probe = optuna.create_study(storage=storage.optuna, study_name=setup.study_name,
                                 directions=directions, load_if_exists=True)
     stored = probe.user_attrs.get("fingerprint")
-    if stored is None:
+    if stored is None:  # a new study: what it is, for readers and optuna-dashboard
         probe.set_user_attr("fingerprint", setup.fingerprint)
+        probe.set_user_attr("parameter_hash", setup.parameter_hash)
         probe.set_user_attr("objectives", setup.objective_names)
-    if probe.metric_names is None:  # optuna-dashboard labels its axes with these names
-        with warnings.catch_warnings():  # experimental in Optuna 5, stable in practice
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            probe.set_metric_names([
-                name if setup.single else keys.task_metric(keys.VAL, name, keys.ACCURACY)
-                for name in setup.objective_names])
+        probe.set_user_attr("params_file", setup.source)
     elif stored != setup.fingerprint:
         raise ValueError(
             f"{storage.describe()}: study '{setup.study_name}' holds trials of another search "
             f"space or training setup; set tune.study_name to a new name or delete the study")
+    if probe.metric_names is None:  # optuna-dashboard labels objectives and axes with these
+        with warnings.catch_warnings():  # experimental in Optuna 5, stable in practice
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            probe.set_metric_names(setup.metric_names)
     existing = len(probe.get_trials(deepcopy=False))
     return optuna.load_study(
         study_name=setup.study_name, storage=storage.optuna,
