@@ -81,7 +81,7 @@ def sample_composites(tmp_path_factory: pytest.TempPathFactory) -> Callable[...,
     """``sample_composites(train_size, test_size) -> processed folder``: MultiFashion composites
     built from the shipped sample (10% of ``train_size`` become the validation split), once per
     size and session."""
-    from multitask.config import DataConfig, Source
+    from multitask.config import DataConfig
     from multitask.data.preprocess import preprocess_data
 
     built: dict[tuple[int, int], Path] = {}
@@ -92,7 +92,6 @@ def sample_composites(tmp_path_factory: pytest.TempPathFactory) -> Callable[...,
             layout.raw_dir.mkdir(parents=True)
             layout.source_dir("fashion_mnist").symlink_to(SAMPLE)
             config = DataConfig(
-                sources={"fashion_mnist": Source(mirrors=[str(SAMPLE)], files={"x": "0" * 64})},
                 train_size=train_size, test_size=test_size, seed=0)
             preprocess_data(config, layout)
             built[(train_size, test_size)] = layout.processed_dir

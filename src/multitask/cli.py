@@ -68,7 +68,8 @@ def _data_parallel(function: Callable[..., Any], args: argparse.Namespace) -> in
 def _download_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source", action="append", metavar="NAME",
-        help="fetch this entry of data.sources instead of those data.dataset needs (repeatable)")
+        help="fetch this source of data/sources.yaml instead of those data.dataset needs "
+        "(repeatable)")
 
 
 def _tune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +111,13 @@ def _ci_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 COMMANDS: dict[str, Command] = {
+    "check": Command(
+        "multitask.data.sources:check",
+        "validate params.yaml and data/sources.yaml (the pipeline's first stage)",
+        "Validate every key and name of the params file (data set, architecture, weighting "
+        "methods and their params ...) and the sources file beside it, then write "
+        "reports/params_check.txt, the same for all valid params. Every other stage depends "
+        "on it, so a bad value stops dvc repro / dvc exp run before any output is removed."),
     "download": Command(
         "multitask.data.download:download",
         "fetch the raw data set from its mirrors and verify every file",
@@ -211,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="multitask",
         description="Multi-task learning experiments: one subcommand per DVC pipeline stage "
-        "(download -> validate -> preprocess -> baselines -> tune -> train -> evaluate), "
+        "(check -> download -> validate -> preprocess -> baselines -> tune -> train -> "
+        "evaluate), "
         "plus model promotion and prediction.",
     )
     parser.add_argument("--version", action="version", version=f"multitask {__version__}")

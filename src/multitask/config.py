@@ -25,7 +25,7 @@ from multitask.data.datasets import DATASETS
 from multitask.errors import ConfigError, unknown_name, validate
 from multitask.redaction import redact
 
-__all__ = ["ConfigError", "Params", "flatten", "load_params", "parse_params"]
+__all__ = ["ConfigError", "Params", "flatten", "load_params", "load_sources", "parse_params"]
 
 DEFAULT_PARAMS = Path("params.yaml")
 # Keys that earlier versions accepted and what to do instead (paths are fixed by the layout).
@@ -34,6 +34,9 @@ _REMOVED = {
     ("data", "processed_dir"): "processed data is always under data/processed (multitask.layout)",
     ("validate", "report_dir"): "the validation report is always under reports/validation",
     ("train", "checkpoint_dir"): "checkpoints are always under models/checkpoints",
+    ("data", "sources"): "the mirrors and digests moved to data/sources.yaml beside params.yaml "
+                         "(under its key sources:), so that dvc exp show lists only what "
+                         "experiments vary",
 }
 
 
@@ -46,7 +49,8 @@ class _Section(BaseModel):
 
 # --------------------------------------------------------------------------------------- data
 class Source(_Section):
-    """One raw data set: where to fetch it and what its files must hash to.
+    """One raw data set: where to fetch it and what its files must hash to (an entry of
+    ``data/sources.yaml``, which the download stage declares as a dependency).
 
     ``files`` maps each file name to the SHA-256 of its *decompressed payload*, so a copy that
     was recompressed (Debian's package recompresses the gzip files) verifies as well.
@@ -81,7 +85,6 @@ class Source(_Section):
 
 class DataConfig(_Section):
     dataset: str = "multifashion"  # a name of multitask.data.datasets.DATASETS
-    sources: dict[str, Source]
     canvas_size: int = Field(36, ge=28, le=64)
     max_shift: int = Field(4, ge=0, le=8)
     train_size: int = Field(120_000, gt=0)
@@ -104,6 +107,16 @@ class DataConfig(_Section):
         if name not in DATASETS:
             raise ValueError(unknown_name("data set", name, DATASETS))
         return name
+
+
+class SourcesFile(_Section):
+    """``data/sources.yaml``: every raw source a data set may need, by name.
+
+    Not a param: mirrors and digests are facts about the data, never varied by an experiment,
+    and in ``params.yaml`` they filled ``dvc exp show`` with URLs and hashes.
+    """
+
+    sources: dict[str, Source] = Field(min_length=1)
 
 
 class PixelStats(_Section):
@@ -277,7 +290,7 @@ class CIConfig(_Section):
 
 
 class Params(_Section):
-    data: DataConfig
+    data: DataConfig = DataConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -352,16 +365,31 @@ def parse_params(raw: dict[str, Any], path: str | Path = DEFAULT_PARAMS) -> Para
     return params
 
 
+def _read_yaml(path: Path, missing: str) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; {missing}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     """Read and validate a params file (``params.yaml``, ``sample/params.yaml`` ...)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: not found; run from the repository root or pass --params")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = _read_yaml(path, "run from the repository root or pass --params")
     return parse_params(raw or {}, path)
+
+
+def load_sources(path: str | Path) -> dict[str, Source]:
+    """Read and validate a sources file (``data/sources.yaml`` beside ``params.yaml``)."""
+    path = Path(path)
+    raw = _read_yaml(path, "it lists each raw source's mirrors and file digests; restore it "
+                     "with git checkout -- " + path.as_posix())
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with the key sources, "
+                          f"got {type(raw).__name__}")
+    return dict(validate(SourcesFile, raw, path).sources)
 
 
 def flatten(params: Params) -> dict[str, Any]:

@@ -38,6 +38,17 @@ class Layout:
     def params(self) -> Path:
         return self._at("params.yaml")
 
+    @property
+    def sources(self) -> Path:
+        """Each raw source's mirrors and file digests (not params: never varied)."""
+        return self._at("data/sources.yaml")
+
+    @property
+    def params_check(self) -> Path:
+        """The check stage's output: its content is the same for every valid params file, so
+        a valid change reruns only the stages that read it, and a bad one stops here."""
+        return self._at("reports/params_check.txt")
+
     # ------------------------------------------------------------------------------- data
     @property
     def raw_dir(self) -> Path:
@@ -89,6 +100,12 @@ class Layout:
         return self._at("reports/baselines.json")
 
     @property
+    def baselines_info(self) -> Path:
+        """How the baselines were made (backbone, epochs, data hash, time): not metrics, so
+        not in ``baselines.json``, whose every number ``dvc exp show`` lists as one."""
+        return self._at("reports/baselines_info.json")
+
+    @property
     def train_json(self) -> Path:
         return self._at("reports/train.json")
 
@@ -132,6 +149,11 @@ class Layout:
         return self.tuning_dir / "pareto.csv"
 
     @property
+    def pareto_front_csv(self) -> Path:
+        """The rows of ``pareto.csv`` on the front: the DVC scatter plot's second series."""
+        return self.tuning_dir / "pareto_front.csv"
+
+    @property
     def pareto_png(self) -> Path:
         return self.tuning_dir / "pareto.png"
 
@@ -165,21 +187,27 @@ class Layout:
         def spelt(*paths: Path) -> tuple[str, ...]:
             return tuple(path.as_posix() for path in paths)
 
+        checked = spelt(here.params_check)  # every stage after check depends on it
         return {
-            "download": StageFiles(deps=(), outs=spelt(here.raw_dir)),
-            "validate": StageFiles(deps=spelt(here.raw_dir),
+            "check": StageFiles(deps=spelt(here.sources), outs=checked),
+            "download": StageFiles(deps=(*checked, *spelt(here.sources)),
+                                   outs=spelt(here.raw_dir)),
+            "validate": StageFiles(deps=(*checked, *spelt(here.raw_dir)),
                                    outs=spelt(here.validation_summary, here.data_docs)),
-            "preprocess": StageFiles(deps=spelt(here.raw_dir, here.validation_summary),
+            "preprocess": StageFiles(deps=(*checked, *spelt(here.raw_dir,
+                                                            here.validation_summary)),
                                      outs=spelt(here.processed_dir)),
-            "baselines": StageFiles(deps=spelt(here.processed_dir),
-                                    outs=spelt(here.baselines_dir, here.baselines_json)),
-            "tune": StageFiles(deps=spelt(here.processed_dir),
+            "baselines": StageFiles(deps=(*checked, *spelt(here.processed_dir)),
+                                    outs=spelt(here.baselines_dir, here.baselines_json,
+                                               here.baselines_info)),
+            "tune": StageFiles(deps=(*checked, *spelt(here.processed_dir)),
                                outs=spelt(here.tuned_weights, here.tuning_summary,
-                                          here.pareto_csv, here.pareto_png, here.study_journal)),
-            "train": StageFiles(deps=spelt(here.processed_dir, here.tuned_weights),
+                                          here.pareto_csv, here.pareto_front_csv,
+                                          here.pareto_png, here.study_journal)),
+            "train": StageFiles(deps=(*checked, *spelt(here.processed_dir, here.tuned_weights)),
                                 outs=spelt(here.model, here.train_json, here.history_csv,
                                            here.curves_png)),
-            "evaluate": StageFiles(deps=spelt(here.model, here.processed_dir,
-                                              here.baselines_json, here.train_json),
+            "evaluate": StageFiles(deps=(*checked, *spelt(here.model, here.processed_dir,
+                                                          here.baselines_json, here.train_json)),
                                    outs=spelt(here.confusion_dir, here.metrics_json)),
         }

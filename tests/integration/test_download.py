@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from multitask import cli
-from multitask.config import ConfigError, DataConfig, parse_params
+from multitask.config import ConfigError, Source, SourcesFile
 from multitask.data import sources
 from multitask.data.datasets import DATASETS
 from multitask.data.download import HttpPolicy, fetch_sources
@@ -100,15 +100,16 @@ def mirror(tmp_path: Path, idx_dataset: Callable[..., dict[str, str]]) -> tuple[
     return folder, idx_dataset(folder, n_train=60, n_test=20)
 
 
-def _data(tmp_path: Path, mirrors: list[str], files: dict[str, str], **source: Any) -> DataConfig:
+def _data(tmp_path: Path, mirrors: list[str], files: dict[str, str],
+          **source: Any) -> dict[str, Source]:
     raw = {"sources": {"fashion_mnist": {"mirrors": mirrors, "files": files, **source}}}
-    return parse_params({"data": raw}).data
+    return dict(SourcesFile.model_validate(raw).sources)
 
 
 
-def fetch(data: DataConfig, pipeline: Path) -> list[Path]:
-    """Fetch ``data``'s sources into the raw folder of pipeline folder ``pipeline``."""
-    return fetch_sources(data, Layout(pipeline), policy=FAST)
+def fetch(data: dict[str, Source], pipeline: Path) -> list[Path]:
+    """Fetch MultiFashion's sources into the raw folder of pipeline folder ``pipeline``."""
+    return fetch_sources(data, "multifashion", Layout(pipeline), policy=FAST)
 
 
 def raw_source(pipeline: Path) -> Path:
@@ -215,7 +216,7 @@ def test_every_mirror_down_names_each_mirror_and_why(tmp_path: Path, server: Fil
     assert f"- {server.url}/flaky/: skipped, unreachable earlier in this run" in second
     assert f"- {closed}: skipped, unreachable earlier in this run" in second
     assert sum(path.startswith("/flaky/") for path, _ in server.requests) == FAST.attempts
-    assert "dataset-fashion-mnist" in second and "data.sources.fashion_mnist.mirrors" in second
+    assert "dataset-fashion-mnist" in second and "sources.fashion_mnist.mirrors" in second
     assert not raw_source(tmp_path).exists()
 
 
@@ -275,24 +276,26 @@ def test_cli_download_and_its_errors(tmp_path: Path, mirror: tuple[Path, dict],
                                      capsys: pytest.CaptureFixture[str]) -> None:
     folder, digests = mirror
     params = tmp_path / "params.yaml"
-    files = "".join(f"        {name}: {digest}\n" for name, digest in digests.items())
-    params.write_text("data:\n  sources:\n    fashion_mnist:\n"
-                      f"      mirrors: [{folder}]\n      files:\n{files}")
+    params.write_text("data:\n  dataset: multifashion\n")
+    declared = Layout(tmp_path).sources
+    declared.parent.mkdir(parents=True)
+    files = "".join(f"      {name}: {digest}\n" for name, digest in digests.items())
+    declared.write_text(f"sources:\n  fashion_mnist:\n    mirrors: [{folder}]\n"
+                        f"    files:\n{files}")
     assert cli.main(["download", "--params", str(params)]) == 0
     assert _leftovers(raw_source(tmp_path)) == sorted(digests)
     assert cli.main(["download", "--params", str(params), "--source", "mnist"]) == 1
-    assert f"{params}: data.sources.mnist: not defined" in capsys.readouterr().err
+    assert f"{declared}: sources.mnist: not defined" in capsys.readouterr().err
 
 
 def test_each_data_set_maps_to_its_sources(tmp_path: Path, mirror: tuple[Path, dict]) -> None:
     folder, digests = mirror
     assert DATASETS["multifashion_mnist"].sources == ("fashion_mnist", "mnist")
     data = _data(tmp_path, [str(folder)], digests)
-    assert list(required_sources(data)) == ["fashion_mnist"]
-    mixed = data.model_copy(update={"dataset": "multifashion_mnist"})
-    with pytest.raises(ConfigError, match=r"data\.sources\.mnist: not defined, but mnist is "
-                                          r"needed by data\.dataset=multifashion_mnist"):
-        required_sources(mixed)
+    assert list(required_sources(data, "multifashion")) == ["fashion_mnist"]
+    with pytest.raises(ConfigError, match=r"sources\.yaml: sources\.mnist: not defined, but "
+                                          r"mnist is needed by data\.dataset=multifashion_mnist"):
+        required_sources(data, "multifashion_mnist")
 
 
 def test_a_file_larger_than_the_cap_is_refused(tmp_path: Path, server: FileServer,
@@ -300,7 +303,8 @@ def test_a_file_larger_than_the_cap_is_refused(tmp_path: Path, server: FileServe
     folder, digests = mirror
     data = _data(tmp_path, [server.publish("fm", folder)], {IMAGES: digests[IMAGES]})
     with pytest.raises(RuntimeError, match=r"announces [\d,]+ bytes, more than the 100 a file"):
-        fetch_sources(data, Layout(tmp_path), policy=HttpPolicy(attempts=1, max_bytes=100))
+        fetch_sources(data, "multifashion", Layout(tmp_path),
+                      policy=HttpPolicy(attempts=1, max_bytes=100))
     assert not raw_source(tmp_path).exists()
 
 
@@ -309,8 +313,8 @@ def test_a_download_slower_than_the_cap_is_stopped(tmp_path: Path, server: FileS
     folder, digests = mirror
     data = _data(tmp_path, [server.publish("fm", folder)], {IMAGES: digests[IMAGES]})
     with pytest.raises(RuntimeError, match=r"took longer than 0 s; stopped"):
-        fetch_sources(data, Layout(tmp_path), policy=HttpPolicy(attempts=1, max_seconds=0.0,
-                                                                chunk_bytes=1024))
+        fetch_sources(data, "multifashion", Layout(tmp_path),
+                      policy=HttpPolicy(attempts=1, max_seconds=0.0, chunk_bytes=1024))
 
 
 def test_a_local_mirror_inside_the_raw_folder_is_refused(tmp_path: Path,

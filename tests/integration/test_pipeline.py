@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("download", "validate", "preprocess", "baselines", "tune", "train", "evaluate")
+STAGES = ("check", "download", "validate", "preprocess", "baselines", "tune", "train",
+          "evaluate")
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sample_pipeline")]
 
@@ -110,4 +111,30 @@ def test_params_change_reruns_only_what_depends_on_it(reproduced: tuple[Path, st
     dry = dvc(repo, "repro", "--dry", "sample/dvc.yaml")
     ran = {stage for stage in STAGES if f"Running stage 'sample/dvc.yaml:{stage}'" in dry.stdout}
     # directly affected; evaluate follows once train's outputs change (a dry run can't know)
-    assert ran == {"baselines", "train"}
+    assert ran == {"check", "baselines", "train"}
+
+
+def test_a_bad_experiment_keeps_the_last_results_and_one_command_restores(
+        reproduced: tuple[Path, str]) -> None:
+    """The check stage stops a misspelt name before DVC removes any output; the README's
+    restore command brings back the committed params, lock and reports."""
+    repo, _ = reproduced
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "checkout", "-q", "--", "sample/params.yaml"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "results"], cwd=repo, check=True)
+    kept = ["sample/models/model.pt", "sample/reports/train.json",
+            "sample/reports/plots/history.csv", "sample/reports/tuning/pareto.csv"]
+    before = {name: (repo / name).read_bytes() for name in kept}
+    bad = dvc(repo, "exp", "run", "sample/dvc.yaml",
+              "-S", "sample/params.yaml:train.weighting=nope")
+    assert bad.returncode != 0
+    assert ("params.yaml: train.weighting: unknown weighting method 'nope'"
+            in bad.stdout + bad.stderr)
+    assert "Running stage 'sample/dvc.yaml:check'" in bad.stdout
+    assert "Running stage 'sample/dvc.yaml:train'" not in bad.stdout
+    assert {name: (repo / name).read_bytes() for name in kept} == before
+    subprocess.run(["git", "checkout", "--", "sample/params.yaml", "sample/dvc.lock",
+                    "sample/reports"], cwd=repo, check=True)
+    assert dvc(repo, "checkout", "sample/dvc.yaml").returncode == 0
+    assert "up to date" in dvc(repo, "status", "sample/dvc.yaml").stdout

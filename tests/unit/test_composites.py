@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from multitask.config import DataConfig, Source
+from multitask.config import DataConfig
 from multitask.data import processed
 from multitask.data.composites import ITEM, build_composites, sample_pairs
 from multitask.data.idx import SPLIT_FILES
@@ -74,7 +74,6 @@ def layout(tmp_path: Path) -> Layout:
 def sample_config() -> DataConfig:
     return DataConfig(
         dataset="multifashion",
-        sources={"fashion_mnist": Source(mirrors=[str(SAMPLE)], files={"x": "0" * 64})},
         train_size=1000, test_size=200, val_fraction=0.1, seed=0,
     )
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from multitask.config import ConfigError, flatten, load_params, parse_params
+from multitask.config import ConfigError, flatten, load_params, load_sources, parse_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,9 +61,29 @@ def test_wrong_type_or_range_names_key(raw: dict, section: str, key: str, value:
         parse_params(bad)
 
 
-def test_bad_checksum_is_rejected(raw: dict) -> None:
-    raw["data"]["sources"]["fashion_mnist"]["files"]["train-images-idx3-ubyte.gz"] = "abc"
-    with pytest.raises(ConfigError, match="64-character lowercase hex SHA-256"):
+@pytest.fixture
+def sources() -> dict:
+    return yaml.safe_load((ROOT / "data" / "sources.yaml").read_text())
+
+
+@pytest.mark.parametrize("folder", [".", "sample"])
+def test_shipped_sources_validate(folder: str) -> None:
+    assert "fashion_mnist" in load_sources(ROOT / folder / "data" / "sources.yaml")
+
+
+def test_bad_checksum_is_rejected(sources: dict, tmp_path: Path) -> None:
+    sources["sources"]["fashion_mnist"]["files"]["train-images-idx3-ubyte.gz"] = "abc"
+    path = tmp_path / "sources.yaml"
+    path.write_text(yaml.safe_dump(sources))
+    with pytest.raises(ConfigError, match=rf"{path}: sources\.fashion_mnist\.files: .*"
+                                          "64-character lowercase hex SHA-256"):
+        load_sources(path)
+
+
+def test_sources_in_params_say_where_they_moved(raw: dict) -> None:
+    raw["data"]["sources"] = {}
+    with pytest.raises(ConfigError, match=r"data\.sources: no longer a param; the mirrors and "
+                                          r"digests moved to data/sources\.yaml"):
         parse_params(raw)
 
 
@@ -139,11 +159,13 @@ def test_params_remember_their_file_through_copies(raw: dict, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "sub/dir.gz", "/abs.gz", ".hidden", ".."])
-def test_a_source_file_must_be_a_plain_name(raw: dict, name: str) -> None:
-    files = raw["data"]["sources"]["fashion_mnist"]["files"]
+def test_a_source_file_must_be_a_plain_name(sources: dict, tmp_path: Path, name: str) -> None:
+    files = sources["sources"]["fashion_mnist"]["files"]
     files[name] = files.pop(next(iter(files)))
-    with pytest.raises(ConfigError, match=r"data\.sources\.fashion_mnist\.files: .*a file name"):
-        parse_params(raw)
+    path = tmp_path / "sources.yaml"
+    path.write_text(yaml.safe_dump(sources))
+    with pytest.raises(ConfigError, match=r"sources\.fashion_mnist\.files: .*a file name"):
+        load_sources(path)
 
 
 @pytest.mark.parametrize("storage", ["/tmp/study.journal", "../outside.journal",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from multitask.config import load_params
+from multitask.config import load_params, load_sources
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,23 +25,36 @@ def test_sample_pipeline_mirrors_the_main_one() -> None:
 
 def test_stages_run_in_pipeline_order() -> None:
     stages = list(load(ROOT / "dvc.yaml")["stages"])
-    assert stages == ["download", "validate", "preprocess", "baselines", "tune", "train",
-                      "evaluate"]
+    assert stages == ["check", "download", "validate", "preprocess", "baselines", "tune",
+                      "train", "evaluate"]
 
 
 def test_every_params_key_a_stage_declares_exists() -> None:
     params = load(ROOT / "params.yaml")
     for name, stage in load(ROOT / "dvc.yaml")["stages"].items():
         for dotted in stage.get("params", []):
+            if dotted == {"params.yaml": None}:  # the whole file (the check stage)
+                continue
             node = params
             for part in dotted.split("."):
                 assert part in node, f"stage {name}: params.yaml has no {dotted}"
                 node = node[part]
 
 
+def test_every_stage_after_check_depends_on_it() -> None:
+    """A bad param stops the check stage before DVC removes any other stage's outputs."""
+    stages = load(ROOT / "dvc.yaml")["stages"]
+    assert stages["check"]["params"] == [{"params.yaml": None}]
+    assert stages["check"]["outs"] == [
+        {"reports/params_check.txt": {"cache": False, "persist": True}}]
+    for name, stage in stages.items():
+        if name != "check":
+            assert "reports/params_check.txt" in stage["deps"], name
+
+
 def test_sample_params_use_the_shipped_sample_only() -> None:
-    params = load_params(ROOT / "sample" / "params.yaml")
-    mirrors = [m for source in params.data.sources.values() for m in source.mirrors]
+    sources = load_sources(ROOT / "sample" / "data" / "sources.yaml")
+    mirrors = [m for source in sources.values() for m in source.mirrors]
     assert mirrors == ["../data/sample/fashion-mnist/"]
     assert (ROOT / "sample" / mirrors[0]).resolve() == (ROOT / "data/sample/fashion-mnist")
 

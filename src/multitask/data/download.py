@@ -24,7 +24,7 @@ import urllib3
 from tqdm import tqdm
 
 from multitask import __version__
-from multitask.config import DataConfig, Params, Source
+from multitask.config import Params, Source, load_sources
 from multitask.data.datasets import SOURCES
 from multitask.data.sources import (
     ExpectedFile,
@@ -225,7 +225,7 @@ def fetch_file(
 
 
 def _refuse_mirrors_inside(raw_dir: Path, sources: Mapping[str, Source],
-                           params_path: str | Path) -> None:
+                           sources_path: str | Path) -> None:
     """A local mirror must not lie in the folder the stage writes (and DVC deletes first)."""
     raw = raw_dir.resolve()
     for name, source in sources.items():
@@ -235,20 +235,21 @@ def _refuse_mirrors_inside(raw_dir: Path, sources: Mapping[str, Source],
             folder = Path(mirror.removeprefix("file://")).expanduser().resolve()
             if folder == raw or raw in folder.parents:
                 raise ValueError(
-                    f"{params_path}: data.sources.{name}.mirrors: {mirror} lies inside "
+                    f"{sources_path}: sources.{name}.mirrors: {mirror} lies inside "
                     f"{raw_dir}, the folder the download stage writes; point it elsewhere")
 
 
 def fetch_sources(
-    data: DataConfig, layout: Layout, names: Sequence[str] = (), *,
-    params_path: str | Path = "params.yaml", policy: HttpPolicy = HttpPolicy(),
+    sources: Mapping[str, Source], dataset: str, layout: Layout, names: Sequence[str] = (), *,
+    sources_path: str | Path = "data/sources.yaml", policy: HttpPolicy = HttpPolicy(),
 ) -> list[Path]:
-    """Fetch and verify every file of the sources ``names`` (default: those the data set needs).
+    """Fetch and verify every file of the sources ``names`` (default: those data set
+    ``dataset`` needs), as ``sources`` (read from ``sources_path``) declares them.
 
     Every file is attempted; then one error lists each file that no mirror could provide.
     """
-    wanted = required_sources(data, names, params_path)
-    _refuse_mirrors_inside(layout.raw_dir, wanted, params_path)
+    wanted = required_sources(sources, dataset, names, sources_path)
+    _refuse_mirrors_inside(layout.raw_dir, wanted, sources_path)
     paths: list[Path] = []
     failed: dict[str, list[str]] = {}
     unreachable: dict[str, str] = {}
@@ -272,8 +273,8 @@ def fetch_sources(
         advice = [SOURCES[name].hint for name in failed if name in SOURCES and SOURCES[name].hint]
         advice += ["check the network connection (and HTTPS_PROXY) for the HTTP mirrors",
                    "or add a mirror that has the files to "
-                   + ", ".join(f"data.sources.{name}.mirrors" for name in failed)
-                   + f" in {params_path}"]
+                   + ", ".join(f"sources.{name}.mirrors" for name in failed)
+                   + f" in {sources_path}"]
         errors = [line for lines in failed.values() for line in lines]
         raise RuntimeError("\n".join([*errors, "To fix: " + "; ".join(advice) + "."]))
     log.info("%d files verified under %s (%d fetched) in %.2f s",
@@ -282,5 +283,9 @@ def fetch_sources(
 
 
 def download(params: Params, layout: Layout, sources: Sequence[str] = ()) -> list[Path]:
-    """``multitask download [--source NAME ...]``: the stage; returns the verified files."""
-    return fetch_sources(params.data, layout, sources, params_path=params.source)
+    """``multitask download [--source NAME ...]``: the stage; returns the verified files.
+
+    The sources file is the layout's (``data/sources.yaml`` beside the params file).
+    """
+    return fetch_sources(load_sources(layout.sources), params.data.dataset, layout, sources,
+                         sources_path=layout.sources)

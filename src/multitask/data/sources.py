@@ -1,6 +1,7 @@
 """Raw data sources: which ones a data set needs, what their files must hash to, where they land.
 
-A source is ``data.sources.<name>`` in ``params.yaml``: an ordered list of mirrors and, per file,
+A source is ``sources.<name>`` in ``data/sources.yaml`` (beside ``params.yaml``; a dependency of
+the download stage, not a param): an ordered list of mirrors and, per file,
 either the SHA-256 of its *decompressed payload* (``files``: a gzip file's decompressed bytes,
 a ``.tar.gz`` file's tar stream, a plain file itself) or, where no payload digest is published,
 the SHA-256 of the file exactly as the mirror serves it (``archive_sha256``). Checking the
@@ -21,14 +22,16 @@ import hashlib
 import logging
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from multitask.config import ConfigError, DataConfig, Source
+from multitask.config import ConfigError, Params, Source, load_sources
 from multitask.data.datasets import DATASETS
-from multitask.io import read_json, write_json
+from multitask.device import select_device
+from multitask.io import atomic_open, read_json, write_json
+from multitask.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,8 @@ _CACHE_VERSION = 1
 
 
 class ChecksumError(ValueError):
-    """A file whose digest is not the one ``params.yaml`` expects (or that cannot be read)."""
+    """A file whose digest is not the one ``data/sources.yaml`` expects (or that cannot be
+    read)."""
 
 
 @dataclass(frozen=True)
@@ -52,25 +56,52 @@ class ExpectedFile:
 
 
 def expected_files(source: Source) -> list[ExpectedFile]:
-    """Every file of ``source``, payload-checked ones first, in ``params.yaml`` order."""
+    """Every file of ``source``, payload-checked ones first, in the sources file's order."""
     return [ExpectedFile(name, digest, "payload") for name, digest in source.files.items()] + [
         ExpectedFile(name, digest, "archive") for name, digest in source.archive_sha256.items()
     ]
 
 
 def required_sources(
-    data: DataConfig, names: Sequence[str] = (), params_path: str | Path = "params.yaml"
+    sources: Mapping[str, Source], dataset: str, names: Sequence[str] = (),
+    sources_path: str | Path = "data/sources.yaml",
 ) -> dict[str, Source]:
-    """The sources to fetch: ``names`` if given, else those ``data.dataset`` is built from."""
-    wanted = list(dict.fromkeys(names)) or list(DATASETS[data.dataset].sources)
+    """The sources to fetch: ``names`` if given, else those data set ``dataset`` is built from.
+
+    ``sources`` is the content of ``sources_path`` (:func:`multitask.config.load_sources`).
+    """
+    wanted = list(dict.fromkeys(names)) or list(DATASETS[dataset].sources)
     for name in wanted:
-        if name not in data.sources:
-            why = "was asked for" if names else f"is needed by data.dataset={data.dataset}"
+        if name not in sources:
+            why = "was asked for" if names else f"is needed by data.dataset={dataset}"
             raise ConfigError(
-                f"{params_path}: data.sources.{name}: not defined, but {name} {why}; add it "
-                f"with its mirrors and files (defined: {', '.join(sorted(data.sources))})"
+                f"{sources_path}: sources.{name}: not defined, but {name} {why}; add it "
+                f"with its mirrors and files (defined: {', '.join(sorted(sources))})"
             )
-    return {name: data.sources[name] for name in wanted}
+    return {name: sources[name] for name in wanted}
+
+
+CHECKED = "params.yaml and data/sources.yaml passed multitask check\n"
+
+
+def check(params: Params, layout: Layout) -> None:
+    """The ``check`` stage, first in ``dvc.yaml``: stop a bad experiment before DVC touches
+    any other stage's outputs.
+
+    DVC deletes a stage's outputs just before running it, so a typo found by ``train`` would
+    cost the last good model and reports. ``params`` arrive fully validated (names of data
+    sets, architectures, weighting methods and their params included); this adds the sources
+    file, the sources the data set needs and the device (``train.device: cuda`` without a
+    GPU would fail in baselines, after DVC removed their outputs). The output's content is the
+    same for every valid input, so the stages depending on it rerun only for what they read.
+    """
+    sources = load_sources(layout.sources)
+    required_sources(sources, params.data.dataset, sources_path=layout.sources)
+    select_device(params.train.device, params.source)
+    layout.params_check.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(layout.params_check, "w") as handle:
+        handle.write(CHECKED)
+    log.info("%s and %s: valid", params.source, layout.sources)
 
 
 # ---------------------------------------------------------------------------------- digests

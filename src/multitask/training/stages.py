@@ -52,7 +52,8 @@ def baseline_params(params: Params) -> Params:
 def baselines(params: Params, layout: Layout) -> dict[str, dict[str, float]]:
     """One single-task model per task, same backbone and schedule: the Δm% reference.
 
-    Writes the models and ``reports/baselines.json``; returns ``{task: test metrics}``.
+    Writes the models, ``reports/baselines.json`` (per-task test metrics, a DVC metrics file)
+    and ``reports/baselines_info.json`` (how they were made); returns ``{task: test metrics}``.
     """
     params = baseline_params(params)
     with distributed.process_group(select_device(params.train.device, params.source)) as group:
@@ -77,8 +78,9 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
         checkpoint.unlink(missing_ok=True)
     if not writes:
         return results
-    write_json(layout.baselines_json, {
-        keys.TASKS: results,
+    # baselines.json is a DVC metrics file: metrics only, or dvc exp show lists the rest too.
+    write_json(layout.baselines_json, {keys.TASKS: results})
+    write_json(layout.baselines_info, {
         "backbone": params.model.backbone,
         "epochs": params.train.epochs,
         "data_sha256": data.meta["sha256"],

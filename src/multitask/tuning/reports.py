@@ -1,5 +1,6 @@
 """``reports/tuning/``: the chosen weights (read by ``train`` when ``train.weighting: tuned``),
-the Pareto front as a CSV (a DVC plot) and a PNG, and the study summary; written atomically."""
+every trial and the Pareto front as CSVs (one DVC scatter plot, the front its own series) and a
+PNG, and the study summary; written atomically."""
 
 from __future__ import annotations
 
@@ -86,6 +87,13 @@ def _trial_row(trial: FrozenTrial, setup: Setup) -> dict[str, Any]:
     return row
 
 
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    with atomic_open(path, "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def _seconds(trials: Sequence[FrozenTrial]) -> dict[str, float | None]:
     """Wall time per trial; ``min`` is the least disturbed by other load on the machine."""
     durations = [t.duration.total_seconds() for t in trials if t.duration is not None]
@@ -131,10 +139,8 @@ def write_reports(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tr
     rows = [{**_trial_row(t, setup), "on_front": int(i in front), "chosen": int(i == chosen)}
             for i, t in enumerate(complete)]
     layout = setup.layout
-    with atomic_open(layout.pareto_csv, "w") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_rows(layout.pareto_csv, rows)
+    _write_rows(layout.pareto_front_csv, [row for row in rows if row["on_front"]])
     save_figure(pareto_figure(points, front, chosen, names,
                               f"{setup.study_name}: {len(complete)} trials, {selection}"),
                 layout.pareto_png)
