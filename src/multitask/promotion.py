@@ -121,8 +121,20 @@ def promote(params: Params, layout: Layout, *, run_id: str | None = None,
     """``multitask promote [--dry-run] [--run-id ID]``: the exit code says the outcome."""
     name = model_name(params)
     aggregate = params.promote.aggregate
+    given = run_id
     run_id = _candidate_run_id(layout, run_id)
-    run = tracking.get_run(run_id)
+    try:
+        run = tracking.get_run(run_id)
+    except ValueError as exc:
+        if given:
+            raise
+        # A fresh clone: reports/train.json is committed, its run lives in the store of the
+        # machine that last ran the pipeline, not in this clone's mlflow.db.
+        raise ValueError(
+            f"{exc}.\n{layout.train_json} names the run that trained the committed model, "
+            "which lives in the MLflow store of whoever ran the pipeline last. Run the pipeline "
+            f"here first (`dvc repro {layout.root / 'dvc.yaml'}`), then promote; or set "
+            "MLFLOW_TRACKING_URI to the store that holds that run (the team's server)") from None
     if run.info.status != "FINISHED":
         raise ValueError(f"run {run_id} is {run.info.status}; only a finished, evaluated run "
                          "can be promoted (rerun `multitask evaluate`)")
