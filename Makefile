@@ -43,10 +43,11 @@ bench: setup
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
+# The MLflow UI over the embedded store on http://127.0.0.1:5000 (another port: MLFLOW_PORT=5002).
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --host 127.0.0.1
 
-# optuna-dashboard over the tuning study (objectives named val/<task>/accuracy) on
+# optuna-dashboard over the tuning study (objectives named val/accuracy/<task>) on
 # http://127.0.0.1:8080 until Ctrl-C. The sample's: make dashboard STUDY=sample/reports/tuning/study.journal;
 # a PostgreSQL study: STUDY=postgresql://...; another port: DASHBOARD_PORT=8081.
 STUDY ?= reports/tuning/study.journal
