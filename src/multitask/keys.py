@@ -1,10 +1,13 @@
 """Every metric key, spelt once: MLflow metrics, DVC metrics and plots, reports, gates.
 
-Per-task metrics are ``<split>/<task>/<metric>`` (``train/left/loss``, ``val/left/accuracy``,
-``test/left/accuracy``), task weights ``weight/<task>``, aggregates ``test/mean_accuracy`` and
-``test/delta_m_pct``. The trainer and stages produce them with the functions below; plots,
-tuning, promotion and the CI report read them with the same functions, so a renamed or new
-metric changes here and in its producer only.
+Per-task metrics are ``<split>/<metric>/<task>`` (``train/loss/left``, ``val/accuracy/left``,
+``test/accuracy/left``), task weights ``weight/<task>``, aggregates ``test/mean_accuracy`` and
+``test/delta_m_pct``. The task comes last because MLflow's UI groups a run's charts into sections
+by everything before a key's last ``/``: ``val/accuracy`` is one section holding every task's
+validation accuracy side by side (with ``val/<task>/accuracy`` each task had its own section).
+The trainer and stages produce them with the functions below; plots, tuning, promotion and the
+CI report read them with the same functions, so a renamed or new metric changes here and in its
+producer only.
 
 ``reports/metrics.json`` and ``reports/baselines.json`` nest the same names:
 ``{"tasks": {task: {metric: value}}, "mean_accuracy": ..., "delta_m_pct": ...}``.
@@ -31,12 +34,12 @@ TRAIN_IMAGES_PER_S = "time/train_images_per_s"
 AGGREGATES: Mapping[str, str] = {"delta_m": f"{TEST}/{DELTA_M}",
                                  "mean_accuracy": f"{TEST}/{MEAN_ACCURACY}"}
 
-_TASK_METRIC = re.compile(r"(?P<split>train|val|test)/(?P<task>[^/]+)/(?P<metric>[^/]+)")
+_TASK_METRIC = re.compile(r"(?P<split>train|val|test)/(?P<metric>[^/]+)/(?P<task>[^/]+)")
 
 
 def task_metric(split: str, task: str, metric: str) -> str:
-    """``val/left/accuracy``."""
-    return f"{split}/{task}/{metric}"
+    """``val/accuracy/left``."""
+    return f"{split}/{metric}/{task}"
 
 
 def weight(task: str) -> str:
@@ -56,7 +59,7 @@ def parse_task_metric(key: str) -> tuple[str, str, str] | None:
 
 
 def task_values(metrics: Mapping[str, float], split: str, metric: str) -> dict[str, float]:
-    """``{task: value}`` of every ``<split>/<task>/<metric>`` key in ``metrics``."""
+    """``{task: value}`` of every ``<split>/<metric>/<task>`` key in ``metrics``."""
     found = {}
     for key, value in metrics.items():
         parsed = parse_task_metric(key)
@@ -66,7 +69,7 @@ def task_values(metrics: Mapping[str, float], split: str, metric: str) -> dict[s
 
 
 def split_metrics(split: str, per_task: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """``{task: {metric: v}}`` -> ``{"<split>/<task>/<metric>": v}``."""
+    """``{task: {metric: v}}`` -> ``{"<split>/<metric>/<task>": v}``."""
     return {task_metric(split, task, metric): float(value)
             for task, values in per_task.items() for metric, value in values.items()}
 

@@ -194,5 +194,5 @@ def test_the_sample_pipeline_runs_with_two_processes(tmp_path: Path) -> None:
     (run,) = runs
     assert run.info.status == "FINISHED"
     assert run.data.params["train.processes"] == "2"
-    history = client.get_metric_history(run.info.run_id, "val/left/accuracy")
+    history = client.get_metric_history(run.info.run_id, "val/accuracy/left")
     assert [m.step for m in history] == list(range(1, report["epochs"] + 1))

@@ -51,7 +51,7 @@ UNAVAILABLE_EXIT = 4  # the script's exit status when PostgreSQL cannot run on t
 FRACTION = "sample/params.yaml:++train.data_fraction"
 QUEUED = {"exp-server-a": "0.5", "exp-server-b": "0.4"}  # name -> train.data_fraction
 RESTART_EPOCHS = 8
-PER_EPOCH = [f"{split}/{task}/{metric}" for task in TASKS
+PER_EPOCH = [f"{split}/{metric}/{task}" for task in TASKS
              for split, metric in (("train", "loss"), ("val", "loss"), ("val", "accuracy"))]
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tracking-server")]
@@ -154,7 +154,7 @@ def test_the_pipeline_runs_land_on_the_server_and_are_read_back_through_it(
     assert run.info.status == "FINISHED"
     for key in PER_EPOCH:
         assert _steps(client, served.run_id, key) == list(range(1, EPOCHS + 1)), key
-    assert {f"test/{task}/accuracy" for task in TASKS} | {"test/delta_m_pct"} \
+    assert {f"test/accuracy/{task}" for task in TASKS} | {"test/delta_m_pct"} \
         <= set(run.data.metrics)
 
     # artifacts go through the server to its --artifacts-destination, never to the clone
@@ -177,7 +177,7 @@ def test_the_pipeline_runs_land_on_the_server_and_are_read_back_through_it(
     trials = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{tune.info.run_id}'")
     assert len(trials) == 1  # SMALL: tune.n_trials 1
     assert all(trial.info.status == "FINISHED" for trial in trials)
-    assert all(f"val/{task}/accuracy" in trial.data.metrics for task in TASKS for trial in trials)
+    assert all(f"val/accuracy/{task}" in trial.data.metrics for task in TASKS for trial in trials)
 
 
 def test_promote_and_predict_with_a_models_uri_through_the_server(
@@ -217,7 +217,7 @@ def test_two_pipelines_logging_at_once_lose_nothing(served: SampleRepo, queued: 
         assert run.data.params["train.data_fraction"] == QUEUED[name]
         for key in PER_EPOCH + [f"weight/{task}" for task in TASKS]:
             assert _steps(client, run.info.run_id, key) == list(range(1, EPOCHS + 1)), (name, key)
-        assert {f"test/{task}/accuracy" for task in TASKS} <= set(run.data.metrics), name
+        assert {f"test/accuracy/{task}" for task in TASKS} <= set(run.data.metrics), name
         assert {"metrics.json", "plots/curves.png"} <= _artifacts(client, run.info.run_id)
         model = fetch_checked_model(run.data.tags["multitask.model_uri"], tmp_path / name)
         assert (model / "MLmodel").is_file(), name
@@ -245,7 +245,7 @@ def test_a_server_killed_mid_run_and_restarted_still_gets_the_later_metrics(
             assert time.monotonic() < deadline, "no epoch logged within 180 s"
             experiment = client.get_experiment_by_name("server-restart")
             found = client.search_runs([experiment.experiment_id]) if experiment else []
-            if found and (before := _steps(client, found[0].info.run_id, "val/left/accuracy")):
+            if found and (before := _steps(client, found[0].info.run_id, "val/accuracy/left")):
                 break
             time.sleep(0.3)
         server.crash()

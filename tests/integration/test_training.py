@@ -72,9 +72,9 @@ def test_a_few_steps_lower_every_task_loss(processed: Path, weighting: str) -> N
 @pytest.mark.slow
 def test_short_run_is_far_above_chance(processed: Path) -> None:
     history = make_trainer(processed, epochs=4).fit()
-    assert history[-1]["val/left/accuracy"] > 0.5  # chance: 0.1
-    assert history[-1]["val/right/accuracy"] > 0.5
-    assert history[-1]["train/left/loss"] < history[0]["train/left/loss"]
+    assert history[-1]["val/accuracy/left"] > 0.5  # chance: 0.1
+    assert history[-1]["val/accuracy/right"] > 0.5
+    assert history[-1]["train/loss/left"] < history[0]["train/loss/left"]
 
 
 def test_two_cpu_runs_are_identical(processed: Path) -> None:
@@ -92,9 +92,9 @@ def test_rotation_task_trains_alongside(processed: Path) -> None:
                                   data_fraction=0.25),
                       progress=False)
     record = trainer.fit()[-1]
-    assert {"train/rotation/loss", "weight/rotation"} <= set(record)
-    assert "val/rotation/accuracy" not in record  # auxiliary: not scored on the data set
-    assert record["train/rotation/loss"] < 1.39  # below chance level ln(4)
+    assert {"train/loss/rotation", "weight/rotation"} <= set(record)
+    assert "val/accuracy/rotation" not in record  # auxiliary: not scored on the data set
+    assert record["train/loss/rotation"] < 1.39  # below chance level ln(4)
 
 
 def test_famo_updates_after_each_step_with_the_rotation_task(processed: Path) -> None:

@@ -246,7 +246,7 @@ def test_the_study_has_a_readable_name_named_objectives_and_its_hash(processed: 
     storage = tuning.StudyStorage(str(workdir / JOURNAL), "test")
     study = open_study(first, storage, n_trials=2)
     assert study.study_name == first.study_name
-    assert study.metric_names == ["val/left/accuracy", "val/right/accuracy"]
+    assert study.metric_names == ["val/accuracy/left", "val/accuracy/right"]
     assert study.user_attrs["parameter_hash"] == first.parameter_hash
     assert study.user_attrs["fingerprint"] == first.fingerprint
     single = open_study(searched, storage, n_trials=2)
@@ -264,11 +264,11 @@ def test_a_short_study_yields_a_pareto_front_and_weights_train_uses(processed: P
     summary = json.loads((workdir / "reports/tuning/summary.json").read_text())
     study = optuna.load_study(study_name=summary["study"],
                               storage=tuning.StudyStorage(str(workdir / JOURNAL), "test").optuna)
-    assert study.metric_names == ["val/left/accuracy", "val/right/accuracy"]  # dashboard axes
+    assert study.metric_names == ["val/accuracy/left", "val/accuracy/right"]  # dashboard axes
     assert summary["trials"] == {"COMPLETE": 5}
     rows = read_csv(workdir / "reports/tuning/pareto.csv")
     assert [int(r["trial"]) for r in rows] == [0, 1, 2, 3, 4]
-    points = np.array([[float(r["val/left/accuracy"]), float(r["val/right/accuracy"])]
+    points = np.array([[float(r["val/accuracy/left"]), float(r["val/accuracy/right"])]
                        for r in rows])
     front = [i for i, r in enumerate(rows) if r["on_front"] == "1"]
     for i in range(len(rows)):
@@ -394,7 +394,7 @@ def test_mlflow_parent_run_holds_one_nested_run_per_trial(processed: Path,
         assert child.data.tags["optuna.state"] == "COMPLETE"
         assert float(child.data.params["weight/left"]) + float(
             child.data.params["weight/right"]) == pytest.approx(1.0)
-        history = client.get_metric_history(child.info.run_id, "val/right/accuracy")
+        history = client.get_metric_history(child.info.run_id, "val/accuracy/right")
         assert [m.step for m in history] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "tuning")}
     assert artifacts == {"tuning/weights.json", "tuning/pareto.png", "tuning/pareto.csv",

@@ -64,8 +64,8 @@ def test_bf16_autocast_training_learns(processed: Path) -> None:
     with autocast(run.device):
         assert run.model.encode(x).dtype == torch.bfloat16
     history = run.fit()
-    assert history[-1]["val/left/accuracy"] > 0.4
-    assert history[-1]["train/right/loss"] < history[0]["train/right/loss"]
+    assert history[-1]["val/accuracy/left"] > 0.4
+    assert history[-1]["train/loss/right"] < history[0]["train/loss/right"]
 
 
 @pytest.mark.cuda

@@ -44,13 +44,13 @@ def test_promotion_and_ci_gates_agree_task_by_task() -> None:
 
 def test_keys_round_trip() -> None:
     key = keys.task_metric(keys.VAL, "left", keys.ACCURACY)
-    assert key == "val/left/accuracy"
+    assert key == "val/accuracy/left"
     assert keys.parse_task_metric(key) == ("val", "left", "accuracy")
     assert keys.parse_task_metric(keys.weight("left")) is None
     assert keys.parse_task_metric(keys.EPOCH_SECONDS) is None
     flat = keys.flat_test_metrics({keys.TASKS: {"left": {"accuracy": 0.8, "loss": 0.5}},
                                    keys.MEAN_ACCURACY: 0.8, keys.DELTA_M: 1.5})
-    assert flat == {"test/left/accuracy": 0.8, "test/left/loss": 0.5,
+    assert flat == {"test/accuracy/left": 0.8, "test/loss/left": 0.5,
                     "test/mean_accuracy": 0.8, "test/delta_m_pct": 1.5}
     assert keys.task_values(flat, keys.TEST, keys.ACCURACY) == {"left": 0.8}
     assert keys.higher_is_better("accuracy") and not keys.higher_is_better("loss")

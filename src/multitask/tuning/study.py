@@ -67,7 +67,7 @@ class Setup:
 
     @property
     def metric_names(self) -> list[str]:
-        """The objectives as the study names them: ``val/<task>/accuracy`` per task, or the
+        """The objectives as the study names them: ``val/accuracy/<task>`` per task, or the
         single objective (``mean_accuracy``, ``delta_m``)."""
         return [name if self.single else keys.task_metric(keys.VAL, name, keys.ACCURACY)
                 for name in self.objective_names]
