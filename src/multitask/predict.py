@@ -1,9 +1,10 @@
-"""``multitask predict``: every task's label for a few images, through a logged or registered model.
+"""``multitask predict``: every task's class name and probability for a few images, through a
+logged or registered model.
 
-The logged model (see :func:`multitask.tracking.log_model`) is
-:class:`multitask.models.serving.TaskLabels`: it takes float32 raw pixel values 0..255 shaped
-(N, C, H, W) and returns one column of predicted class indices per task. This module turns
-files into that batch and the columns into names.
+The logged model (see :func:`multitask.tracking.log_model`) takes float32 raw pixel values 0..255
+shaped (N, C, H, W) and answers the same table as ``mlflow models serve``: per task a column
+``<task>`` (the class name) and ``<task>_probability``. This module turns files into that batch
+and prints the table.
 
 Images: PNG/JPEG (converted to grayscale; any other size is scaled to fit the model's canvas,
 keeping the aspect ratio, and padded with black -- the data's background -- with a warning) and
@@ -117,8 +118,8 @@ def load_images(paths: list[Path], shape: tuple[int, int, int]) -> tuple[np.ndar
 
 
 # --------------------------------------------------------------------------------- predicting
-def model_info(model: Any) -> tuple[list[str], dict[str, list[str]], tuple[int, int, int]]:
-    """Task names, class names and input shape (C, H, W) of a loaded pyfunc model."""
+def model_info(model: Any) -> tuple[list[str], tuple[int, int, int]]:
+    """Task names and input shape (C, H, W) of a loaded pyfunc model."""
     metadata = model.metadata.metadata or {}
     tasks = list(metadata.get("task_names") or [])
     if not tasks:
@@ -131,44 +132,31 @@ def model_info(model: Any) -> tuple[list[str], dict[str, list[str]], tuple[int, 
     shape = tuple(schema.inputs[0].shape[1:])
     if len(shape) != 3:
         raise ValueError(f"the model's input signature has shape {shape}; expected (C, H, W)")
-    return tasks, dict(metadata.get("class_names") or {}), shape  # type: ignore[return-value]
+    return tasks, shape  # type: ignore[return-value]
 
 
-def predict_labels(model: Any, batch: np.ndarray) -> pd.DataFrame:
-    """Predicted class indices, one column per task, for a (N, C, H, W) batch."""
-    tasks, _, _ = model_info(model)
-    predicted = np.asarray(model.predict(batch.astype(np.float32)))
-    return pd.DataFrame(predicted, columns=tasks)
-
-
-def label(class_names: dict[str, list[str]], task: str, index: int) -> str:
-    """The class name of ``index`` for ``task`` (the index itself when the model has none)."""
-    names = class_names.get(task) or []
-    return names[index] if 0 <= index < len(names) else str(index)
+def predict_table(model: Any, batch: np.ndarray) -> pd.DataFrame:
+    """The model's answer for a (N, C, H, W) batch: per task ``<task>`` (class name) and
+    ``<task>_probability``, exactly what ``mlflow models serve`` returns."""
+    tasks, _ = model_info(model)
+    table = model.predict(batch.astype(np.float32))
+    if not isinstance(table, pd.DataFrame) or not set(tasks) <= set(table.columns):
+        raise ValueError("the model answered no table of class names per task; it was logged "
+                         "by an older multitask: rerun `multitask train` to log it again")
+    return table
 
 
 def predict(model_uri: str, images: Sequence[str | Path], as_json: bool = False) -> int:
-    """``multitask predict --model URI IMAGE... [--json]``: print each image's labels."""
+    """``multitask predict --model URI IMAGE... [--json]``: print each image's classes."""
     from multitask.tracking import load_model
 
     model = load_model(model_uri)
-    tasks, class_names, shape = model_info(model)
+    _, shape = model_info(model)
     batch, names = load_images([Path(p) for p in images], shape)
-    indices = predict_labels(model, batch)
-    rows = [
-        {"image": name,
-         "labels": {t: label(class_names, t, int(indices.at[i, t])) for t in tasks},
-         "classes": {t: int(indices.at[i, t]) for t in tasks}}
-        for i, name in enumerate(names)
-    ]
+    table = predict_table(model, batch)
+    table.insert(0, "image", names)
     if as_json:
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        sys.stdout.write(json.dumps(table.to_dict(orient="records"), indent=2) + "\n")
         return 0
-    width = max(len("image"), *(len(n) for n in names))
-    header = "  ".join([f"{'image':<{width}}", *(f"{t:<14}" for t in tasks)])
-    lines = [header.rstrip()]
-    for row in rows:
-        cells = [f"{row['image']:<{width}}", *(f"{row['labels'][t]:<14}" for t in tasks)]
-        lines.append("  ".join(cells).rstrip())
-    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.write(table.to_string(index=False, float_format=lambda p: f"{p:.3f}") + "\n")
     return 0

@@ -45,8 +45,8 @@ def evaluated_run(left: float, right: float, delta_m: float) -> str:
     with stage_run(params, "train") as run:
         run.log_model(model, np.zeros((2, 36, 36), dtype=np.uint8), ["left", "right"])
     with stage_run(params, "evaluate", run_id=run.run_id) as reopened:
-        reopened.log_metrics({"test/left/accuracy": left, "test/right/accuracy": right,
-                              "test/left/loss": 1 - left, "test/right/loss": 1 - right,
+        reopened.log_metrics({"test/accuracy/left": left, "test/accuracy/right": right,
+                              "test/loss/left": 1 - left, "test/loss/right": 1 - right,
                               "test/delta_m_pct": delta_m,
                               "test/mean_accuracy": (left + right) / 2})
     assert run.run_id is not None
@@ -84,7 +84,7 @@ def test_promotion_first_better_worse_dry_run_and_status(
     client = mlflow.MlflowClient()
     assert aliases() == {"champion": "1"}
     tags = client.get_model_version(NAME, "1").tags
-    assert float(tags["test/left/accuracy"]) == pytest.approx(0.80)
+    assert float(tags["test/accuracy/left"]) == pytest.approx(0.80)
     assert float(tags["test/delta_m_pct"]) == pytest.approx(1.0)
     assert tags["gate.decision"] == "champion"
 
@@ -157,11 +157,12 @@ def test_a_pickled_model_is_never_registered_or_loaded(
         logged = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle")
         run.set_tags({tracking.MODEL_URI_TAG: logged.model_uri})
     with stage_run(params, "evaluate", run_id=run.run_id) as reopened:
-        reopened.log_metrics({"test/left/accuracy": 0.9, "test/right/accuracy": 0.9,
+        reopened.log_metrics({"test/accuracy/left": 0.9, "test/accuracy/right": 0.9,
                               "test/delta_m_pct": 5.0, "test/mean_accuracy": 0.9})
     assert promote("--run-id", str(run.run_id)) == 1
     error = capsys.readouterr().err
-    assert f"{logged.model_uri}: refused to load: model files ['model.pth', " in error
+    assert (f"{logged.model_uri}: refused to load: flavours ['python_function', 'pytorch'], "
+            "expected exactly multitask with its pyfunc loader") in error
     assert "a pickled model runs code when loaded" in error
     with pytest.raises(ValueError, match="refused to load"):
         tracking.load_model(logged.model_uri)

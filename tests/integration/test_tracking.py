@@ -18,7 +18,7 @@ import torch
 
 from multitask.config import Params, TrackingConfig, flatten, load_params
 from multitask.models import build_model
-from multitask.predict import predict_labels
+from multitask.predict import predict_table
 from multitask.tasks import Task
 from multitask.tracking import (
     MODEL_URI_TAG,
@@ -90,9 +90,9 @@ def test_train_run_logs_params_tags_epochs_and_finishes(
     params = sample_params()
     with stage_run(params, "train") as run:
         for epoch in range(3):
-            run.log_epoch(epoch, {"train/left/loss": 1.0 / (epoch + 1), "val/right/accuracy": 0.5,
+            run.log_epoch(epoch, {"train/loss/left": 1.0 / (epoch + 1), "val/accuracy/right": 0.5,
                                   "weight/left": 0.5, "grad/cos/left__right": -0.1})
-        run.log_metrics({"test/left/accuracy": 0.9})
+        run.log_metrics({"test/accuracy/left": 0.9})
     client = mlflow.MlflowClient(store)
     logged = client.get_run(run.run_id)
     assert logged.info.status == "FINISHED"
@@ -111,7 +111,7 @@ def test_train_run_logs_params_tags_epochs_and_finishes(
     assert {"git.commit", "cuda.version"} <= set(tags)
     history = client.get_metric_history(run.run_id, "grad/cos/left__right")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1, 2]
-    losses = {m.step: m.value for m in client.get_metric_history(run.run_id, "train/left/loss")}
+    losses = {m.step: m.value for m in client.get_metric_history(run.run_id, "train/loss/left")}
     assert losses == pytest.approx({0: 1.0, 1: 0.5, 2: 1 / 3})
     # artifacts beside the store, not in ./mlruns of whatever folder the stage ran in
     assert logged.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
@@ -120,9 +120,9 @@ def test_train_run_logs_params_tags_epochs_and_finishes(
 def test_evaluate_reopens_the_train_run_and_a_missing_run_is_a_clear_error(store: str) -> None:
     params = sample_params()
     with stage_run(params, "train") as run:
-        run.log_epoch(0, {"val/left/accuracy": 0.4})
+        run.log_epoch(0, {"val/accuracy/left": 0.4})
     with stage_run(params, "evaluate", run_id=run.run_id) as reopened:
-        reopened.log_metrics({"test/left/accuracy": 0.8, "test/delta_m_pct": 1.5})
+        reopened.log_metrics({"test/accuracy/left": 0.8, "test/delta_m_pct": 1.5})
     assert reopened.run_id == run.run_id
     logged = mlflow.MlflowClient(store).get_run(run.run_id)
     assert logged.info.status == "FINISHED"
@@ -140,12 +140,12 @@ def test_evaluate_reopens_the_train_run_and_a_missing_run_is_a_clear_error(store
 def test_a_crash_or_ctrl_c_ends_the_run_failed_with_the_reason(
         store: str, error: BaseException) -> None:
     with pytest.raises(type(error)), stage_run(sample_params(), "train") as run:
-        run.log_epoch(0, {"train/left/loss": 2.0})
+        run.log_epoch(0, {"train/loss/left": 2.0})
         raise error
     logged = mlflow.MlflowClient(store).get_run(run.run_id)
     assert logged.info.status == "FAILED"
     assert logged.data.tags["failure"].startswith(f"train: {type(error).__name__}")
-    assert logged.data.metrics["train/left/loss"] == 2.0  # flushed before ending
+    assert logged.data.metrics["train/loss/left"] == 2.0  # flushed before ending
 
 
 def test_sigterm_ends_the_run_failed(store: str, tmp_path: Path) -> None:
@@ -180,7 +180,7 @@ def test_nested_runs_end_finished_pruned_or_failed_under_their_parent(store: str
     with stage_run(sample_params(), "tune") as parent:
         with nested_run(parent.run_id, "trial-0", params={"weight/left": 0.3},
                         tags={"optuna.trial": "0"}) as trial:
-            trial.log_epoch(1, {"val/left/accuracy": 0.5})
+            trial.log_epoch(1, {"val/accuracy/left": 0.5})
             with pytest.raises(RuntimeError, match="not the active stage run"):
                 trial.log_model(torch.nn.Linear(1, 1), np.zeros((2, 1)), ["left"])
         with pytest.raises(Pruned), nested_run(parent.run_id, "trial-1",
@@ -195,7 +195,7 @@ def test_nested_runs_end_finished_pruned_or_failed_under_their_parent(store: str
     assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.run_id}
     assert [r.info.status for r in runs.values()] == ["FINISHED", "FINISHED", "FAILED"]
     assert runs[trial.run_id].data.params == {"weight/left": "0.3"}
-    assert runs[trial.run_id].data.metrics == {"val/left/accuracy": 0.5}
+    assert runs[trial.run_id].data.metrics == {"val/accuracy/left": 0.5}
     assert runs[failed.run_id].data.tags["failure"] == "trial-2: ValueError: nan loss"
     assert client.get_run(stale.run_id).info.status == "FAILED"
     assert client.get_run(stale.run_id).data.tags["failure"] == "tune: worker 3 is gone"
@@ -207,7 +207,7 @@ def test_nested_runs_end_finished_pruned_or_failed_under_their_parent(store: str
 
 def test_disabled_tracking_does_nothing(store: str, tmp_path: Path) -> None:
     with stage_run(sample_params(enabled=False), "train") as run:
-        run.log_epoch(0, {"train/left/loss": 1.0})
+        run.log_epoch(0, {"train/loss/left": 1.0})
         run.set_tags({"a": "b"})
         run.log_artifact(tmp_path / "missing.txt")
         assert run.log_model(torch.nn.Linear(1, 1), np.zeros((1, 1)), ["left"]) is None
@@ -266,7 +266,8 @@ def test_artifacts_figure_and_dataset_input(store: str, tmp_path: Path) -> None:
     assert logged.data.tags["data.sha256"] == "ab" * 32
 
 
-def test_logged_model_loads_with_pyfunc_and_predicts_every_task(store: str) -> None:
+def test_logged_model_loads_with_pyfunc_and_names_every_task_class_and_probability(
+        store: str) -> None:
     torch.manual_seed(0)
     tasks = [Task("left", 10), Task("right", 10)]
     model = build_model(sample_params().model, tasks, in_channels=1, image_size=36).eval()
@@ -279,16 +280,25 @@ def test_logged_model_loads_with_pyfunc_and_predicts_every_task(store: str) -> N
     assert tags[MODEL_URI_TAG] == uri
     loaded = load_model(uri)
     batch = images[:, None].astype(np.float32)
-    table = predict_labels(loaded, batch)
-    assert list(table.columns) == ["left", "right"]
+    table = predict_table(loaded, batch)
+    assert list(table.columns) == ["left", "left_probability", "right", "right_probability"]
     with torch.no_grad():
         logits = model((torch.from_numpy(batch) / 255.0 - 0.3) / 0.3)
-    assert table["left"].tolist() == logits["left"].argmax(1).tolist()
-    assert table["right"].tolist() == logits["right"].argmax(1).tolist()
+    for task in ("left", "right"):
+        probabilities = logits[task].softmax(1)
+        assert table[task].tolist() == [classes[task][i] for i in probabilities.argmax(1)]
+        assert table[f"{task}_probability"].to_numpy() == pytest.approx(
+            probabilities.max(1).values.numpy(), abs=1e-5)
     assert loaded.metadata.metadata["class_names"] == classes
+    # the signature names the columns; the logged model carries the run's params
+    outputs = loaded.metadata.get_output_schema().to_dict()
+    assert [(o["name"], o["type"]) for o in outputs] == [
+        ("left", "string"), ("left_probability", "float"),
+        ("right", "string"), ("right_probability", "float")]
+    logged = mlflow.MlflowClient(store).get_logged_model(uri.removeprefix("models:/"))
+    assert set(logged.params) == set(flatten(sample_params()))
     # the run's own URI resolves to the same model
-    assert np.array_equal(load_model(f"runs:/{run.run_id}/model").predict(batch),
-                          table.to_numpy())
+    assert load_model(f"runs:/{run.run_id}/model").predict(batch).equals(table)
     with pytest.raises(ValueError, match="cannot load model models:/nope@champion"):
         load_model("models:/nope@champion")
 

@@ -245,7 +245,7 @@ def test_repro_run_has_every_metric_at_every_epoch_the_artifacts_and_tags(
     run = client.get_run(sample_pipeline.run_id)
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == EXPERIMENT
-    per_epoch = [f"{split}/{task}/{metric}" for task in TASKS
+    per_epoch = [f"{split}/{metric}/{task}" for task in TASKS
                  for split, metric in (("train", "loss"), ("val", "loss"), ("val", "accuracy"))]
     per_epoch += [f"weight/{task}" for task in TASKS]
     per_epoch += [key for key in run.data.metrics if key.startswith("grad/")]
@@ -253,12 +253,12 @@ def test_repro_run_has_every_metric_at_every_epoch_the_artifacts_and_tags(
     for key in per_epoch:
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
         assert steps == list(range(1, EPOCHS + 1)), key
-    test_keys = {f"test/{task}/{metric}" for task in TASKS for metric in ("accuracy", "loss")}
+    test_keys = {f"test/{metric}/{task}" for task in TASKS for metric in ("accuracy", "loss")}
     assert test_keys | {"test/delta_m_pct", "test/mean_accuracy"} <= set(run.data.metrics)
     assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics)
     reported = _reported_metrics(sample_pipeline, run.info.run_id)
     assert run.data.metrics["test/delta_m_pct"] == pytest.approx(reported["delta_m_pct"])
-    assert run.data.metrics["test/left/accuracy"] == reported["tasks"]["left"]["accuracy"]
+    assert run.data.metrics["test/accuracy/left"] == reported["tasks"]["left"]["accuracy"]
 
     def artifacts(path: str | None = None) -> set[str]:
         found = set()
@@ -286,7 +286,7 @@ def test_repro_run_has_every_metric_at_every_epoch_the_artifacts_and_tags(
 
 
 def test_logged_model_reproduces_the_reported_test_accuracy(sample_pipeline: SampleRepo) -> None:
-    from multitask.predict import predict_labels
+    from multitask.predict import predict_table
 
     uri = sample_pipeline.client().get_run(sample_pipeline.run_id).data.tags["multitask.model_uri"]
     mlflow.set_tracking_uri(sample_pipeline.store)
@@ -294,10 +294,13 @@ def test_logged_model_reproduces_the_reported_test_accuracy(sample_pipeline: Sam
     processed = sample_pipeline.sample / "data" / "processed"
     images = np.load(processed / "test_images.npy")[:, None].astype(np.float32)
     labels = np.load(processed / "test_labels.npy")
-    predicted = predict_labels(model, images)
+    predicted = predict_table(model, images)
+    names = {task["name"]: np.array(task["class_names"])
+             for task in json.loads((processed / "meta.json").read_text())["tasks"]}
     reported = _reported_metrics(sample_pipeline, sample_pipeline.run_id)
     for column, task in enumerate(TASKS):
-        accuracy = float(np.mean(predicted[task].to_numpy() == labels[:, column]))
+        truth = names[task][labels[:, column]]
+        accuracy = float(np.mean(predicted[task].to_numpy() == truth))
         assert accuracy == pytest.approx(reported["tasks"][task]["accuracy"], abs=0.005), task
 
 
@@ -328,7 +331,7 @@ def test_a_crash_in_train_leaves_the_run_failed(sample_pipeline: SampleRepo) -> 
         [experiment.experiment_id], filter_string="attributes.status = 'FAILED'")
     assert "injected failure" in failed.data.tags["failure"]
     assert [m.step for m in sample_pipeline.client().get_metric_history(
-        failed.info.run_id, "val/left/accuracy")] == [1]
+        failed.info.run_id, "val/accuracy/left")] == [1]
 
 
 def test_promote_predict_and_serve_the_champion(sample_pipeline: SampleRepo,
@@ -342,8 +345,8 @@ def test_promote_predict_and_serve_the_champion(sample_pipeline: SampleRepo,
     assert f"{MODEL} v1 is now champion" in output
     champion = sample_pipeline.client().get_model_version_by_alias(MODEL, "champion")
     assert champion.run_id == sample_pipeline.run_id
-    assert float(champion.tags["test/left/accuracy"]) == pytest.approx(
-        sample_pipeline.client().get_run(sample_pipeline.run_id).data.metrics["test/left/accuracy"])
+    assert float(champion.tags["test/accuracy/left"]) == pytest.approx(
+        sample_pipeline.client().get_run(sample_pipeline.run_id).data.metrics["test/accuracy/left"])
     again = sample_pipeline.run("multitask", "promote", "--run-id", sample_pipeline.run_id,
                                 "--dry-run", cwd=sample)
     assert "is already the champion" in again.stdout
@@ -358,8 +361,12 @@ def test_promote_predict_and_serve_the_champion(sample_pipeline: SampleRepo,
     assert [row["image"] for row in rows] == [str(tmp_path / "first.png"),
                                               f"{tmp_path / 'batch.npy'}[0]",
                                               f"{tmp_path / 'batch.npy'}[1]"]
-    names = json.loads((processed / "meta.json").read_text())["tasks"][0]["class_names"]
-    assert all(row["labels"]["left"] == names[row["classes"]["left"]] for row in rows)
+    names = {task["name"]: task["class_names"]
+             for task in json.loads((processed / "meta.json").read_text())["tasks"]}
+    for row in rows:  # per task: the class name and its probability
+        assert set(row) == {"image", *TASKS, *(f"{task}_probability" for task in TASKS)}
+        for task in TASKS:
+            assert row[task] in names[task] and 0 < row[f"{task}_probability"] <= 1
 
     port = free_port()
     server = subprocess.Popen(
@@ -369,11 +376,18 @@ def test_promote_predict_and_serve_the_champion(sample_pipeline: SampleRepo,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", server)
+        # the README's curl request: {"inputs": [[[[pixel, ...], ...]]]}, (N, 1, H, W) 0..255
         answer = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=30,
                                json={"inputs": images[:, None].astype(np.float32).tolist()})
         assert answer.status_code == 200, answer.text
         served = answer.json()["predictions"]
-        assert served == [[row["classes"][task] for task in TASKS] for row in rows]
+        expected = [{k: v for k, v in row.items() if k != "image"} for row in rows]
+        assert [{k: row[k] for k in expected[0] if "probability" not in k} for row in served] \
+            == [{k: row[k] for k in expected[0] if "probability" not in k} for row in expected]
+        for got, want in zip(served, expected, strict=True):
+            for task in TASKS:
+                key = f"{task}_probability"
+                assert got[key] == pytest.approx(want[key], abs=1e-6)
     finally:
         server.terminate()
         server.wait(timeout=30)

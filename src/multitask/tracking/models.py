@@ -1,7 +1,8 @@
 """The logged model: written as a ``torch.export`` program, loaded through pyfunc.
 
-The served module is :class:`multitask.models.serving.TaskLabels`; this module only moves it in
-and out of MLflow.
+The exported module is :class:`multitask.models.serving.TaskPredictions`, served with named
+columns by the :mod:`multitask.tracking.served` flavour; this module moves it in and out of
+MLflow and refuses any other model (pickled, or shipping code) before loading it.
 """
 
 from __future__ import annotations
@@ -21,33 +22,32 @@ if TYPE_CHECKING:
 MODEL_NAME = "model"  # the logged model's name inside its run
 MODEL_URI_TAG = "multitask.model_uri"  # where promote finds the run's model
 MODEL_FORMAT_TAG = "multitask.model_format"  # on registered versions: what loading expects
-MODEL_FORMAT = "torch.export program (pt2)"
-PT2_FILE = "model.pt2"
+MODEL_FORMAT = "torch.export program (pt2), multitask flavour"
 
 
 def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
               task_names: list[str], *, class_names: dict[str, list[str]] | None = None,
               pixel_mean: float = 0.0, pixel_std: float = 1.0) -> str:
-    """Log ``model`` with ``mlflow.pytorch.log_model`` so that pyfunc predicts every task.
+    """Log ``model`` so that pyfunc and ``mlflow models serve`` name every task's prediction.
 
-    The logged module is :class:`multitask.models.serving.TaskLabels` around ``model``: it takes
-    float32 raw pixel values 0..255 shaped (N, C, H, W) (an (N, H, W) example gets C=1),
-    normalises them as ``(x / 255 - pixel_mean) / pixel_std`` (pass the statistics the
-    trainer used) and returns an int64 (N, tasks) array of predicted class indices, one
-    column per task in ``task_names`` order. The task and class names travel in the model's
-    metadata; :func:`multitask.predict.predict_labels` turns the array into a named table.
-    It is saved as a ``torch.export`` program (pt2), so loading it needs torch, not this
-    package, and the batch dimension is dynamic. Only the run :func:`stage_run` opened
-    (MLflow's active run) can log a model. Returns the model URI (``models:/<id>``), also
-    stored in the run's ``multitask.model_uri`` tag.
+    The logged program is :class:`multitask.models.serving.TaskPredictions` around ``model``,
+    exported with ``torch.export``: it takes float32 raw pixel values 0..255 shaped
+    (N, C, H, W) (an (N, H, W) example gets C=1), normalises them as
+    ``(x / 255 - pixel_mean) / pixel_std`` (pass the statistics the trainer used) and gives
+    each task's class index and probability. Served through :mod:`multitask.tracking.served`,
+    the answer is a table with columns ``<task>`` (the class name from ``class_names``) and
+    ``<task>_probability``, in ``task_names`` order; the signature says so. MLflow copies
+    the run's params onto the logged model, so the experiment's Models tab shows them. Only
+    the run :func:`stage_run` opened (MLflow's active run) can log a model. Returns the model
+    URI (``models:/<id>``), also stored in the run's ``multitask.model_uri`` tag.
     """
     import mlflow
-    import mlflow.pytorch
     import numpy as np
     import torch
-    from mlflow.models import infer_signature
+    from mlflow.models import Model, infer_signature
 
-    from multitask.models.serving import TaskLabels
+    from multitask.models.serving import TaskPredictions
+    from multitask.tracking import served
 
     active = mlflow.active_run()
     if active is None or active.info.run_id != run_id:
@@ -59,22 +59,27 @@ def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
     if len(example) == 1:  # torch.export fixes a batch dimension of size 1 to 1
         example = np.concatenate([example, example])
     # A CPU copy: the caller's model stays where it is (``.cpu()`` would move it in place).
-    wrapped = TaskLabels(copy.deepcopy(model).cpu(), task_names, pixel_mean=pixel_mean,
-                         pixel_std=pixel_std).eval()
-    with torch.no_grad():
-        output = wrapped(torch.from_numpy(example)).numpy()
-    info = mlflow.pytorch.log_model(
-        wrapped,
+    wrapped = TaskPredictions(copy.deepcopy(model).cpu(), task_names, pixel_mean=pixel_mean,
+                              pixel_std=pixel_std).eval()
+    program = served.export_program(wrapped, example)
+    names = class_names or {}
+    output = served.NamedTaskOutput(program.module(), task_names, names).predict(example)
+    info = Model.log(
+        None,  # artifact_path: deprecated in favour of name, still positional
         name=MODEL_NAME,
+        flavor=served,
+        program=program,
+        task_names=list(task_names),
+        class_names=names,
         signature=infer_signature(example, output),
         input_example=example,
         # Explicit requirements: inferring them reloads the model in a subprocess (seconds).
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                           f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
-        # pt2 (torch.export): the saved graph loads without this package's classes.
-        serialization_format="pt2",
-        metadata={"task_names": list(task_names), "class_names": class_names or {},
-                  "input": "float32 (N, C, H, W) raw pixel values 0..255"},
+        metadata={"task_names": list(task_names), "class_names": names,
+                  "input": "float32 (N, C, H, W) raw pixel values 0..255",
+                  "output": "per task: <task> (class name), <task>_probability"},
+        model_type="multi-task classifier",
     )
     client().set_tag(run_id, MODEL_URI_TAG, info.model_uri)
     return info.model_uri
@@ -84,25 +89,31 @@ def _format_problem(folder: Path) -> str | None:
     """Why the model in ``folder`` is not one this package wrote (None when it is)."""
     import yaml
 
+    from multitask.tracking import served
+
     spec = yaml.safe_load((folder / "MLmodel").read_text()) or {}
     flavors = spec.get("flavors") or {}
-    if set(flavors) != {"python_function", "pytorch"}:
-        return f"flavours {sorted(flavors)}, expected exactly pytorch with its pyfunc loader"
-    if flavors["python_function"].get("loader_module") != "mlflow.pytorch":
-        return f"pyfunc loader {flavors['python_function'].get('loader_module')!r}"
-    if flavors["python_function"].get("code") or flavors["pytorch"].get("code"):
+    if set(flavors) != {"python_function", served.FLAVOR}:
+        return (f"flavours {sorted(flavors)}, expected exactly {served.FLAVOR} with its pyfunc "
+                "loader")
+    pyfunc = flavors["python_function"]
+    if pyfunc.get("loader_module") != served.LOADER_MODULE:
+        return f"pyfunc loader {pyfunc.get('loader_module')!r}, expected {served.LOADER_MODULE}"
+    if pyfunc.get("code") or pyfunc.get("model_code_path") or flavors[served.FLAVOR].get("code"):
         return "it ships code to import"
-    data = folder / str(flavors["pytorch"].get("model_data", "data"))
+    data = folder / str(pyfunc.get("data", served.DATA_DIR))
     files = sorted(p.name for p in data.iterdir()) if data.is_dir() else []
-    if files != [PT2_FILE]:
-        return f"model files {files}, expected only {PT2_FILE} (a torch.export program)"
+    if files != [served.PROGRAM_FILE]:
+        return (f"model files {files}, expected only {served.PROGRAM_FILE} (a torch.export "
+                "program)")
     return None
 
 
 @store_errors
 def fetch_checked_model(model_uri: str, into: Path) -> Path:
     """Download ``model_uri`` into ``into`` and check it is a model this package logs: a
-    ``torch.export`` program behind MLflow's pytorch flavour, nothing pickled, no code.
+    ``torch.export`` program loaded by :mod:`multitask.tracking.served`, nothing pickled, no
+    code shipped with it.
 
     A pickled model runs arbitrary code when loaded; anyone with write access to a shared
     registry could register one, so nothing else is ever loaded. Returns the local folder.

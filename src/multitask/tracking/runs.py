@@ -6,6 +6,9 @@ RUNNING: it ends FINISHED on success and FAILED on an exception, Ctrl-C or SIGTE
 turned into ``SystemExit(143)`` while the block runs; only SIGKILL can still leave it RUNNING).
 Tuning trials are nested runs (:func:`nested_run`) created by id, so worker processes can add
 them under a parent that lives in another process.
+
+One module, not several: the run handle, the two ways of opening it and the ending that never
+leaves it RUNNING are one contract; split, each part would need the others' internals.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from multitask.config import Params, flatten
-from multitask.tracking.models import log_model
+from multitask.tracking.models import MODEL_URI_TAG, log_model
 from multitask.tracking.orphans import end_orphaned_runs, owner_tags
 from multitask.tracking.provenance import run_tags
 from multitask.tracking.store import client, describe_uri, experiment_id, get_run, tracking_uri
@@ -64,18 +67,23 @@ class StageRun:
         return self.run_id is not None
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Per-epoch metrics (``train/<task>/loss``, ``val/<task>/accuracy``, ``weight/<task>``
+        """Per-epoch metrics (``train/loss/<task>``, ``val/accuracy/<task>``, ``weight/<task>``
         ...) at step ``epoch``: one batch, sent asynchronously so training never waits on it."""
         self.log_metrics(metrics, step=epoch)
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Any metrics at ``step`` (default 0), in one asynchronous batch."""
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, *,
+                    model_id: str | None = None, dataset: tuple[str, str] | None = None) -> None:
+        """Any metrics at ``step`` (default 0), in one asynchronous batch; with ``model_id``
+        also the logged model's metrics, measured on ``dataset`` ``(name, digest)``."""
         if self.run_id is None or not metrics:
             return
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000)
-        batch = [Metric(key, float(value), timestamp, step or 0) for key, value in metrics.items()]
+        name, digest = dataset or (None, None)
+        batch = [Metric(key, float(value), timestamp, step or 0, model_id=model_id,
+                        dataset_name=name, dataset_digest=digest)
+                 for key, value in metrics.items()]
         operation = client().log_batch(self.run_id, metrics=batch, synchronous=False)
         if operation is not None:
             self._pending.append(operation)
@@ -131,6 +139,17 @@ class StageRun:
             raise ValueError(f"log_figure: artifact_file '{artifact_file}' must end in .png")
         client().log_figure(self.run_id, figure, artifact_file)
 
+    def log_model_metrics(self, metrics: dict[str, float], meta: dict[str, Any]) -> None:
+        """Metrics of the run's logged model on the processed data ``meta`` describes, also
+        linked to that model (MLflow 3's LoggedModel metrics: the experiment's Models tab);
+        only on the run when it logged no model (``tracking.log_model`` false)."""
+        if self.run_id is None:
+            return
+        uri = get_run(self.run_id).data.tags.get(MODEL_URI_TAG, "")
+        model_id = uri.removeprefix("models:/") if uri.startswith("models:/") else None
+        self.log_metrics(metrics, model_id=model_id,
+                         dataset=_dataset_identity(meta) if model_id else None)
+
     def log_model(self, model: torch.nn.Module, input_example: np.ndarray,
                   task_names: list[str], *, class_names: dict[str, list[str]] | None = None,
                   pixel_mean: float = 0.0, pixel_std: float = 1.0) -> str | None:
@@ -142,28 +161,30 @@ class StageRun:
                          class_names=class_names, pixel_mean=pixel_mean, pixel_std=pixel_std)
 
     def log_dataset(self, meta: dict[str, Any], source: str) -> None:
-        """Record the processed data as the run's training input (``mlflow.log_input``).
-
-        The digest column holds 36 characters, so the digest is the first 32 hex digits of
-        ``meta['sha256']``; the full hash is the run's ``data.sha256`` tag.
-        """
+        """Record the processed data as the run's training input (``mlflow.log_input``); the
+        full hash (MLflow's digest holds 32 digits of it) is the run's ``data.sha256`` tag."""
         if self.run_id is None:
             return
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
-        sha256 = str(meta["sha256"])
+        name, digest = _dataset_identity(meta)
         with warnings.catch_warnings():  # "can be interpreted in multiple ways": both local
             warnings.simplefilter("ignore", UserWarning)
             data_source = resolve_dataset_source(str(Path(source).resolve()))
-        dataset = MetaDataset(data_source, name=str(meta.get("dataset", Path(source).name)),
-                              digest=sha256[:32])
+        dataset = MetaDataset(data_source, name=name, digest=digest)
         tags = [InputTag("mlflow.data.context", "training")]
         if meta.get("splits"):
             tags.append(InputTag("splits", json.dumps(meta["splits"])))
         client().log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), tags)])
-        self.set_tags({"data.sha256": sha256})
+        self.set_tags({"data.sha256": str(meta["sha256"])})
+
+
+def _dataset_identity(meta: dict[str, Any]) -> tuple[str, str]:
+    """``(name, digest)`` of the processed data in MLflow: its name and the first 32 hex
+    digits of its sha256 (MLflow's digest column holds 36 characters)."""
+    return str(meta.get("dataset", "processed")), str(meta["sha256"])[:32]
 
 
 def _sigterm_raises() -> Callable[[], None]:

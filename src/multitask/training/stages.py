@@ -128,7 +128,7 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
         save_figure(learning_curves(fitted.history, names), layout.curves_png)
         run.log_artifact(layout.curves_png, "plots")
         run.log_artifact(layout.history_csv, "plots")
-        # The logged model takes raw pixels (0..255) and normalises them itself (TaskLabels).
+        # The logged model takes raw pixels (0..255) and normalises them itself (TaskPredictions).
         example = data.splits[keys.TEST].images[:4].cpu().numpy()
         run.log_model(fitted.model, example, names, pixel_mean=data.mean, pixel_std=data.std,
                       class_names=processed.class_names(data.meta))
@@ -193,7 +193,7 @@ def evaluate(params: Params, layout: Layout) -> dict[str, object]:
     write_json(layout.metrics_json, metrics)
     run_id = read_json(layout.train_json).get("run_id")
     with tracking.stage_run(params, "evaluate", run_id=run_id) as run:
-        run.log_metrics(keys.flat_test_metrics(metrics))
+        run.log_model_metrics(keys.flat_test_metrics(metrics), data.meta)
         for task in tasks:
             run.log_artifact(layout.confusion_png(task.name), "confusion")
         run.log_artifact(layout.metrics_json)
