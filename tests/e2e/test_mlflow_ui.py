@@ -3,12 +3,15 @@ of the sample pipeline (two runs: `dvc repro` and `dvc exp run`), driven by head
 
 Uses Debian's chromium (`scripts/system_deps.sh test` installs it when run as root) through
 Playwright's Python package with ``executable_path``; Playwright's own browsers are never
-downloaded. Skipped with the reason when /usr/bin/chromium is absent. The screenshot of the
-runs table with the per-task metric columns lands in reports/mlflow_ui.png.
+downloaded. Skipped with the reason when /usr/bin/chromium is absent. Screenshots land in
+reports/: the runs table with the per-task metric columns (mlflow_ui.png), the chart view's
+section of every task's validation accuracy (mlflow_ui_charts.png) and the Models tab comparing
+the logged models per task (mlflow_ui_models.png).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -36,7 +39,13 @@ from multitask.io import atomic_path
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = ROOT / "reports" / "mlflow_ui.png"
-TASK_METRICS = ("test/left/accuracy", "test/right/accuracy")
+CHARTS_SCREENSHOT = ROOT / "reports" / "mlflow_ui_charts.png"
+MODELS_SCREENSHOT = ROOT / "reports" / "mlflow_ui_models.png"
+TASK_METRICS = ("test/accuracy/left", "test/accuracy/right")
+VAL_ACCURACY = ("val/accuracy/left", "val/accuracy/right")  # one chart section: val/accuracy
+# MLflow 3.17 opens an experiment on its GenAI view unless the browser chose "Model training"
+# before (remembered per browser) or the address says so:
+TRAINING_VIEW = "workflowType=machine_learning"
 TIMEOUT_MS = 60_000
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.xdist_group("sample_pipeline")]
@@ -96,11 +105,19 @@ def _numbers(text: str) -> list[float]:
     return [float(x) for x in re.findall(r"(?<![\w.])-?\d+\.\d+(?![\w.])", text)]
 
 
+def _close_assistant(page) -> None:
+    """Close MLflow 3's chat panel, which takes a third of the width, when it is open."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    with contextlib.suppress(PlaywrightTimeout):  # it opens a moment after the page
+        page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]').click(
+            timeout=5_000)
+
+
 def test_experiment_page_lists_both_runs_with_per_task_metrics(ui: UI, page) -> None:
     from playwright.sync_api import expect
 
-    # "Model training" view of the experiment (MLflow 3 opens on its GenAI view by default)
-    page.goto(f"{ui.url}/#/experiments/{ui.experiment_id}/runs?workflowType=machine_learning")
+    page.goto(f"{ui.url}/#/experiments/{ui.experiment_id}/runs?{TRAINING_VIEW}")
     for name in ui.runs.values():
         expect(page.get_by_role("link", name=name, exact=True)).to_be_visible()
     # only runs that carry both tasks' test metrics, as a person would filter them
@@ -109,9 +126,7 @@ def test_experiment_page_lists_both_runs_with_per_task_metrics(ui: UI, page) -> 
     search.press("Enter")
     for name in ui.runs.values():
         expect(page.get_by_role("link", name=name, exact=True)).to_be_visible()
-    assistant = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')
-    if assistant.count():  # MLflow 3's chat panel takes a third of the width
-        assistant.click()
+    _close_assistant(page)
     # show the per-task metric columns, as a person picks them in "Columns"
     page.get_by_role("button", name="Columns", exact=True).click()
     for key in TASK_METRICS:
@@ -178,6 +193,61 @@ def test_registered_model_page_shows_the_champion_alias(ui: UI, page) -> None:
     page.goto(f"{ui.url}/#/models/{MODEL}")
     version = page.get_by_role("row").filter(has_text="Version 1")
     expect(version).to_contain_text("champion")
-    expect(version).to_contain_text("test/left/accuracy")
+    expect(version).to_contain_text("test/accuracy/left")
     champion = ui.repo.client().get_model_version_by_alias(MODEL, "champion")
     assert champion.run_id == ui.repo.run_id
+
+
+def test_chart_view_shows_every_tasks_validation_accuracy_in_one_section(ui: UI, page) -> None:
+    """MLflow groups a run's charts by the key up to its last "/": with the task last, one
+    section ``val/accuracy`` holds every task's validation curve, each run a line."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{ui.url}/#/experiments/{ui.experiment_id}/runs?{TRAINING_VIEW}")
+    _close_assistant(page)
+    page.locator('input[name="runs-view-mode"][value="CHART"]').locator(
+        "xpath=ancestor::label").click()
+    page.get_by_placeholder("Search metric charts").fill("val/accuracy/")
+    # the section header names the group and counts its charts: one per task
+    header = page.get_by_role("button").filter(
+        has_text=re.compile(rf"^val/accuracy\({len(VAL_ACCURACY)}\)"))
+    expect(header).to_have_count(1)
+    header.evaluate("e => e.scrollIntoView({block: 'start'})")
+    for key in VAL_ACCURACY:
+        expect(page.get_by_text(key, exact=True).first).to_be_visible()
+        for name in ui.runs.values():  # each chart's legend: one line per run
+            expect(page.get_by_text(f"{name} ({key})", exact=True)).to_be_visible()
+    page.wait_for_timeout(3_000)  # plotly draws the lines after the legend (screenshot only)
+    with atomic_path(CHARTS_SCREENSHOT) as tmp:
+        page.screenshot(path=str(tmp), type="png")
+    assert CHARTS_SCREENSHOT.stat().st_size > 10_000
+
+
+def test_models_tab_compares_the_logged_models_per_task(ui: UI, page) -> None:
+    """evaluate links the test metrics to the run's logged model and the processed data set,
+    so the Models tab has one column per task metric, grouped under the data set."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{ui.url}/#/experiments/{ui.experiment_id}/models?{TRAINING_VIEW}")
+    _close_assistant(page)
+    client = ui.repo.client()
+    expect(page.get_by_text("Dataset: ").first).to_be_visible()
+    for key in TASK_METRICS:
+        expect(page.get_by_role("columnheader", name=key).first).to_be_visible()
+    for run_id, name in ui.runs.items():
+        run = client.get_run(run_id)
+        model = client.get_logged_model(run.data.tags["multitask.model_uri"].removeprefix(
+            "models:/"))
+        linked = {m.key: m.value for m in model.metrics if m.dataset_name}
+        assert {key: run.data.metrics[key] for key in TASK_METRICS} == {
+            key: linked[key] for key in TASK_METRICS}
+        row = page.get_by_role("row").filter(has=page.get_by_role("link", name=name,
+                                                                   exact=True))
+        shown = _numbers(" ".join(row.all_inner_texts()))
+        for key in TASK_METRICS:
+            assert any(abs(linked[key] - x) < 1e-3 for x in shown), (name, key, shown)
+    page.set_viewport_size({"width": 2600, "height": 600})  # every metric column in view
+    with atomic_path(MODELS_SCREENSHOT) as tmp:
+        page.screenshot(path=str(tmp), type="png")
+    page.set_viewport_size({"width": 1800, "height": 1000})
+    assert MODELS_SCREENSHOT.stat().st_size > 10_000
