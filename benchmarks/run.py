@@ -18,17 +18,10 @@ from pathlib import Path
 
 import torch
 
+from multitask.device import cpu_model
 from multitask.io import write_json
 
 RESULTS = Path("reports/benchmarks.json")
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``): CPUs of one platform string differ several-fold."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or "unknown"
 
 
 def available() -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import platform
 from pathlib import Path
 from typing import Literal
 
@@ -44,3 +45,17 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``): CPUs of one platform string differ several-fold."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or "unknown"
+
+
+def machine() -> str:
+    """This machine's CPU and the instruction set torch dispatches to, e.g. ``Intel(R) Xeon(R)
+    Processor, AVX512``: another machine gives other floats, and reports say which it was."""
+    return f"{cpu_model()}, {torch.backends.cpu.get_cpu_capability()}"

@@ -19,7 +19,7 @@ import torch
 from multitask import keys, tracking
 from multitask.config import Params
 from multitask.data import processed
-from multitask.device import describe, select_device
+from multitask.device import describe, machine, select_device
 from multitask.io import atomic_open, read_json, write_json
 from multitask.layout import Layout
 from multitask.tasks import Task, main_tasks
@@ -81,6 +81,7 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
     # baselines.json is a DVC metrics file: metrics only, or dvc exp show lists the rest too.
     write_json(layout.baselines_json, {keys.TASKS: results})
     write_json(layout.baselines_info, {
+        "machine": machine(),
         "backbone": params.model.backbone,
         "epochs": params.train.epochs,
         "data_sha256": data.meta["sha256"],
@@ -140,6 +141,7 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
             "tasks": names,
             "epochs": len(fitted.history),
             "device": describe(data.device),
+            "machine": machine(),  # another CPU gives other floats: diffs say which it was
             "processes": world,
             "seconds": round(seconds, 1),
             "train_images_per_s": round(float(np.median(
