@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from multitask import ci_plots, ci_report
+from multitask import ci_plots, ci_report, keys
 from multitask.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,8 +42,9 @@ def write_result(folder: Path, accuracy: dict[str, float], epochs: int = 3,
     (folder / "params.yaml").write_text(yaml.safe_dump(params or SAMPLE_PARAMS))
     if plots:
         (folder / "reports" / "plots").mkdir()
-        header = ["epoch"] + [f"{kind}/{t}/{metric}" for t in accuracy for kind, metric in
-                              (("train", "loss"), ("val", "loss"), ("val", "accuracy"))]
+        header = ["epoch"] + [keys.task_metric(kind, t, metric) for t in accuracy
+                              for kind, metric in (("train", "loss"), ("val", "loss"),
+                                                   ("val", "accuracy"))]
         lines = [",".join(header)]
         for epoch in range(1, epochs + 1):
             values = [f"{v:.4f}" for a in accuracy.values()
@@ -271,8 +272,9 @@ def test_script_and_report_share_the_comment_marker() -> None:
 TINY = {"data.train_size": 2000, "data.test_size": 600, "train.epochs": 2,
         "train.batch_size": 64, "train.diagnostics_every": 0, "tune.n_trials": 1,
         "tune.epochs": 1, "tracking.enabled": False}
-PROJECT = ["src", "ci", "data/sample", "sample/dvc.yaml", "sample/params.yaml", ".dvc/config",
-           ".dvcignore", ".gitignore"]
+PROJECT = ["src", "ci", "data/sample", "data/sources.yaml", "sample/data/sources.yaml",
+           "sample/dvc.yaml", "sample/params.yaml", ".dvc/config",
+           "sample/.gitignore", ".dvcignore", ".gitignore"]
 
 
 def write_params(repo: Path, changes: dict[str, Any]) -> None:

@@ -50,7 +50,7 @@ SCRIPT = ROOT / "scripts" / "tracking_server.py"
 UNAVAILABLE_EXIT = 4  # the script's exit status when PostgreSQL cannot run on this machine
 FRACTION = "sample/params.yaml:++train.data_fraction"
 QUEUED = {"exp-server-a": "0.5", "exp-server-b": "0.4"}  # name -> train.data_fraction
-RESTART_EPOCHS = 8
+RESTART_EPOCHS = 30  # long enough that the server goes down mid-run, even on a busy machine
 PER_EPOCH = [f"{split}/{metric}/{task}" for task in TASKS
              for split, metric in (("train", "loss"), ("val", "loss"), ("val", "accuracy"))]
 
@@ -198,8 +198,11 @@ def test_promote_and_predict_with_a_models_uri_through_the_server(
     labels = np.load(processed / "test_labels.npy")
     assert len(rows) == len(labels)
     reported = json.loads((served.sample / "reports" / "metrics.json").read_text())
-    for column, task in enumerate(TASKS):
-        accuracy = np.mean(np.array([row["classes"][task] for row in rows]) == labels[:, column])
+    names = {task["name"]: np.array(task["class_names"])
+             for task in json.loads((processed / "meta.json").read_text())["tasks"]}
+    for column, task in enumerate(TASKS):  # each row names every task's class
+        truth = names[task][labels[:, column]]
+        accuracy = np.mean(np.array([row[task] for row in rows]) == truth)
         assert accuracy == pytest.approx(reported["tasks"][task]["accuracy"], abs=0.005), task
 
 
