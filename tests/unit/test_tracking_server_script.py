@@ -21,8 +21,10 @@ def _script(*args: str) -> subprocess.CompletedProcess[str]:
 def test_make_server_runs_the_script_in_the_foreground() -> None:
     makefile = (ROOT / "Makefile").read_text()
     assert "server" in re.search(r"^\.PHONY:(.*)$", makefile, re.M)[1].split()
-    dry = subprocess.run(["make", "-n", "server", "SERVER_ARGS=--port 5001"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    # --no-print-directory: under `make test` (MAKELEVEL 1) make would add "Leaving directory"
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "server",
+                          "SERVER_ARGS=--port 5001"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
     assert dry.stdout.strip().splitlines()[-1] == (
         ".venv/bin/python scripts/tracking_server.py run --port 5001")
 
