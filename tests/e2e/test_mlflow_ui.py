@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -38,9 +39,9 @@ from multitask.io import atomic_path
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = ROOT / "reports" / "mlflow_ui.png"
-CHARTS_SCREENSHOT = ROOT / "reports" / "mlflow_ui_charts.png"
-MODELS_SCREENSHOT = ROOT / "reports" / "mlflow_ui_models.png"
+# The README's screenshots: `MULTITASK_SCREENSHOT_DIR=reports pytest tests/e2e` refreshes them;
+# otherwise they go to a temporary folder, so a test run never changes tracked files.
+SCREENSHOT_DIR_ENV = "MULTITASK_SCREENSHOT_DIR"
 TASK_METRICS = ("test/accuracy/left", "test/accuracy/right")
 VAL_ACCURACY = ("val/accuracy/left", "val/accuracy/right")  # one chart section: val/accuracy
 # MLflow 3.17 opens an experiment on its GenAI view unless the browser chose "Model training"
@@ -57,6 +58,13 @@ class UI:
     repo: SampleRepo
     experiment_id: str
     runs: dict[str, str]  # run id -> run name: the `dvc repro` run and the `dvc exp run` one
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the screenshots go (see SCREENSHOT_DIR_ENV)."""
+    chosen = os.environ.get(SCREENSHOT_DIR_ENV)
+    return ROOT / chosen if chosen else tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +122,8 @@ def _close_assistant(page) -> None:
             timeout=5_000)
 
 
-def test_experiment_page_lists_both_runs_with_per_task_metrics(ui: UI, page) -> None:
+def test_experiment_page_lists_both_runs_with_per_task_metrics(ui: UI, page, shots: Path
+                                                             ) -> None:
     from playwright.sync_api import expect
 
     page.goto(f"{ui.url}/#/experiments/{ui.experiment_id}/runs?{TRAINING_VIEW}")
@@ -146,9 +155,10 @@ def test_experiment_page_lists_both_runs_with_per_task_metrics(ui: UI, page) -> 
         for key in TASK_METRICS:
             value = client.get_run(run_id).data.metrics[key]
             assert any(abs(value - x) < 1e-3 for x in shown), (name, key, value, shown)
-    with atomic_path(SCREENSHOT) as tmp:
+    shot = shots / "mlflow_ui.png"
+    with atomic_path(shot) as tmp:
         page.screenshot(path=str(tmp), type="png", full_page=True)
-    assert SCREENSHOT.stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000
 
 
 def test_compare_page_shows_both_runs_and_their_task_metrics(ui: UI, page) -> None:
@@ -198,7 +208,8 @@ def test_registered_model_page_shows_the_champion_alias(ui: UI, page) -> None:
     assert champion.run_id == ui.repo.run_id
 
 
-def test_chart_view_shows_every_tasks_validation_accuracy_in_one_section(ui: UI, page) -> None:
+def test_chart_view_shows_every_tasks_validation_accuracy_in_one_section(ui: UI, page,
+                                                                        shots: Path) -> None:
     """MLflow groups a run's charts by the key up to its last "/": with the task last, one
     section ``val/accuracy`` holds every task's validation curve, each run a line."""
     from playwright.sync_api import expect
@@ -218,12 +229,13 @@ def test_chart_view_shows_every_tasks_validation_accuracy_in_one_section(ui: UI,
         for name in ui.runs.values():  # each chart's legend: one line per run
             expect(page.get_by_text(f"{name} ({key})", exact=True)).to_be_visible()
     page.wait_for_timeout(3_000)  # plotly draws the lines after the legend (screenshot only)
-    with atomic_path(CHARTS_SCREENSHOT) as tmp:
+    shot = shots / "mlflow_ui_charts.png"
+    with atomic_path(shot) as tmp:
         page.screenshot(path=str(tmp), type="png")
-    assert CHARTS_SCREENSHOT.stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000
 
 
-def test_models_tab_compares_the_logged_models_per_task(ui: UI, page) -> None:
+def test_models_tab_compares_the_logged_models_per_task(ui: UI, page, shots: Path) -> None:
     """evaluate links the test metrics to the run's logged model and the processed data set,
     so the Models tab has one column per task metric, grouped under the data set."""
     from playwright.sync_api import expect
@@ -247,7 +259,8 @@ def test_models_tab_compares_the_logged_models_per_task(ui: UI, page) -> None:
         for key in TASK_METRICS:
             assert any(abs(linked[key] - x) < 1e-3 for x in shown), (name, key, shown)
     page.set_viewport_size({"width": 2600, "height": 600})  # every metric column in view
-    with atomic_path(MODELS_SCREENSHOT) as tmp:
+    shot = shots / "mlflow_ui_models.png"
+    with atomic_path(shot) as tmp:
         page.screenshot(path=str(tmp), type="png")
     page.set_viewport_size({"width": 1800, "height": 1000})
-    assert MODELS_SCREENSHOT.stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000
