@@ -25,6 +25,7 @@ import pytest
 
 # the sample-pipeline builder shared with tests/integration (one pipeline run per process)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from browser import chromium_page, require_chromium
 from test_tracking_pipeline import (
     BIN,
     EXPERIMENT,
@@ -38,7 +39,6 @@ from test_tracking_pipeline import (
 from multitask.io import atomic_path
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
 # The README's screenshots: `MULTITASK_SCREENSHOT_DIR=reports pytest tests/e2e` refreshes them;
 # otherwise they go to a temporary folder, so a test run never changes tracked files.
 SCREENSHOT_DIR_ENV = "MULTITASK_SCREENSHOT_DIR"
@@ -47,7 +47,6 @@ VAL_ACCURACY = ("val/accuracy/left", "val/accuracy/right")  # one chart section:
 # MLflow 3.17 opens an experiment on its GenAI view unless the browser chose "Model training"
 # before (remembered per browser) or the address says so:
 TRAINING_VIEW = "workflowType=machine_learning"
-TIMEOUT_MS = 60_000
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.xdist_group("sample_pipeline")]
 
@@ -69,9 +68,7 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UI]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (as root: "
-                    "bash scripts/system_deps.sh test) to check the MLflow UI")
+    require_chromium("the MLflow UI")
     repo = sample_repo(tmp_path_factory)  # built, run twice and promoted
     assert repo.promotion[0] == 0, repo.promotion[1]
     client = repo.client()
@@ -94,18 +91,8 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UI]:
 
 @pytest.fixture(scope="module")
 def page(ui: UI) -> Iterator[object]:
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=TIMEOUT_MS)  # the UI's first load is slow on a busy machine
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update"])
-        page = browser.new_context(viewport={"width": 1800, "height": 1000}).new_page()
-        page.set_default_timeout(TIMEOUT_MS)
+    with chromium_page(width=1800) as page:
         yield page
-        browser.close()
 
 
 def _numbers(text: str) -> list[float]:

@@ -22,15 +22,14 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from browser import chromium_page, require_chromium
 from test_tracking_pipeline import free_port, wait_for_http
 
 from multitask import keys
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
-CHROMIUM = Path("/usr/bin/chromium")
 OBJECTIVES = tuple(keys.task_metric(keys.VAL, task, keys.ACCURACY) for task in ("left", "right"))
-TIMEOUT_MS = 60_000
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -44,9 +43,7 @@ class Dashboard:
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory: pytest.TempPathFactory,
               sample_composites: Callable[..., Path]) -> Iterator[Dashboard]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (as root: "
-                    "bash scripts/system_deps.sh test) to check optuna-dashboard")
+    require_chromium("optuna-dashboard")
     folder = tmp_path_factory.mktemp("dashboard")
     (folder / "data").mkdir()
     (folder / "data" / "processed").symlink_to(sample_composites(800, 100))
@@ -82,18 +79,8 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory,
 
 @pytest.fixture(scope="module")
 def page(dashboard: Dashboard) -> Iterator[object]:
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=TIMEOUT_MS)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update"])
-        page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
-        page.set_default_timeout(TIMEOUT_MS)
+    with chromium_page(width=1600) as page:
         yield page
-        browser.close()
 
 
 def test_the_study_list_shows_the_readable_study_name(dashboard: Dashboard, page) -> None:
