@@ -70,10 +70,9 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
         fitted = session.fit(params, data, [task], build_weighting("equal", 1),
                              checkpoint=checkpoint)
         scored = evaluate_split(fitted.model, data, keys.TEST, [task])
-        if not writes:
-            results[task.name] = scored.metrics[task.name]
-            continue
         results[task.name] = scored.metrics[task.name]
+        if not writes:  # another rank: rank 0 saves the model
+            continue
         session.save_network(layout.baseline_model(task.name), fitted.model, params, data)
         checkpoint.unlink(missing_ok=True)
     if not writes:

@@ -239,9 +239,11 @@ def _gather_rows(matrix: Tensor, targets: Sequence[Tensor], collective: Collecti
     for target in targets:
         width = target.numel()
         local = matrix[:, start:start + width].reshape(len(matrix), *target.shape)
-        gathered, rows_here = collective.gather(local, dim=1)
-        pieces.append(gathered.reshape(len(matrix), -1) / collective.world)
-        values.append(collective.gather(target.detach(), dim=0)[0])
+        # one gather for both: rows 0..T-1 the tasks' gradients, row T the representation
+        both = torch.cat([local, target.detach().to(local.dtype).unsqueeze(0)])
+        gathered, rows_here = collective.gather(both, dim=1)
+        pieces.append(gathered[:-1].reshape(len(matrix), -1) / collective.world)
+        values.append(gathered[-1].to(target.dtype))
         start += width
     return torch.cat(pieces, dim=1), tuple(values), rows_here
 
