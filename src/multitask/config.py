@@ -143,13 +143,79 @@ class ValidateConfig(_Section):
 
 
 # -------------------------------------------------------------------------------------- model
+# The shared encoders: the literature's LeNet and torchvision's classification models.
+BACKBONES = ("lenet", "resnet18", "resnet34", "resnet50", "inception_v3", "efficientnet_b0",
+             "mobilenet_v3_small", "convnext_tiny")
+# model.pretrained: these words, a path to a state_dict file, or an MLflow model URI.
+PRETRAINED_WORDS = ("none", "imagenet", "self_supervised")
+MODEL_URI_SCHEMES = ("models:/", "runs:/")
+
+
 class ModelConfig(_Section):
-    backbone: Literal["lenet", "resnet18"] = "lenet"
+    backbone: str = "lenet"  # a name of BACKBONES
     architecture: str = "hps"
     head_hidden: list[int] = Field(default_factory=list)
     rotation_task: bool = False
     num_experts: int = Field(4, ge=1, le=64)
     expert_dim: int = Field(50, ge=1)
+    # Where the shared encoder starts: none (random), imagenet (torchvision's weights),
+    # self_supervised (the pretrain stage's encoder), a state_dict file, or a model URI
+    # (models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/model).
+    pretrained: str = "none"
+    # Torchvision backbones only: the input is resized to this many pixels inside the network
+    # (None: the data's own size); ResNets' first layers: cifar (3x3 stride 1, no max-pool;
+    # that convolution starts fresh) or imagenet (7x7 stride 2 and max-pool, all pretrained);
+    # auto: cifar below 64 pixels.
+    resize_to: int | None = Field(None, ge=16, le=512)
+    stem: Literal["auto", "cifar", "imagenet"] = "auto"
+    # Epochs at the start during which the encoder is frozen (no gradient, batch-norm
+    # statistics fixed) and only the task-specific parameters train.
+    freeze_encoder_epochs: int = Field(0, ge=0)
+    # With a multitask model as model.pretrained: also start the heads of tasks that match by
+    # name and shape from it.
+    reuse_heads: bool = False
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        if name not in BACKBONES:
+            raise ValueError(unknown_name("backbone", name, BACKBONES))
+        return name
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained_source(cls, source: str) -> str:
+        if not source.strip():
+            raise ValueError("empty: use none, imagenet, self_supervised, a path to a "
+                             "state_dict file or models:/<name>@<alias>")
+        if ":/" in source and not source.startswith(MODEL_URI_SCHEMES):
+            raise ValueError(f"{source!r}: a model URI starts with models:/ or runs:/ "
+                             "(models:/<name>@<alias>, runs:/<run id>/model); a file is a "
+                             "plain path")
+        return source
+
+    @model_validator(mode="after")
+    def _pretrained_fits_backbone(self) -> ModelConfig:
+        if self.pretrained == "imagenet" and self.backbone == "lenet":
+            raise ValueError("pretrained: imagenet: torchvision has no ImageNet weights for "
+                             f"lenet; pick one of {', '.join(BACKBONES[1:])}")
+        if self.backbone == "lenet" and (self.resize_to is not None or self.stem != "auto"):
+            raise ValueError("resize_to and stem apply to torchvision backbones only; remove "
+                             "them for lenet")
+        if self.stem != "auto" and not self.backbone.startswith("resnet"):
+            raise ValueError(f"stem: {self.stem}: only ResNets have a choice of first layers; "
+                             f"remove it for {self.backbone}")
+        if self.reuse_heads and (self.pretrained in PRETRAINED_WORDS):
+            raise ValueError("reuse_heads: the heads come from a multitask model: set "
+                             "pretrained to its file or models:/<name>@<alias>")
+        return self
+
+    @property
+    def pretrained_kind(self) -> Literal["none", "imagenet", "self_supervised", "uri", "file"]:
+        """What ``pretrained`` names: one of its words, a model URI or a file."""
+        if self.pretrained in PRETRAINED_WORDS:
+            return self.pretrained  # type: ignore[return-value]
+        return "uri" if self.pretrained.startswith(MODEL_URI_SCHEMES) else "file"
 
 
 # -------------------------------------------------------------------------------------- train
@@ -177,10 +243,26 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     data_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    # The shared encoder's learning rate is lr x encoder_lr_scale (discriminative fine-tuning:
+    # e.g. 0.1 with a pretrained encoder); the task-specific parameters keep lr.
+    encoder_lr_scale: float = Field(1.0, gt=0.0, le=10.0)
     diagnostics_every: int = Field(0, ge=0)
     # Data-parallel processes (torchrun) for train and baselines; batch_size stays the global
     # batch. Under a launcher started by hand, its WORLD_SIZE decides instead.
     processes: int = Field(1, ge=1)
+
+
+# ----------------------------------------------------------------------------------- pretrain
+class PretrainConfig(_Section):
+    """The self-supervised encoder of ``model.pretrained: self_supervised``: trained on the
+    rotation task alone (which multiple of 90 degrees each training image was turned by; no
+    labels read), then registered in MLflow as ``<registered_name>``."""
+
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    data_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    registered_name: str = "multitask-encoder"
 
 
 # --------------------------------------------------------------------------------------- tune
@@ -293,6 +375,7 @@ class Params(_Section):
     data: DataConfig = DataConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     train: TrainConfig = TrainConfig()
     tune: TuneConfig = TuneConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -320,7 +403,8 @@ def _unknown_name(path: Path, key: str, kind: str, name: str, known: list[str]) 
 
 
 def _registry_problems(params: Params, path: Path) -> list[str]:
-    """Names that only the registries know: architecture, weighting methods and their params.
+    """Names that only the registries know (architecture, weighting methods and their
+    params), and the one rule across sections (the frozen epochs lie within training).
 
     The registries are imported here, not at module level: they import torch, which the
     schema itself does not need.
@@ -329,6 +413,10 @@ def _registry_problems(params: Params, path: Path) -> list[str]:
     from multitask.weighting import METHODS, TUNED, MethodParamsError, parse_method_params
 
     problems = []
+    if params.model.freeze_encoder_epochs >= params.train.epochs:
+        problems.append(
+            f"{path}: model.freeze_encoder_epochs: {params.model.freeze_encoder_epochs} must be "
+            f"below train.epochs ({params.train.epochs}), or the encoder never trains")
     if params.model.architecture not in ARCHITECTURES:
         problems.append(_unknown_name(path, "model.architecture", "architecture",
                                       params.model.architecture, list(ARCHITECTURES)))
