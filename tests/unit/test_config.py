@@ -49,7 +49,7 @@ def test_unknown_section(raw: dict) -> None:
     [
         ("train", "epochs", 0, r"train\.epochs: Input should be greater than or equal to 1"),
         ("train", "epochs", "ten", r"train\.epochs: Input should be a valid integer"),
-        ("model", "backbone", "vgg", r"model\.backbone: Input should be 'lenet' or 'resnet18'"),
+        ("model", "backbone", "vgg", r"model\.backbone: .*unknown backbone 'vgg'.*resnet18"),
         ("data", "val_fraction", 0.9, r"data\.val_fraction: Input should be less than 0.5"),
     ],
 )
@@ -176,3 +176,31 @@ def test_a_journal_outside_the_pipeline_folder_is_refused(raw: dict, storage: st
         parse_params(raw)
     raw["tune"]["storage"] = "postgresql://optuna@127.0.0.1/optuna"
     assert parse_params(raw).tune.storage.startswith("postgresql://")
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ({"pretrained": "imagenet"}, r"model: .*torchvision has no ImageNet weights for lenet"),
+    ({"pretrained": "s3://bucket/encoder.pt"}, r"model\.pretrained: .*starts with models:/ or "
+                                               r"runs:/"),
+    ({"pretrained": " "}, r"model\.pretrained: .*empty"),
+    ({"resize_to": 64}, r"model: .*resize_to and stem apply to torchvision backbones only"),
+    ({"backbone": "convnext_tiny", "stem": "cifar"}, r"stem: cifar: only ResNets"),
+    ({"backbone": "resnet18", "reuse_heads": True}, r"reuse_heads: the heads come from a "
+                                                    r"multitask model"),
+    ({"freeze_encoder_epochs": 15}, r"model\.freeze_encoder_epochs: 15 must be below "
+                                    r"train\.epochs \(15\)"),
+])
+def test_pretrained_params_that_cannot_work_are_refused(raw: dict, model: dict,
+                                                        message: str) -> None:
+    raw["model"].update(model)
+    with pytest.raises(ConfigError, match=message):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize(("source", "kind"), [
+    ("none", "none"), ("imagenet", "imagenet"), ("self_supervised", "self_supervised"),
+    ("models:/multitask@champion", "uri"), ("runs:/0123abcd/model", "uri"),
+    ("encoders/resnet18.pt", "file")])
+def test_what_pretrained_names(raw: dict, source: str, kind: str) -> None:
+    raw["model"].update({"backbone": "resnet18", "pretrained": source})
+    assert parse_params(raw).model.pretrained_kind == kind

@@ -64,3 +64,18 @@ def test_a_resumed_schedule_continues_where_it_stopped(name: str) -> None:
     scheduler.load_state_dict(states[1])
     assert first + rates(scheduler, optimizer, range(5, EPOCHS)) == pytest.approx(straight,
                                                                                 abs=1e-12)
+
+
+def test_the_encoder_group_keeps_its_ratio_under_every_schedule() -> None:
+    from multitask.config import OptimizerConfig
+    from multitask.training.optimization import build_optimizer
+
+    encoder, head = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    optimizer = build_optimizer([encoder, head], OptimizerConfig(name="sgd", lr=LR),
+                                encoder=[encoder], encoder_lr_scale=0.25)
+    scheduler = build_scheduler(optimizer, ScheduleConfig(name="cosine", warmup_epochs=2), EPOCHS)
+    for _ in range(EPOCHS - 1):
+        heads_lr, encoder_lr = (g["lr"] for g in optimizer.param_groups)
+        assert encoder_lr == pytest.approx(0.25 * heads_lr, abs=1e-15)
+        optimizer.step()
+        scheduler.step()

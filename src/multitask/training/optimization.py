@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -10,14 +11,28 @@ from torch import nn
 from multitask.config import OptimizerConfig, ScheduleConfig
 
 
-def build_optimizer(parameters: Iterable[nn.Parameter], config: OptimizerConfig
+def build_optimizer(parameters: Iterable[nn.Parameter], config: OptimizerConfig, *,
+                    encoder: Iterable[nn.Parameter] = (), encoder_lr_scale: float = 1.0
                     ) -> torch.optim.Optimizer:
+    """``config``'s optimiser over ``parameters``; those also in ``encoder`` (the shared
+    encoder) learn at ``lr x encoder_lr_scale`` in a second parameter group.
+
+    The task-specific parameters stay group 0 (its learning rate is the one reported); with a
+    scale of 1 there is one group, as without the option. Schedulers scale every group alike,
+    so the ratio holds all along.
+    """
     params = list(parameters)
+    groups: list[dict[str, Any]] = [{"params": params}]
+    if encoder_lr_scale != 1.0:
+        ids = {id(p) for p in encoder}
+        groups = [{"params": [p for p in params if id(p) not in ids]},
+                  {"params": [p for p in params if id(p) in ids],
+                   "lr": config.lr * encoder_lr_scale}]
     if config.name == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
     cls = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
-    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+    return cls(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, epochs: int

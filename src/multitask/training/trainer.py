@@ -73,11 +73,12 @@ def task_losses(model: MultiTaskModel, tasks: Sequence[Task], columns: Sequence[
 
     With the auxiliary rotation task, ``turns`` (see :func:`random_turns`) extends the batch by
     a rotated copy of itself: the main tasks are scored on the originals, the rotation head on
-    the copies.
+    the copies. Without main tasks (self-supervised pretraining) the batch is the copies alone.
     """
-    batch = len(x)
+    batch = len(x) if any(column is not None for column in columns) else 0
     if turns is not None:
-        x = torch.cat([x, rotate_batch(x, turns)])
+        rotated = rotate_batch(x, turns)
+        x = torch.cat([x, rotated]) if batch else rotated
     with autocast(x.device):
         features = model.encode(x)
         outputs = model.decode(features)
@@ -109,6 +110,8 @@ class Trainer:
     history: list[dict[str, float]] = field(default_factory=list)
     # the processes training together (torchrun), None alone; default: the current group
     group: distributed.ProcessGroup | None = field(default_factory=distributed.active)
+    # the first epochs train the task-specific parameters only (model.freeze_encoder_epochs)
+    freeze_encoder_epochs: int = 0
 
     def __post_init__(self) -> None:
         self.epochs = self.epochs or self.config.epochs
@@ -119,7 +122,9 @@ class Trainer:
         self.model.to(self.device, memory_format=torch.channels_last)
         self.method.to(self.device)
         self._parameters = [*self.model.parameters(), *self.method.parameters()]
-        self.optimizer = build_optimizer(self._parameters, self.config.optimizer)
+        self.optimizer = build_optimizer(self._parameters, self.config.optimizer,
+                                         encoder=self.model.shared_parameters(),
+                                         encoder_lr_scale=self.config.encoder_lr_scale)
         self.scheduler = build_scheduler(self.optimizer, self.config.schedule, self.epochs)
         torch.manual_seed(self.config.seed)
         self.generator = torch.Generator().manual_seed(self.config.seed)
@@ -193,12 +198,37 @@ class Trainer:
         return True
 
     # -------------------------------------------------------------------------- training
+    def _freeze_encoder(self, frozen: bool) -> None:
+        """Freeze (or release) the shared parameters: no gradient, and the batch norms among
+        them keep their running statistics (eval mode) while frozen."""
+        shared = self.model.shared_parameters()
+        for parameter in shared:
+            parameter.requires_grad_(not frozen)
+        if frozen:
+            ids = {id(p) for p in shared}
+            for module in self.model.modules():
+                own = list(module.parameters(recurse=False))
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and own and all(
+                        id(p) in ids for p in own):
+                    module.eval()
+
+    def _frozen_step(self, losses: Tensor) -> Tensor:
+        """A step while the encoder is frozen: each head learns from its own task's loss.
+
+        Every head reads only its own loss, so the weighting method (whose job is to arbitrate
+        between tasks in the shared parameters) is not consulted; the weights are recorded as 1.
+        """
+        losses.sum().backward()
+        return torch.ones(len(self.tasks))
+
     def _diagnostics_due(self) -> bool:
         every = self.config.diagnostics_every
         return every > 0 and self.step % every == 0
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
+        frozen = epoch < self.freeze_encoder_epochs
+        self._freeze_encoder(frozen)
         names = [t.name for t in self.tasks]
         loss_sum = torch.zeros(len(self.tasks), device=self.device)
         weight_sum = torch.zeros(len(self.tasks), device=self.device)
@@ -226,18 +256,18 @@ class Trainer:
             losses, features = task_losses(self.model, self.tasks, self.columns, x, y, turns)
             if group is not None:
                 losses = group.global_losses(losses, len(x), count)
-            if self._diagnostics_due():
+            if self._diagnostics_due() and not frozen:
                 from multitask.weighting.diagnostics import gradient_diagnostics  # when due
 
                 for key, value in gradient_diagnostics(losses, shared, names, group).items():
                     diagnostics.setdefault(key, []).append(value)
             self.optimizer.zero_grad(set_to_none=True)
-            weights = self.method.backward(
+            weights = self._frozen_step(losses) if frozen else self.method.backward(
                 StepContext(losses, features, shared, self.step, epoch, group))
             if group is not None:
                 group.average_gradients(self._parameters)
             self.optimizer.step()
-            if self.method.needs_losses_after_step:  # FAMO: this batch's losses after the step
+            if self.method.needs_losses_after_step and not frozen:  # FAMO: this batch's losses after the step
                 with torch.no_grad():
                     after, _ = task_losses(self.model, self.tasks, self.columns, x, y, turns)
                     if group is not None:
