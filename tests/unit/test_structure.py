@@ -24,8 +24,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("multitask.data",),
     ("multitask.training",),
     ("multitask.tracking",),
-    ("multitask.training.stages", "multitask.tuning", "multitask.promotion", "multitask.predict",
-     "multitask.ci_report", "multitask.ci_plots", "multitask.catalog"),
+    ("multitask.training.stages", "multitask.pretraining", "multitask.tuning",
+     "multitask.promotion", "multitask.predict", "multitask.ci_report", "multitask.ci_plots",
+     "multitask.catalog"),
     ("multitask.cli", "multitask.__main__"),
 ]
 LONG_MODULE_LINES = 300

@@ -1,4 +1,6 @@
-"""The optimiser and the per-epoch learning-rate schedule of ``train.optimizer``/``schedule``."""
+"""What trains and how fast: the optimiser and the per-epoch learning-rate schedule of
+``train.optimizer``/``schedule``, and freezing the shared encoder
+(``model.freeze_encoder_epochs``)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch
 from torch import nn
 
 from multitask.config import OptimizerConfig, ScheduleConfig
+from multitask.models.base import MultiTaskModel
 
 
 def build_optimizer(parameters: Iterable[nn.Parameter], config: OptimizerConfig, *,
@@ -55,3 +58,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, ep
     ramp = schedulers.LinearLR(optimizer, start_factor=1 / (warmup + 1),
                                end_factor=warmup / (warmup + 1), total_iters=max(1, warmup - 1))
     return schedulers.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def freeze_shared(model: MultiTaskModel, frozen: bool) -> None:
+    """Freeze (or release) ``model``'s shared parameters: no gradient, and the batch norms made
+    of them keep their running statistics (eval mode; ``model.train()`` releases them)."""
+    shared = model.shared_parameters()
+    for parameter in shared:
+        parameter.requires_grad_(not frozen)
+    if not frozen:
+        return
+    ids = {id(p) for p in shared}
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and own and all(
+                id(p) in ids for p in own):
+            module.eval()

@@ -9,6 +9,9 @@ scheduler, weighting state, RNG states and the history so far.
 Under torchrun each process trains on its share of every global batch and the step stays the
 one-process step (:mod:`multitask.training.distributed` says how); only rank 0 writes the
 checkpoint and reports epochs.
+
+One module, not several: the step, the epoch and the checkpoint that must restore both read
+as one; split, what a checkpoint holds would live apart from the loop whose state it is.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from multitask.training import distributed
 from multitask.training.checkpoints import load_checkpoint
 from multitask.training.data import ProcessedData
 from multitask.training.metrics import evaluate
-from multitask.training.optimization import build_optimizer, build_scheduler
+from multitask.training.optimization import build_optimizer, build_scheduler, freeze_shared
 from multitask.weighting import StepContext, WeightingMethod
 
 log = logging.getLogger(__name__)
@@ -198,20 +201,6 @@ class Trainer:
         return True
 
     # -------------------------------------------------------------------------- training
-    def _freeze_encoder(self, frozen: bool) -> None:
-        """Freeze (or release) the shared parameters: no gradient, and the batch norms among
-        them keep their running statistics (eval mode) while frozen."""
-        shared = self.model.shared_parameters()
-        for parameter in shared:
-            parameter.requires_grad_(not frozen)
-        if frozen:
-            ids = {id(p) for p in shared}
-            for module in self.model.modules():
-                own = list(module.parameters(recurse=False))
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and own and all(
-                        id(p) in ids for p in own):
-                    module.eval()
-
     def _frozen_step(self, losses: Tensor) -> Tensor:
         """A step while the encoder is frozen: each head learns from its own task's loss.
 
@@ -228,7 +217,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
         frozen = epoch < self.freeze_encoder_epochs
-        self._freeze_encoder(frozen)
+        freeze_shared(self.model, frozen)
         names = [t.name for t in self.tasks]
         loss_sum = torch.zeros(len(self.tasks), device=self.device)
         weight_sum = torch.zeros(len(self.tasks), device=self.device)
@@ -267,7 +256,8 @@ class Trainer:
             if group is not None:
                 group.average_gradients(self._parameters)
             self.optimizer.step()
-            if self.method.needs_losses_after_step and not frozen:  # FAMO: this batch's losses after the step
+            # FAMO: this batch's losses after the step
+            if self.method.needs_losses_after_step and not frozen:
                 with torch.no_grad():
                     after, _ = task_losses(self.model, self.tasks, self.columns, x, y, turns)
                     if group is not None:
