@@ -14,9 +14,11 @@ from multitask.tracking.models import (
     MODEL_FORMAT_TAG,
     MODEL_NAME,
     MODEL_URI_TAG,
+    NetworkState,
     fetch_checked_model,
     load_model,
     log_model,
+    network_state,
 )
 from multitask.tracking.orphans import end_orphaned_runs, owner_tags
 from multitask.tracking.provenance import run_tags
@@ -55,6 +57,7 @@ __all__ = [
     "STORE_FILE",
     "URI_ENV",
     "ModelVersion",
+    "NetworkState",
     "StageRun",
     "StoreError",
     "artifact_root",
@@ -70,6 +73,7 @@ __all__ = [
     "load_model",
     "log_model",
     "nested_run",
+    "network_state",
     "owner_tags",
     "register_version",
     "repo_root",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -146,3 +147,65 @@ def load_model(model_uri: str) -> Any:
                 f"cannot load model {model_uri} from the MLflow store {describe_uri()}: "
                 f"{redact(message)}; check the name and alias with `multitask registry`, or "
                 f"set {URI_ENV} to the store that holds it") from None
+
+
+@dataclass(frozen=True)
+class NetworkState:
+    """The weights of a logged multi-task network, read back for transfer (model.pretrained).
+
+    ``state_dict`` is keyed as the network's own ``state_dict`` (``encoder.net.conv1.weight``,
+    ``heads.left.0.weight``); ``origin`` says in one line which model it was (URI, registered
+    version, run); ``sha256`` is the program file's; ``backbone``/``architecture`` come from the
+    params of the run that logged it (None when that run did not record them).
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    origin: str
+    sha256: str
+    backbone: str | None
+    architecture: str | None
+
+
+def network_state(model_uri: str) -> NetworkState:
+    """The weights of the multi-task network logged at ``model_uri`` (``models:/<name>@<alias>``,
+    ``models:/<name>/<version>``, ``runs:/<run id>/model``, ``models:/<model id>``).
+
+    The logged program is vetted as :func:`load_model` does (nothing pickled, no code), loaded
+    with ``torch.export.load`` and its parameters and buffers taken back out of the served
+    wrapper (:class:`multitask.models.serving.TaskPredictions` holds the network as
+    ``model``). Errors name the URI and the store.
+    """
+    import hashlib
+
+    import mlflow.models
+    import torch
+    from mlflow.exceptions import MlflowException
+
+    from multitask.tracking import served
+
+    with tempfile.TemporaryDirectory(prefix="multitask-transfer-") as tmp:
+        try:
+            folder = fetch_checked_model(model_uri, Path(tmp))
+            info = mlflow.models.get_model_info(model_uri)
+            run_params = client().get_run(info.run_id).data.params if info.run_id else {}
+        except (StoreError, MlflowException, OSError) as exc:
+            message = getattr(exc, "message", str(exc))
+            raise ValueError(
+                f"model.pretrained: cannot read {model_uri} from the MLflow store "
+                f"{describe_uri()}: {redact(message)}; check the name and alias with "
+                f"`multitask registry`, or set {URI_ENV} to the store that holds it") from None
+        program_file = folder / served.DATA_DIR / served.PROGRAM_FILE
+        digest = hashlib.sha256(program_file.read_bytes()).hexdigest()
+        program = torch.export.load(str(program_file))
+    prefix = "model."
+    state = {key.removeprefix(prefix): value.detach().clone()
+             for key, value in program.state_dict.items() if key.startswith(prefix)}
+    state.update({key.removeprefix(prefix): value.detach().clone()
+                  for key, value in program.constants.items()
+                  if key.startswith(prefix) and isinstance(value, torch.Tensor)})
+    where = [f"run {info.run_id}"] if info.run_id else []
+    if getattr(info, "registered_model_version", None):
+        where.insert(0, f"version {info.registered_model_version}")
+    origin = f"{model_uri} ({', '.join(where)})" if where else model_uri
+    return NetworkState(state, origin, digest, run_params.get("model.backbone"),
+                        run_params.get("model.architecture"))
