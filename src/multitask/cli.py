@@ -139,6 +139,17 @@ COMMANDS: dict[str, Command] = {
         "build the two-item composites (MultiFashion ...) and their splits",
         "Build train/val/test composites of two items (top-left and bottom-right) from the "
         "raw data and write uint8 arrays plus meta.json under data/processed."),
+    "pretrain": Command(
+        "multitask.pretraining:pretrain",
+        "train the shared encoder on image rotations (for model.pretrained: self_supervised)",
+        "With model.pretrained: self_supervised, train the shared encoder (model.backbone) to "
+        "tell which multiple of 90 degrees each training image was turned by, reading no "
+        "label, with the recipe of the pretrain section of params.yaml; write "
+        "models/pretrain/encoder.pt (which baselines, tune and train then start from) and "
+        "reports/pretrain.json, log an MLflow run and register the model as "
+        "pretrain.registered_name with alias 'latest'. Resumes from the last checkpoint after "
+        "an interruption. With any other model.pretrained it trains nothing and writes only "
+        "reports/pretrain.json saying so."),
     "baselines": Command(
         "multitask.training.stages:baselines",
         "train one single-task model per task (the reference for Δm%%)",
@@ -219,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="multitask",
         description="Multi-task learning experiments: one subcommand per DVC pipeline stage "
-        "(check -> download -> validate -> preprocess -> baselines -> tune -> train -> "
-        "evaluate), "
+        "(check -> download -> validate -> preprocess -> pretrain -> baselines -> tune -> "
+        "train -> evaluate), "
         "plus model promotion and prediction.",
     )
     parser.add_argument("--version", action="version", version=f"multitask {__version__}")

@@ -94,7 +94,26 @@ class Layout:
     def checkpoint(self, name: str) -> Path:
         return self.checkpoints_dir / f"{name}.pt"
 
+    @property
+    def pretrain_dir(self) -> Path:
+        """The pretrain stage's output: the self-supervised encoder, or nothing at all when
+        ``model.pretrained`` is not ``self_supervised`` (an empty folder reads the same to DVC
+        every time, so the stages that depend on it do not rerun)."""
+        return self._at("models/pretrain")
+
+    @property
+    def pretrained_encoder(self) -> Path:
+        """The network trained on the rotation task alone (``model.pretrained:
+        self_supervised`` starts the shared encoder from it)."""
+        return self.pretrain_dir / "encoder.pt"
+
     # ---------------------------------------------------------------------------- reports
+    @property
+    def pretrain_json(self) -> Path:
+        """What the pretrain stage did: trained or not, the encoder's sha256, its MLflow run
+        and registered version, its rotation accuracy on the validation split."""
+        return self._at("reports/pretrain.json")
+
     @property
     def baselines_json(self) -> Path:
         return self._at("reports/baselines.json")
@@ -169,6 +188,23 @@ class Layout:
         return self._at("reports/method_comparison.json")
 
     @property
+    def pretraining_study_dir(self) -> Path:
+        """``scripts/pretraining_study.py``'s rows (``study.json``), table and plot."""
+        return self._at("reports/pretraining")
+
+    @property
+    def pretraining_study_json(self) -> Path:
+        return self.pretraining_study_dir / "study.json"
+
+    @property
+    def pretraining_study_md(self) -> Path:
+        return self.pretraining_study_dir / "study.md"
+
+    @property
+    def pretraining_study_png(self) -> Path:
+        return self.pretraining_study_dir / "study.png"
+
+    @property
     def benchmarks_json(self) -> Path:
         """``make bench``'s rows."""
         return self._at("reports/benchmarks.json")
@@ -197,14 +233,18 @@ class Layout:
             "preprocess": StageFiles(deps=(*checked, *spelt(here.raw_dir,
                                                             here.validation_summary)),
                                      outs=spelt(here.processed_dir)),
-            "baselines": StageFiles(deps=(*checked, *spelt(here.processed_dir)),
+            "pretrain": StageFiles(deps=(*checked, *spelt(here.processed_dir)),
+                                   outs=spelt(here.pretrain_dir, here.pretrain_json)),
+            "baselines": StageFiles(deps=(*checked, *spelt(here.processed_dir,
+                                                           here.pretrain_dir)),
                                     outs=spelt(here.baselines_dir, here.baselines_json,
                                                here.baselines_info)),
-            "tune": StageFiles(deps=(*checked, *spelt(here.processed_dir)),
+            "tune": StageFiles(deps=(*checked, *spelt(here.processed_dir, here.pretrain_dir)),
                                outs=spelt(here.tuned_weights, here.tuning_summary,
                                           here.pareto_csv, here.pareto_front_csv,
                                           here.pareto_png, here.study_journal)),
-            "train": StageFiles(deps=(*checked, *spelt(here.processed_dir, here.tuned_weights)),
+            "train": StageFiles(deps=(*checked, *spelt(here.processed_dir, here.pretrain_dir,
+                                                       here.tuned_weights)),
                                 outs=spelt(here.model, here.train_json, here.history_csv,
                                            here.curves_png)),
             "evaluate": StageFiles(deps=(*checked, *spelt(here.model, here.processed_dir,

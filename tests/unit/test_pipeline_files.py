@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
-from multitask.config import load_params, load_sources
+from multitask.config import Params, load_params, load_sources
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,19 +26,21 @@ def test_sample_pipeline_mirrors_the_main_one() -> None:
 
 def test_stages_run_in_pipeline_order() -> None:
     stages = list(load(ROOT / "dvc.yaml")["stages"])
-    assert stages == ["check", "download", "validate", "preprocess", "baselines", "tune",
-                      "train", "evaluate"]
+    assert stages == ["check", "download", "validate", "preprocess", "pretrain", "baselines",
+                      "tune", "train", "evaluate"]
 
 
-def test_every_params_key_a_stage_declares_exists() -> None:
-    params = load(ROOT / "params.yaml")
-    for name, stage in load(ROOT / "dvc.yaml")["stages"].items():
+@pytest.mark.parametrize("folder", [".", "sample"])
+def test_every_params_key_a_stage_declares_exists(folder: str) -> None:
+    """DVC refuses to run a stage that declares a param its params.yaml lacks."""
+    params = load(ROOT / folder / "params.yaml")
+    for name, stage in load(ROOT / folder / "dvc.yaml")["stages"].items():
         for dotted in stage.get("params", []):
             if dotted == {"params.yaml": None}:  # the whole file (the check stage)
                 continue
             node = params
             for part in dotted.split("."):
-                assert part in node, f"stage {name}: params.yaml has no {dotted}"
+                assert part in node, f"stage {name}: {folder}/params.yaml has no {dotted}"
                 node = node[part]
 
 
@@ -71,4 +74,58 @@ def test_baselines_ignore_the_architecture_and_declare_only_what_they_read() -> 
     assert model.head_hidden == [32] and model.backbone == params.model.backbone
     declared = [p for p in load(ROOT / "dvc.yaml")["stages"]["baselines"]["params"]
                 if p.startswith("model")]
-    assert declared == ["model.backbone", "model.head_hidden"]
+    assert declared == ["model.backbone", "model.head_hidden", "model.pretrained",
+                        "model.resize_to", "model.stem", "model.freeze_encoder_epochs",
+                        "model.reuse_heads"]
+
+
+def test_every_stage_that_resolves_the_start_depends_on_the_pretrain_stage() -> None:
+    """baselines, tune and train load model.pretrained through multitask.pretraining: with
+    self_supervised they read the pretrain stage's encoder, so they rerun when it changes."""
+    stages = load(ROOT / "dvc.yaml")["stages"]
+    for name in ("baselines", "tune", "train"):
+        assert "models/pretrain" in stages[name]["deps"], name
+        assert "${PKG}/pretraining.py" in stages[name]["deps"], name
+    declared = {name: stages[name]["params"] for name in ("baselines", "tune", "train")}
+    assert "train.encoder_lr_scale" in declared["baselines"]
+    assert "train.encoder_lr_scale" in declared["tune"] and "model" in declared["tune"]
+    assert {"model", "train"} <= set(declared["train"])
+
+
+def changed(params: Params, section: str, **update: object) -> Params:
+    """``params`` with ``update`` applied to one section (validated again)."""
+    body = params.model_dump(by_alias=True)
+    body[section] = {**body[section], **update}
+    return Params.model_validate(body)
+
+
+def test_the_pretrain_stage_reads_only_what_it_declares() -> None:
+    """What the encoder is trained with (its network and its recipe) changes with the params
+    the pretrain stage declares, and with nothing else: tuning the multi-task run never
+    retrains the encoder, and no declared change goes unnoticed by DVC."""
+    from multitask.pretraining import pretraining_params
+
+    declared = load(ROOT / "dvc.yaml")["stages"]["pretrain"]["params"]
+    assert declared == ["pretrain", "model.pretrained", "model.backbone", "model.resize_to",
+                        "model.stem", "train.seed", "train.device"]
+    params = load_params(ROOT / "params.yaml")
+
+    def recipe(variant: Params) -> tuple[dict, dict]:
+        pretraining = pretraining_params(variant)
+        return pretraining.model.model_dump(), pretraining.train.model_dump()
+
+    reference = recipe(params)
+    undeclared = [("model", {"architecture": "mtan"}), ("model", {"head_hidden": [16]}),
+                  ("model", {"rotation_task": True}), ("model", {"freeze_encoder_epochs": 1}),
+                  ("train", {"epochs": 3}), ("train", {"batch_size": 7}),
+                  ("train", {"optimizer": {"name": "sgd", "lr": 0.5}}),
+                  ("train", {"schedule": {"name": "step"}}), ("train", {"weighting": "pcgrad"}),
+                  ("train", {"data_fraction": 0.5}), ("train", {"encoder_lr_scale": 0.1})]
+    for section, update in undeclared:
+        assert recipe(changed(params, section, **update)) == reference, update
+    declared_changes = [("pretrain", {"epochs": 9}), ("pretrain", {"lr": 0.02}),
+                        ("pretrain", {"batch_size": 17}), ("pretrain", {"data_fraction": 0.3}),
+                        ("model", {"backbone": "resnet18"}), ("train", {"seed": 5}),
+                        ("train", {"device": "cpu"})]
+    for section, update in declared_changes:
+        assert recipe(changed(params, section, **update)) != reference, update
