@@ -1,6 +1,8 @@
-"""Shared encoders: the LeNet of the MultiMNIST literature and a ResNet-18 for 1x36x36 input.
+"""Shared encoders: the LeNet of the MultiMNIST literature here, torchvision's classification
+models (ResNet-18/34/50, Inception v3, EfficientNet-B0, MobileNet v3 small, ConvNeXt tiny) in
+:mod:`multitask.models.zoo`; :func:`build_backbone` picks one by ``model.backbone``.
 
-Both also expose their parts, ``stem()``, ``stages()`` and ``readout()``, as views onto their own
+All also expose their parts, ``stem()``, ``stages()`` and ``readout()``, as views onto their own
 modules (no new parameters): ``readout(stage_n(... stage_1(stem(x))))`` equals ``forward(x)``.
 Soft-sharing architectures (MTAN, MMoE, cross-stitch) read or mix the features between stages.
 """
@@ -10,6 +12,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from multitask.errors import unknown_name
+from multitask.models.zoo import SPECS, ResNet18Encoder, TorchvisionEncoder
+
+__all__ = ["LeNetEncoder", "ResNet18Encoder", "TorchvisionEncoder", "build_backbone",
+           "output_shape"]
+
 
 class LeNetEncoder(nn.Module):
     """LeNet as used on MultiMNIST/MultiFashion by Pareto MTL (Lin et al., NeurIPS 2019).
@@ -17,6 +25,9 @@ class LeNetEncoder(nn.Module):
     conv 9x9 (1->10), max-pool 2, ReLU, conv 5x5 (10->20), max-pool 2, ReLU, fc 500->50, ReLU.
     On a 36x36 canvas the second pooling leaves 20x5x5 = 500 features.
     """
+
+    name = "lenet"
+    input_conv = "features.0"  # the convolution that reads the image
 
     def __init__(self, in_channels: int = 1, image_size: int = 36, out_features: int = 50) -> None:
         super().__init__()
@@ -50,41 +61,6 @@ class LeNetEncoder(nn.Module):
         return nn.Sequential(self.features[6], self.fc)
 
 
-class ResNet18Encoder(nn.Module):
-    """torchvision's ResNet-18, adapted to small single-channel images.
-
-    The 7x7 stride-2 stem and its max-pool would shrink 36x36 to 9x9 before the first block;
-    as is usual for 32-pixel inputs (CIFAR), the stem is a 3x3 stride-1 convolution without
-    pooling. The classifier is dropped: the encoder outputs the 512 pooled features.
-    """
-
-    def __init__(self, in_channels: int = 1) -> None:
-        super().__init__()
-        from torchvision.models import resnet18  # torchvision costs ~1 s to import
-
-        net = resnet18(weights=None)
-        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        net.maxpool = nn.Identity()
-        net.fc = nn.Identity()
-        self.net = net
-        self.out_features = 512
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-    def stem(self) -> nn.Module:
-        """The 3x3 convolution, batch norm and ReLU before the first residual stage."""
-        return nn.Sequential(self.net.conv1, self.net.bn1, self.net.relu, self.net.maxpool)
-
-    def stages(self) -> list[nn.Module]:
-        """The four residual stages (two basic blocks each; 64, 128, 256, 512 channels)."""
-        return [self.net.layer1, self.net.layer2, self.net.layer3, self.net.layer4]
-
-    def readout(self) -> nn.Module:
-        """Last stage's maps -> the 512 features (global average pooling; no parameters)."""
-        return nn.Sequential(self.net.avgpool, nn.Flatten())
-
-
 def output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> torch.Size:
     """The shape of ``module``'s output for one input of ``input_shape`` (no batch dimension).
 
@@ -99,9 +75,17 @@ def output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> torch.Size:
         module.train(was_training)
 
 
-def build_backbone(name: str, in_channels: int, image_size: int) -> nn.Module:
+def build_backbone(name: str, in_channels: int, image_size: int, *,
+                   resize_to: int | None = None, stem: str = "auto") -> nn.Module:
+    """The encoder ``model.backbone`` names, for ``in_channels`` x ``image_size``² input.
+
+    ``resize_to`` and ``stem`` apply to torchvision backbones (see :mod:`multitask.models.zoo`).
+    """
     if name == "lenet":
+        if resize_to is not None or stem != "auto":
+            raise ValueError("model.resize_to and model.stem apply to torchvision backbones "
+                             "only; remove them for lenet")
         return LeNetEncoder(in_channels, image_size)
-    if name == "resnet18":
-        return ResNet18Encoder(in_channels)
-    raise ValueError(f"model.backbone: unknown backbone '{name}' (lenet, resnet18)")
+    if name in SPECS:
+        return TorchvisionEncoder(name, in_channels, image_size, resize_to=resize_to, stem=stem)
+    raise ValueError("model.backbone: " + unknown_name("backbone", name, ["lenet", *SPECS]))

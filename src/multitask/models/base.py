@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 
 from multitask.errors import unknown_name
+from multitask.models.backbones import build_backbone
 from multitask.tasks import Task
 
 if TYPE_CHECKING:
@@ -76,7 +77,9 @@ def make_head(in_features: int, hidden: list[int], num_classes: int) -> nn.Seque
     return nn.Sequential(*layers)
 
 
-Builder = Callable[["ModelConfig", list[Task], int, int], MultiTaskModel]
+# Called on every encoder an architecture builds, right after construction (pretrained weights).
+EncoderInit = Callable[[nn.Module], None]
+Builder = Callable[["ModelConfig", list[Task], int, int, EncoderInit | None], MultiTaskModel]
 ARCHITECTURES: dict[str, tuple[Builder, str]] = {}
 
 
@@ -92,11 +95,34 @@ def register_architecture(name: str, description: str) -> Callable[[Builder], Bu
     return wrap
 
 
-def build_model(config: ModelConfig, tasks: list[Task], in_channels: int, image_size: int
-                ) -> MultiTaskModel:
-    """Instantiate ``config.architecture`` with ``config.backbone`` for ``tasks``."""
+def encoder_factory(config: ModelConfig, in_channels: int, image_size: int,
+                    encoder_init: EncoderInit | None) -> Callable[[], nn.Module]:
+    """A function returning a new ``config.backbone`` encoder, passed through ``encoder_init``.
+
+    Architectures call it for every encoder they build (cross-stitch one per task, MTAN and
+    MMoE extra copies for their per-task readouts and experts), so each starts the same way.
+    """
+
+    def new_encoder() -> nn.Module:
+        encoder = build_backbone(config.backbone, in_channels, image_size,
+                                 resize_to=config.resize_to, stem=config.stem)
+        if encoder_init is not None:
+            encoder_init(encoder)
+        return encoder
+
+    return new_encoder
+
+
+def build_model(config: ModelConfig, tasks: list[Task], in_channels: int, image_size: int,
+                encoder_init: EncoderInit | None = None) -> MultiTaskModel:
+    """Instantiate ``config.architecture`` with ``config.backbone`` for ``tasks``.
+
+    ``encoder_init`` is called on every encoder instance the architecture builds, right after
+    construction and before the architecture cuts it into stages (e.g.
+    :func:`multitask.models.pretrained.load_encoder` with the weights to start from).
+    """
     if config.architecture not in ARCHITECTURES:
         raise ValueError("model.architecture: "
                          + unknown_name("architecture", config.architecture, ARCHITECTURES))
     builder, _ = ARCHITECTURES[config.architecture]
-    return builder(config, tasks, in_channels, image_size)
+    return builder(config, tasks, in_channels, image_size, encoder_init)

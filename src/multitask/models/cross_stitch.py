@@ -5,7 +5,8 @@ One backbone column per task; after each stage, a cross-stitch unit replaces eve
 features by a learned linear combination of all columns' features, so the network learns how
 much to share at each depth instead of fixing it. Units sit after each LeNet stage and after its
 fc layer (the paper's placement: after pooling and fully connected layers) and after each
-ResNet-18 residual stage (the last one followed by its parameter-free pooling).
+stage of a torchvision backbone (the last one joined with its readout when that has no
+parameters, like a ResNet's pooling).
 
 The shared representation (``encode``) is every column's output before the last unit, stacked
 ``[B, T, D]``: with the last unit each task reads all columns, so every column parameter and
@@ -21,8 +22,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from multitask.models.backbones import build_backbone
-from multitask.models.base import MultiTaskModel, make_head, register_architecture
+from multitask.models.base import (
+    EncoderInit,
+    MultiTaskModel,
+    encoder_factory,
+    make_head,
+    register_architecture,
+)
 from multitask.tasks import Task
 
 if TYPE_CHECKING:
@@ -58,7 +64,7 @@ class CrossStitchUnit(nn.Module):
 def column_segments(backbone: nn.Module) -> list[nn.Module]:
     """The backbone cut where cross-stitch units go: after each stage and after the readout.
 
-    The stem joins the first stage; a readout without parameters (ResNet-18's pooling) joins
+    The stem joins the first stage; a readout without parameters (a ResNet's pooling) joins
     the last stage, as a unit on either side of a pooling would mix the same features.
     """
     segments = [*backbone.stages(), backbone.readout()]
@@ -112,8 +118,8 @@ class CrossStitchNetwork(MultiTaskModel):
 
 @register_architecture(
     "cross_stitch", "cross-stitch network: one backbone per task, learned mixing after each stage")
-def build_cross_stitch(config: ModelConfig, tasks: list[Task], in_channels: int, image_size: int
-                       ) -> CrossStitchNetwork:
+def build_cross_stitch(config: ModelConfig, tasks: list[Task], in_channels: int, image_size: int,
+                       encoder_init: EncoderInit | None = None) -> CrossStitchNetwork:
     return CrossStitchNetwork(
-        lambda: build_backbone(config.backbone, in_channels, image_size), tasks,
+        encoder_factory(config, in_channels, image_size, encoder_init), tasks,
         config.head_hidden)

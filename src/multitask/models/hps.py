@@ -6,8 +6,13 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from multitask.models.backbones import build_backbone
-from multitask.models.base import MultiTaskModel, make_head, register_architecture
+from multitask.models.base import (
+    EncoderInit,
+    MultiTaskModel,
+    encoder_factory,
+    make_head,
+    register_architecture,
+)
 from multitask.tasks import Task
 
 if TYPE_CHECKING:
@@ -37,7 +42,7 @@ class HardParameterSharing(MultiTaskModel):
 
 
 @register_architecture("hps", "hard parameter sharing: shared encoder, one head per task")
-def build_hps(config: ModelConfig, tasks: list[Task], in_channels: int, image_size: int
-              ) -> HardParameterSharing:
-    encoder = build_backbone(config.backbone, in_channels, image_size)
+def build_hps(config: ModelConfig, tasks: list[Task], in_channels: int, image_size: int,
+              encoder_init: EncoderInit | None = None) -> HardParameterSharing:
+    encoder = encoder_factory(config, in_channels, image_size, encoder_init)()
     return HardParameterSharing(encoder, tasks, config.head_hidden)

@@ -6,7 +6,7 @@ gate over the input, ``f_t(x) = sum_i g_t(x)_i e_i(x)`` with ``g_t(x) = softmax(
 reads the mixture through its own tower. Tasks that agree can pick the same experts, tasks that
 conflict different ones.
 
-Experts here sit on a shared stem, the backbone up to its last stage (for ResNet-18: through
+Experts here sit on a shared stem, the backbone up to its last stage (for a ResNet: through
 layer 3; for LeNet: the first convolution), and each is a fresh copy of the last stage and the
 readout, ``model.expert_dim`` wide. Two reasons: the gates must read something every task shares
 (``decode`` sees only the shared representation, and the paper's gates read the shared input
@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from multitask.models.backbones import LeNetEncoder, build_backbone, output_shape
+from multitask.models.backbones import LeNetEncoder, output_shape
 from multitask.models.base import (
+    EncoderInit,
     MultiTaskModel,
+    encoder_factory,
     make_head,
     register_architecture,
     separate_nodes,
@@ -38,19 +40,22 @@ if TYPE_CHECKING:
     from multitask.config import ModelConfig
 
 
-def make_expert(backbone: str, in_channels: int, image_size: int, expert_dim: int) -> nn.Module:
-    """A fresh copy of the backbone's last stage and readout, ``expert_dim`` features out.
+def make_expert(config: ModelConfig, in_channels: int, image_size: int,
+                encoder_init: EncoderInit | None = None) -> nn.Module:
+    """A fresh copy of the backbone's last stage and readout, ``config.expert_dim`` features out.
 
     LeNet's readout is its fc layer, so ``expert_dim`` is that layer's width (50, as in HPS, by
-    default); ResNet-18's readout is a pooling, so a linear layer and ReLU project its 512
-    features to ``expert_dim``.
+    default); a torchvision backbone's readout is a pooling, so a linear layer and ReLU project
+    its features to ``expert_dim``. The copy goes through ``encoder_init`` like every encoder.
     """
-    if backbone == "lenet":
-        lenet = LeNetEncoder(in_channels, image_size, out_features=expert_dim)
+    if config.backbone == "lenet":
+        lenet = LeNetEncoder(in_channels, image_size, out_features=config.expert_dim)
+        if encoder_init is not None:
+            encoder_init(lenet)
         return nn.Sequential(lenet.stages()[-1], lenet.readout())
-    encoder = build_backbone(backbone, in_channels, image_size)
+    encoder = encoder_factory(config, in_channels, image_size, encoder_init)()
     return nn.Sequential(encoder.stages()[-1], encoder.readout(),
-                         nn.Linear(encoder.out_features, expert_dim), nn.ReLU())
+                         nn.Linear(encoder.out_features, config.expert_dim), nn.ReLU())
 
 
 class MultiGateMixtureOfExperts(MultiTaskModel):
@@ -96,12 +101,12 @@ class MultiGateMixtureOfExperts(MultiTaskModel):
 
 @register_architecture(
     "mmoe", "multi-gate mixture of experts: shared experts, one softmax gate and tower per task")
-def build_mmoe(config: ModelConfig, tasks: list[Task], in_channels: int, image_size: int
-               ) -> MultiGateMixtureOfExperts:
-    backbone = build_backbone(config.backbone, in_channels, image_size)
+def build_mmoe(config: ModelConfig, tasks: list[Task], in_channels: int, image_size: int,
+               encoder_init: EncoderInit | None = None) -> MultiGateMixtureOfExperts:
+    backbone = encoder_factory(config, in_channels, image_size, encoder_init)()
     stem = nn.Sequential(backbone.stem(), *backbone.stages()[:-1])
     return MultiGateMixtureOfExperts(
         stem,
-        lambda: make_expert(config.backbone, in_channels, image_size, config.expert_dim),
+        lambda: make_expert(config, in_channels, image_size, encoder_init),
         config.num_experts, config.expert_dim, tasks, config.head_hidden,
         (in_channels, image_size, image_size))

@@ -5,9 +5,9 @@ One shared backbone computes a global feature pool; each task owns a chain of so
 modules that read the shared maps at every stage and gate them element-wise, so a task selects
 the shared features it needs rather than owning a copy of the network. Per stage ``j`` the
 backbone gives two maps: ``u_j``, read by the attention, and ``p_j``, the stage output it gates.
-The paper takes ``u_j`` after a block's first layer and ``p_j`` after its last; a ResNet-18
+The paper takes ``u_j`` after a block's first layer and ``p_j`` after its last; a ResNet
 stage is split the same way, before its last residual block. A LeNet stage is a single
-convolution, so there ``u_j = p_j``.
+convolution, so there ``u_j = p_j``, as for the other torchvision backbones' stages.
 
 The shared representation (``encode``) is every ``u_j`` and ``p_j`` the attention reads, each its
 own graph node (:func:`separate_nodes`); ``shared_parameters`` are the backbone's stem and
@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multitask.models.backbones import build_backbone, output_shape
+from multitask.models.backbones import output_shape
 from multitask.models.base import (
+    EncoderInit,
     MultiTaskModel,
+    encoder_factory,
     make_head,
     register_architecture,
     separate_nodes,
@@ -51,13 +53,14 @@ def attention_mask(in_channels: int, channels: int) -> nn.Sequential:
 def split_stage(stage: nn.Module) -> tuple[nn.Module, nn.Module]:
     """``(first part, last part)`` of a stage: ``u = first(x)``, ``p = last(u)``.
 
-    A residual stage splits before its last block; any other stage (a LeNet convolution) is
-    one piece, and its last part is the identity (``u = p``).
+    A ResNet stage splits before its last residual block; any other stage (a LeNet
+    convolution, an EfficientNet stage) is one piece, and its last part is the identity
+    (``u = p``).
     """
-    from torchvision.models.resnet import BasicBlock  # torchvision costs ~1 s to import
+    from torchvision.models.resnet import BasicBlock, Bottleneck  # ~1 s to import
 
     if (isinstance(stage, nn.Sequential) and len(stage) > 1
-            and all(isinstance(block, BasicBlock) for block in stage)):
+            and all(isinstance(block, BasicBlock | Bottleneck) for block in stage)):
         return stage[:-1], stage[-1]
     return stage, nn.Identity()
 
@@ -138,7 +141,7 @@ class MultiTaskAttentionNetwork(MultiTaskModel):
         self.paths = nn.ModuleDict()
         for task in tasks:
             # A fresh backbone per task supplies an independently initialised readout
-            # (LeNet's fc layer; ResNet-18's parameter-free pooling).
+            # (LeNet's fc layer; ConvNeXt's LayerNorm; a ResNet's parameter-free pooling).
             readout = make_backbone().readout()
             width = output_shape(readout, tuple(shape))[0]
             self.paths[task.name] = AttentionPath(
@@ -173,8 +176,8 @@ class MultiTaskAttentionNetwork(MultiTaskModel):
 
 @register_architecture(
     "mtan", "multi-task attention network: per-task soft attention over a shared backbone's stages")
-def build_mtan(config: ModelConfig, tasks: list[Task], in_channels: int, image_size: int
-               ) -> MultiTaskAttentionNetwork:
+def build_mtan(config: ModelConfig, tasks: list[Task], in_channels: int, image_size: int,
+               encoder_init: EncoderInit | None = None) -> MultiTaskAttentionNetwork:
     return MultiTaskAttentionNetwork(
-        lambda: build_backbone(config.backbone, in_channels, image_size),
+        encoder_factory(config, in_channels, image_size, encoder_init),
         tasks, config.head_hidden, (in_channels, image_size, image_size))
