@@ -147,9 +147,12 @@ COMMANDS: dict[str, Command] = {
         "label, with the recipe of the pretrain section of params.yaml; write "
         "models/pretrain/encoder.pt (which baselines, tune and train then start from) and "
         "reports/pretrain.json, log an MLflow run and register the model as "
-        "pretrain.registered_name with alias 'latest'. Resumes from the last checkpoint after "
-        "an interruption. With any other model.pretrained it trains nothing and writes only "
-        "reports/pretrain.json saying so."),
+        "pretrain.registered_name with alias 'newest' (model.pretrained: "
+        "models:/<name>@newest starts another pipeline from it). Resumes from the last "
+        "checkpoint after an interruption. With any other model.pretrained it trains nothing, "
+        "leaves "
+        "models/pretrain empty and writes reports/pretrain.json saying so (the same every "
+        "time, so no later stage reruns)."),
     "baselines": Command(
         "multitask.training.stages:baselines",
         "train one single-task model per task (the reference for Δm%%)",

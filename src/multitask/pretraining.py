@@ -34,7 +34,9 @@ from multitask.weighting import build_weighting
 log = logging.getLogger(__name__)
 
 SELF_SUPERVISED = "self_supervised"
-LATEST = "latest"  # the alias of the newest registered encoder
+# The alias of the newest registered encoder: models:/<pretrain.registered_name>@newest.
+# ("latest" is reserved by MLflow, whose models:/<name>/latest means the highest version.)
+NEWEST = "newest"
 ROTATION_CLASS_NAMES = ["0°", "90°", "180°", "270°"]  # class k: turned by k x 90°
 # Written when model.pretrained is not self_supervised. The same words every time, so the
 # stage's outputs do not change and nothing downstream reruns.
@@ -150,8 +152,8 @@ def pretrain(params: Params, layout: Layout) -> dict[str, Any]:
     Writes ``models/pretrain/encoder.pt`` (a network file of
     :func:`~multitask.training.session.save_network`: hard sharing, the rotation head) and
     ``reports/pretrain.json``; logs an MLflow run and registers the logged model as
-    ``pretrain.registered_name`` with alias ``latest`` (so ``model.pretrained:
-    models:/<registered_name>@latest`` starts another pipeline from it). Resumes from
+    ``pretrain.registered_name`` with alias ``newest`` (so ``model.pretrained:
+    models:/<registered_name>@newest`` starts another pipeline from it). Resumes from
     ``models/checkpoints/pretrain.pt`` after an interruption. Returns the record written.
     """
     encoder = layout.pretrained_encoder
@@ -198,9 +200,9 @@ def pretrain(params: Params, layout: Layout) -> dict[str, Any]:
                 "data.sha256": str(data.meta["sha256"]),
                 accuracy_key: str(accuracy),
             })
-            tracking.set_alias(name, LATEST, version.version)
-            registered = {"name": name, "version": version.version, "alias": LATEST}
-            log.info("registered %s v%s (alias %s)", name, version.version, LATEST)
+            tracking.set_alias(name, NEWEST, version.version)
+            registered = {"name": name, "version": version.version, "alias": NEWEST}
+            log.info("registered %s v%s (alias %s)", name, version.version, NEWEST)
         record = {
             "trained": True,
             "encoder": Layout().pretrained_encoder.as_posix(),
