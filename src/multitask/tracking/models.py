@@ -204,8 +204,24 @@ def network_state(model_uri: str) -> NetworkState:
                   for key, value in program.constants.items()
                   if key.startswith(prefix) and isinstance(value, torch.Tensor)})
     where = [f"run {info.run_id}"] if info.run_id else []
-    if getattr(info, "registered_model_version", None):
-        where.insert(0, f"version {info.registered_model_version}")
+    if (version := _registered_version(model_uri)) is not None:
+        where.insert(0, f"version {version}")
     origin = f"{model_uri} ({', '.join(where)})" if where else model_uri
     return NetworkState(state, origin, digest, run_params.get("model.backbone"),
                         run_params.get("model.architecture"))
+
+
+def _registered_version(model_uri: str) -> str | None:
+    """The registered version a ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` URI
+    resolves to now (an alias moves; the run's record keeps the version it started from)."""
+    from multitask.tracking.registry import version_by_alias
+
+    if not model_uri.startswith("models:/"):
+        return None
+    path = model_uri.removeprefix("models:/")
+    if "@" in path:
+        name, alias = path.rsplit("@", 1)
+        found = version_by_alias(name, alias)
+        return None if found is None else found.version
+    name, _, version = path.rpartition("/")
+    return version if name and version.isdigit() else None

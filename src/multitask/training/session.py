@@ -21,6 +21,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from multitask.device import describe, select_device
 from multitask.io import atomic_path, read_json
 from multitask.layout import Layout
 from multitask.models import MultiTaskModel, build_model
+from multitask.models.pretrained import EncoderWeights, load_encoder, load_heads
 from multitask.tasks import Task
 from multitask.training.data import ProcessedData
 from multitask.training.trainer import EpochCallback, Trainer
@@ -66,11 +68,28 @@ def task_list(params: Params, data: ProcessedData) -> list[Task]:
     return processed.tasks(data.meta, rotation=params.model.rotation_task)
 
 
-def build_network(model: ModelConfig, seed: int, tasks: list[Task], data: ProcessedData
-                  ) -> MultiTaskModel:
-    """The configured architecture for ``tasks``, initialised from ``seed``."""
+def build_network(model: ModelConfig, seed: int, tasks: list[Task], data: ProcessedData,
+                  start: EncoderWeights | None = None) -> MultiTaskModel:
+    """The configured architecture for ``tasks``, initialised from ``seed``.
+
+    With ``start`` (what ``model.pretrained`` names, see
+    :func:`multitask.pretraining.resolve_start`) every shared encoder the architecture builds
+    starts from those weights, and with ``model.reuse_heads`` the heads of tasks that match
+    by name and shape too; everything else keeps its seeded initialisation.
+    """
     torch.manual_seed(seed)
-    return build_model(model, tasks, data.channels, data.image_size)
+    init = None if start is None else partial(load_encoder, weights=start,
+                                              pixel_mean=data.mean, pixel_std=data.std)
+    network = build_model(model, tasks, data.channels, data.image_size, encoder_init=init)
+    if start is not None and model.reuse_heads:
+        reused = load_heads(network, start)
+        log.info("heads reused from %s: %s", start.origin, reused or "none matched")
+    return network
+
+
+def start_record(start: EncoderWeights | None) -> dict[str, str] | None:
+    """Where a network's encoder started: ``{"origin": ..., "sha256": ...}`` or None (random)."""
+    return None if start is None else {"origin": start.origin, "sha256": start.sha256}
 
 
 def weights_method(weights: Mapping[str, float], tasks: list[Task], where: str | Path
@@ -117,8 +136,10 @@ def fit(params: Params, data: ProcessedData, tasks: list[Task], method: Weightin
         model: ModelConfig | None = None, train: TrainConfig | None = None,
         epochs: int | None = None, data_fraction: float | None = None,
         checkpoint: Path | None = None, on_epoch: EpochCallback | None = None,
-        on_resume: ResumeCallback | None = None, progress: bool = True) -> Fitted:
-    """Build the network and train it on ``data`` with ``method``.
+        on_resume: ResumeCallback | None = None, progress: bool = True,
+        start: EncoderWeights | None = None) -> Fitted:
+    """Build the network (its encoder from ``start`` if given) and train it on ``data`` with
+    ``method``.
 
     ``model``/``train`` override ``params.model``/``params.train`` (a baseline's hard sharing, a
     trial's learning rate); ``epochs``/``data_fraction`` override the train config's. With a
@@ -127,14 +148,15 @@ def fit(params: Params, data: ProcessedData, tasks: list[Task], method: Weightin
     """
     model_config = model or params.model
     train_config = train or params.train
-    network = build_network(model_config, train_config.seed, tasks, data)
+    network = build_network(model_config, train_config.seed, tasks, data, start)
     trainer = Trainer(
         network, tasks, method, data, train_config, epochs=epochs, data_fraction=data_fraction,
         checkpoint_path=checkpoint,
         fingerprint=fingerprint(model_config.model_dump(), train_config.model_dump(),
                                 data.meta["sha256"], [t.name for t in tasks],
-                                method.name, method.params.model_dump()),
+                                method.name, method.params.model_dump(), start_record(start)),
         on_epoch=on_epoch, progress=progress,
+        freeze_encoder_epochs=model_config.freeze_encoder_epochs,
     )
     if trainer.try_resume() and on_resume is not None:
         on_resume(trainer.start_epoch, trainer.history)
@@ -143,9 +165,12 @@ def fit(params: Params, data: ProcessedData, tasks: list[Task], method: Weightin
 
 
 def save_network(path: Path, model: MultiTaskModel, params: Params, data: ProcessedData,
-                 model_config: ModelConfig | None = None) -> None:
-    """Weights plus what rebuilding the network needs; loadable with ``weights_only=True``."""
+                 model_config: ModelConfig | None = None,
+                 start: EncoderWeights | None = None) -> None:
+    """Weights plus what rebuilding the network needs, and where its encoder started;
+    loadable with ``weights_only=True``."""
     payload = {
+        "pretrained": start_record(start),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "tasks": [t.to_dict() for t in model.tasks],
         "model": (model_config or params.model).model_dump(mode="json"),

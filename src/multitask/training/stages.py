@@ -22,6 +22,8 @@ from multitask.data import processed
 from multitask.device import describe, machine, select_device
 from multitask.io import atomic_open, read_json, write_json
 from multitask.layout import Layout
+from multitask.models.pretrained import EncoderWeights
+from multitask.pretraining import resolve_start
 from multitask.tasks import Task, main_tasks
 from multitask.training import distributed, session
 from multitask.training.metrics import delta_m
@@ -62,18 +64,20 @@ def baselines(params: Params, layout: Layout) -> dict[str, dict[str, float]]:
 
 def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[str, float]]:
     data = session.load_data(params, layout)
+    start = resolve_start(params, layout)  # the same start as the multi-task network's
     results: dict[str, dict[str, float]] = {}
     started = time.perf_counter()
     for task in main_tasks(processed.tasks(data.meta)):
         log.info("baseline for task '%s'", task.name)
         checkpoint = layout.checkpoint(f"baseline-{task.name}")
         fitted = session.fit(params, data, [task], build_weighting("equal", 1),
-                             checkpoint=checkpoint)
+                             checkpoint=checkpoint, start=start)
         scored = evaluate_split(fitted.model, data, keys.TEST, [task])
         results[task.name] = scored.metrics[task.name]
         if not writes:  # another rank: rank 0 saves the model
             continue
-        session.save_network(layout.baseline_model(task.name), fitted.model, params, data)
+        session.save_network(layout.baseline_model(task.name), fitted.model, params, data,
+                             start=start)
         checkpoint.unlink(missing_ok=True)
     if not writes:
         return results
@@ -82,6 +86,7 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
     write_json(layout.baselines_info, {
         "machine": machine(),
         "backbone": params.model.backbone,
+        "pretrained": session.start_record(start),
         "epochs": params.train.epochs,
         "data_sha256": data.meta["sha256"],
         "seconds": round(time.perf_counter() - started, 1),
@@ -91,6 +96,19 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
 
 
 # ------------------------------------------------------------------------------------- train
+PRETRAINED_ORIGIN_TAG = "multitask.pretrained.origin"
+PRETRAINED_SHA256_TAG = "multitask.pretrained.sha256"
+
+
+def pretrained_tags(start: EncoderWeights | None) -> dict[str, str]:
+    """Where the encoder started, as run tags: a column in the MLflow UI's run table, so two
+    runs from different starting points are never confused there."""
+    if start is None:
+        return {PRETRAINED_ORIGIN_TAG: "none (random initialisation)",
+                PRETRAINED_SHA256_TAG: "-"}
+    return {PRETRAINED_ORIGIN_TAG: start.origin, PRETRAINED_SHA256_TAG: start.sha256}
+
+
 def train(params: Params, layout: Layout) -> dict[str, float]:
     """Train the multi-task network; write the model, its history and curves.
 
@@ -106,13 +124,15 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
     data = session.load_data(params, layout)
     tasks = session.task_list(params, data)
     method = session.build_method(params, tasks, layout)
+    start = resolve_start(params, layout)
     checkpoint = layout.checkpoint("train")
     if not writes:  # another rank: trains its share, rank 0 reports
         return session.fit(params, data, tasks, method, checkpoint=checkpoint,
-                           progress=False).history[-1]
+                           progress=False, start=start).history[-1]
     started = time.perf_counter()
     with tracking.stage_run(params, "train") as run:
         run.log_dataset(data.meta, source=str(layout.processed_dir))
+        run.set_tags(pretrained_tags(start))
 
         def resumed(epochs_done: int, history: list[dict[str, float]]) -> None:
             run.set_tags({"resumed_after_epoch": str(epochs_done)})
@@ -120,9 +140,9 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
                 run.log_epoch(int(record[keys.EPOCH]), record)
 
         fitted = session.fit(params, data, tasks, method, checkpoint=checkpoint,
-                             on_epoch=run.log_epoch, on_resume=resumed)
+                             on_epoch=run.log_epoch, on_resume=resumed, start=start)
         seconds = time.perf_counter() - started
-        session.save_network(layout.model, fitted.model, params, data)
+        session.save_network(layout.model, fitted.model, params, data, start=start)
         _write_history(layout.history_csv, fitted.history)
         names = [t.name for t in tasks]
         save_figure(learning_curves(fitted.history, names), layout.curves_png)
@@ -142,6 +162,7 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
             "device": describe(data.device),
             "machine": machine(),  # another CPU gives other floats: diffs say which it was
             "processes": world,
+            "pretrained": session.start_record(start),  # None: random initialisation
             "seconds": round(seconds, 1),
             "train_images_per_s": round(float(np.median(
                 [r[keys.TRAIN_IMAGES_PER_S] for r in fitted.history])), 1),

@@ -28,6 +28,8 @@ import optuna
 from multitask import keys
 from multitask.config import Params
 from multitask.layout import Layout
+from multitask.models.pretrained import EncoderWeights
+from multitask.pretraining import resolve_start
 from multitask.tasks import Task
 from multitask.training import session
 from multitask.training.data import ProcessedData
@@ -51,6 +53,7 @@ class Setup:
     study_name: str
     fingerprint: dict[str, Any]  # what the study name's hash covers, stored on the study
     parameter_hash: str  # sha256 of the fingerprint; its first digits end the study name
+    start: EncoderWeights | None = None  # where every trial's encoder starts (model.pretrained)
 
     @property
     def source(self) -> str:
@@ -78,6 +81,7 @@ def setup(params: Params, layout: Layout) -> Setup:
     that a trial of every candidate method can train (:func:`check_trials_can_run`)."""
     data = session.load_data(params, layout, splits=("train", "val"))
     tasks = session.task_list(params, data)
+    start = resolve_start(params, layout)
     space = SearchSpace.from_params(params, tasks, str(params.source))
     tune, train = params.tune, params.train
     fingerprint = json.loads(json.dumps({
@@ -88,13 +92,14 @@ def setup(params: Params, layout: Layout) -> Setup:
         "data_fraction": tune.data_fraction,
         "model": params.model.model_dump(mode="json"),
         "train": train.model_dump(mode="json", include={
-            "batch_size", "optimizer", "schedule", "seed", "method_params"}),
+            "batch_size", "optimizer", "schedule", "seed", "method_params", "encoder_lr_scale"}),
         "data_sha256": data.meta["sha256"],
+        "pretrained": session.start_record(start),
     }))
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
-    check_trials_can_run(params, data, tasks, space)
+    check_trials_can_run(params, data, tasks, space, start)
     return Setup(params, layout, data, tasks, space, study_name(params, space, digest),
-                 fingerprint, digest)
+                 fingerprint, digest, start)
 
 
 def study_name(params: Params, space: SearchSpace, parameter_hash: str) -> str:
@@ -111,7 +116,7 @@ def study_name(params: Params, space: SearchSpace, parameter_hash: str) -> str:
 
 
 def check_trials_can_run(params: Params, data: ProcessedData, tasks: list[Task],
-                         space: SearchSpace) -> None:
+                         space: SearchSpace, start: EncoderWeights | None = None) -> None:
     """Build the network with every method a trial may choose and take one optimisation step on
     at most :data:`PREFLIGHT_ROWS` training examples (milliseconds; what a trial does first).
 
@@ -129,7 +134,8 @@ def check_trials_can_run(params: Params, data: ProcessedData, tasks: list[Task],
                    else None)
         try:
             weighting = Choice(method, weights, None).weighting_method(tasks, params)
-            network = session.build_network(params.model, params.train.seed, tasks, data)
+            network = session.build_network(params.model, params.train.seed, tasks, data,
+                                            start)
             trainer = Trainer(network, tasks, weighting, data, config, epochs=params.tune.epochs,
                               data_fraction=min(1.0, (rows + 0.5) / n_train), progress=False,
                               group=None)

@@ -93,7 +93,7 @@ class Objective:
                             choice.weighting_method(setup.tasks, params),
                             train=trial_config(params, choice.lr), epochs=epochs,
                             data_fraction=params.tune.data_fraction, on_epoch=on_epoch,
-                            progress=False)
+                            progress=False, start=setup.start)
                 state = "COMPLETE"
             except optuna.TrialPruned:
                 state = "PRUNED"
@@ -151,7 +151,8 @@ def validation_baselines(setup: Setup, study: optuna.Study) -> dict[str, float]:
         log.info("Δm%% reference: single-task model for task '%s'", task.name)
         history = session.fit(params, setup.data, [task], build_weighting("equal", 1),
                               train=trial_config(params), epochs=params.tune.epochs,
-                              data_fraction=params.tune.data_fraction, progress=False).history
+                              data_fraction=params.tune.data_fraction, progress=False,
+                              start=setup.start).history
         result[task.name] = _accuracies(history[-1], [task.name])[task.name]
     study.set_user_attr("validation_baselines", result)
     return result
