@@ -100,3 +100,15 @@ def test_an_unknown_alias_is_a_clear_error(workdir: Path) -> None:
     params = load_params("params.yaml")
     with pytest.raises(ValueError, match=rf"models:/{REGISTERED}@nowhere.*multitask registry"):
         resolve_start(params, Layout(workdir))
+
+
+def test_the_same_weights_save_to_the_same_bytes(workdir: Path) -> None:
+    """The encoder's sha256 (recorded as the start's provenance) depends on the weights only."""
+    params = load_params("params.yaml")
+    data = ProcessedData(Layout(workdir).processed_dir, torch.device("cpu"))
+    tasks = tasks_from_meta(data.meta)
+    network = session.build_network(params.model, seed=0, tasks=tasks, data=data)
+    first, second = workdir / "a.pt", workdir / "b" / "other-name.pt"
+    session.save_network(first, network, params, data)
+    session.save_network(second, network, params, data)
+    assert first.read_bytes() == second.read_bytes()

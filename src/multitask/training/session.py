@@ -179,8 +179,10 @@ def save_network(path: Path, model: MultiTaskModel, params: Params, data: Proces
         "dataset": data.meta["dataset"],
         "data_sha256": data.meta["sha256"],
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Through a handle: torch.save names the archive's records after a path's stem, and the
+    # temporary name holds the pid, so the same weights would give other bytes (and sha256).
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
 
 
 def load_network(path: Path) -> tuple[MultiTaskModel, dict[str, Any]]:
