@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multitask.config import ModelConfig
+from multitask.config import BACKBONES, ModelConfig
 from multitask.models import build_model
 from multitask.models.backbones import LeNetEncoder
 from multitask.tasks import Task
@@ -18,6 +18,39 @@ def test_output_shapes(backbone: str) -> None:
     model = build_model(ModelConfig(backbone=backbone), TASKS, 1, 36)
     outputs = model(torch.zeros(3, 1, 36, 36))
     assert {k: tuple(v.shape) for k, v in outputs.items()} == {"left": (3, 10), "right": (3, 10)}
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_backbone_builds_the_model_for_multifashion_input(backbone: str) -> None:
+    """1x36x36 input as MultiFashion's; Inception resized to its 75-pixel minimum."""
+    config = ModelConfig(backbone=backbone, resize_to=75 if backbone == "inception_v3" else None)
+    model = build_model(config, TASKS, 1, 36)
+    outputs = model(torch.zeros(2, 1, 36, 36))
+    assert {k: tuple(v.shape) for k, v in outputs.items()} == {"left": (2, 10), "right": (2, 10)}
+
+
+def test_encoder_init_sees_the_encoder_before_the_model_uses_it() -> None:
+    def init(encoder: torch.nn.Module) -> None:
+        torch.nn.init.zeros_(encoder.fc[0].weight)
+        torch.nn.init.zeros_(encoder.fc[0].bias)
+
+    model = build_model(ModelConfig(), TASKS, 1, 36, encoder_init=init)
+    assert not model.encoder(torch.randn(2, 1, 36, 36)).any()
+
+
+def test_a_rebuilt_network_restores_the_input_normalisation_from_its_state_dict() -> None:
+    """What load_network does: build without weights, load the saved state_dict; the adapter's
+    normalisation (set when the encoder started from ImageNet weights) comes back with it."""
+    config = ModelConfig(backbone="resnet18")
+
+    def imagenet_like(encoder: torch.nn.Module) -> None:
+        encoder.adapter.set_affine(torch.tensor([1.5]), torch.tensor([-0.5]))
+
+    saved = build_model(config, TASKS, 1, 36, encoder_init=imagenet_like).state_dict()
+    rebuilt = build_model(config, TASKS, 1, 36)
+    rebuilt.load_state_dict(saved)
+    assert (rebuilt.encoder.adapter.scale.item(), rebuilt.encoder.adapter.shift.item()) == (
+        1.5, -0.5)
 
 
 def test_lenet_matches_the_published_layout() -> None:
