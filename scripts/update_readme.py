@@ -4,6 +4,7 @@ Blocks between `<!-- NAME:start -->` and `<!-- NAME:end -->` are replaced:
 - results: the metrics, baselines and train reports of the last `make repro` (paths from
   multitask.layout), titled from params.yaml's data set
 - comparison: reports/method_comparison.json (scripts/compare_methods.py)
+- pretraining: reports/pretraining/study.md and study.png (scripts/pretraining_study.py)
 - benchmarks: reports/benchmarks.json (`make bench`)
 
     python scripts/update_readme.py
@@ -154,6 +155,18 @@ def _machine(machine: dict[str, Any]) -> str:
             f"{machine['torch']}" + (f", {machine['cuda']}" if machine.get("cuda") else ", no GPU"))
 
 
+def pretraining() -> str:
+    """The table and plot of scripts/pretraining_study.py (read where ROOT says, so the test
+    can point it at the committed files)."""
+    layout = Layout(ROOT)
+    if not layout.pretraining_study_md.is_file():
+        return "_Not measured yet: run `python scripts/pretraining_study.py`._"
+    plot = layout.pretraining_study_png.relative_to(ROOT).as_posix()
+    return (layout.pretraining_study_md.read_text().rstrip() + "\n\n"
+            + f"![test accuracy against the labelled fraction, from scratch and from the "
+              f"self-supervised encoder]({plot})")
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
     if not pattern.search(text):
@@ -164,7 +177,7 @@ def replace_block(text: str, name: str, body: str) -> str:
 def main() -> None:
     text = README.read_text()
     for name, render in (("results", results), ("comparison", comparison),
-                         ("benchmarks", benchmarks)):
+                         ("pretraining", pretraining), ("benchmarks", benchmarks)):
         text = replace_block(text, name, render())
     README.write_text(text)
 

@@ -75,6 +75,11 @@ def resolve_start(params: Params, layout: Layout) -> EncoderWeights | None:
         weights = pretrained.file_weights(path)
     else:  # a model URI: a network this repository logged to MLflow
         state = tracking.network_state(model.pretrained)
+        if state.architecture not in (None, "hps"):
+            raise ValueError(
+                f"{params.source}: model.pretrained: {state.origin} is a {state.architecture} "
+                "network; only a hard-parameter-sharing (hps) network has one shared encoder "
+                "to start from (train one with model.architecture: hps)")
         weights = pretrained.network_weights(state.state_dict, origin=state.origin,
                                              sha256=state.sha256, backbone=state.backbone)
     if weights.backbone is not None and weights.backbone != model.backbone:

@@ -112,3 +112,14 @@ def test_the_same_weights_save_to_the_same_bytes(workdir: Path) -> None:
     session.save_network(first, network, params, data)
     session.save_network(second, network, params, data)
     assert first.read_bytes() == second.read_bytes()
+
+
+def test_a_soft_sharing_network_is_refused_with_its_architecture(workdir: Path) -> None:
+    params = load_params("params.yaml")
+    mtan = params.model.model_copy(update={"architecture": "mtan"})
+    source = build_model(mtan, [Task("left", 10), Task("right", 10)], 1, 36).eval()
+    with tracking.stage_run(params.model_copy(update={"model": mtan}), "train") as run:
+        uri = run.log_model(source, np.zeros((2, 36, 36), dtype=np.uint8), ["left", "right"])
+    with_model(workdir / "params.yaml", pretrained=uri)
+    with pytest.raises(ValueError, match=r"is a mtan network; only a hard-parameter-sharing"):
+        resolve_start(load_params("params.yaml"), Layout(workdir))

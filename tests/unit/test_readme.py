@@ -27,7 +27,8 @@ def _renderer() -> ModuleType:
 
 RENDERED_FROM = ["README.md", "reports/metrics.json", "reports/baselines.json",
                  "reports/train.json", "reports/tuning/weights.json",
-                 "reports/method_comparison.json", "reports/benchmarks.json"]
+                 "reports/method_comparison.json", "reports/benchmarks.json",
+                 "reports/pretraining/study.md"]
 
 
 def _committed(tmp_path: Path) -> Path:
@@ -42,7 +43,7 @@ def _committed(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("block", ["results", "comparison", "benchmarks"])
+@pytest.mark.parametrize("block", ["results", "comparison", "pretraining", "benchmarks"])
 def test_readme_blocks_match_the_committed_reports(
         block: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     renderer = _renderer()
