@@ -25,7 +25,8 @@ from multitask.data.datasets import DATASETS
 from multitask.errors import ConfigError, unknown_name, validate
 from multitask.redaction import redact
 
-__all__ = ["ConfigError", "Params", "flatten", "load_params", "load_sources", "parse_params"]
+__all__ = ["ConfigError", "Params", "flatten", "load_params", "load_sources", "parse_params",
+           "regularisation_keys"]
 
 DEFAULT_PARAMS = Path("params.yaml")
 # Keys that earlier versions accepted and what to do instead (paths are fixed by the layout).
@@ -151,6 +152,16 @@ PRETRAINED_WORDS = ("none", "imagenet", "self_supervised")
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
 
 
+class DropoutConfig(_Section):
+    """Dropout probabilities (0: no dropout layer at all, so the network is the same as without
+    this section). ``encoder``: on the features entering the encoder's last linear layer
+    (LeNet: before ``fc``) or, for torchvision backbones, on their pooled output (where
+    torchvision's own classifiers put it). ``heads``: before each task head's classifier."""
+
+    encoder: float = Field(0.0, ge=0.0, lt=1.0)
+    heads: float = Field(0.0, ge=0.0, lt=1.0)
+
+
 class ModelConfig(_Section):
     backbone: str = "lenet"  # a name of BACKBONES
     architecture: str = "hps"
@@ -174,6 +185,8 @@ class ModelConfig(_Section):
     # With a multitask model as model.pretrained: also start the heads of tasks that match by
     # name and shape from it.
     reuse_heads: bool = False
+    # Regularisation: the single-task baselines use the same (see regularisation_keys).
+    dropout: DropoutConfig = Field(DropoutConfig(), json_schema_extra={"regularises": True})
 
     @field_validator("backbone")
     @classmethod
@@ -223,7 +236,7 @@ class OptimizerConfig(_Section):
     name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0, json_schema_extra={"regularises": True})
 
 
 class ScheduleConfig(_Section):
@@ -231,6 +244,35 @@ class ScheduleConfig(_Section):
     step_size: int = Field(10, ge=1)
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     warmup_epochs: int = Field(0, ge=0)
+
+
+class AugmentConfig(_Section):
+    """Random changes of each training image that cannot change its labels (0/false: off).
+
+    ``shift``: two-item composites; each image moves by up to this many pixels per axis, and
+    only as far as its blank margin allows, so both items move together, stay whole and keep
+    their corners (:mod:`multitask.training.augment`). ``flip`` (horizontal) and ``crop``
+    (pad by this many pixels, cut back at random): natural images only, refused unless the data
+    set declares them safe (a flipped composite would swap its left and right items).
+    """
+
+    shift: int = Field(0, ge=0, le=8)
+    flip: bool = False
+    crop: int = Field(0, ge=0, le=8)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.shift or self.flip or self.crop)
+
+
+class EarlyStoppingConfig(_Section):
+    """``patience``: stop after this many epochs without a better validation ``select`` score
+    and keep (save, evaluate) the best epoch's weights; None: train all epochs, keep the last.
+    ``select``: mean validation accuracy of the main tasks, or validation Δm% against the
+    single-task baselines' validation accuracies (``reports/baselines_info.json``)."""
+
+    patience: int | None = Field(None, ge=1)
+    select: Literal["mean_accuracy", "delta_m"] = "mean_accuracy"
 
 
 class TrainConfig(_Section):
@@ -247,6 +289,12 @@ class TrainConfig(_Section):
     # e.g. 0.1 with a pretrained encoder); the task-specific parameters keep lr.
     encoder_lr_scale: float = Field(1.0, gt=0.0, le=10.0)
     diagnostics_every: int = Field(0, ge=0)
+    # Regularisation and model selection, marked so that the single-task baselines derive
+    # theirs from the same keys (regularisation_keys; training.stages.baseline_params).
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, json_schema_extra={"regularises": True})
+    augment: AugmentConfig = Field(AugmentConfig(), json_schema_extra={"regularises": True})
+    early_stopping: EarlyStoppingConfig = Field(EarlyStoppingConfig(),
+                                                json_schema_extra={"regularises": True})
     # Data-parallel processes (torchrun) for train and baselines; batch_size stays the global
     # batch. Under a launcher started by hand, its WORLD_SIZE decides instead.
     processes: int = Field(1, ge=1)
@@ -391,6 +439,21 @@ class Params(_Section):
         return self._source
 
 
+def regularisation_keys(section: type[BaseModel] = Params, prefix: str = "") -> list[str]:
+    """The dotted keys marked ``regularises`` (dropout, weight decay, label smoothing,
+    augmentation, early stopping): what the single-task baselines must share with the
+    multi-task run for Δm% to be fair, found in the schema rather than listed by hand."""
+    found: list[str] = []
+    for name, info in section.model_fields.items():
+        key = f"{prefix}{info.alias or name}"
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get("regularises"):
+            found.append(key)
+        elif isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            found += regularisation_keys(info.annotation, key + ".")
+    return found
+
+
 # ------------------------------------------------------------------------------------ loading
 def _removed_keys(raw: dict[str, Any], path: Path) -> list[str]:
     return [f"{path}: {section}.{key}: no longer a param; {why}; remove the key"
@@ -417,6 +480,14 @@ def _registry_problems(params: Params, path: Path) -> list[str]:
         problems.append(
             f"{path}: model.freeze_encoder_epochs: {params.model.freeze_encoder_epochs} must be "
             f"below train.epochs ({params.train.epochs}), or the encoder never trains")
+    safe = DATASETS[params.data.dataset].augmentations
+    augment = params.train.augment
+    for name, value in (("shift", augment.shift), ("flip", augment.flip), ("crop", augment.crop)):
+        if value and name not in safe:
+            problems.append(
+                f"{path}: train.augment.{name}: {value}: would change labels of data set "
+                f"{params.data.dataset} (safe for it: {', '.join(safe) or 'none'}, declared in "
+                f"multitask.data.datasets); set it to {'false' if name == 'flip' else 0}")
     if params.model.architecture not in ARCHITECTURES:
         problems.append(_unknown_name(path, "model.architecture", "architecture",
                                       params.model.architecture, list(ARCHITECTURES)))

@@ -54,6 +54,9 @@ class DatasetSpec:
     title: str  # how people write the name (README, plots)
     tasks: tuple[TaskSpec, ...]
     channels: int = 1
+    # train.augment's changes that keep every label valid: a composite's items may move
+    # together (shift) but not be mirrored (a flip swaps left and right) or cut (crop).
+    augmentations: tuple[str, ...] = ("shift",)
 
     @property
     def sources(self) -> tuple[str, ...]:

@@ -23,13 +23,16 @@ class LeNetEncoder(nn.Module):
     """LeNet as used on MultiMNIST/MultiFashion by Pareto MTL (Lin et al., NeurIPS 2019).
 
     conv 9x9 (1->10), max-pool 2, ReLU, conv 5x5 (10->20), max-pool 2, ReLU, fc 500->50, ReLU.
-    On a 36x36 canvas the second pooling leaves 20x5x5 = 500 features.
+    On a 36x36 canvas the second pooling leaves 20x5x5 = 500 features. With ``dropout`` > 0
+    those 500 features pass a dropout layer before ``fc`` (appended to ``features``, so no
+    parameter's key moves; with 0 there is no such layer).
     """
 
     name = "lenet"
     input_conv = "features.0"  # the convolution that reads the image
 
-    def __init__(self, in_channels: int = 1, image_size: int = 36, out_features: int = 50) -> None:
+    def __init__(self, in_channels: int = 1, image_size: int = 36, out_features: int = 50,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 10, kernel_size=9),
@@ -42,6 +45,8 @@ class LeNetEncoder(nn.Module):
         )
         with torch.no_grad():
             flat = self.features(torch.zeros(1, in_channels, image_size, image_size)).shape[1]
+        if dropout > 0:
+            self.features.append(nn.Dropout(dropout))
         self.fc = nn.Sequential(nn.Linear(flat, out_features), nn.ReLU())
         self.out_features = out_features
 
@@ -57,8 +62,8 @@ class LeNetEncoder(nn.Module):
         return [self.features[0:3], self.features[3:6]]
 
     def readout(self) -> nn.Module:
-        """Last stage's maps -> the ``out_features`` vector (flatten, fc, ReLU)."""
-        return nn.Sequential(self.features[6], self.fc)
+        """Last stage's maps -> the ``out_features`` vector (flatten, dropout if any, fc, ReLU)."""
+        return nn.Sequential(*self.features[6:], self.fc)
 
 
 def output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> torch.Size:
@@ -76,16 +81,20 @@ def output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> torch.Size:
 
 
 def build_backbone(name: str, in_channels: int, image_size: int, *,
-                   resize_to: int | None = None, stem: str = "auto") -> nn.Module:
+                   resize_to: int | None = None, stem: str = "auto",
+                   dropout: float = 0.0) -> nn.Module:
     """The encoder ``model.backbone`` names, for ``in_channels`` x ``image_size``² input.
 
-    ``resize_to`` and ``stem`` apply to torchvision backbones (see :mod:`multitask.models.zoo`).
+    ``resize_to`` and ``stem`` apply to torchvision backbones (see :mod:`multitask.models.zoo`);
+    ``dropout`` (``model.dropout.encoder``) to all (LeNet: before ``fc``; torchvision: on the
+    pooled output).
     """
     if name == "lenet":
         if resize_to is not None or stem != "auto":
             raise ValueError("model.resize_to and model.stem apply to torchvision backbones "
                              "only; remove them for lenet")
-        return LeNetEncoder(in_channels, image_size)
+        return LeNetEncoder(in_channels, image_size, dropout=dropout)
     if name in SPECS:
-        return TorchvisionEncoder(name, in_channels, image_size, resize_to=resize_to, stem=stem)
+        return TorchvisionEncoder(name, in_channels, image_size, resize_to=resize_to, stem=stem,
+                                  dropout=dropout)
     raise ValueError("model.backbone: " + unknown_name("backbone", name, ["lenet", *SPECS]))

@@ -66,13 +66,17 @@ def separate_nodes(*tensors: Tensor) -> tuple[Tensor, ...]:
     return tuple(t.view_as(t) for t in tensors)
 
 
-def make_head(in_features: int, hidden: list[int], num_classes: int) -> nn.Sequential:
-    """A task head: optional hidden layers with ReLU, then the classifier."""
+def make_head(in_features: int, hidden: list[int], num_classes: int,
+              dropout: float = 0.0) -> nn.Sequential:
+    """A task head: optional hidden layers with ReLU, then (``dropout`` > 0, i.e.
+    ``model.dropout.heads``) a dropout layer, then the classifier."""
     layers: list[nn.Module] = []
     width = in_features
     for size in hidden:
         layers += [nn.Linear(width, size), nn.ReLU()]
         width = size
+    if dropout > 0:  # none at 0: the classifier keeps its key
+        layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
 
@@ -105,7 +109,8 @@ def encoder_factory(config: ModelConfig, in_channels: int, image_size: int,
 
     def new_encoder() -> nn.Module:
         encoder = build_backbone(config.backbone, in_channels, image_size,
-                                 resize_to=config.resize_to, stem=config.stem)
+                                 resize_to=config.resize_to, stem=config.stem,
+                                 dropout=config.dropout.encoder)
         if encoder_init is not None:
             encoder_init(encoder)
         return encoder

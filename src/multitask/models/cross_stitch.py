@@ -80,7 +80,7 @@ class CrossStitchNetwork(MultiTaskModel):
     name = "cross_stitch"
 
     def __init__(self, make_backbone: Callable[[], nn.Module], tasks: list[Task],
-                 head_hidden: list[int]) -> None:
+                 head_hidden: list[int], head_dropout: float = 0.0) -> None:
         super().__init__(tasks)
         if len(tasks) < 2:
             raise ValueError(
@@ -96,7 +96,7 @@ class CrossStitchNetwork(MultiTaskModel):
             {t.name: nn.Parameter(init[i].clone()) for i, t in enumerate(tasks)})
         width = backbones[0].out_features
         self.heads = nn.ModuleDict(
-            {t.name: make_head(width, head_hidden, t.num_classes) for t in tasks})
+            {t.name: make_head(width, head_hidden, t.num_classes, head_dropout) for t in tasks})
 
     def encode(self, x: Tensor) -> Tensor:
         """Each column's readout before the last unit, stacked ``[B, T, D]``."""
@@ -122,4 +122,4 @@ def build_cross_stitch(config: ModelConfig, tasks: list[Task], in_channels: int,
                        encoder_init: EncoderInit | None = None) -> CrossStitchNetwork:
     return CrossStitchNetwork(
         encoder_factory(config, in_channels, image_size, encoder_init), tasks,
-        config.head_hidden)
+        config.head_hidden, config.dropout.heads)

@@ -24,11 +24,13 @@ class HardParameterSharing(MultiTaskModel):
 
     name = "hps"
 
-    def __init__(self, encoder: nn.Module, tasks: list[Task], head_hidden: list[int]) -> None:
+    def __init__(self, encoder: nn.Module, tasks: list[Task], head_hidden: list[int],
+                 head_dropout: float = 0.0) -> None:
         super().__init__(tasks)
         self.encoder = encoder
         self.heads = nn.ModuleDict(
-            {t.name: make_head(encoder.out_features, head_hidden, t.num_classes) for t in tasks}
+            {t.name: make_head(encoder.out_features, head_hidden, t.num_classes,
+                                  head_dropout) for t in tasks}
         )
 
     def encode(self, x: Tensor) -> Tensor:
@@ -45,4 +47,4 @@ class HardParameterSharing(MultiTaskModel):
 def build_hps(config: ModelConfig, tasks: list[Task], in_channels: int, image_size: int,
               encoder_init: EncoderInit | None = None) -> HardParameterSharing:
     encoder = encoder_factory(config, in_channels, image_size, encoder_init)()
-    return HardParameterSharing(encoder, tasks, config.head_hidden)
+    return HardParameterSharing(encoder, tasks, config.head_hidden, config.dropout.heads)

@@ -49,7 +49,8 @@ def make_expert(config: ModelConfig, in_channels: int, image_size: int,
     its features to ``expert_dim``. The copy goes through ``encoder_init`` like every encoder.
     """
     if config.backbone == "lenet":
-        lenet = LeNetEncoder(in_channels, image_size, out_features=config.expert_dim)
+        lenet = LeNetEncoder(in_channels, image_size, out_features=config.expert_dim,
+                             dropout=config.dropout.encoder)
         if encoder_init is not None:
             encoder_init(lenet)
         return nn.Sequential(lenet.stages()[-1], lenet.readout())
@@ -65,7 +66,7 @@ class MultiGateMixtureOfExperts(MultiTaskModel):
 
     def __init__(self, stem: nn.Module, new_expert: Callable[[], nn.Module], num_experts: int,
                  expert_dim: int, tasks: list[Task], head_hidden: list[int],
-                 input_shape: tuple[int, int, int]) -> None:
+                 input_shape: tuple[int, int, int], head_dropout: float = 0.0) -> None:
         super().__init__(tasks)
         self.stem = stem
         self.experts = nn.ModuleList(new_expert() for _ in range(num_experts))
@@ -74,7 +75,8 @@ class MultiGateMixtureOfExperts(MultiTaskModel):
             {t.name: nn.Sequential(nn.Flatten(), nn.Linear(gate_inputs, num_experts))
              for t in tasks})
         self.towers = nn.ModuleDict(
-            {t.name: make_head(expert_dim, head_hidden, t.num_classes) for t in tasks})
+            {t.name: make_head(expert_dim, head_hidden, t.num_classes, head_dropout)
+             for t in tasks})
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(stem output, expert outputs stacked [B, E, expert_dim])``."""
@@ -109,4 +111,4 @@ def build_mmoe(config: ModelConfig, tasks: list[Task], in_channels: int, image_s
         stem,
         lambda: make_expert(config, in_channels, image_size, encoder_init),
         config.num_experts, config.expert_dim, tasks, config.head_hidden,
-        (in_channels, image_size, image_size))
+        (in_channels, image_size, image_size), config.dropout.heads)

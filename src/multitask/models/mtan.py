@@ -76,7 +76,8 @@ class AttentionPath(nn.Module):
     """
 
     def __init__(self, shapes: list[tuple[torch.Size, torch.Size]], readout: nn.Module,
-                 readout_features: int, head_hidden: list[int], num_classes: int) -> None:
+                 readout_features: int, head_hidden: list[int], num_classes: int,
+                 head_dropout: float = 0.0) -> None:
         super().__init__()
         u_channels = [u[0] for u, _ in shapes]
         p_channels = [p[0] for _, p in shapes]
@@ -93,7 +94,7 @@ class AttentionPath(nn.Module):
             for j in range(len(shapes) - 1)
         )
         self.readout = readout
-        self.head = make_head(readout_features, head_hidden, num_classes)
+        self.head = make_head(readout_features, head_hidden, num_classes, head_dropout)
 
     def attend(self, maps: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, list[Tensor]]:
         """The task's gated last-stage features ``â_J`` and every stage's mask ``a_j``."""
@@ -120,7 +121,8 @@ class MultiTaskAttentionNetwork(MultiTaskModel):
     name = "mtan"
 
     def __init__(self, make_backbone: Callable[[], nn.Module], tasks: list[Task],
-                 head_hidden: list[int], input_shape: tuple[int, int, int]) -> None:
+                 head_hidden: list[int], input_shape: tuple[int, int, int],
+                 head_dropout: float = 0.0) -> None:
         super().__init__(tasks)
         backbone = make_backbone()
         self.stem = backbone.stem()
@@ -145,7 +147,7 @@ class MultiTaskAttentionNetwork(MultiTaskModel):
             readout = make_backbone().readout()
             width = output_shape(readout, tuple(shape))[0]
             self.paths[task.name] = AttentionPath(
-                shapes, readout, width, head_hidden, task.num_classes)
+                shapes, readout, width, head_hidden, task.num_classes, head_dropout)
 
     def encode(self, x: Tensor) -> tuple[Tensor, ...]:
         """``(u_1, p_1, ..., u_J, p_J)``, without duplicates where ``u_j = p_j``."""
@@ -180,4 +182,4 @@ def build_mtan(config: ModelConfig, tasks: list[Task], in_channels: int, image_s
                encoder_init: EncoderInit | None = None) -> MultiTaskAttentionNetwork:
     return MultiTaskAttentionNetwork(
         encoder_factory(config, in_channels, image_size, encoder_init),
-        tasks, config.head_hidden, (in_channels, image_size, image_size))
+        tasks, config.head_hidden, (in_channels, image_size, image_size), config.dropout.heads)

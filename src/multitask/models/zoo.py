@@ -213,7 +213,7 @@ class TorchvisionEncoder(nn.Module):
     """
 
     def __init__(self, name: str, in_channels: int, image_size: int,
-                 resize_to: int | None = None, stem: str = "auto") -> None:
+                 resize_to: int | None = None, stem: str = "auto", dropout: float = 0.0) -> None:
         super().__init__()
         import torchvision.models  # torchvision costs ~1 s to import
 
@@ -249,12 +249,16 @@ class TorchvisionEncoder(nn.Module):
         # (a plain list registers nothing, so no key appears twice in the state_dict).
         self.layers = [net.get_submodule(p)
                        for p in (*spec.stem, *(p for s in spec.stages for p in s), *spec.readout)]
+        # model.dropout.encoder: on the pooled vector, where torchvision's removed classifiers
+        # had theirs; no parameters, so no key changes (and no layer at all at 0).
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.adapter(x)
         for layer in self.layers:
             x = layer(x)
-        return torch.flatten(x, 1)
+        x = torch.flatten(x, 1)
+        return x if self.dropout is None else self.dropout(x)
 
     def stem(self) -> nn.Module:
         """The input adapter and the layers before the first stage."""
@@ -271,8 +275,10 @@ class TorchvisionEncoder(nn.Module):
 
     def readout(self) -> nn.Module:
         """Last stage's maps -> the ``out_features`` vector (global pooling, flatten; and
-        ConvNeXt's LayerNorm)."""
-        return nn.Sequential(*(self.net.get_submodule(p) for p in self.spec.readout), nn.Flatten())
+        ConvNeXt's LayerNorm; and the dropout, if any)."""
+        dropout = [] if self.dropout is None else [self.dropout]
+        return nn.Sequential(*(self.net.get_submodule(p) for p in self.spec.readout), nn.Flatten(),
+                             *dropout)
 
 
 class ResNet18Encoder(TorchvisionEncoder):
