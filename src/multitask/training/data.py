@@ -7,7 +7,7 @@ float on the device.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,10 +85,13 @@ class ProcessedData:
             yield slice(start, start + batch_size) if index is None else index[
                 start:start + batch_size]
 
-    def take(self, split: str, rows: Tensor | slice) -> tuple[Tensor, Tensor]:
-        """Normalised images and labels of ``rows`` of ``split``."""
+    def take(self, split: str, rows: Tensor | slice,
+             augment: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Normalised images and labels of ``rows`` of ``split``; ``augment`` changes the uint8
+        images first (:mod:`multitask.training.augment`)."""
         data = self.splits[split]
-        return self.normalise(data.images[rows]), data.labels[rows]
+        images = data.images[rows]
+        return self.normalise(images if augment is None else augment(images)), data.labels[rows]
 
     def batches(self, split: str, batch_size: int, *, generator: torch.Generator | None = None,
                 subset: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:

@@ -46,10 +46,19 @@ ResumeCallback = Callable[[int, list[dict[str, float]]], None]
 
 @dataclass(frozen=True)
 class Fitted:
-    """A trained network and its per-epoch history."""
+    """A trained network and its per-epoch history; with early stopping the network holds the
+    best validation epoch's weights and ``selection`` says which epoch and why it stopped."""
 
     model: MultiTaskModel
     history: list[dict[str, float]]
+    selection: dict[str, Any] | None = None
+
+    @property
+    def kept(self) -> dict[str, float]:
+        """The history record of the epoch whose weights the network holds."""
+        if self.selection is None:
+            return self.history[-1]
+        return self.history[int(self.selection["kept_epoch"]) - 1]
 
 
 def load_data(params: Params, layout: Layout,
@@ -137,9 +146,13 @@ def fit(params: Params, data: ProcessedData, tasks: list[Task], method: Weightin
         epochs: int | None = None, data_fraction: float | None = None,
         checkpoint: Path | None = None, on_epoch: EpochCallback | None = None,
         on_resume: ResumeCallback | None = None, progress: bool = True,
-        start: EncoderWeights | None = None) -> Fitted:
+        start: EncoderWeights | None = None,
+        reference: Mapping[str, float] | None = None) -> Fitted:
     """Build the network (its encoder from ``start`` if given) and train it on ``data`` with
     ``method``.
+
+    ``reference``: the single-task baselines' validation accuracies, which early stopping by
+    ``delta_m`` scores against (see :mod:`multitask.training.selection`).
 
     ``model``/``train`` override ``params.model``/``params.train`` (a baseline's hard sharing, a
     trial's learning rate); ``epochs``/``data_fraction`` override the train config's. With a
@@ -154,14 +167,17 @@ def fit(params: Params, data: ProcessedData, tasks: list[Task], method: Weightin
         checkpoint_path=checkpoint,
         fingerprint=fingerprint(model_config.model_dump(), train_config.model_dump(),
                                 data.meta["sha256"], [t.name for t in tasks],
-                                method.name, method.params.model_dump(), start_record(start)),
+                                method.name, method.params.model_dump(), start_record(start),
+                                *([] if reference is None else [dict(reference)])),
         on_epoch=on_epoch, progress=progress,
-        freeze_encoder_epochs=model_config.freeze_encoder_epochs,
+        freeze_encoder_epochs=model_config.freeze_encoder_epochs, reference=reference,
     )
     if trainer.try_resume() and on_resume is not None:
         on_resume(trainer.start_epoch, trainer.history)
     trainer.fit()
-    return Fitted(network, trainer.history)
+    selection = trainer.selection
+    return Fitted(network, trainer.history,
+                  None if selection is None else selection.summary(len(trainer.history)))
 
 
 def save_network(path: Path, model: MultiTaskModel, params: Params, data: ProcessedData,

@@ -4,7 +4,9 @@ One step: ``features = model.encode(x)``, ``outputs = model.decode(features)``, 
 then the weighting method turns the losses (and, for gradient methods, per-task gradients) into
 ``.grad`` and the optimiser steps. Each epoch ends with a validation pass, a history record and an
 atomic checkpoint holding everything needed to continue bit-for-bit: model, optimiser,
-scheduler, weighting state, RNG states and the history so far.
+scheduler, weighting state, RNG states, the history so far and, with early stopping, the best
+epoch's weights (:mod:`.selection`). Regularisation: ``train.label_smoothing`` in every
+cross-entropy, ``train.augment`` on each batch (:mod:`.augment`).
 
 Under torchrun each process trains on its share of every global batch and the step stays the
 one-process step (:mod:`multitask.training.distributed` says how); only rank 0 writes the
@@ -20,8 +22,9 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +40,12 @@ from multitask.io import atomic_path
 from multitask.models.base import MultiTaskModel
 from multitask.tasks import Task
 from multitask.training import distributed
+from multitask.training.augment import Augmenter
 from multitask.training.checkpoints import load_checkpoint
 from multitask.training.data import ProcessedData
 from multitask.training.metrics import evaluate
 from multitask.training.optimization import build_optimizer, build_scheduler, freeze_shared
+from multitask.training.selection import Selection
 from multitask.weighting import StepContext, WeightingMethod
 
 log = logging.getLogger(__name__)
@@ -68,9 +73,11 @@ def rotate_batch(x: Tensor, turns: Tensor) -> Tensor:
 
 
 def task_losses(model: MultiTaskModel, tasks: Sequence[Task], columns: Sequence[int | None],
-                x: Tensor, y: Tensor, turns: Tensor | None = None
+                x: Tensor, y: Tensor, turns: Tensor | None = None, label_smoothing: float = 0.0
                 ) -> tuple[Tensor, Tensor | tuple[Tensor, ...]]:
     """One cross-entropy per task (stacked, shape [T]) and the shared representation.
+
+    With ``label_smoothing`` ε each target is ``(1 - ε) one_hot + ε / classes``.
 
     ``columns[t]`` is task ``t``'s column in ``y`` (``None`` for auxiliary tasks).
 
@@ -89,9 +96,11 @@ def task_losses(model: MultiTaskModel, tasks: Sequence[Task], columns: Sequence[
     for task, column in zip(tasks, columns, strict=True):
         logits = outputs[task.name].float()
         if column is None:
-            losses.append(F.cross_entropy(logits[batch:], turns))
+            losses.append(F.cross_entropy(logits[batch:], turns,
+                                          label_smoothing=label_smoothing))
         else:
-            losses.append(F.cross_entropy(logits[:batch], y[:, column]))
+            losses.append(F.cross_entropy(logits[:batch], y[:, column],
+                                          label_smoothing=label_smoothing))
     return torch.stack(losses), features
 
 
@@ -115,6 +124,8 @@ class Trainer:
     group: distributed.ProcessGroup | None = field(default_factory=distributed.active)
     # the first epochs train the task-specific parameters only (model.freeze_encoder_epochs)
     freeze_encoder_epochs: int = 0
+    # the single-task baselines' validation accuracies (early stopping by delta_m)
+    reference: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         self.epochs = self.epochs or self.config.epochs
@@ -129,6 +140,10 @@ class Trainer:
                                          encoder=self.model.shared_parameters(),
                                          encoder_lr_scale=self.config.encoder_lr_scale)
         self.scheduler = build_scheduler(self.optimizer, self.config.schedule, self.epochs)
+        stopping = self.config.early_stopping
+        self.selection = (None if stopping.patience is None
+                          else Selection(stopping, self.tasks, self.reference))
+        self.augment = Augmenter(self.config.augment) if self.config.augment.active else None
         torch.manual_seed(self.config.seed)
         self.generator = torch.Generator().manual_seed(self.config.seed)
         n_train = len(self.data.splits["train"])
@@ -168,6 +183,7 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "generator": self.generator.get_state(),
             "history": self.history,
+            "selection": None if self.selection is None else self.selection.state_dict(),
         }
 
     def save_checkpoint(self) -> None:
@@ -196,6 +212,8 @@ class Trainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         self.generator.set_state(state["generator"].cpu())
         self.history = list(state["history"])
+        if self.selection is not None:
+            self.selection.load_state_dict(state["selection"])
         self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
         log.info("resumed from %s after epoch %d", path, self.start_epoch)
         return True
@@ -236,13 +254,18 @@ class Trainer:
         for rows in bar:
             count = len(rows)
             turns = random_turns(count, self.generator, self.device) if rotation else None
+            draws = None if self.augment is None else self.augment.draw(count, self.generator)
             if group is not None:  # this process's share of the global batch
                 if count < group.world:
                     continue
                 mine = group.rows(count)
                 rows, turns = rows[mine], None if turns is None else turns[mine]
-            x, y = self.data.take("train", rows)
-            losses, features = task_losses(self.model, self.tasks, self.columns, x, y, turns)
+                draws = None if draws is None else draws[mine]
+            x, y = self.data.take("train", rows, draws if draws is None
+                                  else partial(self.augment.apply, draws=draws))
+            smoothing = self.config.label_smoothing
+            losses, features = task_losses(self.model, self.tasks, self.columns, x, y, turns,
+                                           smoothing)
             if group is not None:
                 losses = group.global_losses(losses, len(x), count)
             if self._diagnostics_due() and not frozen:
@@ -259,7 +282,8 @@ class Trainer:
             # FAMO: this batch's losses after the step
             if self.method.needs_losses_after_step and not frozen:
                 with torch.no_grad():
-                    after, _ = task_losses(self.model, self.tasks, self.columns, x, y, turns)
+                    after, _ = task_losses(self.model, self.tasks, self.columns, x, y, turns,
+                                           smoothing)
                     if group is not None:
                         after = group.global_losses(after, len(x), count)
                 self.method.after_step(after)
@@ -291,8 +315,13 @@ class Trainer:
         return record
 
     def fit(self) -> list[dict[str, float]]:
-        """Train from ``start_epoch`` (see :meth:`try_resume`); return the per-epoch history."""
+        """Train from ``start_epoch`` (see :meth:`try_resume`); return the per-epoch history.
+
+        With early stopping, stops when patience runs out and leaves the best epoch's weights
+        in the model."""
         for epoch in range(self.start_epoch, self.epochs):
+            if self.selection is not None and self.selection.stopped:
+                break  # a resumed run that had already stopped
             started = time.perf_counter()
             record: dict[str, float] = {keys.EPOCH: epoch + 1,
                                         keys.LR: self.optimizer.param_groups[0]["lr"]}
@@ -301,6 +330,8 @@ class Trainer:
             train_seconds = time.perf_counter() - started
             val = evaluate(self.model, self.data, keys.VAL, self.tasks)
             record.update(keys.split_metrics(keys.VAL, val.metrics))
+            if self.selection is not None:
+                record.update(self.selection.observe(epoch + 1, record, self.model))
             record[keys.EPOCH_SECONDS] = time.perf_counter() - started
             record[keys.TRAIN_IMAGES_PER_S] = self.train_size / train_seconds
             self.history.append(record)
@@ -314,4 +345,6 @@ class Trainer:
             if os.environ.get(FAIL_AFTER_EPOCH_ENV) == str(epoch + 1):
                 # Test hook: a crash mid-training must leave the MLflow run FAILED.
                 raise RuntimeError(f"{FAIL_AFTER_EPOCH_ENV}={epoch + 1}: injected failure")
+        if self.selection is not None:
+            self.selection.restore(self.model)
         return self.history
