@@ -76,7 +76,69 @@ def test_baselines_ignore_the_architecture_and_declare_only_what_they_read() -> 
                 if p.startswith("model")]
     assert declared == ["model.backbone", "model.head_hidden", "model.pretrained",
                         "model.resize_to", "model.stem", "model.freeze_encoder_epochs",
-                        "model.reuse_heads"]
+                        "model.reuse_heads", "model.dropout"]
+
+
+def _set(params: Params, dotted: str, value: object) -> Params:
+    """``params`` with the one key ``dotted`` (``train.augment.shift``) set, validated again."""
+    body = params.model_dump(by_alias=True)
+    *parents, last = dotted.split(".")
+    node = body
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    return Params.model_validate(body)
+
+
+def _get(params: Params, dotted: str) -> object:
+    node: object = params
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+# Per regularisation leaf key: a value other than the default (every leaf must be listed, so a
+# new regularisation key fails here until it is given one and the baselines share it).
+REGULARISING_CHANGES = {
+    "model.dropout.encoder": 0.3, "model.dropout.heads": 0.2,
+    "train.optimizer.weight_decay": 1e-4, "train.label_smoothing": 0.1,
+    "train.augment.shift": 2, "train.augment.flip": True, "train.augment.crop": 3,
+    "train.early_stopping.patience": 3, "train.early_stopping.select": "delta_m",
+}
+
+
+def test_baselines_derive_every_regularisation_key_and_declare_it() -> None:
+    """Δm% is fair only if the baselines are regularised and selected like the multi-task run:
+    every key the schema marks as regularising (found there, not listed by the code) reaches
+    the baselines' params unchanged, whatever the architecture, and the baselines stage
+    declares it, so DVC retrains them when it changes."""
+    from multitask.config import regularisation_keys
+    from multitask.training.stages import baseline_params
+
+    marked = regularisation_keys()
+    assert {"model.dropout", "train.optimizer.weight_decay", "train.label_smoothing",
+            "train.augment", "train.early_stopping"} <= set(marked)
+    leaves = {key for key in REGULARISING_CHANGES if any(
+        key == m or key.startswith(m + ".") for m in marked)}
+    assert leaves == set(REGULARISING_CHANGES), "give each new regularisation key a change"
+    for key in marked:
+        assert any(leaf == key or leaf.startswith(key + ".") for leaf in leaves), key
+    params = load_params(ROOT / "params.yaml")
+    params = _set(params, "model.architecture", "mtan")
+    reference = baseline_params(params)
+    declared = load(ROOT / "dvc.yaml")["stages"]["baselines"]["params"]
+    for key, value in REGULARISING_CHANGES.items():
+        if key == "train.augment.flip" or key == "train.augment.crop":
+            # refused for composites; the derivation is checked on the schema object instead
+            variant = params.model_copy(update={"train": params.train.model_copy(update={
+                "augment": params.train.augment.model_copy(update={key.rsplit(".")[-1]: value})
+            })})
+        else:
+            variant = _set(params, key, value)
+        derived = baseline_params(variant)
+        assert _get(derived, key) == value, key
+        assert derived != reference, key
+        assert any(key == d or key.startswith(d + ".") for d in declared), key
 
 
 def test_every_stage_that_resolves_the_start_depends_on_the_pretrain_stage() -> None:

@@ -32,6 +32,7 @@ from multitask.training.plots import confusion_figure, learning_curves, save_fig
 from multitask.weighting import build_weighting
 
 log = logging.getLogger(__name__)
+VALIDATION = "validation"  # baselines_info.json: each baseline's kept epoch's val metrics
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
@@ -46,9 +47,32 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
 def baseline_params(params: Params) -> Params:
     """The params a single-task baseline trains with: hard sharing with one head and no
     rotation task, whatever ``model.architecture`` says, so that the Δm% of every architecture
-    is measured against the same reference (only the backbone and head sizes carry over)."""
+    is measured against the same reference (the backbone and head sizes carry over).
+
+    Derived, not listed: everything else is the multi-task run's own, so every regularisation
+    and selection key (:func:`multitask.config.regularisation_keys`: dropout, weight decay,
+    label smoothing, augmentation, early stopping) is the same for both, as a fair Δm% needs.
+    """
     model = params.model.model_copy(update={"architecture": "hps", "rotation_task": False})
     return params.model_copy(update={"model": model})
+
+
+def validation_reference(params: Params, layout: Layout) -> dict[str, float] | None:
+    """The baselines' validation accuracies (their kept epochs'), which early stopping by
+    ``delta_m`` scores the multi-task run against; None when nothing selects by it."""
+    stopping = params.train.early_stopping
+    if stopping.patience is None or stopping.select != "delta_m":
+        return None
+    path = layout.baselines_info
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; train.early_stopping.select: delta_m "
+                                "needs the baselines' validation accuracies: run multitask "
+                                "baselines first")
+    validation = read_json(path).get(VALIDATION)
+    if not isinstance(validation, dict):
+        raise ValueError(f"{path}: no '{VALIDATION}' accuracies (written by an older version); "
+                         "rerun multitask baselines")
+    return {task: float(metrics[keys.ACCURACY]) for task, metrics in validation.items()}
 
 
 def baselines(params: Params, layout: Layout) -> dict[str, dict[str, float]]:
@@ -66,6 +90,8 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
     data = session.load_data(params, layout)
     start = resolve_start(params, layout)  # the same start as the multi-task network's
     results: dict[str, dict[str, float]] = {}
+    validation: dict[str, dict[str, float]] = {}
+    selection: dict[str, object] = {}
     started = time.perf_counter()
     for task in main_tasks(processed.tasks(data.meta)):
         log.info("baseline for task '%s'", task.name)
@@ -74,6 +100,9 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
                              checkpoint=checkpoint, start=start)
         scored = evaluate_split(fitted.model, data, keys.TEST, [task])
         results[task.name] = scored.metrics[task.name]
+        validation[task.name] = {metric: fitted.kept[keys.task_metric(keys.VAL, task.name, metric)]
+                                 for metric in (keys.ACCURACY, keys.LOSS)}
+        selection[task.name] = fitted.selection
         if not writes:  # another rank: rank 0 saves the model
             continue
         session.save_network(layout.baseline_model(task.name), fitted.model, params, data,
@@ -88,6 +117,8 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
         "backbone": params.model.backbone,
         "pretrained": session.start_record(start),
         "epochs": params.train.epochs,
+        VALIDATION: validation,  # the reference of train.early_stopping.select: delta_m
+        "selection": selection,  # per task: the epoch kept and why it stopped (None: the last)
         "data_sha256": data.meta["sha256"],
         "seconds": round(time.perf_counter() - started, 1),
     })
@@ -112,7 +143,8 @@ def pretrained_tags(start: EncoderWeights | None) -> dict[str, str]:
 def train(params: Params, layout: Layout) -> dict[str, float]:
     """Train the multi-task network; write the model, its history and curves.
 
-    Returns the last epoch's record. Resumes from ``models/checkpoints/train.pt`` when an
+    Returns the kept epoch's record (the last, or with early stopping the best validation
+    epoch's). Resumes from ``models/checkpoints/train.pt`` when an
     earlier run of the same inputs was interrupted.
     """
     with distributed.process_group(select_device(params.train.device, params.source)) as group:
@@ -125,10 +157,11 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
     tasks = session.task_list(params, data)
     method = session.build_method(params, tasks, layout)
     start = resolve_start(params, layout)
+    reference = validation_reference(params, layout)
     checkpoint = layout.checkpoint("train")
     if not writes:  # another rank: trains its share, rank 0 reports
         return session.fit(params, data, tasks, method, checkpoint=checkpoint,
-                           progress=False, start=start).history[-1]
+                           progress=False, start=start, reference=reference).kept
     started = time.perf_counter()
     with tracking.stage_run(params, "train") as run:
         run.log_dataset(data.meta, source=str(layout.processed_dir))
@@ -140,7 +173,8 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
                 run.log_epoch(int(record[keys.EPOCH]), record)
 
         fitted = session.fit(params, data, tasks, method, checkpoint=checkpoint,
-                             on_epoch=run.log_epoch, on_resume=resumed, start=start)
+                             on_epoch=run.log_epoch, on_resume=resumed, start=start,
+                             reference=reference)
         seconds = time.perf_counter() - started
         session.save_network(layout.model, fitted.model, params, data, start=start)
         _write_history(layout.history_csv, fitted.history)
@@ -152,13 +186,16 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
         example = data.splits[keys.TEST].images[:4].cpu().numpy()
         run.log_model(fitted.model, example, names, pixel_mean=data.mean, pixel_std=data.std,
                       class_names=processed.class_names(data.meta))
-        final = fitted.history[-1]
+        final = fitted.kept  # with early stopping the best validation epoch, else the last
+        if fitted.selection is not None:
+            run.set_tags({f"early_stopping.{k}": str(v) for k, v in fitted.selection.items()})
         write_json(layout.train_json, {
             "run_id": run.run_id,
             "weighting": method.name,
             "requested_weighting": params.train.weighting,
             "tasks": names,
             "epochs": len(fitted.history),
+            "selection": fitted.selection,  # None: no early stopping, the last epoch kept
             "device": describe(data.device),
             "machine": machine(),  # another CPU gives other floats: diffs say which it was
             "processes": world,

@@ -17,7 +17,7 @@ from typing import Any
 
 from optuna.trial import Trial
 
-from multitask.config import Params, TrainConfig
+from multitask.config import EarlyStoppingConfig, Params, TrainConfig
 from multitask.tasks import Task, main_tasks
 from multitask.training.session import weights_method
 from multitask.weighting import WeightingMethod, build_weighting
@@ -39,8 +39,14 @@ class Choice:
 
 
 def trial_config(params: Params, lr: float | None = None) -> TrainConfig:
-    """``train`` with a trial's learning rate and no gradient diagnostics (pure cost here)."""
-    update: dict[str, Any] = {"diagnostics_every": 0}
+    """``train`` with a trial's learning rate and no gradient diagnostics (pure cost here).
+
+    The regularisation is the run's own (weight decay, label smoothing, augmentation; dropout
+    comes with ``model``), so trials choose weights for the network that will be trained.
+    Early stopping is off: a trial trains ``tune.epochs`` and is scored on its last epoch, the
+    one the pruner saw reported (pruning is the trials' stopping rule)."""
+    update: dict[str, Any] = {"diagnostics_every": 0,
+                              "early_stopping": EarlyStoppingConfig()}
     if lr is not None:
         update["optimizer"] = params.train.optimizer.model_copy(update={"lr": lr})
     return params.train.model_copy(update=update)
