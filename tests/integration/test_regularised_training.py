@@ -133,3 +133,51 @@ def test_a_regularised_run_resumes_after_an_interruption_to_the_same_result(
     assert resumed.selection.summary(4) == whole.selection.summary(4)
     state, expected = resumed.model.state_dict(), whole.model.state_dict()
     assert all(torch.equal(state[k], expected[k]) for k in expected)
+
+
+# ------------------------------------------------------- selection by Δm% through the stages
+@pytest.mark.slow
+def test_selection_by_delta_m_reads_the_baselines_validation_accuracies(
+        processed: Path, tmp_path: Path,
+        pipeline_folder: Callable[[Path, Path], Any]) -> None:
+    """baselines records each task's kept validation accuracy; train scores its epochs by the
+    validation Δm% against exactly those, and says which epoch it kept."""
+    from multitask.io import read_json
+    from multitask.training import stages
+
+    layout = pipeline_folder(tmp_path, processed)
+    params = parse_params({
+        "train": {**SMALL, "epochs": 3, "weighting": "equal",
+                  "early_stopping": {"patience": 1, "select": "delta_m"}},
+        "tracking": {"enabled": False}})
+    with pytest.raises(FileNotFoundError, match=r"baselines_info\.json: not found; "
+                                                r"train\.early_stopping\.select: delta_m"):
+        stages.validation_reference(params, layout)
+    stages.baselines(params, layout)
+    info = read_json(layout.baselines_info)
+    reference = stages.validation_reference(params, layout)
+    assert reference == {task: metrics["accuracy"] for task, metrics in info["validation"].items()}
+    stages.train(params, layout)
+    train = read_json(layout.train_json)
+    kept = train["selection"]
+    assert kept is not None and kept["select"] == "delta_m"
+    history = {int(row["epoch"]): row for row in
+               __import__("csv").DictReader(layout.history_csv.open())}
+    row = history[int(kept["kept_epoch"])]
+    expected = 100.0 * sum((float(row[f"val/accuracy/{t}"]) - b) / b
+                           for t, b in reference.items()) / len(reference)
+    assert float(row["val/delta_m_pct"]) == pytest.approx(expected, abs=1e-9)
+    assert float(row["val/delta_m_pct"]) == max(float(r["val/delta_m_pct"])
+                                                for r in history.values())
+
+
+def test_an_old_baselines_report_is_named(processed: Path, tmp_path: Path,
+                                          pipeline_folder: Callable[[Path, Path], Any]) -> None:
+    from multitask.io import write_json
+    from multitask.training import stages
+
+    layout = pipeline_folder(tmp_path, processed)
+    params = parse_params({"train": {"early_stopping": {"patience": 2, "select": "delta_m"}}})
+    write_json(layout.baselines_info, {"backbone": "lenet"})
+    with pytest.raises(ValueError, match=r"baselines_info\.json: no 'validation' accuracies"):
+        stages.validation_reference(params, layout)
