@@ -142,11 +142,16 @@ def load_model(model_uri: str) -> Any:
             folder = fetch_checked_model(model_uri, Path(tmp))
             return mlflow.pyfunc.load_model(str(folder))
         except (StoreError, MlflowException, OSError) as exc:
-            message = getattr(exc, "message", str(exc))
-            raise ValueError(
-                f"cannot load model {model_uri} from the MLflow store {describe_uri()}: "
-                f"{redact(message)}; check the name and alias with `multitask registry`, or "
-                f"set {URI_ENV} to the store that holds it") from None
+            raise _unreachable(f"cannot load model {model_uri}", exc) from None
+
+
+def _unreachable(what: str, exc: Exception) -> ValueError:
+    """The error for a model the store could not give: ``what``, the store, the reason, and
+    what to check (the name and alias, or which store ``$MLFLOW_TRACKING_URI`` names)."""
+    message = getattr(exc, "message", str(exc))
+    return ValueError(f"{what} from the MLflow store {describe_uri()}: {redact(message)}; check "
+                      f"the name and alias with `multitask registry`, or set {URI_ENV} to the "
+                      "store that holds it")
 
 
 @dataclass(frozen=True)
@@ -189,11 +194,7 @@ def network_state(model_uri: str) -> NetworkState:
             info = mlflow.models.get_model_info(model_uri)
             run_params = client().get_run(info.run_id).data.params if info.run_id else {}
         except (StoreError, MlflowException, OSError) as exc:
-            message = getattr(exc, "message", str(exc))
-            raise ValueError(
-                f"model.pretrained: cannot read {model_uri} from the MLflow store "
-                f"{describe_uri()}: {redact(message)}; check the name and alias with "
-                f"`multitask registry`, or set {URI_ENV} to the store that holds it") from None
+            raise _unreachable(f"model.pretrained: cannot read {model_uri}", exc) from None
         program_file = folder / served.DATA_DIR / served.PROGRAM_FILE
         digest = hashlib.sha256(program_file.read_bytes()).hexdigest()
         program = torch.export.load(str(program_file))
