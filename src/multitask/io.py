@@ -10,6 +10,7 @@ write of the same path, while a live writer's is left alone.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -125,3 +126,9 @@ def read_json(path: str | Path) -> Any:
         raise FileNotFoundError(f"{path}: not found; run the stage that writes it first") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc}); delete it and rerun its stage") from None
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of the file's bytes, read in chunks (a weights file never sits in memory twice)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

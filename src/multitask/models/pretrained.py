@@ -45,7 +45,6 @@ weight may be left over, and shapes must agree; otherwise :class:`WeightsError` 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from multitask.io import file_sha256
 from multitask.models.zoo import SPECS, TorchvisionEncoder
 
 log = logging.getLogger(__name__)
@@ -114,11 +114,6 @@ def imagenet_source(backbone: str) -> tuple[str, str]:
 def cache_folder() -> Path:
     """torch.hub's checkpoint folder, ``$TORCH_HOME/hub/checkpoints`` (as torchvision uses)."""
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def hash_prefix(file_name: str) -> str | None:

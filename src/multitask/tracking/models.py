@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from multitask.io import file_sha256
 from multitask.redaction import redact
 from multitask.tracking.store import URI_ENV, StoreError, client, describe_uri, store_errors
 
@@ -180,8 +181,6 @@ def network_state(model_uri: str) -> NetworkState:
     wrapper (:class:`multitask.models.serving.TaskPredictions` holds the network as
     ``model``). Errors name the URI and the store.
     """
-    import hashlib
-
     import mlflow.models
     import torch
     from mlflow.exceptions import MlflowException
@@ -196,7 +195,7 @@ def network_state(model_uri: str) -> NetworkState:
         except (StoreError, MlflowException, OSError) as exc:
             raise _unreachable(f"model.pretrained: cannot read {model_uri}", exc) from None
         program_file = folder / served.DATA_DIR / served.PROGRAM_FILE
-        digest = hashlib.sha256(program_file.read_bytes()).hexdigest()
+        digest = file_sha256(program_file)
         program = torch.export.load(str(program_file))
     prefix = "model."
     state = {key.removeprefix(prefix): value.detach().clone()
