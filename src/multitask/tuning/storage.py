@@ -82,6 +82,29 @@ class LostTrials:
         return found
 
 
+class FlockJournalLock:
+    """Optuna's journal-file lock as an ``flock`` on ``path``, which the kernel drops when its
+    holder dies. Optuna's default lock is a file created with O_EXCL and removed on release: a
+    tune killed while holding it (SIGKILL, a lost host) left it behind, and every later run
+    waited for it forever."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._handle: Any = None
+
+    def acquire(self) -> bool:
+        handle = open(self.path, "a")  # noqa: SIM115  (held until release)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        self._handle = handle
+        return True
+
+    def release(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
 class StudyStorage:
     """Where the study lives (journal file or PostgreSQL) and the lock that serialises claims."""
 
@@ -120,7 +143,8 @@ class StudyStorage:
                     heartbeat_stale_trial_callback=self.lost)
         else:
             Path(location).parent.mkdir(parents=True, exist_ok=True)
-            backend = optuna.storages.journal.JournalFileBackend(location)
+            backend = optuna.storages.journal.JournalFileBackend(
+                location, lock_obj=FlockJournalLock(f"{location}.lock"))
             self.optuna = optuna.storages.JournalStorage(backend)
 
     @classmethod
