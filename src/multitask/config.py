@@ -164,6 +164,8 @@ class DropoutConfig(_Section):
 
 class ModelConfig(_Section):
     backbone: str = "lenet"  # a name of BACKBONES
+    # LeNet's channels and features multiplied (2: conv 20/40, fc 100); 1 for other backbones.
+    width: int = Field(1, ge=1, le=16)
     architecture: str = "hps"
     head_hidden: list[int] = Field(default_factory=list)
     rotation_task: bool = False
@@ -215,6 +217,9 @@ class ModelConfig(_Section):
         if self.backbone == "lenet" and (self.resize_to is not None or self.stem != "auto"):
             raise ValueError("resize_to and stem apply to torchvision backbones only; remove "
                              "them for lenet")
+        if self.width != 1 and self.backbone != "lenet":
+            raise ValueError(f"width: {self.width}: only lenet has a width multiplier; remove "
+                             f"it for {self.backbone} (or pick a larger backbone)")
         if self.stem != "auto" and not self.backbone.startswith("resnet"):
             raise ValueError(f"stem: {self.stem}: only ResNets have a choice of first layers; "
                              f"remove it for {self.backbone}")

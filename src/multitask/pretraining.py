@@ -105,14 +105,16 @@ def self_supervised_weights(params: Params, layout: Layout) -> EncoderWeights:
 def pretraining_params(params: Params) -> Params:
     """The params the encoder is pretrained with, and its MLflow run logs.
 
-    Hard sharing with the rotation head alone, on ``model.backbone`` (and its ``resize_to`` and
-    ``stem``, so the encoder fits the network that will start from it), from random weights.
+    Hard sharing with the rotation head alone, on ``model.backbone`` (and its ``width``,
+    ``resize_to`` and ``stem``, so the encoder fits the network that will start from it), from
+    random weights.
     The recipe comes from the ``pretrain`` section alone (Adam at ``pretrain.lr``, cosine
     schedule, equal weighting of the one task); only ``train.seed`` and ``train.device`` are
     shared, so tuning the multi-task run's optimiser never retrains the encoder.
     """
-    model = ModelConfig(backbone=params.model.backbone, architecture="hps",
-                        resize_to=params.model.resize_to, stem=params.model.stem)
+    model = ModelConfig(backbone=params.model.backbone, width=params.model.width,
+                        architecture="hps", resize_to=params.model.resize_to,
+                        stem=params.model.stem)
     recipe = params.pretrain
     train = TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size,
                         optimizer=OptimizerConfig(name="adam", lr=recipe.lr),

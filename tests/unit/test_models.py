@@ -61,6 +61,28 @@ def test_lenet_matches_the_published_layout() -> None:
     assert (encoder.fc[0].in_features, encoder.fc[0].out_features) == (500, 50)
 
 
+@pytest.mark.parametrize("architecture", ["hps", "mtan", "mmoe", "cross_stitch"])
+def test_lenet_width_multiplies_channels_and_features_in_every_architecture(
+        architecture: str) -> None:
+    """model.width 2: conv 1->20 and 20->40, fc 1000->100: hard sharing with two 10-way heads
+    has 123,800 parameters, within the long profile's 150k."""
+    encoder = LeNetEncoder(1, 36, width=2)
+    convs = [m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 20), (20, 40)]
+    assert (encoder.fc[0].in_features, encoder.fc[0].out_features) == (1000, 100)
+    model = build_model(ModelConfig(width=2, architecture=architecture), TASKS, 1, 36)
+    assert {k: tuple(v.shape) for k, v in model(torch.zeros(2, 1, 36, 36)).items()} == {
+        "left": (2, 10), "right": (2, 10)}
+    if architecture == "hps":
+        conv1, conv2, fc, head = 20 * 81 + 20, 40 * 20 * 25 + 40, 1000 * 100 + 100, 100 * 10 + 10
+        assert sum(p.numel() for p in model.parameters()) == conv1 + conv2 + fc + 2 * head
+
+
+def test_width_is_refused_for_torchvision_backbones_by_name() -> None:
+    with pytest.raises(ValueError, match="width: 2: only lenet"):
+        ModelConfig(backbone="resnet18", width=2)
+
+
 def test_heads_share_every_encoder_parameter_and_nothing_else() -> None:
     model = build_model(ModelConfig(head_hidden=[32]), TASKS, 1, 36)
     shared = {id(p) for p in model.shared_parameters()}

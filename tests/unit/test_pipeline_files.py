@@ -74,7 +74,7 @@ def test_baselines_ignore_the_architecture_and_declare_only_what_they_read() -> 
     assert model.head_hidden == [32] and model.backbone == params.model.backbone
     declared = [p for p in load(ROOT / "dvc.yaml")["stages"]["baselines"]["params"]
                 if p.startswith("model")]
-    assert declared == ["model.backbone", "model.head_hidden", "model.pretrained",
+    assert declared == ["model.backbone", "model.width", "model.head_hidden", "model.pretrained",
                         "model.resize_to", "model.stem", "model.freeze_encoder_epochs",
                         "model.reuse_heads", "model.dropout"]
 
@@ -168,7 +168,8 @@ def test_the_pretrain_stage_reads_only_what_it_declares() -> None:
     from multitask.pretraining import pretraining_params
 
     declared = load(ROOT / "dvc.yaml")["stages"]["pretrain"]["params"]
-    assert declared == ["pretrain", "model.pretrained", "model.backbone", "model.resize_to",
+    assert declared == ["pretrain", "model.pretrained", "model.backbone", "model.width",
+                        "model.resize_to",
                         "model.stem", "train.seed", "train.device"]
     params = load_params(ROOT / "params.yaml")
 
@@ -187,7 +188,8 @@ def test_the_pretrain_stage_reads_only_what_it_declares() -> None:
         assert recipe(changed(params, section, **update)) == reference, update
     declared_changes = [("pretrain", {"epochs": 9}), ("pretrain", {"lr": 0.02}),
                         ("pretrain", {"batch_size": 17}), ("pretrain", {"data_fraction": 0.3}),
-                        ("model", {"backbone": "resnet18"}), ("train", {"seed": 5}),
+                        ("model", {"backbone": "resnet18"}), ("model", {"width": 2}),
+                        ("train", {"seed": 5}),
                         ("train", {"device": "cpu"})]
     for section, update in declared_changes:
         assert recipe(changed(params, section, **update)) != reference, update

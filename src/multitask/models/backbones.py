@@ -23,7 +23,9 @@ class LeNetEncoder(nn.Module):
     """LeNet as used on MultiMNIST/MultiFashion by Pareto MTL (Lin et al., NeurIPS 2019).
 
     conv 9x9 (1->10), max-pool 2, ReLU, conv 5x5 (10->20), max-pool 2, ReLU, fc 500->50, ReLU.
-    On a 36x36 canvas the second pooling leaves 20x5x5 = 500 features. With ``dropout`` > 0
+    On a 36x36 canvas the second pooling leaves 20x5x5 = 500 features. ``width``
+    (``model.width``) multiplies the channels and the features: width 2 is conv 1->20, 20->40
+    and fc 1000->100 (123,800 parameters with two 10-way heads, against 32k). With ``dropout`` > 0
     those 500 features pass a dropout layer before ``fc`` (appended to ``features``, so no
     parameter's key moves; with 0 there is no such layer).
     """
@@ -31,14 +33,15 @@ class LeNetEncoder(nn.Module):
     name = "lenet"
     input_conv = "features.0"  # the convolution that reads the image
 
-    def __init__(self, in_channels: int = 1, image_size: int = 36, out_features: int = 50,
-                 dropout: float = 0.0) -> None:
+    def __init__(self, in_channels: int = 1, image_size: int = 36,
+                 out_features: int | None = None, dropout: float = 0.0, width: int = 1) -> None:
         super().__init__()
+        out_features = 50 * width if out_features is None else out_features
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 10, kernel_size=9),
+            nn.Conv2d(in_channels, 10 * width, kernel_size=9),
             nn.MaxPool2d(2),
             nn.ReLU(),
-            nn.Conv2d(10, 20, kernel_size=5),
+            nn.Conv2d(10 * width, 20 * width, kernel_size=5),
             nn.MaxPool2d(2),
             nn.ReLU(),
             nn.Flatten(),
@@ -82,18 +85,21 @@ def output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> torch.Size:
 
 def build_backbone(name: str, in_channels: int, image_size: int, *,
                    resize_to: int | None = None, stem: str = "auto",
-                   dropout: float = 0.0) -> nn.Module:
+                   dropout: float = 0.0, width: int = 1) -> nn.Module:
     """The encoder ``model.backbone`` names, for ``in_channels`` x ``image_size``² input.
 
     ``resize_to`` and ``stem`` apply to torchvision backbones (see :mod:`multitask.models.zoo`);
     ``dropout`` (``model.dropout.encoder``) to all (LeNet: before ``fc``; torchvision: on the
-    pooled output).
+    pooled output); ``width`` (``model.width``) to LeNet only.
     """
+    if name != "lenet" and width != 1:
+        raise ValueError(f"model.width: {width}: only lenet has a width multiplier; remove it "
+                         f"for {name} (or pick a larger torchvision backbone)")
     if name == "lenet":
         if resize_to is not None or stem != "auto":
             raise ValueError("model.resize_to and model.stem apply to torchvision backbones "
                              "only; remove them for lenet")
-        return LeNetEncoder(in_channels, image_size, dropout=dropout)
+        return LeNetEncoder(in_channels, image_size, dropout=dropout, width=width)
     if name in SPECS:
         return TorchvisionEncoder(name, in_channels, image_size, resize_to=resize_to, stem=stem,
                                   dropout=dropout)

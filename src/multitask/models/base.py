@@ -110,7 +110,7 @@ def encoder_factory(config: ModelConfig, in_channels: int, image_size: int,
     def new_encoder() -> nn.Module:
         encoder = build_backbone(config.backbone, in_channels, image_size,
                                  resize_to=config.resize_to, stem=config.stem,
-                                 dropout=config.dropout.encoder)
+                                 dropout=config.dropout.encoder, width=config.width)
         if encoder_init is not None:
             encoder_init(encoder)
         return encoder

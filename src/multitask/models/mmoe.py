@@ -50,7 +50,7 @@ def make_expert(config: ModelConfig, in_channels: int, image_size: int,
     """
     if config.backbone == "lenet":
         lenet = LeNetEncoder(in_channels, image_size, out_features=config.expert_dim,
-                             dropout=config.dropout.encoder)
+                             dropout=config.dropout.encoder, width=config.width)
         if encoder_init is not None:
             encoder_init(lenet)
         return nn.Sequential(lenet.stages()[-1], lenet.readout())
