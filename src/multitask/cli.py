@@ -49,8 +49,18 @@ def _pipeline(args: argparse.Namespace) -> tuple[Params, Layout]:
 
 def _stage(function: Callable[..., Any], args: argparse.Namespace, **options: Any) -> int:
     """Call a stage function with the params and layout; it raises on failure."""
-    function(*_pipeline(args), **options)
+    pipeline = _pipeline(args)
+    _limit_threads()
+    function(*pipeline, **options)
     return 0
+
+
+def _limit_threads() -> None:
+    """A stage honours ``$MULTITASK_THREADS`` (torch's CPU threads; `multitask compare`
+    sets it for the experiments it runs side by side)."""
+    from multitask.device import limit_threads
+
+    limit_threads()
 
 
 def _data_parallel(function: Callable[..., Any], args: argparse.Namespace) -> int:
@@ -61,6 +71,7 @@ def _data_parallel(function: Callable[..., Any], args: argparse.Namespace) -> in
     if distributed.should_launch(params.train.processes):
         argv = [args.command, "--params", args.params, *(["--verbose"] if args.verbose else [])]
         return distributed.relaunch(argv, params.train.processes)
+    _limit_threads()
     function(params, layout)
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import platform
 from pathlib import Path
 from typing import Literal
@@ -11,6 +12,31 @@ from typing import Literal
 import torch
 
 log = logging.getLogger(__name__)
+
+# The CPU threads a stage may use (torch's intra-op pool); unset: torch's own default (every
+# core). `multitask compare --jobs N` sets it so that N queued experiments share the cores.
+THREADS_ENV = "MULTITASK_THREADS"
+WORLD_ENV = "WORLD_SIZE"  # set by torchrun: the budget is shared by its processes
+
+
+def limit_threads() -> int | None:
+    """Apply ``$MULTITASK_THREADS`` to torch (``torch.set_num_threads``); return the threads
+    set, or None when the variable is unset (torch keeps its default).
+
+    Under torchrun (``train.processes > 1``) the budget is the whole stage's, so each of the
+    ``$WORLD_SIZE`` processes takes an equal part of it (at least one thread).
+    """
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{THREADS_ENV}={value!r}: expected a whole number of CPU threads "
+                         "of at least 1; unset it to let torch use every core")
+    world = os.environ.get(WORLD_ENV, "1")
+    threads = max(1, int(value) // (int(world) if world.isdigit() and int(world) > 0 else 1))
+    torch.set_num_threads(threads)
+    log.debug("%s=%s: %d torch threads", THREADS_ENV, value, threads)
+    return threads
 
 
 def select_device(requested: Literal["auto", "cpu", "cuda"] = "auto",
