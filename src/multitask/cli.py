@@ -5,6 +5,9 @@ folder's :class:`~multitask.layout.Layout` (the folder holding that file) and ca
 typed library function: ``train(params, layout)``, ``tune(params, layout, workers=...)`` ...
 Only argparse is imported at start, so ``multitask --help`` answers at once; a subcommand
 imports its library module (torch, mlflow, great_expectations ...) when it runs.
+
+One module, not several: it is the only module that knows argparse, so every subcommand's
+arguments and help live here, side by side in one table.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ class Command:
     # how the parsed arguments become the call: (function, args) -> exit code
     call: Callable[[Callable[..., Any], argparse.Namespace], int] = (
         lambda function, args: _stage(function, args))
+    # what --params means when it is not the pipeline's file in the current folder (then its
+    # default is None)
+    params_help: str | None = None
 
 
 def _pipeline(args: argparse.Namespace) -> tuple[Params, Layout]:
@@ -119,6 +125,50 @@ def _ci_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", default=".", help="folder holding this branch's reports/")
     parser.add_argument("--output", default=str(Layout().ci_report),
                         help="where to write the markdown report")
+
+
+def _compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME",
+                        help="the comparison's name: its experiments are NAME-<row>-s<seed>, "
+                        "its outputs reports/comparisons/NAME/, its MLflow parent run "
+                        "'compare NAME'")
+    parser.add_argument("--vary", nargs="+", action="append", default=[],
+                        metavar=("KEY", "VALUE"),
+                        help="one row per value of KEY (repeatable: every combination), "
+                        "labelled by the values, e.g. --vary train.weighting equal pcgrad")
+    parser.add_argument("--row", nargs=2, action="append", default=[],
+                        metavar=("LABEL", "KEY=VALUE[,KEY=VALUE...]"),
+                        help="one labelled row (repeatable), e.g. --row tuned "
+                        "train.weighting=tuned")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a param of every row (repeatable), e.g. --set train.epochs=30")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="SEED",
+                        help="train.seed of each row's experiments (default: 0 1 2)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="experiments run side by side (dvc queue start --jobs N), each "
+                        "with MULTITASK_THREADS = CPUs // N torch threads unless that variable "
+                        "is set (default: 1)")
+    parser.add_argument("--pipeline", default="dvc.yaml", metavar="DVC_YAML",
+                        help="the pipeline the experiments run: dvc.yaml (default) or "
+                        "sample/dvc.yaml; keys are set in the params.yaml beside it")
+    parser.add_argument("--collect-only", action="store_true",
+                        help="run nothing: read back the experiments that already ran")
+
+
+def _compare(function: Callable[..., Any], args: argparse.Namespace) -> int:
+    from multitask.comparison import Spec, expand_rows, resolve_pipeline
+    from multitask.comparison.rows import check_name, parse_assignment
+
+    pipeline = resolve_pipeline(args.pipeline)
+    beside = pipeline.root / pipeline.params_file
+    if args.params is not None and Path(args.params).resolve() != beside:
+        raise ValueError(f"--params {args.params}: the experiments of --pipeline "
+                         f"{args.pipeline} set their keys in {pipeline.params_file}; leave "
+                         "--params out or pick the pipeline with --pipeline")
+    spec = Spec(check_name(args.name), expand_rows(args.vary, args.row),
+                tuple(parse_assignment(text, "--set") for text in args.set), tuple(args.seeds))
+    function(spec, args.pipeline, jobs=args.jobs, collect_only=args.collect_only)
+    return 0
 
 
 COMMANDS: dict[str, Command] = {
@@ -222,6 +272,24 @@ COMMANDS: dict[str, Command] = {
         "(model.architecture) by name, with a one-line description.",
         _methods_arguments,
         lambda function, args: function(as_json=args.json)),
+    "compare": Command(
+        "multitask.comparison:compare",
+        "compare rows of params over several seeds (DVC experiments, MLflow group)",
+        "Run every row (each --vary value or their combinations, each --row; --set for all) "
+        "once per seed as a DVC experiment NAME-<row>-s<seed>, queued in a copy of the "
+        "workspace (left as it is) and run --jobs at a time; experiments already run with "
+        "the same params are read back, not rerun. The single-task baselines run with the "
+        "same seeds. Writes reports/comparisons/NAME/ beside the pipeline: comparison.json "
+        "(per row and seed), comparison.md (per task mean ± sample std of test accuracy, "
+        "mean accuracy, Δm% with its 95% t interval, rows ranked by Δm% and marked tied "
+        "where their interval overlaps the best one's) and comparison.png (per-task accuracy "
+        "with error bars; two tasks: one against the other). In MLflow the experiments' runs "
+        "are nested under one parent run 'compare NAME' tagged multitask.comparison=NAME. "
+        "Keys and values are validated before anything is queued. Example: multitask compare "
+        "methods --vary train.weighting equal dwa pcgrad --set train.epochs=15 --jobs 2",
+        _compare_arguments, _compare,
+        params_help="params file of the pipeline (default and only choice: params.yaml "
+        "beside --pipeline, where the experiments set their keys)"),
     "ci-report": Command(
         "multitask.ci_report:ci_report",
         "compare two pipeline results per task and gate regressions (used by CI)",
@@ -252,9 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
         child = sub.add_parser(name, help=command.help, description=command.description)
-        child.add_argument("--params", default="params.yaml",
-                           help="parameters file (default: params.yaml in the current folder); "
-                           "the pipeline's data, models and reports live beside it")
+        child.add_argument("--params", default=None if command.params_help else "params.yaml",
+                           help=command.params_help or "parameters file (default: params.yaml "
+                           "in the current folder); the pipeline's data, models and reports "
+                           "live beside it")
         child.add_argument("-v", "--verbose", action="store_true", help="debug logging")
         command.arguments(child)
     return parser

@@ -184,8 +184,30 @@ class Layout:
     # ------------------------------------------------------- outside the pipeline (scripts, CI)
     @property
     def method_comparison(self) -> Path:
-        """``scripts/compare_methods.py``'s table of experiments."""
+        """The one-seed table of methods and architectures measured before ``multitask
+        compare`` (by a script since removed); the README renders it until a comparison over
+        seeds replaces it."""
         return self._at("reports/method_comparison.json")
+
+    @property
+    def comparisons_dir(self) -> Path:
+        """``multitask compare``'s outputs, one folder per comparison name."""
+        return self._at("reports/comparisons")
+
+    def comparison_dir(self, name: str) -> Path:
+        return self.comparisons_dir / name
+
+    def comparison_json(self, name: str) -> Path:
+        """Every row's per-seed values, means, intervals, experiments and MLflow runs."""
+        return self.comparison_dir(name) / "comparison.json"
+
+    def comparison_md(self, name: str) -> Path:
+        """The ranked table (also rendered into the README)."""
+        return self.comparison_dir(name) / "comparison.md"
+
+    def comparison_png(self, name: str) -> Path:
+        """Per-task test accuracy of each row with error bars (two tasks: the Pareto view)."""
+        return self.comparison_dir(name) / "comparison.png"
 
     @property
     def pretraining_study_dir(self) -> Path:

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("multitask.tracking",),
     ("multitask.training.stages", "multitask.pretraining", "multitask.tuning",
      "multitask.promotion", "multitask.predict", "multitask.ci_report", "multitask.ci_plots",
-     "multitask.catalog"),
+     "multitask.catalog", "multitask.comparison"),
     ("multitask.cli", "multitask.__main__"),
 ]
 LONG_MODULE_LINES = 300

@@ -1,0 +1,214 @@
+"""`multitask compare`: rows of params compared over several seeds, through DVC experiments.
+
+Each (row, seed) is one DVC experiment, ``<name>-<row>-s<seed>``, queued in a copy of the
+workspace (which stays as it is) and run by ``--jobs`` queue workers side by side, each stage
+limited to its share of the CPUs (``$MULTITASK_THREADS``). The single-task baselines run with
+every seed too (``train.seed`` is one of their params); rows that share a seed and the
+regularisation share them through DVC's run cache, and each experiment's Δm% is against its
+own seed's baselines. Experiments already there with the same params are read back, not run
+again. The summary (:mod:`.report`) goes to ``reports/comparisons/<name>/`` of the pipeline
+folder, and to one MLflow parent run under which the experiments' runs are nested
+(:mod:`multitask.tracking.groups`).
+
+    compare(Spec("methods", expand_rows([["train.weighting", "equal", "pcgrad"]])), jobs=2)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm.auto import tqdm
+
+from multitask.comparison.experiments import (
+    PENDING_STATES,
+    SUCCESS_STATE,
+    Dvc,
+    Experiment,
+    Pipeline,
+    experiments,
+    idle_workers_gone,
+    queue,
+    queue_status,
+    run_id,
+    wait,
+)
+from multitask.comparison.report import Measured, markdown, plot, summary
+from multitask.comparison.rows import Row, Spec, apply_overrides, expand_rows, row_params
+from multitask.config import ConfigError, Params, flatten, parse_params
+from multitask.device import THREADS_ENV
+from multitask.io import atomic_open, write_json
+from multitask.tracking import repo_root
+
+__all__ = ["Spec", "compare", "expand_rows", "resolve_pipeline"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_pipeline(dvc_yaml: str | Path) -> Pipeline:
+    """The pipeline of ``dvc_yaml`` (``dvc.yaml``, ``sample/dvc.yaml``) in its repository."""
+    path = Path(dvc_yaml).resolve()
+    if not path.is_file() or path.name != "dvc.yaml":
+        raise FileNotFoundError(f"{dvc_yaml}: not a dvc.yaml file; give a pipeline of this "
+                                "repository, e.g. --pipeline dvc.yaml or sample/dvc.yaml")
+    root = repo_root(path.parent)
+    if repo_root() != root:  # the MLflow store is found from the current folder
+        raise ValueError(f"{dvc_yaml}: not a pipeline of the repository here ({repo_root()}); "
+                         f"run multitask compare inside {root}")
+    return Pipeline(root, path.relative_to(root))
+
+
+def threads_per_experiment(jobs: int) -> int:
+    """The CPU threads each of ``jobs`` experiments running side by side may use."""
+    from multitask.training.distributed import available_cpus
+
+    return max(1, available_cpus() // jobs)
+
+
+def _differences(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    return [f"{key}: {found.get(key)!r} there, {expected.get(key)!r} now"
+            for key in sorted(set(found) | set(expected)) if found.get(key) != expected.get(key)]
+
+
+def _plan(spec: Spec, pipeline: Pipeline, raw: dict[str, Any], present: list[Experiment]
+          ) -> tuple[list[tuple[Row, int, str]], list[str]]:
+    """What to queue (row, seed, name), and the names already queued or running; an
+    experiment of the same name that ran with other params is an error."""
+    to_queue, pending = [], []
+    for row, seed, name in spec.experiments():
+        same_name = [e for e in present if e.name == name]
+        done = [e for e in same_name if e.state == SUCCESS_STATE]
+        if done:
+            expected = flatten(parse_params(apply_overrides(raw, spec.overrides(row, seed)),
+                                            pipeline.params_file))
+            found = flatten(parse_params(done[0].params or {}, pipeline.params_file))
+            if changed := _differences(found, expected):
+                raise ValueError(
+                    f"experiment {name} already ran with other params ({'; '.join(changed)}); "
+                    f"remove it (dvc exp remove {name}) or give the comparison another name")
+        elif any(e.state in PENDING_STATES for e in same_name):
+            pending.append(name)
+        else:
+            to_queue.append((row, seed, name))
+    return to_queue, pending
+
+
+def _run(dvc: Dvc, pipeline: Pipeline, spec: Spec, to_queue: list[tuple[Row, int, str]],
+         pending: list[str], jobs: int) -> None:
+    """Queue the missing experiments, start the workers and wait for ours to finish."""
+    before = idle_workers_gone(dvc)
+    if before.active + before.idle:
+        log.warning("%d DVC queue workers from an earlier start are still alive: any of our "
+                    "experiments they take runs with their environment, not MULTITASK_THREADS=%s",
+                    before.active + before.idle, dvc.env[THREADS_ENV])
+    for row, seed, name in to_queue:
+        queue(dvc, pipeline, name, spec.overrides(row, seed))
+    names = {name for *_, name in to_queue} | set(pending)
+    watched = {task: name for task, (name, state) in queue_status(dvc).tasks.items()
+               if name in names and (task not in before.tasks or state in ("Queued", "Running"))}
+    log.info("running %d experiments (%d already queued) with %d workers, %s threads each",
+             len(to_queue), len(pending), jobs, dvc.env[THREADS_ENV])
+    with tqdm(total=len(watched), desc=f"compare {spec.name}", unit="experiment") as bar:
+        wait(dvc, watched, jobs, on_done=lambda done: bar.update(done - bar.n))
+
+
+def _collect(dvc: Dvc, pipeline: Pipeline, spec: Spec) -> dict[str, list[Measured]]:
+    present = {e.name: e for e in experiments(dvc, pipeline) if e.state == SUCCESS_STATE}
+    missing = [name for *_, name in spec.experiments() if name not in present
+               or present[name].metrics is None or present[name].baselines is None]
+    if missing:
+        raise RuntimeError(f"no results for experiment {', '.join(missing)} in `dvc exp show` "
+                           "(not run yet, or run on another commit); run `multitask compare` "
+                           "without --collect-only")
+    measured: dict[str, list[Measured]] = {row.label: [] for row in spec.rows}
+    for row, seed, name in spec.experiments():
+        found = present[name]
+        measured[row.label].append(Measured(seed, name, run_id(dvc, pipeline, found),
+                                            found.metrics or {}, found.baselines or {}))
+    return measured
+
+
+def _parent_run(name: str, params: Params) -> str | None:
+    """The comparison's parent run (found, or created, which also creates the MLflow store and
+    experiment: experiments starting side by side on a new SQLite store would race to create
+    its tables); None with tracking off."""
+    if not params.tracking.enabled:
+        log.info("tracking.enabled is false: no MLflow parent run")
+        return None
+    from multitask.tracking.groups import comparison_run
+
+    return comparison_run(params.tracking.experiment or params.data.dataset, name)
+
+
+def _record(result: dict[str, Any], parent: str, files: list[Path]) -> None:
+    from multitask import keys
+    from multitask.tracking.groups import record_comparison
+
+    metrics: dict[str, float] = {}
+    for row in result["rows"]:
+        label, delta_m = row["label"], row[keys.DELTA_M]
+        metrics |= {f"{label}/rank": row["rank"], f"{label}/tied": float(row["tied"]),
+                    f"{label}/{keys.DELTA_M}/mean": delta_m["mean"],
+                    f"{label}/{keys.MEAN_ACCURACY}/mean": row[keys.MEAN_ACCURACY]["mean"]}
+        if delta_m.get("ci_low") is not None:
+            metrics |= {f"{label}/{keys.DELTA_M}/ci_low": delta_m["ci_low"],
+                        f"{label}/{keys.DELTA_M}/ci_high": delta_m["ci_high"]}
+        for task, summary_ in row[keys.TASKS].items():
+            metrics[f"{label}/{keys.task_metric(keys.TEST, task, keys.ACCURACY)}/mean"] = \
+                summary_["mean"]
+    params = {"pipeline": result["pipeline"],
+              "set": ",".join(f"{k}={v}" for k, v in result["set"].items()) or "-",
+              **{f"row.{row['label']}": ",".join(f"{k}={v}" for k, v in row["overrides"].items())
+                 for row in result["rows"]}}
+    children = {run: row["label"] for row in result["rows"] for run in row["run_ids"] if run}
+    record_comparison(parent, result["name"], children, metrics=metrics, params=params,
+                      tags={"multitask.comparison.seeds": ",".join(map(str, result["seeds"]))},
+                      artifacts=files)
+
+
+def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1,
+            collect_only: bool = False) -> dict[str, Any]:
+    """Run (or with ``collect_only`` only read back) every experiment of ``spec`` on the
+    pipeline ``pipeline_file``; write ``reports/comparisons/<name>/`` (comparison.json, .md,
+    .png) beside it and group the runs in MLflow; return the summary (comparison.json)."""
+    if jobs < 1:
+        raise ValueError(f"--jobs {jobs}: run at least one experiment at a time")
+    if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
+        raise ValueError(f"--seeds {' '.join(map(str, spec.seeds))}: give distinct seeds, "
+                         "at least one (three or more for an interval worth reading)")
+    pipeline = resolve_pipeline(pipeline_file)
+    params_path = pipeline.root / pipeline.params_file
+    raw = yaml.safe_load(params_path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{pipeline.params_file}: expected a mapping of sections")
+    parsed = row_params(spec, raw, pipeline.params_file)
+    threads = os.environ.get(THREADS_ENV) or str(threads_per_experiment(jobs))
+    dvc = Dvc(pipeline.root, env={THREADS_ENV: threads})
+    to_queue, pending = _plan(spec, pipeline, raw, experiments(dvc, pipeline))
+    first = parsed[spec.rows[0].label]
+    if collect_only:
+        log.info("--collect-only: reading back %d experiments", len(spec.experiments()))
+    elif to_queue or pending:
+        _parent_run(spec.name, first)  # before the experiments, which may share a new store
+        _run(dvc, pipeline, spec, to_queue, pending, jobs)
+    else:
+        log.info("all %d experiments already ran: reading them back", len(spec.experiments()))
+    result = summary(spec, _collect(dvc, pipeline, spec), pipeline=pipeline.dvc_yaml.as_posix(),
+                     params_file=pipeline.params_file.as_posix())
+    parent = _parent_run(spec.name, first)
+    result["mlflow"] = {"experiment": first.tracking.experiment or first.data.dataset,
+                        "parent_run_id": parent}
+    layout = pipeline.layout
+    files = [layout.comparison_json(spec.name), layout.comparison_md(spec.name),
+             layout.comparison_png(spec.name)]
+    write_json(files[0], result)
+    with atomic_open(files[1]) as handle:
+        handle.write(markdown(result))
+    plot(result, files[2])
+    if parent is not None:
+        _record(result, parent, files)
+    log.info("%s", files[1])
+    return result

@@ -1,0 +1,211 @@
+"""The comparison's experiments through DVC: queued, run side by side, read back.
+
+Each (row, seed) is queued with `dvc exp run <pipeline> --queue --name <name> -S ...`, which
+stashes the workspace and runs it in a copy: the workspace itself is never edited. `dvc queue
+start --jobs N` then starts N workers; they are spawned by that command and inherit its
+environment, which is how ``$MULTITASK_THREADS`` reaches each stage. A worker still alive
+from an earlier `dvc queue start` keeps its own and takes any task queued meanwhile, so idle
+ones are waited out first (:func:`idle_workers_gone`). Results come back from
+`dvc exp show --json` (the metrics of ``reports/metrics.json`` and ``reports/baselines.json``)
+and `git show <experiment>:reports/train.json` (its MLflow run id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from multitask.layout import Layout
+
+log = logging.getLogger(__name__)
+
+POLL_S = 5.0
+IDLE_WORKER_EXIT_S = 40.0
+STALLED_POLLS = 6  # a worker takes a few seconds to register after `dvc queue start`
+LOG_TAIL_LINES = 40
+_TASK = re.compile(r"[0-9a-f]{7}")
+DONE, FAILED = ("Success", "Failed"), "Failed"
+# `dvc exp show --json` executor states
+SUCCESS_STATE, PENDING_STATES = "success", ("queued", "running")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A pipeline of the repository at ``root``: its ``dvc.yaml`` and the params beside it."""
+
+    root: Path
+    dvc_yaml: Path  # relative to root
+
+    @property
+    def folder(self) -> Path:
+        return self.dvc_yaml.parent
+
+    @property
+    def params_file(self) -> Path:
+        """``params.yaml`` beside ``dvc.yaml``, relative to the root (as DVC names it)."""
+        return self.folder / Layout().params
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.root / self.folder)
+
+    def path(self, artifact: Path) -> str:
+        """An artifact of :class:`Layout` (relative form) as DVC and git name it."""
+        return (self.folder / artifact).as_posix()
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment of `dvc exp show --json`."""
+
+    name: str
+    rev: str
+    state: str  # success | failed | queued | running
+    params: dict[str, Any] | None  # the pipeline's params file
+    metrics: dict[str, Any] | None  # reports/metrics.json
+    baselines: dict[str, Any] | None  # reports/baselines.json
+
+
+class Dvc:
+    """DVC and git commands in the repository, with this interpreter's scripts (`dvc`,
+    `multitask`, which the stages and queue workers call) first on PATH."""
+
+    def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
+        self.root = root
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        self.env = {**os.environ, "PATH": path, **(env or {})}
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(["dvc", *args], cwd=self.root, env=self.env, capture_output=True,
+                              text=True)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"dvc {' '.join(args)} exited {done.returncode} in {self.root}:"
+                               f"\n{(done.stdout + done.stderr).strip()[-3000:]}")
+        return done
+
+    def git_show(self, rev: str, path: str) -> str | None:
+        shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=self.root, env=self.env,
+                               capture_output=True, text=True)
+        return shown.stdout if shown.returncode == 0 else None
+
+
+def queue(dvc: Dvc, pipeline: Pipeline, name: str, overrides: list[tuple[str, str]]) -> None:
+    """Queue one experiment; ``++`` sets a key whether or not the params file spells it."""
+    settings = [item for key, value in overrides
+                for item in ("-S", f"{pipeline.params_file.as_posix()}:++{key}={value}")]
+    dvc("exp", "run", pipeline.dvc_yaml.as_posix(), "--queue", "--name", name, *settings)
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """`dvc queue status`: its tasks and how many workers are alive."""
+
+    tasks: dict[str, tuple[str, str]]  # task id -> (experiment name, Queued | Running | ...)
+    active: int
+    idle: int
+
+
+def queue_status(dvc: Dvc) -> QueueStatus:
+    found = {}
+    status = dvc("queue", "status").stdout
+    for line in status.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and _TASK.fullmatch(parts[0]):
+            found[parts[0]] = (parts[1], parts[-1])
+    workers = re.search(r"Worker status: (\d+) active, (\d+) idle", status)
+    return QueueStatus(found, *(map(int, workers.groups()) if workers else (0, 0)))
+
+
+def idle_workers_gone(dvc: Dvc, timeout_s: float = IDLE_WORKER_EXIT_S) -> QueueStatus:
+    """Wait for idle queue workers to exit (they do after ten seconds without work): a worker
+    takes any task queued while it lives and runs it with the environment it started with,
+    not the one given to the next `dvc queue start`. Busy workers are not waited for."""
+    status = queue_status(dvc)
+    deadline = time.monotonic() + timeout_s
+    while status.idle and not status.active and time.monotonic() < deadline:
+        time.sleep(1.0)
+        status = queue_status(dvc)
+    return status
+
+
+def wait(dvc: Dvc, watched: dict[str, str], jobs: int,
+         on_done: Callable[[int], None] = lambda done: None) -> None:
+    """Start ``jobs`` workers and wait for the tasks ``watched`` (task id -> experiment name);
+    ``on_done(count finished)`` after each poll. A failed experiment raises, naming it and the
+    tail of its `dvc queue logs`."""
+    dvc("queue", "start", "--jobs", str(jobs))
+    stalled = 0  # polls in a row with work left and no worker alive
+    while True:
+        status = queue_status(dvc)
+        states, workers = status.tasks, status.active + status.idle
+        if gone := sorted(watched[task] for task in watched if task not in states):
+            raise RuntimeError(f"experiment {', '.join(gone)}: no longer in `dvc queue status` "
+                               "(removed from the queue?); rerun the same command to queue "
+                               "what is missing")
+        finished = {task for task in watched if states[task][1] in DONE}
+        on_done(len(finished))
+        if len(finished) == len(watched):
+            break
+        stalled = stalled + 1 if workers == 0 else 0
+        if stalled == STALLED_POLLS:  # the workers died (killed?) with work left: restart
+            log.warning("no DVC queue worker is alive and %d experiments wait: starting %d",
+                        len(watched) - len(finished), jobs)
+            dvc("queue", "start", "--jobs", str(jobs))
+            stalled = 0
+        time.sleep(POLL_S)
+    failed = {task: name for task, name in watched.items() if states[task][1] == FAILED}
+    if failed:
+        raise RuntimeError("\n\n".join(_failure(dvc, task, name) for task, name in failed.items()))
+
+
+def _failure(dvc: Dvc, task: str, name: str) -> str:
+    logs = dvc("queue", "logs", task, check=False)
+    tail = "\n".join((logs.stdout + logs.stderr).strip().splitlines()[-LOG_TAIL_LINES:])
+    return (f"experiment {name} failed (dvc queue logs {task}, last {LOG_TAIL_LINES} lines):\n"
+            f"{tail}\nFix the cause and rerun the same command: finished experiments are kept.")
+
+
+def _data(node: dict[str, Any], path: str) -> dict[str, Any] | None:
+    data = (node or {}).get(path) or {}
+    return data.get("data") if isinstance(data.get("data"), dict) else None
+
+
+def _walk(shown: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], str | None]]:
+    for commit in shown:
+        for group in commit.get("experiments") or []:
+            state = (group.get("executor") or {}).get("state")
+            for rev in group.get("revs") or []:
+                yield rev, state
+
+
+def experiments(dvc: Dvc, pipeline: Pipeline) -> list[Experiment]:
+    """Every experiment of the current commit in `dvc exp show --json`, with the pipeline's
+    params and metrics."""
+    shown = json.loads(dvc("exp", "show", "--json").stdout)
+    metrics_file, baselines_file = (pipeline.path(Layout().metrics_json),
+                                    pipeline.path(Layout().baselines_json))
+    found = []
+    for rev, state in _walk(shown):
+        data = rev.get("data") or {}
+        metrics = _data(data.get("metrics"), metrics_file)
+        if state is None:  # not from a queue: it ran, and either wrote its metrics or failed
+            state = SUCCESS_STATE if rev.get("error") is None and metrics else "failed"
+        found.append(Experiment(rev.get("name") or "", rev["rev"], state,
+                                _data(data.get("params"), pipeline.params_file.as_posix()),
+                                metrics, _data(data.get("metrics"), baselines_file)))
+    return found
+
+
+def run_id(dvc: Dvc, pipeline: Pipeline, experiment: Experiment) -> str | None:
+    """The MLflow run of an experiment (its ``reports/train.json``), None when it has none."""
+    shown = dvc.git_show(experiment.rev, pipeline.path(Layout().train_json))
+    return json.loads(shown).get("run_id") if shown else None

@@ -1,0 +1,168 @@
+"""`multitask compare` on the real sample pipeline: 2 rows x 2 seeds queued as DVC experiments
+and run two at a time, read back, nested in MLflow; the workspace untouched, a rerun that runs
+nothing, the thread limit reaching the stages, and a failed experiment named with its log.
+
+The repository is a throw-away copy made by :func:`copy_sample_repo` (sample params shrunk);
+the comparison sets one epoch, so the module takes a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from test_tracking_pipeline import EXPERIMENT, SampleRepo, copy_sample_repo
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("compare")]
+
+NAME = "cmp"
+ROWS = ("equal", "dwa")
+SEEDS = (0, 1)
+JOBS = 2
+COMMAND = ("multitask", "compare", NAME, "--vary", "train.weighting", *ROWS,
+           "--set", "train.epochs=1", "--seeds", *map(str, SEEDS), "--jobs", str(JOBS),
+           "--pipeline", "sample/dvc.yaml")
+WATCHED = ("sample/params.yaml", "params.yaml", "dvc.lock")  # what the workspace must keep
+
+
+@dataclass(frozen=True)
+class Compared:
+    repo: SampleRepo
+    before: dict[str, bytes]  # WATCHED files before the comparison
+    output: str  # the command's stdout and stderr
+
+    @property
+    def folder(self) -> Path:
+        return self.repo.sample / "reports" / "comparisons" / NAME
+
+    def result(self) -> dict:
+        return json.loads((self.folder / "comparison.json").read_text())
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {name: (root / name).read_bytes() for name in WATCHED}
+
+
+def committed(repo: SampleRepo, experiment: str, path: str) -> str:
+    """``path`` as DVC experiment ``experiment`` committed it (found by its git ref, not by
+    `dvc exp show`, which the command itself reads)."""
+    refs = repo.run("git", "for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
+    (ref,) = [r for r in refs if r.endswith(f"/{experiment}")]
+    return repo.run("git", "show", f"{ref}:{path}").stdout
+
+
+def experiment_file(repo: SampleRepo, experiment: str, path: str) -> dict:
+    return json.loads(committed(repo, experiment, path))
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory: pytest.TempPathFactory) -> Compared:
+    repo = copy_sample_repo(tmp_path_factory.mktemp("compare") / "repo")
+    before = _snapshot(repo.root)
+    done = repo.run(*COMMAND, timeout=1800)
+    return Compared(repo, before, done.stdout + done.stderr)
+
+
+def test_each_row_has_every_seed_of_its_experiments(compared: Compared) -> None:
+    result = compared.result()
+    assert {row["label"] for row in result["rows"]} == set(ROWS)
+    assert result["seeds"] == list(SEEDS) and result["tasks"] == ["left", "right"]
+    for row in result["rows"]:
+        assert row["seeds"] == list(SEEDS)
+        assert row["experiments"] == [f"{NAME}-{row['label']}-s{seed}" for seed in SEEDS]
+        for index, experiment in enumerate(row["experiments"]):
+            metrics = experiment_file(compared.repo, experiment, "sample/reports/metrics.json")
+            baselines = experiment_file(compared.repo, experiment,
+                                        "sample/reports/baselines.json")
+            train = yaml.safe_load(committed(compared.repo, experiment,
+                                             "sample/params.yaml"))["train"]
+            assert (train["seed"], train["weighting"]) == (SEEDS[index], row["label"])
+            assert row["delta_m_pct"]["per_seed"][index] == metrics["delta_m_pct"]
+            assert row["mean_accuracy"]["per_seed"][index] == metrics["mean_accuracy"]
+            for task in ("left", "right"):
+                assert row["tasks"][task]["per_seed"][index] == \
+                    metrics["tasks"][task]["accuracy"]
+                assert row["baselines"][task]["per_seed"][index] == \
+                    baselines["tasks"][task]["accuracy"]
+    # the rows share seeds and regularisation, so their baselines (DVC's run cache) too
+    assert result["baselines"] == result["rows"][0]["baselines"]
+    table = (compared.folder / "comparison.md").read_text()
+    assert all(f"| `{label}` |" in table for label in ROWS)
+    assert (compared.folder / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_runs_are_nested_under_one_parent_with_the_tags(compared: Compared) -> None:
+    client = compared.repo.client()
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    (parent,) = client.search_runs([experiment], filter_string=(
+        f"tags.`multitask.comparison` = '{NAME}' and "
+        "tags.`multitask.comparison.role` = 'parent'"))
+    assert parent.info.run_name == f"compare {NAME}"
+    assert compared.result()["mlflow"]["parent_run_id"] == parent.info.run_id
+    children = client.search_runs(
+        [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    expected = {run: row["label"] for row in compared.result()["rows"] for run in row["run_ids"]}
+    assert len(expected) == len(ROWS) * len(SEEDS)
+    assert {run.info.run_id: run.data.tags["multitask.comparison.row"] for run in children} \
+        == expected
+    for run in children:
+        assert run.data.tags["multitask.comparison"] == NAME
+        assert run.data.tags["stage"] == "evaluate" and run.info.status == "FINISHED"
+    logged = {item.path for item in client.list_artifacts(parent.info.run_id)}
+    assert {"comparison.json", "comparison.md", "comparison.png"} <= logged
+    assert f"{ROWS[0]}/delta_m_pct/mean" in parent.data.metrics
+
+
+def test_the_workspace_is_left_as_it_was(compared: Compared) -> None:
+    assert _snapshot(compared.repo.root) == compared.before
+    assert not (compared.repo.sample / "dvc.lock").exists()  # the copy had none
+    changed = compared.repo.run("git", "status", "--porcelain", "--untracked-files=no").stdout
+    assert changed == ""
+
+
+def test_each_stage_gets_its_share_of_the_cpus(compared: Compared) -> None:
+    """compare sets MULTITASK_THREADS for `dvc queue start`; the queue workers it spawns pass
+    it on to the stages, which train with that many torch threads (train.json's device)."""
+    threads = max(1, len(os.sched_getaffinity(0)) // JOBS)
+    for row in compared.result()["rows"]:
+        for experiment in row["experiments"]:
+            train = experiment_file(compared.repo, experiment, "sample/reports/train.json")
+            assert train["device"] == f"cpu ({threads} threads)", experiment
+
+
+def test_a_rerun_reads_back_without_running_again(compared: Compared) -> None:
+    client = compared.repo.client()
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs = len(client.search_runs([experiment]))
+    first = compared.result()
+    again = compared.repo.run(*COMMAND, timeout=600)
+    assert "already ran: reading them back" in again.stderr
+    compared.repo.run(*COMMAND, "--collect-only", timeout=600)
+    assert len(client.search_runs([experiment])) == runs  # no experiment, no new parent
+    assert compared.result() == first
+
+
+def test_a_failed_experiment_is_named_with_the_tail_of_its_log(compared: Compared) -> None:
+    done = compared.repo.run(
+        "multitask", "compare", "broken", "--row", "rlw", "train.weighting=rlw",
+        "--set", "train.epochs=1", "--seeds", "0", "--pipeline", "sample/dvc.yaml",
+        check=False, timeout=900, env={"MULTITASK_FAIL_AFTER_EPOCH": "1"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "experiment broken-rlw-s0 failed (dvc queue logs" in done.stderr
+    assert "MULTITASK_FAIL_AFTER_EPOCH=1: injected failure" in done.stderr
+    assert not (compared.repo.sample / "reports" / "comparisons" / "broken").exists()
+
+
+def test_a_typo_in_a_key_stops_before_anything_is_queued(compared: Compared) -> None:
+    done = compared.repo.run("multitask", "compare", "typo", "--vary", "train.weightin",
+                             "equal", "--pipeline", "sample/dvc.yaml", check=False)
+    assert done.returncode == 1
+    assert "unknown key 'train.weightin'; did you mean 'train.weighting'?" in done.stderr
+    status = subprocess.run(["dvc", "queue", "status"], cwd=compared.repo.root,
+                            env=compared.repo.env, capture_output=True, text=True).stdout
+    assert "typo-" not in status

@@ -1,0 +1,284 @@
+"""`multitask compare` without DVC: rows, key validation, statistics on hand-computed values,
+the table, the plot, reading DVC's answers, and the stages' thread limit."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from multitask.comparison.experiments import Dvc, Pipeline, experiments, queue_status
+from multitask.comparison.report import Measured, markdown, plot, summary
+from multitask.comparison.rows import (
+    Row,
+    Spec,
+    apply_overrides,
+    expand_rows,
+    parse_assignments,
+    row_params,
+)
+from multitask.comparison.statistics import rank, summarise
+from multitask.config import ConfigError
+from multitask.device import limit_threads
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_PARAMS = ROOT / "sample" / "params.yaml"
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return yaml.safe_load(SAMPLE_PARAMS.read_text())
+
+
+# ---------------------------------------------------------------------------------------- rows
+def test_vary_gives_the_product_of_its_values_and_rows_follow() -> None:
+    rows = expand_rows([["train.weighting", "equal", "pcgrad"], ["model.architecture", "hps",
+                                                                   "mtan"]],
+                       [("tuned", "train.weighting=tuned,train.optimizer.lr=0.01")])
+    assert [row.label for row in rows] == ["equal-hps", "equal-mtan", "pcgrad-hps",
+                                           "pcgrad-mtan", "tuned"]
+    assert rows[2].overrides == (("train.weighting", "pcgrad"), ("model.architecture", "hps"))
+    assert rows[4].overrides == (("train.weighting", "tuned"), ("train.optimizer.lr", "0.01"))
+
+
+def test_set_applies_to_every_row_and_seeds_make_the_experiments() -> None:
+    rows = expand_rows([["train.optimizer.lr", "0.001", "1e-2"]])
+    assert [row.label for row in rows] == ["0.001", "1e-2"]
+    spec = Spec("lr", rows, (("train.epochs", "3"),), (4, 7))
+    assert spec.overrides(rows[1], 7) == [("train.epochs", "3"), ("train.optimizer.lr", "1e-2"),
+                                          ("train.seed", "7")]
+    # row by row, so the next row reuses the seeds' baselines from DVC's run cache
+    assert [name for *_, name in spec.experiments()] == [
+        "lr-0.001-s4", "lr-0.001-s7", "lr-1e-2-s4", "lr-1e-2-s7"]
+
+
+def test_a_row_value_may_hold_commas() -> None:
+    assert parse_assignments("train.weighting=static,train.method_params.static.weights="
+                             "[0.4, 0.6],train.epochs=2", "--row r") == (
+        ("train.weighting", "static"), ("train.method_params.static.weights", "[0.4, 0.6]"),
+        ("train.epochs", "2"))
+
+
+@pytest.mark.parametrize(("vary", "rows", "message"), [
+    ([], [], "nothing to compare"),
+    ([["train.weighting"]], [], "give a key and at least one value"),
+    ([["train.weighting", "a b", "a-b"]], [], "'a-b' stands for more than one row"),
+    ([], [("x", "train.epochs")], "'train.epochs' is not KEY=VALUE"),
+    ([], [("bad/label", "train.epochs=2")], "--row label 'bad/label'"),
+])
+def test_rows_that_cannot_be_built_are_refused(vary: list, rows: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        expand_rows(vary, rows)
+
+
+# ---------------------------------------------------------------------------- key validation
+def _problems(raw: dict, spec: Spec) -> str:
+    with pytest.raises(ConfigError) as raised:
+        row_params(spec, raw, "sample/params.yaml")
+    return str(raised.value)
+
+
+def test_a_misspelt_key_names_itself_the_nearest_and_the_known_keys(raw: dict) -> None:
+    message = _problems(raw, Spec("x", (Row("a", (("train.epoch", "3"),)),)))
+    assert message.startswith("row a: unknown key 'train.epoch'; did you mean 'train.epochs'?")
+    assert "available: train.augment, train.batch_size" in message
+    message = _problems(raw, Spec("x", (Row("a", (("train.epochs", "3"),)),),
+                                  (("trian.epochs", "2"),)))
+    assert message.startswith("--set: unknown key 'trian'; did you mean 'train'?")
+    message = _problems(raw, Spec("x", (Row("a", (("train.optimizer.lrr", "1"),)),)))
+    assert "unknown key 'train.optimizer.lrr'; did you mean 'train.optimizer.lr'?" in message
+
+
+def test_seed_and_keys_set_twice_are_refused(raw: dict) -> None:
+    message = _problems(raw, Spec("x", (Row("a", (("train.seed", "3"),)),)))
+    assert "train.seed: each row runs once per seed; choose them with --seeds" in message
+    message = _problems(raw, Spec("x", (Row("a", (("train.epochs", "3"),)),),
+                                  (("train.epochs", "2"),)))
+    assert "row a: train.epochs is also given by --set; keep one" in message
+
+
+def test_values_are_validated_as_the_stage_would_with_the_row_named(raw: dict) -> None:
+    spec = Spec("x", (Row("good", (("train.weighting", "pcgrad"),)),
+                      Row("typo", (("train.weighting", "pcgrd"),)),
+                      Row("zero", (("train.epochs", "0"),))))
+    message = _problems(raw, spec)
+    assert ("row typo: sample/params.yaml: train.weighting: unknown weighting method 'pcgrd'; "
+            "did you mean 'pcgrad'?") in message
+    assert "row zero: sample/params.yaml: train.epochs: Input should be greater than or equal" \
+        in message
+    assert "row good" not in message
+
+
+def test_valid_rows_parse_with_their_overrides_and_free_mapping_keys(raw: dict) -> None:
+    spec = Spec("x", (Row("c", (("train.weighting", "cagrad"),
+                                ("train.method_params.cagrad.c", "0.25"))),
+                      Row("lr", (("train.optimizer.lr", "1e-3"),))), seeds=(5,))
+    parsed = row_params(spec, raw, "sample/params.yaml")
+    assert parsed["c"].train.method_params["cagrad"] == {"c": 0.25}
+    assert parsed["lr"].train.optimizer.lr == 0.001 and parsed["lr"].train.seed == 5
+    assert raw["train"]["weighting"] == "tuned"  # the loaded mapping is not edited
+    assert apply_overrides({}, [("a.b.c", "[1, 2]")]) == {"a": {"b": {"c": [1, 2]}}}
+
+
+# -------------------------------------------------------------------------------- statistics
+def test_mean_sample_std_and_the_t_interval_of_three_seeds() -> None:
+    summary_ = summarise([1.0, 2.0, 6.0], interval=True)
+    assert summary_.mean == 3.0
+    assert summary_.std == pytest.approx(math.sqrt(7.0))  # (4 + 1 + 9) / (3 - 1)
+    half = 4.302652729911275 * math.sqrt(7.0) / math.sqrt(3.0)  # t(0.975, 2 dof)
+    assert (summary_.low, summary_.high) == (pytest.approx(3.0 - half),
+                                             pytest.approx(3.0 + half))
+    alone = summarise([0.5], interval=True)
+    assert (alone.std, alone.low, alone.interval) == (None, None, (0.5, 0.5))
+
+
+def test_rows_overlapping_the_best_interval_are_tied() -> None:
+    deltas = {"a": summarise([1.0, 1.1, 1.2], interval=True),  # 1.1 ± 0.248
+              "b": summarise([0.8, 0.9, 1.0], interval=True),  # 0.9 ± 0.248: overlaps a
+              "c": summarise([-1.0, -0.9, -0.8], interval=True),  # -0.9: below a's interval
+              "d": summarise([1.5], interval=True)}  # one seed: the point 1.5, the best
+    assert rank(deltas) == [("d", True), ("a", False), ("b", False), ("c", False)]
+    del deltas["d"]
+    assert rank(deltas) == [("a", True), ("b", True), ("c", False)]
+
+
+# ----------------------------------------------------------------------------- table and plot
+def _metrics(left: float, right: float, base: tuple[float, float]) -> tuple[dict, dict]:
+    delta = ((left - base[0]) / base[0] + (right - base[1]) / base[1]) / 2 * 100
+    metrics = {"tasks": {"left": {"accuracy": left}, "right": {"accuracy": right}},
+               "mean_accuracy": (left + right) / 2, "delta_m_pct": delta}
+    return metrics, {"tasks": {"left": {"accuracy": base[0]}, "right": {"accuracy": base[1]}}}
+
+
+def _result() -> dict:
+    spec = Spec("demo", expand_rows([["train.weighting", "equal", "pcgrad"]]), seeds=(0, 1))
+    baselines = [(0.80, 0.80), (0.82, 0.78)]
+    accuracies = {"equal": [(0.79, 0.80), (0.81, 0.78)], "pcgrad": [(0.81, 0.82), (0.84, 0.80)]}
+    measured = {label: [Measured(seed, f"demo-{label}-s{seed}", f"{label}{seed}" * 8,
+                                 *_metrics(*accuracies[label][seed], baselines[seed]))
+                        for seed in (0, 1)] for label in accuracies}
+    return summary(spec, measured, pipeline="dvc.yaml", params_file="params.yaml")
+
+
+def test_summary_ranks_rows_and_keeps_every_seed() -> None:
+    result = _result()
+    assert [row["label"] for row in result["rows"]] == ["pcgrad", "equal"]
+    best = result["rows"][0]
+    assert best["tasks"]["left"]["per_seed"] == [0.81, 0.84]
+    assert best["tasks"]["left"]["mean"] == pytest.approx(0.825)
+    assert best["tasks"]["left"]["std"] == pytest.approx(math.sqrt(2 * 0.015 ** 2))
+    # Δm% per seed against that seed's baselines: (0.81/0.80 + 0.82/0.80 - 2) / 2 = +1.875%,
+    # (0.84/0.82 + 0.80/0.78 - 2) / 2 = +2.50156%
+    assert best["delta_m_pct"]["per_seed"] == pytest.approx([1.875, 2.5015635])
+    assert best["experiments"] == ["demo-pcgrad-s0", "demo-pcgrad-s1"]
+    assert result["baselines"]["right"]["per_seed"] == [0.80, 0.78]
+    json.dumps(result)  # what comparison.json holds
+
+
+def test_the_table_shows_mean_std_interval_ties_and_baselines() -> None:
+    lines = markdown(_result()).splitlines()
+    assert lines[0].startswith("`multitask compare demo` on `dvc.yaml`, seeds 0, 1:")
+    rows = [line for line in lines if line.startswith("| ")][1:]
+    # Δm% 2.1883 ± 0.4431 over two seeds: half-width t(0.975, 1) · s / √2 = 12.706 · 0.4431 /
+    # 1.4142 = 3.981
+    assert rows[0] == ("| 1 | `pcgrad` | `train.weighting=pcgrad` | 0.8250 ± 0.0212 | "
+                       "0.8100 ± 0.0141 | 0.8175 ± 0.0035 | +2.19 [-1.79, +6.17] | best |")
+    # equal's Δm% (-0.63, -0.61) lies inside that interval
+    assert rows[1].startswith("| 2 | `equal` |") and rows[1].endswith("| tied |")
+    assert rows[2] == ("| | single-task baselines | | 0.8100 ± 0.0141 | 0.7900 ± 0.0141 | "
+                       "0.8000 ± 0.0000 | 0 (reference) | |")
+
+
+@pytest.mark.parametrize("tasks", [2, 3])
+def test_the_plot_is_written(tmp_path: Path, tasks: int) -> None:
+    result = _result()
+    if tasks == 3:  # one panel per task
+        result["tasks"].append("third")
+        for row in [*result["rows"], {"baselines": result["baselines"], "tasks": {}}]:
+            row["baselines"]["third"] = row["baselines"]["left"]
+            if row["tasks"]:
+                row["tasks"]["third"] = row["tasks"]["left"]
+    plot(result, tmp_path / "comparison.png")
+    assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------- reading DVC's answers
+class _Answers(Dvc):
+    """A Dvc whose commands answer with canned output (the format of DVC 3.67)."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        super().__init__(Path("."))
+        self.answers = answers
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(args, 0, self.answers[" ".join(args)], "")
+
+
+def _exp(name: str, state: str | None, metrics: dict | None) -> dict:
+    files = {"sample/reports/metrics.json": {"data": metrics} if metrics else
+             {"error": {"type": "FileNotFoundError"}},
+             "sample/reports/baselines.json": {"data": {"tasks": {}}}}
+    return {"revs": [{"rev": f"{name}-rev", "name": name, "error": None if metrics else
+                      {"msg": "Experiment run failed"},
+                      "data": {"params": {"sample/params.yaml": {"data": {"train": {}}}},
+                               "metrics": files}}],
+            "executor": None if state is None else {"state": state}}
+
+
+def test_experiments_are_read_from_exp_show_json() -> None:
+    shown = [{"rev": "workspace", "data": {}, "experiments": None},
+             {"rev": "abc", "name": "main", "experiments": [
+                 _exp("a", "success", {"delta_m_pct": 1.0}), _exp("b", "failed", None),
+                 _exp("c", "queued", None), _exp("d", None, {"delta_m_pct": 2.0})]}]
+    found = experiments(_Answers({"exp show --json": json.dumps(shown)}),
+                        Pipeline(Path("."), Path("sample/dvc.yaml")))
+    assert [(e.name, e.state) for e in found] == [("a", "success"), ("b", "failed"),
+                                                  ("c", "queued"), ("d", "success")]
+    assert found[0].metrics == {"delta_m_pct": 1.0} and found[0].params == {"train": {}}
+    assert found[0].baselines == {"tasks": {}} and found[1].metrics is None
+
+
+def test_queue_status_is_parsed() -> None:
+    status = ("Task     Name          Created       Status\n"
+              "2388bc3  cmp-equal-s1  09:39 AM      Running\n"
+              "b094f5d  cmp-equal-s0  Dec 01, 2026  Failed\n\n"
+              "Worker status: 1 active, 2 idle\n")
+    parsed = queue_status(_Answers({"queue status": status}))
+    assert parsed.tasks == {"2388bc3": ("cmp-equal-s1", "Running"),
+                            "b094f5d": ("cmp-equal-s0", "Failed")}
+    assert (parsed.active, parsed.idle) == (1, 2)
+
+
+# ------------------------------------------------------------------------- command and threads
+def test_a_typo_exits_1_before_any_dvc_command(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "multitask", "compare", "x", "--vary",
+                           "train.weightng", "equal", "--pipeline", "sample/dvc.yaml"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert ("multitask compare: error: row equal: unknown key 'train.weightng'; did you mean "
+            "'train.weighting'?") in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_multitask_threads_limits_torch_and_is_shared_under_torchrun(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("MULTITASK_THREADS", raising=False)
+        assert limit_threads() is None and torch.get_num_threads() == before
+        monkeypatch.setenv("MULTITASK_THREADS", "1")
+        assert limit_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("MULTITASK_THREADS", "5")
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert limit_threads() == 2
+        monkeypatch.setenv("MULTITASK_THREADS", "two")
+        with pytest.raises(ValueError, match="MULTITASK_THREADS='two': expected a whole number"):
+            limit_threads()
+    finally:
+        torch.set_num_threads(before)
