@@ -3,7 +3,8 @@
 Blocks between `<!-- NAME:start -->` and `<!-- NAME:end -->` are replaced:
 - results: the metrics, baselines and train reports of the last `make repro` (paths from
   multitask.layout), titled from params.yaml's data set
-- comparison: reports/method_comparison.json (scripts/compare_methods.py)
+- comparison: reports/comparisons/*/comparison.json (`multitask compare`, each table with its
+  plot), then the one-seed tables measured before it (reports/method_comparison.json)
 - pretraining: reports/pretraining/study.md and study.png (scripts/pretraining_study.py)
 - benchmarks: reports/benchmarks.json (`make bench`)
 
@@ -19,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from multitask.comparison.report import markdown as comparison_table
 from multitask.data.datasets import DATASETS
 from multitask.layout import Layout
 
@@ -63,11 +65,33 @@ def results() -> str:
 
 
 def comparison() -> str:
+    """The tables of `multitask compare` over seeds, each with its plot (read where ROOT says,
+    so the test can point it at the committed files), then the one-seed tables before them."""
+    layout = Layout(ROOT)
+    blocks = []
+    names = sorted(f.name for f in layout.comparisons_dir.iterdir()) \
+        if layout.comparisons_dir.is_dir() else []
+    for result in filter(None, (load(layout.comparison_json(name)) for name in names)):
+        plot = layout.comparison_png(result["name"]).relative_to(ROOT).as_posix()
+        blocks += [comparison_table(result).rstrip(), "",
+                   f"![test accuracy per task of each row, mean ± std over seeds]({plot})", ""]
+    if not blocks:
+        blocks = ["_No comparison over seeds yet: `multitask compare NAME --vary KEY V1 V2 ...` "
+                  "(above)._", ""]
+    earlier = one_seed_comparison()
+    if earlier:
+        blocks += ["**One seed, before comparisons over seeds** (single draws, not rankings):",
+                   "", earlier]
+    return "\n".join(blocks).rstrip()
+
+
+def one_seed_comparison() -> str:
     """One table of methods per budget, and one of architectures per budget (with hard
-    sharing's row for the same method as the reference), each ranked by Δm%."""
+    sharing's row for the same method as the reference), each ranked by Δm%: the one-seed
+    measurements of reports/method_comparison.json, made before `multitask compare`."""
     data = load(LAYOUT.method_comparison)
     if not data:
-        return "_Not run yet: `python scripts/compare_methods.py --epochs N METHOD...`._"
+        return ""
     tables: dict[tuple[str, int], dict[str, Any]] = {}
     for entry in data.values():
         kind = "methods" if entry["architecture"] is None else "architectures"

@@ -34,7 +34,10 @@ RENDERED_FROM = ["README.md", "reports/metrics.json", "reports/baselines.json",
 def _committed(tmp_path: Path) -> Path:
     """README and the reports it is rendered from, as the last commit holds them (a local
     `dvc exp run` rewrites reports/ in the workspace; what must agree is what is committed)."""
-    for path in RENDERED_FROM:
+    comparisons = subprocess.run(["git", "ls-tree", "-r", "--name-only", "HEAD",
+                                  "reports/comparisons/"], cwd=ROOT, capture_output=True,
+                                 text=True).stdout.split()  # `multitask compare`'s outputs
+    for path in [*RENDERED_FROM, *comparisons]:
         shown = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=ROOT, capture_output=True)
         if shown.returncode != 0:
             pytest.skip(f"no committed {path} (not a git checkout?)")
@@ -70,7 +73,7 @@ def test_comparison_ranks_by_delta_m_with_baselines_failures_and_architectures(
             "broken": {"experiment": "cmp-broken-e3", "error": "no metrics"},
             "equal": {"tasks": tasks, "mean_accuracy": 0.6, "delta_m_pct": -1.0}}}}))
     monkeypatch.setattr(renderer, "LAYOUT", Layout(tmp_path))
-    methods, architectures = renderer.comparison().split("\n\n3 epochs")
+    methods, architectures = renderer.one_seed_comparison().split("\n\n3 epochs")
     assert methods.startswith("3 epochs each, params.yaml's architecture")
     rows = [line for line in methods.splitlines() if line.startswith("| `") or "baselines" in line]
     assert [r.split("|")[1].strip() for r in rows] == [
@@ -82,3 +85,27 @@ def test_comparison_ranks_by_delta_m_with_baselines_failures_and_architectures(
     labels = [line.split("|")[1].strip() for line in architectures.splitlines()
               if line.startswith("| `")]
     assert labels == ["`mtan`, `equal`", "`hps`, `equal`"]  # hard sharing as the reference
+
+
+def test_comparisons_over_seeds_come_first_with_their_plots(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    renderer = _renderer()
+    monkeypatch.setattr(renderer, "ROOT", tmp_path)
+    monkeypatch.setattr(renderer, "LAYOUT", Layout(tmp_path))
+    assert renderer.comparison().startswith("_No comparison over seeds yet")
+    summary = {"mean": 0.8, "std": 0.01, "per_seed": [0.79, 0.81]}
+    row = {"label": "equal", "overrides": {"train.weighting": "equal"}, "rank": 1, "tied": True,
+           "tasks": {"a": summary}, "mean_accuracy": summary, "baselines": {"a": summary},
+           "delta_m_pct": {"mean": 0.5, "std": 0.1, "ci_low": 0.2, "ci_high": 0.8,
+                           "per_seed": [0.4, 0.6]}}
+    result = {"name": "methods", "pipeline": "dvc.yaml", "seeds": [0, 1], "set": {},
+              "confidence": 0.95, "tasks": ["a"], "rows": [row], "baselines": {"a": summary}}
+    Layout(tmp_path).comparison_json("methods").parent.mkdir(parents=True)
+    Layout(tmp_path).comparison_json("methods").write_text(json.dumps(result))
+    (tmp_path / "reports" / "method_comparison.json").write_text(json.dumps({
+        "default@3": {"epochs": 3, "architecture": None, "methods": {}}}))
+    rendered = renderer.comparison()
+    assert rendered.startswith("`multitask compare methods` on `dvc.yaml`, seeds 0, 1:")
+    assert "| 1 | `equal` | `train.weighting=equal` | 0.8000 ± 0.0100 |" in rendered
+    assert "(reports/comparisons/methods/comparison.png)" in rendered
+    assert rendered.index("comparison.png") < rendered.index("**One seed, before comparisons")
