@@ -10,6 +10,7 @@ write of the same path, while a live writer's is left alone.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -126,6 +127,19 @@ def read_json(path: str | Path) -> Any:
         raise FileNotFoundError(f"{path}: not found; run the stage that writes it first") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc}); delete it and rerun its stage") from None
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[None]:
+    """Hold an ``flock`` on ``path`` (created if missing) for the block: processes on this
+    host take turns, and the kernel drops the lock when its holder dies, so a killed holder
+    never blocks the next one."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def file_sha256(path: str | Path) -> str:

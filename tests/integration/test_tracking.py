@@ -354,3 +354,24 @@ def test_filter_values_that_could_rewrite_a_search_are_refused(value: str) -> No
 def test_a_quote_in_a_model_name_cannot_widen_the_version_search(store: str) -> None:
     with pytest.raises(ValueError, match="cannot be used in an MLflow search"):
         versions_of_run("x' or name != '", "0" * 32)
+
+
+def test_processes_starting_together_on_a_new_sqlite_store_all_get_it(tmp_path: Path) -> None:
+    """Queued experiments start side by side on a store that may not exist yet: each process
+    lets MLflow create the tables in turn (an flock beside the file), so none fails with
+    'table ... already exists' and every one can log."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = textwrap.dedent("""
+        import sys, time
+        from multitask.tracking.store import client
+        time.sleep(max(0.0, float(sys.argv[1]) - time.time()))  # start together
+        client().create_experiment(f"e{sys.argv[2]}")
+    """)
+    start = time.time() + 15  # after every interpreter has imported MLflow
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    workers = [subprocess.Popen([sys.executable, "-c", script, str(start), str(i)], env=env,
+                                stderr=subprocess.PIPE, text=True) for i in range(4)]
+    errors = [w.communicate(timeout=120)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0] * 4, errors
+    names = {e.name for e in mlflow.MlflowClient(uri).search_experiments()}
+    assert {"e0", "e1", "e2", "e3"} <= names

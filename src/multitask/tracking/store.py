@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from multitask.io import exclusive_lock
 from multitask.redaction import redact
 
 if TYPE_CHECKING:
@@ -116,7 +117,22 @@ def client() -> MlflowClient:
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if not uri.startswith("sqlite:///") or uri in _READY:
+        return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    # MLflow creates or migrates a SQLite file's tables when a client first opens it; two
+    # experiments of one queue starting together on a new store both did, and one failed
+    # ("table _alembic_tmp_experiments already exists"). One process at a time, then.
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(database.with_name(database.name + ".lock")):
+        mlflow_client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        mlflow_client.search_experiments(max_results=1)  # the tracking store's tables
+        mlflow_client.search_registered_models(max_results=1)  # the registry's
+    _READY.add(uri)
+    return mlflow_client
+
+
+_READY: set[str] = set()  # SQLite stores whose tables this process has seen ready
 
 
 def _slug(name: str) -> str:
