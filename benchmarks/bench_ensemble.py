@@ -2,7 +2,7 @@
 
 The baselines stage trains one LeNet hard-sharing network per task (one 10-way head each), one
 after another. One training step of all T of them (forward, each member's cross-entropy,
-backward, Adam) is measured in three formulations (:mod:`multitask.training.ensemble`):
+backward, Adam) is measured in three formulations (:mod:`multitask.models.ensemble`):
 
 - ``sequential``: T networks, T optimisers, T steps: what the stage does today;
 - ``torch_func``: ``stack_module_state`` + ``functional_call`` + ``vmap`` (input shared), one
@@ -43,9 +43,9 @@ from multitask.config import ModelConfig, OptimizerConfig
 from multitask.device import cpu_model
 from multitask.io import write_json
 from multitask.models import build_model
+from multitask.models.ensemble import GroupedLeNet, StackedMembers, member_losses
 from multitask.models.hps import HardParameterSharing
 from multitask.tasks import Task
-from multitask.training.ensemble import GroupedLeNet, StackedMembers, member_losses
 from multitask.training.optimization import build_optimizer
 
 BATCH = 256
@@ -116,7 +116,7 @@ def grouped(networks: list[HardParameterSharing], memory_format: torch.memory_fo
 
     def step(x: Tensor, targets: Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
-        member_losses(network(x), targets).sum().backward()
+        member_losses(network.logits(x), targets).sum().backward()
         optimizer.step()
 
     return step

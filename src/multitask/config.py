@@ -303,6 +303,10 @@ class TrainConfig(_Section):
     # Data-parallel processes (torchrun) for train and baselines; batch_size stays the global
     # batch. Under a launcher started by hand, its WORLD_SIZE decides instead.
     processes: int = Field(1, ge=1)
+    # The baselines stage's single-task networks: trained together as one grouped LeNet
+    # (batched), one after another (sequential), or auto: batched where that is measured
+    # faster (LeNet on the CPU, one process), else sequential (training.ensemble).
+    ensemble: Literal["auto", "batched", "sequential"] = "auto"
 
 
 # ----------------------------------------------------------------------------------- pretrain

@@ -1,21 +1,22 @@
 """T single-task LeNet networks that read the same batch, computed as one batched network.
 
-The baselines stage trains one hard-sharing network per task, one after another. Two
-formulations compute all T members' forward and backward at once instead, exactly (to float
-rounding) what the members compute one by one, and with one Adam over their parameters, whose
-update is elementwise, the same training steps:
+The baselines stage trains one hard-sharing network per task. Two formulations compute all T
+members' forward and backward at once, exactly (to float rounding) what the members compute
+one by one; with one Adam over their parameters, whose update is elementwise, they take the
+same training steps:
 
 - :class:`GroupedLeNet`: one wide LeNet. The first convolution has T x 10 output channels (the
   input is shared, so one convolution serves every member), the second has ``groups=T`` (member
   ``t`` reads only its own 10 channels), and the fully connected layers and heads are batched
   matrix products over weights stacked ``[T, out, in]``. Member ``t``'s convolution filters are
-  rows ``t x out .. (t + 1) x out`` of the wide filters.
+  rows ``t x out .. (t + 1) x out`` of the wide filters. What ``train.ensemble`` trains
+  (:mod:`multitask.training.ensemble`).
 - :class:`StackedMembers`: torch.func, ``stack_module_state`` + ``functional_call`` +
-  ``vmap`` over the members' stacked parameters (input shared, ``in_dims=None``).
+  ``vmap`` over the members' stacked parameters (input shared, ``in_dims=None``); measured
+  about twice the sequential step's cost on the CPU (``benchmarks/bench_ensemble.py``), so
+  kept as the reference formulation, not trained with.
 
-Whether either is faster than the sequential loop is measured by ``benchmarks/bench_ensemble.py``
-(one training step of T members in each formulation and memory format); both share
-:func:`member_losses`.
+Both give every member's logits ``[T, B, classes]``, scored by :func:`member_losses`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from multitask.models.backbones import LeNetEncoder
+from multitask.models.base import MultiTaskModel
 from multitask.models.hps import HardParameterSharing
 
 
@@ -91,17 +93,26 @@ def _split_conv(wide: nn.Conv2d, convs: Sequence[nn.Conv2d]) -> None:
             conv.bias.copy_(bias)
 
 
-class GroupedLeNet(nn.Module):
+class GroupedLeNet(MultiTaskModel):
     """T single-task LeNet hard-sharing networks as one wide network (see the module docstring).
 
     Built from the members' current weights; :meth:`split_into` writes the trained weights
-    back. ``forward(x)`` returns every member's logits, ``[T, B, classes]``. Dropout (encoder
-    and heads, ``model.dropout``) and hidden head layers (``model.head_hidden``) carry over.
+    back. A multi-task model whose tasks are the members' (so the trainer trains it as it
+    trains any): ``encode`` gives every member's features ``[T, B, features]``, :meth:`logits`
+    every member's logits ``[T, B, classes]``, ``decode`` the same per task. Its "shared"
+    parameters are the members' encoders (what ``model.freeze_encoder_epochs`` freezes and
+    ``train.encoder_lr_scale`` scales); no parameter is shared between members. Dropout
+    (``model.dropout``) and hidden head layers (``model.head_hidden``) carry over.
     """
 
+    name = "grouped_lenet"
+
     def __init__(self, networks: Sequence[HardParameterSharing]) -> None:
-        super().__init__()
         parts = [member_parts(network) for network in networks]
+        super().__init__([network.tasks[0] for network in networks])
+        if len({task.num_classes for task in self.tasks}) > 1:
+            raise ValueError(f"tasks {self.task_names} have {[t.num_classes for t in self.tasks]} "
+                             "classes: the members of a grouped ensemble need heads of one size")
         encoders = [encoder for encoder, _ in parts]
         self.members = len(networks)
         self.conv1 = _wide_conv([e.features[0] for e in encoders], groups=1)
@@ -115,19 +126,33 @@ class GroupedLeNet(nn.Module):
             BatchedLinear([h[i] for h in heads]) if isinstance(layer, nn.Linear) else
             copy.deepcopy(layer) for i, layer in enumerate(heads[0]))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor) -> Tensor:
         h = F.relu(F.max_pool2d(self.conv1(x), 2))
         h = F.relu(F.max_pool2d(self.conv2(h), 2))
         # [B, T x C, H, W] -> member t's flattened C x H x W features, [T, B, C x H x W]
         h = h.reshape(len(x), self.members, -1).transpose(0, 1)
         h = F.dropout(h, self.encoder_dropout, self.training)
-        h = F.relu(self.fc(h))
+        return F.relu(self.fc(h))
+
+    def stacked_logits(self, features: Tensor) -> Tensor:
+        """Every member's logits ``[T, B, classes]`` from :meth:`encode`'s features."""
         for layer in self.head:
-            h = layer(h)
-        return h
+            features = layer(features)
+        return features
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Every member's logits ``[T, B, classes]``."""
+        return self.stacked_logits(self.encode(x))
+
+    def decode(self, features: Tensor | tuple[Tensor, ...]) -> dict[str, Tensor]:
+        assert isinstance(features, Tensor)
+        return dict(zip(self.task_names, self.stacked_logits(features).unbind(0), strict=True))
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [*self.conv1.parameters(), *self.conv2.parameters(), *self.fc.parameters()]
 
     def split_into(self, networks: Sequence[HardParameterSharing]) -> None:
-        """Copy each member's trained weights back into ``networks`` (built alike)."""
+        """Copy each member's current weights into ``networks`` (built alike, same order)."""
         parts = [member_parts(network) for network in networks]
         encoders = [encoder for encoder, _ in parts]
         _split_conv(self.conv1, [e.features[0] for e in encoders])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,8 @@ from multitask.layout import Layout
 from multitask.models.pretrained import EncoderWeights
 from multitask.pretraining import resolve_start
 from multitask.tasks import Task, main_tasks
-from multitask.training import distributed, session
+from multitask.training import distributed, ensemble, session
+from multitask.training.data import ProcessedData
 from multitask.training.metrics import delta_m
 from multitask.training.metrics import evaluate as evaluate_split
 from multitask.training.plots import confusion_figure, learning_curves, save_figure
@@ -33,6 +35,7 @@ from multitask.weighting import build_weighting
 
 log = logging.getLogger(__name__)
 VALIDATION = "validation"  # baselines_info.json: each baseline's kept epoch's val metrics
+BATCHED_CHECKPOINT = "baselines"  # the baselines trained together (train.ensemble) checkpoint
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
@@ -86,6 +89,23 @@ def baselines(params: Params, layout: Layout) -> dict[str, dict[str, float]]:
         return _baselines(params, layout, group is None or group.main)
 
 
+def _fitted_baselines(params: Params, layout: Layout, data: ProcessedData, tasks: list[Task],
+                      start: EncoderWeights | None, together: bool
+                      ) -> Iterator[tuple[Task, session.Fitted, Path | None]]:
+    """Each task's trained baseline, and the checkpoint to remove once it is saved (None:
+    the batched run's one checkpoint, removed when all are saved)."""
+    if together:
+        fitted = ensemble.fit_members(params, data, tasks, start=start,
+                                      checkpoint=layout.checkpoint(BATCHED_CHECKPOINT))
+        yield from ((task, one, None) for task, one in zip(tasks, fitted, strict=True))
+        return
+    for task in tasks:
+        log.info("baseline for task '%s'", task.name)
+        checkpoint = layout.checkpoint(f"baseline-{task.name}")
+        yield task, session.fit(params, data, [task], build_weighting("equal", 1),
+                                checkpoint=checkpoint, start=start), checkpoint
+
+
 def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[str, float]]:
     data = session.load_data(params, layout)
     start = resolve_start(params, layout)  # the same start as the multi-task network's
@@ -93,11 +113,10 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
     validation: dict[str, dict[str, float]] = {}
     selection: dict[str, object] = {}
     started = time.perf_counter()
-    for task in main_tasks(processed.tasks(data.meta)):
-        log.info("baseline for task '%s'", task.name)
-        checkpoint = layout.checkpoint(f"baseline-{task.name}")
-        fitted = session.fit(params, data, [task], build_weighting("equal", 1),
-                             checkpoint=checkpoint, start=start)
+    tasks = main_tasks(processed.tasks(data.meta))
+    together = ensemble.trains_together(params, tasks, data.device)
+    for task, fitted, checkpoint in _fitted_baselines(params, layout, data, tasks, start,
+                                                      together):
         scored = evaluate_split(fitted.model, data, keys.TEST, [task])
         results[task.name] = scored.metrics[task.name]
         validation[task.name] = {metric: fitted.kept[keys.task_metric(keys.VAL, task.name, metric)]
@@ -107,9 +126,11 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
             continue
         session.save_network(layout.baseline_model(task.name), fitted.model, params, data,
                              start=start)
-        checkpoint.unlink(missing_ok=True)
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)
     if not writes:
         return results
+    layout.checkpoint(BATCHED_CHECKPOINT).unlink(missing_ok=True)
     # baselines.json is a DVC metrics file: metrics only, or dvc exp show lists the rest too.
     write_json(layout.baselines_json, {keys.TASKS: results})
     write_json(layout.baselines_info, {
@@ -117,6 +138,7 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
         "backbone": params.model.backbone,
         "pretrained": session.start_record(start),
         "epochs": params.train.epochs,
+        "ensemble": "batched" if together else "sequential",  # train.ensemble, resolved
         VALIDATION: validation,  # the reference of train.early_stopping.select: delta_m
         "selection": selection,  # per task: the epoch kept and why it stopped (None: the last)
         "data_sha256": data.meta["sha256"],
