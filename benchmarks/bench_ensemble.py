@@ -20,6 +20,11 @@ the median wall time, and their ratios to ``sequential`` channels-last. CPU time
 of the step, which other processes on a shared machine change little; wall time, what a user
 waits, is only meaningful on an idle machine (the load average is a row of its own).
 
+The whole baselines stage too (``ensemble/stage/...``), ``train.ensemble: sequential`` against
+``batched`` at 1 and 2 threads, alternating: 2 tasks, :data:`STAGE_EPOCHS` epochs of batch 256
+on composites built from the shipped sample (:data:`STAGE_COMPOSITES`), so loading, validation,
+testing and saving count as well as the steps.
+
     python -m benchmarks.bench_ensemble --quick --output /tmp/ensemble.json
 """
 
@@ -29,23 +34,28 @@ import argparse
 import copy
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmarks.common import row
-from multitask.config import ModelConfig, OptimizerConfig
+from benchmarks.common import ROOT, row
+from multitask.config import DataConfig, ModelConfig, OptimizerConfig, parse_params
+from multitask.data.preprocess import preprocess_data
 from multitask.device import cpu_model
 from multitask.io import write_json
+from multitask.layout import Layout
 from multitask.models import build_model
 from multitask.models.ensemble import GroupedLeNet, StackedMembers, member_losses
 from multitask.models.hps import HardParameterSharing
 from multitask.tasks import Task
+from multitask.training import stages
 from multitask.training.optimization import build_optimizer
 
 BATCH = 256
@@ -54,7 +64,10 @@ THREADS = (1, 2)
 ROUNDS = 8
 STEPS_PER_ROUND = 3
 FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
-REFERENCE = ("sequential", "channels_last")  # the baselines stage today
+REFERENCE = ("sequential", "channels_last")  # the baselines stage without train.ensemble
+STAGE_EPOCHS = 3
+STAGE_COMPOSITES = (8000, 1000)  # train (10% of it validation) and test composites
+STAGE_ROUNDS = 3
 
 Step = Callable[[Tensor, Tensor], None]  # (x [B, 1, 36, 36], targets [T, B])
 
@@ -171,13 +184,51 @@ def measure(members: int, threads: int, rounds: int = ROUNDS,
     return rows
 
 
-def run(rounds: int = ROUNDS, steps_per_round: int = STEPS_PER_ROUND) -> list[dict[str, Any]]:
-    """Every T and thread count; the 1-minute load average before and after says how busy the
-    machine was."""
+def stage_seconds(rounds: int = STAGE_ROUNDS) -> list[dict[str, Any]]:
+    """The baselines stage, ``train.ensemble`` sequential and batched alternating, per thread
+    count: median wall and CPU seconds."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Layout(Path(tmp) / "source")
+        source.raw_dir.mkdir(parents=True)
+        source.source_dir("fashion_mnist").symlink_to(ROOT / "data" / "sample" / "fashion-mnist")
+        train_size, test_size = STAGE_COMPOSITES
+        preprocess_data(DataConfig(train_size=train_size, test_size=test_size, seed=0), source)
+        for threads in THREADS:
+            torch.set_num_threads(threads)
+            times: dict[str, list[tuple[float, float]]] = {"sequential": [], "batched": []}
+            for round_ in range(rounds):
+                for mode in list(times)[::1 if round_ % 2 == 0 else -1]:
+                    layout = Layout(Path(tmp) / f"{mode}-{threads}-{round_}")
+                    layout.processed_dir.parent.mkdir(parents=True)
+                    layout.processed_dir.symlink_to(source.processed_dir)
+                    params = parse_params({"train": {"epochs": STAGE_EPOCHS, "ensemble": mode},
+                                           "tracking": {"enabled": False}})
+                    started, cpu_started = time.perf_counter(), time.process_time()
+                    stages.baselines(params, layout)
+                    times[mode].append((time.perf_counter() - started,
+                                        time.process_time() - cpu_started))
+            wall = {mode: statistics.median(t[0] for t in runs) for mode, runs in times.items()}
+            for mode, runs in times.items():
+                rows.append(row(
+                    f"ensemble/stage/{mode}/{threads}threads/wall_s", wall[mode], "s",
+                    cpu_s=round(statistics.median(t[1] for t in runs), 2),
+                    wall_ratio=round(wall[mode] / wall["sequential"], 3),
+                    runs=[round(t[0], 2) for t in runs], threads=threads, epochs=STAGE_EPOCHS,
+                    composites=list(STAGE_COMPOSITES), cpu_model=cpu_model(),
+                    cpu_capability=torch.backends.cpu.get_cpu_capability()))
+    return rows
+
+
+def run(rounds: int = ROUNDS, steps_per_round: int = STEPS_PER_ROUND,
+        stage_rounds: int = STAGE_ROUNDS) -> list[dict[str, Any]]:
+    """Every T and thread count, then the stage; the 1-minute load average before and after
+    says how busy the machine was."""
     load_before, threads_before = os.getloadavg()[0], torch.get_num_threads()
     try:
         rows = [r for members in MEMBERS for threads in THREADS
                 for r in measure(members, threads, rounds, steps_per_round)]
+        rows += stage_seconds(stage_rounds)
     finally:
         torch.set_num_threads(threads_before)
     return [*rows, row("ensemble/load_average_1min", max(load_before, os.getloadavg()[0]),
@@ -187,13 +238,16 @@ def run(rounds: int = ROUNDS, steps_per_round: int = STEPS_PER_ROUND) -> list[di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 1 step: a try-out")
+    parser.add_argument("--quick", action="store_true",
+                        help="2 rounds of 1 step, the stage once: a try-out")
     parser.add_argument("--output", help="also write the rows to this JSON file")
     args = parser.parse_args()
-    rows = run(2, 1) if args.quick else run()
+    rows = run(2, 1, 1) if args.quick else run()
     for result in rows:
         extra = (f"  wall {result['wall_ms']} ms  (x{result['cpu_ratio']} CPU, "
-                 f"x{result['wall_ratio']} wall)" if "wall_ms" in result else "")
+                 f"x{result['wall_ratio']} wall)" if "wall_ms" in result else
+                 f"  CPU {result['cpu_s']} s  (x{result['wall_ratio']} wall)"
+                 if "cpu_s" in result else "")
         print(f"{result['name']}: {result['value']} {result['unit']}{extra}", flush=True)
     if args.output:
         write_json(args.output, {"rows": rows})

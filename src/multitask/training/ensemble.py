@@ -20,10 +20,14 @@ rounds otherwise than T small ones), the dropout masks (drawn once for all membe
 gradient diagnostics are computed (``train.diagnostics_every``: they compare tasks, and a
 baseline has one; they never changed the training).
 
-``auto`` batches LeNet baselines on the CPU in one process (``benchmarks/bench_ensemble.py``:
-at torch's default 2 threads one batched step of 2 baselines took 0.41-0.77 of the sequential
-steps' wall time on a busy 2-core machine; at 1 thread about the same time) and trains the
-others one after another, saying why in the log.
+``auto`` batches LeNet baselines on the CPU in one process and trains the others one after
+another, saying why in the log. Measured by ``benchmarks/bench_ensemble.py`` on a 2-core
+AVX-512 machine that other jobs kept busy (load 3-5): one training step of 2 baselines, steps
+interleaved, took 0.41-0.89 of the sequential steps' wall time at torch's default 2 threads
+(six runs, median 0.7; 4 baselines 0.43-0.80), and 0.90-1.08 of their CPU time at 1 thread (the
+same work, fewer and larger kernels); the whole stage at 1 thread 0.80-0.92 (at 2 threads the
+load swung whole runs five-fold either way). An idle machine's figures decide whether ``auto``
+stays batched.
 """
 
 from __future__ import annotations
