@@ -37,10 +37,12 @@ def processed(sample_composites: Callable[..., Path]) -> Path:
     return sample_composites(4000, 500)
 
 
-def baselines_params(ensemble: str, **train: Any) -> Params:
+def baselines_params(ensemble: str, model: dict[str, Any] | None = None, **train: Any
+                     ) -> Params:
     """Small, regularised runs: every key the batched trainer must honour is away from its
     default (weight decay, label smoothing, augmentation, cosine schedule)."""
     return parse_params({
+        "model": model or {},
         "train": {"epochs": 2, "batch_size": 128, "diagnostics_every": 0, "ensemble": ensemble,
                   "label_smoothing": 0.1, "augment": {"shift": 2},
                   "optimizer": {"name": "adam", "lr": 0.002, "weight_decay": 1e-4}} | train,
@@ -57,13 +59,23 @@ def run_baselines(params: Params, folder: Path, processed: Path,
     return layout, json.loads(layout.baselines_info.read_text()), weights
 
 
+FEW_STEPS = {  # nine steps in all
+    "regularised": ({}, {"epochs": 1, "data_fraction": 0.3}),
+    "frozen encoder, then a scaled encoder lr": (
+        {"freeze_encoder_epochs": 1}, {"epochs": 2, "data_fraction": 0.15,
+                                       "encoder_lr_scale": 0.5}),
+}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize(("model", "train"), FEW_STEPS.values(), ids=list(FEW_STEPS))
 def test_a_few_batched_steps_train_the_sequential_weights(
-        processed: Path, tmp_path: Path, pipeline_folder: Callable[[Path, Path], Layout]) -> None:
-    """Nine steps (30% of an epoch): the same batches, augmentation, schedule, weight decay
-    and smoothing give each member the weights its sequential run gets, to float rounding;
-    the saved networks have the same keys."""
-    runs = {mode: run_baselines(baselines_params(mode, epochs=1, data_fraction=0.3),
+        processed: Path, tmp_path: Path, pipeline_folder: Callable[[Path, Path], Layout],
+        model: dict[str, Any], train: dict[str, Any]) -> None:
+    """The same batches, augmentation, schedule, weight decay, smoothing, freezing and
+    encoder learning rate give each member the weights its sequential run gets, to float
+    rounding; the saved networks have the same keys."""
+    runs = {mode: run_baselines(baselines_params(mode, model, **train),
                                 tmp_path / mode, processed, pipeline_folder)
             for mode in ("sequential", "batched")}
     (_, sequential_info, sequential), (layout, batched_info, batched) = runs.values()
