@@ -187,8 +187,8 @@ def test_a_journal_outside_the_pipeline_folder_is_refused(raw: dict, storage: st
     ({"backbone": "convnext_tiny", "stem": "cifar"}, r"stem: cifar: only ResNets"),
     ({"backbone": "resnet18", "reuse_heads": True}, r"reuse_heads: the heads come from a "
                                                     r"multitask model"),
-    ({"freeze_encoder_epochs": 15}, r"model\.freeze_encoder_epochs: 15 must be below "
-                                    r"train\.epochs \(15\)"),
+    ({"freeze_encoder_epochs": 20}, r"model\.freeze_encoder_epochs: 20 must be below "
+                                    r"train\.epochs \(20\)"),
 ])
 def test_pretrained_params_that_cannot_work_are_refused(raw: dict, model: dict,
                                                         message: str) -> None:
