@@ -116,7 +116,7 @@ def _comparison_table(kind: str, epochs: int, rows: dict[tuple[str, str], dict[s
                       baselines: dict[str, float] | None) -> list[str]:
     tasks = next((list(r["tasks"]) for r in rows.values() if "tasks" in r), [])
     if kind == "methods":
-        title, first = "params.yaml's architecture", "method"
+        title, first = "hard sharing (`hps`, the default architecture then)", "method"
     else:
         title, first = "by `model.architecture`", "architecture, method"
     lines = [

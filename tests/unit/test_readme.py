@@ -74,7 +74,7 @@ def test_comparison_ranks_by_delta_m_with_baselines_failures_and_architectures(
             "equal": {"tasks": tasks, "mean_accuracy": 0.6, "delta_m_pct": -1.0}}}}))
     monkeypatch.setattr(renderer, "LAYOUT", Layout(tmp_path))
     methods, architectures = renderer.one_seed_comparison().split("\n\n3 epochs")
-    assert methods.startswith("3 epochs each, params.yaml's architecture")
+    assert methods.startswith("3 epochs each, hard sharing (`hps`, the default architecture then)")
     rows = [line for line in methods.splitlines() if line.startswith("| `") or "baselines" in line]
     assert [r.split("|")[1].strip() for r in rows] == [
         "`equal`", "`worse`", "`broken`", "single-task baselines (Δm% reference)"]
