@@ -43,6 +43,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from multitask import tracking
 from multitask.config import Params
+from multitask.io import exclusive_lock
 from multitask.layout import Layout
 from multitask.processes import HOST, alive, this_process
 
@@ -90,19 +91,14 @@ class FlockJournalLock:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._handle: Any = None
+        self._held = contextlib.ExitStack()
 
     def acquire(self) -> bool:
-        handle = open(self.path, "a")  # noqa: SIM115  (held until release)
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        self._handle = handle
+        self._held.enter_context(exclusive_lock(self.path))
         return True
 
     def release(self) -> None:
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+        self._held.close()
 
 
 class StudyStorage:
