@@ -13,7 +13,14 @@ import pytest
 import torch
 import yaml
 
-from multitask.comparison.experiments import Dvc, Pipeline, experiments, queue_status
+from multitask.comparison.experiments import (
+    STALLED_POLLS,
+    Dvc,
+    Pipeline,
+    experiments,
+    queue_status,
+    wait,
+)
 from multitask.comparison.report import Measured, markdown, plot, summary
 from multitask.comparison.rows import (
     Row,
@@ -253,6 +260,47 @@ def test_queue_status_is_parsed() -> None:
     assert parsed.tasks == {"2388bc3": ("cmp-equal-s1", "Running"),
                             "b094f5d": ("cmp-equal-s0", "Failed")}
     assert (parsed.active, parsed.idle) == (1, 2)
+
+
+class _Queue(Dvc):
+    """A Dvc whose `queue status` answers come from a script, one per poll; records each
+    `queue start`."""
+
+    def __init__(self, polls: list[str]) -> None:
+        super().__init__(Path("."))
+        self.polls, self.starts = polls, []
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        if args[:2] == ("queue", "start"):
+            self.starts.append((len(self.polls), args[-1]))
+            return subprocess.CompletedProcess(args, 0, "", "")
+        return subprocess.CompletedProcess(args, 0, self.polls.pop(0), "")
+
+
+def _status(states: list[str], active: int, idle: int = 0) -> str:
+    tasks = ("aaaaaaa", "bbbbbbb", "ccccccc")
+    rows = "".join(f"{task}  cmp-s{i}  09:39 AM  {state}\n"
+                   for i, (task, state) in enumerate(zip(tasks, states, strict=True)))
+    return f"Task  Name  Created  Status\n{rows}\nWorker status: {active} active, {idle} idle\n"
+
+
+def test_a_worker_that_left_early_is_started_again_while_work_waits() -> None:
+    watched = {"aaaaaaa": "cmp-s0", "bbbbbbb": "cmp-s1", "ccccccc": "cmp-s2"}
+    # s0 came from the run cache and its worker left: one worker for two waiting experiments
+    short = [_status(["Success", "Running", "Queued"], active=1)] * STALLED_POLLS
+    done = [_status(["Success", "Success", "Success"], active=0)]
+    dvc = _Queue([*short, *done])
+    wait(dvc, watched, jobs=2, poll_s=0.0)
+    assert dvc.starts == [(STALLED_POLLS + 1, "2"), (1, "2")]
+
+
+def test_no_worker_is_started_when_the_work_left_needs_no_more() -> None:
+    watched = {"aaaaaaa": "cmp-s0", "bbbbbbb": "cmp-s1", "ccccccc": "cmp-s2"}
+    # one experiment left and one worker on it: a second worker would have nothing to do
+    polls = [_status(["Success", "Success", "Running"], active=1)] * (STALLED_POLLS + 2)
+    dvc = _Queue([*polls, _status(["Success", "Success", "Success"], active=0)])
+    wait(dvc, watched, jobs=2, poll_s=0.0)
+    assert dvc.starts == [(len(polls) + 1, "2")]
 
 
 # ------------------------------------------------------------------------- command and threads

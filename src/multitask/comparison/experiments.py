@@ -138,15 +138,21 @@ def idle_workers_gone(dvc: Dvc, timeout_s: float = IDLE_WORKER_EXIT_S) -> QueueS
 
 
 def wait(dvc: Dvc, watched: dict[str, str], jobs: int,
-         on_done: Callable[[int], None] = lambda done: None) -> None:
+         on_done: Callable[[int], None] = lambda done: None, poll_s: float = POLL_S) -> None:
     """Start ``jobs`` workers and wait for the tasks ``watched`` (task id -> experiment name);
     ``on_done(count finished)`` after each poll. A failed experiment raises, naming it and the
-    tail of its `dvc queue logs`."""
+    tail of its `dvc queue logs`.
+
+    Workers can leave early: one that finds its experiment in the run cache finishes in
+    seconds and may exit while tasks still wait, and a killed one is gone. Whenever fewer
+    workers live than the work left could use (at most ``jobs``) for :data:`STALLED_POLLS`
+    polls in a row, `dvc queue start --jobs` starts the missing ones again (it starts only
+    the worker numbers that are not alive)."""
     dvc("queue", "start", "--jobs", str(jobs))
-    stalled = 0  # polls in a row with work left and no worker alive
+    short = 0  # polls in a row with fewer workers alive than the work left could use
     while True:
         status = queue_status(dvc)
-        states, workers = status.tasks, status.active + status.idle
+        states = status.tasks
         if gone := sorted(watched[task] for task in watched if task not in states):
             raise RuntimeError(f"experiment {', '.join(gone)}: no longer in `dvc queue status` "
                                "(removed from the queue?); rerun the same command to queue "
@@ -155,13 +161,14 @@ def wait(dvc: Dvc, watched: dict[str, str], jobs: int,
         on_done(len(finished))
         if len(finished) == len(watched):
             break
-        stalled = stalled + 1 if workers == 0 else 0
-        if stalled == STALLED_POLLS:  # the workers died (killed?) with work left: restart
-            log.warning("no DVC queue worker is alive and %d experiments wait: starting %d",
-                        len(watched) - len(finished), jobs)
+        wanted = min(jobs, len(watched) - len(finished))
+        short = short + 1 if status.active + status.idle < wanted else 0
+        if short == STALLED_POLLS:
+            log.warning("%d DVC queue workers alive and %d experiments wait: starting up to %d",
+                        status.active + status.idle, len(watched) - len(finished), jobs)
             dvc("queue", "start", "--jobs", str(jobs))
-            stalled = 0
-        time.sleep(POLL_S)
+            short = 0
+        time.sleep(poll_s)
     failed = {task: name for task, name in watched.items() if states[task][1] == FAILED}
     if failed:
         raise RuntimeError("\n\n".join(_failure(dvc, task, name) for task, name in failed.items()))
