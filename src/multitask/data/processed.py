@@ -4,7 +4,9 @@ A processed folder holds, per split (``train``, ``val``, ``test``), ``<split>_im
 (N, H, W) uint8 and ``<split>_labels.npy`` (N, T) uint8, one column per task in the order of
 ``meta.json``'s ``tasks``, plus ``meta.json``:
 
-- ``dataset``: the data set's name; ``tasks``: ``[{name, classes, source, class_names}]``;
+- ``dataset``: the data set's name; ``tasks``: ``[{name, classes, source, class_names}]``, plus
+  ``kind`` (multiclass when absent), ``loss`` and, for regression, ``target_mean``,
+  ``target_std`` (training split) and ``unit`` (see :class:`multitask.tasks.Task`);
 - ``splits``: ``{split: count}``; ``image_size`` (canvas side), ``channels``, ``max_shift``,
   ``seed``;
 - ``pixel_mean``, ``pixel_std``: training-split statistics on the 0..1 scale, for normalisation;
@@ -77,8 +79,17 @@ def load_split(folder: str | Path, split: str, meta: Mapping[str, Any]
 
 def tasks(meta: Mapping[str, Any], rotation: bool = False) -> list[Task]:
     """The tasks of a processed data set, plus the auxiliary rotation task if asked for."""
-    found = [Task(name=t["name"], num_classes=int(t["classes"])) for t in meta["tasks"]]
+    found = [task_of(entry) for entry in meta["tasks"]]
     return [*found, ROTATION_TASK] if rotation else found
+
+
+def task_of(entry: Mapping[str, Any]) -> Task:
+    """The :class:`Task` a ``meta.json`` task entry declares."""
+    return Task(name=entry["name"], num_classes=int(entry.get("classes", 0)),
+                kind=entry.get("kind", "multiclass"), loss=entry.get("loss", ""),
+                class_names=tuple(entry.get("class_names", ())),
+                target_mean=float(entry.get("target_mean", 0.0)),
+                target_std=float(entry.get("target_std", 1.0)), unit=entry.get("unit", ""))
 
 
 def task_names(meta: Mapping[str, Any]) -> list[str]:

@@ -206,7 +206,7 @@ def load_network(path: Path) -> tuple[MultiTaskModel, dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; run multitask train first")
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    tasks = [Task(**t) for t in payload["tasks"]]
+    tasks = [Task.from_dict(t) for t in payload["tasks"]]
     model = build_model(ModelConfig(**payload["model"]), tasks, payload["input"]["channels"],
                         payload["input"]["image_size"])
     model.load_state_dict(payload["state_dict"])
