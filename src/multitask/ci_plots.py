@@ -32,7 +32,8 @@ def confusion_matrix(pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def render_plots(base: PipelineResult, head: PipelineResult, path: Path) -> bool:
-    """Draw one row per task (losses, validation accuracy, base and head confusion) to ``path``.
+    """Draw one row per task (losses, validation primary metric -- accuracy, or MAE for a
+    regression task --, base and head confusion of classification tasks) to ``path``.
 
     Returns False (drawing nothing) when neither side has curves or confusion data.
     """
@@ -47,6 +48,7 @@ def render_plots(base: PipelineResult, head: PipelineResult, path: Path) -> bool
     axes = figure.subplots(len(tasks), 4, squeeze=False)
     for row, task in enumerate(tasks):
         loss_ax, acc_ax, *confusion_axes = axes[row]
+        metric = base.primary(task)  # accuracy; MAE for a regression task (no confusion)
         for side, style in ((base, "--"), (head, "-")):
             name = "base" if side is base else "head"
             if side.history is None:
@@ -56,19 +58,19 @@ def render_plots(base: PipelineResult, head: PipelineResult, path: Path) -> bool
                 if column in side.history:
                     loss_ax.plot(side.history["epoch"], side.history[column], style, color=color,
                                  label=f"{name} {kind}")
-            column = keys.task_metric(keys.VAL, task, keys.ACCURACY)
+            column = keys.task_metric(keys.VAL, task, metric)
             if column in side.history:
                 acc_ax.plot(side.history["epoch"], side.history[column], style,
                             color="tab:green", label=name)
         loss_ax.set(title=f"{task}: loss", xlabel="epoch")
-        acc_ax.set(title=f"{task}: validation accuracy", xlabel="epoch")
+        acc_ax.set(title=f"{task}: validation {metric}", xlabel="epoch")
         for ax in (loss_ax, acc_ax):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if ax.lines:
                 ax.legend(fontsize="small")
         for ax, side, name in zip(confusion_axes, (base, head), ("base", "head"), strict=True):
             ax.set(title=f"{task}: confusion, {name}", xlabel="predicted", ylabel="actual")
-            if task in side.confusion:
+            if task in side.confusion and metric == keys.ACCURACY:
                 matrix = confusion_matrix(side.confusion[task])
                 labels = list(matrix.index)
                 ax.imshow(matrix.to_numpy(), vmin=0.0, vmax=1.0, cmap="Blues")

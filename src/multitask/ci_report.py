@@ -13,10 +13,12 @@ report. matplotlib rather than ``dvc plots diff``: DVC renders HTML whose Vega c
 scripts from a CDN and has no offline image export, while this runs on a runner without network
 and its images must open without a browser running scripts.
 
-The gate (:func:`multitask.gate.task_regressions`, the promotion gate's rule): exit status 1
-when any task's accuracy falls below the base's by more than ``ci.regression_tolerance`` of the
-``--params`` file (CI passes the base branch's, so a pull
-request cannot loosen its own gate). Auxiliary tasks are reported but not gated.
+The gate (:class:`multitask.gate.TaskChange`, the promotion gate's rule): exit status 1 when
+any task's primary metric is worse than the base's by more than ``ci.regression_tolerance`` of
+the ``--params`` file (CI passes the base branch's, so a pull request cannot loosen its own
+gate): a classification task's accuracy falls by more than the tolerance (absolute: 0.02 = two
+percentage points), a regression task's MAE rises by more than that fraction of the base's
+(relative: 0.02 = 2%). Auxiliary tasks are reported but not gated.
 
 One module, not several: loading both sides, comparing them and writing the markdown are one
 report whose sections appear here in the order the comment shows them; the figure is apart.
@@ -37,14 +39,13 @@ from multitask import keys
 from multitask.ci_plots import class_order, render_plots
 from multitask.config import CIConfig
 from multitask.errors import ConfigError, validate
-from multitask.gate import EPSILON, TaskChange
+from multitask.gate import EPSILON, RELATIVE_METRICS, TaskChange, higher_is_better, primary_metric
 from multitask.io import atomic_open, read_json
 from multitask.layout import Layout
 
 log = logging.getLogger(__name__)
 
 MARKER = "<!-- multitask-ci-report -->"
-GATED_METRIC = keys.ACCURACY
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class PipelineResult:
 
     def tasks(self) -> dict[str, dict[str, Any]]:
         return self.metrics[keys.TASKS]
+
+    def primary(self, task: str) -> str:
+        """The task's primary metric (accuracy; MAE for a regression task)."""
+        return primary_metric(self.tasks().get(task, {})) or keys.ACCURACY
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,8 @@ class MetricRow:
 
     def is_regression(self, tolerance: float) -> bool:
         """A gated metric that got worse by more than ``tolerance`` (or vanished from head)."""
-        return self.gated and TaskChange(self.task or "", self.base, self.head,
-                                         self.higher_is_better).regressed(tolerance)
+        return self.gated and TaskChange.of(self.task or "", self.metric, self.base,
+                                            self.head).regressed(tolerance)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -130,16 +135,17 @@ def compare_metrics(base: PipelineResult, head: PipelineResult) -> list[MetricRo
     for task in [*base_tasks, *(t for t in head_tasks if t not in base_tasks)]:
         before, after = base_tasks.get(task, {}), head_tasks.get(task, {})
         auxiliary = bool(before.get("auxiliary") or after.get("auxiliary"))
+        gated = primary_metric(before) or primary_metric(after)
         for metric in [*before, *(m for m in after if m not in before)]:
             if _number(before.get(metric)) is None and _number(after.get(metric)) is None:
                 continue
             rows.append(MetricRow(task, metric, _number(before.get(metric)),
-                                  _number(after.get(metric)), keys.higher_is_better(metric),
-                                  gated=metric == GATED_METRIC and not auxiliary))
+                                  _number(after.get(metric)), higher_is_better(metric),
+                                  gated=metric == gated and not auxiliary))
     for key in [*base.metrics, *(k for k in head.metrics if k not in base.metrics)]:
         before, after = _number(base.metrics.get(key)), _number(head.metrics.get(key))
         if before is not None or after is not None:
-            rows.append(MetricRow(None, key, before, after, keys.higher_is_better(key)))
+            rows.append(MetricRow(None, key, before, after, higher_is_better(key)))
     return rows
 
 
@@ -158,6 +164,13 @@ def gate_messages(rows: list[MetricRow], tolerance: float) -> list[str]:
         if row.head is None:
             messages.append(f"task '{row.task}': {row.metric} missing from the head results "
                             f"(base {row.base:.4f})")
+        elif row.metric in RELATIVE_METRICS:
+            messages.append(
+                f"task '{row.task}': {row.metric} rose by "
+                f"{f'{100 * row.delta / row.base:.2f}%' if row.base else f'{row.delta:.4f}'} "
+                f"({row.base:.4f} -> {row.head:.4f}), more than the {100 * tolerance:.2f}% "
+                f"tolerance (ci.regression_tolerance = {tolerance:g}, relative for "
+                f"{row.metric})")
         else:
             messages.append(
                 f"task '{row.task}': {row.metric} dropped by {100 * -row.delta:.2f} pp "
@@ -206,9 +219,13 @@ def _metrics_table(rows: list[MetricRow], tolerance: float) -> list[str]:
 def _curve_tables(base: PipelineResult, head: PipelineResult, tasks: list[str]) -> list[str]:
     if base.history is None or head.history is None:
         return [f"_No learning curves: {Layout().history_csv} is missing on one side._"]
-    lines = ["<details><summary>Validation accuracy per epoch</summary>", ""]
-    columns = [keys.task_metric(keys.VAL, task, GATED_METRIC) for task in tasks]
-    header = " | ".join(f"{side} `{task}`" for task in tasks for side in ("base", "head"))
+    metrics = {task: base.primary(task) for task in tasks}
+    shown = " and ".join(dict.fromkeys(metrics.values())) or keys.ACCURACY
+    lines = [f"<details><summary>Validation {shown} per epoch</summary>", ""]
+    columns = [keys.task_metric(keys.VAL, task, metric) for task, metric in metrics.items()]
+    named = len(set(metrics.values())) > 1  # mixed kinds: say which metric each column holds
+    header = " | ".join(f"{side} `{task}`" + (f" {metrics[task]}" if named else "")
+                        for task in tasks for side in ("base", "head"))
     lines += [f"| epoch | {header} |", "|---:|" + "---:|" * (2 * len(tasks))]
     epochs = sorted(set(base.history["epoch"]) | set(head.history["epoch"]))
     for epoch in epochs:
@@ -229,6 +246,8 @@ def _per_class_recall(confusion: pd.DataFrame) -> pd.Series:
 def _confusion_tables(base: PipelineResult, head: PipelineResult, tasks: list[str]) -> list[str]:
     lines: list[str] = []
     for task in tasks:
+        if base.primary(task) in RELATIVE_METRICS:  # a regression task has no classes
+            continue
         if task not in base.confusion or task not in head.confusion:
             lines.append(f"_No confusion data for `{task}` on one side._")
             continue
@@ -246,6 +265,17 @@ def _confusion_tables(base: PipelineResult, head: PipelineResult, tasks: list[st
     return lines
 
 
+def _passed(rows: list[MetricRow], tolerance: float) -> str:
+    """What passing means here: per gated metric, how far it was allowed to move."""
+    gated = dict.fromkeys(row.metric for row in rows if row.gated) or {keys.ACCURACY: None}
+    parts = [f"no task's {metric} rose by more than {100 * tolerance:.2f}%"
+             if metric in RELATIVE_METRICS else
+             f"no task's {metric} dropped by more than {100 * tolerance:.2f} pp"
+             for metric in gated]
+    text = "; ".join(parts)
+    return f"{text[0].upper()}{text[1:]} (ci.regression_tolerance = {tolerance:g})"
+
+
 def render_markdown(base: PipelineResult, head: PipelineResult, rows: list[MetricRow],
                     tolerance: float, plot_name: str | None) -> str:
     """The whole report; its first line is the marker CI uses to find and update its comment."""
@@ -254,8 +284,7 @@ def render_markdown(base: PipelineResult, head: PipelineResult, rows: list[Metri
         verdict = ["**Gate: failed.** A task got worse by more than the tolerance:", "",
                    *(f"- {message}" for message in failures)]
     else:
-        verdict = [f"**Gate: passed.** No task's {GATED_METRIC} dropped by more than "
-                   f"{100 * tolerance:.2f} pp (ci.regression_tolerance = {tolerance:g})."]
+        verdict = [f"**Gate: passed.** {_passed(rows, tolerance)}."]
     changed = params_diff(base.params, head.params)
     params = (["| Param | Base | Head |", "|---|---|---|",
                *(f"| `{k}` | {_param(b)} | {_param(h)} |" for k, b, h in changed)]
@@ -322,5 +351,5 @@ def ci_report(base_dir: str | Path, head_dir: str | Path, output: str | Path,
     for message in failures:
         log.error("gate: %s", message)
     if not failures:
-        log.info("gate: passed (no task's %s dropped by more than %g)", GATED_METRIC, tolerance)
+        log.info("gate: passed (%s)", _passed(rows, tolerance))
     return 1 if failures else 0

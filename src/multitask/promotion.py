@@ -6,8 +6,11 @@ A multi-task model is not better because its average is: the gate protects every
 version of the registered model ``promote.model_name`` (default: the experiment, i.e. the data
 set) with its test metrics as version tags. It takes the ``champion`` alias only if
 
-* no task's test accuracy is below the champion's by more than ``promote.tolerance``
-  (absolute: 0.01 = one percentage point), and
+* no task's primary test metric is worse than the champion's by more than
+  ``promote.tolerance``: a classification task's accuracy may not fall by more than the
+  tolerance (absolute: 0.01 = one percentage point), a regression task's MAE may not rise by
+  more than that fraction of the champion's (relative: 0.01 = 1%; see :mod:`multitask.gate`),
+  and
 * the aggregate ``promote.aggregate`` improves on the champion's: ``delta_m`` (Δm% against the
   single-task baselines, higher is better) or ``mean_accuracy``.
 
@@ -22,12 +25,12 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from multitask import keys, tracking
 from multitask.config import Params
-from multitask.gate import TaskChange
+from multitask.gate import PRIMARY_METRICS, TaskChange, primary_values
 from multitask.io import read_json
 from multitask.layout import Layout
 
@@ -37,15 +40,18 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 EXIT_PROMOTED = 0
 EXIT_CHALLENGER = 3
-GATED_METRIC = keys.ACCURACY
 
 
 @dataclass(frozen=True)
 class Scores:
-    """What the gate compares: per-task test accuracy and the aggregate."""
+    """What the gate compares: each task's primary test metric and the aggregate."""
 
     tasks: dict[str, float]
     aggregate: float
+    metrics: dict[str, str] = field(default_factory=dict)  # task -> metric; absent: accuracy
+
+    def metric(self, task: str) -> str:
+        return self.metrics.get(task, keys.ACCURACY)
 
 
 @dataclass(frozen=True)
@@ -55,16 +61,20 @@ class Decision:
 
 
 def scores_from(metrics: dict[str, float], aggregate: str, where: str) -> Scores:
-    """Per-task accuracies and the aggregate from test metrics (run metrics or version tags)."""
-    tasks = keys.task_values(metrics, keys.TEST, GATED_METRIC)
+    """Each task's primary test metric (accuracy, or MAE for a regression task) and the
+    aggregate, from test metrics (run metrics or version tags)."""
+    tasks, names = primary_values(metrics, keys.TEST)
     key = keys.AGGREGATES[aggregate]
+    if tasks and key not in metrics and aggregate == "mean_accuracy":
+        raise ValueError(f"{where}: no {key}: it has no classification task to average; set "
+                         "promote.aggregate to delta_m")
     if not tasks or key not in metrics:
-        pattern = keys.task_metric(keys.TEST, "<task>", GATED_METRIC)
+        pattern = " or ".join(keys.task_metric(keys.TEST, "<task>", m) for m in PRIMARY_METRICS)
         raise ValueError(
             f"{where}: no test metrics ({pattern} and {key}); run "
             "`multitask evaluate` on it first"
         )
-    return Scores(tasks=tasks, aggregate=float(metrics[key]))
+    return Scores(tasks=tasks, aggregate=float(metrics[key]), metrics=names)
 
 
 def decide(candidate: Scores, champion: Scores | None, tolerance: float, aggregate: str
@@ -75,15 +85,24 @@ def decide(candidate: Scores, champion: Scores | None, tolerance: float, aggrega
     reasons: list[str] = []
     passed = True
     for task, best in sorted(champion.tasks.items()):
-        change = TaskChange(task, best, candidate.tasks.get(task))
+        metric = champion.metric(task)
+        mismatch = task in candidate.tasks and candidate.metric(task) != metric
+        change = TaskChange.of(task, metric, best,
+                               None if mismatch else candidate.tasks.get(task))
         worse = change.regressed(tolerance)
         passed &= not worse
-        if change.delta is None:
+        if mismatch:
+            reasons.append(f"{task}: the candidate reports {candidate.metric(task)}, the "
+                           f"champion {metric} (another task kind): not comparable")
+            continue
+        if change.delta is None or change.worse_by is None:
             reasons.append(f"{task}: missing from the candidate's test metrics")
             continue
-        verdict = (f"worse by {-change.delta:.4f} > tolerance {tolerance:.4f}" if worse
-                   else "within tolerance" if change.delta < 0 else "not worse")
-        reasons.append(f"{task}: accuracy {change.head:.4f} vs champion {best:.4f} "
+        allowed = (f"{change.allowance(tolerance):.4f} ({tolerance:.2%} of {best:.4f})"
+                   if change.relative else f"{tolerance:.4f}")
+        verdict = (f"worse by {change.worse_by:.4f} > tolerance {allowed}" if worse
+                   else "within tolerance" if change.worse_by > 0 else "not worse")
+        reasons.append(f"{task}: {metric} {change.head:.4f} vs champion {best:.4f} "
                        f"({change.delta:+.4f}): {verdict}")
     improved = candidate.aggregate > champion.aggregate
     passed &= improved
@@ -192,10 +211,12 @@ def status(params: Params) -> int:
         raise ValueError(f"registered model '{name}' has no champion or challenger in "
                          f"{tracking.describe_uri()}; run `multitask promote` first")
     columns = {alias: _version_metrics(v) if v else {} for alias, v in versions.items()}
-    tasks = sorted({task for metrics in columns.values()
-                    for task in keys.task_values(metrics, keys.TEST, GATED_METRIC)})
-    rows = [(f"{task} {GATED_METRIC}", keys.task_metric(keys.TEST, task, GATED_METRIC))
-            for task in tasks]
+    gated: dict[str, str] = {}  # task -> its primary metric
+    for metrics in columns.values():
+        for task, metric in primary_values(metrics, keys.TEST)[1].items():
+            gated.setdefault(task, metric)
+    rows = [(f"{task} {metric}", keys.task_metric(keys.TEST, task, metric))
+            for task, metric in sorted(gated.items())]
     rows += [("Δm%", keys.AGGREGATES["delta_m"]),
              ("mean accuracy", keys.AGGREGATES["mean_accuracy"])]
 
