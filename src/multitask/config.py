@@ -21,9 +21,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from multitask.data.datasets import DATASETS
+from multitask.data.datasets import DATASETS, MANIFEST
 from multitask.errors import ConfigError, unknown_name, validate
 from multitask.redaction import redact
+from multitask.tasks import KIND_LOSSES
 
 __all__ = ["ConfigError", "Params", "flatten", "load_params", "load_sources", "parse_params",
            "regularisation_keys"]
@@ -84,7 +85,59 @@ class Source(_Section):
         return self
 
 
+class ManifestTask(_Section):
+    """One task of a manifest data set: ``data.tasks.<name>``, read from the manifest's column
+    of the same name (``kind``: multiclass, binary or regression; ``loss``: one of the kind's,
+    default its first; ``unit``: a regression target's unit, for reports; ``positive``: the
+    binary value that is the positive class, default the second of the two in sorted order)."""
+
+    kind: Literal["multiclass", "binary", "regression"]
+    loss: str | None = None
+    unit: str = ""
+    positive: str | None = None
+
+    @field_validator("positive", mode="before")
+    @classmethod
+    def _positive_as_text(cls, value: Any) -> Any:
+        # The manifest's values are compared as the text the file holds.
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r}: YAML read a bare yes/no/true/false as a boolean; "
+                             "quote the value exactly as the manifest spells it, e.g. 'yes'")
+        return str(value) if isinstance(value, int | float) else value
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> ManifestTask:
+        losses = KIND_LOSSES[self.kind]
+        if self.loss is not None and self.loss not in losses:
+            raise ValueError(f"loss: {self.loss!r} is not a loss of a {self.kind} task; "
+                             f"use one of {', '.join(losses)}")
+        if self.positive is not None and self.kind != "binary":
+            raise ValueError(f"positive applies to binary tasks only; remove it for {self.kind}")
+        if self.unit and self.kind != "regression":
+            raise ValueError(f"unit applies to regression tasks only; remove it for {self.kind}")
+        return self
+
+
+# Manifest columns that are not tasks, and the auxiliary task's name.
+RESERVED_COLUMNS = ("image", "split", "rotation")
+_TASK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# Keys that mean something for one family of data sets only (refused for the other when set).
+COMPOSITE_KEYS = ("canvas_size", "max_shift", "train_size", "test_size")
+MANIFEST_KEYS = ("manifest", "tasks", "channels", "image_size", "resize", "test_fraction")
+
+
 class DataConfig(_Section):
+    """``data``: which data set and how it is built.
+
+    Composite data sets (multifashion, ...): ``canvas_size``, ``max_shift``, ``train_size``,
+    ``test_size``. ``dataset: manifest`` (:mod:`multitask.data.manifest`): ``manifest`` (a
+    .csv or .parquet file; relative paths from the pipeline folder), ``tasks`` (in label
+    column order), ``channels``, ``image_size``, ``resize`` (pad: letterbox, the whole image
+    kept, black bars; crop: the centre square), ``test_fraction``. Setting a key of the other
+    family is an error. ``val_fraction`` and ``seed`` serve both (a manifest with a ``split``
+    column ignores the fractions).
+    """
+
     dataset: str = "multifashion"  # a name of multitask.data.datasets.DATASETS
     canvas_size: int = Field(36, ge=28, le=64)
     max_shift: int = Field(4, ge=0, le=8)
@@ -92,6 +145,12 @@ class DataConfig(_Section):
     test_size: int = Field(20_000, gt=0)
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     seed: int = 0
+    manifest: str | None = None
+    tasks: dict[str, ManifestTask] = Field(default_factory=dict)
+    channels: Literal[1, 3] = 3
+    image_size: int = Field(64, ge=8, le=1024)
+    resize: Literal["pad", "crop"] = "pad"
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
 
     @model_validator(mode="after")
     def _canvas_fits_shift(self) -> DataConfig:
@@ -100,6 +159,30 @@ class DataConfig(_Section):
                 f"max_shift={self.max_shift} does not fit a {self.canvas_size}px canvas: "
                 f"canvas_size - 28 must be at least max_shift"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _keys_fit_dataset(self) -> DataConfig:
+        manifest = self.dataset == MANIFEST
+        foreign = COMPOSITE_KEYS if manifest else MANIFEST_KEYS
+        if given := [key for key in foreign if key in self.model_fields_set]:
+            family = "composite data sets" if manifest else "data.dataset: manifest"
+            raise ValueError(f"{', '.join(given)}: apply to {family} only; remove "
+                             f"{'it' if len(given) == 1 else 'them'} for {self.dataset}")
+        if not manifest:
+            return self
+        if not self.manifest:
+            raise ValueError("dataset: manifest needs manifest: <path to a .csv or .parquet "
+                             "file> (relative to the pipeline folder)")
+        if not self.manifest.endswith((".csv", ".parquet")):
+            raise ValueError(f"manifest: {self.manifest}: expected a .csv or .parquet file")
+        if not self.tasks:
+            raise ValueError("dataset: manifest needs tasks: {<column>: {kind: multiclass | "
+                             "binary | regression}, ...}, one per label column")
+        for name in self.tasks:
+            if not _TASK_NAME.fullmatch(name) or name in RESERVED_COLUMNS:
+                raise ValueError(f"tasks.{name}: a task name is a letter then letters, digits "
+                                 f"or _, and not one of {', '.join(RESERVED_COLUMNS)}")
         return self
 
     @field_validator("dataset")

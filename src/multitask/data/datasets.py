@@ -18,6 +18,9 @@ from types import MappingProxyType
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 DIGIT_CLASSES = tuple(str(digit) for digit in range(10))
+# The data set read from a user's manifest file (multitask.data.manifest): its tasks, classes,
+# channels and image size come from params (data.tasks, ...) and the file, not from here.
+MANIFEST = "manifest"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 
@@ -82,4 +85,7 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType({
     "multifashion_mnist": DatasetSpec("Multi-(Fashion+MNIST)", (TaskSpec("left", "mnist"),
                                                                 TaskSpec("right",
                                                                          "fashion_mnist"))),
+    # No raw source to download: the manifest's images are read where they lie. A user's
+    # photos may be mirrored or cropped (train.augment: flip, crop) when their labels allow.
+    MANIFEST: DatasetSpec("Manifest", (), channels=3, augmentations=("flip", "crop")),
 })
