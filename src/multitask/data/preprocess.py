@@ -1,4 +1,5 @@
-"""The ``preprocess`` stage: raw IDX files -> train/val/test composites + ``meta.json``.
+"""The ``preprocess`` stage: raw IDX files -> train/val/test composites + ``meta.json``
+(``data.dataset: manifest``: the manifest's images instead, :mod:`multitask.data.manifest`).
 
 The validation split is built from base images held out of the training composites, so no item
 is seen in both. The output is the processed format of :mod:`multitask.data.processed`, swapped
@@ -20,8 +21,9 @@ import numpy as np
 from multitask.config import DataConfig, Params
 from multitask.data import processed
 from multitask.data.composites import build_composites
-from multitask.data.datasets import DATASETS, SOURCES
+from multitask.data.datasets import DATASETS, MANIFEST, SOURCES
 from multitask.data.idx import read_split
+from multitask.data.manifest import build_manifest
 from multitask.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -108,8 +110,11 @@ def build_dataset(config: DataConfig, layout: Layout
 
 
 def preprocess(params: Params, layout: Layout) -> dict[str, Any]:
-    """``multitask preprocess``: build the composites and write the processed folder; returns
-    its ``meta.json`` content."""
+    """``multitask preprocess``: build the composites (or read ``data.dataset: manifest``'s
+    images, :mod:`multitask.data.manifest`) and write the processed folder; returns its
+    ``meta.json`` content."""
+    if params.data.dataset == MANIFEST:
+        return build_manifest(params.data, layout)
     return preprocess_data(params.data, layout)
 
 

@@ -1,0 +1,332 @@
+"""The manifest data set: its params, reader, splits, class inference, image fitting and each
+bad input, on small PNG files written here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from multitask.config import ConfigError, DataConfig, ManifestTask, parse_params
+from multitask.data import manifest as mf
+from multitask.layout import Layout
+
+KINDS = {"species": {"kind": "multiclass"}, "smiling": {"kind": "binary"},
+         "age": {"kind": "regression", "unit": "years"}}
+
+
+def tasks(raw: dict[str, dict[str, Any]]) -> dict[str, ManifestTask]:
+    return {name: ManifestTask(**entry) for name, entry in raw.items()}
+
+
+def png(path: Path, pixels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(path)
+
+
+def write_csv(folder: Path, rows: Sequence[dict[str, Any]], images: bool = True) -> Path:
+    """manifest.csv in ``folder`` with ``rows``; each row's image an 8x8 grey PNG of value
+    ``10 * row index`` unless ``images`` is False."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, row in enumerate(rows):
+        row.setdefault("image", f"img/{number}.png")
+        if images:
+            png(folder / row["image"], np.full((8, 8), 10 * number))
+    path = folder / "manifest.csv"
+    pd.DataFrame(list(rows)).to_csv(path, index=False)
+    return path
+
+
+def config(path: Path, raw_tasks: dict[str, dict[str, Any]], **data: Any) -> DataConfig:
+    params = parse_params({"data": {"dataset": "manifest", "manifest": str(path),
+                                    "tasks": raw_tasks, **data}}, "p.yaml")
+    return params.data
+
+
+def read(path: Path, raw_tasks: dict[str, dict[str, Any]], val: float = 0.1,
+         test: float = 0.1, seed: int = 0) -> mf.Manifest:
+    return mf.read_manifest(path, tasks(raw_tasks), val, test, seed)
+
+
+def split_rows(n: int = 3) -> list[dict[str, Any]]:
+    """``n`` train rows then one val and one test row (species a/b alternating)."""
+    splits = ["train"] * n + ["val", "test"]
+    return [{"species": "ab"[i % 2], "split": s} for i, s in enumerate(splits)]
+
+
+# ----------------------------------------------------------------------------------- params
+def test_manifest_params_keep_the_task_order_and_declarations(tmp_path: Path) -> None:
+    data = config(tmp_path / "m.csv", KINDS, channels=1, image_size=32, resize="crop",
+                  test_fraction=0.2)
+    assert list(data.tasks) == ["species", "smiling", "age"]
+    assert [t.kind for t in data.tasks.values()] == ["multiclass", "binary", "regression"]
+    assert data.tasks["age"].unit == "years"
+    assert (data.channels, data.image_size, data.resize, data.test_fraction) == (1, 32, "crop",
+                                                                                 0.2)
+
+
+def test_pad_is_the_default_resize() -> None:
+    assert DataConfig().resize == "pad"
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"canvas_size": 36}, "canvas_size: apply to composite data sets only; remove it for "
+                          "manifest"),
+    ({"train_size": 10, "test_size": 5}, "train_size, test_size: apply to composite data sets "
+                                         "only; remove them"),
+    ({"manifest": None}, "dataset: manifest needs manifest: <path"),
+    ({"manifest": "m.txt"}, "manifest: m.txt: expected a .csv or .parquet file"),
+    ({"tasks": {}}, "dataset: manifest needs tasks:"),
+    ({"tasks": {"split": {"kind": "binary"}}}, "tasks.split: a task name is a letter"),
+    ({"tasks": {"age": {"kind": "regression", "loss": "bce"}}},
+     "loss: 'bce' is not a loss of a regression task; use one of mse, huber"),
+    ({"tasks": {"age": {"kind": "regression", "positive": "1"}}},
+     "positive applies to binary tasks only"),
+    ({"tasks": {"smiling": {"kind": "binary", "positive": True}}},
+     "quote the value exactly as the manifest spells it"),
+    ({"tasks": {"species": {"kind": "multiclass", "unit": "kg"}}},
+     "unit applies to regression tasks only"),
+])
+def test_bad_manifest_params_are_refused_naming_the_key(data: dict[str, Any],
+                                                        message: str) -> None:
+    raw = {"dataset": "manifest", "manifest": "m.csv", "tasks": KINDS, **data}
+    with pytest.raises(ConfigError, match=r"p\.yaml: data") as caught:
+        parse_params({"data": raw}, "p.yaml")
+    assert message in str(caught.value)
+
+
+def test_manifest_keys_are_refused_for_composite_data_sets() -> None:
+    with pytest.raises(ConfigError, match=r"channels, image_size: apply to data\.dataset: "
+                                          r"manifest only; remove them for multifashion"):
+        parse_params({"data": {"channels": 3, "image_size": 32}}, "p.yaml")
+
+
+def test_binary_positive_given_as_a_number_is_compared_as_text() -> None:
+    assert ManifestTask(kind="binary", positive=1).positive == "1"
+
+
+# ----------------------------------------------------------------------------------- splits
+def test_seeded_split_takes_the_fractions_of_each_class() -> None:
+    strata = np.array(["a"] * 10 + ["b"] * 20)
+    split = mf.seeded_split(strata, val_fraction=0.2, test_fraction=0.1, seed=0)
+    # a: round(1.0) test, round(2.0) val, 7 train; b: 2 test, 4 val, 14 train
+    for stratum, counts in (("a", (7, 2, 1)), ("b", (14, 4, 2))):
+        picked = split[strata == stratum]
+        assert tuple(int((picked == s).sum()) for s in ("train", "val", "test")) == counts
+
+
+def test_seeded_split_depends_on_the_seed_only() -> None:
+    strata = np.array(list("ab") * 20)
+    first = mf.seeded_split(strata, 0.2, 0.2, seed=3)
+    assert (mf.seeded_split(strata, 0.2, 0.2, seed=3) == first).all()
+    assert (mf.seeded_split(strata, 0.2, 0.2, seed=4) != first).any()
+
+
+def test_seeded_split_leaves_one_row_of_each_class_in_training() -> None:
+    # 2 rows at 0.4 / 0.4: round(0.8) = 1 each would leave none; val gives one back.
+    split = mf.seeded_split(np.array(["a", "a"]), 0.4, 0.4, seed=0)
+    assert sorted(split) == ["test", "train"]
+
+
+def test_the_split_column_decides_when_present(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, split_rows(), images=False)
+    found = read(path, {"species": {"kind": "multiclass"}})
+    assert found.split.tolist() == ["train", "train", "train", "val", "test"]
+    assert found.split_from == "column"
+
+
+def test_a_bad_split_value_names_row_and_value(tmp_path: Path) -> None:
+    rows = split_rows()
+    rows[2]["split"] = "training"
+    path = write_csv(tmp_path, rows, images=False)
+    with pytest.raises(mf.ManifestError, match=r"manifest.csv: row 4, column 'split': value "
+                                               r"'training'; use train, val or test"):
+        read(path, {"species": {"kind": "multiclass"}})
+
+
+def test_a_split_column_without_test_rows_is_refused(tmp_path: Path) -> None:
+    rows = split_rows()[:-1]
+    path = write_csv(tmp_path, rows, images=False)
+    with pytest.raises(mf.ManifestError, match="column 'split' has no test row"):
+        read(path, {"species": {"kind": "multiclass"}})
+
+
+# ----------------------------------------------------------------------------------- labels
+def labelled(tmp_path: Path, values: dict[str, list[str]], splits: list[str],
+             raw_tasks: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], np.ndarray]:
+    rows = [{**{k: v[i] for k, v in values.items()}, "split": s} for i, s in enumerate(splits)]
+    path = write_csv(tmp_path, rows, images=False)
+    return mf.encode_tasks(read(path, raw_tasks), tasks(raw_tasks))
+
+
+def test_classes_come_from_training_sorted_numerically_when_numbers(tmp_path: Path) -> None:
+    entries, labels = labelled(tmp_path, {"digit": ["10", "2", "1", "2", "10"]},
+                               ["train", "train", "train", "val", "test"],
+                               {"digit": {"kind": "multiclass"}})
+    assert entries[0]["class_names"] == ["1", "2", "10"]
+    assert entries[0]["classes"] == 3 and entries[0]["loss"] == "cross_entropy"
+    assert labels.dtype == np.uint8
+    assert labels[:, 0].tolist() == [2, 1, 0, 1, 2]
+
+
+def test_text_classes_sort_as_text(tmp_path: Path) -> None:
+    entries, _ = labelled(tmp_path, {"species": ["dog", "cat", "eel", "cat", "dog"]},
+                          ["train", "train", "train", "val", "test"],
+                          {"species": {"kind": "multiclass"}})
+    assert entries[0]["class_names"] == ["cat", "dog", "eel"]
+
+
+def test_binary_positive_is_the_sorted_second_unless_declared(tmp_path: Path) -> None:
+    values = {"smiling": ["yes", "no", "no", "yes", "no"]}
+    splits = ["train", "train", "train", "val", "test"]
+    entries, labels = labelled(tmp_path / "a", values, splits, {"smiling": {"kind": "binary"}})
+    assert entries[0]["class_names"] == ["no", "yes"] and entries[0]["loss"] == "bce"
+    assert labels[:, 0].tolist() == [1, 0, 0, 1, 0]
+    entries, labels = labelled(tmp_path / "b", values, splits,
+                               {"smiling": {"kind": "binary", "positive": "no"}})
+    assert entries[0]["class_names"] == ["yes", "no"]
+    assert labels[:, 0].tolist() == [0, 1, 1, 0, 1]
+
+
+def test_regression_targets_are_raw_with_training_statistics(tmp_path: Path) -> None:
+    entries, labels = labelled(
+        tmp_path, {"species": ["a", "b", "a", "b", "a"], "age": ["1", "3", "5", "100", "-2.5"]},
+        ["train", "train", "train", "val", "test"],
+        {"species": {"kind": "multiclass"},
+         "age": {"kind": "regression", "loss": "huber", "unit": "years"}})
+    age = entries[1]
+    # training values 1, 3, 5: mean 3, population variance (4 + 0 + 4) / 3
+    assert age["target_mean"] == pytest.approx(3.0)
+    assert age["target_std"] == pytest.approx((8 / 3) ** 0.5)
+    assert (age["kind"], age["loss"], age["unit"], age["classes"]) == ("regression", "huber",
+                                                                      "years", 0)
+    assert labels.dtype == np.float32
+    assert labels.tolist() == [[0, 1], [1, 3], [0, 5], [1, 100], [0, -2.5]]
+
+
+@pytest.mark.parametrize(("values", "raw_tasks", "message"), [
+    ({"species": ["a", "a", "a", "a", "a"]}, {"species": {"kind": "multiclass"}},
+     "column 'species': one class ('a') in the training split; a task needs at least two"),
+    ({"smiling": ["no", "yes", "maybe", "no", "yes"]}, {"smiling": {"kind": "binary"}},
+     "column 'smiling': a binary task has two values, the training split has 3"),
+    ({"smiling": ["no", "yes", "no", "no", "yes"]},
+     {"smiling": {"kind": "binary", "positive": "Yes"}},
+     "data.tasks.smiling.positive 'Yes' is not one of its values 'no', 'yes'"),
+    ({"species": ["a", "b", "a", "c", "b"]}, {"species": {"kind": "multiclass"}},
+     "row 5, column 'species': value 'c' (val split) never occurs in training (a, b)"),
+    ({"species": ["a", "", "b", "a", "b"]}, {"species": {"kind": "multiclass"}},
+     "row 3, column 'species': empty; give every row a label"),
+    ({"age": ["1", "2", "old", "3", "4"]}, {"age": {"kind": "regression"}},
+     "row 4, column 'age': value 'old' is not a number"),
+    ({"age": ["1", "nan", "2", "3", "4"]}, {"age": {"kind": "regression"}},
+     "row 3, column 'age': value 'nan' is not a number"),
+    ({"age": ["1", "2", "3", "", "4"]}, {"age": {"kind": "regression"}},
+     "row 5, column 'age': value '' is not a number"),
+    ({"age": ["7", "7", "7", "1", "2"]}, {"age": {"kind": "regression"}},
+     "column 'age': every training value is 7; a constant target cannot be learnt"),
+])
+def test_each_bad_label_is_an_error_naming_row_column_and_value(
+        tmp_path: Path, values: dict[str, list[str]], raw_tasks: dict[str, dict[str, Any]],
+        message: str) -> None:
+    with pytest.raises(mf.ManifestError, match=r"manifest\.csv") as caught:
+        labelled(tmp_path, values, ["train", "train", "train", "val", "test"], raw_tasks)
+    assert message in str(caught.value)
+
+
+def test_a_manifest_without_a_declared_column_names_it(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, split_rows(), images=False)
+    with pytest.raises(mf.ManifestError, match=r"manifest.csv: no column 'age' .* the file has "
+                                               r"'species', 'split', 'image'"):
+        read(path, {"species": {"kind": "multiclass"}, "age": {"kind": "regression"}})
+
+
+def test_parquet_values_are_read_as_their_text(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"image": [f"{i}.png" for i in range(5)], "label": [1, 0, 1, 0, 1],
+                          "split": ["train", "train", "train", "val", "test"]})
+    frame.to_parquet(tmp_path / "m.parquet")
+    raw_tasks = {"label": {"kind": "binary"}}
+    entries, labels = mf.encode_tasks(read(tmp_path / "m.parquet", raw_tasks), tasks(raw_tasks))
+    assert entries[0]["class_names"] == ["0", "1"]
+    assert labels[:, 0].tolist() == [1, 0, 1, 0, 1]
+
+
+# ----------------------------------------------------------------------------------- images
+def test_pad_letterboxes_the_whole_image_on_black() -> None:
+    wide = Image.fromarray(np.full((10, 20), 255, dtype=np.uint8))  # 20 wide, 10 high
+    fitted = np.asarray(mf.fit(wide, 10, "pad"))
+    # scaled to 10 x 5, pasted at row (10 - 5) // 2 = 2
+    expected = np.zeros((10, 10), dtype=np.uint8)
+    expected[2:7] = 255
+    assert (fitted == expected).all()
+
+
+def test_crop_keeps_the_centre_square() -> None:
+    halves = np.zeros((10, 20), dtype=np.uint8)
+    halves[:, 10:] = 255  # left half black, right half white
+    fitted = np.asarray(mf.fit(Image.fromarray(halves), 10, "crop"))
+    # already 10 high: columns 5..14 kept, 5 black then 5 white
+    assert (fitted[:, :5] == 0).all() and (fitted[:, 5:] == 255).all()
+
+
+def test_an_image_of_the_size_is_taken_as_it_is() -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+    assert (np.asarray(mf.fit(Image.fromarray(pixels), 8, "pad")) == pixels).all()
+
+
+def build(tmp_path: Path, rows: list[dict[str, Any]], raw_tasks: dict[str, dict[str, Any]],
+          images: bool = True, **data: Any) -> tuple[dict[str, Any], Layout]:
+    path = write_csv(tmp_path / "mine", rows, images=images)
+    layout = Layout(tmp_path / "pipeline")
+    data.setdefault("image_size", 8)
+    return mf.build_manifest(config(path, raw_tasks, **data), layout), layout
+
+
+def test_build_writes_the_processed_format(tmp_path: Path) -> None:
+    meta, layout = build(tmp_path, split_rows(), {"species": {"kind": "multiclass"}},
+                         channels=1)
+    folder = layout.processed_dir
+    train = np.load(folder / "train_images.npy")
+    assert train.shape == (3, 8, 8) and train.dtype == np.uint8
+    assert [int(image[0, 0]) for image in train] == [0, 10, 20]
+    assert np.load(folder / "test_images.npy")[0, 0, 0] == 40
+    assert np.load(folder / "train_labels.npy").tolist() == [[0], [1], [0]]
+    assert meta["splits"] == {"train": 3, "val": 1, "test": 1}
+    # training pixels 0, 10, 20 (64 each): mean 10, population std sqrt(200 / 3)
+    assert meta["pixel_mean"] == pytest.approx(10 / 255)
+    assert meta["pixel_std"] == pytest.approx((200 / 3) ** 0.5 / 255)
+    assert (meta["dataset"], meta["channels"], meta["image_size"]) == ("manifest", 1, 8)
+
+
+def test_three_channels_repeat_a_grey_image_with_stats_per_channel(tmp_path: Path) -> None:
+    meta, layout = build(tmp_path, split_rows(), {"species": {"kind": "multiclass"}},
+                         channels=3)
+    train = np.load(layout.processed_dir / "train_images.npy")
+    assert train.shape == (3, 8, 8, 3)
+    assert (train[1] == 10).all()
+    assert meta["pixel_mean"] == pytest.approx([10 / 255] * 3)
+
+
+def test_a_missing_image_names_row_and_path_and_writes_nothing(tmp_path: Path) -> None:
+    rows = split_rows()
+    with pytest.raises(mf.ManifestError, match=r"manifest.csv: rows 2, 3, 4, 5, 6, column "
+                                               r"'image': image file not found: .*img/0.png"):
+        build(tmp_path, rows, {"species": {"kind": "multiclass"}}, images=False)
+    assert not (tmp_path / "pipeline" / "data").exists()
+
+
+def test_an_unreadable_image_names_row_and_path_and_writes_nothing(tmp_path: Path) -> None:
+    rows = split_rows()
+    write_csv(tmp_path / "mine", rows)
+    (tmp_path / "mine" / "img" / "2.png").write_bytes(b"not a png")
+    layout = Layout(tmp_path / "pipeline")
+    with pytest.raises(mf.ManifestError, match=r"manifest.csv: row 4, column 'image': "
+                                               r".*img/2.png: unreadable image"):
+        mf.build_manifest(config(tmp_path / "mine" / "manifest.csv",
+                                 {"species": {"kind": "multiclass"}}, image_size=8), layout)
+    assert not layout.processed_dir.exists()
+    assert not any(layout.processed_dir.parent.iterdir())
