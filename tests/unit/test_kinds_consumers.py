@@ -7,15 +7,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from multitask import ci_report, keys
+from multitask.config import Params, load_params
 from multitask.gate import TaskChange, higher_is_better, primary_metric, primary_values
+from multitask.layout import Layout
 from multitask.promotion import Scores, decide, scores_from
+from multitask.tasks import Task
+from multitask.tuning.reports import pareto_front, select, selection_scores
+from multitask.tuning.space import SearchSpace
+from multitask.tuning.study import Setup
+from multitask.tuning.trials import Objective, describe_choice
 
 ROOT = Path(__file__).resolve().parents[2]
+MIXED = [Task("species", 3, class_names=("cat", "dog", "owl")),
+         Task("smiling", 2, "binary", class_names=("no", "yes")),
+         Task("age", kind="regression", target_mean=40.0, target_std=10.0, unit="years")]
 
 
 # ------------------------------------------------------------------------------------ gates
@@ -109,3 +120,71 @@ def test_ci_gate_fails_on_a_relative_mae_rise_and_gates_nothing_else_of_the_task
                                          ci_report.load_result(head_ok), rows, 0.02, None)
     assert ("**Gate: passed.** No task's accuracy dropped by more than 2.00 pp; no task's mae "
             "rose by more than 2.00% (ci.regression_tolerance = 0.02).") in markdown
+
+
+# ----------------------------------------------------------------------------------- tuning
+def _params(folder: Path, **tune: Any) -> Params:
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump({"data": {"dataset": "multifashion"}, "tune": tune,
+                                    "tracking": {"enabled": False}}))
+    return load_params(path)
+
+
+def _setup(params: Params, tasks: list[Task]) -> Setup:
+    space = SearchSpace.from_params(params, tasks, "params.yaml")
+    return Setup(params, Layout(), None, tasks, space, "study", {}, "0" * 64)  # type: ignore[arg-type]
+
+
+def test_a_regression_objective_is_minimised_and_named_by_its_metric(tmp_path: Path) -> None:
+    setup = _setup(_params(tmp_path), MIXED)
+    assert setup.task_metrics == {"species": "accuracy", "smiling": "accuracy", "age": "mae"}
+    assert setup.metric_names == ["val/accuracy/species", "val/accuracy/smiling", "val/mae/age"]
+    assert setup.directions == ["maximize", "maximize", "minimize"]
+    single = _setup(_params(tmp_path, mode="single", objective="delta_m"), MIXED)
+    assert single.directions == ["maximize"] and single.metric_names == ["delta_m"]
+
+
+def test_single_mode_mean_accuracy_refuses_a_regression_task_naming_it(tmp_path: Path) -> None:
+    params = _params(tmp_path, mode="single", objective="mean_accuracy")
+    with pytest.raises(ValueError, match=r"\['age'\] are regression tasks.*tune.mode: multi"):
+        SearchSpace.from_params(params, MIXED, "params.yaml")
+    SearchSpace.from_params(params, MIXED[:2], "params.yaml")  # binary and multiclass: fine
+
+
+def test_single_mode_delta_m_signs_the_mae_change(tmp_path: Path) -> None:
+    setup = _setup(_params(tmp_path, mode="single", objective="delta_m"), MIXED)
+    objective = Objective(setup, {"species": 0.80, "smiling": 0.50, "age": 4.0}, None)
+    # species +0.08/0.80 = +10%; smiling 0%; age MAE 4.0 -> 3.0 is -25% of 4.0, better: +25%
+    # Δm% = (10 + 0 + 25) / 3
+    value = objective.values({"species": 0.88, "smiling": 0.50, "age": 3.0})
+    assert value == [pytest.approx(35 / 3)]
+
+
+def test_pareto_front_minimises_where_lower_is_better() -> None:
+    # (accuracy, MAE): (0.9, 5) and (0.8, 3) trade off; (0.8, 4) is dominated by (0.8, 3);
+    # (0.7, 3) is dominated by (0.8, 3)
+    points = [[0.9, 5.0], [0.8, 4.0], [0.8, 3.0], [0.7, 3.0]]
+    assert pareto_front(points, [True, False]) == [0, 2]
+    assert pareto_front(points) == [0]  # both maximised: (0.9, 5) dominates all
+
+
+def test_selection_on_mixed_kinds_compares_fractions_of_the_best() -> None:
+    front = [[0.9, 5.0], [0.8, 3.0]]
+    scores = selection_scores(front, [True, False])
+    # accuracy / 0.9 and 3.0 / MAE: (1, 0.6) and (0.8889, 1)
+    assert scores.ravel().tolist() == pytest.approx([1.0, 0.6, 0.8 / 0.9, 1.0])
+    assert select(scores, "best_mean") == 1  # means 0.8 and 0.9444
+    assert select(scores, "best_worst") == 1  # minima 0.6 and 0.8889
+    # weights 0.9 / 0.1: 0.9 * 1 + 0.1 * 0.6 = 0.96 against 0.9 * 0.8889 + 0.1 * 1 = 0.90
+    assert select(scores, "preference", [9.0, 1.0]) == 0
+    # classification only: the accuracies themselves, as before task kinds
+    assert selection_scores([[0.9, 0.5]], [True, True]).tolist() == [[0.9, 0.5]]
+
+
+def test_trial_descriptions_name_the_metric_when_a_task_is_not_judged_on_accuracy() -> None:
+    choice = {"method": "static", "weights": {"species": 0.4, "age": 0.6}, "lr": None}
+    assert describe_choice(choice, {"species": 0.81, "age": 3.2},
+                           {"species": "accuracy", "age": "mae"}) == (
+        "static species=0.400 age=0.600 -> val species accuracy=0.8100 age mae=3.2000")
+    assert describe_choice(choice, {"species": 0.81, "age": 0.7}) == (
+        "static species=0.400 age=0.600 -> val accuracy species=0.8100 age=0.7000")

@@ -5,14 +5,17 @@
 optionally the learning rate (``tune.tune_lr``, log-uniform in ``tune.lr_range``) and the
 weighting method itself (``tune.methods``; ``static`` means the searched weights).
 
-**Modes.** ``multi`` (default): one objective per main task, its validation accuracy; the study
-yields a Pareto front and ``tune.selection`` picks one trial on it (``best_mean``,
-``best_worst``, or the highest ``preference``-weighted mean accuracy). ``single``: one scalar,
-the mean validation accuracy or Δm% against single-task models trained here with the same
-budget on the same validation split -- never ``reports/baselines.json``, which holds *test*
-metrics. Only single-objective studies prune (Optuna cannot prune several objectives): each
-epoch reports the scalar and ``median`` or ``hyperband`` stops poor trials. The test split is
-never loaded.
+**Modes.** ``multi`` (default): one objective per main task, its validation primary metric in
+its direction (accuracy maximised; a regression task's MAE minimised); the study yields a Pareto
+front and ``tune.selection`` picks one trial on it (``best_mean``, ``best_worst``, or the highest
+``preference``-weighted mean: of the accuracies, or, when a task is judged on MAE, of each
+task's value as a fraction of the front's best, :func:`.reports.selection_scores`). ``single``:
+one scalar, the mean validation accuracy (classification tasks only: refused with a regression
+task) or Δm% against single-task models trained here with the same budget on the same validation
+split, each task's relative change signed by its metric's direction -- never
+``reports/baselines.json``, which holds *test* metrics. Only single-objective studies prune
+(Optuna cannot prune several objectives): each epoch reports the scalar and ``median`` or
+``hyperband`` stops poor trials. The test split is never loaded.
 
 **Storage, resumption, workers** (:mod:`.study`, :mod:`.storage`): a journal file or a
 ``postgresql://`` URL holds the study ``<tune.study_name> (<objective>, <architecture>/<backbone>,
@@ -84,7 +87,8 @@ def tune(params: Params, layout: Layout, *, workers: int | None = None,
         run.set_tags({"optuna.study": study.study_name, "optuna.storage": storage.describe()})
         if study_setup.single and params.tune.objective == "delta_m":
             baselines = validation_baselines(study_setup, study)
-            run.log_metrics({f"tune/baseline/{k}/val_accuracy": v
+            metrics = study_setup.task_metrics
+            run.log_metrics({f"tune/baseline/{k}/val_{metrics[k]}": v
                              for k, v in baselines.items()})
         run_workers(study_setup, storage, study, n_trials, workers, run.run_id)
         weights = write_reports(study_setup, storage, study, n_trials, workers)
@@ -93,7 +97,7 @@ def tune(params: Params, layout: Layout, *, workers: int | None = None,
                      layout.study_journal)
         run.log_metrics({
             **{f"tune/chosen/{keys.weight(k)}": v for k, v in (weights["weights"] or {}).items()},
-            **{f"tune/chosen/{keys.task_metric(keys.VAL, k, keys.ACCURACY)}": v
+            **{f"tune/chosen/{keys.task_metric(keys.VAL, k, study_setup.task_metrics[k])}": v
                for k, v in weights["values"].items()},
             **{f"tune/trials/{k.lower()}": v for k, v in count_states(study).items() if v},
         })
@@ -101,7 +105,7 @@ def tune(params: Params, layout: Layout, *, workers: int | None = None,
                      layout.pareto_png):
             run.log_artifact(path, "tuning")
     log.info("chosen: trial %d (%s): %s", weights["trial"], weights["selection"],
-             describe_choice(weights, weights["values"]))
+             describe_choice(weights, weights["values"], study_setup.task_metrics))
     if weights["lr"] is not None:
         log.info("tuned learning rate %.3g is reported, not applied: train uses "
                  "train.optimizer.lr (set it with dvc exp run -S train.optimizer.lr=%.3g)",

@@ -1,6 +1,14 @@
 """``reports/tuning/``: the chosen weights (read by ``train`` when ``train.weighting: tuned``),
 every trial and the Pareto front as CSVs (one DVC scatter plot, the front its own series) and a
-PNG, and the study summary; written atomically."""
+PNG, and the study summary; written atomically.
+
+Each objective is a main task's validation primary metric in its direction (accuracy up, a
+regression task's MAE down). The selection rules compare the front's trials on per-task scores
+where higher is better: with classification tasks only, the accuracies themselves (as before
+task kinds); when a task is judged on MAE, every task's value as a fraction of the best value
+on the front (``value / best`` for accuracy, ``best / value`` for MAE; 1 is the best), so that
+accuracies and errors in any unit average and compare on one scale.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +24,17 @@ from optuna.trial import FrozenTrial, TrialState
 from multitask import keys
 from multitask.io import atomic_open, atomic_path, write_json
 from multitask.training.plots import save_figure
-from multitask.tuning.storage import StudyStorage, count_states
+from multitask.tuning.storage import VALUES_ATTR, StudyStorage, count_states
 from multitask.tuning.study import Setup
 
 
-def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
-    """Indices of the points no other point dominates (every objective maximised)."""
+def pareto_front(points: Sequence[Sequence[float]],
+                 higher_is_better: Sequence[bool] | None = None) -> list[int]:
+    """Indices of the points no other point dominates (every objective maximised, or minimised
+    where ``higher_is_better`` says False)."""
     array = np.asarray(points, dtype=float)
+    if higher_is_better is not None:
+        array = array * np.where(np.asarray(higher_is_better, dtype=bool), 1.0, -1.0)
     front = []
     for index, point in enumerate(array):
         dominated = np.any(np.all(array >= point, axis=1) & np.any(array > point, axis=1))
@@ -50,9 +62,28 @@ def select(points: Sequence[Sequence[float]], rule: str,
     return int(np.argmax(scores))
 
 
+def selection_scores(points: Sequence[Sequence[float]], higher_is_better: Sequence[bool]
+                     ) -> np.ndarray:
+    """What :func:`select` compares (higher is better for every task): the values themselves
+    when every objective is maximised; otherwise each value as a fraction of its column's best,
+    ``value / best`` where higher is better and ``best / value`` where lower is (an MAE of 0 is
+    the best, 1)."""
+    array = np.asarray(points, dtype=float)
+    better = np.asarray(higher_is_better, dtype=bool)
+    if better.all():
+        return array
+    best = np.where(better, array.max(axis=0), array.min(axis=0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(better, array / best, best / array)
+    return np.where(array == best, 1.0, ratio)
+
+
 def pareto_figure(points: np.ndarray, front: Sequence[int], chosen: int, names: Sequence[str],
-                  title: str) -> Any:
-    """Validation accuracy of the first two tasks per trial; the front and the choice marked."""
+                  title: str, metrics: Sequence[str] | None = None) -> Any:
+    """Validation primary metric (``metrics``, accuracy by default) of the first two tasks per
+    trial; the front and the choice marked."""
+    labels = [f"val {metric} ({name})" for name, metric in
+              zip(names, metrics or [keys.ACCURACY] * len(names), strict=True)]
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4.5), constrained_layout=True)
@@ -61,15 +92,15 @@ def pareto_figure(points: np.ndarray, front: Sequence[int], chosen: int, names: 
         ax.scatter([chosen], [points[chosen, 0]], marker="*", s=250, color="tab:red",
                    label="chosen")
         ax.set_xlabel("completed trial")
-        ax.set_ylabel(f"val accuracy ({names[0]})")
+        ax.set_ylabel(labels[0])
     else:
         ax.scatter(points[:, 0], points[:, 1], color="lightgray", label="trial")
         edge = points[sorted(front, key=lambda i: points[i, 0])]
         ax.plot(edge[:, 0], edge[:, 1], marker="o", color="tab:blue", label="Pareto front")
         ax.scatter([points[chosen, 0]], [points[chosen, 1]], marker="*", s=250,
                    color="tab:red", label="chosen", zorder=3)
-        ax.set_xlabel(f"val accuracy ({names[0]})")
-        ax.set_ylabel(f"val accuracy ({names[1]})")
+        ax.set_xlabel(labels[0])
+        ax.set_ylabel(labels[1])
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -79,8 +110,9 @@ def pareto_figure(points: np.ndarray, front: Sequence[int], chosen: int, names: 
 def _trial_row(trial: FrozenTrial, setup: Setup) -> dict[str, Any]:
     choice = trial.user_attrs["choice"]
     row: dict[str, Any] = {"trial": trial.number}
-    row.update({keys.task_metric(keys.VAL, k, keys.ACCURACY): v
-                for k, v in trial.user_attrs["val_accuracy"].items()})
+    metrics = setup.task_metrics
+    row.update({keys.task_metric(keys.VAL, k, metrics.get(k, keys.ACCURACY)): v
+                for k, v in trial.user_attrs[VALUES_ATTR].items()})
     row.update({keys.weight(name): (choice["weights"] or {}).get(name, "")
                 for name in setup.space.tasks})
     row.update({"method": choice["method"], "lr": choice["lr"] if choice["lr"] else ""})
@@ -113,14 +145,16 @@ def write_reports(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tr
         raise RuntimeError(f"study {setup.study_name} in {storage.describe()} has no completed "
                            "trial; raise tune.n_trials or choose a gentler tune.pruner")
     names = list(setup.space.objectives)
-    points = np.array([[t.user_attrs["val_accuracy"][n] for n in names] for t in complete])
-    front = pareto_front(points)
+    points = np.array([[t.user_attrs[VALUES_ATTR][n] for n in names] for t in complete])
+    directions = [setup.higher_is_better[n] for n in names]
+    front = pareto_front(points, directions)
     if setup.single:
         best = study.best_trial
         chosen = complete.index(next(t for t in complete if t.number == best.number))
         selection = f"highest {tune.objective} (single-objective)"
     else:
-        chosen = front[select(points[front], tune.selection, tune.preference)]
+        chosen = front[select(selection_scores(points[front], directions), tune.selection,
+                              tune.preference)]
         selection = tune.selection
     trial = complete[chosen]
     choice = trial.user_attrs["choice"]
@@ -130,7 +164,7 @@ def write_reports(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tr
         "lr": choice["lr"],
         "selection": selection,
         "trial": trial.number,
-        "values": trial.user_attrs["val_accuracy"],
+        "values": trial.user_attrs[VALUES_ATTR],
         "objective": dict(zip(setup.objective_names, trial.values, strict=True)),
         "mode": tune.mode,
         "study": setup.study_name,
@@ -142,7 +176,8 @@ def write_reports(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tr
     _write_rows(layout.pareto_csv, rows)
     _write_rows(layout.pareto_front_csv, [row for row in rows if row["on_front"]])
     save_figure(pareto_figure(points, front, chosen, names,
-                              f"{setup.study_name}: {len(complete)} trials, {selection}"),
+                              f"{setup.study_name}: {len(complete)} trials, {selection}",
+                              [setup.task_metrics[n] for n in names]),
                 layout.pareto_png)
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     finished = complete + pruned

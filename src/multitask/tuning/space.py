@@ -91,6 +91,12 @@ class SearchSpace:
                 f"{source}: tune.weight_range: [{low}, {high}] cannot hold {count} weights that "
                 f"sum to one; need low <= 1/{count} <= high")
         objectives = tuple(t.name for t in main_tasks(tasks))
+        regression = [t.name for t in main_tasks(tasks) if not t.classification]
+        if tune.mode == "single" and tune.objective == "mean_accuracy" and regression:
+            raise ValueError(
+                f"{source}: tune.objective: mean_accuracy averages accuracies, and task(s) "
+                f"{regression} are regression tasks judged on their MAE; set tune.mode: multi "
+                "(one objective per task, each in its direction) or tune.objective: delta_m")
         if tune.selection == "preference" and len(tune.preference or []) != len(objectives):
             raise ValueError(
                 f"{source}: tune.preference: {len(tune.preference or [])} values for "

@@ -51,8 +51,11 @@ log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards n_trials
 RETRIES = 1  # a lost trial's parameters run once more; lost twice, they are left FAIL
+# The trial attribute holding each main task's validation primary metric (accuracy; MAE for a
+# regression task). Its name predates task kinds; stored studies are read with it.
+VALUES_ATTR = "val_accuracy"
 # what one attempt of a trial recorded, as opposed to its parameters (a retry starts afresh)
-ATTEMPT_ATTRS = ("owner", "heartbeat", "mlflow_run_id", "val_accuracy", "epochs_run")
+ATTEMPT_ATTRS = ("owner", "heartbeat", "mlflow_run_id", VALUES_ATTR, "epochs_run")
 LOCK_TIMEOUT_S = 300.0  # the claim lock is held for milliseconds; this long means a hung holder
 LOCK_POLL_S = 0.05
 SCHEMA_LOCK = "multitask: create Optuna's tables"  # an advisory lock's name, not a study's

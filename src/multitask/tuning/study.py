@@ -30,7 +30,7 @@ from multitask.config import Params
 from multitask.layout import Layout
 from multitask.models.pretrained import EncoderWeights
 from multitask.pretraining import resolve_start
-from multitask.tasks import Task
+from multitask.tasks import METRICS, Task, main_tasks
 from multitask.training import session
 from multitask.training.data import ProcessedData
 from multitask.training.trainer import Trainer
@@ -69,11 +69,32 @@ class Setup:
         return [self.params.tune.objective] if self.single else list(self.space.objectives)
 
     @property
+    def task_metrics(self) -> dict[str, str]:
+        """Each main task's primary metric, what its objective is judged on: ``{task:
+        metric}`` (accuracy; MAE for a regression task)."""
+        return {task.name: task.metric for task in main_tasks(self.tasks)}
+
+    @property
+    def higher_is_better(self) -> dict[str, bool]:
+        """``{task: whether a larger primary metric is better}`` (MAE: no)."""
+        return {task: METRICS[metric] for task, metric in self.task_metrics.items()}
+
+    @property
     def metric_names(self) -> list[str]:
-        """The objectives as the study names them: ``val/accuracy/<task>`` per task, or the
-        single objective (``mean_accuracy``, ``delta_m``)."""
-        return [name if self.single else keys.task_metric(keys.VAL, name, keys.ACCURACY)
+        """The objectives as the study names them: ``val/<metric>/<task>`` per task
+        (``val/accuracy/left``, ``val/mae/age``), or the single objective (``mean_accuracy``,
+        ``delta_m``)."""
+        return [name if self.single else keys.task_metric(keys.VAL, name, self.task_metrics[name])
                 for name in self.objective_names]
+
+    @property
+    def directions(self) -> list[str]:
+        """Optuna's direction per objective: a single objective (mean accuracy, Δm%) and each
+        task's accuracy are maximised, a regression task's MAE minimised."""
+        if self.single:
+            return ["maximize"]
+        better = self.higher_is_better
+        return ["maximize" if better[name] else "minimize" for name in self.objective_names]
 
 
 def setup(params: Params, layout: Layout) -> Setup:
@@ -87,7 +108,7 @@ def setup(params: Params, layout: Layout) -> Setup:
     fingerprint = json.loads(json.dumps({
         "search_space": asdict(space),
         "mode": tune.mode,
-        "objective": tune.objective if tune.mode == "single" else "accuracy per task",
+        "objective": tune.objective if tune.mode == "single" else _per_task_objective(tasks),
         "epochs": tune.epochs,
         "data_fraction": tune.data_fraction,
         "model": params.model.model_dump(mode="json"),
@@ -100,6 +121,16 @@ def setup(params: Params, layout: Layout) -> Setup:
     check_trials_can_run(params, data, tasks, space, start)
     return Setup(params, layout, data, tasks, space, study_name(params, space, digest),
                  fingerprint, digest, start)
+
+
+def _per_task_objective(tasks: list[Task]) -> str:
+    """The fingerprint's words for a multi-objective study: ``accuracy per task`` (the words
+    studies had before task kinds, so that their names and hashes stay), or each task's
+    primary metric when one is not accuracy (``primary metric per task: accuracy, mae``)."""
+    metrics = [task.metric for task in main_tasks(tasks)]
+    if set(metrics) <= {keys.ACCURACY}:
+        return "accuracy per task"
+    return "primary metric per task: " + ", ".join(metrics)
 
 
 def study_name(params: Params, space: SearchSpace, parameter_hash: str) -> str:
@@ -186,7 +217,7 @@ def open_study(setup: Setup, storage: StudyStorage, n_trials: int, worker: int =
     """Create or load the study; refuse one of the same name with another search space."""
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
-    directions = ["maximize"] * len(setup.objective_names)
+    directions = setup.directions
     probe = optuna.create_study(storage=storage.optuna, study_name=setup.study_name,
                                 directions=directions, load_if_exists=True)
     stored = probe.user_attrs.get("fingerprint")

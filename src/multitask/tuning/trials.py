@@ -9,7 +9,7 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,7 +22,13 @@ from multitask.tasks import main_tasks
 from multitask.training import session, trainer
 from multitask.training.metrics import delta_m
 from multitask.tuning.space import trial_config
-from multitask.tuning.storage import FINISHED, StudyStorage, claim_trial, count_states
+from multitask.tuning.storage import (
+    FINISHED,
+    VALUES_ATTR,
+    StudyStorage,
+    claim_trial,
+    count_states,
+)
 from multitask.tuning.study import Setup, open_study
 from multitask.weighting import build_weighting
 
@@ -31,33 +37,37 @@ log = logging.getLogger(__name__)
 WAIT_POLL_S = 2.0  # how often a worker with nothing to claim looks at others' running trials
 
 
-def _accuracies(record: dict[str, float], names: Sequence[str]) -> dict[str, float]:
-    return {name: float(record[keys.task_metric(keys.VAL, name, keys.ACCURACY)])
-            for name in names}
+def _primary(record: dict[str, float], metrics: Mapping[str, str]) -> dict[str, float]:
+    """``{task: value}`` of each task's metric in ``metrics`` (``{task: metric}``) from one
+    epoch's record."""
+    return {name: float(record[keys.task_metric(keys.VAL, name, metric)])
+            for name, metric in metrics.items()}
 
 
 @dataclass
 class Objective:
     """Trains one trial on its choice and returns its objective values.
 
-    Multi-objective: each main task's validation accuracy after the last epoch. Single: their
-    mean or Δm% against ``baselines``, also reported after every epoch so that the pruner can
-    stop the trial there. Every epoch's record goes to the trial's nested MLflow run.
+    Multi-objective: each main task's validation primary metric after the last epoch (accuracy,
+    maximised; MAE for a regression task, minimised). Single: their mean accuracy (refused with
+    a regression task, :class:`.space.SearchSpace`) or Δm% against ``baselines`` (each task's
+    relative change with its metric's sign), also reported after every epoch so that the pruner
+    can stop the trial there. Every epoch's record goes to the trial's nested MLflow run.
     """
 
     setup: Setup
     baselines: dict[str, float] | None  # validation baselines, single mode with delta_m only
     parent_run_id: str | None
 
-    def scalar(self, accuracy: dict[str, float]) -> float:
+    def scalar(self, values: dict[str, float]) -> float:
         if self.baselines is None:
-            return float(np.mean(list(accuracy.values())))
-        return delta_m(accuracy, self.baselines, {name: True for name in accuracy})
+            return float(np.mean(list(values.values())))
+        return delta_m(values, self.baselines, self.setup.higher_is_better)
 
-    def values(self, accuracy: dict[str, float]) -> list[float]:
+    def values(self, values: dict[str, float]) -> list[float]:
         if self.setup.single:
-            return [self.scalar(accuracy)]
-        return [accuracy[name] for name in self.setup.space.objectives]
+            return [self.scalar(values)]
+        return [values[name] for name in self.setup.space.objectives]
 
     def __call__(self, trial: Trial) -> list[float]:
         setup, params = self.setup, self.setup.params
@@ -83,7 +93,7 @@ class Objective:
                 run.log_epoch(epoch, record)
                 if not setup.single:
                     return  # Optuna prunes single-objective studies only
-                value = self.scalar(_accuracies(record, setup.space.objectives))
+                value = self.scalar(_primary(record, setup.task_metrics))
                 trial.report(value, epoch)
                 if epoch < epochs and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after epoch {epoch} ({value:.4f})")
@@ -100,13 +110,13 @@ class Objective:
                 raise
             finally:
                 if last:
-                    accuracy = _accuracies(last, setup.space.objectives)
-                    trial.set_user_attr("val_accuracy", accuracy)
+                    values = _primary(last, setup.task_metrics)
+                    trial.set_user_attr(VALUES_ATTR, values)
                     trial.set_user_attr("epochs_run", int(last["epoch"]))
                     run.log_metrics({f"objective/{name}": value for name, value in zip(
-                        setup.objective_names, self.values(accuracy), strict=True)}, step=epochs)
+                        setup.objective_names, self.values(values), strict=True)}, step=epochs)
                 run.set_tags({"optuna.state": state})
-        return self.values(_accuracies(last, setup.space.objectives))
+        return self.values(_primary(last, setup.task_metrics))
 
 
 def run_trial(study: optuna.Study, storage: StudyStorage, trial: Trial, objective: Objective
@@ -138,7 +148,8 @@ def _tell(study: optuna.Study, trial: Trial, **outcome: Any) -> FrozenTrial:
 
 
 def validation_baselines(setup: Setup, study: optuna.Study) -> dict[str, float]:
-    """Validation accuracy of one single-task model per main task, at the per-trial budget.
+    """Validation primary metric (accuracy; MAE for a regression task) of one single-task
+    model per main task, at the per-trial budget.
 
     Δm% needs a reference; ``reports/baselines.json`` holds test metrics, which tuning must not
     see. Computed once per study and stored on it, so workers and reruns share it.
@@ -153,7 +164,7 @@ def validation_baselines(setup: Setup, study: optuna.Study) -> dict[str, float]:
                               train=trial_config(params), epochs=params.tune.epochs,
                               data_fraction=params.tune.data_fraction, progress=False,
                               start=setup.start).history
-        result[task.name] = _accuracies(history[-1], [task.name])[task.name]
+        result[task.name] = _primary(history[-1], {task.name: task.metric})[task.name]
     study.set_user_attr("validation_baselines", result)
     return result
 
@@ -188,7 +199,7 @@ def run_worker(setup: Setup, storage: StudyStorage, n_trials: int, worker: int,
             log.info("worker %d: trial %d %s in %.1f s: %s", worker, frozen.number,
                      frozen.state.name, time.perf_counter() - started,
                      describe_choice(frozen.user_attrs["choice"],
-                                     frozen.user_attrs.get("val_accuracy")))
+                                     frozen.user_attrs.get(VALUES_ATTR), setup.task_metrics))
             if on_trial is not None:
                 on_trial(frozen)
     return ran
@@ -207,13 +218,21 @@ def _epoch_logs_at_debug() -> Iterator[None]:
         trainer_log.setLevel(level)
 
 
-def describe_choice(choice: dict[str, Any], accuracy: dict[str, float] | None) -> str:
-    """``static left=0.412 right=0.588 -> val accuracy left=0.8123 right=0.7911``."""
+def describe_choice(choice: dict[str, Any], values: dict[str, float] | None,
+                    metrics: Mapping[str, str] | None = None) -> str:
+    """``static left=0.412 right=0.588 -> val accuracy left=0.8123 right=0.7911``; with a
+    task judged on another metric (``metrics``: ``{task: metric}``) each value says its metric:
+    ``-> val species accuracy=0.8123 age mae=3.2100``."""
     parts = [choice["method"]]
     parts += [f"{name}={weight:.3f}" for name, weight in (choice["weights"] or {}).items()]
     if choice["lr"] is not None:
         parts.append(f"lr={choice['lr']:.3g}")
-    if accuracy:
+    named = metrics or {}
+    if values and set(named.values()) <= {keys.ACCURACY}:
         parts.append("-> val accuracy")
-        parts += [f"{name}={value:.4f}" for name, value in accuracy.items()]
+        parts += [f"{name}={value:.4f}" for name, value in values.items()]
+    elif values:
+        parts.append("-> val")
+        parts += [f"{name} {named.get(name, keys.ACCURACY)}={value:.4f}"
+                  for name, value in values.items()]
     return " ".join(parts)
