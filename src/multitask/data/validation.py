@@ -11,7 +11,17 @@ Leakage is checked by exact content: a test image whose bytes equal a training i
 in the summary (``train_test_duplicates``) and fails the stage. Near-duplicates (Geier 2019, for
 Fashion-MNIST) are out of scope: they need an image-similarity search, not a hash.
 
-Great Expectations is imported only inside :func:`validate`, so ``multitask --help`` stays fast.
+``data.dataset: manifest`` has its own tables and suites (:mod:`multitask.data.manifest_checks`:
+missing or unreadable images named by path and row, labels outside the training classes,
+regression values that are not numbers, class balance, identical images across splits), run
+the same way into the same summary, under source ``manifest``.
+
+Great Expectations is imported only inside the functions that run it, so ``multitask --help``
+stays fast.
+
+One module, not several: running the suites, shaping their results into the one summary and
+its failure messages, and the stage itself are one procedure over one report format; what is
+checked lives beside it (:mod:`multitask.data.tables`, :mod:`multitask.data.manifest_checks`).
 """
 
 from __future__ import annotations
@@ -19,15 +29,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from multitask.config import Params, ValidateConfig
-from multitask.data.datasets import DATASETS, SOURCES
+from multitask.config import DataConfig, Params, ValidateConfig
+from multitask.data import manifest_checks
+from multitask.data.datasets import DATASETS, MANIFEST, SOURCES
+from multitask.data.manifest_checks import manifest_tables
 from multitask.data.tables import CLASSES, load_source, split_tables, train_test_duplicates
 from multitask.io import atomic_dir, write_json
 from multitask.layout import Layout
@@ -176,6 +188,42 @@ def _entry(table: str, result: Any, frame: pd.DataFrame) -> dict[str, Any]:
     return entry
 
 
+def _run_suites(context: Any, source: str, tables: Mapping[str, Mapping[str, pd.DataFrame]],
+                suite_of: Callable[[str, str], list[Expectation]],
+                row_keys: Mapping[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
+    """Each ``{split: {table: frame}}`` frame checked against ``suite_of(table, split)``;
+    ``{split: [summary entry per expectation]}``, offending rows located by ``row_keys``."""
+    import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    run_id = RunIdentifier(run_name="multitask-validate")
+    data_source = context.data_sources.add_pandas(source)
+    entries: dict[str, list[dict[str, Any]]] = {}
+    for split, by_table in tables.items():
+        entries[split] = []
+        for table, frame in by_table.items():
+            name = f"{source}.{split}.{table}"
+            batch = data_source.add_dataframe_asset(f"{split}.{table}") \
+                .add_batch_definition_whole_dataframe("whole table")
+            suite = context.suites.add(gx.ExpectationSuite(
+                name=name, expectations=suite_of(table, split)))
+            definition = context.validation_definitions.add(
+                gx.ValidationDefinition(name=name, data=batch, suite=suite))
+            result = definition.run(
+                batch_parameters={"dataframe": frame}, run_id=run_id,
+                result_format={"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES,
+                               "unexpected_index_column_names": row_keys[table]})
+            entries[split] += [_entry(table, r, frame) for r in result.results]
+    return entries
+
+
+def _header(config: ValidateConfig) -> dict[str, Any]:
+    import great_expectations as gx
+
+    return {"success": True, "great_expectations": gx.__version__,
+            "params": config.model_dump(by_alias=True, mode="json"), "sources": {}}
+
+
 def validate(sources: Mapping[str, Mapping[str, pd.DataFrame]], config: ValidateConfig,
              docs_dir: Path | None = None, classes: int = CLASSES) -> dict[str, Any]:
     """Run the suites over each source's per-split image tables; return the summary.
@@ -185,41 +233,25 @@ def validate(sources: Mapping[str, Mapping[str, pd.DataFrame]], config: Validate
     summary's ``success`` fields say, and :func:`failure_messages` spells them out.
     """
     context = _context(docs_dir)
-    import great_expectations as gx
-    from great_expectations.core.run_identifier import RunIdentifier
-
-    run_id = RunIdentifier(run_name="multitask-validate")
-    summary: dict[str, Any] = {"success": True, "great_expectations": gx.__version__,
-                               "params": config.model_dump(by_alias=True, mode="json"),
-                               "sources": {}}
+    summary = _header(config)
     for source, images_by_split in sources.items():
-        data_source = context.data_sources.add_pandas(source)
         tables = split_tables(images_by_split, classes)
+        entries = _run_suites(
+            context, source, tables,
+            lambda table, split, source=source: expectations(table, split, config, source,
+                                                             classes),
+            ROW_KEYS)
         splits: dict[str, Any] = {}
         for split, by_table in tables.items():
-            entries: list[dict[str, Any]] = []
-            for table, frame in by_table.items():
-                name = f"{source}.{split}.{table}"
-                batch = data_source.add_dataframe_asset(f"{split}.{table}") \
-                    .add_batch_definition_whole_dataframe("whole table")
-                suite = context.suites.add(gx.ExpectationSuite(
-                    name=name, expectations=expectations(table, split, config, source, classes)))
-                definition = context.validation_definitions.add(
-                    gx.ValidationDefinition(name=name, data=batch, suite=suite))
-                result = definition.run(
-                    batch_parameters={"dataframe": frame}, run_id=run_id,
-                    result_format={"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES,
-                                   "unexpected_index_column_names": ROW_KEYS[table]})
-                entries += [_entry(table, r, frame) for r in result.results]
             labels = by_table["images"]["label"].value_counts().sort_index()
             stats = by_table["statistics"].iloc[0]
             splits[split] = {
-                "success": all(e["success"] for e in entries),
+                "success": all(e["success"] for e in entries[split]),
                 "rows": len(by_table["images"]),
                 "class_counts": {str(k): int(v) for k, v in labels.items()},
                 "pixel_mean": _plain(stats["pixel_mean"]),
                 "pixel_std": _plain(stats["pixel_std"]),
-                "expectations": entries,
+                "expectations": entries[split],
             }
         summary["sources"][source] = {
             "success": all(s["success"] for s in splits.values()),
@@ -227,6 +259,34 @@ def validate(sources: Mapping[str, Mapping[str, pd.DataFrame]], config: Validate
             "train_test_duplicates": train_test_duplicates(tables),
         }
         summary["success"] &= summary["sources"][source]["success"]
+    if docs_dir is not None:
+        context.build_data_docs()
+    return summary
+
+
+def validate_manifest(data: DataConfig, config: ValidateConfig, layout: Layout,
+                      docs_dir: Path | None = None) -> dict[str, Any]:
+    """The summary of ``data.dataset: manifest``'s checks (:mod:`multitask.data.manifest_checks`),
+    under source ``manifest``; nothing raises on a failed expectation, as in :func:`validate`."""
+    path, tables = manifest_tables(data, layout)
+    context = _context(docs_dir)
+    summary = _header(config)
+    entries = _run_suites(
+        context, MANIFEST, tables,
+        lambda table, split: manifest_checks.expectations(
+            table, split, data.tasks, tables, config.class_balance_tolerance),
+        manifest_checks.ROW_KEYS)
+    extras = manifest_checks.summary_extras(tables, data.tasks)
+    splits = {split: {"success": all(e["success"] for e in entries[split]),
+                      "rows": len(by_table["images"]),
+                      "class_counts": extras["class_counts"][split],
+                      "expectations": entries[split]}
+              for split, by_table in tables.items()}
+    success = all(s["success"] for s in splits.values())
+    summary["sources"][MANIFEST] = {"manifest": str(path), "success": success,
+                                    "splits": splits,
+                                    "duplicates_across_splits": extras["duplicates_across_splits"]}
+    summary["success"] = success
     if docs_dir is not None:
         context.build_data_docs()
     return summary
@@ -272,9 +332,13 @@ def validate_raw(params: Params, layout: Layout) -> dict[str, Any]:
     """
     config = params.validate_
     start = time.perf_counter()
-    sources = {s: load_source(layout.source_dir(s)) for s in DATASETS[params.data.dataset].sources}
     with atomic_dir(layout.data_docs) as docs_dir:
-        summary = validate(sources, config, docs_dir=docs_dir)
+        if params.data.dataset == MANIFEST:
+            summary = validate_manifest(params.data, config, layout, docs_dir=docs_dir)
+        else:
+            sources = {s: load_source(layout.source_dir(s))
+                       for s in DATASETS[params.data.dataset].sources}
+            summary = validate(sources, config, docs_dir=docs_dir)
     report_dir = layout.validation_dir
     summary = {"dataset": params.data.dataset, "raw_dir": str(layout.raw_dir),
                "data_docs": f"{layout.data_docs.relative_to(report_dir).as_posix()}/index.html",

@@ -1,0 +1,164 @@
+"""What the ``validate`` stage checks of a manifest data set: its tables and expectations.
+
+Per split (the manifest's ``split`` column or the seeded split of :mod:`multitask.data.manifest`,
+the same one preprocess makes):
+
+- ``images``: one row per manifest row: its spreadsheet ``row`` number, the ``image`` path as
+  written, ``problem`` (null, ``missing: <path>`` or ``unreadable: <why>``), the decoded size,
+  the SHA-256 of the decoded pixels (in ``data.channels``' mode, before resizing) and
+  ``duplicate_of`` (val, test: the first ``<split> row <n>`` of an earlier split with the same
+  pixels), plus each task's column as text. Expectations: no problem; no duplicate across
+  splits; a classification label within the training split's classes (an empty one never is);
+  a regression value that is a finite number; on train, two classes for a binary task and at
+  least two for a multiclass one.
+- ``classes`` (val and test, first classification task, the one the seeded split is
+  stratified on): each class's count against the count its training share predicts;
+  ``relative_deviation`` within ``validate.class_balance_tolerance``. A class predicted fewer
+  than :data:`MIN_EXPECTED` times is too rare to judge: its deviation is left null.
+
+No pixel-statistics expectation: a user's images have no known range of means.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from multitask.config import DataConfig, ManifestTask
+from multitask.data import processed
+from multitask.data.manifest import Manifest, decode, manifest_path, read_manifest
+from multitask.layout import Layout
+
+if TYPE_CHECKING:
+    from great_expectations.expectations import Expectation
+
+# A number as a CSV spells it (no NaN, no infinity, no text around it).
+NUMBER = r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$"
+MIN_EXPECTED = 5
+ROW_KEYS: dict[str, list[str]] = {"images": ["split", "row", "image"],
+                                  "classes": ["split", "task", "label"]}
+
+
+def inspect(path: Path, channels: int) -> tuple[str | None, int, int, str | None]:
+    """(problem, width, height, pixel hash) of one image file."""
+    if not path.is_file():
+        return f"missing: {path}", 0, 0, None
+    try:
+        image = decode(path, channels)
+    except (OSError, ValueError) as exc:
+        return f"unreadable: {exc}", 0, 0, None
+    pixels = np.asarray(image)
+    digest = hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
+    return None, image.width, image.height, digest
+
+
+def image_tables(manifest: Manifest, tasks: Mapping[str, ManifestTask],
+                 channels: int) -> dict[str, pd.DataFrame]:
+    """``{split: images table}``, duplicates across splits marked."""
+    found = [inspect(manifest.image_path(i), channels)
+             for i in tqdm(range(len(manifest.frame)), desc="manifest images", unit="img",
+                           disable=None)]
+    problem, width, height, digest = (list(column) for column in zip(*found, strict=True))
+    frame = pd.DataFrame({
+        "split": manifest.split, "row": [manifest.row(i) for i in range(len(manifest.frame))],
+        "image": manifest.frame["image"], "problem": problem, "width": width,
+        "height": height, "content_hash": digest,
+        **{name: manifest.frame[name] for name in tasks},
+    })
+    first_seen: dict[str, str] = {}
+    tables: dict[str, pd.DataFrame] = {}
+    for split in processed.SPLITS:
+        table = frame[frame["split"] == split].reset_index(drop=True)
+        table["duplicate_of"] = [None if h is None else first_seen.get(h)
+                                 for h in table["content_hash"]]
+        for digest_, row in zip(table["content_hash"], table["row"], strict=True):
+            if digest_ is not None:
+                first_seen.setdefault(digest_, f"{split} row {row}")
+        tables[split] = table
+    return tables
+
+
+def class_table(tables: Mapping[str, pd.DataFrame], split: str, task: str) -> pd.DataFrame:
+    """Counts of ``task``'s training classes in ``split`` against their training shares."""
+    train = tables["train"][task].value_counts()
+    train = train[train.index != ""].sort_index()
+    counts = tables[split][task].value_counts().reindex(train.index, fill_value=0)
+    expected = train / train.sum() * len(tables[split])
+    deviation = (counts / expected - 1.0).where(expected >= MIN_EXPECTED)
+    return pd.DataFrame({"split": split, "task": task, "label": train.index.astype(str),
+                         "count": counts.to_numpy(), "expected_count": expected.to_numpy(),
+                         "relative_deviation": deviation.to_numpy()})
+
+
+def manifest_tables(config: DataConfig, layout: Layout
+                    ) -> tuple[Path, dict[str, dict[str, pd.DataFrame]]]:
+    """The manifest's path and ``{split: {table: frame}}``; ManifestError when the file itself
+    cannot be read (no file, a missing column, a bad split value)."""
+    path = manifest_path(config, layout)
+    manifest = read_manifest(path, config.tasks, config.val_fraction, config.test_fraction,
+                             config.seed)
+    images = image_tables(manifest, config.tasks, config.channels)
+    stratified = next((n for n, t in config.tasks.items() if t.kind != "regression"), None)
+    tables: dict[str, dict[str, pd.DataFrame]] = {}
+    for split in processed.SPLITS:
+        tables[split] = {"images": images[split]}
+        if stratified and split != "train":
+            tables[split]["classes"] = class_table(images, split, stratified)
+    return path, tables
+
+
+def training_classes(tables: Mapping[str, Mapping[str, pd.DataFrame]], task: str) -> list[str]:
+    """The classes training holds for ``task`` (what every split's labels must be among)."""
+    values = tables["train"]["images"][task]
+    return sorted(set(values[values != ""]))
+
+
+def expectations(table: str, split: str, tasks: Mapping[str, ManifestTask],
+                 tables: Mapping[str, Mapping[str, pd.DataFrame]],
+                 tolerance: float) -> list[Expectation]:
+    """The suite for one table of one split (Great Expectations must be importable)."""
+    import great_expectations.expectations as gxe
+
+    if table == "classes":
+        return [gxe.ExpectColumnValuesToBeBetween(column="relative_deviation",
+                                                  min_value=-tolerance, max_value=tolerance)]
+    suite: list[Expectation] = [gxe.ExpectColumnValuesToBeNull(column="problem")]
+    if split != "train":
+        suite.append(gxe.ExpectColumnValuesToBeNull(column="duplicate_of"))
+    for name, task in tasks.items():
+        if task.kind == "regression":
+            suite.append(gxe.ExpectColumnValuesToMatchRegex(column=name, regex=NUMBER))
+            continue
+        suite.append(gxe.ExpectColumnValuesToBeInSet(column=name,
+                                                     value_set=training_classes(tables, name)))
+        if split == "train":
+            most = 2 if task.kind == "binary" else None
+            suite.append(gxe.ExpectColumnUniqueValueCountToBeBetween(
+                column=name, min_value=2, max_value=most))
+    return suite
+
+
+def class_counts(images: pd.DataFrame, tasks: Mapping[str, ManifestTask]
+                 ) -> dict[str, dict[str, int]]:
+    """``{task: {label: count}}`` of the classification tasks, for the summary."""
+    return {name: {str(k): int(v) for k, v in images[name].value_counts().sort_index().items()}
+            for name, task in tasks.items() if task.kind != "regression"}
+
+
+def summary_extras(tables: Mapping[str, Mapping[str, pd.DataFrame]],
+                   tasks: Mapping[str, ManifestTask]) -> dict[str, Any]:
+    """What the summary reports beside the expectations: class counts per split, and the
+    images repeated across splits as (later, earlier) pairs."""
+    duplicates = [{"image": f"{split} row {row}", "duplicate_of": earlier}
+                  for split, by_table in tables.items()
+                  for row, earlier in zip(by_table["images"]["row"],
+                                          by_table["images"]["duplicate_of"], strict=True)
+                  if pd.notna(earlier)]
+    return {"class_counts": {s: class_counts(t["images"], tasks) for s, t in tables.items()},
+            "duplicates_across_splits": duplicates}

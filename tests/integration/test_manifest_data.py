@@ -1,0 +1,249 @@
+"""The manifest data set on real images: scripts/make_fashion_manifest.py writes 300 PNG files
+from the shipped Fashion-MNIST sample with a multiclass, a binary and a regression task; the
+validate and preprocess stages read them through ``multitask`` as a user's params would."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from multitask.cli import main as cli_main
+from multitask.config import ValidateConfig, parse_params
+from multitask.data import processed
+from multitask.data.datasets import FASHION_CLASSES
+from multitask.data.manifest import build_manifest
+from multitask.data.validation import failure_messages, validate_manifest
+from multitask.layout import Layout
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "data" / "sample" / "fashion-mnist"
+COUNT = 300
+TASKS = {"category": {"kind": "multiclass"},
+         "on_left": {"kind": "binary", "positive": "yes"},
+         "height_px": {"kind": "regression", "unit": "px"}}
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_fashion_manifest",
+                                                  ROOT / "scripts" / "make_fashion_manifest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+script = _script()
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example's manifest.csv (read-only: tests that change it copy the folder)."""
+    return script.make_manifest(SAMPLE, tmp_path_factory.mktemp("fashion") / "example", COUNT)
+
+
+def data_section(manifest: Path, **data: Any) -> dict[str, Any]:
+    return {"dataset": "manifest", "manifest": str(manifest), "tasks": TASKS, "channels": 1,
+            "image_size": 64, **data}
+
+
+def pixels_hash(pixels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------ script
+def test_the_script_is_deterministic_and_measures_what_it_says(example: Path,
+                                                               tmp_path: Path) -> None:
+    again = script.make_manifest(SAMPLE, tmp_path / "again", COUNT)
+    assert again.read_bytes() == example.read_bytes()
+    table = pd.read_csv(example)
+    assert list(table.columns) == ["image", "category", "on_left", "height_px"]
+    assert len(table) == COUNT and table["image"].is_unique
+    assert set(table["category"]) <= set(FASHION_CLASSES)
+    assert set(table["on_left"]) == {"yes", "no"}
+    for _, row in table.head(20).iterrows():
+        png = example.parent / row["image"]
+        assert png.read_bytes() == (again.parent / row["image"]).read_bytes()
+        pixels = np.asarray(Image.open(png))
+        assert pixels.shape == (64, 64)
+        inked = [r for r in range(64) if pixels[r].max() > 26]
+        assert row["height_px"] == inked[-1] - inked[0] + 1
+
+
+# -------------------------------------------------------------------------------- preprocess
+def test_preprocess_writes_every_image_with_its_labels(example: Path, tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    params = parse_params({"data": data_section(example)}, tmp_path / "params.yaml")
+    meta = build_manifest(params.data, layout)
+
+    table = pd.read_csv(example)
+    by_pixels = {pixels_hash(np.asarray(Image.open(example.parent / name))): row
+                 for row, name in enumerate(table["image"])}
+    assert len(by_pixels) == COUNT  # no two renders alike, so each image finds its row
+    assert meta["splits"] == {"train": 242, "val": 29, "test": 29}
+    assert sum(meta["splits"].values()) == COUNT
+    category, on_left, height = meta["tasks"]
+    assert category["class_names"] == sorted(set(table["category"]))
+    assert (category["kind"], category["classes"]) == ("multiclass", 10)
+    assert (on_left["kind"], on_left["class_names"]) == ("binary", ["no", "yes"])
+    assert (height["kind"], height["unit"], height["loss"]) == ("regression", "px", "mse")
+
+    seen: dict[str, list[int]] = {}
+    for split in processed.SPLITS:
+        images, labels = processed.load_split(layout.processed_dir, split, meta)
+        assert images.dtype == np.uint8 and images.shape[1:] == (64, 64)
+        assert labels.dtype == np.float32 and labels.shape == (len(images), 3)
+        rows = [by_pixels[pixels_hash(image)] for image in images]
+        seen[split] = rows
+        expected = table.iloc[rows]
+        assert [category["class_names"][int(c)] for c in labels[:, 0]] == \
+            expected["category"].tolist()
+        assert [on_left["class_names"][int(c)] for c in labels[:, 1]] == \
+            expected["on_left"].tolist()
+        assert labels[:, 2].tolist() == expected["height_px"].astype(float).tolist()
+    assert sorted(row for rows in seen.values() for row in rows) == list(range(COUNT))
+    train = table.iloc[seen["train"]]
+    assert height["target_mean"] == pytest.approx(train["height_px"].mean())
+    assert height["target_std"] == pytest.approx(train["height_px"].std(ddof=0))
+    train_images = np.load(layout.processed_dir / "train_images.npy")
+    assert meta["pixel_mean"] == pytest.approx(train_images.mean() / 255)
+    assert meta["pixel_std"] == pytest.approx(train_images.std() / 255)
+    assert meta["sha256"] == processed.content_hash(
+        {f"{s}_{k}": np.load(layout.processed_dir / f"{s}_{k}.npy")
+         for s in processed.SPLITS for k in ("images", "labels")})
+
+
+def test_the_seeded_split_is_stratified_on_the_category(example: Path, tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    params = parse_params({"data": data_section(example, val_fraction=0.2,
+                                                test_fraction=0.2)}, tmp_path / "p.yaml")
+    meta = build_manifest(params.data, layout)
+    totals = pd.read_csv(example)["category"].value_counts()
+    names = meta["tasks"][0]["class_names"]
+    for split in ("val", "test"):
+        _, labels = processed.load_split(layout.processed_dir, split, meta)
+        counts = pd.Series([names[int(c)] for c in labels[:, 0]]).value_counts()
+        for name, total in totals.items():
+            assert counts.get(name, 0) == round(0.2 * total)
+
+
+def test_three_channels_centre_cropped(example: Path, tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    params = parse_params({"data": data_section(example, channels=3, image_size=32,
+                                                resize="crop")}, tmp_path / "p.yaml")
+    meta = build_manifest(params.data, layout)
+    images = np.load(layout.processed_dir / "train_images.npy")
+    assert images.shape == (242, 32, 32, 3) and images.dtype == np.uint8
+    assert (images[..., 0] == images[..., 2]).all()  # grey PNGs: the channels agree
+    assert len(meta["pixel_mean"]) == 3 and meta["channels"] == 3
+    assert meta["pixel_mean"][0] == pytest.approx(images[..., 0].mean() / 255)
+
+
+# ---------------------------------------------------------------------------------- pipeline
+def pipeline(folder: Path, manifest: Path) -> Path:
+    """A pipeline folder whose params.yaml reads ``manifest`` (relative to the folder)."""
+    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
+    params["data"] = data_section(Path("mine") / manifest.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(manifest.parent, folder / "mine")
+    (folder / "data").mkdir(exist_ok=True)
+    shutil.copy(ROOT / "sample" / "data" / "sources.yaml", folder / "data" / "sources.yaml")
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def test_the_stages_run_from_params_on_the_example(example: Path, tmp_path: Path) -> None:
+    params = pipeline(tmp_path, example)
+    for stage in ("check", "download", "validate", "preprocess"):
+        assert cli_main([stage, "--params", str(params)]) == 0, stage
+    layout = Layout(tmp_path)
+    summary = json.loads(layout.validation_summary.read_text())
+    assert summary["success"] and summary["dataset"] == "manifest"
+    source = summary["sources"]["manifest"]
+    assert source["duplicates_across_splits"] == []
+    assert {s: v["rows"] for s, v in source["splits"].items()} == \
+        {"train": 242, "val": 29, "test": 29}
+    meta = processed.read_meta(layout.processed_dir)
+    assert [t["name"] for t in meta["tasks"]] == ["category", "on_left", "height_px"]
+    assert [t.kind for t in processed.tasks(meta)] == ["multiclass", "binary", "regression"]
+
+
+def plant_defects(folder: Path) -> dict[str, Any]:
+    """The example with a split column and one defect of each kind; what was planted where."""
+    manifest = folder / "manifest.csv"
+    table = pd.read_csv(manifest, dtype=str)
+    table["split"] = ["train"] * 240 + ["val"] * 30 + ["test"] * 30
+    planted = {"missing": 241, "unreadable": 242, "label": 250, "number": 260,
+               "duplicate": 290}
+    (folder / table.at[planted["missing"], "image"]).unlink()
+    (folder / table.at[planted["unreadable"], "image"]).write_bytes(b"\x89PNG but cut short")
+    table.at[planted["label"], "category"] = "Hat"
+    table.at[planted["number"], "height_px"] = "tall"
+    shutil.copy(folder / table.at[0, "image"], folder / table.at[planted["duplicate"], "image"])
+    table.to_csv(manifest, index=False)
+    # spreadsheet rows: the header is row 1
+    return {**{k: v + 2 for k, v in planted.items()},
+            "paths": {k: table.at[v, "image"] for k, v in planted.items()}}
+
+
+def test_validation_names_each_planted_defect_by_row_and_path(example: Path,
+                                                              tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    shutil.copytree(example.parent, folder)
+    planted = plant_defects(folder)
+    params = parse_params({"data": data_section(folder / "manifest.csv")}, tmp_path / "p.yaml")
+    summary = validate_manifest(params.data, ValidateConfig(), Layout(tmp_path))
+    assert not summary["success"]
+    messages = "\n".join(failure_messages(summary))
+    paths = planted["paths"]
+    assert (f"manifest/val images: expect_column_values_to_be_null on column 'problem' {{}}: "
+            f"2 of 30 rows unexpected, e.g. problem=missing: {folder / paths['missing']} at row "
+            f"{planted['missing']} at image {paths['missing']}") in messages
+    assert "problem=unreadable: cannot identify image file" in messages
+    assert f"at row {planted['unreadable']} at image {paths['unreadable']}" in messages
+    assert ("on column 'category'" in messages
+            and f"category=Hat at row {planted['label']}" in messages)
+    assert f"height_px=tall at row {planted['number']}" in messages
+    assert (f"manifest/test images: expect_column_values_to_be_null on column 'duplicate_of' "
+            f"{{}}: 1 of 30 rows unexpected, e.g. duplicate_of=train row 2 at row "
+            f"{planted['duplicate']}") in messages
+    assert summary["sources"]["manifest"]["duplicates_across_splits"] == [
+        {"image": f"test row {planted['duplicate']}", "duplicate_of": "train row 2"}]
+    # five defects, four failed expectations (missing and unreadable: one, both in val)
+    assert len(failure_messages(summary)) == 4
+
+
+def test_validation_flags_a_class_missing_from_a_split(tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rows = []
+    for number in range(60):
+        name = f"{number}.png"
+        Image.fromarray(np.full((8, 8), number, dtype=np.uint8)).save(folder / name)
+        split = "train" if number < 40 else ("val" if number < 50 else "test")
+        # train: 20 a, 20 b; val: 10 a and no b; test: 5 a, 5 b
+        label = "a" if (number < 40 and number % 2) or 40 <= number < 55 else "b"
+        rows.append({"image": name, "kind": label, "split": split})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    data = {"dataset": "manifest", "manifest": str(folder / "manifest.csv"),
+            "tasks": {"kind": {"kind": "binary"}}, "image_size": 8}
+    params = parse_params({"data": data}, tmp_path / "p.yaml")
+    summary = validate_manifest(params.data, ValidateConfig(), Layout(tmp_path))
+    (message,) = failure_messages(summary)
+    # val: 10 images, training shares 1/2 each: 5 expected, a 10 (+1.0), b 0 (-1.0)
+    assert message.startswith("manifest/val classes: expect_column_values_to_be_between on "
+                              "column 'relative_deviation'")
+    assert "2 of 2 rows unexpected" in message and "at task kind at label b" in message
