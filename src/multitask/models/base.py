@@ -66,10 +66,11 @@ def separate_nodes(*tensors: Tensor) -> tuple[Tensor, ...]:
     return tuple(t.view_as(t) for t in tensors)
 
 
-def make_head(in_features: int, hidden: list[int], num_classes: int,
+def make_head(in_features: int, hidden: list[int], outputs: int,
               dropout: float = 0.0) -> nn.Sequential:
     """A task head: optional hidden layers with ReLU, then (``dropout`` > 0, i.e.
-    ``model.dropout.heads``) a dropout layer, then the classifier."""
+    ``model.dropout.heads``) a dropout layer, then the output layer: ``outputs`` wide
+    (``task.outputs``: a logit per class, one logit for binary, one value for regression)."""
     layers: list[nn.Module] = []
     width = in_features
     for size in hidden:
@@ -77,7 +78,7 @@ def make_head(in_features: int, hidden: list[int], num_classes: int,
         width = size
     if dropout > 0:  # none at 0: the classifier keeps its key
         layers.append(nn.Dropout(dropout))
-    layers.append(nn.Linear(width, num_classes))
+    layers.append(nn.Linear(width, outputs))
     return nn.Sequential(*layers)
 
 

@@ -96,7 +96,7 @@ class CrossStitchNetwork(MultiTaskModel):
             {t.name: nn.Parameter(init[i].clone()) for i, t in enumerate(tasks)})
         width = backbones[0].out_features
         self.heads = nn.ModuleDict(
-            {t.name: make_head(width, head_hidden, t.num_classes, head_dropout) for t in tasks})
+            {t.name: make_head(width, head_hidden, t.outputs, head_dropout) for t in tasks})
 
     def encode(self, x: Tensor) -> Tensor:
         """Each column's readout before the last unit, stacked ``[B, T, D]``."""

@@ -110,9 +110,10 @@ class GroupedLeNet(MultiTaskModel):
     def __init__(self, networks: Sequence[HardParameterSharing]) -> None:
         parts = [member_parts(network) for network in networks]
         super().__init__([network.tasks[0] for network in networks])
-        if len({task.num_classes for task in self.tasks}) > 1:
-            raise ValueError(f"tasks {self.task_names} have {[t.num_classes for t in self.tasks]} "
-                             "classes: the members of a grouped ensemble need heads of one size")
+        if len({task.outputs for task in self.tasks}) > 1:
+            widths = [t.outputs for t in self.tasks]
+            raise ValueError(f"tasks {self.task_names} have heads of {widths} outputs: the "
+                             "members of a grouped ensemble need heads of one size")
         encoders = [encoder for encoder, _ in parts]
         self.members = len(networks)
         self.conv1 = _wide_conv([e.features[0] for e in encoders], groups=1)

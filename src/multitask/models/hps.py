@@ -29,7 +29,7 @@ class HardParameterSharing(MultiTaskModel):
         super().__init__(tasks)
         self.encoder = encoder
         self.heads = nn.ModuleDict(
-            {t.name: make_head(encoder.out_features, head_hidden, t.num_classes,
+            {t.name: make_head(encoder.out_features, head_hidden, t.outputs,
                                   head_dropout) for t in tasks}
         )
 

@@ -75,7 +75,7 @@ class MultiGateMixtureOfExperts(MultiTaskModel):
             {t.name: nn.Sequential(nn.Flatten(), nn.Linear(gate_inputs, num_experts))
              for t in tasks})
         self.towers = nn.ModuleDict(
-            {t.name: make_head(expert_dim, head_hidden, t.num_classes, head_dropout)
+            {t.name: make_head(expert_dim, head_hidden, t.outputs, head_dropout)
              for t in tasks})
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:

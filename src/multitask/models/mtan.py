@@ -76,7 +76,7 @@ class AttentionPath(nn.Module):
     """
 
     def __init__(self, shapes: list[tuple[torch.Size, torch.Size]], readout: nn.Module,
-                 readout_features: int, head_hidden: list[int], num_classes: int,
+                 readout_features: int, head_hidden: list[int], outputs: int,
                  head_dropout: float = 0.0) -> None:
         super().__init__()
         u_channels = [u[0] for u, _ in shapes]
@@ -94,7 +94,7 @@ class AttentionPath(nn.Module):
             for j in range(len(shapes) - 1)
         )
         self.readout = readout
-        self.head = make_head(readout_features, head_hidden, num_classes, head_dropout)
+        self.head = make_head(readout_features, head_hidden, outputs, head_dropout)
 
     def attend(self, maps: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, list[Tensor]]:
         """The task's gated last-stage features ``â_J`` and every stage's mask ``a_j``."""
@@ -147,7 +147,7 @@ class MultiTaskAttentionNetwork(MultiTaskModel):
             readout = make_backbone().readout()
             width = output_shape(readout, tuple(shape))[0]
             self.paths[task.name] = AttentionPath(
-                shapes, readout, width, head_hidden, task.num_classes, head_dropout)
+                shapes, readout, width, head_hidden, task.outputs, head_dropout)
 
     def encode(self, x: Tensor) -> tuple[Tensor, ...]:
         """``(u_1, p_1, ..., u_J, p_J)``, without duplicates where ``u_j = p_j``."""

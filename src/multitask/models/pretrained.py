@@ -46,7 +46,7 @@ weight may be left over, and shapes must agree; otherwise :class:`WeightsError` 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -222,15 +222,18 @@ def network_weights(state_dict: Mapping[str, Tensor], *, origin: str, sha256: st
 
 
 # ---------------------------------------------------------------------------------- loading
-def imagenet_affine(encoder: TorchvisionEncoder, pixel_mean: float, pixel_std: float
-                    ) -> tuple[Tensor, Tensor]:
-    """``(scale, shift)`` mapping data standardised with ``(pixel_mean, pixel_std)`` to the
-    per-channel normalisation the backbone's weights expect (channel averages on 1 channel)."""
+def imagenet_affine(encoder: TorchvisionEncoder, pixel_mean: float | Sequence[float],
+                    pixel_std: float | Sequence[float]) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` mapping data standardised with ``(pixel_mean, pixel_std)`` (a float,
+    or one per channel) to the per-channel normalisation the backbone's weights expect (channel
+    averages on 1 channel)."""
     mean = torch.tensor(encoder.spec.mean, dtype=torch.float64)
     std = torch.tensor(encoder.spec.std, dtype=torch.float64)
     if encoder.in_channels != len(mean):
         mean, std = mean.mean().expand(encoder.in_channels), std.mean().expand(encoder.in_channels)
-    return (pixel_std / std).float(), ((pixel_mean - mean) / std).float()
+    data_mean = torch.as_tensor(pixel_mean, dtype=torch.float64)
+    data_std = torch.as_tensor(pixel_std, dtype=torch.float64)
+    return (data_std / std).float(), ((data_mean - mean) / std).float()
 
 
 def torchvision_state(encoder: TorchvisionEncoder, state: Mapping[str, Tensor]
@@ -266,8 +269,8 @@ def listed(keys: list[str]) -> str:
     return ", ".join(keys[:LISTED]) + more
 
 
-def load_encoder(encoder: nn.Module, weights: EncoderWeights, *, pixel_mean: float,
-                 pixel_std: float) -> None:
+def load_encoder(encoder: nn.Module, weights: EncoderWeights, *,
+                 pixel_mean: float | Sequence[float], pixel_std: float | Sequence[float]) -> None:
     """Load ``weights`` into ``encoder`` with the input adaptation of the module docstring.
 
     ``pixel_mean``/``pixel_std`` are the data's standardisation (0..1 scale); they matter for
