@@ -2,9 +2,11 @@
 
 Per-task metrics are ``<split>/<metric>/<task>`` (``train/loss/left``, ``val/accuracy/left``,
 ``test/accuracy/left``), task weights ``weight/<task>``, aggregates ``test/mean_accuracy`` and
-``test/delta_m_pct``. The task comes last because MLflow's UI groups a run's charts into sections
-by everything before a key's last ``/``: ``val/accuracy`` is one section holding every task's
-validation accuracy side by side (with ``val/<task>/accuracy`` each task had its own section).
+``test/delta_m_pct``; the metrics are each task kind's (:data:`multitask.tasks.KIND_METRICS`:
+``test/mae/age``, ``val/auroc/smiling``). The task comes last because MLflow's UI groups a run's
+charts into sections by everything before a key's last ``/``: ``val/accuracy`` is one section
+holding every task's validation accuracy side by side (with ``val/<task>/accuracy`` each task
+had its own section).
 The trainer and stages produce them with the functions below; plots, tuning, promotion and the
 CI report read them with the same functions, so a renamed or new metric changes here and in its
 producer only.
@@ -19,8 +21,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from multitask.tasks import METRICS
+
 TRAIN, VAL, TEST = "train", "val", "test"
 ACCURACY, LOSS = "accuracy", "loss"
+# the other per-kind metrics (multitask.tasks.KIND_METRICS lists which kind reports which)
+MACRO_F1, AUROC, F1, MAE, RMSE = "macro_f1", "auroc", "f1", "mae", "rmse"
 TASKS = "tasks"  # the per-task mapping of metrics.json and baselines.json
 MEAN_ACCURACY = "mean_accuracy"
 DELTA_M = "delta_m_pct"
@@ -84,5 +90,7 @@ def flat_test_metrics(report: Mapping[str, Any]) -> dict[str, float]:
 
 
 def higher_is_better(metric: str) -> bool:
-    """Whether a larger value of ``metric`` is better (losses and errors are not)."""
-    return LOSS not in metric
+    """Whether a larger value of ``metric`` is better: :data:`multitask.tasks.METRICS` says so
+    for a task metric (MAE, RMSE and losses are not); any other key containing ``loss`` is
+    not either."""
+    return METRICS.get(metric, LOSS not in metric)

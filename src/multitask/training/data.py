@@ -3,6 +3,13 @@
 The whole data set fits comfortably (MultiFashion: ~180 MB as uint8), so there is no DataLoader
 and no worker processes: a batch is an index into a device tensor, converted to normalised
 float on the device.
+
+Images are (N, H, W) for one channel and (N, H, W, C) for three; a batch comes out as
+(B, C, H, W) in channels-last memory, standardised with the training split's ``pixel_mean`` and
+``pixel_std`` (a float, or one per channel). Labels are int64 when every task is a
+classification (class ids) and float32 when the data set has a regression task (class ids as
+exact floats beside the raw targets); :func:`targets` gives a task's column in the dtype its
+loss and metrics want.
 """
 
 from __future__ import annotations
@@ -17,12 +24,13 @@ import torch
 from torch import Tensor
 
 from multitask.data import processed
+from multitask.tasks import Task
 
 
 @dataclass
 class Split:
-    images: Tensor  # (N, H, W) uint8 on the device
-    labels: Tensor  # (N, T) int64 on the device
+    images: Tensor  # (N, H, W) or (N, H, W, C) uint8 on the device
+    labels: Tensor  # (N, T) int64 on the device (float32 with a regression task)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -36,14 +44,24 @@ class ProcessedData:
         self.folder = Path(folder)
         self.meta: dict[str, Any] = processed.read_meta(self.folder)
         self.device = device
-        self.mean = float(self.meta["pixel_mean"])
-        self.std = float(self.meta["pixel_std"])
+        self.mean: float | list[float] = _statistic(self.meta, "pixel_mean", self.folder)
+        self.std: float | list[float] = _statistic(self.meta, "pixel_std", self.folder)
+        # per channel, shaped to broadcast over (B, H, W, C) images
+        self._channel_mean = torch.tensor(self.mean, device=device)
+        self._channel_std = torch.tensor(self.std, device=device)
+        regression = any(not task.classification for task in processed.tasks(self.meta))
         self.splits: dict[str, Split] = {}
         for split in splits:
             images, labels = processed.load_split(self.folder, split, self.meta)
+            if images.ndim != (3 if self.channels == 1 else 4):
+                raise ValueError(f"{self.folder / processed.images_file(split)}: shape "
+                                 f"{images.shape} does not hold {self.channels}-channel "
+                                 f"images ({processed.META_FILE} channels); rerun multitask "
+                                 "preprocess")
             self.splits[split] = Split(
                 torch.from_numpy(images).to(device),
-                torch.from_numpy(labels.astype(np.int64)).to(device),
+                torch.from_numpy(labels.astype(np.float32 if regression else np.int64)
+                                 ).to(device),
             )
 
     @property
@@ -63,11 +81,17 @@ class ProcessedData:
         return names.index(task)
 
     def normalise(self, images: Tensor) -> Tensor:
-        """uint8 (B, H, W) -> float (B, 1, H, W), standardised with the training statistics.
+        """uint8 (B, H, W) -> float (B, 1, H, W), or (B, H, W, C) -> (B, C, H, W), standardised
+        with the training statistics (per channel when ``pixel_mean`` is a list).
 
         Channels-last: on the CPU, oneDNN's convolutions and max-pooling run ~20% faster so.
+        (B, H, W, C) permuted to (B, C, H, W) is channels-last already.
         """
-        x = ((images.float() / 255.0 - self.mean) / self.std).unsqueeze(1)
+        if images.ndim == 3:
+            x = ((images.float() / 255.0 - self.mean) / self.std).unsqueeze(1)
+        else:
+            x = ((images.float() / 255.0 - self._channel_mean) / self._channel_std
+                 ).permute(0, 3, 1, 2)
         return x.contiguous(memory_format=torch.channels_last)
 
     def batch_rows(self, split: str, batch_size: int, *, generator: torch.Generator | None = None,
@@ -98,3 +122,25 @@ class ProcessedData:
         """Normalised batches of ``split`` (see :meth:`batch_rows`)."""
         for rows in self.batch_rows(split, batch_size, generator=generator, subset=subset):
             yield self.take(split, rows)
+
+
+def targets(y: Tensor, column: int, task: Task) -> Tensor:
+    """Task ``task``'s targets, column ``column`` of the labels ``y``, in its loss's dtype:
+    int64 class ids (multiclass), float 0/1 (binary), float values in the target's units
+    (regression; the loss standardises them)."""
+    values = y[:, column]
+    if task.kind == "multiclass":
+        return values if values.dtype == torch.int64 else values.long()
+    return values.float()
+
+
+def _statistic(meta: dict[str, Any], name: str, folder: Path) -> float | list[float]:
+    """``pixel_mean``/``pixel_std`` of ``meta.json``: a float (1 channel) or one per channel."""
+    value = meta[name]
+    channels = int(meta.get("channels", 1))
+    if isinstance(value, list):
+        if len(value) != channels:
+            raise ValueError(f"{folder / processed.META_FILE}: {name} has {len(value)} values "
+                             f"for {channels} channel(s); rerun multitask preprocess")
+        return [float(v) for v in value] if channels > 1 else float(value[0])
+    return float(value)

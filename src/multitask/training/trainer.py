@@ -6,7 +6,7 @@ then the weighting method turns the losses (and, for gradient methods, per-task 
 atomic checkpoint holding everything needed to continue bit-for-bit: model, optimiser,
 scheduler, weighting state, RNG states, the history so far and, with early stopping, the best
 epoch's weights (:mod:`.selection`). Regularisation: ``train.label_smoothing`` in every
-cross-entropy, ``train.augment`` on each batch (:mod:`.augment`).
+classification loss (:func:`task_loss`), ``train.augment`` on each batch (:mod:`.augment`).
 
 Under torchrun each process trains on its share of every global batch and the step stays the
 one-process step (:mod:`multitask.training.distributed` says how); only rank 0 writes the
@@ -42,7 +42,7 @@ from multitask.tasks import Task
 from multitask.training import distributed
 from multitask.training.augment import Augmenter
 from multitask.training.checkpoints import load_checkpoint
-from multitask.training.data import ProcessedData
+from multitask.training.data import ProcessedData, targets
 from multitask.training.metrics import evaluate
 from multitask.training.optimization import build_optimizer, build_scheduler, freeze_shared
 from multitask.training.selection import Selection
@@ -72,12 +72,34 @@ def rotate_batch(x: Tensor, turns: Tensor) -> Tensor:
     return rotated
 
 
+def task_loss(task: Task, output: Tensor, target: Tensor, label_smoothing: float = 0.0
+              ) -> Tensor:
+    """The mean loss of ``task``'s head ``output`` against ``target`` (:func:`targets`'s dtype).
+
+    - multiclass: cross-entropy; with ``label_smoothing`` ε each target is
+      ``(1 - ε) one_hot + ε / classes``;
+    - binary: BCE with logits on the one logit; with ε the target is ``(1 - ε) y + ε / 2``
+      (the two-class case of the same smoothing);
+    - regression: MSE or Huber (δ = 1) between the output and the standardised target
+      ``(y - target_mean) / target_std``; ε does not apply.
+    """
+    if task.kind == "multiclass":
+        return F.cross_entropy(output, target, label_smoothing=label_smoothing)
+    if task.kind == "binary":
+        if label_smoothing:
+            target = target * (1.0 - label_smoothing) + label_smoothing / 2
+        return F.binary_cross_entropy_with_logits(output.squeeze(1), target)
+    standardised = (target - task.target_mean) / task.target_std
+    if task.loss == "huber":
+        return F.huber_loss(output.squeeze(1), standardised, delta=1.0)
+    return F.mse_loss(output.squeeze(1), standardised)
+
+
 def task_losses(model: MultiTaskModel, tasks: Sequence[Task], columns: Sequence[int | None],
                 x: Tensor, y: Tensor, turns: Tensor | None = None, label_smoothing: float = 0.0
                 ) -> tuple[Tensor, Tensor | tuple[Tensor, ...]]:
-    """One cross-entropy per task (stacked, shape [T]) and the shared representation.
-
-    With ``label_smoothing`` ε each target is ``(1 - ε) one_hot + ε / classes``.
+    """One loss per task (stacked, shape [T], each :func:`task_loss`) and the shared
+    representation.
 
     ``columns[t]`` is task ``t``'s column in ``y`` (``None`` for auxiliary tasks).
 
@@ -99,8 +121,8 @@ def task_losses(model: MultiTaskModel, tasks: Sequence[Task], columns: Sequence[
             losses.append(F.cross_entropy(logits[batch:], turns,
                                           label_smoothing=label_smoothing))
         else:
-            losses.append(F.cross_entropy(logits[:batch], y[:, column],
-                                          label_smoothing=label_smoothing))
+            losses.append(task_loss(task, logits[:batch], targets(y, column, task),
+                                    label_smoothing))
     return torch.stack(losses), features
 
 
