@@ -247,3 +247,14 @@ def test_validation_flags_a_class_missing_from_a_split(tmp_path: Path) -> None:
     assert message.startswith("manifest/val classes: expect_column_values_to_be_between on "
                               "column 'relative_deviation'")
     assert "2 of 2 rows unexpected" in message and "at task kind at label b" in message
+
+
+def test_check_stops_a_manifest_without_a_declared_column(example: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    params = pipeline(tmp_path, example)
+    raw = yaml.safe_load(params.read_text())
+    raw["data"]["tasks"]["age"] = {"kind": "regression"}
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert cli_main(["check", "--params", str(params)]) == 1
+    assert "mine/manifest.csv: no column 'age'" in capsys.readouterr().err
+    assert not Layout(tmp_path).params_check.exists()

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Literal
 
 from multitask.config import ConfigError, Params, Source, load_sources
-from multitask.data.datasets import DATASETS
+from multitask.data.datasets import DATASETS, MANIFEST
+from multitask.data.manifest import manifest_path, read_manifest
 from multitask.device import select_device
 from multitask.io import atomic_open, read_json, write_json
 from multitask.layout import Layout
@@ -92,11 +93,17 @@ def check(params: Params, layout: Layout) -> None:
     cost the last good model and reports. ``params`` arrive fully validated (names of data
     sets, architectures, weighting methods and their params included); this adds the sources
     file, the sources the data set needs and the device (``train.device: cuda`` without a
-    GPU would fail in baselines, after DVC removed their outputs). The output's content is the
-    same for every valid input, so the stages depending on it rerun only for what they read.
+    GPU would fail in baselines, after DVC removed their outputs); for ``data.dataset:
+    manifest``, that the manifest reads (its file, columns and split values). The output's
+    content is the same for every valid input, so the stages depending on it rerun only for
+    what they read.
     """
     sources = load_sources(layout.sources)
     required_sources(sources, params.data.dataset, sources_path=layout.sources)
+    if params.data.dataset == MANIFEST:
+        data = params.data
+        read_manifest(manifest_path(data, layout), data.tasks, data.val_fraction,
+                      data.test_fraction, data.seed)
     select_device(params.train.device, params.source)
     layout.params_check.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(layout.params_check, "w") as handle:
