@@ -14,12 +14,15 @@ import torch
 from multitask.config import ModelConfig, TrainConfig, parse_params
 from multitask.data.processed import tasks as tasks_from_meta
 from multitask.models import build_model
+from multitask.tasks import Task
 from multitask.training import trainer as trainer_module
 from multitask.training.data import ProcessedData
 from multitask.training.metrics import evaluate
 from multitask.training.selection import STOPPED_EARLY
 from multitask.training.trainer import Trainer
 from multitask.weighting import build_weighting
+
+TWO_TASKS = [Task("left", 10), Task("right", 10)]  # MultiFashion's, as the stage reads them
 
 
 @pytest.fixture(scope="module")
@@ -152,10 +155,10 @@ def test_selection_by_delta_m_reads_the_baselines_validation_accuracies(
         "tracking": {"enabled": False}})
     with pytest.raises(FileNotFoundError, match=r"baselines_info\.json: not found; "
                                                 r"train\.early_stopping\.select: delta_m"):
-        stages.validation_reference(params, layout)
+        stages.validation_reference(params, layout, TWO_TASKS)
     stages.baselines(params, layout)
     info = read_json(layout.baselines_info)
-    reference = stages.validation_reference(params, layout)
+    reference = stages.validation_reference(params, layout, TWO_TASKS)
     assert reference == {task: metrics["accuracy"] for task, metrics in info["validation"].items()}
     stages.train(params, layout)
     train = read_json(layout.train_json)
@@ -179,5 +182,5 @@ def test_an_old_baselines_report_is_named(processed: Path, tmp_path: Path,
     layout = pipeline_folder(tmp_path, processed)
     params = parse_params({"train": {"early_stopping": {"patience": 2, "select": "delta_m"}}})
     write_json(layout.baselines_info, {"backbone": "lenet"})
-    with pytest.raises(ValueError, match=r"baselines_info\.json: no 'validation' accuracies"):
-        stages.validation_reference(params, layout)
+    with pytest.raises(ValueError, match=r"baselines_info\.json: no 'validation' metrics"):
+        stages.validation_reference(params, layout, TWO_TASKS)

@@ -20,8 +20,10 @@ rounds otherwise than T small ones), the dropout masks (drawn once for all membe
 gradient diagnostics are computed (``train.diagnostics_every``: they compare tasks, and a
 baseline has one; they never changed the training).
 
-``auto`` batches LeNet baselines on the CPU in one process and trains the others one after
-another, saying why in the log. Measured by ``benchmarks/bench_ensemble.py`` on a 2-core
+``auto`` batches LeNet baselines on the CPU in one process when every task's head has the same
+width and loss (multiclass tasks with as many classes, or all binary; the grouped heads are one
+batched matrix product) and trains the others one after another, saying why in the log.
+Measured by ``benchmarks/bench_ensemble.py`` on a 2-core
 AVX-512 machine that other jobs kept busy (load 3-5): one training step of 2 baselines, steps
 interleaved, took 0.41-0.89 of the sequential steps' wall time at torch's default 2 threads
 (six runs, median 0.7; 4 baselines 0.43-0.80), and 0.90-1.08 of their CPU time at 1 thread (the
@@ -58,8 +60,13 @@ def unbatchable(params: Params, tasks: Sequence[Task]) -> str | None:
     """Why the baselines of ``params`` cannot train as one grouped network; None if they can."""
     if params.model.backbone != "lenet":
         return f"model.backbone: {params.model.backbone} has no grouped formulation (lenet has)"
-    if len({task.num_classes for task in tasks}) > 1:
+    if all(task.kind == "multiclass" for task in tasks) and len(
+            {task.num_classes for task in tasks}) > 1:
         return "the tasks have different numbers of classes"
+    if len({(task.outputs, task.loss) for task in tasks}) > 1:
+        return ("the tasks' heads differ in width or loss ("
+                + ", ".join(f"{t.name}: {t.kind}, {t.outputs} output(s), {t.loss}"
+                            for t in tasks) + ")")
     if distributed.active() is not None:
         return "train.processes > 1: each process trains its share of one network at a time"
     return None

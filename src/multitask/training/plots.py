@@ -1,4 +1,5 @@
-"""Figures people would rather look at than read: learning curves, weights, confusion matrices.
+"""Figures people would rather look at than read: learning curves, weights, confusion matrices,
+predicted-vs-true and residual plots of regression tasks.
 
 matplotlib is imported here only, with the non-interactive Agg backend.
 """
@@ -21,12 +22,16 @@ from multitask.io import atomic_path
 
 
 def learning_curves(history: Sequence[dict[str, float]], task_names: Sequence[str]) -> Figure:
-    """Per-task training loss, validation loss and accuracy, and task weights, per epoch."""
+    """Per-task training loss, validation loss and accuracy (and MAE, when a task has one),
+    and task weights, per epoch."""
     epochs = [row[keys.EPOCH] for row in history]
     panels = [(lambda t: keys.task_metric(keys.TRAIN, t, keys.LOSS), "training loss"),
               (lambda t: keys.task_metric(keys.VAL, t, keys.LOSS), "validation loss"),
               (lambda t: keys.task_metric(keys.VAL, t, keys.ACCURACY), "validation accuracy"),
               (keys.weight, "task weight")]
+    if any(keys.task_metric(keys.VAL, t, keys.MAE) in row for row in history for t in task_names):
+        panels.insert(3, (lambda t: keys.task_metric(keys.VAL, t, keys.MAE),
+                          "validation MAE (target units)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2),
                              constrained_layout=True)
     for ax, (key_of, title) in zip(axes, panels, strict=True):
@@ -58,6 +63,31 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], title: str)
         ax.text(col, row, str(count), ha="center", va="center", fontsize=6,
                 color="white" if rates[row, col] > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of actual class")
+    return fig
+
+
+def regression_figure(predicted: np.ndarray, actual: np.ndarray, title: str, unit: str = ""
+                      ) -> Figure:
+    """Predicted against true values (the diagonal is a perfect prediction) beside the
+    residuals (predicted - true) against the true value, both in the target's ``unit``."""
+    predicted, actual = np.asarray(predicted, dtype=float), np.asarray(actual, dtype=float)
+    suffix = f" ({unit})" if unit else ""
+    fig, (scatter, residual) = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
+    low, high = float(min(actual.min(), predicted.min())), float(max(actual.max(),
+                                                                     predicted.max()))
+    scatter.scatter(actual, predicted, s=6, alpha=0.5)
+    scatter.plot([low, high], [low, high], color="black", linewidth=1, label="predicted = true")
+    scatter.set_xlabel(f"true{suffix}")
+    scatter.set_ylabel(f"predicted{suffix}")
+    scatter.set_title(f"{title}: predicted vs true")
+    scatter.legend(loc="upper left")
+    residual.scatter(actual, predicted - actual, s=6, alpha=0.5)
+    residual.axhline(0.0, color="black", linewidth=1)
+    residual.set_xlabel(f"true{suffix}")
+    residual.set_ylabel(f"residual, predicted - true{suffix}")
+    residual.set_title(f"{title}: residuals")
+    for ax in (scatter, residual):
+        ax.grid(alpha=0.3)
     return fig
 
 

@@ -1,15 +1,20 @@
 """``train.early_stopping``: which epoch's weights a run keeps, and when it stops.
 
-After every epoch the validation record is scored (``select``): the main tasks' mean
-validation accuracy, or Δm% of their validation accuracies against the single-task baselines'
-(the reference the baselines stage records in ``reports/baselines_info.json``). A better score
-than all before keeps a copy of the network's weights; ``patience`` epochs in a row without one
-stop the run, and the kept weights are put back, so what train saves and evaluate scores is the
-best validation epoch. Ties keep the earlier epoch.
+After every epoch the validation record is scored (``select``): ``mean_accuracy``, the mean
+validation accuracy of the main classification tasks (regression tasks have none and do not
+count; a network with no classification task is refused: select delta_m), or ``delta_m``, Δm%
+of every main task's primary validation metric (``task.metric``: accuracy, MAE) with its
+direction against the single-task baselines' (the reference the baselines stage records in
+``reports/baselines_info.json``). A better score than all before keeps a copy of the network's
+weights; ``patience`` epochs in a row without one stop the run, and the kept weights are put
+back, so what train saves and evaluate scores is the best validation epoch. Ties keep the
+earlier epoch.
 
-A single-task baseline selected by ``delta_m`` has no reference but itself; Δm% of one task is
-an increasing function of its accuracy whatever the reference, so scoring by the accuracy picks
-the same epoch: the baselines share the multi-task run's rule without a circular reference.
+A single-task network (a baseline) is scored by its task's primary metric with its direction
+whatever ``select`` says: Δm% of one task is a monotonic function of that metric whatever the
+reference, and for a classification task it is the mean accuracy too, so the baselines share
+the multi-task run's rule without a circular reference. A regression baseline's score is its
+validation MAE, lower being better.
 
 The state (best score and epoch, its weights, epochs since) travels in the trainer's
 checkpoint, so an interrupted run resumes to the same choice.
@@ -38,15 +43,29 @@ class Selection:
     def __init__(self, config: EarlyStoppingConfig, tasks: Sequence[Task],
                  reference: Mapping[str, float] | None = None) -> None:
         self.config = config
-        self.names = [t.name for t in main_tasks(tasks)]
+        self.tasks = main_tasks(tasks)
+        self.names = [t.name for t in self.tasks]
         self.reference = None if reference is None else {n: reference[n] for n in self.names}
         self.by_delta_m = config.select == "delta_m" and len(self.names) > 1
+        self.higher_is_better = True
+        self.accuracy_tasks: list[str] = []  # mean_accuracy: the tasks it averages
         if self.by_delta_m and reference is None:
             raise ValueError("train.early_stopping.select: delta_m needs the baselines' "
-                             "validation accuracies; run multitask baselines first (they are "
+                             "validation metrics; run multitask baselines first (they are "
                              "in reports/baselines_info.json) or select mean_accuracy")
-        self.key = keys.aggregate(keys.VAL, keys.DELTA_M if self.by_delta_m
-                                  else keys.MEAN_ACCURACY)
+        if self.by_delta_m:
+            self.key = keys.aggregate(keys.VAL, keys.DELTA_M)
+        elif len(self.tasks) == 1 and not self.tasks[0].classification:
+            only = self.tasks[0]  # a regression baseline: its own primary metric
+            self.key = keys.task_metric(keys.VAL, only.name, only.metric)
+            self.higher_is_better = only.higher_is_better
+        else:
+            self.accuracy_tasks = [t.name for t in self.tasks if t.classification]
+            if not self.accuracy_tasks:
+                raise ValueError(f"train.early_stopping.select: mean_accuracy: tasks "
+                                 f"{self.names} have no classification task, so no accuracy; "
+                                 "select delta_m")
+            self.key = keys.aggregate(keys.VAL, keys.MEAN_ACCURACY)
         self.best_score: float | None = None
         self.best_epoch = 0
         self.best_state: dict[str, Tensor] | None = None
@@ -54,11 +73,16 @@ class Selection:
         self.stopped = False
 
     def score(self, record: Mapping[str, float]) -> float:
-        accuracy = {n: float(record[keys.task_metric(keys.VAL, n, keys.ACCURACY)])
-                    for n in self.names}
         if self.by_delta_m:
             assert self.reference is not None
-            return delta_m(accuracy, self.reference, {n: True for n in self.names})
+            primary = {t.name: float(record[keys.task_metric(keys.VAL, t.name, t.metric)])
+                       for t in self.tasks}
+            return delta_m(primary, self.reference,
+                           {t.name: t.higher_is_better for t in self.tasks})
+        if not self.accuracy_tasks:  # a regression baseline's own metric
+            return float(record[self.key])
+        accuracy = {n: float(record[keys.task_metric(keys.VAL, n, keys.ACCURACY)])
+                    for n in self.accuracy_tasks}
         return float(np.mean(list(accuracy.values())))
 
     def observe(self, epoch: int, record: Mapping[str, float], model: nn.Module
@@ -66,7 +90,9 @@ class Selection:
         """Score epoch ``epoch`` (1-based); keep ``model``'s weights if best. Returns the
         score under its key, for the epoch's history record."""
         score = self.score(record)
-        if self.best_score is None or score > self.best_score:
+        better = (self.best_score is None or (score > self.best_score if self.higher_is_better
+                                              else score < self.best_score))
+        if better:
             self.best_score, self.best_epoch, self.since_best = score, epoch, 0
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:

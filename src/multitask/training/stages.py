@@ -4,6 +4,10 @@ Each takes the loaded params and the pipeline folder's :class:`~multitask.layout
 tests call them directly; ``multitask <stage>`` only parses its arguments and calls them.
 Under torchrun, ``baselines`` and ``train`` train in every process; rank 0 alone writes the
 models and reports and logs to MLflow.
+
+One module, not several: the three stages hand each other one chain of files (the baselines'
+test and validation metrics per task kind are what train selects by and evaluate's Δm%
+divides by); split, the shape of those files would be spelt in three places.
 """
 
 from __future__ import annotations
@@ -30,7 +34,12 @@ from multitask.training import distributed, ensemble, session
 from multitask.training.data import ProcessedData
 from multitask.training.metrics import delta_m
 from multitask.training.metrics import evaluate as evaluate_split
-from multitask.training.plots import confusion_figure, learning_curves, save_figure
+from multitask.training.plots import (
+    confusion_figure,
+    learning_curves,
+    regression_figure,
+    save_figure,
+)
 from multitask.weighting import build_weighting
 
 log = logging.getLogger(__name__)
@@ -60,22 +69,31 @@ def baseline_params(params: Params) -> Params:
     return params.model_copy(update={"model": model})
 
 
-def validation_reference(params: Params, layout: Layout) -> dict[str, float] | None:
-    """The baselines' validation accuracies (their kept epochs'), which early stopping by
-    ``delta_m`` scores the multi-task run against; None when nothing selects by it."""
+def validation_reference(params: Params, layout: Layout, tasks: list[Task]
+                         ) -> dict[str, float] | None:
+    """The baselines' primary validation metrics (``task.metric`` of their kept epochs), which
+    early stopping by ``delta_m`` scores the multi-task run against; None when nothing selects
+    by it."""
     stopping = params.train.early_stopping
     if stopping.patience is None or stopping.select != "delta_m":
         return None
     path = layout.baselines_info
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; train.early_stopping.select: delta_m "
-                                "needs the baselines' validation accuracies: run multitask "
+                                "needs the baselines' validation metrics: run multitask "
                                 "baselines first")
     validation = read_json(path).get(VALIDATION)
     if not isinstance(validation, dict):
-        raise ValueError(f"{path}: no '{VALIDATION}' accuracies (written by an older version); "
+        raise ValueError(f"{path}: no '{VALIDATION}' metrics (written by an older version); "
                          "rerun multitask baselines")
-    return {task: float(metrics[keys.ACCURACY]) for task, metrics in validation.items()}
+    reference = {}
+    for task in main_tasks(tasks):
+        value = validation.get(task.name, {}).get(task.metric)
+        if value is None:
+            raise ValueError(f"{path}: no validation {task.metric} of task '{task.name}' "
+                             f"({VALIDATION}: {sorted(validation)}); rerun multitask baselines")
+        reference[task.name] = float(value)
+    return reference
 
 
 def baselines(params: Params, layout: Layout) -> dict[str, dict[str, float]]:
@@ -120,7 +138,7 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
         scored = evaluate_split(fitted.model, data, keys.TEST, [task])
         results[task.name] = scored.metrics[task.name]
         validation[task.name] = {metric: fitted.kept[keys.task_metric(keys.VAL, task.name, metric)]
-                                 for metric in (keys.ACCURACY, keys.LOSS)}
+                                 for metric in (*task.metrics, keys.LOSS)}
         selection[task.name] = fitted.selection
         if not writes:  # another rank: rank 0 saves the model
             continue
@@ -144,7 +162,8 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
         "data_sha256": data.meta["sha256"],
         "seconds": round(time.perf_counter() - started, 1),
     })
-    log.info("baselines: %s", {k: round(v[keys.ACCURACY], 4) for k, v in results.items()})
+    log.info("baselines: %s", {t.name: f"{t.metric} {results[t.name][t.metric]:.4f}"
+                               for t in tasks})
     return results
 
 
@@ -179,7 +198,7 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
     tasks = session.task_list(params, data)
     method = session.build_method(params, tasks, layout)
     start = resolve_start(params, layout)
-    reference = validation_reference(params, layout)
+    reference = validation_reference(params, layout, tasks)
     checkpoint = layout.checkpoint("train")
     if not writes:  # another rank: trains its share, rank 0 reports
         return session.fit(params, data, tasks, method, checkpoint=checkpoint,
@@ -207,7 +226,7 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
         # The logged model takes raw pixels (0..255) and normalises them itself (TaskPredictions).
         example = data.splits[keys.TEST].images[:4].cpu().numpy()
         run.log_model(fitted.model, example, names, pixel_mean=data.mean, pixel_std=data.std,
-                      class_names=processed.class_names(data.meta))
+                      class_names={t.name: list(t.class_names) for t in tasks})
         final = fitted.kept  # with early stopping the best validation epoch, else the last
         if fitted.selection is not None:
             run.set_tags({f"early_stopping.{k}": str(v) for k, v in fitted.selection.items()})
@@ -233,6 +252,23 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
 
 
 # ---------------------------------------------------------------------------------- evaluate
+def class_labels(task: Task) -> list[str]:
+    """A classification task's class names, its class indices where it declares none."""
+    return list(task.class_names) or [str(index) for index in range(task.num_classes)]
+
+
+def _write_regression(layout: Layout, task: Task, pairs: np.ndarray) -> None:
+    """Row-level ``actual,predicted`` values (the target's units) for a ``dvc plots`` scatter,
+    and a PNG of predicted against true beside the residuals, where classification tasks'
+    confusion data go."""
+    with atomic_open(layout.confusion_csv(task.name), "w") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows([[repr(float(true)), repr(float(value))] for value, true in pairs])
+    save_figure(regression_figure(pairs[:, 0], pairs[:, 1], f"task {task.name}: test",
+                                  task.unit), layout.confusion_png(task.name))
+
+
 def _write_confusion(layout: Layout, task: Task, matrix: np.ndarray,
                      class_names: list[str]) -> None:
     """Row-level ``actual,predicted`` pairs for ``dvc plots`` and a PNG for people."""
@@ -246,9 +282,12 @@ def _write_confusion(layout: Layout, task: Task, matrix: np.ndarray,
 
 
 def evaluate(params: Params, layout: Layout) -> dict[str, object]:
-    """Test metrics per task and Δm% against the baselines; completes the MLflow run.
+    """Test metrics per task (each kind's, :mod:`multitask.tasks`) and Δm% of the primary
+    metrics against the baselines; completes the MLflow run.
 
-    Writes ``reports/metrics.json`` and the confusion data; returns the metrics written.
+    Writes ``reports/metrics.json`` (``mean_accuracy`` over the classification tasks, absent
+    when there are none), the confusion data of each classification task and the
+    predicted-vs-true data of each regression task; returns the metrics written.
     """
     model, payload = session.load_network(layout.model)
     data = session.load_data(params, layout, splits=(keys.TEST,))
@@ -259,18 +298,26 @@ def evaluate(params: Params, layout: Layout) -> dict[str, object]:
     tasks = main_tasks(model.tasks)
     result = evaluate_split(model, data, keys.TEST, tasks)
     baseline = read_json(layout.baselines_json)[keys.TASKS]
-    accuracy = {t.name: result.metrics[t.name][keys.ACCURACY] for t in tasks}
-    base_accuracy = {name: float(values[keys.ACCURACY]) for name, values in baseline.items()}
-    metrics = {
-        keys.TASKS: result.metrics,
-        keys.MEAN_ACCURACY: float(np.mean(list(accuracy.values()))),
-        keys.DELTA_M: delta_m(accuracy, base_accuracy,
-                              {t.name: t.higher_is_better for t in tasks}),
-    }
-    class_names = processed.class_names(data.meta)
+    primary = {t.name: result.metrics[t.name][t.metric] for t in tasks}
+    base_primary = {}
+    for name, values in baseline.items():
+        metric = next((t.metric for t in tasks if t.name == name), keys.ACCURACY)
+        if metric not in values:
+            raise ValueError(f"{layout.baselines_json}: task '{name}' has no {metric} "
+                             f"(has {sorted(values)}); rerun multitask baselines")
+        base_primary[name] = float(values[metric])
+    accuracy = [result.metrics[t.name][keys.ACCURACY] for t in tasks if t.classification]
+    metrics: dict[str, object] = {keys.TASKS: result.metrics}
+    if accuracy:
+        metrics[keys.MEAN_ACCURACY] = float(np.mean(accuracy))
+    metrics[keys.DELTA_M] = delta_m(primary, base_primary,
+                                    {t.name: t.higher_is_better for t in tasks})
     for task in tasks:
-        _write_confusion(layout, task, result.confusion[task.name].numpy(),
-                         class_names[task.name])
+        if task.classification:
+            _write_confusion(layout, task, result.confusion[task.name].numpy(),
+                             class_labels(task))
+        else:
+            _write_regression(layout, task, result.predictions[task.name].numpy())
     write_json(layout.metrics_json, metrics)
     run_id = read_json(layout.train_json).get("run_id")
     with tracking.stage_run(params, "evaluate", run_id=run_id) as run:
@@ -282,6 +329,6 @@ def evaluate(params: Params, layout: Layout) -> dict[str, object]:
         run.log_artifact(params.source)
         if layout.validation_summary.is_file():
             run.log_artifact(layout.validation_summary, "validation")
-    log.info("test: %s  Δm%% = %+.2f", {k: round(v, 4) for k, v in accuracy.items()},
-             metrics[keys.DELTA_M])
+    log.info("test: %s  Δm%% = %+.2f", {t.name: f"{t.metric} {primary[t.name]:.4f}"
+                                         for t in tasks}, metrics[keys.DELTA_M])
     return metrics
