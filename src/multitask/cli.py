@@ -153,6 +153,10 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
                         "sample/dvc.yaml; keys are set in the params.yaml beside it")
     parser.add_argument("--collect-only", action="store_true",
                         help="run nothing: read back the experiments that already ran")
+    parser.add_argument("--rev", metavar="COMMIT",
+                        help="with --collect-only: read back the experiments derived from "
+                        "COMMIT (default: HEAD; a comparison records its commit in "
+                        "comparison.json)")
 
 
 def _compare(function: Callable[..., Any], args: argparse.Namespace) -> int:
@@ -167,7 +171,7 @@ def _compare(function: Callable[..., Any], args: argparse.Namespace) -> int:
                          "--params out or pick the pipeline with --pipeline")
     spec = Spec(check_name(args.name), expand_rows(args.vary, args.row),
                 tuple(parse_assignment(text, "--set") for text in args.set), tuple(args.seeds))
-    function(spec, args.pipeline, jobs=args.jobs, collect_only=args.collect_only)
+    function(spec, args.pipeline, jobs=args.jobs, collect_only=args.collect_only, rev=args.rev)
     return 0
 
 

@@ -166,3 +166,19 @@ def test_a_typo_in_a_key_stops_before_anything_is_queued(compared: Compared) -> 
     status = subprocess.run(["dvc", "queue", "status"], cwd=compared.repo.root,
                             env=compared.repo.env, capture_output=True, text=True).stdout
     assert "typo-" not in status
+
+
+def test_a_later_commit_reads_back_the_comparison_through_rev(compared: Compared) -> None:
+    """Experiments belong to the commit they were queued on: after another commit,
+    --collect-only finds none and says so; --rev (recorded in comparison.json) reads them."""
+    first = compared.result()
+    assert first["commit"] == compared.repo.run("git", "rev-parse", "HEAD").stdout.strip()
+    compared.repo.run("git", "commit", "-q", "--allow-empty", "-m", "later")
+    try:
+        later = compared.repo.run(*COMMAND, "--collect-only", check=False, timeout=600)
+        assert later.returncode == 1
+        assert f"add --rev {first['commit']} to read them back" in later.stderr
+        compared.repo.run(*COMMAND, "--collect-only", "--rev", first["commit"], timeout=600)
+        assert compared.result() == first
+    finally:
+        compared.repo.run("git", "reset", "-q", "--soft", "HEAD~1")

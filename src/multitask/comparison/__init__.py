@@ -40,7 +40,7 @@ from multitask.comparison.report import Measured, markdown, plot, summary
 from multitask.comparison.rows import Row, Spec, apply_overrides, expand_rows, row_params
 from multitask.config import ConfigError, Params, flatten, parse_params
 from multitask.device import THREADS_ENV
-from multitask.io import atomic_open, write_json
+from multitask.io import atomic_open, read_json, write_json
 from multitask.tracking import repo_root
 
 __all__ = ["Spec", "compare", "expand_rows", "resolve_pipeline"]
@@ -115,14 +115,15 @@ def _run(dvc: Dvc, pipeline: Pipeline, spec: Spec, to_queue: list[tuple[Row, int
         wait(dvc, watched, jobs, on_done=lambda done: bar.update(done - bar.n))
 
 
-def _collect(dvc: Dvc, pipeline: Pipeline, spec: Spec) -> dict[str, list[Measured]]:
-    present = {e.name: e for e in experiments(dvc, pipeline) if e.state == SUCCESS_STATE}
+def _collect(dvc: Dvc, pipeline: Pipeline, spec: Spec, rev: str
+             ) -> dict[str, list[Measured]]:
+    present = {e.name: e for e in experiments(dvc, pipeline, rev) if e.state == SUCCESS_STATE}
     missing = [name for *_, name in spec.experiments() if name not in present
                or present[name].metrics is None or present[name].baselines is None]
     if missing:
-        raise RuntimeError(f"no results for experiment {', '.join(missing)} in `dvc exp show` "
-                           "(not run yet, or run on another commit); run `multitask compare` "
-                           "without --collect-only")
+        raise RuntimeError(f"no results for experiment {', '.join(missing)} in `dvc exp show "
+                           f"--rev {rev[:7]}` (not run yet, or run on another commit: --rev "
+                           "names it); run `multitask compare` without --collect-only")
     measured: dict[str, list[Measured]] = {row.label: [] for row in spec.rows}
     for row, seed, name in spec.experiments():
         found = present[name]
@@ -170,10 +171,13 @@ def _record(result: dict[str, Any], parent: str, files: list[Path]) -> None:
 
 
 def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1,
-            collect_only: bool = False) -> dict[str, Any]:
+            collect_only: bool = False, rev: str | None = None) -> dict[str, Any]:
     """Run (or with ``collect_only`` only read back) every experiment of ``spec`` on the
     pipeline ``pipeline_file``; write ``reports/comparisons/<name>/`` (comparison.json, .md,
-    .png) beside it and group the runs in MLflow; return the summary (comparison.json)."""
+    .png) beside it and group the runs in MLflow; return the summary (comparison.json).
+
+    The experiments are those derived from the commit checked out when the command starts
+    (or ``rev``, with ``collect_only``): a commit made while they run does not hide them."""
     if jobs < 1:
         raise ValueError(f"--jobs {jobs}: run at least one experiment at a time")
     if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
@@ -187,7 +191,11 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
     parsed = row_params(spec, raw, pipeline.params_file)
     threads = os.environ.get(THREADS_ENV) or str(threads_per_experiment(jobs))
     dvc = Dvc(pipeline.root, env={THREADS_ENV: threads})
-    to_queue, pending = _plan(spec, pipeline, raw, experiments(dvc, pipeline))
+    if rev is not None and not collect_only:
+        raise ValueError(f"--rev {rev}: experiments are queued on the commit checked out; "
+                         "--rev only reads back (with --collect-only)")
+    base = rev or dvc.head()
+    to_queue, pending = _plan(spec, pipeline, raw, experiments(dvc, pipeline, base))
     first = parsed[spec.rows[0].label]
     if collect_only:
         log.info("--collect-only: reading back %d experiments", len(spec.experiments()))
@@ -196,8 +204,19 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
         _run(dvc, pipeline, spec, to_queue, pending, jobs)
     else:
         log.info("all %d experiments already ran: reading them back", len(spec.experiments()))
-    result = summary(spec, _collect(dvc, pipeline, spec), pipeline=pipeline.dvc_yaml.as_posix(),
+    try:
+        measured = _collect(dvc, pipeline, spec, base)
+    except RuntimeError as error:
+        earlier = pipeline.layout.comparison_json(spec.name)
+        recorded = read_json(earlier).get("commit") if earlier.is_file() else None
+        if collect_only and recorded and recorded != base:
+            raise RuntimeError(f"{error}\n{earlier} was written from the experiments of commit "
+                               f"{recorded[:7]}: add --rev {recorded} to read them back") from None
+        raise
+    result = summary(spec, measured,
+                     pipeline=pipeline.dvc_yaml.as_posix(),
                      params_file=pipeline.params_file.as_posix())
+    result["commit"] = base
     parent = _parent_run(spec.name, first)
     result["mlflow"] = {"experiment": first.tracking.experiment or first.data.dataset,
                         "parent_run_id": parent}

@@ -92,6 +92,11 @@ class Dvc:
                                f"\n{(done.stdout + done.stderr).strip()[-3000:]}")
         return done
 
+    def head(self) -> str:
+        """The commit checked out (what queued experiments are derived from)."""
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=self.root, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
     def git_show(self, rev: str, path: str) -> str | None:
         shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=self.root, env=self.env,
                                capture_output=True, text=True)
@@ -194,10 +199,10 @@ def _walk(shown: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], str | N
                 yield rev, state
 
 
-def experiments(dvc: Dvc, pipeline: Pipeline) -> list[Experiment]:
-    """Every experiment of the current commit in `dvc exp show --json`, with the pipeline's
-    params and metrics."""
-    shown = json.loads(dvc("exp", "show", "--json").stdout)
+def experiments(dvc: Dvc, pipeline: Pipeline, rev: str | None = None) -> list[Experiment]:
+    """Every experiment derived from commit ``rev`` (default: HEAD) in `dvc exp show --json`,
+    with the pipeline's params and metrics."""
+    shown = json.loads(dvc("exp", "show", "--json", *(("--rev", rev) if rev else ())).stdout)
     metrics_file, baselines_file = (pipeline.path(Layout().metrics_json),
                                     pipeline.path(Layout().baselines_json))
     found = []

@@ -115,6 +115,7 @@ def markdown(result: dict[str, Any]) -> str:
     percent = round(result["confidence"] * 100)
     lines = [
         f"`multitask compare {result['name']}` on `{result['pipeline']}`"
+        + (f" at commit `{result['commit'][:7]}`" if result.get("commit") else "")
         + (f" with {common}" if common else "") + f", seeds {seeds}: mean ± sample standard "
         f"deviation over seeds; Δm% (each seed against that seed's single-task baselines) "
         f"with its {percent}% t interval; *tied*: the interval overlaps the best row's.",
