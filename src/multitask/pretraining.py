@@ -193,7 +193,7 @@ def pretrain(params: Params, layout: Layout) -> dict[str, Any]:
         session.save_network(encoder, fitted.model, params, data)
         start = self_supervised_weights(requested, layout)  # what the next stages load
         run.set_tags({"encoder.sha256": start.sha256, "encoder.file": str(encoder)})
-        example = data.splits[keys.VAL].images[:4].cpu().numpy()
+        example = data.served_example(keys.VAL)
         model_uri = run.log_model(fitted.model, example, [ROTATION_TASK.name],
                                   class_names={ROTATION_TASK.name: ROTATION_CLASS_NAMES},
                                   pixel_mean=data.mean, pixel_std=data.std)

@@ -172,6 +172,8 @@ def test_three_channel_images_are_normalised_per_channel_channels_last(tmp_path:
     # pixel (0, 0): (0 - 0.2) / 0.1 = -2, 0, (0 - 0.5) / 0.25 = -2
     torch.testing.assert_close(x[0, :, 0, 1], torch.tensor([0.0, 2.0, 2.0]))
     torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([-2.0, 0.0, -2.0]))
+    served = data.served_example("test")  # raw pixels, channels first, as served models take
+    assert served.shape == (1, 3, 2, 2) and served[0, :, 0, 1].tolist() == [51, 102, 255]
 
 
 def test_a_per_channel_statistic_of_the_wrong_length_is_named(tmp_path: Path) -> None:

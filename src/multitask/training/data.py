@@ -94,6 +94,12 @@ class ProcessedData:
                  ).permute(0, 3, 1, 2)
         return x.contiguous(memory_format=torch.channels_last)
 
+    def served_example(self, split: str, count: int = 4) -> np.ndarray:
+        """The first ``count`` images of ``split`` as a served model takes them: raw uint8
+        pixels, (N, H, W) for one channel and (N, C, H, W) for more."""
+        images = self.splits[split].images[:count]
+        return (images if images.ndim == 3 else images.permute(0, 3, 1, 2)).cpu().numpy()
+
     def batch_rows(self, split: str, batch_size: int, *, generator: torch.Generator | None = None,
                    subset: Tensor | None = None) -> Iterator[Tensor | slice]:
         """The rows of each batch of ``split``; shuffled when a ``generator`` is given.

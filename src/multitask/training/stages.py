@@ -224,7 +224,7 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
         run.log_artifact(layout.curves_png, "plots")
         run.log_artifact(layout.history_csv, "plots")
         # The logged model takes raw pixels (0..255) and normalises them itself (TaskPredictions).
-        example = data.splits[keys.TEST].images[:4].cpu().numpy()
+        example = data.served_example(keys.TEST)
         run.log_model(fitted.model, example, names, pixel_mean=data.mean, pixel_std=data.std,
                       class_names={t.name: list(t.class_names) for t in tasks})
         final = fitted.kept  # with early stopping the best validation epoch, else the last
