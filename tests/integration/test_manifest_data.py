@@ -4,11 +4,16 @@ validate and preprocess stages read them through ``multitask`` as a user's param
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import importlib.util
 import json
 import shutil
 import sys
+import tarfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -258,3 +263,64 @@ def test_check_stops_a_manifest_without_a_declared_column(example: Path, tmp_pat
     assert cli_main(["check", "--params", str(params)]) == 1
     assert "mine/manifest.csv: no column 'age'" in capsys.readouterr().err
     assert not Layout(tmp_path).params_check.exists()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A folder served over HTTP on 127.0.0.1, and its URL."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_manifest_archive_is_downloaded_verified_and_unpacked(
+        example: Path, tmp_path: Path, served: tuple[Path, str]) -> None:
+    folder, url = served
+    archive = folder / "photos.tar.gz"
+    with tarfile.open(archive, "w:gz") as packed:
+        packed.add(example.parent, arcname=".")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    pipeline_dir = tmp_path / "pipeline"
+    params = pipeline(pipeline_dir, example)
+    raw = yaml.safe_load(params.read_text())
+    raw["data"]["manifest"] = "data/raw/manifest/photos/manifest.csv"
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    sources = {"sources": {"manifest": {"mirrors": [url],
+                                        "archive_sha256": {"photos.tar.gz": digest}}}}
+    (pipeline_dir / "data" / "sources.yaml").write_text(yaml.safe_dump(sources))
+    shutil.rmtree(pipeline_dir / "mine")
+
+    for stage in ("check", "download", "validate", "preprocess"):
+        assert cli_main([stage, "--params", str(params)]) == 0, stage
+    unpacked = Layout(pipeline_dir).source_dir("manifest") / "photos"
+    assert (unpacked / "manifest.csv").read_bytes() == example.read_bytes()
+    meta = processed.read_meta(Layout(pipeline_dir).processed_dir)
+    assert meta["splits"] == {"train": 242, "val": 29, "test": 29}
+
+
+def test_a_manifest_archive_that_does_not_verify_is_refused(
+        example: Path, tmp_path: Path, served: tuple[Path, str],
+        capsys: pytest.CaptureFixture) -> None:
+    folder, url = served
+    (folder / "photos.tar.gz").write_bytes(b"not the published archive")
+    pipeline_dir = tmp_path / "pipeline"
+    params = pipeline(pipeline_dir, example)
+    sources = {"sources": {"manifest": {"mirrors": [url],
+                                        "archive_sha256": {"photos.tar.gz": "0" * 64}}}}
+    (pipeline_dir / "data" / "sources.yaml").write_text(yaml.safe_dump(sources))
+    assert cli_main(["download", "--params", str(params)]) == 1
+    assert "photos.tar.gz: archive sha256 mismatch" in capsys.readouterr().err
+    assert not Layout(pipeline_dir).source_dir("manifest").exists()

@@ -3,6 +3,9 @@ bad input, on small PNG files written here."""
 
 from __future__ import annotations
 
+import io
+import tarfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ from PIL import Image
 
 from multitask.config import ConfigError, DataConfig, ManifestTask, parse_params
 from multitask.data import manifest as mf
+from multitask.data.unpack import archive_folder, unpack, unpack_all
 from multitask.layout import Layout
 
 KINDS = {"species": {"kind": "multiclass"}, "smiling": {"kind": "binary"},
@@ -330,3 +334,39 @@ def test_an_unreadable_image_names_row_and_path_and_writes_nothing(tmp_path: Pat
                                  {"species": {"kind": "multiclass"}}, image_size=8), layout)
     assert not layout.processed_dir.exists()
     assert not any(layout.processed_dir.parent.iterdir())
+
+
+# --------------------------------------------------------------------------------- archives
+def test_archives_unpack_beside_themselves_named_without_their_suffix(tmp_path: Path) -> None:
+    assert archive_folder(tmp_path / "photos.tar.gz") == tmp_path / "photos"
+    assert archive_folder(tmp_path / "photos.tgz") == tmp_path / "photos"
+    assert archive_folder(tmp_path / "photos.zip") == tmp_path / "photos"
+    assert archive_folder(tmp_path / "notes.txt") is None
+    with tarfile.open(tmp_path / "a.tar.gz", "w:gz") as packed:
+        data = b"image,label\n"
+        member = tarfile.TarInfo("sub/manifest.csv")
+        member.size = len(data)
+        packed.addfile(member, io.BytesIO(data))
+    with zipfile.ZipFile(tmp_path / "b.zip", "w") as packed:
+        packed.writestr("manifest.csv", "image\n")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "stale.txt").write_text("from an older archive")
+    assert unpack_all(tmp_path) == [tmp_path / "a", tmp_path / "b"]
+    assert (tmp_path / "a" / "sub" / "manifest.csv").read_text() == "image,label\n"
+    assert not (tmp_path / "a" / "stale.txt").exists()
+    assert (tmp_path / "b" / "manifest.csv").read_text() == "image\n"
+
+
+def test_archive_members_outside_their_folder_are_refused(tmp_path: Path) -> None:
+    with tarfile.open(tmp_path / "evil.tar", "w") as packed:
+        member = tarfile.TarInfo("../outside.txt")
+        packed.addfile(member, io.BytesIO(b""))
+    with pytest.raises(ValueError, match=r"evil\.tar: cannot unpack"):
+        unpack(tmp_path / "evil.tar")
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as packed:
+        packed.writestr("../outside.txt", "")
+    with pytest.raises(ValueError, match=r"evil\.zip: member '\.\./outside\.txt' would land "
+                                         r"outside"):
+        unpack(tmp_path / "evil.zip")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tar", "evil.zip"]
+    assert not (tmp_path.parent / "outside.txt").exists()

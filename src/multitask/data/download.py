@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from multitask import __version__
 from multitask.config import Params, Source, load_sources
-from multitask.data.datasets import SOURCES
+from multitask.data.datasets import MANIFEST, SOURCES
 from multitask.data.sources import (
     ExpectedFile,
     digest_mismatch,
@@ -35,6 +35,7 @@ from multitask.data.sources import (
     remember_verified,
     required_sources,
 )
+from multitask.data.unpack import unpack_all
 from multitask.io import atomic_path
 from multitask.layout import Layout
 
@@ -285,7 +286,12 @@ def fetch_sources(
 def download(params: Params, layout: Layout, sources: Sequence[str] = ()) -> list[Path]:
     """``multitask download [--source NAME ...]``: the stage; returns the verified files.
 
-    The sources file is the layout's (``data/sources.yaml`` beside the params file).
+    The sources file is the layout's (``data/sources.yaml`` beside the params file). A
+    ``manifest`` source's archives are unpacked beside themselves (:mod:`multitask.data.unpack`).
     """
-    return fetch_sources(load_sources(layout.sources), params.data.dataset, layout, sources,
-                         sources_path=layout.sources)
+    sources_file = load_sources(layout.sources)
+    paths = fetch_sources(sources_file, params.data.dataset, layout, sources,
+                          sources_path=layout.sources)
+    if MANIFEST in required_sources(sources_file, params.data.dataset, sources, layout.sources):
+        unpack_all(layout.source_dir(MANIFEST))
+    return paths

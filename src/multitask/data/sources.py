@@ -67,11 +67,15 @@ def required_sources(
     sources: Mapping[str, Source], dataset: str, names: Sequence[str] = (),
     sources_path: str | Path = "data/sources.yaml",
 ) -> dict[str, Source]:
-    """The sources to fetch: ``names`` if given, else those data set ``dataset`` is built from.
+    """The sources to fetch: ``names`` if given, else those data set ``dataset`` is built from
+    (for a manifest: the source ``manifest`` when ``sources`` defines one, else none).
 
     ``sources`` is the content of ``sources_path`` (:func:`multitask.config.load_sources`).
     """
-    wanted = list(dict.fromkeys(names)) or list(DATASETS[dataset].sources)
+    needed = list(DATASETS[dataset].sources)
+    if dataset == MANIFEST and MANIFEST in sources:  # an archive to fetch (multitask.data.unpack)
+        needed = [MANIFEST]
+    wanted = list(dict.fromkeys(names)) or needed
     for name in wanted:
         if name not in sources:
             why = "was asked for" if names else f"is needed by data.dataset={dataset}"
@@ -94,13 +98,13 @@ def check(params: Params, layout: Layout) -> None:
     sets, architectures, weighting methods and their params included); this adds the sources
     file, the sources the data set needs and the device (``train.device: cuda`` without a
     GPU would fail in baselines, after DVC removed their outputs); for ``data.dataset:
-    manifest``, that the manifest reads (its file, columns and split values). The output's
-    content is the same for every valid input, so the stages depending on it rerun only for
-    what they read.
+    manifest`` read in place (no ``manifest`` source to download), that the manifest reads
+    (its file, columns, split values). The output's content is the same for every valid
+    input, so the stages depending on it rerun only for what they read.
     """
     sources = load_sources(layout.sources)
     required_sources(sources, params.data.dataset, sources_path=layout.sources)
-    if params.data.dataset == MANIFEST:
+    if params.data.dataset == MANIFEST and MANIFEST not in sources:  # else download brings it
         data = params.data
         read_manifest(manifest_path(data, layout), data.tasks, data.val_fraction,
                       data.test_fraction, data.seed)
