@@ -369,3 +369,27 @@ def test_baselines_train_evaluate_on_three_kinds(tmp_path: Path, channels: int) 
     assert rows[0] == "actual,predicted" and len(rows) == 1 + 32
     assert {float(row.split(",")[0]) for row in rows[1:]} <= set(range(6, 20))
     assert all(layout.confusion_png(t).stat().st_size > 0 for t in ("shape", "bright", "side"))
+
+
+@pytest.mark.slow
+def test_binary_baselines_train_batched(tmp_path: Path) -> None:
+    """Heads of one width and loss (two binary tasks) train as one grouped LeNet."""
+    layout = Layout(tmp_path)
+    synthetic(tmp_path / "three", channels=1)
+    entries = [ENTRIES[1], {"name": "top", "classes": 2, "class_names": ["no", "yes"],
+                            "kind": "binary"}]
+    images, labels = {}, {}
+    for split in processed.SPLITS:
+        images[split] = np.load(tmp_path / "three" / processed.images_file(split))
+        three = np.load(tmp_path / "three" / processed.labels_file(split))
+        labels[split] = np.stack([three[:, 1], three[:, 0] == 0], axis=1).astype(np.uint8)
+    meta = processed.read_meta(tmp_path / "three")
+    write_folder(layout.processed_dir, images, labels, entries, meta["pixel_mean"],
+                 meta["pixel_std"])
+    params = parse_params({"train": {"epochs": 1, "batch_size": 32, "diagnostics_every": 0,
+                                     "ensemble": "batched"}, "tracking": {"enabled": False}})
+    baselines = stages.baselines(params, layout)
+    assert json.loads(layout.baselines_info.read_text())["ensemble"] == "batched"
+    assert {task: set(values) for task, values in baselines.items()} == {
+        "bright": {"accuracy", "auroc", "f1", "loss"}, "top": {"accuracy", "auroc", "f1", "loss"}}
+    assert all(math.isfinite(v) for values in baselines.values() for v in values.values())
