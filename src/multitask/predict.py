@@ -1,14 +1,19 @@
-"""``multitask predict``: every task's class name and probability for a few images, through a
-logged or registered model.
+"""``multitask predict``: every task's answer for a few images, through a logged or registered
+model.
 
 The logged model (see :func:`multitask.tracking.log_model`) takes float32 raw pixel values 0..255
-shaped (N, C, H, W) and answers the same table as ``mlflow models serve``: per task a column
-``<task>`` (the class name) and ``<task>_probability``. This module turns files into that batch
-and prints the table.
+shaped (N, C, H, W) and answers the same table as ``mlflow models serve``, per task the columns
+of its kind (:func:`multitask.tracking.served.task_columns`): multiclass ``<task>`` (the class
+name) and ``<task>_probability``; binary ``<task>`` (the decided class's name),
+``<task>_decision`` (0/1) and ``<task>_probability`` (of the positive class); regression
+``<task>``, the value in the target's units. This module turns files into that batch and prints
+the table.
 
-Images: PNG/JPEG (converted to grayscale; any other size is scaled to fit the model's canvas,
-keeping the aspect ratio, and padded with black -- the data's background -- with a warning) and
-``.npy`` arrays of pixel values 0..255, shaped (H, W), (N, H, W) or (N, 1, H, W).
+Images: PNG/JPEG (converted to grayscale for a 1-channel model, to RGB for a 3-channel one; any
+other size is scaled to fit the model's canvas, keeping the aspect ratio, and padded with black
+-- the data's background -- with a warning) and ``.npy`` arrays of pixel values 0..255, shaped
+(H, W), (N, H, W) or (N, 1, H, W) for 1 channel, (H, W, C), (N, H, W, C) (as the processed data
+stores them) or (N, C, H, W) for 3.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ MAX_IMAGE_PIXELS = 50_000_000  # about 7000 x 7000: far beyond any input this mo
 
 # ------------------------------------------------------------------------------ reading images
 def _letterbox(image: Any, size: tuple[int, int], source: Path) -> np.ndarray:
-    """Scale a PIL image to fit ``size`` (H, W) keeping its aspect ratio; pad with black."""
+    """Scale a PIL image (mode L or RGB) to fit ``size`` (H, W) keeping its aspect ratio; pad
+    with black."""
     from PIL import Image
 
     height, width = size
@@ -42,13 +48,13 @@ def _letterbox(image: Any, size: tuple[int, int], source: Path) -> np.ndarray:
     scale = min(width / image.size[0], height / image.size[1])
     fitted = image.resize((max(1, round(image.size[0] * scale)),
                            max(1, round(image.size[1] * scale))), Image.Resampling.BILINEAR)
-    canvas = Image.new("L", (width, height), 0)
+    canvas = Image.new(image.mode, (width, height), 0)
     canvas.paste(fitted, ((width - fitted.size[0]) // 2, (height - fitted.size[1]) // 2))
     return np.asarray(canvas, dtype=np.float32)
 
 
 def _read_array(path: Path, channels: int, height: int, width: int) -> np.ndarray:
-    """An ``.npy`` file as float32 (N, H, W) raw pixels; a clear error for anything else."""
+    """An ``.npy`` file as float32 (N, C, H, W) raw pixels; a clear error for anything else."""
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:  # object arrays, truncated or foreign files
@@ -56,13 +62,25 @@ def _read_array(path: Path, channels: int, height: int, width: int) -> np.ndarra
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise ValueError(f"{path}: array of {array.dtype}; save pixel values as numbers")
     array = array.astype(np.float32)
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim == 4 and array.shape[1] == channels:
-        array = array[:, 0] if channels == 1 else array
-    if array.shape[-2:] != (height, width) or array.ndim != 3:
-        raise ValueError(f"{path}: array of shape {array.shape}; expected ({height}, "
-                         f"{width}), (N, {height}, {width}) or (N, 1, {height}, {width})")
+    if channels == 1:
+        if array.ndim == 2:
+            array = array[None]
+        if array.ndim == 4 and array.shape[1] == channels:
+            array = array[:, 0]
+        if array.shape[-2:] != (height, width) or array.ndim != 3:
+            raise ValueError(f"{path}: array of shape {array.shape}; expected ({height}, "
+                             f"{width}), (N, {height}, {width}) or (N, 1, {height}, {width})")
+        array = array[:, None]
+    else:
+        if array.ndim == 3:
+            array = array[None]
+        if array.ndim == 4 and array.shape[1:] == (height, width, channels):
+            array = array.transpose(0, 3, 1, 2)
+        if array.ndim != 4 or array.shape[1:] != (channels, height, width):
+            raise ValueError(
+                f"{path}: array of shape {array.shape}; expected ({height}, {width}, "
+                f"{channels}), (N, {height}, {width}, {channels}) or (N, {channels}, {height}, "
+                f"{width})")
     if not np.isfinite(array).all():
         raise ValueError(f"{path}: {int((~np.isfinite(array)).sum())} NaN or infinite values; "
                          "save raw pixel values 0..255")
@@ -72,8 +90,9 @@ def _read_array(path: Path, channels: int, height: int, width: int) -> np.ndarra
     return array
 
 
-def _read_image(path: Path, height: int, width: int) -> np.ndarray:
-    """A PNG/JPEG file as float32 (H, W) raw grey pixels, letterboxed to the model's size.
+def _read_image(path: Path, channels: int, height: int, width: int) -> np.ndarray:
+    """A PNG/JPEG file as float32 (C, H, W) raw pixels (grey for 1 channel, RGB for 3),
+    letterboxed to the model's size.
 
     The header is checked before any pixel is decoded: a file claiming more than
     :data:`MAX_IMAGE_PIXELS` pixels is refused (a decompression bomb would exhaust memory).
@@ -86,7 +105,9 @@ def _read_image(path: Path, height: int, width: int) -> np.ndarray:
             if pixels > MAX_IMAGE_PIXELS:
                 raise ValueError(f"{path}: {image.size[0]}x{image.size[1]} pixels, more than "
                                  f"{MAX_IMAGE_PIXELS:,}; refused before decoding (resize it)")
-            return _letterbox(image.convert("L"), (height, width), path)
+            pixels_hwc = _letterbox(image.convert("L" if channels == 1 else "RGB"),
+                                    (height, width), path)
+            return pixels_hwc[None] if channels == 1 else pixels_hwc.transpose(2, 0, 1)
     except UnidentifiedImageError:
         raise ValueError(f"{path}: not a readable {path.suffix} image") from None
     except Image.DecompressionBombError as exc:
@@ -109,12 +130,12 @@ def load_images(paths: list[Path], shape: tuple[int, int, int]) -> tuple[np.ndar
             names.extend([str(path)] if len(array) == 1
                          else [f"{path}[{i}]" for i in range(len(array))])
         elif path.suffix.lower() in IMAGE_SUFFIXES:
-            batch.append(_read_image(path, height, width))
+            batch.append(_read_image(path, channels, height, width))
             names.append(str(path))
         else:
             raise ValueError(f"{path}: unsupported file type '{path.suffix}'; give PNG, JPEG "
                              "or .npy files")
-    return np.stack(batch)[:, None].astype(np.float32), names
+    return np.stack(batch).astype(np.float32), names
 
 
 # --------------------------------------------------------------------------------- predicting
@@ -136,8 +157,8 @@ def model_info(model: Any) -> tuple[list[str], tuple[int, int, int]]:
 
 
 def predict_table(model: Any, batch: np.ndarray) -> pd.DataFrame:
-    """The model's answer for a (N, C, H, W) batch: per task ``<task>`` (class name) and
-    ``<task>_probability``, exactly what ``mlflow models serve`` returns."""
+    """The model's answer for a (N, C, H, W) batch: per task the columns of its kind (see the
+    module docstring), exactly what ``mlflow models serve`` returns."""
     tasks, _ = model_info(model)
     table = model.predict(batch.astype(np.float32))
     if not isinstance(table, pd.DataFrame) or not set(tasks) <= set(table.columns):
@@ -147,7 +168,7 @@ def predict_table(model: Any, batch: np.ndarray) -> pd.DataFrame:
 
 
 def predict(model_uri: str, images: Sequence[str | Path], as_json: bool = False) -> int:
-    """``multitask predict --model URI IMAGE... [--json]``: print each image's classes."""
+    """``multitask predict --model URI IMAGE... [--json]``: print each image's answers."""
     from multitask.tracking import load_model
 
     model = load_model(model_uri)

@@ -6,18 +6,27 @@ Every expected value here is worked out by hand in the test's comment.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 import yaml
+from PIL import Image
 
-from multitask import ci_report, keys
-from multitask.config import Params, load_params
+from multitask import ci_report, keys, tracking
+from multitask.config import ModelConfig, Params, TrackingConfig, load_params
 from multitask.gate import TaskChange, higher_is_better, primary_metric, primary_values
 from multitask.layout import Layout
+from multitask.models import build_model
+from multitask.models.serving import TaskPredictions
+from multitask.predict import load_images, predict_table
 from multitask.promotion import Scores, decide, scores_from
 from multitask.tasks import Task
+from multitask.tracking import served
+from multitask.tracking.program import KindPredictions
 from multitask.tuning.reports import pareto_front, select, selection_scores
 from multitask.tuning.space import SearchSpace
 from multitask.tuning.study import Setup
@@ -188,3 +197,131 @@ def test_trial_descriptions_name_the_metric_when_a_task_is_not_judged_on_accurac
         "static species=0.400 age=0.600 -> val species accuracy=0.8100 age mae=3.2000")
     assert describe_choice(choice, {"species": 0.81, "age": 0.7}) == (
         "static species=0.400 age=0.600 -> val accuracy species=0.8100 age=0.7000")
+
+
+# -------------------------------------------------------------------------- predict / serve
+class KnownOutputs(torch.nn.Module):
+    """Head outputs fixed by each image's mean normalised pixel m (0 or 1 here): species logits
+    (0, ln 3, 0); smiling logit ln 3 * (2m - 1); age output 1.5 * (2m - 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        sign = 2 * x.mean(dim=(1, 2, 3)) - 1
+        species = torch.stack([0 * sign, math.log(3) + 0 * sign, 0 * sign], dim=1)
+        return {"species": species * self.scale, "smiling": (math.log(3) * sign)[:, None],
+                "age": (1.5 * sign)[:, None]}
+
+
+KINDS = {t.name: t.kind for t in MIXED}
+TARGETS = {"age": (40.0, 10.0)}
+CLASSES = {"species": ["cat", "dog", "owl"], "smiling": ["no", "yes"]}
+WHITE_AND_BLACK = np.stack([np.full((1, 4, 4), 255.0), np.zeros((1, 4, 4))]).astype(np.float32)
+
+
+def test_the_program_answers_each_kind_on_hand_computed_outputs() -> None:
+    program = KindPredictions(KnownOutputs(), list(KINDS), KINDS, TARGETS).eval()
+    with torch.no_grad():
+        indices, values = program(torch.from_numpy(WHITE_AND_BLACK))
+    # species: softmax(0, ln 3, 0) = (1/5, 3/5, 1/5): class 1 at 0.6 for both images
+    # smiling: sigmoid(ln 3) = 3/4 -> decision 1; sigmoid(-ln 3) = 1/4 -> decision 0
+    # age: 40 + 10 * 1.5 = 55 and 40 - 10 * 1.5 = 25 years
+    assert indices.tolist() == [[1, 1, 0], [1, 0, 0]]
+    assert values.numpy() == pytest.approx(np.array([[0.6, 0.75, 55.0], [0.6, 0.25, 25.0]]))
+
+
+def test_the_served_table_has_each_kinds_columns() -> None:
+    program = KindPredictions(KnownOutputs(), list(KINDS), KINDS, TARGETS).eval()
+    table = served.NamedTaskOutput(program, list(KINDS), CLASSES, KINDS).predict(WHITE_AND_BLACK)
+    assert list(table.columns) == ["species", "species_probability", "smiling",
+                                   "smiling_decision", "smiling_probability", "age"]
+    assert table["species"].tolist() == ["dog", "dog"]
+    assert table["smiling"].tolist() == ["yes", "no"]
+    assert table["smiling_decision"].tolist() == [1, 0]
+    assert table["smiling_probability"].tolist() == pytest.approx([0.75, 0.25])  # P(yes)
+    assert table["age"].tolist() == pytest.approx([55.0, 25.0])
+    assert served.describe_output(list(KINDS), KINDS) == (
+        "per task: multiclass <task> (class name), <task>_probability; binary <task> (class "
+        "name), <task>_decision (0/1), <task>_probability (of the positive class); regression "
+        "<task> (value in the target's units)")
+
+
+def test_multiclass_answers_are_those_of_the_classifier_program_bit_for_bit() -> None:
+    torch.manual_seed(0)
+    tasks = [Task("left", 10), Task("right", 10)]
+    network = build_model(ModelConfig(), tasks, in_channels=1, image_size=36).eval()
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 1, 36, 36))
+                              .astype(np.float32))
+    with torch.no_grad():
+        ours = KindPredictions(network, ["left", "right"], pixel_mean=0.3, pixel_std=0.3)(pixels)
+        theirs = TaskPredictions(network, ["left", "right"], 0.3, 0.3)(pixels)
+    assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+
+
+def test_three_channel_statistics_normalise_each_channel() -> None:
+    seen: list[torch.Tensor] = []
+
+    class Record(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            seen.append(x)
+            return {"age": x.mean(dim=(1, 2, 3))[:, None]}
+
+    program = KindPredictions(Record(), ["age"], {"age": "regression"}, {"age": (0.0, 1.0)},
+                              pixel_mean=[0.0, 0.5, 1.0], pixel_std=[1.0, 0.5, 0.25])
+    program(torch.full((1, 3, 2, 2), 255.0))
+    # (1 - 0) / 1 = 1; (1 - 0.5) / 0.5 = 1; (1 - 1) / 0.25 = 0
+    assert seen[0][0, :, 0, 0].tolist() == [1.0, 1.0, 0.0]
+
+
+def test_a_logged_model_of_every_kind_serves_its_columns_and_signature(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(), MIXED, in_channels=1, image_size=36).eval()
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 36, 36)).astype(np.uint8)
+    params = _params(tmp_path).model_copy(update={"tracking": TrackingConfig(
+        enabled=True, experiment="kinds", system_metrics=False)})
+    with tracking.stage_run(params, "train") as run:
+        uri = run.log_model(model, images[:2], list(KINDS), class_names=CLASSES,
+                            pixel_mean=0.5, pixel_std=0.25, tasks=MIXED)
+    loaded = tracking.load_model(uri)
+    batch = images[:, None].astype(np.float32)
+    table = predict_table(loaded, batch)
+    with torch.no_grad():
+        outputs = model((torch.from_numpy(batch) / 255.0 - 0.5) / 0.25)
+    species = outputs["species"].softmax(1)
+    assert table["species"].tolist() == [CLASSES["species"][i] for i in species.argmax(1)]
+    positive = torch.sigmoid(outputs["smiling"][:, 0])
+    assert table["smiling_probability"].to_numpy() == pytest.approx(positive.numpy(), abs=1e-5)
+    assert table["smiling_decision"].tolist() == (positive > 0.5).long().tolist()
+    assert table["age"].to_numpy() == pytest.approx(
+        (outputs["age"][:, 0] * 10.0 + 40.0).numpy(), abs=1e-4)
+    schema = [(o["name"], o["type"]) for o in loaded.metadata.get_output_schema().to_dict()]
+    assert schema == [("species", "string"), ("species_probability", "float"),
+                      ("smiling", "string"), ("smiling_decision", "long"),
+                      ("smiling_probability", "float"), ("age", "float")]
+    assert loaded.metadata.metadata["kinds"] == KINDS
+    assert loaded.metadata.metadata["units"] == {"age": "years"}
+
+
+def test_log_model_refuses_tasks_that_do_not_match_the_task_names() -> None:
+    with pytest.raises(ValueError, match=r"tasks \['species', 'smiling', 'age'\] do not match"):
+        tracking.log_model("run", torch.nn.Linear(1, 1), np.zeros((2, 1, 4, 4)), ["age"],
+                           tasks=MIXED)
+
+
+def test_three_channel_images_and_arrays_load_channels_first(tmp_path: Path) -> None:
+    rgb = np.zeros((36, 36, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 2] = 200, 50
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    np.save(tmp_path / "stored.npy", np.stack([rgb, rgb]))  # (N, H, W, C) as processed data
+    batch, _ = load_images([tmp_path / "rgb.png", tmp_path / "stored.npy"], (3, 36, 36))
+    assert batch.shape == (3, 3, 36, 36)
+    assert batch[:, :, 5, 5].tolist() == [[200.0, 0.0, 50.0]] * 3
+    np.save(tmp_path / "grey.npy", np.zeros((36, 36), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"grey\.npy: array of shape \(36, 36\); expected "
+                                         r"\(36, 36, 3\)"):
+        load_images([tmp_path / "grey.npy"], (3, 36, 36))

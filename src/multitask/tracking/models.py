@@ -1,14 +1,15 @@
 """The logged model: written as a ``torch.export`` program, loaded through pyfunc.
 
-The exported module is :class:`multitask.models.serving.TaskPredictions`, served with named
-columns by the :mod:`multitask.tracking.served` flavour; this module moves it in and out of
-MLflow and refuses any other model (pickled, or shipping code) before loading it.
+The exported module is :class:`multitask.tracking.program.KindPredictions`, served with named
+columns per task kind by the :mod:`multitask.tracking.served` flavour; this module moves it in
+and out of MLflow and refuses any other model (pickled, or shipping code) before loading it.
 """
 
 from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from multitask.tasks import Task
+
 MODEL_NAME = "model"  # the logged model's name inside its run
 MODEL_URI_TAG = "multitask.model_uri"  # where promote finds the run's model
 MODEL_FORMAT_TAG = "multitask.model_format"  # on registered versions: what loading expects
@@ -29,16 +32,22 @@ MODEL_FORMAT = "torch.export program (pt2), multitask flavour"
 
 def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
               task_names: list[str], *, class_names: dict[str, list[str]] | None = None,
-              pixel_mean: float = 0.0, pixel_std: float = 1.0) -> str:
+              pixel_mean: float | Sequence[float] = 0.0,
+              pixel_std: float | Sequence[float] = 1.0,
+              tasks: Sequence[Task] | None = None) -> str:
     """Log ``model`` so that pyfunc and ``mlflow models serve`` name every task's prediction.
 
-    The logged program is :class:`multitask.models.serving.TaskPredictions` around ``model``,
-    exported with ``torch.export``: it takes float32 raw pixel values 0..255 shaped
+    The logged program is :class:`multitask.tracking.program.KindPredictions` around
+    ``model``, exported with ``torch.export``: it takes float32 raw pixel values 0..255 shaped
     (N, C, H, W) (an (N, H, W) example gets C=1), normalises them as
-    ``(x / 255 - pixel_mean) / pixel_std`` (pass the statistics the trainer used) and gives
-    each task's class index and probability. Served through :mod:`multitask.tracking.served`,
-    the answer is a table with columns ``<task>`` (the class name from ``class_names``) and
-    ``<task>_probability``, in ``task_names`` order; the signature says so. MLflow copies
+    ``(x / 255 - pixel_mean) / pixel_std`` (pass the statistics the trainer used: a float, or
+    one per channel) and gives each task's answer for its kind. ``tasks`` (the declarations of
+    ``task_names``, in that order) says each task's kind and a regression task's target
+    statistics; without it every task is multiclass. Served through
+    :mod:`multitask.tracking.served`, the answer is a table with, per task in ``task_names``
+    order, the columns of its kind (:func:`multitask.tracking.served.task_columns`: class name
+    from ``class_names`` and probability; for binary also the 0/1 decision; for regression the
+    value in the target's units); the signature lists them with their types. MLflow copies
     the run's params onto the logged model, so the experiment's Models tab shows them. Only
     the run :func:`stage_run` opened (MLflow's active run) can log a model. Returns the model
     URI (``models:/<id>``), also stored in the run's ``multitask.model_uri`` tag.
@@ -48,9 +57,13 @@ def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
     import torch
     from mlflow.models import Model, infer_signature
 
-    from multitask.models.serving import TaskPredictions
     from multitask.tracking import served
+    from multitask.tracking.program import KindPredictions
 
+    declared = list(tasks or [])
+    if declared and [t.name for t in declared] != list(task_names):
+        raise ValueError(f"log_model: tasks {[t.name for t in declared]} do not match "
+                         f"task_names {list(task_names)}; pass the same tasks in the same order")
     active = mlflow.active_run()
     if active is None or active.info.run_id != run_id:
         raise RuntimeError(f"log_model: run {run_id} is not the active stage run; "
@@ -60,12 +73,17 @@ def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
         example = example[:, None]
     if len(example) == 1:  # torch.export fixes a batch dimension of size 1 to 1
         example = np.concatenate([example, example])
+    kinds = {t.name: str(t.kind) for t in declared} or {name: "multiclass" for name in task_names}
+    targets = {t.name: (t.target_mean, t.target_std) for t in declared
+               if t.kind == "regression"}
     # A CPU copy: the caller's model stays where it is (``.cpu()`` would move it in place).
-    wrapped = TaskPredictions(copy.deepcopy(model).cpu(), task_names, pixel_mean=pixel_mean,
-                              pixel_std=pixel_std).eval()
+    wrapped = KindPredictions(copy.deepcopy(model).cpu(), task_names, kinds, targets,
+                              pixel_mean=pixel_mean, pixel_std=pixel_std).eval()
     program = served.export_program(wrapped, example)
     names = class_names or {}
-    output = served.NamedTaskOutput(program.module(), task_names, names).predict(example)
+    output = served.NamedTaskOutput(program.module(), task_names, names, kinds).predict(example)
+    units = {t.name: t.unit for t in declared if t.kind == "regression"}
+    classifier = all(kind != "regression" for kind in kinds.values())
     info = Model.log(
         None,  # artifact_path: deprecated in favour of name, still positional
         name=MODEL_NAME,
@@ -73,15 +91,17 @@ def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
         program=program,
         task_names=list(task_names),
         class_names=names,
+        kinds=kinds,
         signature=infer_signature(example, output),
         input_example=example,
         # Explicit requirements: inferring them reloads the model in a subprocess (seconds).
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                           f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
-        metadata={"task_names": list(task_names), "class_names": names,
+        metadata={"task_names": list(task_names), "class_names": names, "kinds": kinds,
+                  **({"units": units} if units else {}),
                   "input": "float32 (N, C, H, W) raw pixel values 0..255",
-                  "output": "per task: <task> (class name), <task>_probability"},
-        model_type="multi-task classifier",
+                  "output": served.describe_output(list(task_names), kinds)},
+        model_type="multi-task classifier" if classifier else "multi-task model",
     )
     client().set_tag(run_id, MODEL_URI_TAG, info.model_uri)
     return info.model_uri
@@ -178,7 +198,7 @@ def network_state(model_uri: str) -> NetworkState:
 
     The logged program is vetted as :func:`load_model` does (nothing pickled, no code), loaded
     with ``torch.export.load`` and its parameters and buffers taken back out of the served
-    wrapper (:class:`multitask.models.serving.TaskPredictions` holds the network as
+    wrapper (:class:`multitask.tracking.program.KindPredictions` holds the network as
     ``model``). Errors name the URI and the store.
     """
     import mlflow.models

@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
     from matplotlib.figure import Figure
+
+    from multitask.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +154,17 @@ class StageRun:
 
     def log_model(self, model: torch.nn.Module, input_example: np.ndarray,
                   task_names: list[str], *, class_names: dict[str, list[str]] | None = None,
-                  pixel_mean: float = 0.0, pixel_std: float = 1.0) -> str | None:
-        """Log the served model (see :func:`multitask.tracking.models.log_model`); None, logging
-        nothing, when tracking is off or ``tracking.log_model`` is false."""
+                  pixel_mean: float | Sequence[float] = 0.0,
+                  pixel_std: float | Sequence[float] = 1.0,
+                  tasks: Sequence[Task] | None = None) -> str | None:
+        """Log the served model (see :func:`multitask.tracking.models.log_model`: ``tasks``
+        gives each task's kind); None, logging nothing, when tracking is off or
+        ``tracking.log_model`` is false."""
         if self.run_id is None or not self.log_models:
             return None
         return log_model(self.run_id, model, input_example, task_names,
-                         class_names=class_names, pixel_mean=pixel_mean, pixel_std=pixel_std)
+                         class_names=class_names, pixel_mean=pixel_mean, pixel_std=pixel_std,
+                         tasks=tasks)
 
     def log_dataset(self, meta: dict[str, Any], source: str) -> None:
         """Record the processed data as the run's training input (``mlflow.log_input``); the

@@ -2,14 +2,20 @@
 
 MLflow's pytorch flavour serves one unnamed tensor, so a client got ``[[3, 7]]`` and had to look
 the task and class names up in the model's metadata. This flavour serves a table instead, one
-row per image and two columns per task::
+row per image and per task the columns its kind yields (:func:`task_columns`)::
 
-    left        left_probability  right    right_probability
-    Trouser     0.97              Sandal   0.88
+    left     left_probability  smiling  smiling_decision  smiling_probability  age
+    Trouser  0.97              yes      1                 0.81                 37.2
 
-The program (:class:`multitask.models.serving.TaskPredictions`, exported with a dynamic batch
-dimension) computes the class indices and probabilities; :class:`NamedTaskOutput` turns the
-indices into the class names recorded in the MLmodel file's ``model_config``. Nothing is
+* multiclass: ``<task>`` the class name, ``<task>_probability`` its probability;
+* binary: ``<task>`` the decided class's name, ``<task>_decision`` 0 or 1 (1 when the positive
+  class's probability is above 0.5), ``<task>_probability`` the *positive* class's probability;
+* regression: ``<task>`` the prediction in the target's units.
+
+The program (:class:`multitask.tracking.program.KindPredictions`, exported with a dynamic batch
+dimension) computes each task's decision and value; :class:`NamedTaskOutput` turns them into
+those columns with the class names and kinds recorded in the MLmodel file's ``model_config``
+(a model logged before task kinds has none: every task is multiclass). Nothing is
 pickled and the store ships no code: pyfunc loads the model through this module's
 :func:`_load_pyfunc` (MLmodel's ``loader_module``), so loading runs this installed package's
 code and ``torch.export.load`` only (:func:`multitask.tracking.models.fetch_checked_model`
@@ -32,22 +38,50 @@ LOADER_MODULE = __name__
 DATA_DIR = "data"
 PROGRAM_FILE = "model.pt2"
 PROBABILITY_SUFFIX = "_probability"
+DECISION_SUFFIX = "_decision"
 
 
 def probability_column(task: str) -> str:
-    """The column holding the probability of ``task``'s predicted class: ``left_probability``."""
+    """The column holding ``task``'s probability: of the predicted class (multiclass), of the
+    positive class (binary): ``left_probability``."""
     return f"{task}{PROBABILITY_SUFFIX}"
 
 
+def decision_column(task: str) -> str:
+    """The column holding a binary task's 0/1 decision: ``smiling_decision``."""
+    return f"{task}{DECISION_SUFFIX}"
+
+
+def task_columns(task: str, kind: str) -> list[str]:
+    """The served columns of ``task`` for its ``kind``, in table order."""
+    if kind == "regression":
+        return [task]
+    if kind == "binary":
+        return [task, decision_column(task), probability_column(task)]
+    return [task, probability_column(task)]
+
+
+def describe_output(task_names: list[str], kinds: dict[str, str]) -> str:
+    """One line for the model's metadata: what each kind's columns hold."""
+    used = dict.fromkeys(kinds.get(task, "multiclass") for task in task_names)
+    words = {"multiclass": "multiclass <task> (class name), <task>_probability",
+             "binary": "binary <task> (class name), <task>_decision (0/1), "
+                       "<task>_probability (of the positive class)",
+             "regression": "regression <task> (value in the target's units)"}
+    return "per task: " + "; ".join(words[kind] for kind in used)
+
+
 class NamedTaskOutput:
-    """The pyfunc implementation: pixels (N, C, H, W) -> a table of class names and
-    probabilities, columns ``<task>`` and ``<task>_probability`` in task order."""
+    """The pyfunc implementation: pixels (N, C, H, W) -> a table with, per task in task order,
+    the columns its kind yields (:func:`task_columns`)."""
 
     def __init__(self, program: torch.nn.Module, task_names: list[str],
-                 class_names: dict[str, list[str]]) -> None:
+                 class_names: dict[str, list[str]], kinds: dict[str, str] | None = None
+                 ) -> None:
         self.program = program
         self.task_names = list(task_names)
         self.class_names = {task: list(names) for task, names in class_names.items()}
+        self.kinds = {task: (kinds or {}).get(task, "multiclass") for task in self.task_names}
 
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
         import numpy as np
@@ -57,13 +91,19 @@ class NamedTaskOutput:
         pixels = np.asarray(data.to_numpy() if isinstance(data, pd.DataFrame) else data,
                             dtype=np.float32)
         with torch.no_grad():
-            indices, probabilities = self.program(torch.from_numpy(pixels))
+            indices, values = self.program(torch.from_numpy(pixels))
         table: dict[str, Any] = {}
         for column, task in enumerate(self.task_names):
+            kind = self.kinds[task]
+            if kind == "regression":
+                table[task] = values[:, column].numpy()
+                continue
             names = self.class_names.get(task) or []
-            table[task] = [names[i] if 0 <= i < len(names) else str(i)
-                           for i in indices[:, column].tolist()]
-            table[probability_column(task)] = probabilities[:, column].numpy()
+            decided = indices[:, column]
+            table[task] = [names[i] if 0 <= i < len(names) else str(i) for i in decided.tolist()]
+            if kind == "binary":
+                table[decision_column(task)] = decided.numpy()
+            table[probability_column(task)] = values[:, column].numpy()
         return pd.DataFrame(table)
 
 
@@ -77,8 +117,8 @@ def export_program(module: torch.nn.Module, example: np.ndarray) -> Any:
 
 
 def save_model(path: str, mlflow_model: Any, *, program: Any, task_names: list[str],
-               class_names: dict[str, list[str]], signature: Any, input_example: np.ndarray,
-               pip_requirements: list[str], **_: Any) -> None:
+               class_names: dict[str, list[str]], kinds: dict[str, str], signature: Any,
+               input_example: np.ndarray, pip_requirements: list[str], **_: Any) -> None:
     """Write the model folder (``mlflow.models.Model.log`` calls this with ``flavor=`` this
     module): the program, the MLmodel file with its pyfunc and ``multitask`` flavours, the
     input example and requirements."""
@@ -93,7 +133,8 @@ def save_model(path: str, mlflow_model: Any, *, program: Any, task_names: list[s
     _save_example(mlflow_model, input_example, str(folder))
     mlflow.pyfunc.add_to_model(
         mlflow_model, loader_module=LOADER_MODULE, data=DATA_DIR,
-        model_config={"task_names": list(task_names), "class_names": class_names})
+        model_config={"task_names": list(task_names), "class_names": class_names,
+                      "kinds": dict(kinds)})
     mlflow_model.add_flavor(FLAVOR, program=f"{DATA_DIR}/{PROGRAM_FILE}",
                             torch_version=str(torch.__version__))
     mlflow_model.save(str(folder / "MLmodel"))
@@ -107,4 +148,4 @@ def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> 
     config = model_config or {}
     program = torch.export.load(str(Path(data_path) / PROGRAM_FILE)).module()
     return NamedTaskOutput(program, list(config.get("task_names") or []),
-                           dict(config.get("class_names") or {}))
+                           dict(config.get("class_names") or {}), dict(config.get("kinds") or {}))
