@@ -100,7 +100,7 @@ class MemberSelections:
     """``train.early_stopping`` for each member on its own, in the trainer's place for a
     :class:`GroupedLeNet`.
 
-    Each member is scored by its own :class:`Selection` on its own validation accuracy (as its
+    Each member is scored by its own :class:`Selection` on its own primary validation metric (as its
     sequential run is), keeps its own best weights and stops after its own patience. A member
     that has stopped is still computed with the others but never scored again (members share
     no parameter, so the others train the same); the run stops when every member has.

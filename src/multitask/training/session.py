@@ -151,7 +151,7 @@ def fit(params: Params, data: ProcessedData, tasks: list[Task], method: Weightin
     """Build the network (its encoder from ``start`` if given) and train it on ``data`` with
     ``method``.
 
-    ``reference``: the single-task baselines' validation accuracies, which early stopping by
+    ``reference``: the single-task baselines' primary validation metrics, which early stopping by
     ``delta_m`` scores against (see :mod:`multitask.training.selection`).
 
     ``model``/``train`` override ``params.model``/``params.train`` (a baseline's hard sharing, a

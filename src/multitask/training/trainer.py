@@ -146,7 +146,7 @@ class Trainer:
     group: distributed.ProcessGroup | None = field(default_factory=distributed.active)
     # the first epochs train the task-specific parameters only (model.freeze_encoder_epochs)
     freeze_encoder_epochs: int = 0
-    # the single-task baselines' validation accuracies (early stopping by delta_m)
+    # the single-task baselines' primary validation metrics (early stopping by delta_m)
     reference: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
