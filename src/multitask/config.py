@@ -124,6 +124,10 @@ _TASK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 # Keys that mean something for one family of data sets only (refused for the other when set).
 COMPOSITE_KEYS = ("canvas_size", "max_shift", "train_size", "test_size")
 MANIFEST_KEYS = ("manifest", "tasks", "channels", "image_size", "resize", "test_fraction")
+COMPOSITE_DEFAULTS: dict[str, Any] = {"canvas_size": 36, "max_shift": 4, "train_size": 120_000,
+                                      "test_size": 20_000}
+MANIFEST_DEFAULTS: dict[str, Any] = {"channels": 3, "image_size": 64, "resize": "pad",
+                                     "test_fraction": 0.1}
 
 
 class DataConfig(_Section):
@@ -132,28 +136,40 @@ class DataConfig(_Section):
     Composite data sets (multifashion, ...): ``canvas_size``, ``max_shift``, ``train_size``,
     ``test_size``. ``dataset: manifest`` (:mod:`multitask.data.manifest`): ``manifest`` (a
     .csv or .parquet file; relative paths from the pipeline folder), ``tasks`` (in label
-    column order), ``channels``, ``image_size``, ``resize`` (pad: letterbox, the whole image
-    kept, black bars; crop: the centre square), ``test_fraction``. Setting a key of the other
-    family is an error. ``val_fraction`` and ``seed`` serve both (a manifest with a ``split``
-    column ignores the fractions).
+    column order), ``channels`` (3), ``image_size`` (64), ``resize`` (pad, the default:
+    letterbox, the whole image kept, black bars; crop: the centre square), ``test_fraction``
+    (0.1). Setting a key of the other family is an error. ``val_fraction`` and ``seed`` serve
+    both (a manifest with a ``split`` column ignores the fractions).
     """
 
     dataset: str = "multifashion"  # a name of multitask.data.datasets.DATASETS
-    canvas_size: int = Field(36, ge=28, le=64)
-    max_shift: int = Field(4, ge=0, le=8)
-    train_size: int = Field(120_000, gt=0)
-    test_size: int = Field(20_000, gt=0)
+    # Each family's keys are None for the other (so that a run logs no value it does not
+    # use); their defaults: COMPOSITE_DEFAULTS, MANIFEST_DEFAULTS.
+    canvas_size: int | None = Field(None, ge=28, le=64)
+    max_shift: int | None = Field(None, ge=0, le=8)
+    train_size: int | None = Field(None, gt=0)
+    test_size: int | None = Field(None, gt=0)
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     seed: int = 0
     manifest: str | None = None
     tasks: dict[str, ManifestTask] = Field(default_factory=dict)
-    channels: Literal[1, 3] = 3
-    image_size: int = Field(64, ge=8, le=1024)
-    resize: Literal["pad", "crop"] = "pad"
-    test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    channels: Literal[1, 3] | None = None
+    image_size: int | None = Field(None, ge=8, le=1024)
+    resize: Literal["pad", "crop"] | None = None
+    test_fraction: float | None = Field(None, gt=0.0, lt=0.5)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        manifest = raw.get("dataset") == MANIFEST
+        return {**(MANIFEST_DEFAULTS if manifest else COMPOSITE_DEFAULTS), **raw}
 
     @model_validator(mode="after")
     def _canvas_fits_shift(self) -> DataConfig:
+        if self.canvas_size is None or self.max_shift is None:
+            return self
         if self.canvas_size - 28 < self.max_shift:
             raise ValueError(
                 f"max_shift={self.max_shift} does not fit a {self.canvas_size}px canvas: "
@@ -169,6 +185,10 @@ class DataConfig(_Section):
             family = "composite data sets" if manifest else "data.dataset: manifest"
             raise ValueError(f"{', '.join(given)}: apply to {family} only; remove "
                              f"{'it' if len(given) == 1 else 'them'} for {self.dataset}")
+        defaults = MANIFEST_DEFAULTS if manifest else COMPOSITE_DEFAULTS
+        if empty := [key for key, value in defaults.items() if getattr(self, key) is None]:
+            raise ValueError(f"{', '.join(empty)}: null; give a value (default "
+                             f"{', '.join(str(defaults[key]) for key in empty)})")
         if not manifest:
             return self
         if not self.manifest:

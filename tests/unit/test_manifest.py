@@ -74,8 +74,16 @@ def test_manifest_params_keep_the_task_order_and_declarations(tmp_path: Path) ->
                                                                                  0.2)
 
 
-def test_pad_is_the_default_resize() -> None:
-    assert DataConfig().resize == "pad"
+def test_a_manifest_defaults_to_colour_64_pixels_padded() -> None:
+    data = DataConfig(dataset="manifest", manifest="m.csv", tasks=KINDS)
+    assert (data.channels, data.image_size, data.resize, data.test_fraction) == (3, 64, "pad",
+                                                                                 0.1)
+
+
+def test_composite_data_sets_have_no_manifest_values() -> None:
+    data = DataConfig()
+    assert (data.manifest, data.tasks, data.channels, data.image_size, data.resize,
+            data.test_fraction) == (None, {}, None, None, None, None)
 
 
 @pytest.mark.parametrize(("data", "message"), [
@@ -108,6 +116,18 @@ def test_manifest_keys_are_refused_for_composite_data_sets() -> None:
     with pytest.raises(ConfigError, match=r"channels, image_size: apply to data\.dataset: "
                                           r"manifest only; remove them for multifashion"):
         parse_params({"data": {"channels": 3, "image_size": 32}}, "p.yaml")
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"canvas_size": None}, "canvas_size: null; give a value (default 36)"),
+    ({"dataset": "manifest", "manifest": "m.csv", "tasks": KINDS, "image_size": None},
+     "image_size: null; give a value (default 64)"),
+])
+def test_a_null_value_of_the_data_sets_own_keys_is_refused(data: dict[str, Any],
+                                                           message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_params({"data": data}, "p.yaml")
+    assert message in str(caught.value)
 
 
 def test_binary_positive_given_as_a_number_is_compared_as_text() -> None:
