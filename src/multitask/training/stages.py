@@ -226,7 +226,7 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
         # The logged model takes raw pixels (0..255) and normalises them itself (TaskPredictions).
         example = data.served_example(keys.TEST)
         run.log_model(fitted.model, example, names, pixel_mean=data.mean, pixel_std=data.std,
-                      class_names={t.name: list(t.class_names) for t in tasks})
+                      class_names={t.name: list(t.class_names) for t in tasks if t.class_names})
         final = fitted.kept  # with early stopping the best validation epoch, else the last
         if fitted.selection is not None:
             run.set_tags({f"early_stopping.{k}": str(v) for k, v in fitted.selection.items()})
