@@ -20,12 +20,21 @@ image_size: 64, tasks: {category: {kind: multiclass}, on_left: {kind: binary, po
 'yes'}, height_px: {kind: regression, unit: px}}}``.
 
     python scripts/make_fashion_manifest.py --out data/fashion-manifest --count 6000
+
+``--archive`` also packs the folder into ``<out>.tar.gz``, byte for byte the same for the same
+files (sorted members, no owners, times or gzip timestamp), and prints its SHA-256: listed as
+the source ``manifest`` in ``data/sources.yaml`` (a folder holding it among the mirrors, the
+digest under ``archive_sha256``), the download stage verifies and unpacks it into
+``data/raw/manifest/<out's name>/``, so DVC sees every image through that digest.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import gzip
+import hashlib
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +75,9 @@ def make_manifest(source: Path, out: Path, count: int, canvas: int = 64, seed: i
         raise ValueError(f"--count {count}: {source} has {len(images)} training images")
     if canvas < 2 * ITEM:
         raise ValueError(f"--canvas {canvas}: at least {2 * ITEM}, so that items shrink and grow")
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {out}: not empty; remove it or name another folder (old "
+                         "images would mix with the new)")
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(images), size=count, replace=False))
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -82,6 +94,26 @@ def make_manifest(source: Path, out: Path, count: int, canvas: int = 64, seed: i
     return manifest
 
 
+def pack(folder: Path) -> Path:
+    """``folder``'s content as ``<folder>.tar.gz`` (``manifest.csv`` at its top), reproducible."""
+    archive = folder.with_name(folder.name + ".tar.gz")
+
+    def plain(member: tarfile.TarInfo) -> tarfile.TarInfo:
+        member.uid = member.gid = 0
+        member.uname = member.gname = ""
+        member.mtime = 0
+        member.mode = 0o755 if member.isdir() else 0o644
+        return member
+
+    with open(archive, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0,
+                                                   filename="") as zipped, \
+            tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as packed:
+        for path in sorted(folder.rglob("*")):
+            packed.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False,
+                       filter=plain)
+    return archive
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEBIAN,
@@ -91,8 +123,13 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=6000, help="images (default 6000)")
     parser.add_argument("--canvas", type=int, default=64, help="canvas side (default 64)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--archive", action="store_true",
+                        help="also write <out>.tar.gz and print its SHA-256")
     args = parser.parse_args()
     print(make_manifest(args.source, args.out, args.count, args.canvas, args.seed))
+    if args.archive:
+        archive = pack(args.out)
+        print(archive, hashlib.sha256(archive.read_bytes()).hexdigest())
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import shutil
 import sys
-import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,8 +70,12 @@ def pixels_hash(pixels: np.ndarray) -> str:
 # ------------------------------------------------------------------------------------ script
 def test_the_script_is_deterministic_and_measures_what_it_says(example: Path,
                                                                tmp_path: Path) -> None:
-    again = script.make_manifest(SAMPLE, tmp_path / "again", COUNT)
+    again = script.make_manifest(SAMPLE, tmp_path / "again" / "example", COUNT)
     assert again.read_bytes() == example.read_bytes()
+    assert script.pack(again.parent).read_bytes() == \
+        script.pack(shutil.copytree(example.parent, tmp_path / "copy" / "example")).read_bytes()
+    with pytest.raises(ValueError, match="not empty; remove it"):
+        script.make_manifest(SAMPLE, again.parent, COUNT)
     table = pd.read_csv(example)
     assert list(table.columns) == ["image", "category", "on_left", "height_px"]
     assert len(table) == COUNT and table["image"].is_unique
@@ -289,9 +292,8 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 def test_a_manifest_archive_is_downloaded_verified_and_unpacked(
         example: Path, tmp_path: Path, served: tuple[Path, str]) -> None:
     folder, url = served
-    archive = folder / "photos.tar.gz"
-    with tarfile.open(archive, "w:gz") as packed:
-        packed.add(example.parent, arcname=".")
+    archive = script.pack(shutil.copytree(example.parent, folder / "photos"))
+    assert archive == folder / "photos.tar.gz"
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     pipeline_dir = tmp_path / "pipeline"
     params = pipeline(pipeline_dir, example)
