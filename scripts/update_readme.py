@@ -2,7 +2,8 @@
 
 Blocks between `<!-- NAME:start -->` and `<!-- NAME:end -->` are replaced:
 - results: the metrics, baselines and train reports of the last `make repro` (paths from
-  multitask.layout), titled from params.yaml's data set
+  multitask.layout), titled from params.yaml's data set; per task its primary metric
+  (accuracy, or MAE in the unit params.yaml's data.tasks declares for a regression task)
 - comparison: reports/comparisons/*/comparison.json (`multitask compare`, each table with its
   plot), then the one-seed tables measured before it (reports/method_comparison.json)
 - pretraining: reports/pretraining/study.md and study.png (scripts/pretraining_study.py)
@@ -20,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from multitask.comparison.report import column_title, primary_metrics
 from multitask.comparison.report import markdown as comparison_table
 from multitask.data.datasets import DATASETS
 from multitask.layout import Layout
@@ -40,7 +42,12 @@ def results() -> str:
         return "_No full-data run recorded yet: run `make repro`._"
     data = (yaml.safe_load(LAYOUT.params.read_text()) or {}).get("data", {})
     title = DATASETS[data.get("dataset", "multifashion")].title
-    tasks = list(metrics["tasks"])
+    primary = primary_metrics(metrics)  # accuracy; MAE for a regression task
+    tasks = list(primary)
+    declared = data.get("tasks") or {}  # a manifest data set's tasks: their units
+    units = {t: (declared.get(t) or {}).get("unit", "") for t in tasks}
+    split = (f"test split ({data['test_size']:,} composites)" if "test_size" in data
+             else "test split")
     weighting = f"`{train.get('requested_weighting', train['weighting'])}` weighting"
     tuned = load(LAYOUT.tuned_weights)
     if train.get("requested_weighting") == "tuned" and tuned:
@@ -48,15 +55,16 @@ def results() -> str:
             + ", chosen by the tune stage)"
     lines = [
         f"Full {title}, {weighting}, {train['epochs']} epochs, "
-        f"{train['device']}; test split ({data.get('test_size', 0):,} composites):",
+        f"{train['device']}; {split}:",
         "",
-        "| | " + " | ".join(f"task `{t}` accuracy" for t in tasks) + " | Δm% |",
+        "| | " + " | ".join(f"task {column_title(t, primary[t], units[t])}" for t in tasks)
+        + " | Δm% |",
         "|---|" + "---|" * (len(tasks) + 1),
         "| multi-task (one network) | " + " | ".join(
-            f"{metrics['tasks'][t]['accuracy']:.4f}" for t in tasks)
+            f"{metrics['tasks'][t][primary[t]]:.4f}" for t in tasks)
         + f" | {metrics['delta_m_pct']:+.2f} |",
         "| single-task baselines (one network per task) | " + " | ".join(
-            f"{baselines['tasks'][t]['accuracy']:.4f}" for t in tasks) + " | 0 (reference) |",
+            f"{baselines['tasks'][t][primary[t]]:.4f}" for t in tasks) + " | 0 (reference) |",
         "",
         f"Training took {train['seconds']:.0f} s wall (median epoch: "
         f"{train['train_images_per_s']:.0f} training images/s).",

@@ -5,9 +5,11 @@ Every expected value here is worked out by hand in the test's comment.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,8 @@ import yaml
 from PIL import Image
 
 from multitask import ci_report, keys, tracking
+from multitask.comparison.report import markdown as comparison_markdown
+from multitask.comparison.report import primary_metrics
 from multitask.config import ModelConfig, Params, TrackingConfig, load_params
 from multitask.gate import TaskChange, higher_is_better, primary_metric, primary_values
 from multitask.layout import Layout
@@ -325,3 +329,66 @@ def test_three_channel_images_and_arrays_load_channels_first(tmp_path: Path) -> 
     with pytest.raises(ValueError, match=r"grey\.npy: array of shape \(36, 36\); expected "
                                          r"\(36, 36, 3\)"):
         load_images([tmp_path / "grey.npy"], (3, 36, 36))
+
+
+# --------------------------------------------------------------------------- README tables
+def _renderer() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("update_readme_kinds",
+                                                  ROOT / "scripts" / "update_readme.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_results_show_each_tasks_primary_metric_with_its_unit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    renderer = _renderer()
+    layout = Layout(tmp_path)
+    monkeypatch.setattr(renderer, "LAYOUT", layout)
+    layout.metrics_json.parent.mkdir(parents=True)
+    layout.metrics_json.write_text(json.dumps({"tasks": {
+        "category": {"accuracy": 0.81234, "macro_f1": 0.8, "loss": 0.5},
+        "on_left": {"accuracy": 0.9, "auroc": 0.95, "f1": 0.9, "loss": 0.2},
+        "height_px": {"mae": 1.23456, "rmse": 2.0, "loss": 0.3}},
+        "mean_accuracy": 0.85617, "delta_m_pct": 1.5}))
+    layout.baselines_json.write_text(json.dumps({"tasks": {
+        "category": {"accuracy": 0.8, "macro_f1": 0.79, "loss": 0.5},
+        "on_left": {"accuracy": 0.91, "auroc": 0.96, "f1": 0.9, "loss": 0.2},
+        "height_px": {"mae": 1.3, "rmse": 2.1, "loss": 0.3}}}))
+    layout.train_json.write_text(json.dumps({"weighting": "equal", "epochs": 2,
+                                             "device": "cpu", "seconds": 12.0,
+                                             "train_images_per_s": 900.0}))
+    layout.params.write_text(yaml.safe_dump({"data": {"dataset": "manifest", "tasks": {
+        "category": {"kind": "multiclass"}, "on_left": {"kind": "binary"},
+        "height_px": {"kind": "regression", "unit": "px"}}}}))
+    lines = renderer.results().splitlines()
+    assert lines[0].endswith("cpu; test split:")  # no composite count for a manifest
+    assert lines[2] == ("| | task `category` accuracy | task `on_left` accuracy | task "
+                        "`height_px` MAE (px) | Δm% |")
+    assert lines[4] == "| multi-task (one network) | 0.8123 | 0.9000 | 1.2346 | +1.50 |"
+    assert lines[5] == ("| single-task baselines (one network per task) | 0.8000 | 0.9100 | "
+                        "1.3000 | 0 (reference) |")
+
+
+def test_comparison_table_names_the_mae_column_and_averages_accuracies_only() -> None:
+    per_seed = {"mean": 0.8, "std": None, "per_seed": [0.8]}
+    mae = {"mean": 3.0, "std": None, "per_seed": [3.0]}
+    result = {"name": "kinds", "pipeline": "dvc.yaml", "seeds": [0], "set": {},
+              "confidence": 0.95, "tasks": ["species", "age"],
+              "metrics": {"species": "accuracy", "age": "mae"},
+              "rows": [{"label": "equal", "overrides": {}, "rank": 1, "tied": False,
+                        "tasks": {"species": per_seed, "age": mae},
+                        "mean_accuracy": per_seed,
+                        "delta_m_pct": {"mean": 1.0, "ci_low": None}}],
+              "baselines": {"species": {"mean": 0.7, "std": None, "per_seed": [0.7]},
+                            "age": {"mean": 4.0, "std": None, "per_seed": [4.0]}}}
+    lines = comparison_markdown(result).splitlines()
+    assert lines[2] == ("| rank | row | overrides | `species` accuracy | `age` MAE | mean "
+                        "accuracy | Δm% [95% interval] | |")
+    assert lines[4] == "| 1 | `equal` |  | 0.8000 | 3.0000 | 0.8000 | +1.00 | best |"
+    # the baselines' mean accuracy is species' alone (0.7), not (0.7 + 4.0) / 2
+    assert lines[5] == ("| | single-task baselines | | 0.7000 | 4.0000 | 0.7000 | "
+                        "0 (reference) | |")
+    assert primary_metrics({"tasks": {"species": {"accuracy": 0.8}, "age": {"mae": 3.0}}}) == {
+        "species": "accuracy", "age": "mae"}

@@ -1,10 +1,11 @@
 """A comparison's results: the summary (comparison.json), the table and the plot.
 
-Per row: each task's test accuracy and the mean accuracy as mean ± sample standard deviation
-over seeds, Δm% (each seed's against that seed's single-task baselines, as
-``reports/metrics.json`` holds it) with its 95% interval, the rank by mean Δm% and whether the
-row is tied with the best (:mod:`.statistics`); the per-seed values, experiment names and MLflow
-run ids beside them; the baselines' own mean ± std over seeds.
+Per row: each task's primary test metric (accuracy; MAE for a regression task, named in the
+summary's ``metrics``) and the mean accuracy (over the classification tasks; absent without
+any) as mean ± sample standard deviation over seeds, Δm% (each seed's against that seed's
+single-task baselines, as ``reports/metrics.json`` holds it) with its 95% interval, the rank by
+mean Δm% and whether the row is tied with the best (:mod:`.statistics`); the per-seed values,
+experiment names and MLflow run ids beside them; the baselines' own mean ± std over seeds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,16 @@ from typing import Any
 from multitask import keys
 from multitask.comparison.rows import Row, Spec
 from multitask.comparison.statistics import CONFIDENCE, Summary, rank, summarise
+from multitask.gate import primary_metric
+
+METRIC_TITLES = {"mae": "MAE", "rmse": "RMSE", "macro_f1": "macro-F1", "auroc": "AUROC",
+                 "f1": "F1"}
+
+
+def column_title(task: str, metric: str, unit: str = "") -> str:
+    """A table's column for ``task``'s ``metric``: ```left` accuracy``, ```age` MAE (years)``."""
+    title = METRIC_TITLES.get(metric, metric)
+    return f"`{task}` {title}" + (f" ({unit})" if unit else "")
 
 
 @dataclass(frozen=True)
@@ -29,28 +40,34 @@ class Measured:
     baselines: dict[str, Any]  # reports/baselines.json
 
 
-def _accuracies(report: dict[str, Any]) -> dict[str, float]:
-    return {task: float(values[keys.ACCURACY]) for task, values in report[keys.TASKS].items()}
+def primary_metrics(report: dict[str, Any]) -> dict[str, str]:
+    """``{task: its primary metric}`` of a metrics report (accuracy; MAE for regression)."""
+    return {task: primary_metric(values) or keys.ACCURACY
+            for task, values in report[keys.TASKS].items()}
 
 
-def _per_task(reports: Sequence[dict[str, Any]], tasks: Sequence[str]) -> dict[str, Summary]:
-    return {task: summarise([_accuracies(report)[task] for report in reports]) for task in tasks}
+def _per_task(reports: Sequence[dict[str, Any]], metrics: dict[str, str]
+              ) -> dict[str, Summary]:
+    return {task: summarise([float(report[keys.TASKS][task][metric]) for report in reports])
+            for task, metric in metrics.items()}
 
 
-def _row(row: Row, measured: Sequence[Measured], tasks: Sequence[str], delta_m: Summary
+def _row(row: Row, measured: Sequence[Measured], metrics: dict[str, str], delta_m: Summary
          ) -> dict[str, Any]:
-    metrics = [m.metrics for m in measured]
+    reports = [m.metrics for m in measured]
+    mean_accuracy = (summarise([float(m[keys.MEAN_ACCURACY]) for m in reports]).as_dict()
+                     if all(keys.MEAN_ACCURACY in m for m in reports) else None)
     return {
         "label": row.label,
         "overrides": dict(row.overrides),
         "seeds": [m.seed for m in measured],
         "experiments": [m.experiment for m in measured],
         "run_ids": [m.run_id for m in measured],
-        keys.TASKS: {t: s.as_dict() for t, s in _per_task(metrics, tasks).items()},
-        keys.MEAN_ACCURACY: summarise([float(m[keys.MEAN_ACCURACY]) for m in metrics]).as_dict(),
+        keys.TASKS: {t: s.as_dict() for t, s in _per_task(reports, metrics).items()},
+        keys.MEAN_ACCURACY: mean_accuracy,
         keys.DELTA_M: delta_m.as_dict(),
         "baselines": {t: s.as_dict() for t, s in
-                      _per_task([m.baselines for m in measured], tasks).items()},
+                      _per_task([m.baselines for m in measured], metrics).items()},
     }
 
 
@@ -58,12 +75,13 @@ def summary(spec: Spec, measured: dict[str, Sequence[Measured]], *, pipeline: st
             params_file: str) -> dict[str, Any]:
     """The content of comparison.json: rows best first (``measured``: row label -> its
     experiments in seed order)."""
-    tasks = list(next(iter(measured.values()))[0].metrics[keys.TASKS])
+    metrics = primary_metrics(next(iter(measured.values()))[0].metrics)
+    tasks = list(metrics)
     delta_m = {row.label: summarise([float(m.metrics[keys.DELTA_M])
                                      for m in measured[row.label]], interval=True)
                for row in spec.rows}
     by_label = {row.label: row for row in spec.rows}
-    rows = [{**_row(by_label[label], measured[label], tasks, delta_m[label]),
+    rows = [{**_row(by_label[label], measured[label], metrics, delta_m[label]),
              "rank": position, "tied": tied}
             for position, (label, tied) in enumerate(rank(delta_m), 1)]
     shared = all(row["baselines"] == rows[0]["baselines"] for row in rows)
@@ -75,6 +93,7 @@ def summary(spec: Spec, measured: dict[str, Sequence[Measured]], *, pipeline: st
         "set": dict(spec.common),
         "confidence": CONFIDENCE,
         keys.TASKS: tasks,
+        "metrics": metrics,  # each task's primary metric, what its columns hold
         "rows": rows,
         # every row against the same baselines (rows that share the seeds and the
         # regularisation), else null: each row's own are in the row
@@ -102,14 +121,29 @@ def _mean_of(per_task: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return summarise(per_seed).as_dict()
 
 
-def _baseline_row(title: str, baselines: dict[str, dict[str, Any]], tasks: Sequence[str]) -> str:
+def _accuracy_cell(per_task: dict[str, dict[str, Any]], metrics: dict[str, str]) -> str:
+    """The mean accuracy over the classification tasks, seed by seed (— without any)."""
+    accuracies = {t: s for t, s in per_task.items() if metrics.get(t) == keys.ACCURACY}
+    return _cell(_mean_of(accuracies)) if accuracies else "—"
+
+
+def _baseline_row(title: str, baselines: dict[str, dict[str, Any]], tasks: Sequence[str],
+                  metrics: dict[str, str]) -> str:
     return (f"| | {title} | | " + " | ".join(_cell(baselines[t]) for t in tasks)
-            + f" | {_cell(_mean_of(baselines))} | 0 (reference) | |")
+            + f" | {_accuracy_cell(baselines, metrics)} | 0 (reference) | |")
+
+
+def _task_metrics(result: dict[str, Any]) -> dict[str, str]:
+    """``{task: metric}`` its columns hold; accuracy where the summary does not say (summaries
+    written before task kinds)."""
+    recorded = result.get("metrics") or {}
+    return {task: recorded.get(task, keys.ACCURACY) for task in result[keys.TASKS]}
 
 
 def markdown(result: dict[str, Any]) -> str:
     """The ranked table with its caption (comparison.md; also the README's)."""
     tasks = result[keys.TASKS]
+    metrics = _task_metrics(result)
     seeds = ", ".join(str(s) for s in result["seeds"])
     common = ", ".join(f"`{k}={v}`" for k, v in result["set"].items())
     percent = round(result["confidence"] * 100)
@@ -120,7 +154,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"deviation over seeds; Δm% (each seed against that seed's single-task baselines) "
         f"with its {percent}% t interval; *tied*: the interval overlaps the best row's.",
         "",
-        "| rank | row | overrides | " + " | ".join(f"`{t}` accuracy" for t in tasks)
+        "| rank | row | overrides | " + " | ".join(column_title(t, metrics[t]) for t in tasks)
         + f" | mean accuracy | Δm% [{percent}% interval] | |",
         "|---|---|---|" + "---|" * (len(tasks) + 3),
     ]
@@ -129,21 +163,22 @@ def markdown(result: dict[str, Any]) -> str:
         mark = "best" if row["rank"] == 1 else ("tied" if row["tied"] else "")
         lines.append(f"| {row['rank']} | `{row['label']}` | {overrides} | "
                      + " | ".join(_cell(row[keys.TASKS][t]) for t in tasks)
-                     + f" | {_cell(row[keys.MEAN_ACCURACY])} | {_delta_m_cell(row[keys.DELTA_M])}"
-                     f" | {mark} |")
+                     + f" | {_cell(row[keys.MEAN_ACCURACY]) if row[keys.MEAN_ACCURACY] else '—'}"
+                     f" | {_delta_m_cell(row[keys.DELTA_M])} | {mark} |")
     if result["baselines"] is not None:
-        lines.append(_baseline_row("single-task baselines", result["baselines"], tasks))
+        lines.append(_baseline_row("single-task baselines", result["baselines"], tasks,
+                                   metrics))
     else:
-        lines += [_baseline_row(f"baselines of `{row['label']}`", row["baselines"], tasks)
-                  for row in result["rows"]]
+        lines += [_baseline_row(f"baselines of `{row['label']}`", row["baselines"], tasks,
+                                metrics) for row in result["rows"]]
     return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------- plot
 def plot(result: dict[str, Any], path: Any) -> None:
-    """Per-task test accuracy of each row, mean ± std over seeds (per-seed values faint);
-    two tasks: one against the other (the Pareto view), else one panel per task. The
-    single-task baselines are marked."""
+    """Per-task primary test metric (accuracy; MAE for a regression task) of each row, mean ±
+    std over seeds (per-seed values faint); two tasks: one against the other (the Pareto view),
+    else one panel per task. The single-task baselines are marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,17 +187,20 @@ def plot(result: dict[str, Any], path: Any) -> None:
     from multitask.training.plots import save_figure
 
     tasks, rows = result[keys.TASKS], result["rows"]
+    metrics = _task_metrics(result)
+    labels = {task: f"test {METRIC_TITLES.get(m, m)}, task {task}" for task, m in metrics.items()}
     baselines = ([("single-task baselines", result["baselines"])] if result["baselines"]
                  else [(f"baselines of {r['label']}", r["baselines"]) for r in rows])
     if len(tasks) == 2:
         fig, axis = plt.subplots(figsize=(6.5, 5.5))
-        _pareto(axis, tasks, rows, baselines)
+        _pareto(axis, tasks, rows, baselines, labels)
     else:
         fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 0.5 * len(rows) + 2),
                                  squeeze=False)
         for axis, task in zip(axes[0], tasks, strict=True):
-            _panel(axis, task, rows, baselines)
-    fig.suptitle(f"multitask compare {result['name']}: test accuracy, mean ± std over "
+            _panel(axis, task, rows, baselines, labels[task])
+    shown = " and ".join(dict.fromkeys(METRIC_TITLES.get(m, m) for m in metrics.values()))
+    fig.suptitle(f"multitask compare {result['name']}: test {shown}, mean ± std over "
                  f"seeds {', '.join(map(str, result['seeds']))}", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
@@ -173,7 +211,7 @@ def _std(summary: dict[str, Any]) -> float:
 
 
 def _pareto(axis: Any, tasks: Sequence[str], rows: Sequence[dict[str, Any]],
-            baselines: Sequence[tuple[str, dict[str, Any]]]) -> None:
+            baselines: Sequence[tuple[str, dict[str, Any]]], labels: dict[str, str]) -> None:
     first, second = tasks
     for row in rows:
         x, y = row[keys.TASKS][first], row[keys.TASKS][second]
@@ -185,14 +223,14 @@ def _pareto(axis: Any, tasks: Sequence[str], rows: Sequence[dict[str, Any]],
         x, y = baseline[first], baseline[second]
         axis.errorbar(x["mean"], y["mean"], xerr=_std(x), yerr=_std(y), fmt="*", color="black",
                       markersize=11, capsize=3, label=label)
-    axis.set_xlabel(f"test accuracy, task {first}")
-    axis.set_ylabel(f"test accuracy, task {second}")
+    axis.set_xlabel(labels[first])
+    axis.set_ylabel(labels[second])
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
 
 
 def _panel(axis: Any, task: str, rows: Sequence[dict[str, Any]],
-           baselines: Sequence[tuple[str, dict[str, Any]]]) -> None:
+           baselines: Sequence[tuple[str, dict[str, Any]]], label: str) -> None:
     positions = range(len(rows))
     for position, row in zip(positions, rows, strict=True):
         summary = row[keys.TASKS][task]
@@ -205,6 +243,6 @@ def _panel(axis: Any, task: str, rows: Sequence[dict[str, Any]],
         axis.axvspan(mean - std, mean + std, color="black", alpha=0.08)
     axis.set_yticks(list(positions), [row["label"] for row in rows])
     axis.invert_yaxis()
-    axis.set_xlabel(f"test accuracy, task {task}")
+    axis.set_xlabel(label)
     axis.grid(axis="x", alpha=0.3)
     axis.legend(fontsize=8)
