@@ -297,6 +297,21 @@ def test_crop_keeps_the_centre_square() -> None:
     assert (fitted[:, :5] == 0).all() and (fitted[:, 5:] == 255).all()
 
 
+def test_a_16_bit_grey_image_keeps_its_top_8_bits(tmp_path: Path) -> None:
+    deep = np.array([[0, 255, 256, 4000], [32768, 65535, 511, 512]], dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert np.asarray(mf.decode(tmp_path / "deep.png", 1)).tolist() == [[0, 0, 1, 15],
+                                                                        [128, 255, 1, 2]]
+
+
+def test_a_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_bytes("image,species,split\na.png,a,train\nb.png,b,train\nc.png,a,val\n"
+                     "d.png,b,test\n".encode("utf-8-sig"))
+    assert read(path, {"species": {"kind": "multiclass"}}).frame["image"].tolist() == [
+        "a.png", "b.png", "c.png", "d.png"]
+
+
 def test_an_image_of_the_size_is_taken_as_it_is() -> None:
     pixels = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
     assert (np.asarray(mf.fit(Image.fromarray(pixels), 8, "pad")) == pixels).all()

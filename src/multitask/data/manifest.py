@@ -122,7 +122,9 @@ def _read_table(path: Path) -> pd.DataFrame:
                                 "installed; install it or save the manifest as CSV") from None
         return pd.read_parquet(path)
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" export starts with a byte-order mark, which
+        # would otherwise become part of the first column's name.
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise ManifestError(f"{path}: not a readable CSV file ({exc})") from None
 
@@ -278,10 +280,16 @@ def missing_images(manifest: Manifest) -> np.ndarray:
 
 
 def decode(path: Path, channels: int) -> Image.Image:
-    """The image at ``path``, upright and in mode L (1 channel) or RGB (3); OSError or
-    ValueError when Pillow cannot read it."""
+    """The image at ``path``, upright and in mode L (1 channel) or RGB (3); OSError, ValueError
+    or DecompressionBombError when Pillow cannot read it.
+
+    A 16-bit grey image keeps its top 8 bits (Pillow's own conversion would clip every value
+    above 255 to white)."""
     with Image.open(path) as image:
         upright = ImageOps.exif_transpose(image)
+        if upright.mode.startswith("I;16"):
+            upright = Image.fromarray((np.asarray(upright, dtype=np.uint16) >> 8)
+                                      .astype(np.uint8))
         return upright.convert("L" if channels == 1 else "RGB")
 
 

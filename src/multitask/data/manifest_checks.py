@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from tqdm import tqdm
 
 from multitask.config import DataConfig, ManifestTask
@@ -51,7 +52,7 @@ def inspect(path: Path, channels: int) -> tuple[str | None, int, int, str | None
         return f"missing: {path}", 0, 0, None
     try:
         image = decode(path, channels)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         return f"unreadable: {exc}", 0, 0, None
     pixels = np.asarray(image)
     digest = hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
