@@ -39,7 +39,7 @@ from multitask import keys
 from multitask.ci_plots import class_order, render_plots
 from multitask.config import CIConfig
 from multitask.errors import ConfigError, validate
-from multitask.gate import EPSILON, RELATIVE_METRICS, TaskChange, higher_is_better, primary_metric
+from multitask.gate import EPSILON, RELATIVE_METRICS, TaskChange, primary_metric
 from multitask.io import atomic_open, read_json
 from multitask.layout import Layout
 
@@ -140,12 +140,12 @@ def compare_metrics(base: PipelineResult, head: PipelineResult) -> list[MetricRo
             if _number(before.get(metric)) is None and _number(after.get(metric)) is None:
                 continue
             rows.append(MetricRow(task, metric, _number(before.get(metric)),
-                                  _number(after.get(metric)), higher_is_better(metric),
+                                  _number(after.get(metric)), keys.higher_is_better(metric),
                                   gated=metric == gated and not auxiliary))
     for key in [*base.metrics, *(k for k in head.metrics if k not in base.metrics)]:
         before, after = _number(base.metrics.get(key)), _number(head.metrics.get(key))
         if before is not None or after is not None:
-            rows.append(MetricRow(None, key, before, after, higher_is_better(key)))
+            rows.append(MetricRow(None, key, before, after, keys.higher_is_better(key)))
     return rows
 
 

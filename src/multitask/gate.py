@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from multitask import keys
-from multitask.tasks import KIND_METRICS, METRICS
+from multitask.tasks import KIND_METRICS
 
 # Deltas this small are float noise: 0.81 - 0.79 must not count as more than 0.02.
 EPSILON = 1e-9
@@ -26,12 +26,6 @@ EPSILON = 1e-9
 PRIMARY_METRICS: tuple[str, ...] = tuple(dict.fromkeys(m[0] for m in KIND_METRICS.values()))
 # Metrics in a target's units: gated relative to the reference value.
 RELATIVE_METRICS = frozenset({"mae", "rmse"})
-
-
-def higher_is_better(metric: str) -> bool:
-    """Whether a larger ``metric`` is better: :data:`multitask.tasks.METRICS` where the metric
-    is declared there, the name's guess (:func:`multitask.keys.higher_is_better`) otherwise."""
-    return METRICS[metric] if metric in METRICS else keys.higher_is_better(metric)
 
 
 def primary_metric(available: Iterable[str]) -> str | None:
@@ -71,7 +65,7 @@ class TaskChange:
     @classmethod
     def of(cls, task: str, metric: str, base: float | None, head: float | None) -> TaskChange:
         """The change of ``task``'s ``metric``, with that metric's direction and tolerance."""
-        return cls(task, base, head, higher_is_better(metric), metric in RELATIVE_METRICS)
+        return cls(task, base, head, keys.higher_is_better(metric), metric in RELATIVE_METRICS)
 
     @property
     def delta(self) -> float | None:

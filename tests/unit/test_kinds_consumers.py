@@ -22,7 +22,7 @@ from multitask import ci_report, keys, tracking
 from multitask.comparison.report import markdown as comparison_markdown
 from multitask.comparison.report import primary_metrics
 from multitask.config import ModelConfig, Params, TrackingConfig, load_params
-from multitask.gate import TaskChange, higher_is_better, primary_metric, primary_values
+from multitask.gate import TaskChange, primary_metric, primary_values
 from multitask.layout import Layout
 from multitask.models import build_model
 from multitask.models.serving import TaskPredictions
@@ -44,10 +44,11 @@ MIXED = [Task("species", 3, class_names=("cat", "dog", "owl")),
 
 # ------------------------------------------------------------------------------------ gates
 def test_mae_and_rmse_are_lower_is_better_by_their_declaration() -> None:
-    # keys.higher_is_better guesses from the name ("loss" in it); MAE has no "loss" in its name
-    assert not higher_is_better("mae") and not higher_is_better("rmse")
-    assert higher_is_better("accuracy") and higher_is_better("auroc")
-    assert not higher_is_better("loss") and higher_is_better("delta_m_pct")
+    # MAE has no "loss" in its name: its direction comes from multitask.tasks.METRICS
+    assert not keys.higher_is_better("mae") and not keys.higher_is_better("rmse")
+    assert keys.higher_is_better("accuracy") and keys.higher_is_better("auroc")
+    assert not keys.higher_is_better("loss") and keys.higher_is_better("delta_m_pct")
+    assert not TaskChange.of("age", "mae", 4.0, 3.0).higher_is_better
 
 
 def test_each_task_is_judged_on_its_kinds_primary_metric() -> None:
