@@ -5,6 +5,7 @@ Every expected value here is worked out by hand in the test's comment.
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -13,15 +14,17 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import optuna
 import pytest
 import torch
 import yaml
 from PIL import Image
 
-from multitask import ci_report, keys, tracking
+from multitask import ci_report, keys, tracking, tuning
 from multitask.comparison.report import markdown as comparison_markdown
 from multitask.comparison.report import primary_metrics
-from multitask.config import ModelConfig, Params, TrackingConfig, load_params
+from multitask.config import ModelConfig, Params, TrackingConfig, load_params, parse_params
+from multitask.data import processed
 from multitask.gate import TaskChange, primary_metric, primary_values
 from multitask.layout import Layout
 from multitask.models import build_model
@@ -393,3 +396,87 @@ def test_comparison_table_names_the_mae_column_and_averages_accuracies_only() ->
                         "0 (reference) | |")
     assert primary_metrics({"tasks": {"species": {"accuracy": 0.8}, "age": {"mae": 3.0}}}) == {
         "species": "accuracy", "age": "mae"}
+
+
+# ----------------------------------------------------- a real study on all three kinds at once
+def _three_kinds(folder: Path, counts: tuple[int, int, int] = (96, 32, 32)) -> None:
+    """A processed folder: squares of side 6..19 px (``side``, regression, px) in one of three
+    corners (``corner``, multiclass), bright or dim (``bright``, binary); float32 labels."""
+    rng = np.random.default_rng(0)
+    arrays: dict[str, np.ndarray] = {}
+    for split, count in zip(processed.SPLITS, counts, strict=True):
+        corner, bright, side = (rng.integers(0, 3, count), rng.integers(0, 2, count),
+                                rng.integers(6, 20, count))
+        canvas = np.zeros((count, 28, 28), np.uint8)
+        for i in range(count):
+            rows = slice(0, side[i]) if corner[i] == 0 else slice(28 - side[i], 28)
+            cols = slice(28 - side[i], 28) if corner[i] == 1 else slice(0, side[i])
+            canvas[i, rows, cols] = 250 if bright[i] else 120
+        arrays[f"{split}_images"] = canvas
+        arrays[f"{split}_labels"] = np.stack([corner, bright, side], axis=1).astype(np.float32)
+    side = arrays["train_labels"][:, 2]
+    pixels = arrays["train_images"] / 255.0
+    tasks = [{"name": "corner", "classes": 3, "class_names": ["tl", "br", "bl"]},
+             {"name": "bright", "classes": 2, "class_names": ["dim", "bright"],
+              "kind": "binary"},
+             {"name": "side", "kind": "regression", "target_mean": float(side.mean()),
+              "target_std": float(side.std()), "unit": "px"}]
+    processed.write(folder, arrays, {
+        "dataset": "synthetic", "image_size": 28, "channels": 1, "tasks": tasks,
+        "splits": dict(zip(processed.SPLITS, counts, strict=True)),
+        "pixel_mean": float(pixels.mean()), "pixel_std": float(pixels.std()), "seed": 0,
+        "sha256": processed.content_hash(arrays)})
+
+
+@pytest.mark.slow
+def test_a_study_on_three_kinds_minimises_the_mae_and_reports_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    layout = Layout(tmp_path)
+    _three_kinds(layout.processed_dir)
+    params = parse_params({
+        "train": {"epochs": 1, "batch_size": 32, "diagnostics_every": 0, "device": "cpu"},
+        "tune": {"n_trials": 3, "epochs": 1, "sampler": "random", "selection": "best_worst"},
+        "tracking": {"enabled": False}}, str(tmp_path / "params.yaml"))
+    chosen = tuning.tune(params, layout)
+    assert set(chosen["values"]) == {"corner", "bright", "side"}
+    study = optuna.load_study(study_name=chosen["study"], storage=tuning.StudyStorage.of(
+        params, layout).optuna)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val/accuracy/corner", "val/accuracy/bright", "val/mae/side"]
+    assert "primary metric per task: accuracy, accuracy, mae" in json.dumps(
+        json.loads(layout.tuning_summary.read_text())["fingerprint"])
+    rows = read_csv_rows(layout.pareto_csv)
+    assert {"val/accuracy/corner", "val/accuracy/bright", "val/mae/side"} <= set(rows[0])
+    # the choice is the front's trial whose worst fraction of the best is highest
+    front = [r for r in rows if r["on_front"] == "1"]
+    points = [[float(r[c]) for c in ("val/accuracy/corner", "val/accuracy/bright",
+                                     "val/mae/side")] for r in front]
+    best = select(selection_scores(points, [True, True, False]), "best_worst")
+    assert front[best]["chosen"] == "1"
+
+
+
+@pytest.mark.slow
+def test_a_single_objective_delta_m_study_on_three_kinds_signs_the_mae(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    layout = Layout(tmp_path)
+    _three_kinds(layout.processed_dir)
+    params = parse_params({
+        "train": {"epochs": 1, "batch_size": 32, "diagnostics_every": 0, "device": "cpu"},
+        "tune": {"n_trials": 2, "epochs": 1, "sampler": "random", "mode": "single",
+                 "objective": "delta_m", "pruner": "none"},
+        "tracking": {"enabled": False}}, str(tmp_path / "params.yaml"))
+    chosen = tuning.tune(params, layout)
+    baselines = json.loads(layout.tuning_summary.read_text())["validation_baselines"]
+    values = chosen["values"]  # the chosen trial's validation accuracy, accuracy, MAE
+    expected = 100 / 3 * ((values["corner"] - baselines["corner"]) / baselines["corner"]
+                          + (values["bright"] - baselines["bright"]) / baselines["bright"]
+                          - (values["side"] - baselines["side"]) / baselines["side"])
+    assert chosen["objective"]["delta_m"] == pytest.approx(expected)
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
