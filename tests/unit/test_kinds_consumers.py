@@ -293,8 +293,9 @@ def test_a_logged_model_of_every_kind_serves_its_columns_and_signature(
     params = _params(tmp_path).model_copy(update={"tracking": TrackingConfig(
         enabled=True, experiment="kinds", system_metrics=False)})
     with tracking.stage_run(params, "train") as run:
+        # no tasks=: the network's own declarations (model.tasks) give the kinds
         uri = run.log_model(model, images[:2], list(KINDS), class_names=CLASSES,
-                            pixel_mean=0.5, pixel_std=0.25, tasks=MIXED)
+                            pixel_mean=0.5, pixel_std=0.25)
     loaded = tracking.load_model(uri)
     batch = images[:, None].astype(np.float32)
     table = predict_table(loaded, batch)

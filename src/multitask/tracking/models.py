@@ -43,7 +43,9 @@ def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
     ``(x / 255 - pixel_mean) / pixel_std`` (pass the statistics the trainer used: a float, or
     one per channel) and gives each task's answer for its kind. ``tasks`` (the declarations of
     ``task_names``, in that order) says each task's kind and a regression task's target
-    statistics; without it every task is multiclass. Served through
+    statistics; without it the network's own declarations (``model.tasks`` of a
+    :class:`multitask.models.base.MultiTaskModel`) do, and a task neither declares is
+    multiclass. Served through
     :mod:`multitask.tracking.served`, the answer is a table with, per task in ``task_names``
     order, the columns of its kind (:func:`multitask.tracking.served.task_columns`: class name
     from ``class_names`` and probability; for binary also the 0/1 decision; for regression the
@@ -60,10 +62,12 @@ def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
     from multitask.tracking import served
     from multitask.tracking.program import KindPredictions
 
-    declared = list(tasks or [])
-    if declared and [t.name for t in declared] != list(task_names):
-        raise ValueError(f"log_model: tasks {[t.name for t in declared]} do not match "
+    if tasks is not None and [t.name for t in tasks] != list(task_names):
+        raise ValueError(f"log_model: tasks {[t.name for t in tasks]} do not match "
                          f"task_names {list(task_names)}; pass the same tasks in the same order")
+    # a multitask network declares its tasks (MultiTaskModel.tasks); other modules: multiclass
+    known = {t.name: t for t in (tasks or getattr(model, "tasks", None) or [])}
+    declared = [known[name] for name in task_names if name in known]
     active = mlflow.active_run()
     if active is None or active.info.run_id != run_id:
         raise RuntimeError(f"log_model: run {run_id} is not the active stage run; "
@@ -73,7 +77,8 @@ def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
         example = example[:, None]
     if len(example) == 1:  # torch.export fixes a batch dimension of size 1 to 1
         example = np.concatenate([example, example])
-    kinds = {t.name: str(t.kind) for t in declared} or {name: "multiclass" for name in task_names}
+    kinds = {name: str(known[name].kind) if name in known else "multiclass"
+             for name in task_names}
     targets = {t.name: (t.target_mean, t.target_std) for t in declared
                if t.kind == "regression"}
     # A CPU copy: the caller's model stays where it is (``.cpu()`` would move it in place).
