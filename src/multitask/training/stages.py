@@ -223,10 +223,12 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
         save_figure(learning_curves(fitted.history, names), layout.curves_png)
         run.log_artifact(layout.curves_png, "plots")
         run.log_artifact(layout.history_csv, "plots")
-        # The logged model takes raw pixels (0..255) and normalises them itself (TaskPredictions).
+        # The logged model takes raw pixels (0..255) and normalises them itself; it answers per
+        # task kind (tracking.program.KindPredictions).
         example = data.served_example(keys.TEST)
         run.log_model(fitted.model, example, names, pixel_mean=data.mean, pixel_std=data.std,
-                      class_names={t.name: list(t.class_names) for t in tasks if t.class_names})
+                      class_names={t.name: list(t.class_names) for t in tasks if t.class_names},
+                      tasks=tasks)
         final = fitted.kept  # with early stopping the best validation epoch, else the last
         if fitted.selection is not None:
             run.set_tags({f"early_stopping.{k}": str(v) for k, v in fitted.selection.items()})
