@@ -80,6 +80,13 @@ def test_delta_m_rewards_a_lower_mae_and_penalises_a_higher_one() -> None:
                    higher) == pytest.approx(-12.5)
 
 
+def test_keys_know_mae_and_rmse_are_lower_is_better() -> None:
+    assert [keys.higher_is_better(m) for m in ("accuracy", "macro_f1", "auroc", "f1")] == [
+        True] * 4
+    assert not keys.higher_is_better("mae") and not keys.higher_is_better("rmse")
+    assert not keys.higher_is_better("loss") and not keys.higher_is_better("train_loss")
+
+
 # ---------------------------------------------------------------------------------- losses
 def test_multiclass_loss_is_cross_entropy_with_label_smoothing() -> None:
     logits, target = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0])
@@ -287,6 +294,21 @@ def test_delta_m_selection_uses_each_primary_metric_with_its_direction() -> None
     # shape +20%, bright 0%, side MAE 3 against 4: +25%: mean 15%
     assert selection.score(record(accuracy_shape=0.6, accuracy_bright=0.8, mae_side=3.0,
                                   rmse_side=9.0)) == pytest.approx(15.0)
+
+
+def test_the_delta_m_reference_is_each_baselines_primary_validation_metric(tmp_path: Path
+                                                                           ) -> None:
+    layout = Layout(tmp_path)
+    layout.baselines_info.parent.mkdir(parents=True)
+    layout.baselines_info.write_text(json.dumps({"validation": {
+        "shape": {"accuracy": 0.7, "macro_f1": 0.6, "loss": 0.9},
+        "side": {"mae": 2.5, "rmse": 3.0, "loss": 0.4}}}))
+    params = parse_params({"train": {"early_stopping": {"patience": 1, "select": "delta_m"}}})
+    assert stages.validation_reference(params, layout, [SHAPE, SIDE]) == {"shape": 0.7,
+                                                                          "side": 2.5}
+    with pytest.raises(ValueError, match=r"no validation accuracy of task 'bright'.*rerun "
+                                         r"multitask baselines"):
+        stages.validation_reference(params, layout, [SHAPE, BRIGHT])
 
 
 # ------------------------------------------------------------------- baselines together
