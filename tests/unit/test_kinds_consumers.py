@@ -29,11 +29,12 @@ from multitask.gate import TaskChange, primary_metric, primary_values
 from multitask.layout import Layout
 from multitask.models import build_model
 from multitask.models.serving import TaskPredictions
-from multitask.predict import load_images, predict_table
+from multitask.predict import load_images, predict, predict_table
 from multitask.promotion import Scores, decide, scores_from
 from multitask.tasks import Task
 from multitask.tracking import served
 from multitask.tracking.program import KindPredictions
+from multitask.training import stages
 from multitask.tuning.reports import pareto_front, select, selection_scores
 from multitask.tuning.space import SearchSpace
 from multitask.tuning.study import Setup
@@ -476,6 +477,37 @@ def test_a_single_objective_delta_m_study_on_three_kinds_signs_the_mae(
                           + (values["bright"] - baselines["bright"]) / baselines["bright"]
                           - (values["side"] - baselines["side"]) / baselines["side"])
     assert chosen["objective"]["delta_m"] == pytest.approx(expected)
+
+
+
+@pytest.mark.slow
+def test_the_trained_three_kind_model_predicts_each_kinds_answer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    layout = Layout(tmp_path)
+    _three_kinds(layout.processed_dir)
+    params = parse_params({
+        "train": {"epochs": 1, "batch_size": 32, "diagnostics_every": 0, "device": "cpu"},
+        "tracking": {"enabled": True, "experiment": "kinds", "system_metrics": False}},
+        str(tmp_path / "params.yaml"))
+    stages.train(params, layout)
+    run_id = json.loads(layout.train_json.read_text())["run_id"]
+    uri = tracking.get_run(run_id).data.tags[tracking.MODEL_URI_TAG]
+    images = np.load(layout.processed_dir / processed.images_file("test"))[:2]
+    np.save(tmp_path / "two.npy", images)
+    assert predict(uri, [tmp_path / "two.npy"], as_json=True) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [sorted(r) for r in records] == [sorted(
+        ["image", "corner", "corner_probability", "bright", "bright_decision",
+         "bright_probability", "side"])] * 2
+    for record in records:
+        assert record["corner"] in ("tl", "br", "bl") and 0 < record["corner_probability"] <= 1
+        assert record["bright"] == ("bright" if record["bright_decision"] else "dim")
+        assert (record["bright_probability"] > 0.5) == bool(record["bright_decision"])
+        # a value in pixels, de-standardised (a standardised output would sit near 0)
+        assert isinstance(record["side"], float) and 0 < record["side"] < 40
 
 
 def read_csv_rows(path: Path) -> list[dict[str, str]]:
