@@ -1,4 +1,5 @@
-"""The CI report's picture: per task, both sides' learning curves and confusion matrices.
+"""The CI report's picture: per task, both sides' learning curves and confusion matrices (a
+regression task: predicted-vs-true scatters).
 
 matplotlib rather than ``dvc plots diff``: DVC renders HTML whose Vega charts load their scripts
 from a CDN and has no offline image export, while this runs on a runner without network and its
@@ -33,7 +34,8 @@ def confusion_matrix(pairs: pd.DataFrame) -> pd.DataFrame:
 
 def render_plots(base: PipelineResult, head: PipelineResult, path: Path) -> bool:
     """Draw one row per task (losses, validation primary metric -- accuracy, or MAE for a
-    regression task --, base and head confusion of classification tasks) to ``path``.
+    regression task --, base and head confusion; for a regression task its predicted-vs-true
+    scatter, from the same ``actual,predicted`` pairs) to ``path``.
 
     Returns False (drawing nothing) when neither side has curves or confusion data.
     """
@@ -69,8 +71,18 @@ def render_plots(base: PipelineResult, head: PipelineResult, path: Path) -> bool
             if ax.lines:
                 ax.legend(fontsize="small")
         for ax, side, name in zip(confusion_axes, (base, head), ("base", "head"), strict=True):
+            if metric != keys.ACCURACY:  # a regression task: its pairs are values, not classes
+                ax.set(title=f"{task}: predicted vs true, {name}", xlabel="true",
+                       ylabel="predicted")
+                if task in side.confusion:
+                    pairs = side.confusion[task].astype(float)
+                    ax.scatter(pairs["actual"], pairs["predicted"], s=8, alpha=0.5)
+                    low = float(min(pairs["actual"].min(), pairs["predicted"].min()))
+                    high = float(max(pairs["actual"].max(), pairs["predicted"].max()))
+                    ax.plot([low, high], [low, high], color="black", linewidth=1)
+                continue
             ax.set(title=f"{task}: confusion, {name}", xlabel="predicted", ylabel="actual")
-            if task in side.confusion and metric == keys.ACCURACY:
+            if task in side.confusion:
                 matrix = confusion_matrix(side.confusion[task])
                 labels = list(matrix.index)
                 ax.imshow(matrix.to_numpy(), vmin=0.0, vmax=1.0, cmap="Blues")

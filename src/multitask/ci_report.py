@@ -290,8 +290,11 @@ def render_markdown(base: PipelineResult, head: PipelineResult, rows: list[Metri
                *(f"| `{k}` | {_param(b)} | {_param(h)} |" for k, b, h in changed)]
               if changed else ["No param changed."])
     tasks = [t for t in base.tasks() if t in head.tasks()]
-    plots = ([f"Learning curves (loss, validation accuracy) and confusion matrices per task, "
-              f"base dashed and head solid: `{plot_name}` in this run's artifacts."]
+    regression = any(base.primary(t) in RELATIVE_METRICS for t in tasks)
+    curves, scatter = (("accuracy or MAE", " (regression: predicted vs true)") if regression
+                       else ("accuracy", ""))
+    plots = ([f"Learning curves (loss, validation {curves}) and confusion matrices per task"
+              f"{scatter}, base dashed and head solid: `{plot_name}` in this run's artifacts."]
              if plot_name else ["_No plots: history or confusion data is missing._"])
     return "\n".join([
         MARKER,

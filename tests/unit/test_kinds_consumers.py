@@ -20,7 +20,7 @@ import torch
 import yaml
 from PIL import Image
 
-from multitask import ci_report, keys, tracking, tuning
+from multitask import ci_plots, ci_report, keys, tracking, tuning
 from multitask.comparison.report import markdown as comparison_markdown
 from multitask.comparison.report import primary_metrics
 from multitask.config import ModelConfig, Params, TrackingConfig, load_params, parse_params
@@ -138,6 +138,34 @@ def test_ci_gate_fails_on_a_relative_mae_rise_and_gates_nothing_else_of_the_task
                                          ci_report.load_result(head_ok), rows, 0.02, None)
     assert ("**Gate: passed.** No task's accuracy dropped by more than 2.00 pp; no task's mae "
             "rose by more than 2.00% (ci.regression_tolerance = 0.02).") in markdown
+
+
+
+def test_ci_report_curves_show_the_mae_and_a_regression_task_has_no_class_table(
+        tmp_path: Path) -> None:
+    sides = {}
+    for name, mae in (("base", 5.0), ("head", 4.0)):
+        folder = _result(tmp_path / name, {"species": {"accuracy": 0.8, "loss": 0.5},
+                                           "age": {"mae": mae, "rmse": 6.0, "loss": 0.4}})
+        (folder / "reports" / "plots").mkdir()
+        (folder / "reports" / "plots" / "history.csv").write_text(
+            "epoch,val/accuracy/species,val/mae/age\n1,0.7,6.5\n2,0.8,5.5\n")
+        (folder / "reports" / "confusion").mkdir()
+        (folder / "reports" / "confusion" / "species.csv").write_text(
+            "actual,predicted\ncat,cat\ndog,cat\n")
+        (folder / "reports" / "confusion" / "age.csv").write_text(
+            "actual,predicted\n30.0,33.5\n41.0,40.0\n")
+        sides[name] = ci_report.load_result(folder)
+    rows = ci_report.compare_metrics(sides["base"], sides["head"])
+    markdown = ci_report.render_markdown(sides["base"], sides["head"], rows, 0.02, "x.png")
+    assert "<summary>Validation accuracy and mae per epoch</summary>" in markdown
+    assert ("| epoch | base `species` accuracy | head `species` accuracy | base `age` mae | "
+            "head `age` mae |") in markdown
+    assert "| 2 | 0.8000 | 0.8000 | 5.5000 | 5.5000 |" in markdown
+    assert "task `species`</summary>" in markdown and "task `age`</summary>" not in markdown
+    assert "| `age` | mae | 5.0000 | 4.0000 | -1.0000 | ✅ better |" in markdown
+    assert ci_plots.render_plots(sides["base"], sides["head"], tmp_path / "plots.png")
+    assert (tmp_path / "plots.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # ----------------------------------------------------------------------------------- tuning
