@@ -20,7 +20,7 @@ import torch
 import yaml
 from PIL import Image
 
-from multitask import ci_plots, ci_report, keys, tracking, tuning
+from multitask import ci_plots, ci_report, keys, promotion, tracking, tuning
 from multitask.comparison.report import markdown as comparison_markdown
 from multitask.comparison.report import primary_metrics
 from multitask.config import ModelConfig, Params, TrackingConfig, load_params, parse_params
@@ -98,6 +98,26 @@ def test_promotion_gate_reads_mae_from_run_metrics_and_refuses_a_rise() -> None:
 def test_mean_accuracy_aggregate_without_classification_tasks_points_to_delta_m() -> None:
     with pytest.raises(ValueError, match=r"no classification task.*promote\.aggregate to delta_m"):
         scores_from({"test/mae/age": 4.0, "test/delta_m_pct": 1.0}, "mean_accuracy", "run x")
+
+
+
+def test_registry_status_lists_each_tasks_primary_metric(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    tags = {"champion": {"test/accuracy/species": "0.9", "test/mae/age": "4.0",
+                         "test/rmse/age": "5.0", "test/delta_m_pct": "1.0"},
+            "challenger": {"test/accuracy/species": "0.92", "test/mae/age": "4.5",
+                           "test/rmse/age": "5.5", "test/delta_m_pct": "2.0"}}
+    versions = {alias: tracking.ModelVersion("kinds", str(i), f"run{i}", "src", tags[alias],
+                                             (alias,))
+                for i, alias in enumerate(("champion", "challenger"), 1)}
+    monkeypatch.setattr(tracking, "version_by_alias", lambda name, alias: versions.get(alias))
+    monkeypatch.setattr(tracking, "describe_uri", lambda: "the store")
+    params = _params(tmp_path)
+    assert promotion.status(params) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[2:4]] == [["age", "mae"], ["species", "accuracy"]]
+    assert lines[2].split()[-1] == "+0.5000"  # the MAE rose by 0.5
 
 
 def _result(folder: Path, tasks: dict[str, dict[str, float]]) -> Path:
