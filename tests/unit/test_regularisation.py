@@ -186,6 +186,29 @@ def test_flip_mirrors_about_half_the_images_and_crop_shifts_with_loss_at_the_bor
     assert (cropped == 0).any() and cropped.shape == images.shape
 
 
+@pytest.mark.parametrize("config", [AugmentConfig(flip=True), AugmentConfig(crop=3),
+                                    AugmentConfig(flip=True, crop=2)])
+def test_colour_images_move_each_channel_as_one_image_would(config: AugmentConfig) -> None:
+    """(B, H, W, C): every channel gets exactly what a grey image with the same draws gets,
+    so the channels of one image stay aligned and in their order."""
+    gen = torch.Generator().manual_seed(1)
+    colour = torch.randint(0, 256, (16, 12, 12, 3), generator=gen, dtype=torch.uint8)
+    augmenter = Augmenter(config)
+    draws = augmenter.draw(16, torch.Generator().manual_seed(2))
+    moved = augmenter.apply(colour, draws)
+    assert moved.shape == colour.shape
+    for channel in range(3):
+        assert torch.equal(moved[..., channel], augmenter.apply(colour[..., channel], draws))
+    assert not torch.equal(moved, colour)
+
+
+def test_shift_refuses_colour_images() -> None:
+    augmenter = Augmenter(AugmentConfig(shift=2))
+    with pytest.raises(ValueError, match="shift: composites only"):
+        augmenter.apply(torch.zeros(2, 8, 8, 3, dtype=torch.uint8),
+                        augmenter.draw(2, torch.Generator().manual_seed(0)))
+
+
 # ----------------------------------------------------------------------------- early stopping
 def record(left: float, right: float) -> dict[str, float]:
     return {"val/accuracy/left": left, "val/accuracy/right": right}

@@ -98,5 +98,5 @@ def task_names(meta: Mapping[str, Any]) -> list[str]:
 
 
 def class_names(meta: Mapping[str, Any]) -> dict[str, list[str]]:
-    """``{task: [class name per class index]}``."""
-    return {t["name"]: list(t["class_names"]) for t in meta["tasks"]}
+    """``{task: [class name per class index]}`` (empty for a regression task)."""
+    return {t["name"]: list(t.get("class_names", ())) for t in meta["tasks"]}

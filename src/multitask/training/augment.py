@@ -46,9 +46,18 @@ class Augmenter:
         return torch.rand(count, _DRAWS, generator=generator, dtype=torch.float64)
 
     def apply(self, images: Tensor, draws: Tensor) -> Tensor:
-        """``images`` (B, H, W) uint8 changed by ``draws`` (B, 5) from :meth:`draw`."""
+        """``images`` (B, H, W) or (B, H, W, C) uint8 changed by ``draws`` (B, 5) from
+        :meth:`draw`; the channels of one image move together."""
         draws = draws.to(images.device)
         config = self.config
+        if images.ndim == 4:  # each channel as an image of its own, with its image's draws
+            count, height, width, channels = images.shape
+            if config.shift:
+                raise ValueError("train.augment.shift: composites only (1 channel); these "
+                                 f"images have {channels}")
+            planes = images.permute(0, 3, 1, 2).reshape(count * channels, height, width)
+            moved = self.apply(planes, draws.repeat_interleave(channels, dim=0))
+            return moved.view(count, channels, height, width).permute(0, 2, 3, 1)
         if config.shift:
             rows, cols = blank_margins(images)
             dy = uniform_int(draws[:, 0], -torch.clamp(rows[0], max=config.shift),
