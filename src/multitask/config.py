@@ -181,7 +181,9 @@ class DataConfig(_Section):
     def _keys_fit_dataset(self) -> DataConfig:
         manifest = self.dataset == MANIFEST
         foreign = COMPOSITE_KEYS if manifest else MANIFEST_KEYS
-        if given := [key for key in foreign if key in self.model_fields_set]:
+        # null (or no tasks) reads as not set: a dumped and reloaded config stays valid
+        if given := [key for key in foreign
+                     if key in self.model_fields_set and getattr(self, key) not in (None, {})]:
             family = "composite data sets" if manifest else "data.dataset: manifest"
             raise ValueError(f"{', '.join(given)}: apply to {family} only; remove "
                              f"{'it' if len(given) == 1 else 'them'} for {self.dataset}")
