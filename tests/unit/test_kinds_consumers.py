@@ -28,12 +28,11 @@ from multitask.data import processed
 from multitask.gate import TaskChange, primary_metric, primary_values
 from multitask.layout import Layout
 from multitask.models import build_model
-from multitask.models.serving import TaskPredictions
+from multitask.models.serving import KindPredictions
 from multitask.predict import load_images, predict, predict_table
 from multitask.promotion import Scores, decide, scores_from
 from multitask.tasks import Task
 from multitask.tracking import served
-from multitask.tracking.program import KindPredictions
 from multitask.training import stages
 from multitask.tuning.reports import pareto_front, select, selection_scores
 from multitask.tuning.space import SearchSpace
@@ -305,16 +304,20 @@ def test_the_served_table_has_each_kinds_columns() -> None:
         "<task> (value in the target's units)")
 
 
-def test_multiclass_answers_are_those_of_the_classifier_program_bit_for_bit() -> None:
+def test_multiclass_answers_are_the_argmax_and_its_softmax_probability() -> None:
     torch.manual_seed(0)
     tasks = [Task("left", 10), Task("right", 10)]
     network = build_model(ModelConfig(), tasks, in_channels=1, image_size=36).eval()
     pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 1, 36, 36))
                               .astype(np.float32))
     with torch.no_grad():
-        ours = KindPredictions(network, ["left", "right"], pixel_mean=0.3, pixel_std=0.3)(pixels)
-        theirs = TaskPredictions(network, ["left", "right"], 0.3, 0.3)(pixels)
-    assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+        indices, values = KindPredictions(network, ["left", "right"], pixel_mean=0.3,
+                                          pixel_std=0.3)(pixels)
+        outputs = network((pixels / 255.0 - 0.3) / 0.3)
+    for column, task in enumerate(("left", "right")):
+        probabilities = torch.softmax(outputs[task].float(), dim=1)
+        assert torch.equal(indices[:, column], probabilities.argmax(dim=1))
+        assert torch.allclose(values[:, column], probabilities.max(dim=1).values)
 
 
 def test_three_channel_statistics_normalise_each_channel() -> None:

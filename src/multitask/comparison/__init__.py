@@ -149,16 +149,19 @@ def _record(result: dict[str, Any], parent: str, files: list[Path]) -> None:
     from multitask.tracking.groups import record_comparison
 
     metrics: dict[str, float] = {}
+    primary = result.get("metrics") or {}  # each task's primary metric (accuracy, mae, ...)
     for row in result["rows"]:
         label, delta_m = row["label"], row[keys.DELTA_M]
         metrics |= {f"{label}/rank": row["rank"], f"{label}/tied": float(row["tied"]),
-                    f"{label}/{keys.DELTA_M}/mean": delta_m["mean"],
-                    f"{label}/{keys.MEAN_ACCURACY}/mean": row[keys.MEAN_ACCURACY]["mean"]}
+                    f"{label}/{keys.DELTA_M}/mean": delta_m["mean"]}
+        if row.get(keys.MEAN_ACCURACY):  # absent without a classification task
+            metrics[f"{label}/{keys.MEAN_ACCURACY}/mean"] = row[keys.MEAN_ACCURACY]["mean"]
         if delta_m.get("ci_low") is not None:
             metrics |= {f"{label}/{keys.DELTA_M}/ci_low": delta_m["ci_low"],
                         f"{label}/{keys.DELTA_M}/ci_high": delta_m["ci_high"]}
         for task, summary_ in row[keys.TASKS].items():
-            metrics[f"{label}/{keys.task_metric(keys.TEST, task, keys.ACCURACY)}/mean"] = \
+            metric = primary.get(task, keys.ACCURACY)
+            metrics[f"{label}/{keys.task_metric(keys.TEST, task, metric)}/mean"] = \
                 summary_["mean"]
     params = {"pipeline": result["pipeline"],
               "set": ",".join(f"{k}={v}" for k, v in result["set"].items()) or "-",

@@ -1,6 +1,6 @@
 """The logged model: written as a ``torch.export`` program, loaded through pyfunc.
 
-The exported module is :class:`multitask.tracking.program.KindPredictions`, served with named
+The exported module is :class:`multitask.models.serving.KindPredictions`, served with named
 columns per task kind by the :mod:`multitask.tracking.served` flavour; this module moves it in
 and out of MLflow and refuses any other model (pickled, or shipping code) before loading it.
 """
@@ -37,7 +37,7 @@ def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
               tasks: Sequence[Task] | None = None) -> str:
     """Log ``model`` so that pyfunc and ``mlflow models serve`` name every task's prediction.
 
-    The logged program is :class:`multitask.tracking.program.KindPredictions` around
+    The logged program is :class:`multitask.models.serving.KindPredictions` around
     ``model``, exported with ``torch.export``: it takes float32 raw pixel values 0..255 shaped
     (N, C, H, W) (an (N, H, W) example gets C=1), normalises them as
     ``(x / 255 - pixel_mean) / pixel_std`` (pass the statistics the trainer used: a float, or
@@ -59,8 +59,8 @@ def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
     import torch
     from mlflow.models import Model, infer_signature
 
+    from multitask.models.serving import KindPredictions
     from multitask.tracking import served
-    from multitask.tracking.program import KindPredictions
 
     if tasks is not None and [t.name for t in tasks] != list(task_names):
         raise ValueError(f"log_model: tasks {[t.name for t in tasks]} do not match "
@@ -203,7 +203,7 @@ def network_state(model_uri: str) -> NetworkState:
 
     The logged program is vetted as :func:`load_model` does (nothing pickled, no code), loaded
     with ``torch.export.load`` and its parameters and buffers taken back out of the served
-    wrapper (:class:`multitask.tracking.program.KindPredictions` holds the network as
+    wrapper (:class:`multitask.models.serving.KindPredictions` holds the network as
     ``model``). Errors name the URI and the store.
     """
     import mlflow.models

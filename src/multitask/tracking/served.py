@@ -12,7 +12,7 @@ row per image and per task the columns its kind yields (:func:`task_columns`)::
   class's probability is above 0.5), ``<task>_probability`` the *positive* class's probability;
 * regression: ``<task>`` the prediction in the target's units.
 
-The program (:class:`multitask.tracking.program.KindPredictions`, exported with a dynamic batch
+The program (:class:`multitask.models.serving.KindPredictions`, exported with a dynamic batch
 dimension) computes each task's decision and value; :class:`NamedTaskOutput` turns them into
 those columns with the class names and kinds recorded in the MLmodel file's ``model_config``
 (a model logged before task kinds has none: every task is multiclass). Nothing is

@@ -224,7 +224,7 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
         run.log_artifact(layout.curves_png, "plots")
         run.log_artifact(layout.history_csv, "plots")
         # The logged model takes raw pixels (0..255) and normalises them itself; it answers per
-        # task kind (tracking.program.KindPredictions).
+        # task kind (models.serving.KindPredictions).
         example = data.served_example(keys.TEST)
         run.log_model(fitted.model, example, names, pixel_mean=data.mean, pixel_std=data.std,
                       class_names={t.name: list(t.class_names) for t in tasks if t.class_names},
