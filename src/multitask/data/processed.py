@@ -63,11 +63,16 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     return dict(read_json(Path(folder) / META_FILE))
 
 
-def load_split(folder: str | Path, split: str, meta: Mapping[str, Any]
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """The images and labels of ``split``, checked against the counts ``meta`` records."""
+def load_split(folder: str | Path, split: str, meta: Mapping[str, Any], *,
+               mapped: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The images and labels of ``split``, checked against the counts ``meta`` records.
+
+    ``mapped``: the images are a read-only memory map of their file (:class:`numpy.memmap`),
+    read from disk as they are indexed, so a split larger than memory can be opened; the
+    labels (small) are read whole either way."""
     folder = Path(folder)
-    images = np.load(folder / images_file(split), allow_pickle=False)
+    images = np.load(folder / images_file(split), allow_pickle=False,
+                     mmap_mode="r" if mapped else None)
     labels = np.load(folder / labels_file(split), allow_pickle=False)
     expected = meta["splits"][split]
     if len(images) != expected or len(labels) != expected:

@@ -1,8 +1,19 @@
-"""The processed data set, resident on the training device as uint8, sliced into batches there.
+"""The processed data set, resident on the training device as uint8 (or memory-mapped when it is
+too large for that), sliced into batches.
 
-The whole data set fits comfortably (MultiFashion: ~180 MB as uint8), so there is no DataLoader
-and no worker processes: a batch is an index into a device tensor, converted to normalised
-float on the device.
+A data set that fits (MultiFashion: ~180 MB as uint8) is loaded whole onto the device, so
+there is no DataLoader and no worker processes: a batch is an index into a device tensor,
+converted to normalised float on the device.
+
+A data set larger than memory (a manifest's images) is memory-mapped instead: its images stay
+in their ``.npy`` files and each batch is gathered from the mapped file (its rows read in
+ascending order, which the page cache and read-ahead favour, then put back in the batch's
+order), copied to the device (through pinned memory on CUDA, so the copy is asynchronous) and
+normalised there. Labels are small and always read whole. Both ways give the same batches, in
+the same order, with the same values for the same seed. The environment variable
+``MULTITASK_MEMMAP`` chooses: ``auto`` (the default) maps the requested splits when their
+images files together exceed half of the memory available now (``MemAvailable``), or on CUDA
+half of the device's free memory; ``1`` always maps, ``0`` never does.
 
 Images are (N, H, W) for one channel and (N, H, W, C) for three; a batch comes out as
 (B, C, H, W) in channels-last memory, standardised with the training split's ``pixel_mean`` and
@@ -14,6 +25,8 @@ loss and metrics want.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +39,26 @@ from torch import Tensor
 from multitask.data import processed
 from multitask.tasks import Task
 
+log = logging.getLogger(__name__)
+
+MEMMAP_ENV = "MULTITASK_MEMMAP"
+MEMMAP_CHOICES = ("auto", "1", "0")
+MEMMAP_SHARE = 0.5  # auto: map when the images exceed this share of the memory available
+
 
 @dataclass
 class Split:
-    images: Tensor  # (N, H, W) or (N, H, W, C) uint8 on the device
-    labels: Tensor  # (N, T) int64 on the device (float32 with a regression task)
+    # (N, H, W) or (N, H, W, C) uint8: a tensor on the device, or a read-only memory map
+    images: Tensor | np.ndarray
+    labels: Tensor  # (N, T) int64 (float32 with a regression task); on the CPU when mapped
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def mapped(self) -> bool:
+        """Whether the images are memory-mapped (read from their file batch by batch)."""
+        return isinstance(self.images, np.ndarray)
 
 
 class ProcessedData:
@@ -50,19 +75,23 @@ class ProcessedData:
         self._channel_mean = torch.tensor(self.mean, device=device)
         self._channel_std = torch.tensor(self.std, device=device)
         regression = any(not task.classification for task in processed.tasks(self.meta))
+        self.mapped = memory_mapped([self.folder / processed.images_file(s) for s in splits],
+                                    device)
+        if self.mapped:
+            log.info("%s: images memory-mapped (%s=%s)", self.folder, MEMMAP_ENV,
+                     os.environ.get(MEMMAP_ENV, "auto"))
         self.splits: dict[str, Split] = {}
         for split in splits:
-            images, labels = processed.load_split(self.folder, split, self.meta)
+            images, labels = processed.load_split(self.folder, split, self.meta,
+                                                  mapped=self.mapped)
             if images.ndim != (3 if self.channels == 1 else 4):
                 raise ValueError(f"{self.folder / processed.images_file(split)}: shape "
                                  f"{images.shape} does not hold {self.channels}-channel "
                                  f"images ({processed.META_FILE} channels); rerun multitask "
                                  "preprocess")
-            self.splits[split] = Split(
-                torch.from_numpy(images).to(device),
-                torch.from_numpy(labels.astype(np.float32 if regression else np.int64)
-                                 ).to(device),
-            )
+            labels_tensor = torch.from_numpy(labels.astype(np.float32 if regression else np.int64))
+            self.splits[split] = (Split(images, labels_tensor) if self.mapped else Split(
+                torch.from_numpy(images).to(device), labels_tensor.to(device)))
 
     @property
     def image_size(self) -> int:
@@ -98,18 +127,23 @@ class ProcessedData:
         """The first ``count`` images of ``split`` as a served model takes them: raw uint8
         pixels, (N, H, W) for one channel and (N, C, H, W) for more."""
         images = self.splits[split].images[:count]
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(np.array(images))  # copied out of the map
         return (images if images.ndim == 3 else images.permute(0, 3, 1, 2)).cpu().numpy()
 
     def batch_rows(self, split: str, batch_size: int, *, generator: torch.Generator | None = None,
                    subset: Tensor | None = None) -> Iterator[Tensor | slice]:
         """The rows of each batch of ``split``; shuffled when a ``generator`` is given.
 
-        ``subset`` restricts the split to those indices (the same subset every epoch).
+        ``subset`` restricts the split to those indices (the same subset every epoch). The rows
+        are on the device, or on the CPU when the split is memory-mapped (they index the file).
         """
-        index = subset
+        mapped = self.splits[split].mapped
+        index = subset.cpu() if mapped and subset is not None else subset
         count = len(index) if index is not None else len(self.splits[split])
         if generator is not None:
-            order = torch.randperm(count, generator=generator).to(self.device)
+            order = torch.randperm(count, generator=generator)
+            order = order if mapped else order.to(self.device)
             index = index[order] if index is not None else order
         for start in range(0, count, batch_size):
             yield slice(start, start + batch_size) if index is None else index[
@@ -120,8 +154,35 @@ class ProcessedData:
         """Normalised images and labels of ``rows`` of ``split``; ``augment`` changes the uint8
         images first (:mod:`multitask.training.augment`)."""
         data = self.splits[split]
-        images = data.images[rows]
-        return self.normalise(images if augment is None else augment(images)), data.labels[rows]
+        if data.mapped:
+            images, labels = self._gather(data, rows)
+        else:
+            images, labels = data.images[rows], data.labels[rows]
+        return self.normalise(images if augment is None else augment(images)), labels
+
+    def _gather(self, data: Split, rows: Tensor | slice) -> tuple[Tensor, Tensor]:
+        """``rows`` of a memory-mapped split, read from its file and copied to the device.
+
+        A slice is one contiguous read. Indices are read in ascending order (a page read for
+        one image serves its neighbours, and read-ahead works forwards) into the batch's
+        positions, so the batch is the one the in-memory path would give. On CUDA the batch is
+        gathered into pinned memory, whose copy to the device runs asynchronously.
+        """
+        mapped = data.images
+        assert isinstance(mapped, np.ndarray)
+        index = (np.arange(len(data))[rows] if isinstance(rows, slice)
+                 else rows.cpu().numpy())
+        pinned = self.device.type == "cuda"
+        batch = torch.empty((len(index), *mapped.shape[1:]), dtype=torch.uint8,
+                            pin_memory=pinned)
+        if isinstance(rows, slice):
+            batch.numpy()[:] = mapped[rows]
+        else:
+            ascending = np.argsort(index, kind="stable")
+            batch.numpy()[ascending] = mapped[index[ascending]]
+        labels = data.labels[torch.from_numpy(index)]
+        return (batch.to(self.device, non_blocking=pinned),
+                labels.to(self.device, non_blocking=pinned))
 
     def batches(self, split: str, batch_size: int, *, generator: torch.Generator | None = None,
                 subset: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
@@ -138,6 +199,35 @@ def targets(y: Tensor, column: int, task: Task) -> Tensor:
     if task.kind == "multiclass":
         return values if values.dtype == torch.int64 else values.long()
     return values.float()
+
+
+def memory_mapped(files: list[Path], device: torch.device) -> bool:
+    """Whether to memory-map images ``files`` rather than load them onto ``device``: what
+    ``MULTITASK_MEMMAP`` says (see the module docstring)."""
+    choice = os.environ.get(MEMMAP_ENV, "auto").strip().lower() or "auto"
+    if choice not in MEMMAP_CHOICES:
+        raise ValueError(f"environment variable {MEMMAP_ENV}={choice!r}: expected one of "
+                         f"{', '.join(MEMMAP_CHOICES)} (auto: map when the images do not fit "
+                         "comfortably in memory)")
+    if choice != "auto":
+        return choice == "1"
+    size = sum(f.stat().st_size for f in files if f.is_file())
+    if size > MEMMAP_SHARE * available_memory():
+        return True
+    return device.type == "cuda" and size > MEMMAP_SHARE * torch.cuda.mem_get_info(device)[0]
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation without swapping (Linux's
+    ``MemAvailable``; elsewhere the free physical pages)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _statistic(meta: dict[str, Any], name: str, folder: Path) -> float | list[float]:
