@@ -149,6 +149,26 @@ def test_training_from_the_map_gives_the_same_network(tmp_path: Path,
     assert histories[0] == histories[1]
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_on_cuda_mapped_batches_come_through_pinned_memory_the_same(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = torch.device("cuda")
+    monkeypatch.setenv(MEMMAP_ENV, "1")
+    mapped = ProcessedData(folder, cuda)
+    monkeypatch.setenv(MEMMAP_ENV, "0")
+    whole = ProcessedData(folder, cuda)
+    assert mapped.mapped and whole.splits["train"].images.is_cuda
+    generators = [torch.Generator().manual_seed(3) for _ in range(2)]
+    for rows_mapped, rows_whole in zip(mapped.batch_rows("train", 16, generator=generators[0]),
+                                       whole.batch_rows("train", 16, generator=generators[1]),
+                                       strict=True):
+        x_mapped, y_mapped = mapped.take("train", rows_mapped)
+        x_whole, y_whole = whole.take("train", rows_whole)
+        assert x_mapped.is_cuda and y_mapped.is_cuda
+        assert torch.equal(x_mapped, x_whole) and torch.equal(y_mapped, y_whole)
+
+
 def test_auto_maps_when_the_images_exceed_half_the_available_memory(
         folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(MEMMAP_ENV, raising=False)
