@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # DVC stage commands call `multitask`: find it without an activated venv (as on CI).
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup system-deps repro repro-sample test test-fast bench lint ui dashboard server clean-sample
+.PHONY: setup system-deps repro repro-sample repro-example test test-fast bench lint ui dashboard server clean-sample
 
 setup: $(STAMP) system-deps
 
@@ -28,6 +28,17 @@ repro: setup
 
 repro-sample: $(STAMP)
 	$(BIN)/dvc repro sample/dvc.yaml
+
+# The heterogeneous example (README, "A heterogeneous example"): its archive, written from
+# Debian's Fashion-MNIST (the same bytes every time), is the download stage's local mirror.
+EXAMPLE := examples/fashion-manifest
+repro-example: setup $(EXAMPLE)/source/fashion.tar.gz
+	$(BIN)/dvc repro $(EXAMPLE)/dvc.yaml
+
+$(EXAMPLE)/source/fashion.tar.gz: scripts/make_fashion_manifest.py
+	rm -rf $(EXAMPLE)/source
+	$(BIN)/python scripts/make_fashion_manifest.py --out $(EXAMPLE)/source/fashion --count 6000 --archive
+	rm -rf $(EXAMPLE)/source/fashion
 
 test: $(STAMP)
 	@bash scripts/system_deps.sh test
