@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from multitask.data.datasets import DATASETS, MANIFEST
+from multitask.data.datasets import CIFAR10, DATASETS, MANIFEST
 from multitask.errors import ConfigError, unknown_name, validate
 from multitask.redaction import redact
 from multitask.tasks import KIND_LOSSES
@@ -138,8 +138,10 @@ class DataConfig(_Section):
     .csv or .parquet file; relative paths from the pipeline folder), ``tasks`` (in label
     column order), ``channels`` (3), ``image_size`` (64), ``resize`` (pad, the default:
     letterbox, the whole image kept, black bars; crop: the centre square), ``test_fraction``
-    (0.1). Setting a key of the other family is an error. ``val_fraction`` and ``seed`` serve
-    both (a manifest with a ``split`` column ignores the fractions).
+    (0.1). ``dataset: cifar10`` (:func:`multitask.data.preprocess.build_cifar10`): neither
+    family's keys, its images and test split are the archive's. Setting a key of another
+    family is an error. ``val_fraction`` and ``seed`` serve all (a manifest with a ``split``
+    column ignores the fractions).
     """
 
     dataset: str = "multifashion"  # a name of multitask.data.datasets.DATASETS
@@ -163,8 +165,7 @@ class DataConfig(_Section):
     def _family_defaults(cls, raw: Any) -> Any:
         if not isinstance(raw, dict):
             return raw
-        manifest = raw.get("dataset") == MANIFEST
-        return {**(MANIFEST_DEFAULTS if manifest else COMPOSITE_DEFAULTS), **raw}
+        return {**_family(raw.get("dataset", "multifashion"))[0], **raw}
 
     @model_validator(mode="after")
     def _canvas_fits_shift(self) -> DataConfig:
@@ -180,14 +181,17 @@ class DataConfig(_Section):
     @model_validator(mode="after")
     def _keys_fit_dataset(self) -> DataConfig:
         manifest = self.dataset == MANIFEST
-        foreign = COMPOSITE_KEYS if manifest else MANIFEST_KEYS
+        defaults, foreign = _family(self.dataset)
         # null (or no tasks) reads as not set: a dumped and reloaded config stays valid
         if given := [key for key in foreign
                      if key in self.model_fields_set and getattr(self, key) not in (None, {})]:
+            if self.dataset == CIFAR10:
+                raise ValueError(f"{', '.join(given)}: not read by data.dataset: cifar10 (its "
+                                 "images and test split are the archive's; it reads only "
+                                 "val_fraction and seed); remove or set null")
             family = "composite data sets" if manifest else "data.dataset: manifest"
             raise ValueError(f"{', '.join(given)}: apply to {family} only; remove "
                              f"{'it' if len(given) == 1 else 'them'} for {self.dataset}")
-        defaults = MANIFEST_DEFAULTS if manifest else COMPOSITE_DEFAULTS
         if empty := [key for key, value in defaults.items() if getattr(self, key) is None]:
             raise ValueError(f"{', '.join(empty)}: null; give a value (default "
                              f"{', '.join(str(defaults[key]) for key in empty)})")
@@ -213,6 +217,19 @@ class DataConfig(_Section):
         if name not in DATASETS:
             raise ValueError(unknown_name("data set", name, DATASETS))
         return name
+
+
+def _family(dataset: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The defaults of a data set's own keys, and the keys of the other families (refused).
+
+    CIFAR-10 is its own family: its images and splits are the archive's, so it has none of
+    the composites' keys nor the manifest's (only val_fraction and seed).
+    """
+    if dataset == MANIFEST:
+        return MANIFEST_DEFAULTS, COMPOSITE_KEYS
+    if dataset == CIFAR10:
+        return {}, COMPOSITE_KEYS + MANIFEST_KEYS
+    return COMPOSITE_DEFAULTS, MANIFEST_KEYS
 
 
 class SourcesFile(_Section):
@@ -241,10 +258,12 @@ class PixelStats(_Section):
 
 class ValidateConfig(_Section):
     class_balance_tolerance: float = Field(0.25, gt=0.0, lt=1.0)
-    # Per source: Fashion-MNIST's pixels average 72.9 (std 90.0), MNIST's 33.3 (std 78.6).
+    # Per source: Fashion-MNIST's pixels average 72.9 (std 90.0), MNIST's 33.3 (std 78.6),
+    # CIFAR-10's 120.7 (std 64.2; all three channels together).
     pixel_stats: dict[str, PixelStats] = Field(default_factory=lambda: {
         "fashion_mnist": PixelStats(mean=(60.0, 86.0), std=(80.0, 100.0)),
         "mnist": PixelStats(mean=(25.0, 42.0), std=(70.0, 88.0)),
+        "cifar10": PixelStats(mean=(108.0, 134.0), std=(55.0, 74.0)),
     })
 
 

@@ -8,6 +8,9 @@ and ``labels``, N integers in 0..9. See https://www.cs.toronto.edu/~kriz/cifar.h
 Images are returned channels-last, uint8 (N, 32, 32, 3), like the IDX readers' (N, H, W) with a
 channel axis added, and labels as uint8 (N,). The batches are unpickled with an unpickler that
 only admits the few numpy names an array needs, so a tampered archive cannot run code.
+
+``data.dataset: cifar10`` reads the archive where the download stage put it
+(:func:`archive_path`); its second task's label, animal or vehicle, is :func:`vehicle_labels`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from multitask.data.datasets import CIFAR10_CLASSES
+from multitask.data.datasets import CIFAR10_CLASSES, CIFAR10_VEHICLES
 
 BATCH_DIR = "cifar-10-batches-py"
 SPLIT_BATCHES: Mapping[str, tuple[str, ...]] = {
@@ -31,6 +34,9 @@ SPLIT_BATCHES: Mapping[str, tuple[str, ...]] = {
     "test": ("test_batch",),
 }
 SIDE, CHANNELS = 32, 3
+ARCHIVE = "cifar-10-python.tar.gz"  # the file data/sources.yaml's cifar10 entry lists
+# class id -> 1 for the four vehicles, 0 for the six animals
+_IS_VEHICLE = np.array([name in CIFAR10_VEHICLES for name in CIFAR10_CLASSES], dtype=np.uint8)
 MAX_BATCH_BYTES = 64 << 20  # each batch pickles 10,000 x 3,072 bytes (about 30 MB)
 _FIX = "delete it and rerun multitask download --source cifar10"
 
@@ -120,3 +126,14 @@ def read_cifar10(path: str | Path) -> dict[Literal["train", "test"], tuple[np.nd
         splits[split] = (np.concatenate([images for images, _ in parts]),
                          np.concatenate([labels for _, labels in parts]))
     return splits
+
+
+def archive_path(folder: str | Path) -> Path:
+    """The archive in a source folder (``data/raw/cifar10``)."""
+    return Path(folder) / ARCHIVE
+
+
+def vehicle_labels(labels: np.ndarray) -> np.ndarray:
+    """1 where a class id (0..9) is a vehicle (airplane, automobile, ship, truck), 0 where it is
+    an animal; uint8, the shape of ``labels``."""
+    return _IS_VEHICLE[labels]

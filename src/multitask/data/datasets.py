@@ -2,7 +2,7 @@
 
 Config validation, download, validate, preprocess, predict and the README renderer all read
 :data:`DATASETS` and :data:`SOURCES`; adding a composite data set is one entry here (plus, if it
-needs a new raw source, that source's entry and its mirrors and digests in ``params.yaml``).
+needs a new raw source, that source's entry and its mirrors and digests in ``data/sources.yaml``).
 
 A composite data set places one item of each task's source on a square canvas: task ``left``'s
 item in the top-left corner, task ``right``'s in the bottom-right (Sener & Koltun, NeurIPS
@@ -23,6 +23,14 @@ DIGIT_CLASSES = tuple(str(digit) for digit in range(10))
 MANIFEST = "manifest"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
+# data.dataset: cifar10 (multitask.data.preprocess): the archive's own images, no canvas. Task
+# object is the 10 classes; task vehicle the top level of the classes' hierarchy, binary: the
+# four machines against the six animals. Binary rather than a 4-way coarse group because that
+# split is the hierarchy's natural one (no grouping of animals to argue over) and because it
+# puts a second task kind (BCE, AUROC) beside the multiclass one.
+CIFAR10 = "cifar10"
+CIFAR10_VEHICLES = ("airplane", "automobile", "ship", "truck")
+VEHICLE_CLASSES = ("animal", "vehicle")  # binary: (negative, positive)
 
 
 @dataclass(frozen=True)
@@ -44,15 +52,18 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task of a composite data set: which source its item comes from."""
+    """One task of a data set: which source its label comes from (a composite's: which source
+    its item comes from) and its kind."""
 
     name: str
     source: str
+    kind: str = "multiclass"  # a kind of multitask.tasks.KINDS
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A composite data set: one task per corner of the canvas, in canvas order."""
+    """A data set built from raw sources: a composite (one task per corner of the canvas, in
+    canvas order) or CIFAR-10 (the source's own images, its tasks in label-column order)."""
 
     title: str  # how people write the name (README, plots)
     tasks: tuple[TaskSpec, ...]
@@ -88,4 +99,8 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType({
     # No raw source to download: the manifest's images are read where they lie. A user's
     # photos may be mirrored or cropped (train.augment: flip, crop) when their labels allow.
     MANIFEST: DatasetSpec("Manifest", (), channels=3, augmentations=("flip", "crop")),
+    # Natural photographs: a mirrored or cropped airplane is still an airplane (and a vehicle).
+    CIFAR10: DatasetSpec("CIFAR-10", (TaskSpec("object", "cifar10"),
+                                      TaskSpec("vehicle", "cifar10", kind="binary")),
+                         channels=3, augmentations=("flip", "crop")),
 })
