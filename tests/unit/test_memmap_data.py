@@ -4,6 +4,7 @@ loaded whole, without loading the images; ``MULTITASK_MEMMAP`` decides (auto by 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,31 @@ def test_training_from_the_map_gives_the_same_network(tmp_path: Path,
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert histories[0] == histories[1]
+
+
+def mapped_resident_kib(path: Path) -> int:
+    """KiB of ``path``'s memory maps resident in this process (``/proc/self/smaps``)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+            inside = line.endswith(str(path.resolve()))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="no /proc/self/smaps")
+def test_the_pages_read_from_a_map_are_released_past_the_budget(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data_module, "MAPPED_RESIDENT", 20 * 16 * 16 * 3)  # 20 images' bytes
+    data = open_data(folder, monkeypatch, mapped=True, splits=("train",))
+    path = folder / processed.images_file("train")
+    first, _ = data.take("train", slice(0, 16))  # 16 images gathered: under the budget
+    assert data.releases == 0 and mapped_resident_kib(path) > 0
+    data.take("train", torch.tensor([40, 20, 30, 50, 60, 21, 22, 23]))  # 24 > 20: released
+    assert data.releases == 1 and data.gathered == 0 and mapped_resident_kib(path) == 0
+    again, _ = data.take("train", slice(0, 16))  # read again from the page cache
+    assert torch.equal(first, again)
 
 
 @pytest.mark.cuda

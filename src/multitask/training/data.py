@@ -10,7 +10,10 @@ in their ``.npy`` files and each batch is gathered from the mapped file (its row
 ascending order, which the page cache and read-ahead favour, then put back in the batch's
 order), copied to the device (through pinned memory on CUDA, so the copy is asynchronous) and
 normalised there. Labels are small and always read whole. Both ways give the same batches, in
-the same order, with the same values for the same seed. The environment variable
+the same order, with the same values for the same seed. The pages a map has read count in the
+process's resident set until the kernel reclaims them; after every ``MAPPED_RESIDENT`` bytes
+gathered they are released (``madvise(MADV_DONTNEED)``: they stay in the page cache, so reading
+them again is cheap), which keeps the resident set bounded. The environment variable
 ``MULTITASK_MEMMAP`` chooses: ``auto`` (the default) maps the requested splits when their
 images files together exceed half of the memory available now (``MemAvailable``), or on CUDA
 half of the device's free memory; ``1`` always maps, ``0`` never does.
@@ -26,6 +29,7 @@ loss and metrics want.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,6 +48,7 @@ log = logging.getLogger(__name__)
 MEMMAP_ENV = "MULTITASK_MEMMAP"
 MEMMAP_CHOICES = ("auto", "1", "0")
 MEMMAP_SHARE = 0.5  # auto: map when the images exceed this share of the memory available
+MAPPED_RESIDENT = 256 * 2**20  # bytes gathered from the maps between releases of their pages
 
 
 @dataclass
@@ -81,6 +86,8 @@ class ProcessedData:
             log.info("%s: images memory-mapped (%s=%s)", self.folder, MEMMAP_ENV,
                      os.environ.get(MEMMAP_ENV, "auto"))
         self.splits: dict[str, Split] = {}
+        self.gathered = 0  # bytes read from the maps since their pages were last released
+        self.releases = 0
         for split in splits:
             images, labels = processed.load_split(self.folder, split, self.meta,
                                                   mapped=self.mapped)
@@ -181,8 +188,21 @@ class ProcessedData:
             ascending = np.argsort(index, kind="stable")
             batch.numpy()[ascending] = mapped[index[ascending]]
         labels = data.labels[torch.from_numpy(index)]
+        self.gathered += batch.nbytes
+        if self.gathered > MAPPED_RESIDENT:
+            self.release_pages()
         return (batch.to(self.device, non_blocking=pinned),
                 labels.to(self.device, non_blocking=pinned))
+
+    def release_pages(self) -> None:
+        """Drop the pages the memory maps hold from this process's resident set (they stay in
+        the page cache; the next read of them maps them again)."""
+        for data in self.splits.values():
+            region = getattr(data.images, "base", None)
+            if isinstance(region, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+                region.madvise(mmap.MADV_DONTNEED)
+        self.gathered = 0
+        self.releases += 1
 
     def batches(self, split: str, batch_size: int, *, generator: torch.Generator | None = None,
                 subset: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
