@@ -1,5 +1,6 @@
 """The ``preprocess`` stage: raw IDX files -> train/val/test composites + ``meta.json``
-(``data.dataset: manifest``: the manifest's images instead, :mod:`multitask.data.manifest`).
+(``data.dataset: manifest``: the manifest's images instead, :mod:`multitask.data.manifest`;
+``data.dataset: cifar10``: the archive's own images, :func:`build_cifar10`).
 
 The validation split is built from base images held out of the training composites, so no item
 is seen in both. The output is the processed format of :mod:`multitask.data.processed`, swapped
@@ -20,11 +21,13 @@ import numpy as np
 
 from multitask.config import DataConfig, Params
 from multitask.data import processed
+from multitask.data.cifar import archive_path, read_cifar10, vehicle_labels
 from multitask.data.composites import build_composites
-from multitask.data.datasets import DATASETS, MANIFEST, SOURCES
+from multitask.data.datasets import CIFAR10, DATASETS, MANIFEST, SOURCES, VEHICLE_CLASSES
 from multitask.data.idx import read_split
 from multitask.data.manifest import build_manifest
 from multitask.layout import Layout
+from multitask.tasks import KIND_LOSSES
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,13 @@ def load_pool(folder: Path, val_fraction: float, rng: np.random.Generator,
     test_x, test_y = read_split(folder, "test")
     train_y = _checked_labels(folder, "train", train_y, classes)
     test_y = _checked_labels(folder, "test", test_y, classes)
+    return split_pool(train_x, train_y, test_x, test_y, val_fraction, rng)
+
+
+def split_pool(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+               test_y: np.ndarray, val_fraction: float, rng: np.random.Generator) -> Pool:
+    """The test split as given; ``val_fraction`` of the training images (drawn by ``rng``, kept
+    in their original order) held out as val."""
     order = rng.permutation(len(train_x))
     n_val = max(1, round(val_fraction * len(train_x)))
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
@@ -109,21 +119,69 @@ def build_dataset(config: DataConfig, layout: Layout
     return arrays, meta
 
 
+def _channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel pixel mean and std of (N, H, W, C) uint8 images, on the 0..1 scale."""
+    channels = [images[..., c] for c in range(images.shape[-1])]  # one float64 copy at a time
+    return ([float(c.mean(dtype=np.float64) / 255.0) for c in channels],
+            [float(c.std(dtype=np.float64) / 255.0) for c in channels])
+
+
+def build_cifar10(config: DataConfig, layout: Layout
+                  ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``data.dataset: cifar10``: the archive's test batch as test, ``val_fraction`` of its
+    training batches held out as val (drawn with ``config.seed``); images (N, 32, 32, 3)
+    uint8, labels (N, 2) uint8: ``object`` (class id 0..9) and ``vehicle`` (1: a vehicle)."""
+    spec = DATASETS[CIFAR10]
+    (source,) = spec.sources
+    splits = read_cifar10(archive_path(layout.source_dir(source)))
+    pool = split_pool(*splits["train"], *splits["test"], config.val_fraction,
+                      np.random.default_rng(config.seed))
+    arrays: dict[str, np.ndarray] = {}
+    for split in processed.SPLITS:
+        labels = pool.labels[split]
+        arrays[f"{split}_images"] = pool.images[split]
+        arrays[f"{split}_labels"] = np.stack([labels, vehicle_labels(labels)], axis=1)
+    pixel_mean, pixel_std = _channel_stats(arrays["train_images"])
+    object_task, vehicle_task = spec.tasks
+    meta = {
+        "dataset": CIFAR10,
+        "tasks": [
+            {"name": object_task.name, "classes": SOURCES[source].num_classes,
+             "source": source, "class_names": list(SOURCES[source].class_names),
+             "kind": object_task.kind, "loss": KIND_LOSSES[object_task.kind][0]},
+            {"name": vehicle_task.name, "classes": len(VEHICLE_CLASSES), "source": source,
+             "class_names": list(VEHICLE_CLASSES), "kind": vehicle_task.kind,
+             "loss": KIND_LOSSES[vehicle_task.kind][0]},
+        ],
+        "splits": {split: len(pool.images[split]) for split in processed.SPLITS},
+        "image_size": SOURCES[source].item_shape[0],
+        "channels": spec.channels,
+        "seed": config.seed,
+        "pixel_mean": pixel_mean,  # per channel (R, G, B), training split
+        "pixel_std": pixel_std,
+        "base_images": {source: {k: len(v) for k, v in pool.images.items()}},
+        "sha256": processed.content_hash(arrays),
+    }
+    return arrays, meta
+
+
 def preprocess(params: Params, layout: Layout) -> dict[str, Any]:
     """``multitask preprocess``: build the composites (or read ``data.dataset: manifest``'s
-    images, :mod:`multitask.data.manifest`) and write the processed folder; returns its
-    ``meta.json`` content."""
+    images, :mod:`multitask.data.manifest`, or CIFAR-10's, :func:`build_cifar10`) and write
+    the processed folder; returns its ``meta.json`` content."""
     if params.data.dataset == MANIFEST:
         return build_manifest(params.data, layout)
     return preprocess_data(params.data, layout)
 
 
 def preprocess_data(config: DataConfig, layout: Layout) -> dict[str, Any]:
-    """Build the composites ``config`` describes from ``layout``'s raw files and write
-    ``layout``'s processed folder; return its ``meta.json`` content."""
+    """Build the data set ``config`` describes (composites, or CIFAR-10's images) from
+    ``layout``'s raw files and write ``layout``'s processed folder; return its ``meta.json``
+    content."""
     start = time.perf_counter()
-    arrays, meta = build_dataset(config, layout)
+    build = build_cifar10 if config.dataset == CIFAR10 else build_dataset
+    arrays, meta = build(config, layout)
     processed.write(layout.processed_dir, arrays, meta)
-    log.info("%s: %s composites in %.1f s -> %s (sha256 %s)", meta["dataset"], meta["splits"],
+    log.info("%s: %s images in %.1f s -> %s (sha256 %s)", meta["dataset"], meta["splits"],
              time.perf_counter() - start, layout.processed_dir, meta["sha256"][:12])
     return meta

@@ -11,6 +11,11 @@ Leakage is checked by exact content: a test image whose bytes equal a training i
 in the summary (``train_test_duplicates``) and fails the stage. Near-duplicates (Geier 2019, for
 Fashion-MNIST) are out of scope: they need an image-similarity search, not a hash.
 
+``data.dataset: cifar10`` is checked like the IDX sources, from its archive
+(:func:`source_tables`): labels in 0..9 and every class present, 32x32 images of 3 channels,
+class balance, pixel statistics of all channels together, test images identical to a training
+image. Its ``vehicle`` task is derived from the class, so it needs no check of its own.
+
 ``data.dataset: manifest`` has its own tables and suites (:mod:`multitask.data.manifest_checks`:
 missing or unreadable images named by path and row, labels outside the training classes,
 regression values that are not numbers, class balance, identical images across splits), run
@@ -38,9 +43,16 @@ import pandas as pd
 
 from multitask.config import DataConfig, Params, ValidateConfig
 from multitask.data import manifest_checks
+from multitask.data.cifar import archive_path, read_cifar10
 from multitask.data.datasets import DATASETS, MANIFEST, SOURCES
 from multitask.data.manifest_checks import manifest_tables
-from multitask.data.tables import CLASSES, load_source, split_tables, train_test_duplicates
+from multitask.data.tables import (
+    CLASSES,
+    image_table,
+    load_source,
+    split_tables,
+    train_test_duplicates,
+)
 from multitask.io import atomic_dir, write_json
 from multitask.layout import Layout
 
@@ -49,8 +61,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# What every IDX source of these data sets holds (multitask.data.datasets): 28x28 uint8 images.
+# What every IDX source of these data sets holds (multitask.data.datasets): 28x28 uint8 images;
+# a source declared in SOURCES is checked against its own item_shape.
 IMAGE_SHAPE = SOURCES["fashion_mnist"].item_shape
+TABLE_CHUNK = 5000  # images per image_table call: bounds its float64 copies (CIFAR-10: 60 MB)
 IMAGE_DTYPE = "uint8"
 PIXEL_RANGE = (0, 255)
 TABLES = ("images", "classes", "statistics")
@@ -70,12 +84,13 @@ def expectations(table: str, split: str, config: ValidateConfig, source: str,
     import great_expectations.expectations as gxe
 
     if table == "images":
+        shape = SOURCES[source].item_shape if source in SOURCES else IMAGE_SHAPE
         suite: list[Expectation] = [
             gxe.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=classes - 1),
             gxe.ExpectColumnDistinctValuesToContainSet(column="label",
                                                        value_set=list(range(classes))),
-            gxe.ExpectColumnValuesToBeInSet(column="height", value_set=[IMAGE_SHAPE[0]]),
-            gxe.ExpectColumnValuesToBeInSet(column="width", value_set=[IMAGE_SHAPE[1]]),
+            gxe.ExpectColumnValuesToBeInSet(column="height", value_set=[shape[0]]),
+            gxe.ExpectColumnValuesToBeInSet(column="width", value_set=[shape[1]]),
             gxe.ExpectColumnValuesToBeInSet(column="dtype", value_set=[IMAGE_DTYPE]),
             gxe.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=PIXEL_RANGE[0],
                                               max_value=PIXEL_RANGE[1]),
@@ -83,6 +98,8 @@ def expectations(table: str, split: str, config: ValidateConfig, source: str,
                                               max_value=PIXEL_RANGE[1]),
             gxe.ExpectColumnValuesToBeInSet(column="has_nan", value_set=[False]),
         ]
+        if len(shape) == 3:  # colour images: source_tables records their channels
+            suite.append(gxe.ExpectColumnValuesToBeInSet(column="channels", value_set=[shape[2]]))
         if split == "test":
             suite.append(gxe.ExpectColumnValuesToBeNull(column="duplicate_of_train"))
         return suite
@@ -103,6 +120,30 @@ def expectations(table: str, split: str, config: ValidateConfig, source: str,
                                               max_value=std_high),
         ]
     raise ValueError(f"unknown table {table!r}; one of {TABLES}")
+
+
+def cifar_tables(folder: Path) -> dict[str, pd.DataFrame]:
+    """CIFAR-10's archive in ``folder`` as per-split image tables, with a ``channels`` column
+    (built :data:`TABLE_CHUNK` images at a time; ``index`` counts from the split's start)."""
+    tables: dict[str, pd.DataFrame] = {}
+    for split, (images, labels) in read_cifar10(archive_path(folder)).items():
+        chunks = []
+        for start in range(0, len(images), TABLE_CHUNK):
+            chunk = image_table(images[start:start + TABLE_CHUNK],
+                                labels[start:start + TABLE_CHUNK], split)
+            chunk["index"] += start
+            chunks.append(chunk)
+        table = pd.concat(chunks, ignore_index=True) if chunks \
+            else image_table(images, labels, split)
+        table["channels"] = images.shape[3]
+        tables[split] = table
+    return tables
+
+
+def source_tables(source: str, folder: Path) -> dict[str, pd.DataFrame]:
+    """One raw source's per-split image tables, read with its reader (IDX files or the
+    CIFAR-10 archive, :data:`multitask.data.datasets.SOURCES`)."""
+    return cifar_tables(folder) if SOURCES[source].reader == "cifar" else load_source(folder)
 
 
 # ---------------------------------------------------------------------- great expectations run
@@ -336,7 +377,7 @@ def validate_raw(params: Params, layout: Layout) -> dict[str, Any]:
         if params.data.dataset == MANIFEST:
             summary = validate_manifest(params.data, config, layout, docs_dir=docs_dir)
         else:
-            sources = {s: load_source(layout.source_dir(s))
+            sources = {s: source_tables(s, layout.source_dir(s))
                        for s in DATASETS[params.data.dataset].sources}
             summary = validate(sources, config, docs_dir=docs_dir)
     report_dir = layout.validation_dir
