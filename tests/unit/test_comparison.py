@@ -17,6 +17,7 @@ from multitask.comparison.experiments import (
     STALLED_POLLS,
     Dvc,
     Pipeline,
+    copy_sources_first,
     experiments,
     queue_status,
     wait,
@@ -301,6 +302,26 @@ def test_no_worker_is_started_when_the_work_left_needs_no_more() -> None:
     dvc = _Queue([*polls, _status(["Success", "Success", "Success"], active=0)])
     wait(dvc, watched, jobs=2, poll_s=0.0)
     assert dvc.starts == [(len(polls) + 1, "2")]
+
+
+@pytest.mark.parametrize("folder", [".", "sample"])
+def test_a_queued_stage_imports_its_copys_package_not_the_workspaces(tmp_path: Path,
+                                                                      folder: str) -> None:
+    """The package is installed editable from this workspace; a stage running in a copy (its
+    folder the root or sample/) must import the copy's src/ instead."""
+    package = tmp_path / "copy" / "src" / "multitask"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("WHERE = 'the copy'\n")
+    cwd = tmp_path / "copy" / folder
+    cwd.mkdir(exist_ok=True)
+    env = Dvc(tmp_path).env
+    assert env["PYTHONPATH"].startswith(copy_sources_first())
+    done = subprocess.run([sys.executable, "-c", "import multitask; print(multitask.WHERE)"],
+                          cwd=cwd, env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "the copy"
+    alone = subprocess.run([sys.executable, "-c", "import multitask; print(multitask.__file__)"],
+                           cwd=cwd, capture_output=True, text=True, check=True)
+    assert not alone.stdout.startswith(str(tmp_path))  # without it: the workspace's package
 
 
 # ------------------------------------------------------------------------- command and threads

@@ -75,14 +75,30 @@ class Experiment:
     baselines: dict[str, Any] | None  # reports/baselines.json
 
 
+# An experiment's stages run in its copy of the repository, with the pipeline's folder as the
+# working directory (the root, or sample/ whose code is ../src). The package is installed
+# editable from the workspace's src/, so without this the copy's `multitask` would import the
+# workspace's code as it is when the stage starts, not the code the experiment was queued with.
+COPY_SOURCES = ("src", "../src")
+
+
+def copy_sources_first(pythonpath: str = "") -> str:
+    """``PYTHONPATH`` that makes a stage import the package of its own copy: relative entries,
+    resolved from the stage's working directory, ahead of the editable install."""
+    return os.pathsep.join([*COPY_SOURCES, *([pythonpath] if pythonpath else [])])
+
+
 class Dvc:
     """DVC and git commands in the repository, with this interpreter's scripts (`dvc`,
-    `multitask`, which the stages and queue workers call) first on PATH."""
+    `multitask`, which the stages and queue workers call) first on PATH and, for the queue
+    workers' stages, the copy's own sources first on PYTHONPATH (:func:`copy_sources_first`)."""
 
     def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
         self.root = root
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        self.env = {**os.environ, "PATH": path, **(env or {})}
+        self.env = {**os.environ, "PATH": path,
+                    "PYTHONPATH": copy_sources_first(os.environ.get("PYTHONPATH", "")),
+                    **(env or {})}
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(["dvc", *args], cwd=self.root, env=self.env, capture_output=True,
