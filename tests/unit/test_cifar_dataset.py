@@ -3,12 +3,16 @@ that read its 3-channel 32x32 images."""
 
 from __future__ import annotations
 
+import shlex
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from multitask.config import ConfigError, ModelConfig, Source, parse_params
+from multitask.config import ConfigError, ModelConfig, Source, load_params, parse_params
 from multitask.data.cifar import vehicle_labels
 from multitask.data.datasets import DATASETS
 from multitask.data.sources import required_sources
@@ -16,6 +20,7 @@ from multitask.models.backbones import LeNetEncoder, TorchvisionEncoder
 from multitask.models.base import build_model
 from multitask.tasks import ROTATION_TASK, Task
 
+ROOT = Path(__file__).resolve().parents[2]
 CIFAR = {"dataset": "cifar10", "val_fraction": 0.1, "seed": 0}
 TASKS = [Task("object", 10), Task("vehicle", 2, kind="binary")]
 
@@ -86,3 +91,25 @@ def test_resnet18_with_the_cifar_stem_reads_three_channel_32_pixel_images() -> N
     out = model(torch.zeros(2, 3, 32, 32))
     assert {name: tuple(v.shape) for name, v in out.items()} == \
         {"object": (2, 10), "vehicle": (2, 1)}
+
+
+def test_the_readmes_dvc_exp_run_overrides_give_valid_cifar10_params(tmp_path: Path) -> None:
+    """The ``-S`` overrides of README's CIFAR-10 command, applied to ``params.yaml`` the way
+    ``dvc exp run`` applies them (DVC's Hydra override parser)."""
+    from dvc.utils.hydra import apply_overrides
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## CIFAR-10, multi-task"):]
+    command = section[section.index("```bash\n") + 8:section.index("```", section.index(
+        "```bash\n") + 8)]
+    words = shlex.split(command.split("\n#")[0].replace("\\\n", " "))
+    assert words[:3] == ["dvc", "exp", "run"]
+    overrides = [words[i + 1] for i, word in enumerate(words) if word == "-S"]
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    apply_overrides(str(params), overrides)
+    loaded = load_params(params)
+    assert (loaded.data.dataset, loaded.data.val_fraction, loaded.data.canvas_size) == \
+        ("cifar10", 0.1, None)
+    assert loaded.validate_.pixel_stats["cifar10"].mean == (108.0, 134.0)
+    assert loaded.train.augment.flip and loaded.train.augment.crop == 4
