@@ -162,17 +162,29 @@ def mapped_resident_kib(path: Path) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="no /proc/self/smaps")
-def test_the_pages_read_from_a_map_are_released_past_the_budget(
+def test_batches_are_read_without_mapping_the_file_into_the_process(
         folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data_module, "MAPPED_RESIDENT", 20 * 16 * 16 * 3)  # 20 images' bytes
     data = open_data(folder, monkeypatch, mapped=True, splits=("train",))
     path = folder / processed.images_file("train")
-    first, _ = data.take("train", slice(0, 16))  # 16 images gathered: under the budget
-    assert data.releases == 0 and mapped_resident_kib(path) > 0
-    data.take("train", torch.tensor([40, 20, 30, 50, 60, 21, 22, 23]))  # 24 > 20: released
-    assert data.releases == 1 and data.gathered == 0 and mapped_resident_kib(path) == 0
-    again, _ = data.take("train", slice(0, 16))  # read again from the page cache
-    assert torch.equal(first, again)
+    x, _ = data.take("train", torch.tensor([40, 20, 30, 31, 32]))  # 30-32: one read
+    whole, _ = data.take("train", slice(0, 70))
+    assert mapped_resident_kib(path) == 0  # read, not mapped: no page of it is resident
+    through_map = np.array(data.splits["train"].images[[40, 20, 30, 31, 32]])
+    assert mapped_resident_kib(path) > 0  # what indexing the map would have left behind
+    assert torch.equal(x, data.normalise(torch.from_numpy(through_map)))
+    assert torch.equal(whole, data.normalise(torch.from_numpy(
+        np.load(path, allow_pickle=False))))
+
+
+def test_a_file_shorter_than_its_header_is_named(folder: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    data = open_data(folder, monkeypatch, mapped=True, splits=("train",))
+    path = folder / processed.images_file("train")
+    with path.open("r+b") as file:  # the last image cut off after the map was opened
+        file.truncate(path.stat().st_size - 16 * 16 * 3)
+    with pytest.raises(OSError, match=r"train_images\.npy: read 0 of 768 bytes at row 69; "
+                                      r"the file is shorter than its header says"):
+        data.take("train", torch.tensor([69]))
 
 
 @pytest.mark.cuda
