@@ -4,12 +4,14 @@ loaded whole.
 
 It generates N PNG images of 64x64x3 (a colour class, a striped yes/no and a brightness value
 per image: a multiclass, a binary and a regression task) and their manifest, then runs
-``build_manifest`` and two trainings (LeNet HPS, equal weighting, batch 256, 2 epochs, CPU)
-each in a fresh process, ``MULTITASK_MEMMAP=1`` and ``=0`` (:mod:`multitask.training.data`).
+``build_manifest`` and two trainings (LeNet HPS, equal weighting, batch 256, 2 epochs, CPU),
+``MULTITASK_MEMMAP=1`` and ``=0`` (:mod:`multitask.training.data`), each followed by a pass of
+shuffled batches with no network (the data path's own speed), each step in a fresh process.
 Each process measures itself: peak anonymous memory (``RssAnon`` of ``/proc/self/status``,
 sampled every 10 ms: the process's own memory; file pages of a memory map are not in it and
 the kernel can reclaim them), that memory right after the imports, and the peak resident set
-(``VmHWM``, which also counts the mapped file's pages while they stay resident).
+(``VmHWM``, which also counts file pages mapped while they stay resident: preprocess writes
+through a map).
 
     python -m benchmarks.run manifest                      # N = 2,000
     BENCH_MANIFEST_IMAGES=200000 BENCH_MANIFEST_DIR=/a/disk python -m benchmarks.run manifest
@@ -167,6 +169,23 @@ def train(folder: Path) -> dict[str, Any]:
             **peaks.record()}
 
 
+def read(folder: Path) -> dict[str, Any]:
+    """One shuffled pass of batches of the training split, normalised, no network: the data
+    path's ceiling (``MULTITASK_MEMMAP`` decides as for :func:`train`)."""
+    from multitask.layout import Layout
+    from multitask.training.data import ProcessedData
+
+    with MemoryPeaks() as peaks:
+        data = ProcessedData(Layout(folder).processed_dir, torch.device("cpu"),
+                             splits=("train",))
+        start = time.perf_counter()
+        for rows in data.batch_rows("train", BATCH, generator=torch.Generator().manual_seed(0)):
+            data.take("train", rows)
+        seconds = time.perf_counter() - start
+    return {"mapped": data.mapped, "images_per_s": len(data.splits["train"]) / seconds,
+            **peaks.record()}
+
+
 def measured(step: str, folder: Path, **env: str) -> dict[str, Any]:
     """``step`` run in a fresh interpreter (its peaks are its own); its JSON answer."""
     done = subprocess.run([sys.executable, "-m", "benchmarks.bench_manifest", step, str(folder)],
@@ -196,12 +215,16 @@ def rows_for(folder: Path, count: int) -> list[dict[str, Any]]:
     ]
     for mapped, label in (("1", "memory-mapped"), ("0", "loaded whole")):
         trained = measured("train", folder, MULTITASK_MEMMAP=mapped)
+        batches = measured("read", folder, MULTITASK_MEMMAP=mapped)
         extra = {"train_images": trained["train_images"], "train_images_mib": round(size, 1),
                  **machine}
         out += [
             row(f"train images/s, CPU, {label}", trained["images_per_s"][-1], "images/s",
                 first_epoch=round(trained["images_per_s"][0], 1),
                 note=f"LeNet HPS, equal, batch {BATCH}, epoch {EPOCHS} of {EPOCHS}", **extra),
+            row(f"shuffled batches read and normalised/s (no network), {label}",
+                batches["images_per_s"], "images/s", rss_peak_mib=round(batches["rss_peak_mib"], 1),
+                **extra),
             row(f"train peak anonymous memory, {label}", trained["anon_peak_mib"], "MiB",
                 after_imports_mib=round(trained["anon_start_mib"], 1), **extra),
             row(f"train peak resident set (VmHWM), {label}", trained["rss_peak_mib"], "MiB",
@@ -222,4 +245,4 @@ def run() -> list[dict[str, Any]]:
 
 if __name__ == "__main__":  # one measured step, in its own process: see measured()
     step, folder = sys.argv[1], Path(sys.argv[2])
-    print(json.dumps({"preprocess": preprocess, "train": train}[step](folder)))
+    print(json.dumps({"preprocess": preprocess, "train": train, "read": read}[step](folder)))
