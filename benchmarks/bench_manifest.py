@@ -4,7 +4,7 @@ loaded whole.
 
 It generates N PNG images of 64x64x3 (a colour class, a striped yes/no and a brightness value
 per image: a multiclass, a binary and a regression task) and their manifest, then runs
-``build_manifest`` and two trainings (LeNet HPS, equal weighting, batch 256, 2 epochs, CPU),
+``build_manifest``, two trainings (LeNet HPS, equal weighting, batch 256; by default 2 epochs, CPU),
 ``MULTITASK_MEMMAP=1`` and ``=0`` (:mod:`multitask.training.data`), each followed by a pass of
 shuffled batches with no network (the data path's own speed), each step in a fresh process.
 Each process measures itself: peak anonymous memory (``RssAnon`` of ``/proc/self/status``,
@@ -15,6 +15,10 @@ through a map).
 
     python -m benchmarks.run manifest                      # N = 2,000
     BENCH_MANIFEST_IMAGES=200000 BENCH_MANIFEST_DIR=/a/disk python -m benchmarks.run manifest
+
+``BENCH_MANIFEST_EPOCHS`` (2) sets the training epochs; ``BENCH_MANIFEST_DEVICE=cuda`` trains
+and reads batches on the GPU (bf16 autocast as the trainer does; memory-mapped batches come
+through pinned memory) instead of the CPU.
 
 N = 200,000 is ~2.3 GiB of processed images and needs ~5 GiB of disk in
 ``BENCH_MANIFEST_DIR`` (default: a temporary folder, removed afterwards; a given folder is
@@ -45,7 +49,8 @@ from multitask.device import cpu_model
 
 DEFAULT_IMAGES = 2_000
 SIZE = 64
-EPOCHS = 2
+EPOCHS = int(os.environ.get("BENCH_MANIFEST_EPOCHS", 2))
+DEVICE = os.environ.get("BENCH_MANIFEST_DEVICE", "cpu")  # cuda: the GPU machine's rows
 BATCH = 256
 COLOURS = np.array([[200, 40, 40], [40, 160, 60], [50, 70, 200], [190, 170, 40]], np.int16)
 TASKS = {"colour": {"kind": "multiclass"}, "striped": {"kind": "binary", "positive": "yes"},
@@ -144,7 +149,7 @@ def preprocess(folder: Path) -> dict[str, Any]:
 
 
 def train(folder: Path) -> dict[str, Any]:
-    """Two epochs of LeNet HPS, equal weighting, on the CPU; ``MULTITASK_MEMMAP`` decides
+    """``EPOCHS`` of LeNet HPS, equal weighting, on ``DEVICE``; ``MULTITASK_MEMMAP`` decides
     whether the images are mapped or loaded whole."""
     from multitask import keys
     from multitask.config import ModelConfig, TrainConfig, load_params
@@ -156,7 +161,7 @@ def train(folder: Path) -> dict[str, Any]:
 
     params = load_params(ROOT / "params.yaml")
     with MemoryPeaks() as peaks:
-        data = ProcessedData(Layout(folder).processed_dir, torch.device("cpu"),
+        data = ProcessedData(Layout(folder).processed_dir, torch.device(DEVICE),
                              splits=("train", "val"))
         tasks = processed.tasks(data.meta)
         fitted = session.fit(params, data, tasks, build_weighting("equal", len(tasks)),
@@ -176,7 +181,7 @@ def read(folder: Path) -> dict[str, Any]:
     from multitask.training.data import ProcessedData
 
     with MemoryPeaks() as peaks:
-        data = ProcessedData(Layout(folder).processed_dir, torch.device("cpu"),
+        data = ProcessedData(Layout(folder).processed_dir, torch.device(DEVICE),
                              splits=("train",))
         start = time.perf_counter()
         for rows in data.batch_rows("train", BATCH, generator=torch.Generator().manual_seed(0)):
@@ -200,7 +205,8 @@ def rows_for(folder: Path, count: int) -> list[dict[str, Any]]:
     generate(folder, count)
     generate_s = time.perf_counter() - started
     machine = {"cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-               "threads": torch.get_num_threads(), "images": count}
+               "threads": torch.get_num_threads(), "images": count, "device": DEVICE}
+    where = "CPU" if DEVICE == "cpu" else torch.cuda.get_device_name(0)
     made = measured("preprocess", folder)
     size = (folder / "data" / "processed" / "train_images.npy").stat().st_size / MIB
     out = [
@@ -219,10 +225,10 @@ def rows_for(folder: Path, count: int) -> list[dict[str, Any]]:
         extra = {"train_images": trained["train_images"], "train_images_mib": round(size, 1),
                  **machine}
         out += [
-            row(f"train images/s, CPU, {label}", trained["images_per_s"][-1], "images/s",
+            row(f"train images/s, {where}, {label}", trained["images_per_s"][-1], "images/s",
                 first_epoch=round(trained["images_per_s"][0], 1),
                 note=f"LeNet HPS, equal, batch {BATCH}, epoch {EPOCHS} of {EPOCHS}", **extra),
-            row(f"shuffled batches read and normalised/s (no network), {label}",
+            row(f"shuffled batches read and normalised/s (no network), {where}, {label}",
                 batches["images_per_s"], "images/s", rss_peak_mib=round(batches["rss_peak_mib"], 1),
                 **extra),
             row(f"train peak anonymous memory, {label}", trained["anon_peak_mib"], "MiB",
