@@ -176,6 +176,14 @@ def test_batches_are_read_without_mapping_the_file_into_the_process(
         np.load(path, allow_pickle=False))))
 
 
+def test_an_empty_batch_is_empty_on_both_paths(folder: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    none = torch.tensor([], dtype=torch.int64)
+    for mapped in (True, False):
+        x, y = open_data(folder, monkeypatch, mapped, splits=("train",)).take("train", none)
+        assert x.shape == (0, 3, 16, 16) and y.shape == (0, 3)
+
+
 def test_a_file_shorter_than_its_header_is_named(folder: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     data = open_data(folder, monkeypatch, mapped=True, splits=("train",))

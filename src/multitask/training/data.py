@@ -244,26 +244,31 @@ def available_memory() -> int:
 
 
 def read_rows(mapped: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
-    """Rows ``rows`` (ascending) of the memory map ``mapped`` into ``out``, read from its file
-    with positioned reads, one per run of consecutive rows, mapping no page of it (see the
-    module docstring); through the map where there is no ``os.preadv`` or no file."""
+    """Rows ``rows`` (ascending) of the memory map ``mapped`` into ``out`` (C-contiguous), read
+    from its file with positioned reads, one per run of consecutive rows, mapping no page of it
+    (see the module docstring); through the map where there is no ``os.preadv`` or no file."""
     if not (isinstance(mapped, np.memmap) and mapped.filename and hasattr(os, "preadv")):
         out[:] = mapped[rows]
         return
-    flat = out.reshape(len(out), -1)
-    row_bytes = flat.shape[1]
+    if not len(rows):
+        return
+    if not out.flags.c_contiguous:
+        raise ValueError("read_rows: out must be C-contiguous (rows are read into its bytes)")
+    row_bytes = out[0].nbytes
+    target = memoryview(out.reshape(-1))
     breaks = (np.flatnonzero(np.diff(rows) != 1) + 1).tolist()
     with open(mapped.filename, "rb", buffering=0) as file:
         for start, stop in zip([0, *breaks], [*breaks, len(rows)], strict=True):
-            if start == stop:
-                continue
-            wanted = (stop - start) * row_bytes
-            done = os.preadv(file.fileno(), [flat[start:stop]],
-                             mapped.offset + int(rows[start]) * row_bytes)
-            if done != wanted:
-                raise OSError(f"{mapped.filename}: read {done} of {wanted} bytes at row "
-                              f"{int(rows[start])}; the file is shorter than its header says, "
-                              "rerun multitask preprocess")
+            offset = mapped.offset + int(rows[start]) * row_bytes
+            done, wanted = 0, (stop - start) * row_bytes
+            while done < wanted:  # a read may return less than asked (a signal, 2 GiB)
+                chunk = os.preadv(file.fileno(), [target[start * row_bytes + done:
+                                                         stop * row_bytes]], offset + done)
+                if chunk == 0:
+                    raise OSError(f"{mapped.filename}: read {done} of {wanted} bytes at row "
+                                  f"{int(rows[start])}; the file is shorter than its header "
+                                  "says, rerun multitask preprocess")
+                done += chunk
 
 
 def _statistic(meta: dict[str, Any], name: str, folder: Path) -> float | list[float]:
