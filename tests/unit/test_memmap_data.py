@@ -106,12 +106,12 @@ def test_unshuffled_batches_are_the_same_and_cover_the_split_in_order(
         folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     mapped = open_data(folder, monkeypatch, mapped=True)
     whole = open_data(folder, monkeypatch, mapped=False)
-    firsts = []
+    sizes = []
     for (x_mapped, y_mapped), (x_whole, y_whole) in zip(
             mapped.batches("val", 8), whole.batches("val", 8), strict=True):
         assert torch.equal(x_mapped, x_whole) and torch.equal(y_mapped, y_whole)
-        firsts.append(len(x_mapped))
-    assert firsts == [8, 8, 4]
+        sizes.append(len(x_mapped))
+    assert sizes == [8, 8, 4]
     assert np.array_equal(mapped.served_example("test", 3), whole.served_example("test", 3))
 
 
