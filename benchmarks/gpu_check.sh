@@ -6,7 +6,8 @@
 #
 # That machine has PyTorch but not every package this project pins. Carry the missing pure
 # Python wheels in .whl/ (ignored by git), e.g. pydantic, pydantic-core, annotated-types,
-# typing-inspection (and torchvision, matching the machine's torch, for the backbone rows),
+# typing-inspection, pillow (the manifest rows) and torchvision (matching the machine's torch, for
+# the backbone rows),
 # and install them first:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #   export PYTHONPATH=/tmp/site
@@ -18,8 +19,8 @@ mkdir -p "$out"
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 status=0
-python3 -m pytest -q -p no:cacheprovider -m cuda tests/unit/test_cuda.py 2>&1 | tee "$out/gpu_tests.log" || status=1
-python3 -m benchmarks.run training weighting distributed 2>&1 | tee "$out/gpu_bench.log" || status=1
+python3 -m pytest -q -p no:cacheprovider -m cuda tests/unit/test_cuda.py tests/unit/test_memmap_data.py 2>&1 | tee "$out/gpu_tests.log" || status=1
+BENCH_MANIFEST_DEVICE=cuda python3 -m benchmarks.run training weighting distributed manifest 2>&1 | tee "$out/gpu_bench.log" || status=1
 if python3 -c "import torchvision" 2>/dev/null; then
   python3 -m benchmarks.run backbones 2>&1 | tee "$out/gpu_bench_backbones.log" || status=1
 else
