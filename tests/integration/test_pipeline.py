@@ -4,10 +4,8 @@ writes its declared outputs; a second `dvc repro` runs nothing."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,30 +18,9 @@ STAGES = ("check", "download", "validate", "preprocess", "baselines", "tune", "t
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sample_pipeline")]
 
 
-def repo_copy(dest: Path) -> Path:
-    """The files a clone would have (tracked and untracked-not-ignored), as a new git repo."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = ROOT / name
-        if source.is_file() and not name.startswith(("sample/reports/", "reports/")):
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-    for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        subprocess.run(command, cwd=dest, check=True)
-    return dest
-
-
-def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'test-mlflow.db'}"}
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env,
-                          capture_output=True, text=True)
-
-
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def reproduced(tmp_path_factory: pytest.TempPathFactory, repo_copy: Callable[[Path], Path],
+               dvc: Callable[..., subprocess.CompletedProcess[str]]) -> tuple[Path, str]:
     repo = repo_copy(tmp_path_factory.mktemp("repo"))
     result = dvc(repo, "repro", "sample/dvc.yaml")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -92,7 +69,9 @@ def test_reports_hold_per_task_results(reproduced: tuple[Path, str]) -> None:
     assert (repo / "sample/models/model.pt").is_file()
 
 
-def test_second_repro_runs_nothing(reproduced: tuple[Path, str]) -> None:
+def test_second_repro_runs_nothing(
+        reproduced: tuple[Path, str], dvc: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     repo, _ = reproduced
     again = dvc(repo, "repro", "sample/dvc.yaml")
     assert again.returncode == 0, again.stderr
@@ -102,7 +81,9 @@ def test_second_repro_runs_nothing(reproduced: tuple[Path, str]) -> None:
     assert "up to date" in status.stdout
 
 
-def test_params_change_reruns_only_what_depends_on_it(reproduced: tuple[Path, str]) -> None:
+def test_params_change_reruns_only_what_depends_on_it(
+        reproduced: tuple[Path, str], dvc: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     repo, _ = reproduced
     dry = dvc(repo, "repro", "--dry", "sample/dvc.yaml:evaluate")
     assert "Running stage" not in dry.stdout
@@ -115,7 +96,8 @@ def test_params_change_reruns_only_what_depends_on_it(reproduced: tuple[Path, st
 
 
 def test_a_bad_experiment_keeps_the_last_results_and_one_command_restores(
-        reproduced: tuple[Path, str]) -> None:
+        reproduced: tuple[Path, str], dvc: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     """The check stage stops a misspelt name before DVC removes any output; the README's
     restore command brings back the committed params, lock and reports."""
     repo, _ = reproduced

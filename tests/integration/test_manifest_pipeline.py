@@ -1,0 +1,189 @@
+"""The heterogeneous example pipeline (examples/fashion-manifest): a manifest with a
+multiclass, a binary and a regression task runs `dvc repro` end to end in a copy of the
+repository; the committed archive digest is what `make repro-example` writes."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import runpy
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from multitask.layout import Layout
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = Path("examples") / "fashion-manifest"
+SAMPLE = ROOT / "data" / "sample" / "fashion-mnist"
+DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+STAGES = ("check", "download", "validate", "preprocess", "pretrain", "baselines", "tune",
+          "train", "evaluate")
+PRIMARY = {"category": "accuracy", "on_left": "accuracy", "height_px": "mae"}  # tasks.py
+
+script = runpy.run_path(str(ROOT / "scripts" / "make_fashion_manifest.py"),
+                        run_name="make_fashion_manifest")
+
+
+def load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every key of a nested mapping, spelt as DVC names params: ``train.augment.flip``."""
+    if not isinstance(node, dict):
+        return []
+    return [name for key, value in node.items()
+            for name in (prefix + key, *dotted_keys(value, f"{prefix}{key}."))]
+
+
+def archive_of(source: Path, out: Path, count: int) -> Path:
+    """What ``make_fashion_manifest.py --out <out> --count <count> --archive`` writes."""
+    script["make_manifest"](source, out, count)
+    return script["pack"](out)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------ committed example
+def test_the_example_mirrors_the_main_pipeline_stage_for_stage() -> None:
+    main, example = load(ROOT / "dvc.yaml"), load(ROOT / EXAMPLE / "dvc.yaml")
+    assert example["vars"] == [{"PKG": "../../src/multitask"}]
+    assert example["stages"] == main["stages"]
+    # DVC refuses to run a stage that declares a param its params.yaml lacks
+    declared = {key for stage in example["stages"].values() for key in stage.get("params", [])
+                if isinstance(key, str)}
+    assert declared and declared <= set(dotted_keys(load(ROOT / EXAMPLE / "params.yaml")))
+
+
+def test_the_example_plots_name_its_own_tasks() -> None:
+    """Every history column a plot reads belongs to one of the example's tasks, and each task
+    has its test plot (confusion, or predicted against true for height_px)."""
+    plots = load(ROOT / EXAMPLE / "dvc.yaml")["plots"]
+    tasks = list(load(ROOT / EXAMPLE / "params.yaml")["data"]["tasks"])
+    assert tasks == list(PRIMARY)
+    columns = [column for plot in plots for spec in plot.values() if isinstance(spec.get("y"),
+               dict) for column in spec["y"].get("reports/plots/history.csv", [])]
+    assert columns and {column.rsplit("/", 1)[1] for column in columns} == set(tasks)
+    assert "val/auroc/on_left" in columns and "val/mae/height_px" in columns
+    templates = {name: spec["template"] for plot in plots for name, spec in plot.items()
+                 if name.startswith("reports/confusion/")}
+    assert templates == {"reports/confusion/category.csv": "confusion",
+                         "reports/confusion/on_left.csv": "confusion",
+                         "reports/confusion/height_px.csv": "scatter"}
+
+
+def test_the_committed_digest_is_what_make_repro_example_writes(tmp_path: Path) -> None:
+    """The Makefile's command, on Debian's Fashion-MNIST, packs the archive whose SHA-256
+    the example's sources.yaml lists (so a fresh clone's download stage verifies it)."""
+    if not DEBIAN.is_dir():
+        pytest.skip(f"{DEBIAN} missing: install Debian's dataset-fashion-mnist")
+    recipe = re.search(r"make_fashion_manifest\.py --out \$\(EXAMPLE\)/source/(\w+) "
+                       r"--count (\d+) --archive", (ROOT / "Makefile").read_text())
+    assert recipe, "Makefile: no make_fashion_manifest.py line for the example"
+    folder, count = recipe.group(1), int(recipe.group(2))
+    source = load(ROOT / EXAMPLE / "data" / "sources.yaml")["sources"]["manifest"]
+    assert source["mirrors"] == ["source/"]
+    manifest = load(ROOT / EXAMPLE / "params.yaml")["data"]["manifest"]
+    assert manifest == f"data/raw/manifest/{folder}/manifest.csv"
+    archive = archive_of(DEBIAN, tmp_path / folder, count)
+    assert source["archive_sha256"] == {archive.name: sha256(archive)}
+
+
+def example_results() -> str:
+    """The README block of the example's results: scripts/update_readme.py's results table
+    (per task its primary metric, multi-task and single-task, Δm%) over the example's
+    committed reports instead of the root's."""
+    spec = importlib.util.spec_from_file_location("update_readme",
+                                                  ROOT / "scripts" / "update_readme.py")
+    assert spec is not None and spec.loader is not None
+    renderer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(renderer)
+    renderer.LAYOUT = Layout(ROOT / EXAMPLE)
+    return renderer.results()
+
+
+def test_the_readme_shows_the_committed_example_results() -> None:
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"<!-- example-results:start -->\n(.*?)<!-- example-results:end -->",
+                      readme, re.S)
+    assert found, "README.md has no example-results block"
+    assert found.group(1) == example_results() + "\n", (
+        "README.md's example-results block is out of date: render it from "
+        f"{EXAMPLE}/reports (tests/integration/test_manifest_pipeline.py: example_results)")
+
+
+# ------------------------------------------------------------------------------- dvc repro
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory: pytest.TempPathFactory, repo_copy: Callable[[Path], Path],
+               dvc: Callable[..., subprocess.CompletedProcess[str]]) -> tuple[Path, str]:
+    """The example pipeline in a copy of the repository, on 300 images made from the shipped
+    sample (its archive in the mirror folder, its digest in sources.yaml), 2 epochs."""
+    repo = repo_copy(tmp_path_factory.mktemp("repo"))
+    folder = repo / EXAMPLE
+    archive = archive_of(SAMPLE, folder / "source" / "fashion", 300)
+    sources = folder / "data" / "sources.yaml"
+    body = load(sources)
+    body["sources"]["manifest"]["archive_sha256"] = {archive.name: sha256(archive)}
+    sources.write_text(yaml.safe_dump(body))
+    params = load(folder / "params.yaml")
+    params["train"]["epochs"] = 2
+    params["tune"].update(n_trials=1, epochs=1)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = dvc(repo, "repro", f"{EXAMPLE}/dvc.yaml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return repo, result.stdout
+
+
+@pytest.mark.slow
+def test_every_stage_runs_on_the_three_kinds(reproduced: tuple[Path, str]) -> None:
+    repo, log = reproduced
+    for stage in STAGES:
+        assert f"Running stage '{EXAMPLE}/dvc.yaml:{stage}'" in log, stage
+    meta = json.loads((repo / EXAMPLE / "data/processed/meta.json").read_text())
+    assert [(t["name"], t["kind"]) for t in meta["tasks"]] == [
+        ("category", "multiclass"), ("on_left", "binary"), ("height_px", "regression")]
+    assert meta["splits"] == {"train": 242, "val": 29, "test": 29}
+
+
+@pytest.mark.slow
+def test_metrics_hold_each_kinds_primary_metric_and_delta_m(
+        reproduced: tuple[Path, str]) -> None:
+    repo, _ = reproduced
+    reports = repo / EXAMPLE / "reports"
+    metrics = json.loads((reports / "metrics.json").read_text())
+    baselines = json.loads((reports / "baselines.json").read_text())["tasks"]
+    tasks = metrics["tasks"]
+    assert 0.0 <= tasks["category"]["accuracy"] <= 1.0
+    assert 0.0 <= tasks["on_left"]["auroc"] <= 1.0
+    assert 0.0 < tasks["height_px"]["mae"] < 64  # pixels on a 64-pixel canvas
+    assert "accuracy" not in tasks["height_px"]
+    # mean accuracy over the two classification tasks only
+    assert metrics["mean_accuracy"] == pytest.approx(
+        (tasks["category"]["accuracy"] + tasks["on_left"]["accuracy"]) / 2)
+    # Δm%: each task's primary metric against its baseline, the MAE's change with its sign flipped
+    changes = [(tasks[t][m] - baselines[t][m]) / baselines[t][m] for t, m in PRIMARY.items()]
+    expected = 100 * (changes[0] + changes[1] - changes[2]) / 3
+    assert metrics["delta_m_pct"] == pytest.approx(expected)
+    assert (reports / "confusion/category.csv").read_text().startswith("actual,predicted")
+    rows = (reports / "confusion/height_px.csv").read_text().splitlines()
+    assert rows[0] == "actual,predicted" and len(rows) == 1 + 29
+
+
+@pytest.mark.slow
+def test_a_second_repro_runs_nothing(reproduced: tuple[Path, str],
+                                     dvc: Callable[..., subprocess.CompletedProcess[str]]
+                                     ) -> None:
+    repo, _ = reproduced
+    again = dvc(repo, "repro", f"{EXAMPLE}/dvc.yaml")
+    assert again.returncode == 0, again.stderr
+    assert "Running stage" not in again.stdout
+    assert "Data and pipelines are up to date." in again.stdout
