@@ -35,13 +35,15 @@ def load(file: Path) -> Any:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
-def results() -> str:
-    metrics, baselines, train = (load(LAYOUT.metrics_json), load(LAYOUT.baselines_json),
-                                 load(LAYOUT.train_json))
+def results(layout: Layout | None = None, title: str | None = None) -> str:
+    """A pipeline's results table (default: the root's, titled "Full <data set>")."""
+    layout = layout or LAYOUT
+    metrics, baselines, train = (load(layout.metrics_json), load(layout.baselines_json),
+                                 load(layout.train_json))
     if not (metrics and baselines and train):
         return "_No full-data run recorded yet: run `make repro`._"
-    data = (yaml.safe_load(LAYOUT.params.read_text()) or {}).get("data", {})
-    title = DATASETS[data.get("dataset", "multifashion")].title
+    data = (yaml.safe_load(layout.params.read_text()) or {}).get("data", {})
+    title = title or f"Full {DATASETS[data.get('dataset', 'multifashion')].title}"
     primary = primary_metrics(metrics)  # accuracy; MAE for a regression task
     tasks = list(primary)
     declared = data.get("tasks") or {}  # a manifest data set's tasks: their units
@@ -49,12 +51,12 @@ def results() -> str:
     split = (f"test split ({data['test_size']:,} composites)" if "test_size" in data
              else "test split")
     weighting = f"`{train.get('requested_weighting', train['weighting'])}` weighting"
-    tuned = load(LAYOUT.tuned_weights)
+    tuned = load(layout.tuned_weights)
     if train.get("requested_weighting") == "tuned" and tuned:
         weighting += " (" + ", ".join(f"{t} {w:.2f}" for t, w in tuned["weights"].items()) \
             + ", chosen by the tune stage)"
     lines = [
-        f"Full {title}, {weighting}, {train['epochs']} epochs, "
+        f"{title}, {weighting}, {train['epochs']} epochs, "
         f"{train['device']}; {split}:",
         "",
         "| | " + " | ".join(f"task {column_title(t, primary[t], units[t])}" for t in tasks)
@@ -206,10 +208,19 @@ def replace_block(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
 
 
+EXAMPLE = "examples/fashion-manifest"
+
+
+def example_results() -> str:
+    """The heterogeneous example's table (README, "A heterogeneous example")."""
+    return results(Layout(ROOT / EXAMPLE), "The Fashion-MNIST manifest example")
+
+
 def main() -> None:
     text = README.read_text()
-    for name, render in (("results", results), ("comparison", comparison),
-                         ("pretraining", pretraining), ("benchmarks", benchmarks)):
+    for name, render in (("results", results), ("example-results", example_results),
+                         ("comparison", comparison), ("pretraining", pretraining),
+                         ("benchmarks", benchmarks)):
         text = replace_block(text, name, render())
     README.write_text(text)
 

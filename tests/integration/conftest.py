@@ -1,13 +1,19 @@
-"""Fixtures of the tests that run a whole DVC pipeline in a copy of the repository."""
+"""Fixtures of the tests that run a whole DVC pipeline in a copy of the repository, and a
+folder served over HTTP on 127.0.0.1 (a mirror)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,3 +54,28 @@ def repo_copy() -> Callable[[Path], Path]:
 def dvc() -> Callable[..., subprocess.CompletedProcess[str]]:
     """``dvc(repo, *args)``: DVC run in ``repo`` (text output captured, not checked)."""
     return run_dvc
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path) -> Iterator[str]:
+    """``folder`` served over HTTP on 127.0.0.1 (a free port) while the block runs; its URL."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="session")
+def serve() -> Callable[[Path], contextlib.AbstractContextManager[str]]:
+    """``with serve(folder) as url``: ``folder`` served over HTTP on 127.0.0.1."""
+    return serve_folder

@@ -8,20 +8,15 @@ against its SHA-256."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import io
 import json
 import math
-import os
 import pickle
-import shutil
 import subprocess
-import sys
 import tarfile
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -178,40 +173,14 @@ def test_validation_names_a_leaked_test_image_and_a_class_missing_from_test(
 
 
 # ------------------------------------------------------------------------------ the pipeline
-def repo_copy(dest: Path) -> Path:
-    """The files a clone would have (tracked and untracked-not-ignored), as a new git repo."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = ROOT / name
-        if source.is_file() and not name.startswith(("sample/reports/", "reports/")):
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-    for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        subprocess.run(command, cwd=dest, check=True)
-    return dest
-
-
 @pytest.fixture(scope="module")
-def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def mirror(tmp_path_factory: pytest.TempPathFactory,
+           serve: Callable[[Path], AbstractContextManager[str]]) -> Iterator[tuple[str, str]]:
     """A generated ``cifar-10-python.tar.gz`` served over HTTP on 127.0.0.1: (URL, SHA-256)."""
     folder = tmp_path_factory.mktemp("mirror")
     write_archive(folder / ARCHIVE)
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", sha256(folder / ARCHIVE)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(folder) as url:
+        yield url, sha256(folder / ARCHIVE)
 
 
 def cifar_params(path: Path) -> None:
@@ -229,16 +198,14 @@ def cifar_params(path: Path) -> None:
 
 @pytest.mark.slow
 def test_dvc_repro_runs_the_sample_pipeline_on_cifar10_from_a_mirror(
-        tmp_path: Path, mirror: tuple[str, str]) -> None:
+        tmp_path: Path, mirror: tuple[str, str], repo_copy: Callable[[Path], Path],
+        dvc: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     url, digest = mirror
     repo = repo_copy(tmp_path / "repo")
     cifar_params(repo / "sample" / "params.yaml")
     sources = {"sources": {"cifar10": {"mirrors": [url], "archive_sha256": {ARCHIVE: digest}}}}
     (repo / "sample" / "data" / "sources.yaml").write_text(yaml.safe_dump(sources))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'test-mlflow.db'}"}
-    result = subprocess.run([sys.executable, "-m", "dvc", "repro", "sample/dvc.yaml"],
-                            cwd=repo, env=env, capture_output=True, text=True)
+    result = dvc(repo, "repro", "sample/dvc.yaml")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for stage in ("check", "download", "validate", "preprocess", "baselines", "tune", "train",
                   "evaluate"):

@@ -4,15 +4,13 @@ validate and preprocess stages read them through ``multitask`` as a user's param
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import importlib.util
 import json
 import shutil
 import sys
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -269,24 +267,13 @@ def test_check_stops_a_manifest_without_a_declared_column(example: Path, tmp_pat
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+def served(tmp_path: Path, serve: Callable[[Path], AbstractContextManager[str]]
+           ) -> Iterator[tuple[Path, str]]:
     """A folder served over HTTP on 127.0.0.1, and its URL."""
     folder = tmp_path / "served"
     folder.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(folder) as url:
+        yield folder, url
 
 
 def test_a_manifest_archive_is_downloaded_verified_and_unpacked(
