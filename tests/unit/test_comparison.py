@@ -304,7 +304,7 @@ def test_no_worker_is_started_when_the_work_left_needs_no_more() -> None:
     assert dvc.starts == [(len(polls) + 1, "2")]
 
 
-@pytest.mark.parametrize("folder", [".", "sample"])
+@pytest.mark.parametrize("folder", [".", "sample", "examples/fashion-manifest"])
 def test_a_queued_stage_imports_its_copys_package_not_the_workspaces(tmp_path: Path,
                                                                       folder: str) -> None:
     """The package is installed editable from this workspace; a stage running in a copy (its
@@ -313,7 +313,7 @@ def test_a_queued_stage_imports_its_copys_package_not_the_workspaces(tmp_path: P
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("WHERE = 'the copy'\n")
     cwd = tmp_path / "copy" / folder
-    cwd.mkdir(exist_ok=True)
+    cwd.mkdir(parents=True, exist_ok=True)
     env = Dvc(tmp_path).env
     assert env["PYTHONPATH"].startswith(copy_sources_first())
     done = subprocess.run([sys.executable, "-c", "import multitask; print(multitask.WHERE)"],

@@ -76,10 +76,11 @@ class Experiment:
 
 
 # An experiment's stages run in its copy of the repository, with the pipeline's folder as the
-# working directory (the root, or sample/ whose code is ../src). The package is installed
-# editable from the workspace's src/, so without this the copy's `multitask` would import the
-# workspace's code as it is when the stage starts, not the code the experiment was queued with.
-COPY_SOURCES = ("src", "../src")
+# working directory (the root; sample/, whose code is ../src; examples/<name>/, ../../src). The
+# package is installed editable from the workspace's src/, so without this the copy's
+# `multitask` would import the workspace's code as it is when the stage starts, not the code
+# the experiment was queued with.
+COPY_SOURCES = ("src", "../src", "../../src")
 
 
 def copy_sources_first(pythonpath: str = "") -> str:
