@@ -94,15 +94,16 @@ class ManifestTask(_Section):
     kind: Literal["multiclass", "binary", "regression"]
     loss: str | None = None
     unit: str = ""
-    positive: str | None = None
+    # a bool when YAML read a bare yes/no/on/off/true/false (as `dvc exp run -S` writes a
+    # quoted 'yes' back): matched to the value spelt so (multitask.data.manifest)
+    positive: bool | str | None = None
 
     @field_validator("positive", mode="before")
     @classmethod
     def _positive_as_text(cls, value: Any) -> Any:
         # The manifest's values are compared as the text the file holds.
         if isinstance(value, bool):
-            raise ValueError(f"{value!r}: YAML read a bare yes/no/true/false as a boolean; "
-                             "quote the value exactly as the manifest spells it, e.g. 'yes'")
+            return value
         return str(value) if isinstance(value, int | float) else value
 
     @model_validator(mode="after")

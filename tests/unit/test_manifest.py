@@ -99,8 +99,6 @@ def test_composite_data_sets_have_no_manifest_values() -> None:
      "loss: 'bce' is not a loss of a regression task; use one of mse, huber"),
     ({"tasks": {"age": {"kind": "regression", "positive": "1"}}},
      "positive applies to binary tasks only"),
-    ({"tasks": {"smiling": {"kind": "binary", "positive": True}}},
-     "quote the value exactly as the manifest spells it"),
     ({"tasks": {"species": {"kind": "multiclass", "unit": "kg"}}},
      "unit applies to regression tasks only"),
 ])
@@ -215,6 +213,26 @@ def test_binary_positive_is_the_sorted_second_unless_declared(tmp_path: Path) ->
                                {"smiling": {"kind": "binary", "positive": "no"}})
     assert entries[0]["class_names"] == ["yes", "no"]
     assert labels[:, 0].tolist() == [0, 1, 1, 0, 1]
+
+
+@pytest.mark.parametrize(("read_as", "positive"), [(True, "yes"), (False, "no")])
+def test_binary_positive_read_by_yaml_as_a_boolean_names_the_value_spelt_so(
+        tmp_path: Path, read_as: bool, positive: str) -> None:
+    """`dvc exp run -S` writes a quoted 'yes' back bare, which YAML reads as true: the value
+    the manifest spells yes (or true, on, y; no, false, off, n) is meant."""
+    assert ManifestTask(kind="binary", positive=read_as).positive is read_as
+    entries, _ = labelled(tmp_path, {"smiling": ["yes", "no", "no", "yes", "no"]},
+                          ["train", "train", "train", "val", "test"],
+                          {"smiling": {"kind": "binary", "positive": read_as}})
+    assert entries[0]["class_names"][1] == positive
+
+
+def test_a_boolean_positive_matching_no_value_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(mf.ManifestError, match=r"data\.tasks\.side\.positive True is not one "
+                                               r"of its values 'left', 'right'"):
+        labelled(tmp_path, {"side": ["left", "right", "left", "right", "left"]},
+                 ["train", "train", "train", "val", "test"],
+                 {"side": {"kind": "binary", "positive": True}})
 
 
 def test_regression_targets_are_raw_with_training_statistics(tmp_path: Path) -> None:

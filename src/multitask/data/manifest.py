@@ -93,6 +93,21 @@ class Manifest:
         return f"row{'s' if len(indices) > 1 else ''} {shown}{more}"
 
 
+# What YAML 1.1 (PyYAML, DVC) reads as a boolean: a bare yes/no in params.yaml, or a quoted
+# 'yes' that `dvc exp run -S` wrote back without its quotes.
+YAML_BOOLEANS = {True: ("y", "yes", "true", "on"), False: ("n", "no", "false", "off")}
+
+
+def positive_value(positive: bool | str, classes: list[str]) -> str | None:
+    """The value of ``classes`` that ``data.tasks.<task>.positive`` names: itself when text; for
+    a boolean, the one value spelt as YAML spells that boolean (``yes``, ``True``, ``on`` ...).
+    None when no value (or, for a boolean, both) matches."""
+    if not isinstance(positive, bool):
+        return positive if positive in classes else None
+    spelt = [c for c in classes if c.strip().lower() in YAML_BOOLEANS[positive]]
+    return spelt[0] if len(spelt) == 1 else None
+
+
 def manifest_path(config: DataConfig, layout: Layout) -> Path:
     """``data.manifest``, relative paths taken from the pipeline folder."""
     path = Path(str(config.manifest)).expanduser()
@@ -236,11 +251,12 @@ def _task_entry(manifest: Manifest, name: str, task: ManifestTask
                                 f"split has {len(classes)} ({', '.join(classes[:10])}); "
                                 "declare it multiclass or fix the labels")
         if task.positive is not None:
-            if task.positive not in classes:
+            positive = positive_value(task.positive, classes)
+            if positive is None:
                 raise ManifestError(f"{path}: {where}: data.tasks.{name}.positive "
                                     f"{task.positive!r} is not one of its values "
                                     f"{classes[0]!r}, {classes[1]!r}")
-            classes = [c for c in classes if c != task.positive] + [task.positive]
+            classes = [c for c in classes if c != positive] + [positive]
     elif len(classes) > 255:
         raise ManifestError(f"{path}: {where}: {len(classes)} classes; at most 255 fit the "
                             "processed format's uint8 labels")
