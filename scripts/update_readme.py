@@ -77,14 +77,7 @@ def results(layout: Layout | None = None, title: str | None = None) -> str:
 def comparison() -> str:
     """The tables of `multitask compare` over seeds, each with its plot (read where ROOT says,
     so the test can point it at the committed files), then the one-seed tables before them."""
-    layout = Layout(ROOT)
-    blocks = []
-    names = sorted(f.name for f in layout.comparisons_dir.iterdir()) \
-        if layout.comparisons_dir.is_dir() else []
-    for result in filter(None, (load(layout.comparison_json(name)) for name in names)):
-        plot = layout.comparison_png(result["name"]).relative_to(ROOT).as_posix()
-        blocks += [comparison_table(result).rstrip(), "",
-                   f"![test accuracy per task of each row, mean ± std over seeds]({plot})", ""]
+    blocks = comparison_tables(Layout(ROOT))
     if not blocks:
         blocks = ["_No comparison over seeds yet: `multitask compare NAME --vary KEY V1 V2 ...` "
                   "(above)._", ""]
@@ -93,6 +86,18 @@ def comparison() -> str:
         blocks += ["**One seed, before comparisons over seeds** (single draws, not rankings):",
                    "", earlier]
     return "\n".join(blocks).rstrip()
+
+
+def comparison_tables(layout: Layout) -> list[str]:
+    """Each `multitask compare` table of a pipeline folder, followed by its plot."""
+    blocks = []
+    names = sorted(f.name for f in layout.comparisons_dir.iterdir()) \
+        if layout.comparisons_dir.is_dir() else []
+    for result in filter(None, (load(layout.comparison_json(name)) for name in names)):
+        plot = layout.comparison_png(result["name"]).relative_to(ROOT).as_posix()
+        blocks += [comparison_table(result).rstrip(), "",
+                   f"![each task's test metric per row, mean ± std over seeds]({plot})", ""]
+    return blocks
 
 
 def one_seed_comparison() -> str:
@@ -216,9 +221,17 @@ def example_results() -> str:
     return results(Layout(ROOT / EXAMPLE), "The Fashion-MNIST manifest example")
 
 
+def example_comparison() -> str:
+    """The example's comparisons over seeds (`multitask compare ... --pipeline
+    examples/fashion-manifest/dvc.yaml`)."""
+    blocks = comparison_tables(Layout(ROOT / EXAMPLE))
+    return "\n".join(blocks).rstrip() or "_No comparison over seeds yet._"
+
+
 def main() -> None:
     text = README.read_text()
     for name, render in (("results", results), ("example-results", example_results),
+                         ("example-comparison", example_comparison),
                          ("comparison", comparison), ("pretraining", pretraining),
                          ("benchmarks", benchmarks)):
         text = replace_block(text, name, render())

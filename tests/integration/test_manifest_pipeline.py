@@ -117,6 +117,20 @@ def test_the_readme_shows_the_committed_example_results() -> None:
         f"{EXAMPLE}/reports (tests/integration/test_manifest_pipeline.py: example_results)")
 
 
+def test_the_readme_shows_the_committed_example_comparison() -> None:
+    spec = importlib.util.spec_from_file_location("update_readme",
+                                                  ROOT / "scripts" / "update_readme.py")
+    assert spec is not None and spec.loader is not None
+    renderer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(renderer)
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"<!-- example-comparison:start -->\n(.*?)<!-- example-comparison:end -->",
+                      readme, re.S)
+    assert found, "README.md has no example-comparison block"
+    assert found.group(1) == renderer.example_comparison() + "\n", (
+        "README.md's example-comparison block is out of date: run scripts/update_readme.py")
+
+
 # ------------------------------------------------------------------------------- dvc repro
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory: pytest.TempPathFactory, repo_copy: Callable[[Path], Path],

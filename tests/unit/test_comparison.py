@@ -204,7 +204,14 @@ def test_the_table_shows_mean_std_interval_ties_and_baselines() -> None:
 
 
 @pytest.mark.parametrize("tasks", [2, 3])
-def test_the_plot_is_written(tmp_path: Path, tasks: int) -> None:
+def test_the_plot_is_written_with_each_axis_named_after_its_task(
+        tmp_path: Path, tasks: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.figure import Figure
+
+    drawn: list[Figure] = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig",
+                        lambda self, *a, **k: (drawn.append(self), savefig(self, *a, **k))[1])
     result = _result()
     if tasks == 3:  # one panel per task
         result["tasks"].append("third")
@@ -214,6 +221,10 @@ def test_the_plot_is_written(tmp_path: Path, tasks: int) -> None:
                 row["tasks"]["third"] = row["tasks"]["left"]
     plot(result, tmp_path / "comparison.png")
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    (figure,) = drawn
+    named = [axis.get_xlabel() for axis in figure.axes] + [figure.axes[0].get_ylabel()]
+    for task in result["tasks"]:
+        assert any(label.endswith(f"task {task}") for label in named), (task, named)
 
 
 # --------------------------------------------------------------------- reading DVC's answers

@@ -237,12 +237,13 @@ def _panel(axis: Any, task: str, rows: Sequence[dict[str, Any]],
         axis.errorbar(summary["mean"], position, xerr=_std(summary), fmt="o", capsize=3)
         axis.scatter(summary["per_seed"], [position] * len(summary["per_seed"]), s=10,
                      alpha=0.35)
-    for label, baseline in baselines:
+    for name, baseline in baselines:
         mean, std = baseline[task]["mean"], _std(baseline[task])
-        axis.axvline(mean, color="black", linestyle="--", linewidth=1, label=label)
+        axis.axvline(mean, color="black", linestyle="--", linewidth=1, label=name)
         axis.axvspan(mean - std, mean + std, color="black", alpha=0.08)
     axis.set_yticks(list(positions), [row["label"] for row in rows])
     axis.invert_yaxis()
-    axis.set_xlabel(label)
+    axis.set_xlabel(label)  # the task and its metric
+    axis.locator_params(axis="x", nbins=5)
     axis.grid(axis="x", alpha=0.3)
     axis.legend(fontsize=8)
