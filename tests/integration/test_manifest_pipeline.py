@@ -96,39 +96,20 @@ def test_the_committed_digest_is_what_make_repro_example_writes(tmp_path: Path) 
     assert source["archive_sha256"] == {archive.name: sha256(archive)}
 
 
-def example_results() -> str:
-    """The README block of the example's results, as scripts/update_readme.py renders it
-    (its results table over the example's committed reports)."""
-    spec = importlib.util.spec_from_file_location("update_readme",
-                                                  ROOT / "scripts" / "update_readme.py")
-    assert spec is not None and spec.loader is not None
-    renderer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(renderer)
-    return renderer.example_results()
-
-
-def test_the_readme_shows_the_committed_example_results() -> None:
-    readme = (ROOT / "README.md").read_text()
-    found = re.search(r"<!-- example-results:start -->\n(.*?)<!-- example-results:end -->",
-                      readme, re.S)
-    assert found, "README.md has no example-results block"
-    assert found.group(1) == example_results() + "\n", (
-        "README.md's example-results block is out of date: render it from "
-        f"{EXAMPLE}/reports (tests/integration/test_manifest_pipeline.py: example_results)")
-
-
-def test_the_readme_shows_the_committed_example_comparison() -> None:
+@pytest.mark.parametrize("block", ["example-results", "example-comparison"])
+def test_the_readme_shows_the_committed_example_reports(block: str) -> None:
+    """The example's results table and comparison, as scripts/update_readme.py renders them
+    from the example's committed reports."""
     spec = importlib.util.spec_from_file_location("update_readme",
                                                   ROOT / "scripts" / "update_readme.py")
     assert spec is not None and spec.loader is not None
     renderer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(renderer)
     readme = (ROOT / "README.md").read_text()
-    found = re.search(r"<!-- example-comparison:start -->\n(.*?)<!-- example-comparison:end -->",
-                      readme, re.S)
-    assert found, "README.md has no example-comparison block"
-    assert found.group(1) == renderer.example_comparison() + "\n", (
-        "README.md's example-comparison block is out of date: run scripts/update_readme.py")
+    found = re.search(rf"<!-- {block}:start -->\n(.*?)<!-- {block}:end -->", readme, re.S)
+    assert found, f"README.md has no {block} block"
+    assert found.group(1) == getattr(renderer, block.replace("-", "_"))() + "\n", (
+        f"README.md's {block} block is out of date: run python scripts/update_readme.py")
 
 
 # ------------------------------------------------------------------------------- dvc repro
