@@ -227,6 +227,8 @@ def test_models_tab_compares_the_logged_models_per_task(ui: UI, page, shots: Pat
     so the Models tab has one column per task metric, grouped under the data set."""
     from playwright.sync_api import expect
 
+    # wide enough for every metric column (the grid renders only the columns in view)
+    page.set_viewport_size({"width": 3600, "height": 600})
     page.goto(f"{ui.url}/#/experiments/{ui.experiment_id}/models?{TRAINING_VIEW}")
     _close_assistant(page)
     client = ui.repo.client()
@@ -245,7 +247,6 @@ def test_models_tab_compares_the_logged_models_per_task(ui: UI, page, shots: Pat
         shown = _numbers(" ".join(row.all_inner_texts()))
         for key in TASK_METRICS:
             assert any(abs(linked[key] - x) < 1e-3 for x in shown), (name, key, shown)
-    page.set_viewport_size({"width": 2600, "height": 600})  # every metric column in view
     shot = shots / "mlflow_ui_models.png"
     with atomic_path(shot) as tmp:
         page.screenshot(path=str(tmp), type="png")
