@@ -481,17 +481,24 @@ def _three_kinds(folder: Path, counts: tuple[int, int, int] = (96, 32, 32)) -> N
         "sha256": processed.content_hash(arrays)})
 
 
-@pytest.mark.slow
-def test_a_study_on_three_kinds_minimises_the_mae_and_reports_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _tuned_on_three_kinds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                          tune: dict[str, Any]) -> tuple[Params, Layout, dict[str, Any]]:
+    """The tune stage run with ``tune`` on the synthetic three-kind data set in ``tmp_path``:
+    its params, layout and chosen weights."""
     monkeypatch.chdir(tmp_path)
     layout = Layout(tmp_path)
     _three_kinds(layout.processed_dir)
     params = parse_params({
         "train": {"epochs": 1, "batch_size": 32, "diagnostics_every": 0, "device": "cpu"},
-        "tune": {"n_trials": 3, "epochs": 1, "sampler": "random", "selection": "best_worst"},
-        "tracking": {"enabled": False}}, str(tmp_path / "params.yaml"))
-    chosen = tuning.tune(params, layout)
+        "tune": tune, "tracking": {"enabled": False}}, str(tmp_path / "params.yaml"))
+    return params, layout, tuning.tune(params, layout)
+
+
+@pytest.mark.slow
+def test_a_study_on_three_kinds_minimises_the_mae_and_reports_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params, layout, chosen = _tuned_on_three_kinds(tmp_path, monkeypatch, {
+        "n_trials": 3, "epochs": 1, "sampler": "random", "selection": "best_worst"})
     assert set(chosen["values"]) == {"corner", "bright", "side"}
     study = optuna.load_study(study_name=chosen["study"], storage=tuning.StudyStorage.of(
         params, layout).optuna)
@@ -513,15 +520,9 @@ def test_a_study_on_three_kinds_minimises_the_mae_and_reports_it(
 @pytest.mark.slow
 def test_a_single_objective_delta_m_study_on_three_kinds_signs_the_mae(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    layout = Layout(tmp_path)
-    _three_kinds(layout.processed_dir)
-    params = parse_params({
-        "train": {"epochs": 1, "batch_size": 32, "diagnostics_every": 0, "device": "cpu"},
-        "tune": {"n_trials": 2, "epochs": 1, "sampler": "random", "mode": "single",
-                 "objective": "delta_m", "pruner": "none"},
-        "tracking": {"enabled": False}}, str(tmp_path / "params.yaml"))
-    chosen = tuning.tune(params, layout)
+    _, layout, chosen = _tuned_on_three_kinds(tmp_path, monkeypatch, {
+        "n_trials": 2, "epochs": 1, "sampler": "random", "mode": "single",
+        "objective": "delta_m", "pruner": "none"})
     baselines = json.loads(layout.tuning_summary.read_text())["validation_baselines"]
     values = chosen["values"]  # the chosen trial's validation accuracy, accuracy, MAE
     expected = 100 / 3 * ((values["corner"] - baselines["corner"]) / baselines["corner"]
