@@ -96,6 +96,10 @@ def _tune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-trials", type=int, default=None,
         help="trials to reach in the stored study (default: tune.n_trials)")
+    parser.add_argument(
+        "--if-used", action="store_true",
+        help="tune only when train.weighting is 'tuned'; otherwise write reports/tuning/ "
+        "saying that no study ran (the DVC stage's form: train reads no tuned weights then)")
 
 
 def _promote_arguments(parser: argparse.ArgumentParser) -> None:
@@ -232,7 +236,7 @@ COMMANDS: dict[str, Command] = {
         "write reports/tuning/ (chosen weights, Pareto front, study summary).",
         _tune_arguments,
         lambda function, args: _stage(function, args, workers=args.workers,
-                                      n_trials=args.n_trials)),
+                                      n_trials=args.n_trials, if_used=args.if_used)),
     "train": Command(
         "multitask.training.stages:train",
         "train the multi-task network",

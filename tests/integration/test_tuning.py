@@ -255,6 +255,58 @@ def test_the_study_has_a_readable_name_named_objectives_and_its_hash(processed: 
         [first.study_name, searched.study_name])
 
 
+# ------------------------------------------------------------------- only when train reads it
+def test_if_used_runs_no_study_when_train_weighting_is_not_tuned(processed: Path,
+                                                                workdir: Path) -> None:
+    """The DVC stage's ``multitask tune --if-used``: a study only for ``train.weighting:
+    tuned``; otherwise reports that say no study ran, the journal (a persistent output) left
+    as it was, and no MLflow run."""
+    import mlflow
+
+    params = write_params(workdir, processed, n_trials=1, tracking=tracking_on("if-used"))
+    raw = yaml.safe_load(params.read_text())
+    raw["train"]["weighting"] = "tuned"
+    params.write_text(yaml.safe_dump(raw))
+    first = tune_process(workdir, params, "--if-used")
+    assert first.wait(timeout=300) == 0, first.stdout.read() if first.stdout else ""
+    assert len(stored_trials(str(workdir / JOURNAL))) == 1  # tuned: the study ran
+    journal = (workdir / JOURNAL).read_bytes()
+    store = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = store.get_experiment_by_name("if-used")
+    runs_before = len(store.search_runs([experiment.experiment_id]))
+
+    raw["train"]["weighting"] = "equal"
+    params.write_text(yaml.safe_dump(raw))
+    done = subprocess.run([sys.executable, "-m", "multitask", "tune", "--params", str(params),
+                           "--if-used"], cwd=workdir, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "train.weighting is 'equal': no study" in done.stderr
+    for name in ("weights.json", "summary.json"):
+        record = json.loads((workdir / "reports/tuning" / name).read_text())
+        assert record["tuned"] is False and record["weights"] is None
+        assert record["train_weighting"] == "equal"
+        assert "no study ran: train.weighting is 'equal'" in record["reason"]
+    assert (workdir / "reports/tuning/pareto.csv").read_text() == ""
+    assert (workdir / "reports/tuning/pareto_front.csv").read_text() == ""
+    assert (workdir / "reports/tuning/pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert (workdir / JOURNAL).read_bytes() == journal  # the study kept for a tuned run
+    assert len(store.search_runs([experiment.experiment_id])) == runs_before
+
+    # Without --if-used (by hand) it tunes whatever train.weighting says.
+    assert run_tune(params)["trial"] == 0
+    assert json.loads((workdir / "reports/tuning/weights.json").read_text())["weights"]
+
+
+def test_if_used_creates_an_empty_journal_where_none_was(processed: Path,
+                                                          workdir: Path) -> None:
+    params = write_params(workdir, processed)  # train.weighting: equal (the default)
+    record = tuning.tune(load_params(params), Layout(workdir), if_used=True)
+    assert record["weights"] is None
+    assert (workdir / JOURNAL).read_bytes() == b""
+    assert stored_trials(str(workdir / JOURNAL)) == []  # an empty journal is a valid storage
+
+
 # ------------------------------------------------------------------------------ real studies
 @pytest.mark.slow
 def test_a_short_study_yields_a_pareto_front_and_weights_train_uses(processed: Path,

@@ -29,6 +29,10 @@ tune`` processes on several machines sharing one PostgreSQL study; each returns 
 holds ``n_trials`` finished trials. A trial whose worker died (no heartbeat for
 ``tune.grace_period_s``) is marked FAIL and its parameters run again.
 
+**Only when used.** The DVC stage runs ``multitask tune --if-used``: with ``train.weighting``
+other than ``tuned`` no study runs (train would not read its weights) and ``reports/tuning/``
+says so; by hand, ``multitask tune`` always tunes.
+
 **MLflow** (:mod:`.trials`): one parent run per invocation, one nested run per trial (params,
 per-epoch per-task metrics, final state); the Pareto figure, chosen weights and summary go on
 the parent. Nothing at all with ``tracking.enabled: false``.
@@ -42,12 +46,19 @@ from typing import Any
 from multitask import keys, tracking
 from multitask.config import Params
 from multitask.layout import Layout
-from multitask.tuning.reports import pareto_front, select, write_reports, write_snapshot
+from multitask.tuning.reports import (
+    pareto_front,
+    select,
+    write_not_tuned,
+    write_reports,
+    write_snapshot,
+)
 from multitask.tuning.space import SearchSpace, simplex_weights
 from multitask.tuning.storage import StudyStorage, count_states, fail_stale_trials
 from multitask.tuning.study import make_pruner, make_sampler, open_study, setup
 from multitask.tuning.trials import describe_choice, validation_baselines
 from multitask.tuning.workers import run_workers
+from multitask.weighting import TUNED
 
 __all__ = [
     "SearchSpace",
@@ -64,12 +75,18 @@ log = logging.getLogger(__name__)
 
 
 def tune(params: Params, layout: Layout, *, workers: int | None = None,
-         n_trials: int | None = None) -> dict[str, Any]:
+         n_trials: int | None = None, if_used: bool = False) -> dict[str, Any]:
     """``multitask tune``: run or resume the study to ``n_trials``, then write the reports.
 
     ``workers``/``n_trials`` default to ``tune.workers``/``tune.n_trials``. Returns the chosen
-    weights as written to ``reports/tuning/weights.json``.
+    weights as written to ``reports/tuning/weights.json``. ``if_used`` (the DVC stage's
+    ``--if-used``): when ``train.weighting`` is not ``tuned`` no study runs and the reports say
+    so (:func:`.reports.write_not_tuned`), since train would not read the weights.
     """
+    if if_used and params.train.weighting != TUNED:
+        log.info("train.weighting is %r: no study (train reads no tuned weights); "
+                 "reports/tuning/ says so", params.train.weighting)
+        return write_not_tuned(layout, params.train.weighting)
     n_trials = n_trials or params.tune.n_trials
     workers = workers or params.tune.workers
     if n_trials < 1 or workers < 1:

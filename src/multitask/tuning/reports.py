@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from multitask import keys
 from multitask.io import atomic_open, atomic_path, write_json
+from multitask.layout import Layout
 from multitask.training.plots import save_figure
 from multitask.tuning.storage import VALUES_ATTR, StudyStorage, count_states
 from multitask.tuning.study import Setup
@@ -203,6 +204,33 @@ def write_reports(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tr
     })
     write_json(layout.tuned_weights, weights)
     return weights
+
+
+def write_not_tuned(layout: Layout, weighting: str) -> dict[str, Any]:
+    """The stage's outputs when ``train.weighting`` is not ``tuned`` (``multitask tune
+    --if-used``): no study runs, and every report says so instead of holding an earlier
+    study's choice that train would not read. The study journal, the stage's persistent
+    output, is left as it is (a later tuned run continues it) or created empty."""
+    reason = (f"no study ran: train.weighting is {weighting!r}, so train does not read tuned "
+              "weights (set train.weighting: tuned, or run `multitask tune` by hand)")
+    record = {"tuned": False, "weights": None, "train_weighting": weighting, "reason": reason}
+    layout.tuning_dir.mkdir(parents=True, exist_ok=True)
+    for path in (layout.pareto_csv, layout.pareto_front_csv):  # no trial: no row, no header
+        with atomic_open(path, "w"):
+            pass
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), constrained_layout=True)
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"No study ran:\ntrain.weighting is {weighting!r}", ha="center",
+            va="center", fontsize=12)
+    save_figure(fig, layout.pareto_png)
+    write_json(layout.tuning_summary, record)
+    if not layout.study_journal.exists():
+        with atomic_open(layout.study_journal, "w"):
+            pass
+    write_json(layout.tuned_weights, record)
+    return record
 
 
 def write_snapshot(storage: StudyStorage, study_name: str, journal: Path) -> bool:
