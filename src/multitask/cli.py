@@ -338,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from multitask.cpus import choose_wait_policy
+
+    choose_wait_policy()  # before torch loads: OpenMP reads it once
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -11,31 +11,35 @@ from typing import Literal
 
 import torch
 
+from multitask.cpus import available_cpus
+
 log = logging.getLogger(__name__)
 
-# The CPU threads a stage may use (torch's intra-op pool); unset: torch's own default (every
-# core). `multitask compare --jobs N` sets it so that N queued experiments share the cores.
+# The CPU threads a stage may use (torch's intra-op pool); unset: the CPUs this process may use
+# (affinity and cgroup quota). `multitask compare --jobs N` sets it so that N queued
+# experiments share the cores.
 THREADS_ENV = "MULTITASK_THREADS"
 WORLD_ENV = "WORLD_SIZE"  # set by torchrun: the budget is shared by its processes
 
 
-def limit_threads() -> int | None:
-    """Apply ``$MULTITASK_THREADS`` to torch (``torch.set_num_threads``); return the threads
-    set, or None when the variable is unset (torch keeps its default).
+def limit_threads() -> int:
+    """Size torch's CPU threads (``torch.set_num_threads``) and return them:
+    ``$MULTITASK_THREADS`` when set, else :func:`available_cpus` (torch's own default counts
+    the affinity mask but not a cgroup quota, so in a container limited to one CPU two threads
+    would take turns on it).
 
     Under torchrun (``train.processes > 1``) the budget is the whole stage's, so each of the
     ``$WORLD_SIZE`` processes takes an equal part of it (at least one thread).
     """
     value = os.environ.get(THREADS_ENV, "").strip()
-    if not value:
-        return None
-    if not value.isdigit() or int(value) < 1:
+    if value and (not value.isdigit() or int(value) < 1):
         raise ValueError(f"{THREADS_ENV}={value!r}: expected a whole number of CPU threads "
-                         "of at least 1; unset it to let torch use every core")
+                         "of at least 1; unset it to use the CPUs this process may use")
+    budget = int(value) if value else available_cpus()
     world = os.environ.get(WORLD_ENV, "1")
-    threads = max(1, int(value) // (int(world) if world.isdigit() and int(world) > 0 else 1))
+    threads = max(1, budget // (int(world) if world.isdigit() and int(world) > 0 else 1))
     torch.set_num_threads(threads)
-    log.debug("%s=%s: %d torch threads", THREADS_ENV, value, threads)
+    log.debug("%s=%s: %d torch threads", THREADS_ENV, value or "(unset)", threads)
     return threads
 
 

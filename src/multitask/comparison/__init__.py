@@ -39,6 +39,7 @@ from multitask.comparison.experiments import (
 from multitask.comparison.report import Measured, markdown, plot, summary
 from multitask.comparison.rows import Row, Spec, apply_overrides, expand_rows, row_params
 from multitask.config import ConfigError, Params, flatten, parse_params
+from multitask.cpus import available_cpus
 from multitask.device import THREADS_ENV
 from multitask.io import atomic_open, read_json, write_json
 from multitask.tracking import repo_root
@@ -63,8 +64,6 @@ def resolve_pipeline(dvc_yaml: str | Path) -> Pipeline:
 
 def threads_per_experiment(jobs: int) -> int:
     """The CPU threads each of ``jobs`` experiments running side by side may use."""
-    from multitask.training.distributed import available_cpus
-
     return max(1, available_cpus() // jobs)
 
 

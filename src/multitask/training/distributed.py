@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from multitask.cpus import available_cpus
 from multitask.processes import die_with_parent, terminate_with_parent
 
 log = logging.getLogger(__name__)
@@ -61,14 +62,6 @@ def launched() -> bool:
 def should_launch(processes: int) -> bool:
     """``train.processes > 1`` and not yet under a launcher: start the processes first."""
     return processes > 1 and not launched()
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def launch_command(argv: Sequence[str], processes: int) -> list[str]:

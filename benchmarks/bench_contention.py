@@ -1,0 +1,155 @@
+"""Busy machines: a training step and ``dvc repro`` of the sample pipeline, idle and with other
+processes competing for the cores, under each thread and OpenMP wait policy.
+
+Torch's intra-op threads meet at a barrier after every parallel kernel. When another process
+holds one of the cores, the thread that was descheduled arrives late and the others wait for it;
+with OpenMP's spinning wait (GNU OpenMP spins about 300,000 iterations before it sleeps) the
+waiting threads also burn the cores the late one needs. Each configuration runs in its own
+process, since OpenMP reads its wait policy once, when torch is loaded.
+
+Rows (``contention_*``):
+
+- ``step_ms``: median wall time of one training step (LeNet cross-stitch, two tasks, batch 256,
+  channels-last, equal weighting), for torch threads 1 and N (the CPUs available), wait policy
+  GNU OpenMP's default (``GOMP_SPINCOUNT=300000``), a short spin (``GOMP_SPINCOUNT=10000``) and
+  ``OMP_WAIT_POLICY=PASSIVE`` (sleep at once), idle and
+  with ``BENCH_CONTENTION_LOAD`` spinning processes (default: one per available CPU).
+- ``repro_sample_s``: ``dvc repro --force sample/dvc.yaml`` in a clone, idle with the project's
+  defaults (threads from :func:`multitask.cpus.available_cpus`, the wait policy from
+  :func:`multitask.cpus.choose_wait_policy`: a short spin when idle, sleeping at once when other
+  processes run), and loaded with the defaults and with the old behaviour (every core, GNU
+  OpenMP's long spin).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import BIN, ROOT, row
+from multitask.cpus import available_cpus
+
+LOAD = int(os.environ.get("BENCH_CONTENTION_LOAD", "0")) or available_cpus()
+STEPS = int(os.environ.get("BENCH_CONTENTION_STEPS", "40"))
+SPINNING = {"GOMP_SPINCOUNT": "300000"}  # GNU OpenMP's default when no policy is set
+SHORT_SPIN = {"GOMP_SPINCOUNT": "10000"}  # a few microseconds, then sleep
+PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
+POLICIES = {"spinning": SPINNING, "short_spin": SHORT_SPIN, "passive": PASSIVE}
+POLICY_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MULTITASK_THREADS", "OMP_NUM_THREADS")
+
+STEP_CHILD = r"""
+import json, statistics, sys, time
+import torch
+import torch.nn.functional as F
+from multitask.config import ModelConfig
+from multitask.models import build_model
+from multitask.tasks import Task
+
+threads, steps = int(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+tasks = [Task(name="left", num_classes=10), Task(name="right", num_classes=10)]
+model = build_model(ModelConfig(architecture="cross_stitch"), tasks, 1, 36)
+model = model.to(memory_format=torch.channels_last)
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+x = torch.rand(256, 1, 36, 36).contiguous(memory_format=torch.channels_last)
+y = torch.randint(0, 10, (256, 2))
+times = []
+for step in range(steps + 5):
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    outputs = model(x)
+    loss = sum(F.cross_entropy(outputs[t.name], y[:, i]) for i, t in enumerate(tasks))
+    loss.backward()
+    optimizer.step()
+    if step >= 5:
+        times.append(time.perf_counter() - start)
+print(json.dumps({"step_ms": 1000 * statistics.median(times)}))
+"""
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """This environment without any thread or wait-policy setting, then ``overrides``."""
+    env = {k: v for k, v in os.environ.items() if k not in POLICY_VARIABLES}
+    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
+    return {**env, **overrides}
+
+
+@contextlib.contextmanager
+def competing_load(processes: int) -> Iterator[None]:
+    """``processes`` Python processes spinning on the CPU until the block ends."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(processes)]
+    try:
+        time.sleep(1.0)  # let the scheduler spread them
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+        for spinner in spinners:
+            spinner.wait()
+
+
+def step_ms(threads: int, env: dict[str, str]) -> float:
+    done = subprocess.run([sys.executable, "-c", STEP_CHILD, str(threads), str(STEPS)],
+                          env=env, capture_output=True, text=True, timeout=1800, check=True)
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["step_ms"])
+
+
+def step_rows() -> list[dict[str, Any]]:
+    cpus = available_cpus()
+    rows = []
+    for load in (0, LOAD):
+        with competing_load(load) if load else contextlib.nullcontext():
+            for threads in sorted({1, cpus}):
+                for policy, env in POLICIES.items():
+                    value = step_ms(threads, clean_env(**env))
+                    state = f"load{load}" if load else "idle"
+                    rows.append(row(f"contention_step_ms_{state}_{threads}t_{policy}", value,
+                                    "ms", threads=threads, competing_processes=load,
+                                    wait_policy=policy))
+    return rows
+
+
+def repro_sample_s(clone: Path, env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([str(BIN / "dvc"), "repro", "--force", "sample/dvc.yaml"], cwd=clone,
+                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                   timeout=7200)
+    return time.perf_counter() - start
+
+
+def repro_rows() -> list[dict[str, Any]]:
+    """The sample pipeline in a clone of HEAD (its data is in git), three ways."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-contention-") as tmp:
+        clone = Path(tmp) / "clone"
+        subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True,
+                       timeout=300)
+        shutil.rmtree(clone / "sample" / "reports", ignore_errors=True)
+        defaults = clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db")
+        old = {**defaults, **SPINNING, "MULTITASK_THREADS": str(os.cpu_count() or 1)}
+        repro_sample_s(clone, defaults)  # warms the DVC cache and the file cache
+        rows.append(row("contention_repro_sample_s_idle_defaults",
+                        repro_sample_s(clone, defaults), "s", competing_processes=0))
+        with competing_load(LOAD):
+            rows.append(row("contention_repro_sample_s_loaded_defaults",
+                            repro_sample_s(clone, defaults), "s", competing_processes=LOAD))
+            rows.append(row("contention_repro_sample_s_loaded_all_cores_spinning",
+                            repro_sample_s(clone, old), "s", competing_processes=LOAD,
+                            note="the behaviour before: every core, GNU OpenMP's spinning "
+                            "wait"))
+    return rows
+
+
+def run() -> list[dict[str, Any]]:
+    return step_rows() + repro_rows()
