@@ -48,7 +48,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -n 2 -m "not slow"
 
+# The peers measured beside this repository (TorchJD) are benchmark dependencies only.
 bench: setup
+	$(BIN)/pip install --quiet -r benchmarks/requirements.txt -c requirements.lock
 	$(BIN)/python -m benchmarks.run
 
 lint: $(STAMP)

@@ -16,6 +16,15 @@ per step at T = 10; two yardsticks without a target: one no-grad forward alone
 sum of the exact per-task parameter gradients (``parameter_gradients``, the floor under every
 parameter-gradient method before its own arithmetic); and the vmapped ``is_grads_batched``
 backward against T plain passes, the measurement behind :mod:`multitask.weighting.gradients`.
+
+**TorchJD beside this repository, in the same run** (``benchmarks/requirements.txt``, which
+``make bench`` installs; absent, the rows say so): TorchJD 0.18's ``mtl_backward`` (the Jacobian
+of the T losses w.r.t. the shared parameters in one vmapped backward) followed by
+``jac_to_grad`` with its ``Mean`` aggregator (``torchjd:mean``: the engine alone, to set beside
+``parameter_gradients``) and with ``UPGrad`` (``torchjd:upgrad``, beside ``upgrad``), each in
+the trainer's channels-last layout and in the contiguous one (``@contiguous``, where the
+repository's ``upgrad`` and ``parameter_gradients`` run too). The ``vs_peer`` rows give the
+repository's absolute CPU time per step over the peer's: below 1, the repository is faster.
 """
 
 from __future__ import annotations
@@ -66,6 +75,9 @@ class Runner:
     # A yardstick rather than a method: "no_grad_forward" (what exact FAMO adds to a step) or
     # "parameter_gradients" (a step of summed exact per-task parameter gradients, no method)
     yardstick: str | None = None
+    # A peer library's step instead of this repository's: TorchJD's aggregator (its Mean or
+    # UPGrad) after its mtl_backward
+    peer: Any = None
 
     @property
     def kind(self) -> str:
@@ -83,10 +95,27 @@ def _losses(model: MultiTaskModel, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor
                         for t, name in enumerate(model.task_names)]), features
 
 
+def _peer_step(runner: Runner, x: Tensor, y: Tensor) -> None:
+    """TorchJD's multi-task step: per-task Jacobian of the shared parameters, aggregated."""
+    from torchjd.autojac import jac_to_grad, mtl_backward
+
+    runner.optimizer.zero_grad(set_to_none=True)
+    features = runner.model.encode(x)
+    outputs = runner.model.decode(features)
+    losses = [F.cross_entropy(outputs[name], y[:, t])
+              for t, name in enumerate(runner.model.task_names)]
+    shared = runner.model.shared_parameters()
+    mtl_backward(losses, features=features, shared_params=shared)
+    jac_to_grad(shared, runner.peer)
+    runner.optimizer.step()
+
+
 def _step(runner: Runner, x: Tensor, y: Tensor, step: int, record: bool) -> None:
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     started, cpu_started = time.perf_counter(), time.process_time()
-    if runner.yardstick == "no_grad_forward":
+    if runner.peer is not None:
+        _peer_step(runner, x, y)
+    elif runner.yardstick == "no_grad_forward":
         with torch.no_grad():
             _losses(runner.model, x, y)
     elif runner.yardstick == "parameter_gradients":
@@ -131,7 +160,47 @@ def _runners(tasks: int) -> list[Runner]:
         own = copy.deepcopy(model)
         runners.append(Runner(yardstick, build_weighting("equal", tasks), own,
                               torch.optim.Adam(own.parameters(), lr=1e-4), yardstick=yardstick))
+    contiguous = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    for label, yardstick in (("upgrad@contiguous", None),
+                             ("parameter_gradients@contiguous", "parameter_gradients")):
+        own = copy.deepcopy(contiguous)
+        method = build_weighting("upgrad" if yardstick is None else "equal", tasks)
+        runners.append(Runner(label, method, own, torch.optim.Adam(own.parameters(), lr=1e-4),
+                              yardstick=yardstick))
+    return runners + _peer_runners(model, contiguous, tasks)
+
+
+def peer_missing() -> str | None:
+    """Why the peer rows cannot run here, or None."""
+    try:
+        import quadprog  # noqa: F401  (UPGrad's projector)
+        import torchjd.aggregation  # noqa: F401
+    except ImportError as exc:
+        return (f"TorchJD not installed ({exc}): pip install -r benchmarks/requirements.txt "
+                "(make bench does)")
+    return None
+
+
+def _peer_runners(model: MultiTaskModel, contiguous: MultiTaskModel,
+                  tasks: int) -> list[Runner]:
+    if peer_missing():
+        return []
+    from torchjd.aggregation import Mean, UPGrad
+
+    runners = []
+    for suffix, base in (("", model), ("@contiguous", contiguous)):
+        for name, aggregator in (("mean", Mean()), ("upgrad", UPGrad())):
+            own = copy.deepcopy(base)
+            runners.append(Runner(f"torchjd:{name}{suffix}", build_weighting("equal", tasks),
+                                  own, torch.optim.Adam(own.parameters(), lr=1e-4),
+                                  yardstick="peer", peer=aggregator))
     return runners
+
+
+# The repository's runner set beside each peer runner (same work, same layout).
+PEER_PAIRS = {"torchjd:mean": "parameter_gradients", "torchjd:upgrad": "upgrad",
+              "torchjd:mean@contiguous": "parameter_gradients@contiguous",
+              "torchjd:upgrad@contiguous": "upgrad@contiguous"}
 
 
 def _batched_over_loop(tasks: int, x: Tensor, y: Tensor) -> float:
@@ -178,7 +247,7 @@ def measure(tasks: int) -> list[dict[str, Any]]:
                   round(ratio, 3), "unit": "x equal (CPU time)",
                   "wall_ratio": round(statistics.median(runner.seconds)
                                       / statistics.median(equal.seconds), 3)}
-        if runner.yardstick is None:
+        if runner.yardstick is None and "@contiguous" not in runner.label:
             target = LIGHT[runner.kind][column]
             result.update(target=target, ok=ratio <= target, gradients=runner.kind)
         rows.append(result)
@@ -188,6 +257,18 @@ def measure(tasks: int) -> list[dict[str, Any]]:
                 rows.append({"name": f"weighting/T{tasks}/{runner.label}/minor_page_faults",
                              "value": round(statistics.mean(runner.faults), 1),
                              "unit": "faults/step (mean)"})
+    by_label = {r.label: r for r in runners}
+    for peer, own in PEER_PAIRS.items():
+        if peer in by_label:
+            mine, theirs = (statistics.median(by_label[label].cpu_seconds)
+                            for label in (own, peer))
+            rows.append({"name": f"weighting/T{tasks}/{own}_vs_peer_{peer}", "value":
+                         round(mine / theirs, 3), "unit": "x peer (CPU time)",
+                         "cpu_ms": round(mine * 1000, 2), "peer_cpu_ms": round(theirs * 1000, 2),
+                         "peer": "torchjd 0.18.0"})
+    if missing := peer_missing():
+        rows.append({"name": f"weighting/T{tasks}/peer_torchjd", "value": None, "unit": "",
+                     "error": missing})
     rows.append({"name": f"weighting/T{tasks}/gradients/is_grads_batched_over_loop",
                  "value": round(_batched_over_loop(tasks, x, y), 3), "unit": "x loop"})
     return rows
