@@ -340,13 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from multitask.cpus import choose_wait_policy
 
-    choose_wait_policy()  # before torch loads: OpenMP reads it once
+    policy = choose_wait_policy()  # before torch loads: OpenMP reads it once
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if policy:
+        logging.getLogger(__name__).debug("OpenMP wait: %s", policy)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
     command = COMMANDS[args.command]
