@@ -35,16 +35,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BIN, ROOT, row
-from multitask.cpus import available_cpus
+from benchmarks.common import BIN, ROOT, row, tool_env
+from multitask.cpus import BUSY_WAIT, IDLE_WAIT, WAIT_VARIABLES, available_cpus
+from multitask.device import THREADS_ENV
 
 LOAD = int(os.environ.get("BENCH_CONTENTION_LOAD", "0")) or available_cpus()
 STEPS = int(os.environ.get("BENCH_CONTENTION_STEPS", "40"))
 SPINNING = {"GOMP_SPINCOUNT": "300000"}  # GNU OpenMP's default when no policy is set
-SHORT_SPIN = {"GOMP_SPINCOUNT": "10000"}  # a few microseconds, then sleep
-PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
-POLICIES = {"spinning": SPINNING, "short_spin": SHORT_SPIN, "passive": PASSIVE}
-POLICY_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MULTITASK_THREADS", "OMP_NUM_THREADS")
+# The two policies the multitask command chooses between (multitask.cpus), beside GOMP's default
+POLICIES = {"spinning": SPINNING, "short_spin": IDLE_WAIT, "passive": BUSY_WAIT}
+POLICY_VARIABLES = (*WAIT_VARIABLES, THREADS_ENV, "OMP_NUM_THREADS")
 
 STEP_CHILD = r"""
 import json, statistics, sys, time
@@ -77,11 +77,9 @@ print(json.dumps({"step_ms": 1000 * statistics.median(times)}))
 """
 
 
-def clean_env(**overrides: str) -> dict[str, str]:
-    """This environment without any thread or wait-policy setting, then ``overrides``."""
-    env = {k: v for k, v in os.environ.items() if k not in POLICY_VARIABLES}
-    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
-    return {**env, **overrides}
+def policy_free_env(**overrides: str) -> dict[str, str]:
+    """The tools' environment without any thread or wait-policy setting, then ``overrides``."""
+    return {**{k: v for k, v in tool_env().items() if k not in POLICY_VARIABLES}, **overrides}
 
 
 @contextlib.contextmanager
@@ -112,7 +110,7 @@ def step_rows() -> list[dict[str, Any]]:
         with competing_load(load) if load else contextlib.nullcontext():
             for threads in sorted({1, cpus}):
                 for policy, env in POLICIES.items():
-                    value = step_ms(threads, clean_env(**env))
+                    value = step_ms(threads, policy_free_env(**env))
                     state = f"load{load}" if load else "idle"
                     rows.append(row(f"contention_step_ms_{state}_{threads}t_{policy}", value,
                                     "ms", threads=threads, competing_processes=load,
@@ -136,7 +134,7 @@ def repro_rows() -> list[dict[str, Any]]:
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True,
                        timeout=300)
         shutil.rmtree(clone / "sample" / "reports", ignore_errors=True)
-        defaults = clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db")
+        defaults = policy_free_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db")
         old = {**defaults, **SPINNING, "MULTITASK_THREADS": str(os.cpu_count() or 1)}
         repro_sample_s(clone, defaults)  # warms the DVC cache and the file cache
         rows.append(row("contention_repro_sample_s_idle_defaults",

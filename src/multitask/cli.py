@@ -338,10 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from multitask.cpus import choose_wait_policy
 
-    policy = choose_wait_policy()  # before torch loads: OpenMP reads it once
-    args = build_parser().parse_args(argv)
+    # after --help and usage errors (which load nothing), before the command's module loads
+    # torch: OpenMP reads the policy once
+    policy = choose_wait_policy()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

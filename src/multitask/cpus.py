@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -115,8 +116,6 @@ def choose_wait_policy(environ: dict[str, str] | None = None,
     """Set OpenMP's wait policy in ``environ`` (``os.environ``) for this process and those it
     starts, from how busy the machine is now; return what was set. Nothing when one of
     :data:`WAIT_VARIABLES` is set already (yours wins) or torch is loaded (too late)."""
-    import sys
-
     environ = os.environ if environ is None else environ
     if loaded is None:
         loaded = "torch" in sys.modules
