@@ -24,7 +24,6 @@ Rows (``contention_*``):
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -35,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BIN, ROOT, row, tool_env
+from benchmarks.common import BIN, ROOT, row, tool_env, training_step
 from multitask.cpus import BUSY_WAIT, IDLE_WAIT, WAIT_VARIABLES, available_cpus
 from multitask.device import THREADS_ENV
 
@@ -46,35 +45,6 @@ SPINNING = {"GOMP_SPINCOUNT": "300000"}  # GNU OpenMP's default when no policy i
 POLICIES = {"spinning": SPINNING, "short_spin": IDLE_WAIT, "passive": BUSY_WAIT}
 POLICY_VARIABLES = (*WAIT_VARIABLES, THREADS_ENV, "OMP_NUM_THREADS")
 
-STEP_CHILD = r"""
-import json, statistics, sys, time
-import torch
-import torch.nn.functional as F
-from multitask.config import ModelConfig
-from multitask.models import build_model
-from multitask.tasks import Task
-
-threads, steps = int(sys.argv[1]), int(sys.argv[2])
-torch.set_num_threads(threads)
-torch.manual_seed(0)
-tasks = [Task(name="left", num_classes=10), Task(name="right", num_classes=10)]
-model = build_model(ModelConfig(architecture="cross_stitch"), tasks, 1, 36)
-model = model.to(memory_format=torch.channels_last)
-optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-x = torch.rand(256, 1, 36, 36).contiguous(memory_format=torch.channels_last)
-y = torch.randint(0, 10, (256, 2))
-times = []
-for step in range(steps + 5):
-    start = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    outputs = model(x)
-    loss = sum(F.cross_entropy(outputs[t.name], y[:, i]) for i, t in enumerate(tasks))
-    loss.backward()
-    optimizer.step()
-    if step >= 5:
-        times.append(time.perf_counter() - start)
-print(json.dumps({"step_ms": 1000 * statistics.median(times)}))
-"""
 
 
 def policy_free_env(**overrides: str) -> dict[str, str]:
@@ -97,12 +67,6 @@ def competing_load(processes: int) -> Iterator[None]:
             spinner.wait()
 
 
-def step_ms(threads: int, env: dict[str, str]) -> float:
-    done = subprocess.run([sys.executable, "-c", STEP_CHILD, str(threads), str(STEPS)],
-                          env=env, capture_output=True, text=True, timeout=1800, check=True)
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["step_ms"])
-
-
 def step_rows() -> list[dict[str, Any]]:
     cpus = available_cpus()
     rows = []
@@ -110,7 +74,7 @@ def step_rows() -> list[dict[str, Any]]:
         with competing_load(load) if load else contextlib.nullcontext():
             for threads in sorted({1, cpus}):
                 for policy, env in POLICIES.items():
-                    value = step_ms(threads, policy_free_env(**env))
+                    value = training_step(threads, policy_free_env(**env), STEPS)["step_ms"]
                     state = f"load{load}" if load else "idle"
                     rows.append(row(f"contention_step_ms_{state}_{threads}t_{policy}", value,
                                     "ms", threads=threads, competing_processes=load,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -44,3 +45,61 @@ def row(name: str, value: float, unit: str, target: float | None = None,
         out["target"] = f"{'>=' if higher_is_better else '<='} {target} {unit}"
         out["ok"] = value >= target if higher_is_better else value <= target
     return out
+
+
+# One training step of the default model in a process of its own (thread count and OpenMP wait
+# are read once, when torch loads): LeNet cross-stitch, two tasks, batch 256, channels-last,
+# Adam. argv: threads, steps, architecture, keep (1: multitask.allocator.keep_freed_memory).
+STEP_CHILD = r"""
+import json, resource, statistics, sys, time
+threads, steps, architecture, keep = (int(sys.argv[1]), int(sys.argv[2]), sys.argv[3],
+                                      sys.argv[4] == "1")
+if keep:
+    from multitask.allocator import keep_freed_memory
+    keep_freed_memory()
+import torch
+import torch.nn.functional as F
+from multitask.config import ModelConfig
+from multitask.models import build_model
+from multitask.tasks import Task
+
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+tasks = [Task(name="left", num_classes=10), Task(name="right", num_classes=10)]
+model = build_model(ModelConfig(architecture=architecture), tasks, 1, 36)
+model = model.to(memory_format=torch.channels_last)
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+x = torch.rand(256, 1, 36, 36).contiguous(memory_format=torch.channels_last)
+y = torch.randint(0, 10, (256, 2))
+times = []
+for step in range(steps + 5):
+    if step == 5:
+        cpu, faults = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    outputs = model(x)
+    loss = sum(F.cross_entropy(outputs[t.name], y[:, i]) for i, t in enumerate(tasks))
+    loss.backward()
+    optimizer.step()
+    if step >= 5:
+        times.append(time.perf_counter() - start)
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+print(json.dumps({"step_ms": 1000 * statistics.median(times),
+                  "cpu_ms": 1000 * (time.process_time() - cpu) / steps,
+                  "faults_per_step": faults / steps}))
+"""
+
+
+def training_step(threads: int, env: dict[str, str], steps: int,
+                  architecture: str = "cross_stitch", keep_freed: bool = False) -> dict[str, float]:
+    """:data:`STEP_CHILD` in a new process: median wall ms per step, CPU ms per step (all
+    threads) and minor page faults per step. Without ``keep_freed`` the child runs on glibc's
+    own thresholds (the variables :mod:`multitask.allocator` sets are removed from ``env``)."""
+    from multitask.allocator import KEEP_FREED
+
+    env = {k: v for k, v in env.items() if k not in KEEP_FREED}
+    done = subprocess.run(
+        [sys.executable, "-c", STEP_CHILD, str(threads), str(steps), architecture,
+         "1" if keep_freed else "0"],
+        env=env, capture_output=True, text=True, timeout=1800, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])

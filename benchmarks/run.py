@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from multitask.allocator import keep_freed_memory
 from multitask.device import cpu_model
 from multitask.io import write_json
 
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help=f"subset of: {', '.join(available())}")
     args = parser.parse_args()
     names = args.names or available()
+    malloc = keep_freed_memory()  # as the multitask command does: benchmarks measure what it runs
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     machine = {
         "cpu_model": cpu_model(),
@@ -41,6 +43,7 @@ def main() -> None:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "malloc": malloc or "unchanged",
     }
     for name in names:
         module = importlib.import_module(f"benchmarks.bench_{name}")

@@ -339,11 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from multitask.allocator import keep_freed_memory
     from multitask.cpus import choose_wait_policy
 
     # after --help and usage errors (which load nothing), before the command's module loads
-    # torch: OpenMP reads the policy once
+    # torch: OpenMP reads the policy once, and no tensor exists yet to come from fresh pages
     policy = choose_wait_policy()
+    malloc = keep_freed_memory()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -351,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if policy:
         logging.getLogger(__name__).debug("OpenMP wait: %s", policy)
+    if malloc:
+        logging.getLogger(__name__).debug("malloc keeps freed memory: %s", malloc)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
     command = COMMANDS[args.command]
