@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import hashlib
 import importlib.util
+import os
 import shutil
 import struct
 import sys
@@ -20,6 +21,33 @@ import pytest
 
 from multitask.data.idx import SPLIT_FILES
 from multitask.layout import Layout
+
+WORKER_THREADS = pytest.StashKey[int]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``pytest -n N`` each worker takes 1/N of the CPUs this process may use: torch's
+    threads in the worker and, through ``$MULTITASK_THREADS``, in the stages its tests start, so
+    two workers on two cores run two threads, not four that take turns. Your own
+    ``MULTITASK_THREADS`` wins."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not workers.isdigit() or "MULTITASK_THREADS" in os.environ:
+        return
+    from multitask.cpus import available_cpus
+
+    share = max(1, available_cpus() // int(workers))
+    os.environ["MULTITASK_THREADS"] = str(share)
+    config.stash[WORKER_THREADS] = share
+    from multitask.device import limit_threads
+
+    limit_threads()
+
+
+@pytest.fixture
+def worker_threads(pytestconfig: pytest.Config) -> int | None:
+    """The torch threads tests/conftest.py gave this pytest worker; None when it set none
+    (no ``-n``, or your own ``MULTITASK_THREADS``)."""
+    return pytestconfig.stash.get(WORKER_THREADS, None)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

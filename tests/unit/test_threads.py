@@ -134,3 +134,15 @@ def test_the_multitask_command_sets_the_policy_before_torch_loads() -> None:
     mine = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**base, "OMP_WAIT_POLICY": "ACTIVE"}, timeout=120, check=True)
     assert mine.stdout.split()[-2:] == ["None", "ACTIVE"]
+
+
+def test_each_pytest_worker_takes_its_share_of_the_cpus(worker_threads: int | None) -> None:
+    """tests/conftest.py: under `pytest -n N` this worker and the stages it starts run
+    CPUs // N torch threads (at least one)."""
+    import torch
+
+    if worker_threads is None:
+        pytest.skip("sizes the workers of pytest -n N only, where MULTITASK_THREADS is unset")
+    share = max(1, available_cpus() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    assert os.environ["MULTITASK_THREADS"] == str(share)
+    assert worker_threads == share and torch.get_num_threads() == share
