@@ -1,6 +1,7 @@
-"""Training throughput (images per second) of the default model: LeNet, hard sharing, equal
-weighting, batch 256, on the full MultiFashion training split. On the CPU always; on CUDA
-(bf16 autocast, data resident on the GPU) when a GPU is present."""
+"""Training throughput (images per second) of the default model (params.yaml's backbone and
+architecture: LeNet cross-stitch), equal weighting, batch 256, on the full MultiFashion training
+split. On the CPU always; on CUDA (bf16 autocast, data resident on the GPU) when a GPU is
+present."""
 
 from __future__ import annotations
 
@@ -42,10 +43,11 @@ def run() -> list[dict[str, Any]]:
         folder = Path(tmp) / "processed"
         processed.write(folder, *build_dataset(params.data, Layout(ROOT)))
         cpu = throughput(folder, torch.device("cpu"), fraction=0.5, epochs=3)
+        model = f"{params.model.backbone} {params.model.architecture}, equal, batch 256"
         rows.append(row(f"train images/s, CPU ({torch.get_num_threads()} threads)", cpu,
-                        "images/s", extra_note="LeNet HPS, equal, batch 256"))
+                        "images/s", extra_note=model))
         if torch.cuda.is_available():
             gpu = throughput(folder, torch.device("cuda"), fraction=1.0, epochs=3)
             rows.append(row(f"train images/s, {torch.cuda.get_device_name(0)}", gpu, "images/s",
-                            extra_note="LeNet HPS, equal, batch 256, bf16 autocast"))
+                            extra_note=f"{model}, bf16 autocast"))
     return rows
