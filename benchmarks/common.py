@@ -49,11 +49,12 @@ def row(name: str, value: float, unit: str, target: float | None = None,
 
 # One training step of the default model in a process of its own (thread count and OpenMP wait
 # are read once, when torch loads): LeNet cross-stitch, two tasks, batch 256, channels-last,
-# Adam. argv: threads, steps, architecture, keep (1: multitask.allocator.keep_freed_memory).
+# Adam. argv: threads, steps, architecture, keep (1: multitask.allocator.keep_freed_memory),
+# compile (1: the model through torch.compile; the first 5 steps, timed as warmup_s, compile it).
 STEP_CHILD = r"""
 import json, resource, statistics, sys, time
-threads, steps, architecture, keep = (int(sys.argv[1]), int(sys.argv[2]), sys.argv[3],
-                                      sys.argv[4] == "1")
+threads, steps, architecture, keep, compiled = (int(sys.argv[1]), int(sys.argv[2]), sys.argv[3],
+                                                sys.argv[4] == "1", sys.argv[5] == "1")
 if keep:
     from multitask.allocator import keep_freed_memory
     keep_freed_memory()
@@ -69,11 +70,15 @@ tasks = [Task(name="left", num_classes=10), Task(name="right", num_classes=10)]
 model = build_model(ModelConfig(architecture=architecture), tasks, 1, 36)
 model = model.to(memory_format=torch.channels_last)
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+if compiled:
+    model = torch.compile(model)
 x = torch.rand(256, 1, 36, 36).contiguous(memory_format=torch.channels_last)
 y = torch.randint(0, 10, (256, 2))
 times = []
+began = time.perf_counter()
 for step in range(steps + 5):
     if step == 5:
+        warmup = time.perf_counter() - began
         cpu, faults = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
@@ -86,20 +91,22 @@ for step in range(steps + 5):
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 print(json.dumps({"step_ms": 1000 * statistics.median(times),
                   "cpu_ms": 1000 * (time.process_time() - cpu) / steps,
-                  "faults_per_step": faults / steps}))
+                  "faults_per_step": faults / steps, "warmup_s": warmup}))
 """
 
 
 def training_step(threads: int, env: dict[str, str], steps: int,
-                  architecture: str = "cross_stitch", keep_freed: bool = False) -> dict[str, float]:
+                  architecture: str = "cross_stitch", keep_freed: bool = False,
+                  compiled: bool = False) -> dict[str, float]:
     """:data:`STEP_CHILD` in a new process: median wall ms per step, CPU ms per step (all
-    threads) and minor page faults per step. Without ``keep_freed`` the child runs on glibc's
+    threads), minor page faults per step and the first 5 steps' seconds (with ``compiled``,
+    torch.compile's compilation). Without ``keep_freed`` the child runs on glibc's
     own thresholds (the variables :mod:`multitask.allocator` sets are removed from ``env``)."""
     from multitask.allocator import KEEP_FREED
 
     env = {k: v for k, v in env.items() if k not in KEEP_FREED}
     done = subprocess.run(
         [sys.executable, "-c", STEP_CHILD, str(threads), str(steps), architecture,
-         "1" if keep_freed else "0"],
+         "1" if keep_freed else "0", "1" if compiled else "0"],
         env=env, capture_output=True, text=True, timeout=1800, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])

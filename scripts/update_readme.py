@@ -162,7 +162,7 @@ def _comparison_table(kind: str, epochs: int, rows: dict[tuple[str, str], dict[s
 def _value(row: dict[str, Any]) -> str:
     value = row.get("value")
     if value is None:
-        return f"— ({row.get('skipped') or row.get('error') or 'not measured'})"
+        return f"— ({row.get('skipped') or row.get('error') or row.get('note') or 'not measured'})"
     return f"{value:g} {row.get('unit', '')}".strip() if isinstance(value, int | float) \
         else f"{value} {row.get('unit', '')}".strip()
 
