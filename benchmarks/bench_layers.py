@@ -24,7 +24,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmarks.common import row, tool_env
+from benchmarks.common import median_seconds, row, tool_env
 
 BATCH = 256
 REPEAT = int(os.environ.get("BENCH_LAYERS_REPEAT", "20"))
@@ -83,14 +82,11 @@ FORMS: dict[str, tuple[Callable[[Tensor, Tensor, Tensor], Tensor], bool]] = {
 
 
 def median_ms(function: Callable[[], Any]) -> float:
+    """Median wall ms of ``REPEAT`` calls, after three untimed ones (oneDNN picks its kernels
+    and the allocator its blocks on the first)."""
     for _ in range(3):
         function()
-    times = []
-    for _ in range(REPEAT):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return 1000 * sorted(times)[len(times) // 2]
+    return 1000 * median_seconds(function, REPEAT)
 
 
 def gradients(form: Callable[[Tensor, Tensor, Tensor], Tensor], x: Tensor, weight: Tensor,

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from multitask.allocator import KEEP_FREED
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -102,8 +104,6 @@ def training_step(threads: int, env: dict[str, str], steps: int,
     threads), minor page faults per step and the first 5 steps' seconds (with ``compiled``,
     torch.compile's compilation). Without ``keep_freed`` the child runs on glibc's
     own thresholds (the variables :mod:`multitask.allocator` sets are removed from ``env``)."""
-    from multitask.allocator import KEEP_FREED
-
     env = {k: v for k, v in env.items() if k not in KEEP_FREED}
     done = subprocess.run(
         [sys.executable, "-c", STEP_CHILD, str(threads), str(steps), architecture,

@@ -4,10 +4,10 @@
 A LeNet training step allocates and frees tensors of 1-8 MB dozens of times. glibc serves
 those above its mmap threshold (128 kB at start, raised as such blocks are freed) with fresh
 ``mmap`` pages and returns freed heap tops above its trim threshold to the OS, so the next step
-touches new pages again: about 4,000 page faults per cross-stitch step, the zero-fill of a
+touches new pages again: 1,300 to 4,000 page faults per LeNet step, the zero-fill of a
 max-pool gradient taking 7.6 ms instead of 2.5 ms. With the thresholds fixed, freed blocks are
-reused and a step takes no page faults (measured in benchmarks/bench_allocator.py, README,
-Benchmarks). Other allocators (musl, macOS) are left alone.
+reused and a step takes under 50 page faults (measured in benchmarks/bench_allocator.py,
+README, Benchmarks). Other allocators (musl, macOS) are left alone.
 """
 
 from __future__ import annotations
