@@ -289,8 +289,10 @@ class DropoutConfig(_Section):
 
 class ModelConfig(_Section):
     backbone: str = "lenet"  # a name of BACKBONES
-    # LeNet's channels and features multiplied (2: conv 20/40, fc 100); 1 for other backbones.
-    width: int = Field(1, ge=1, le=16)
+    # LeNet's channels and features multiplied, each rounded to the nearest whole number
+    # (2: conv 20/40, fc 100; 1.5: conv 15/30, fc 75); 1 for other backbones. A whole number
+    # stays an int, so the params that hash it (tune's study name) read as they always did.
+    width: int | float = Field(1, ge=0.1, le=16)
     architecture: str = "hps"
     head_hidden: list[int] = Field(default_factory=list)
     rotation_task: bool = False

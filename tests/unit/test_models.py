@@ -78,6 +78,28 @@ def test_lenet_width_multiplies_channels_and_features_in_every_architecture(
         assert sum(p.numel() for p in model.parameters()) == conv1 + conv2 + fc + 2 * head
 
 
+def test_a_fractional_width_rounds_channels_and_keeps_a_cross_stitch_pair_under_150k() -> None:
+    """model.width 1.5: conv 1->15 and 15->30, fc 750->75; two such LeNets joined by
+    cross-stitch units (12 mixing weights) hold 139,202 parameters."""
+    config = ModelConfig(width=1.5, architecture="cross_stitch")
+    model = build_model(config, TASKS, 1, 36)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 15), (15, 30)] * 2
+    conv1, conv2, fc, head = 15 * 81 + 15, 30 * 15 * 25 + 30, 750 * 75 + 75, 75 * 10 + 10
+    assert sum(p.numel() for p in model.parameters()) == 2 * (conv1 + conv2 + fc + head) + 12
+    assert {k: tuple(v.shape) for k, v in model(torch.zeros(2, 1, 36, 36)).items()} == {
+        "left": (2, 10), "right": (2, 10)}
+
+
+def test_a_whole_width_stays_an_int_and_a_tiny_one_is_refused() -> None:
+    """1 reads back as 1, not 1.0 (params hashed into names stay as they were); a width that
+    would round a layer to nothing names the field."""
+    assert type(ModelConfig(width=1).width) is int
+    assert ModelConfig(width=1.5).width == 1.5
+    with pytest.raises(ValueError, match="width"):
+        ModelConfig(width=0.01)
+
+
 def test_width_is_refused_for_torchvision_backbones_by_name() -> None:
     with pytest.raises(ValueError, match="width: 2: only lenet"):
         ModelConfig(backbone="resnet18", width=2)

@@ -24,8 +24,10 @@ class LeNetEncoder(nn.Module):
 
     conv 9x9 (1->10), max-pool 2, ReLU, conv 5x5 (10->20), max-pool 2, ReLU, fc 500->50, ReLU.
     On a 36x36 canvas the second pooling leaves 20x5x5 = 500 features. ``width``
-    (``model.width``) multiplies the channels and the features: width 2 is conv 1->20, 20->40
-    and fc 1000->100 (123,800 parameters with two 10-way heads, against 32k). With ``dropout`` > 0
+    (``model.width``) multiplies the channels and the features, each rounded to the nearest
+    whole number: width 2 is conv 1->20, 20->40 and fc 1000->100 (123,800 parameters with two
+    10-way heads, against 32k); width 1.5 is conv 1->15, 15->30 and fc 750->75 (69,595 with one
+    head, so a cross-stitch pair of them stays under 150k). With ``dropout`` > 0
     those 500 features pass a dropout layer before ``fc`` (appended to ``features``, so no
     parameter's key moves; with 0 there is no such layer).
     """
@@ -34,14 +36,16 @@ class LeNetEncoder(nn.Module):
     input_conv = "features.0"  # the convolution that reads the image
 
     def __init__(self, in_channels: int = 1, image_size: int = 36,
-                 out_features: int | None = None, dropout: float = 0.0, width: int = 1) -> None:
+                 out_features: int | None = None, dropout: float = 0.0,
+                 width: float = 1) -> None:
         super().__init__()
-        out_features = 50 * width if out_features is None else out_features
+        first, second = _scaled(10, width), _scaled(20, width)
+        out_features = _scaled(50, width) if out_features is None else out_features
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 10 * width, kernel_size=9),
+            nn.Conv2d(in_channels, first, kernel_size=9),
             nn.MaxPool2d(2),
             nn.ReLU(),
-            nn.Conv2d(10 * width, 20 * width, kernel_size=5),
+            nn.Conv2d(first, second, kernel_size=5),
             nn.MaxPool2d(2),
             nn.ReLU(),
             nn.Flatten(),
@@ -69,6 +73,11 @@ class LeNetEncoder(nn.Module):
         return nn.Sequential(*self.features[6:], self.fc)
 
 
+def _scaled(size: int, width: float) -> int:
+    """``size`` x ``width`` to the nearest whole number (halves up), at least 1."""
+    return max(1, int(size * width + 0.5))
+
+
 def output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> torch.Size:
     """The shape of ``module``'s output for one input of ``input_shape`` (no batch dimension).
 
@@ -85,7 +94,7 @@ def output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> torch.Size:
 
 def build_backbone(name: str, in_channels: int, image_size: int, *,
                    resize_to: int | None = None, stem: str = "auto",
-                   dropout: float = 0.0, width: int = 1) -> nn.Module:
+                   dropout: float = 0.0, width: float = 1) -> nn.Module:
     """The encoder ``model.backbone`` names, for ``in_channels`` x ``image_size``² input.
 
     ``resize_to`` and ``stem`` apply to torchvision backbones (see :mod:`multitask.models.zoo`);
