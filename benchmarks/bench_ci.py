@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import ROOT, fresh_clone
+
 JOB_TARGET_S = 15 * 60
 SAMPLE_PIPELINE_TARGET_S = 3 * 60
 
@@ -82,10 +83,7 @@ def run() -> list[dict[str, Any]]:
         env = clean_env(work / "pip-cache")
         clones = []
         for name in ("cold", "warm"):
-            clone = work / name
-            subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(clone)],
-                           check=True, timeout=300)
-            clones.append(clone)
+            clones.append(fresh_clone(work / name))
         cold, warm = clones
         rows = [
             timed_step("ci_setup_cold_pip_cache_s", ["make", "setup"], cold, env, 3600),

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_ci import timed_step
-from benchmarks.common import ROOT, tool_env
-from multitask.cpus import available_cpus
+from benchmarks.common import fresh_clone, tool_env
+from multitask.comparison import threads_per_experiment
 
 EPOCHS = 2
 SEEDS = 3
@@ -34,8 +34,7 @@ LAYOUTS = (("one_at_a_time", 1, 100), ("side_by_side", 2, 200))
 
 
 def _prepare(clone: Path, env: dict[str, str]) -> None:
-    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(clone)],
-                   check=True, timeout=300)
+    fresh_clone(clone)
     for command in (["dvc", "cache", "dir", "--local", str(clone.parent / "cache")],
                     ["dvc", "repro", "pretrain"]):
         subprocess.run(command, cwd=clone, env=env, check=True, capture_output=True,
@@ -54,7 +53,7 @@ def run() -> list[dict[str, Any]]:
                        "train.weighting=equal", "--set", f"train.epochs={EPOCHS}",
                        "--seeds", *seeds, "--jobs", str(jobs)]
             step = timed_step(f"compare/{SEEDS}seeds/{label}/wall_s", command, clone, env, 3600)
-            step.update(jobs=jobs, threads_each=max(1, available_cpus() // jobs), epochs=EPOCHS,
+            step.update(jobs=jobs, threads_each=threads_per_experiment(jobs), epochs=EPOCHS,
                         seeds=SEEDS)
             rows.append(step)
     timed = [r for r in rows if r["value"] is not None]

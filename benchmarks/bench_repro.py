@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_ci import clean_env, timed_step
-from benchmarks.common import ROOT, row
+from benchmarks.common import fresh_clone, row
 
 REPRO_TARGET_S = 15 * 60
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
@@ -51,9 +51,7 @@ def timed_repro(clone: Path, env: dict[str, str]) -> list[dict[str, Any]]:
 
 def run() -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="bench-repro-") as tmp:
-        clone = Path(tmp) / "clone"
-        subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(clone)],
-                       check=True, timeout=300)
+        clone = fresh_clone(Path(tmp) / "clone")
         env = clean_env(Path.home() / ".cache" / "pip")
         rows = [timed_step("make_repro_setup_warm_pip_cache_s", ["make", "setup"], clone, env,
                            3600)]

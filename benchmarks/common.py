@@ -28,6 +28,14 @@ def median_seconds(function: Callable[[], Any], repeat: int = 3) -> float:
     return statistics.median(times)
 
 
+def fresh_clone(clone: Path) -> Path:
+    """``clone``: a clone of this repository's last commit with files of its own (no hard
+    links into this checkout), as a new user's ``git clone`` gives."""
+    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(clone)],
+                   check=True, timeout=300)
+    return clone
+
+
 def tool_env() -> dict[str, str]:
     """The environment with this interpreter's scripts (multitask, dvc) first on PATH."""
     return {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
