@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,7 @@ from multitask.comparison.experiments import (
     copy_sources_first,
     experiments,
     queue_status,
+    run_to_files,
     wait,
 )
 from multitask.comparison.report import Measured, markdown, plot, summary
@@ -272,6 +275,20 @@ def test_queue_status_is_parsed() -> None:
     assert parsed.tasks == {"2388bc3": ("cmp-equal-s1", "Running"),
                             "b094f5d": ("cmp-equal-s0", "Failed")}
     assert (parsed.active, parsed.idle) == (1, 2)
+
+
+def test_a_command_whose_children_outlive_it_returns_with_its_output(tmp_path: Path) -> None:
+    """What `dvc queue start` does: its workers keep its stdout and stderr open after it exits.
+    The call returns when the command exits (its daemon still alive), not when the daemon does,
+    with the command's own output and status."""
+    script = "sleep 120 & echo $!; echo warned >&2; exit 3"
+    done = run_to_files(["sh", "-c", script], tmp_path, dict(os.environ))
+    daemon = int(done.stdout.strip())
+    try:
+        assert Path(f"/proc/{daemon}").exists()  # returned while the child still holds the fds
+        assert (done.returncode, done.stderr) == (3, "warned\n")
+    finally:
+        os.kill(daemon, signal.SIGTERM)
 
 
 class _Queue(Dvc):

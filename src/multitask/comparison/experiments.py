@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -89,6 +90,22 @@ def copy_sources_first(pythonpath: str = "") -> str:
     return os.pathsep.join([*COPY_SOURCES, *([pythonpath] if pythonpath else [])])
 
 
+def run_to_files(argv: list[str], cwd: Path, env: dict[str, str]
+                 ) -> subprocess.CompletedProcess[str]:
+    """``argv``'s exit status and output, read from temporary files once it has exited.
+
+    Not through pipes: `dvc queue start` returns at once but the workers it spawns inherit its
+    stdout and stderr and live until the queue is empty, and a pipe reaches end-of-file only
+    when every holder has closed it, so ``capture_output`` would block until the last
+    experiment finished (no progress, no check for removed tasks or stalled workers)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        code = subprocess.run(argv, cwd=cwd, env=env, stdout=out, stderr=err,
+                              stdin=subprocess.DEVNULL).returncode
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(argv, code, out.read(), err.read())
+
+
 class Dvc:
     """DVC and git commands in the repository, with this interpreter's scripts (`dvc`,
     `multitask`, which the stages and queue workers call) first on PATH and, for the queue
@@ -102,8 +119,7 @@ class Dvc:
                     **(env or {})}
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(["dvc", *args], cwd=self.root, env=self.env, capture_output=True,
-                              text=True)
+        done = run_to_files(["dvc", *args], self.root, self.env)
         if check and done.returncode != 0:
             raise RuntimeError(f"dvc {' '.join(args)} exited {done.returncode} in {self.root}:"
                                f"\n{(done.stdout + done.stderr).strip()[-3000:]}")
