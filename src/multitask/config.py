@@ -296,6 +296,12 @@ class ModelConfig(_Section):
     architecture: str = "hps"
     head_hidden: list[int] = Field(default_factory=list)
     rotation_task: bool = False
+    # cross_stitch only: scalar (the paper's unit: one weight per pair of columns) or linear
+    # (a channels x channels matrix per pair of columns, starting as the scalar unit)
+    stitch: Literal["scalar", "linear"] = "scalar"
+    # branched only: the backbone stages the tasks share (null: all of them, LeNet's two);
+    # the later stages and the readout are one copy per task.
+    shared_stages: int | None = Field(None, ge=1)
     num_experts: int = Field(4, ge=1, le=64)
     expert_dim: int = Field(50, ge=1)
     # Where the shared encoder starts: none (random), imagenet (torchvision's weights),
@@ -624,6 +630,23 @@ def _registry_problems(params: Params, path: Path) -> list[str]:
                 f"{path}: train.augment.{name}: {value}: would change labels of data set "
                 f"{params.data.dataset} (safe for it: {', '.join(safe) or 'none'}, declared in "
                 f"multitask.data.datasets); set it to {'false' if name == 'flip' else 0}")
+    model = params.model
+    if model.shared_stages is not None:
+        from multitask.models.backbones import stage_count
+
+        stages = stage_count(model.backbone)
+        if model.architecture != "branched":
+            problems.append(f"{path}: model.shared_stages: {model.shared_stages}: applies to "
+                            f"model.architecture: branched only (it is {model.architecture}); "
+                            "remove it or set it to null")
+        elif model.shared_stages > stages:
+            problems.append(f"{path}: model.shared_stages: {model.shared_stages}: backbone "
+                            f"{model.backbone} has {stages} stages; share 1 to {stages} of "
+                            "them (null: all)")
+    if model.stitch != "scalar" and model.architecture != "cross_stitch":
+        problems.append(f"{path}: model.stitch: {model.stitch}: applies to model.architecture: "
+                        f"cross_stitch only (it is {model.architecture}); remove it or set it "
+                        "to scalar")
     if params.model.architecture not in ARCHITECTURES:
         problems.append(_unknown_name(path, "model.architecture", "architecture",
                                       params.model.architecture, list(ARCHITECTURES)))

@@ -1,4 +1,4 @@
-"""Soft-sharing architectures (MTAN, MMoE, cross-stitch) next to HPS: the model contract.
+"""Every registered architecture (HPS, branched, MTAN, MMoE, cross-stitch): the model contract.
 
 Shapes and parameter counts per backbone, the shared/task parameter partition, gradients from
 every task into every shared parameter, the representation gradient, initial mixing and masks,
@@ -15,12 +15,13 @@ from torch import Tensor, nn
 from multitask.config import ModelConfig
 from multitask.models import ARCHITECTURES, MultiTaskModel, build_model
 from multitask.models.backbones import LeNetEncoder, ResNet18Encoder
+from multitask.models.branched import BranchedNetwork
 from multitask.models.cross_stitch import CrossStitchNetwork, CrossStitchUnit
 from multitask.models.mmoe import MultiGateMixtureOfExperts
 from multitask.models.mtan import MultiTaskAttentionNetwork
 from multitask.tasks import Task
 
-ARCHS = ["hps", "mtan", "mmoe", "cross_stitch"]
+ARCHS = sorted(ARCHITECTURES)  # a new architecture is held to the contract (and its counts)
 TASKS = [Task("top_left", 10), Task("bottom_right", 5)]
 
 
@@ -117,6 +118,7 @@ def lenet_counts(num_classes: list[int]) -> dict[str, int]:
         "mtan": conv1 + conv2 + tasks * attention + heads,
         "mmoe": conv1 + experts + tasks * gate + heads,
         "cross_stitch": tasks * (conv1 + conv2 + fc(50)) + 3 * tasks * tasks + heads,
+        "branched": conv1 + conv2 + tasks * fc(50) + heads,  # the fc layer one per task
     }
 
 
@@ -134,6 +136,9 @@ def test_resnet18_parameter_counts_match_the_design() -> None:
     assert count(mmoe.shared_parameters()) == (resnet - layer4) + 2 * (layer4 + 512 * 16 + 16)
     cross = build("cross_stitch", "resnet18")
     assert count(cross.shared_parameters()) == 2 * resnet + 3 * 2 * 2  # 3 inner units
+    branched = build("branched", "resnet18", shared_stages=3)
+    assert count(branched.shared_parameters()) == resnet - layer4
+    assert count(branched.task_parameters()) == 2 * layer4 + (512 * 10 + 10) + (512 * 5 + 5)
 
 
 # -------------------------------------------------------------------------- parameter roles
@@ -219,6 +224,38 @@ def test_cross_stitch_mixing_starts_near_identity_for_three_tasks() -> None:
     assert tuple(model.encode(batch(2)[0]).shape) == (2, 3, 50)
 
 
+def test_linear_stitch_units_start_computing_what_scalar_units_compute() -> None:
+    """model.stitch: linear replaces each alpha[t, s] by alpha[t, s] x identity (C x C): the
+    same network at initialisation, for maps and for the fc features, in either layout."""
+    scalar, linear = build("cross_stitch"), build("cross_stitch", stitch="linear")
+    x = batch(3)[0]
+    expected = scalar(x)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = linear.to(memory_format=layout)(x.contiguous(memory_format=layout))
+        for name in expected:
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
+    # units after LeNet's two stages (10 and 20 channels), the final mix per task over 2 x 50
+    assert [tuple(u.weight.shape) for u in linear.units] == [(20, 20), (40, 40)]
+    assert {k: tuple(v.shape) for k, v in linear.final_mix.items()} == {
+        "top_left": (50, 100), "bottom_right": (50, 100)}
+    assert count(linear) - count(scalar) == (400 + 1600 + 2 * 5000) - (4 + 4 + 4)
+
+
+def test_linear_stitch_units_learn_cross_channel_mixing() -> None:
+    model = build("cross_stitch", stitch="linear")
+    x, y = batch(8)
+    sum(task_losses(model, model.encode(x), y)).backward()
+    first = model.units[0].weight.grad
+    assert first is not None
+    off_diagonal = first[:10, :10] - torch.diag(torch.diagonal(first[:10, :10]))
+    assert bool(off_diagonal.abs().sum() > 0)  # not confined to alpha x identity
+
+
+def test_stitch_applies_to_cross_stitch_only() -> None:
+    with pytest.raises(ValueError, match=r"model\.stitch: 'matrix': one of \('scalar', 'linear'\)"):
+        CrossStitchNetwork(lambda: LeNetEncoder(1), TASKS, [], stitch="matrix")
+
+
 def test_cross_stitch_rejects_a_single_task() -> None:
     with pytest.raises(ValueError, match=r"model\.architecture: cross_stitch .* two tasks"):
         build("cross_stitch", tasks=TASKS[:1])
@@ -236,6 +273,28 @@ def test_mtan_masks_lie_in_the_open_unit_interval_and_match_each_stage(
         for mask, gated in zip(masks, stage_outputs, strict=True):
             assert mask.shape == gated.shape
             assert bool((mask > 0).all()) and bool((mask < 1).all())
+
+
+@pytest.mark.parametrize(("shared_stages", "shared_convs"), [(None, 2), (2, 2), (1, 1)])
+def test_branched_lenet_shares_the_first_stages_and_gives_each_task_the_rest(
+        shared_stages: int | None, shared_convs: int) -> None:
+    model = build("branched", shared_stages=shared_stages)
+    assert isinstance(model, BranchedNetwork)
+    convs = [m for m in model.trunk.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [10, 20][:shared_convs]
+    for branch in model.branches.values():
+        own = [m for m in branch.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        assert [type(m) for m in own] == [nn.Conv2d] * (2 - shared_convs) + [nn.Linear]
+    maps = model.encode(batch(2)[0])  # the trunk's feature maps: the shared representation
+    assert tuple(maps.shape) == ((2, 20, 5, 5) if shared_convs == 2 else (2, 10, 14, 14))
+    left, right = (next(m for m in b.modules() if isinstance(m, nn.Linear))
+                   for b in model.branches.values())
+    assert not torch.equal(left.weight, right.weight)  # each from its own initial weights
+
+
+def test_branched_refuses_more_shared_stages_than_the_backbone_has() -> None:
+    with pytest.raises(ValueError, match=r"model\.shared_stages: 3: lenet backbone has 2 "):
+        build("branched", shared_stages=3)
 
 
 def test_mmoe_gates_are_softmax_weights_over_the_configured_experts() -> None:

@@ -197,6 +197,30 @@ def test_pretrained_params_that_cannot_work_are_refused(raw: dict, model: dict,
         parse_params(raw)
 
 
+@pytest.mark.parametrize(("model", "message"), [
+    ({"architecture": "hps", "shared_stages": 1},
+     r"model\.shared_stages: 1: applies to model\.architecture: branched only \(it is hps\)"),
+    ({"architecture": "branched", "shared_stages": 3},
+     r"model\.shared_stages: 3: backbone lenet has 2 stages; share 1 to 2"),
+    ({"architecture": "branched", "backbone": "resnet18", "shared_stages": 5},
+     r"model\.shared_stages: 5: backbone resnet18 has 4 stages"),
+    ({"architecture": "branched", "shared_stages": 0}, r"model\.shared_stages"),
+    ({"architecture": "hps", "stitch": "linear"},
+     r"model\.stitch: linear: applies to model\.architecture: cross_stitch only \(it is hps\)"),
+    ({"architecture": "cross_stitch", "stitch": "matrix"}, r"model\.stitch"),
+])
+def test_architecture_options_that_cannot_apply_are_refused(raw: dict, model: dict,
+                                                            message: str) -> None:
+    raw["model"].update(model)
+    with pytest.raises(ConfigError, match=message):
+        parse_params(raw)
+
+
+def test_branched_shares_any_stage_count_the_backbone_has(raw: dict) -> None:
+    raw["model"].update({"architecture": "branched", "backbone": "resnet18", "shared_stages": 4})
+    assert parse_params(raw).model.shared_stages == 4
+
+
 @pytest.mark.parametrize(("source", "kind"), [
     ("none", "none"), ("imagenet", "imagenet"), ("self_supervised", "self_supervised"),
     ("models:/multitask@champion", "uri"), ("runs:/0123abcd/model", "uri"),

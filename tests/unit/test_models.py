@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from multitask.config import BACKBONES, ModelConfig
-from multitask.models import build_model
+from multitask.models import ARCHITECTURES, build_model
 from multitask.models.backbones import LeNetEncoder
 from multitask.tasks import Task
 
@@ -61,7 +61,7 @@ def test_lenet_matches_the_published_layout() -> None:
     assert (encoder.fc[0].in_features, encoder.fc[0].out_features) == (500, 50)
 
 
-@pytest.mark.parametrize("architecture", ["hps", "mtan", "mmoe", "cross_stitch"])
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_lenet_width_multiplies_channels_and_features_in_every_architecture(
         architecture: str) -> None:
     """model.width 2: conv 1->20 and 20->40, fc 1000->100: hard sharing with two 10-way heads

@@ -19,7 +19,7 @@ from multitask.config import (
     parse_params,
 )
 from multitask.data.composites import ITEM, build_composites
-from multitask.models import build_model
+from multitask.models import ARCHITECTURES, build_model
 from multitask.tasks import Task
 from multitask.training.augment import Augmenter, blank_margins, translate
 from multitask.training.selection import RAN_ALL, STOPPED_EARLY, Selection
@@ -29,7 +29,7 @@ TASKS = [Task("left", 10), Task("right", 10)]
 
 
 # ------------------------------------------------------------------------------------ dropout
-@pytest.mark.parametrize("architecture", ["hps", "mtan", "mmoe", "cross_stitch"])
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_dropout_is_active_in_train_mode_and_off_in_eval(architecture: str) -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig(architecture=architecture,

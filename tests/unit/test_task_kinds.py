@@ -18,7 +18,7 @@ from multitask import keys
 from multitask.config import EarlyStoppingConfig, ModelConfig, parse_params
 from multitask.data import processed
 from multitask.layout import Layout
-from multitask.models import build_model
+from multitask.models import ARCHITECTURES, build_model
 from multitask.models.base import MultiTaskModel
 from multitask.tasks import Task
 from multitask.training import stages
@@ -137,7 +137,7 @@ def test_targets_come_in_each_loss_dtype() -> None:
 
 
 # ------------------------------------------------------------------------------- the heads
-@pytest.mark.parametrize("architecture", ["hps", "cross_stitch", "mtan", "mmoe"])
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_each_head_is_as_wide_as_its_task_outputs(architecture: str) -> None:
     model = build_model(ModelConfig(architecture=architecture), [SHAPE, BRIGHT, SIDE], 3, 28)
     outputs = model.eval()(torch.zeros(2, 3, 28, 28))

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from multitask.config import BACKBONES, ModelConfig
-from multitask.models import build_model
-from multitask.models.backbones import build_backbone
+from multitask.models import ARCHITECTURES, build_model
+from multitask.models.backbones import build_backbone, stage_count
 from multitask.models.zoo import SPECS, TorchvisionEncoder, replace
 from multitask.tasks import Task
 
@@ -53,6 +53,11 @@ def test_features_are_torchvision_forward_without_the_classifier(name: str) -> N
     parts = [encoder.stem(), *encoder.stages(), encoder.readout()]
     assert {id(p) for part in parts for p in part.parameters()} == {
         id(p) for p in encoder.parameters()}
+    assert stage_count(name) == len(encoder.stages())  # what params validation counts
+
+
+def test_lenet_stage_count_is_what_its_stages_give() -> None:
+    assert stage_count("lenet") == len(build_backbone("lenet", 1, 36).stages()) == 2
 
 
 def test_resnet18_by_default_is_the_projects_cifar_stem_resnet18() -> None:
@@ -118,18 +123,19 @@ def test_stem_and_resize_are_refused_where_they_do_not_apply() -> None:
 
 
 # ------------------------------------------------------------------------- architectures
-@pytest.mark.parametrize("architecture", ["hps", "mtan", "mmoe", "cross_stitch"])
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_every_architecture_trains_on_a_torchvision_backbone_and_inits_every_encoder(
         architecture: str) -> None:
     """MobileNet (the cheapest) under each architecture: forward, backward, and encoder_init
     called once per encoder built (HPS 1; MTAN 1 + a readout copy per task; MMoE 1 + one per
-    expert; cross-stitch one column per task)."""
+    expert; cross-stitch one column per task; branched the trunk's and one per task)."""
     torch.manual_seed(0)
     seen: list[nn.Module] = []
     config = ModelConfig(architecture=architecture, backbone="mobilenet_v3_small",
                          num_experts=2, expert_dim=8)
     model = build_model(config, TASKS, 1, 32, encoder_init=seen.append)
-    assert len(seen) == {"hps": 1, "mtan": 3, "mmoe": 3, "cross_stitch": 2}[architecture]
+    assert len(seen) == {"hps": 1, "mtan": 3, "mmoe": 3, "cross_stitch": 2,
+                         "branched": 3}[architecture]
     assert all(isinstance(e, TorchvisionEncoder) for e in seen)
     outputs = model(torch.randn(2, 1, 32, 32))
     assert {k: tuple(v.shape) for k, v in outputs.items()} == {"left": (2, 10), "right": (2, 3)}

@@ -1,6 +1,7 @@
 """Backbones, heads and multi-task architectures, selected by ``model.architecture``."""
 
 from multitask.models import (  # noqa: F401  (importing registers the architectures)
+    branched,
     cross_stitch,
     hps,
     mmoe,

@@ -16,7 +16,7 @@ from multitask.errors import unknown_name
 from multitask.models.zoo import SPECS, ResNet18Encoder, TorchvisionEncoder
 
 __all__ = ["LeNetEncoder", "ResNet18Encoder", "TorchvisionEncoder", "build_backbone",
-           "output_shape"]
+           "output_shape", "stage_count"]
 
 
 class LeNetEncoder(nn.Module):
@@ -34,6 +34,7 @@ class LeNetEncoder(nn.Module):
 
     name = "lenet"
     input_conv = "features.0"  # the convolution that reads the image
+    num_stages = 2  # what stages() gives
 
     def __init__(self, in_channels: int = 1, image_size: int = 36,
                  out_features: int | None = None, dropout: float = 0.0,
@@ -90,6 +91,16 @@ def output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> torch.Size:
             return module(torch.zeros(1, *input_shape)).shape[1:]
     finally:
         module.train(was_training)
+
+
+def stage_count(name: str) -> int:
+    """How many stages backbone ``name``'s ``stages()`` gives: where soft sharing reads or mixes
+    and where a branched network may branch."""
+    if name == "lenet":
+        return LeNetEncoder.num_stages
+    if name in SPECS:
+        return len(SPECS[name].stages)
+    raise ValueError("model.backbone: " + unknown_name("backbone", name, ["lenet", *SPECS]))
 
 
 def build_backbone(name: str, in_channels: int, image_size: int, *,

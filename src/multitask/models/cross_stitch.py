@@ -6,7 +6,9 @@ features by a learned linear combination of all columns' features, so the networ
 much to share at each depth instead of fixing it. Units sit after each LeNet stage and after its
 fc layer (the paper's placement: after pooling and fully connected layers) and after each
 stage of a torchvision backbone (the last one joined with its readout when that has no
-parameters, like a ResNet's pooling).
+parameters, like a ResNet's pooling). ``model.stitch: linear`` widens each unit from one weight
+per pair of columns to a channels x channels matrix (:class:`LinearStitchUnit`), and the last
+unit to a matrix per task over all columns' features.
 
 The shared representation (``encode``) is every column's output before the last unit, stacked
 ``[B, T, D]``: with the last unit each task reads all columns, so every column parameter and
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multitask.models.base import (
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from multitask.config import ModelConfig
 
 SELF_WEIGHT = 0.9  # the paper's initialisation: 0.9 for a column's own features
+STITCHES = ("scalar", "linear")  # model.stitch
 
 
 def stitch_init(num_tasks: int, self_weight: float = SELF_WEIGHT) -> Tensor:
@@ -61,6 +65,29 @@ class CrossStitchUnit(nn.Module):
         return list(mixed.unbind(0))
 
 
+class LinearStitchUnit(nn.Module):
+    """``x'_t = sum_s A[t, s] x_s`` with ``A[t, s]`` a ``C x C`` matrix (``model.stitch:
+    linear``): every output channel of column ``t`` a learned combination of every channel of
+    every column, one ``T·C x T·C`` matrix over the columns stacked along the channels (a 1x1
+    convolution on feature maps). Starts at the scalar unit's ``alpha[t, s]`` times the
+    identity, so at initialisation it computes what the scalar unit computes. The linear
+    fusion of NDDR-CNN (Gao et al., CVPR 2019) without its normalisation and ReLU.
+    """
+
+    def __init__(self, num_tasks: int, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.weight = nn.Parameter(torch.kron(stitch_init(num_tasks), torch.eye(channels)))
+
+    def forward(self, columns: list[Tensor]) -> list[Tensor]:
+        stacked = torch.cat(columns, dim=1)
+        if stacked.dim() == 4:
+            mixed = F.conv2d(stacked, self.weight[:, :, None, None])
+        else:
+            mixed = stacked @ self.weight.T
+        return list(mixed.split(self.channels, dim=1))
+
+
 def column_segments(backbone: nn.Module) -> list[nn.Module]:
     """The backbone cut where cross-stitch units go: after each stage and after the readout.
 
@@ -80,7 +107,8 @@ class CrossStitchNetwork(MultiTaskModel):
     name = "cross_stitch"
 
     def __init__(self, make_backbone: Callable[[], nn.Module], tasks: list[Task],
-                 head_hidden: list[int], head_dropout: float = 0.0) -> None:
+                 head_hidden: list[int], head_dropout: float = 0.0, stitch: str = "scalar",
+                 input_shape: tuple[int, int, int] = (1, 36, 36)) -> None:
         super().__init__(tasks)
         if len(tasks) < 2:
             raise ValueError(
@@ -89,12 +117,22 @@ class CrossStitchNetwork(MultiTaskModel):
                 f"use hps for a single task")
         backbones = [make_backbone() for _ in tasks]
         self.columns = nn.ModuleList(nn.ModuleList(column_segments(b)) for b in backbones)
-        self.units = nn.ModuleList(
-            CrossStitchUnit(len(tasks)) for _ in range(len(self.columns[0]) - 1))
-        init = stitch_init(len(tasks))
-        self.final_mix = nn.ParameterDict(
-            {t.name: nn.Parameter(init[i].clone()) for i, t in enumerate(tasks)})
+        if stitch not in STITCHES:
+            raise ValueError(f"params.yaml: model.stitch: {stitch!r}: one of {STITCHES}")
+        self.stitch = stitch
         width = backbones[0].out_features
+        init = stitch_init(len(tasks))
+        units: list[nn.Module]
+        if stitch == "scalar":
+            units = [CrossStitchUnit(len(tasks)) for _ in range(len(self.columns[0]) - 1)]
+            final = {t.name: init[i].clone() for i, t in enumerate(tasks)}
+        else:
+            units = [LinearStitchUnit(len(tasks), c) for c in _stage_channels(
+                self.columns[0], input_shape)]
+            final = {t.name: torch.kron(init[i:i + 1], torch.eye(width))
+                     for i, t in enumerate(tasks)}
+        self.units = nn.ModuleList(units)
+        self.final_mix = nn.ParameterDict({k: nn.Parameter(v) for k, v in final.items()})
         self.heads = nn.ModuleDict(
             {t.name: make_head(width, head_hidden, t.outputs, head_dropout) for t in tasks})
 
@@ -107,13 +145,26 @@ class CrossStitchNetwork(MultiTaskModel):
             [col[-1](h) for col, h in zip(self.columns, columns, strict=True)], dim=1)
 
     def decode(self, features: Tensor) -> dict[str, Tensor]:
-        return {
-            name: head(torch.einsum("bsd,s->bd", features, self.final_mix[name]))
-            for name, head in self.heads.items()
-        }
+        if self.stitch == "scalar":
+            return {name: head(torch.einsum("bsd,s->bd", features, self.final_mix[name]))
+                    for name, head in self.heads.items()}
+        flat = features.flatten(1)  # [B, T x D], the columns side by side
+        return {name: head(flat @ self.final_mix[name].T) for name, head in self.heads.items()}
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [*self.columns.parameters(), *self.units.parameters()]
+
+
+def _stage_channels(segments: nn.ModuleList, input_shape: tuple[int, int, int]) -> list[int]:
+    """The channels (features) each segment but the last outputs, for ``input_shape`` input."""
+    channels = []
+    with torch.no_grad():
+        h = torch.zeros(1, *input_shape)
+        for segment in list(segments)[:-1]:
+            h = segment.eval()(h)
+            channels.append(h.shape[1])
+    segments.train()
+    return channels
 
 
 @register_architecture(
@@ -122,4 +173,5 @@ def build_cross_stitch(config: ModelConfig, tasks: list[Task], in_channels: int,
                        encoder_init: EncoderInit | None = None) -> CrossStitchNetwork:
     return CrossStitchNetwork(
         encoder_factory(config, in_channels, image_size, encoder_init), tasks,
-        config.head_hidden, config.dropout.heads)
+        config.head_hidden, config.dropout.heads, config.stitch,
+        (in_channels, image_size, image_size))
