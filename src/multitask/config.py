@@ -296,8 +296,9 @@ class ModelConfig(_Section):
     architecture: str = "hps"
     head_hidden: list[int] = Field(default_factory=list)
     rotation_task: bool = False
-    # cross_stitch only: scalar (the paper's unit: one weight per pair of columns) or linear
-    # (a channels x channels matrix per pair of columns, starting as the scalar unit)
+    # cross_stitch only (other architectures ignore it, so the default can name it): scalar
+    # (the paper's unit: one weight per pair of columns) or linear (a channels x channels
+    # matrix per pair of columns, starting as the scalar unit)
     stitch: Literal["scalar", "linear"] = "scalar"
     # branched only: the backbone stages the tasks share (null: all of them, LeNet's two);
     # the later stages and the readout are one copy per task.
@@ -643,10 +644,6 @@ def _registry_problems(params: Params, path: Path) -> list[str]:
             problems.append(f"{path}: model.shared_stages: {model.shared_stages}: backbone "
                             f"{model.backbone} has {stages} stages; share 1 to {stages} of "
                             "them (null: all)")
-    if model.stitch != "scalar" and model.architecture != "cross_stitch":
-        problems.append(f"{path}: model.stitch: {model.stitch}: applies to model.architecture: "
-                        f"cross_stitch only (it is {model.architecture}); remove it or set it "
-                        "to scalar")
     if params.model.architecture not in ARCHITECTURES:
         problems.append(_unknown_name(path, "model.architecture", "architecture",
                                       params.model.architecture, list(ARCHITECTURES)))

@@ -205,8 +205,6 @@ def test_pretrained_params_that_cannot_work_are_refused(raw: dict, model: dict,
     ({"architecture": "branched", "backbone": "resnet18", "shared_stages": 5},
      r"model\.shared_stages: 5: backbone resnet18 has 4 stages"),
     ({"architecture": "branched", "shared_stages": 0}, r"model\.shared_stages"),
-    ({"architecture": "hps", "stitch": "linear"},
-     r"model\.stitch: linear: applies to model\.architecture: cross_stitch only \(it is hps\)"),
     ({"architecture": "cross_stitch", "stitch": "matrix"}, r"model\.stitch"),
 ])
 def test_architecture_options_that_cannot_apply_are_refused(raw: dict, model: dict,
@@ -214,6 +212,13 @@ def test_architecture_options_that_cannot_apply_are_refused(raw: dict, model: di
     raw["model"].update(model)
     with pytest.raises(ConfigError, match=message):
         parse_params(raw)
+
+
+def test_the_default_stitch_leaves_other_architectures_valid(raw: dict) -> None:
+    """params.yaml names model.stitch for its cross-stitch default; `-S model.architecture=hps`
+    must still be a valid experiment (stitch is ignored there, like num_experts)."""
+    raw["model"].update({"architecture": "hps", "stitch": "linear"})
+    assert parse_params(raw).model.architecture == "hps"
 
 
 def test_branched_shares_any_stage_count_the_backbone_has(raw: dict) -> None:
