@@ -53,7 +53,6 @@ class BranchedNetwork(MultiTaskModel):
                 f"params.yaml: model.shared_stages: {shared_stages}: {backbone_name or 'the'} "
                 f"backbone has {stages} stages; share 1 to {stages} of them (null: all, only "
                 "the readout per task)")
-        self.shared_stages = shared
         self.trunk = nn.Sequential(trunk.stem(), *trunk.stages()[:shared])
         branches = {}
         for task in tasks:  # each from a backbone of its own: its own initial weights

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from multitask.models.backbones import output_shape
 from multitask.models.base import (
     EncoderInit,
     MultiTaskModel,
@@ -157,13 +158,10 @@ class CrossStitchNetwork(MultiTaskModel):
 
 def _stage_channels(segments: nn.ModuleList, input_shape: tuple[int, int, int]) -> list[int]:
     """The channels (features) each segment but the last outputs, for ``input_shape`` input."""
-    channels = []
-    with torch.no_grad():
-        h = torch.zeros(1, *input_shape)
-        for segment in list(segments)[:-1]:
-            h = segment.eval()(h)
-            channels.append(h.shape[1])
-    segments.train()
+    channels, shape = [], tuple(input_shape)
+    for segment in list(segments)[:-1]:
+        shape = tuple(output_shape(segment, shape))
+        channels.append(shape[0])
     return channels
 
 
