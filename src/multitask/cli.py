@@ -156,7 +156,8 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the pipeline the experiments run: dvc.yaml (default) or "
                         "sample/dvc.yaml; keys are set in the params.yaml beside it")
     parser.add_argument("--collect-only", action="store_true",
-                        help="run nothing: read back the experiments that already ran")
+                        help="run nothing: read back the experiments that already ran (and "
+                        "comparison.json's measurements that still stand)")
     parser.add_argument("--rev", metavar="COMMIT",
                         help="with --collect-only: read back the experiments derived from "
                         "COMMIT (default: HEAD; a comparison records its commit in "
@@ -286,15 +287,19 @@ COMMANDS: dict[str, Command] = {
         "Run every row (each --vary value or their combinations, each --row; --set for all) "
         "once per seed as a DVC experiment NAME-<row>-s<seed>, queued in a copy of the "
         "workspace (left as it is) and run --jobs at a time; experiments already run with "
-        "the same params are read back, not rerun. The single-task baselines run with the "
-        "same seeds. Writes reports/comparisons/NAME/ beside the pipeline: comparison.json "
-        "(per row and seed), comparison.md (per task mean ± sample std of test accuracy, "
-        "mean accuracy, Δm% with its 95% t interval, rows ranked by Δm% and marked tied "
-        "where their interval overlaps the best one's) and comparison.png (per-task accuracy "
-        "with error bars; two tasks: one against the other). In MLflow the experiments' runs "
-        "are nested under one parent run 'compare NAME' tagged multitask.comparison=NAME. "
-        "Keys and values are validated before anything is queued. Example: multitask compare "
-        "methods --vary train.weighting equal dwa pcgrad --set train.epochs=15 --jobs 2",
+        "the same params are read back, not rerun, and so are those the comparison's "
+        "comparison.json recorded on an earlier commit when git shows none of the "
+        "pipeline's inputs (dvc.yaml, params, stage dependencies, requirements.lock) "
+        "changed since (a fresh clone has no experiment refs). The single-task baselines "
+        "run with the same seeds. Writes reports/comparisons/NAME/ beside the pipeline: "
+        "comparison.json (per row and seed), comparison.md (per task mean ± sample std "
+        "of test accuracy, mean accuracy, Δm% with its 95% t interval, rows ranked by Δm% "
+        "and marked tied where their interval overlaps the best one's) and comparison.png "
+        "(per-task accuracy with error bars; two tasks: one against the other). In MLflow "
+        "the experiments' runs are nested under one parent run 'compare NAME' tagged "
+        "multitask.comparison=NAME. Keys and values are validated before anything is "
+        "queued. Example: multitask compare methods --vary train.weighting equal dwa pcgrad "
+        "--set train.epochs=15 --jobs 2",
         _compare_arguments, _compare,
         params_help="params file of the pipeline (default and only choice: params.yaml "
         "beside --pipeline, where the experiments set their keys)"),

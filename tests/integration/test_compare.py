@@ -147,6 +147,22 @@ def test_a_rerun_reads_back_without_running_again(compared: Compared) -> None:
     assert compared.result() == first
 
 
+def test_experiments_gone_are_read_back_from_comparison_json(compared: Compared) -> None:
+    """A fresh clone has the committed comparison.json but none of DVC's experiment refs:
+    with the pipeline's inputs unchanged, their measurements are read from the file and
+    nothing runs again."""
+    client = compared.repo.client()
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs = len(client.search_runs([experiment]))
+    first = compared.result()
+    compared.repo.run("dvc", "exp", "remove", f"{NAME}-equal-s1", f"{NAME}-dwa-s0")
+    again = compared.repo.run(*COMMAND, timeout=600)
+    assert f"2 experiments read back from {compared.folder / 'comparison.json'}" in again.stderr
+    assert "already ran: reading them back" in again.stderr
+    assert len(client.search_runs([experiment])) == runs
+    assert compared.result() == first
+
+
 def test_a_failed_experiment_is_named_with_the_tail_of_its_log(compared: Compared) -> None:
     done = compared.repo.run(
         "multitask", "compare", "broken", "--row", "rlw", "train.weighting=rlw",
@@ -169,11 +185,14 @@ def test_a_typo_in_a_key_stops_before_anything_is_queued(compared: Compared) -> 
 
 
 def test_a_later_commit_reads_back_the_comparison_through_rev(compared: Compared) -> None:
-    """Experiments belong to the commit they were queued on: after another commit,
+    """Experiments belong to the commit they were queued on: after a commit that changes
+    an input of the pipeline (so comparison.json's measurements no longer stand either),
     --collect-only finds none and says so; --rev (recorded in comparison.json) reads them."""
     first = compared.result()
     assert first["commit"] == compared.repo.run("git", "rev-parse", "HEAD").stdout.strip()
-    compared.repo.run("git", "commit", "-q", "--allow-empty", "-m", "later")
+    params = compared.repo.sample / "params.yaml"
+    params.write_text(params.read_text() + "# a later commit\n")
+    compared.repo.run("git", "commit", "-q", "-am", "later")
     try:
         later = compared.repo.run(*COMMAND, "--collect-only", check=False, timeout=600)
         assert later.returncode == 1
@@ -182,3 +201,4 @@ def test_a_later_commit_reads_back_the_comparison_through_rev(compared: Compared
         assert compared.result() == first
     finally:
         compared.repo.run("git", "reset", "-q", "--soft", "HEAD~1")
+        compared.repo.run("git", "checkout", "HEAD", "--", "sample/params.yaml")

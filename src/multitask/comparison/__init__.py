@@ -6,8 +6,10 @@ limited to its share of the CPUs (``$MULTITASK_THREADS``). The single-task basel
 every seed too (``train.seed`` is one of their params); rows that share a seed and the
 regularisation share them through DVC's run cache, and each experiment's Δm% is against its
 own seed's baselines. Experiments already there with the same params are read back, not run
-again. The summary (:mod:`.report`) goes to ``reports/comparisons/<name>/`` of the pipeline
-folder, and to one MLflow parent run under which the experiments' runs are nested
+again, and so are those the comparison's comparison.json recorded on an earlier commit whose
+pipeline inputs git shows unchanged (:mod:`.records`: a fresh clone has no experiments). The
+summary (:mod:`.report`) goes to ``reports/comparisons/<name>/`` of the pipeline folder, and
+to one MLflow parent run under which the experiments' runs are nested
 (:mod:`multitask.tracking.groups`).
 
     compare(Spec("methods", expand_rows([["train.weighting", "equal", "pcgrad"]])), jobs=2)
@@ -36,6 +38,7 @@ from multitask.comparison.experiments import (
     run_id,
     wait,
 )
+from multitask.comparison.records import recorded
 from multitask.comparison.report import Measured, markdown, plot, summary
 from multitask.comparison.rows import Row, Spec, apply_overrides, expand_rows, row_params
 from multitask.config import ConfigError, Params, flatten, parse_params
@@ -72,12 +75,15 @@ def _differences(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
             for key in sorted(set(found) | set(expected)) if found.get(key) != expected.get(key)]
 
 
-def _plan(spec: Spec, pipeline: Pipeline, raw: dict[str, Any], present: list[Experiment]
-          ) -> tuple[list[tuple[Row, int, str]], list[str]]:
+def _plan(spec: Spec, pipeline: Pipeline, raw: dict[str, Any], present: list[Experiment],
+          earlier: set[str] = frozenset()) -> tuple[list[tuple[Row, int, str]], list[str]]:
     """What to queue (row, seed, name), and the names already queued or running; an
-    experiment of the same name that ran with other params is an error."""
+    experiment of the same name that ran with other params is an error; those in ``earlier``
+    (read from comparison.json) need nothing."""
     to_queue, pending = [], []
     for row, seed, name in spec.experiments():
+        if name in earlier:
+            continue
         same_name = [e for e in present if e.name == name]
         done = [e for e in same_name if e.state == SUCCESS_STATE]
         if done:
@@ -114,20 +120,26 @@ def _run(dvc: Dvc, pipeline: Pipeline, spec: Spec, to_queue: list[tuple[Row, int
         wait(dvc, watched, jobs, on_done=lambda done: bar.update(done - bar.n))
 
 
-def _collect(dvc: Dvc, pipeline: Pipeline, spec: Spec, rev: str
-             ) -> dict[str, list[Measured]]:
-    present = {e.name: e for e in experiments(dvc, pipeline, rev) if e.state == SUCCESS_STATE}
-    missing = [name for *_, name in spec.experiments() if name not in present
-               or present[name].metrics is None or present[name].baselines is None]
+def _collect(dvc: Dvc, pipeline: Pipeline, spec: Spec, rev: str,
+             earlier: dict[str, Measured]) -> dict[str, list[Measured]]:
+    """Each row's measurements, seed by seed: from the experiments of ``rev``, else from
+    ``earlier`` (read from comparison.json)."""
+    present = {e.name: e for e in experiments(dvc, pipeline, rev) if e.state == SUCCESS_STATE
+               and e.metrics is not None and e.baselines is not None}
+    missing = [name for *_, name in spec.experiments()
+               if name not in present and name not in earlier]
     if missing:
         raise RuntimeError(f"no results for experiment {', '.join(missing)} in `dvc exp show "
                            f"--rev {rev[:7]}` (not run yet, or run on another commit: --rev "
                            "names it); run `multitask compare` without --collect-only")
     measured: dict[str, list[Measured]] = {row.label: [] for row in spec.rows}
     for row, seed, name in spec.experiments():
+        if name not in present:
+            measured[row.label].append(earlier[name])
+            continue
         found = present[name]
         measured[row.label].append(Measured(seed, name, run_id(dvc, pipeline, found),
-                                            found.metrics or {}, found.baselines or {}))
+                                            found.metrics or {}, found.baselines or {}, rev))
     return measured
 
 
@@ -166,7 +178,10 @@ def _record(result: dict[str, Any], parent: str, files: list[Path]) -> None:
               "set": ",".join(f"{k}={v}" for k, v in result["set"].items()) or "-",
               **{f"row.{row['label']}": ",".join(f"{k}={v}" for k, v in row["overrides"].items())
                  for row in result["rows"]}}
-    children = {run: row["label"] for row in result["rows"] for run in row["run_ids"] if run}
+    # runs of measurements read from an earlier comparison.json may be in another store
+    children = {run: row["label"] for row in result["rows"]
+                for run, commit in zip(row["run_ids"], row["commits"], strict=True)
+                if run and commit == result["commit"]}
     record_comparison(parent, result["name"], children, metrics=metrics, params=params,
                       tags={"multitask.comparison.seeds": ",".join(map(str, result["seeds"]))},
                       artifacts=files)
@@ -197,7 +212,12 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
         raise ValueError(f"--rev {rev}: experiments are queued on the commit checked out; "
                          "--rev only reads back (with --collect-only)")
     base = rev or dvc.head()
-    to_queue, pending = _plan(spec, pipeline, raw, experiments(dvc, pipeline, base))
+    present = experiments(dvc, pipeline, base)
+    done = {e.name for e in present if e.state == SUCCESS_STATE
+            and e.metrics is not None and e.baselines is not None}
+    earlier = recorded(spec, pipeline, base,
+                       {name for *_, name in spec.experiments() if name not in done})
+    to_queue, pending = _plan(spec, pipeline, raw, present, set(earlier))
     first = parsed[spec.rows[0].label]
     if collect_only:
         log.info("--collect-only: reading back %d experiments", len(spec.experiments()))
@@ -207,13 +227,14 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
     else:
         log.info("all %d experiments already ran: reading them back", len(spec.experiments()))
     try:
-        measured = _collect(dvc, pipeline, spec, base)
+        measured = _collect(dvc, pipeline, spec, base, earlier)
     except RuntimeError as error:
-        earlier = pipeline.layout.comparison_json(spec.name)
-        recorded = read_json(earlier).get("commit") if earlier.is_file() else None
-        if collect_only and recorded and recorded != base:
-            raise RuntimeError(f"{error}\n{earlier} was written from the experiments of commit "
-                               f"{recorded[:7]}: add --rev {recorded} to read them back") from None
+        summary_file = pipeline.layout.comparison_json(spec.name)
+        written = read_json(summary_file).get("commit") if summary_file.is_file() else None
+        if collect_only and written and written != base:
+            raise RuntimeError(f"{error}\n{summary_file} was written from the experiments of "
+                               f"commit {written[:7]}: add --rev {written} to read them back"
+                               ) from None
         raise
     result = summary(spec, measured,
                      pipeline=pipeline.dvc_yaml.as_posix(),

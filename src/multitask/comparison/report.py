@@ -5,7 +5,7 @@ summary's ``metrics``) and the mean accuracy (over the classification tasks; abs
 any) as mean ± sample standard deviation over seeds, Δm% (each seed's against that seed's
 single-task baselines, as ``reports/metrics.json`` holds it) with its 95% interval, the rank by
 mean Δm% and whether the row is tied with the best (:mod:`.statistics`); the per-seed values,
-experiment names and MLflow run ids beside them; the baselines' own mean ± std over seeds.
+experiment names, MLflow run ids and commits beside them; the baselines' own mean ± std over seeds.
 """
 
 from __future__ import annotations
@@ -31,13 +31,16 @@ def column_title(task: str, metric: str, unit: str = "") -> str:
 
 @dataclass(frozen=True)
 class Measured:
-    """One finished experiment of a row: its seed, names and the two reports it wrote."""
+    """One finished experiment of a row: its seed, names, the two reports it wrote and the
+    commit it derives from (an earlier one for a measurement read from comparison.json:
+    :mod:`.records`)."""
 
     seed: int
     experiment: str
     run_id: str | None
     metrics: dict[str, Any]  # reports/metrics.json
     baselines: dict[str, Any]  # reports/baselines.json
+    commit: str | None = None
 
 
 def primary_metrics(report: dict[str, Any]) -> dict[str, str]:
@@ -63,6 +66,7 @@ def _row(row: Row, measured: Sequence[Measured], metrics: dict[str, str], delta_
         "seeds": [m.seed for m in measured],
         "experiments": [m.experiment for m in measured],
         "run_ids": [m.run_id for m in measured],
+        "commits": [m.commit for m in measured],
         keys.TASKS: {t: s.as_dict() for t, s in _per_task(reports, metrics).items()},
         keys.MEAN_ACCURACY: mean_accuracy,
         keys.DELTA_M: delta_m.as_dict(),
@@ -140,6 +144,18 @@ def _task_metrics(result: dict[str, Any]) -> dict[str, str]:
     return {task: recorded.get(task, keys.ACCURACY) for task in result[keys.TASKS]}
 
 
+def _read_back(result: dict[str, Any]) -> str:
+    """The caption's note on measurements of an earlier commit (read from comparison.json,
+    :mod:`.records`): `` (`row` seed 0 measured at commit `abc1234`, ...)``, else empty."""
+    earlier = [f"`{row['label']}` seed {seed} at `{commit[:7]}`" for row in result["rows"]
+               for seed, commit in zip(row["seeds"], row.get("commits") or [], strict=False)
+               if commit and commit != result.get("commit")]
+    if not earlier:
+        return ""
+    return (" (measured on an earlier commit with the same pipeline inputs: "
+            + ", ".join(earlier) + ")")
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The ranked table with its caption (comparison.md; also the README's)."""
     tasks = result[keys.TASKS]
@@ -150,9 +166,10 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"`multitask compare {result['name']}` on `{result['pipeline']}`"
         + (f" at commit `{result['commit'][:7]}`" if result.get("commit") else "")
-        + (f" with {common}" if common else "") + f", seeds {seeds}: mean ± sample standard "
-        f"deviation over seeds; Δm% (each seed against that seed's single-task baselines) "
-        f"with its {percent}% t interval; *tied*: the interval overlaps the best row's.",
+        + _read_back(result) + (f" with {common}" if common else "")
+        + f", seeds {seeds}: mean ± sample standard deviation over seeds; Δm% (each seed "
+        f"against that seed's single-task baselines) with its {percent}% t interval; *tied*: "
+        "the interval overlaps the best row's.",
         "",
         "| rank | row | overrides | " + " | ".join(column_title(t, metrics[t]) for t in tasks)
         + f" | mean accuracy | Δm% [{percent}% interval] | |",
