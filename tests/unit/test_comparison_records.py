@@ -168,3 +168,15 @@ def test_another_row_set_or_unknown_commit_is_not_read(repo: Path) -> None:
     assert set(recorded(more_seeds, pipeline, head, _names(more_seeds))) == _names(SPEC)
     _record(repo, SPEC, "0" * 40)  # a commit this clone does not have
     assert recorded(SPEC, pipeline, head, _names(SPEC)) == {}
+
+
+def test_a_damaged_record_names_the_file_row_and_seed(repo: Path) -> None:
+    head = _git(repo, "rev-parse", "HEAD")
+    result = _record(repo, SPEC, head)
+    del result["rows"][1]["delta_m_pct"]["per_seed"]
+    path = repo / "reports" / "comparisons" / "demo" / "comparison.json"
+    path.write_text(json.dumps(result))
+    label = result["rows"][1]["label"]
+    with pytest.raises(ValueError, match=rf"comparison.json: row '{label}', seed 0: no "
+                                         r"'per_seed' where .* restore the file from git"):
+        recorded(SPEC, Pipeline(repo, Path("dvc.yaml")), head, _names(SPEC))

@@ -126,7 +126,13 @@ def recorded(spec: Spec, pipeline: Pipeline, rev: str, wanted: set[str]
                 log.info("%s: measured on commit %s, whose pipeline inputs differ from %s's: "
                          "run again", path, commit[:7], rev[:7])
         if standing[commit]:
-            found[name] = _measured(result, old, index, commit)
+            try:
+                found[name] = _measured(result, old, index, commit)
+            except (KeyError, IndexError, TypeError) as error:
+                raise ValueError(
+                    f"{path}: row {row.label!r}, seed {seed}: no {error} where multitask "
+                    "compare writes one; restore the file from git, or delete it to run its "
+                    "experiments again") from None
     if found:
         log.info("%d experiments read back from %s (their inputs unchanged since): %s",
                  len(found), path, ", ".join(found))
