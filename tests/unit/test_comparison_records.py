@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,7 @@ def repo(tmp_path: Path) -> Path:
     _git(root, "init", "-q")
     _git(root, "config", "user.email", "test@example.com")
     _git(root, "config", "user.name", "test")
-    subprocess.run(["dvc", "init", "-q"], cwd=root, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
     (root / "dvc.yaml").write_text(DVC_YAML)
     (root / "params.yaml").write_text("train:\n  seed: 0\n  epochs: 2\n")
     (root / "src" / "pkg" / "train.py").write_text("EPOCHS = 2\n")

@@ -148,7 +148,8 @@ def _read_back(result: dict[str, Any]) -> str:
     """The caption's note on measurements of an earlier commit (read from comparison.json,
     :mod:`.records`): `` (`row` seed 0 measured at commit `abc1234`, ...)``, else empty."""
     earlier = [f"`{row['label']}` seed {seed} at `{commit[:7]}`" for row in result["rows"]
-               for seed, commit in zip(row["seeds"], row.get("commits") or [], strict=False)
+               for seed, commit in zip(row.get("seeds") or [], row.get("commits") or [],
+                                       strict=False)
                if commit and commit != result.get("commit")]
     if not earlier:
         return ""
