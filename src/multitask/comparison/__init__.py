@@ -75,8 +75,14 @@ def _differences(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
             for key in sorted(set(found) | set(expected)) if found.get(key) != expected.get(key)]
 
 
+def _finished(experiment: Experiment) -> bool:
+    """Whether an experiment succeeded and wrote both reports a comparison reads."""
+    return (experiment.state == SUCCESS_STATE and experiment.metrics is not None
+            and experiment.baselines is not None)
+
+
 def _plan(spec: Spec, pipeline: Pipeline, raw: dict[str, Any], present: list[Experiment],
-          earlier: set[str] = frozenset()) -> tuple[list[tuple[Row, int, str]], list[str]]:
+          earlier: set[str]) -> tuple[list[tuple[Row, int, str]], list[str]]:
     """What to queue (row, seed, name), and the names already queued or running; an
     experiment of the same name that ran with other params is an error; those in ``earlier``
     (read from comparison.json) need nothing."""
@@ -124,8 +130,7 @@ def _collect(dvc: Dvc, pipeline: Pipeline, spec: Spec, rev: str,
              earlier: dict[str, Measured]) -> dict[str, list[Measured]]:
     """Each row's measurements, seed by seed: from the experiments of ``rev``, else from
     ``earlier`` (read from comparison.json)."""
-    present = {e.name: e for e in experiments(dvc, pipeline, rev) if e.state == SUCCESS_STATE
-               and e.metrics is not None and e.baselines is not None}
+    present = {e.name: e for e in experiments(dvc, pipeline, rev) if _finished(e)}
     missing = [name for *_, name in spec.experiments()
                if name not in present and name not in earlier]
     if missing:
@@ -213,8 +218,7 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
                          "--rev only reads back (with --collect-only)")
     base = rev or dvc.head()
     present = experiments(dvc, pipeline, base)
-    done = {e.name for e in present if e.state == SUCCESS_STATE
-            and e.metrics is not None and e.baselines is not None}
+    done = {e.name for e in present if _finished(e)}
     earlier = recorded(spec, pipeline, base,
                        {name for *_, name in spec.experiments() if name not in done})
     to_queue, pending = _plan(spec, pipeline, raw, present, set(earlier))
