@@ -187,14 +187,22 @@ def test_a_journal_outside_the_pipeline_folder_is_refused(raw: dict, storage: st
     ({"backbone": "convnext_tiny", "stem": "cifar"}, r"stem: cifar: only ResNets"),
     ({"backbone": "resnet18", "reuse_heads": True}, r"reuse_heads: the heads come from a "
                                                     r"multitask model"),
-    ({"freeze_encoder_epochs": 20}, r"model\.freeze_encoder_epochs: 20 must be below "
-                                    r"train\.epochs \(20\)"),
 ])
 def test_pretrained_params_that_cannot_work_are_refused(raw: dict, model: dict,
                                                         message: str) -> None:
     raw["model"].update(model)
     with pytest.raises(ConfigError, match=message):
         parse_params(raw)
+
+
+def test_freezing_the_encoder_for_every_epoch_is_refused(raw: dict) -> None:
+    raw["train"]["epochs"] = 12  # set here: the check must not hang on params.yaml's default
+    raw["model"]["freeze_encoder_epochs"] = 12
+    with pytest.raises(ConfigError, match=r"model\.freeze_encoder_epochs: 12 must be below "
+                                          r"train\.epochs \(12\)"):
+        parse_params(raw)
+    raw["model"]["freeze_encoder_epochs"] = 11
+    assert parse_params(raw).model.freeze_encoder_epochs == 11
 
 
 @pytest.mark.parametrize(("model", "message"), [
