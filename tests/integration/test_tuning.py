@@ -638,6 +638,20 @@ def postgres_study_db(postgres_url: str) -> str:
     return postgres_url.rsplit("/", 1)[0] + f"/{name}"
 
 
+def wait_for_trial_of(storage: str, process: subprocess.Popen[str],
+                      timeout: float = 180.0) -> None:
+    """Until ``process`` has claimed a trial of the study in ``storage`` (its owner record)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(t.user_attrs.get("owner", {}).get("pid") == process.pid
+               for t in stored_trials(storage)):
+            return
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"process {process.pid} claimed no trial of {storage} in {timeout:.0f} s")
+
+
 def machine(link: Callable[[Path, Path], Layout], root: Path, name: str, processed: Path,
             storage: str, **tune: Any) -> Path:
     """The params of one "machine": a pipeline folder of its own (data/processed ``link``ed,
@@ -656,7 +670,18 @@ def test_two_tune_processes_on_two_machines_share_a_postgresql_study(
     and each process returns only when the study is complete (same reports in both)."""
     folders = [machine(pipeline_folder, workdir, name, processed, postgres_study_db, n_trials=6)
                for name in ("host-a", "host-b")]
-    processes = [tune_process(params.parent, params) for params in folders]
+    # Both must take part: on a loaded machine one process can finish all six one-epoch
+    # trials while the other is still importing torch. So the first is paused (SIGSTOP, a
+    # stalled machine) once it holds a trial, until the second holds one too.
+    first = tune_process(folders[0].parent, folders[0])
+    wait_for_trial_of(postgres_study_db, first)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = tune_process(folders[1].parent, folders[1])
+        wait_for_trial_of(postgres_study_db, second)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    processes = [first, second]
     for process in processes:
         output = process.communicate(timeout=300)[0]
         assert process.returncode == 0, output[-3000:]
