@@ -25,12 +25,8 @@ cotangents (every task's kernel gradients from one convolution call with the tas
 gradients stacked as channels, T x B batches for the rest) gave the same gradients but took
 2.2x as long as the T passes (LeNet, T = 10, batch 256, one thread): oneDNN's kernels are
 already efficient at batch 256 and its stacked-channel weight gradient is slower than ten
-small ones. Nor does a plain matrix product help where FLOPs dominate: the first convolution's
-T weight gradients as one product of its im2col'd input with the T output gradients stacked as
-columns took 43 ms (plus 72 ms for the im2col) against 39.5 ms for T oneDNN calls (LeNet,
-T = 10, batch 256, one thread, AMD EPYC with AVX512), oneDNN already running that kernel near
-the core's matrix-product speed. The loop is what a CPU runs best; the benchmark's
-``parameter_gradients`` row is that floor.
+small ones. The loop is what a CPU runs best; the benchmark's ``parameter_gradients`` row is
+that floor.
 
 Data-parallel training (several processes, each with a shard of the global batch) plugs in a
 :class:`Collective`. Every quantity a method decides on is then the global batch's: parameter
