@@ -4,14 +4,16 @@ as on several machines, one of them SIGKILLed), MLflow nested runs, search-space
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from multitask.data.processed import tasks as tasks_from_meta
 from multitask.layout import Layout
 from multitask.training import session
 from multitask.training.data import ProcessedData
+from multitask.tuning.storage import LOCK_TIMEOUT_S
 from multitask.tuning.study import open_study, setup
 from multitask.weighting import METHODS, LossWeighting
 
@@ -96,14 +99,31 @@ def tune_process(folder: Path, params: Path, *args: str) -> subprocess.Popen[str
                             stderr=subprocess.STDOUT, text=True)
 
 
+@contextlib.contextmanager
+def study_storage(storage: str, lock_timeout_s: float = LOCK_TIMEOUT_S
+                  ) -> Iterator[tuning.StudyStorage]:
+    """``storage`` opened as a worker would, its PostgreSQL connections closed after the block.
+
+    The tests poll the study many times a second; an undisposed RDBStorage keeps its pooled
+    connections until the garbage collector breaks its reference cycles, and a few hundred
+    polls exhaust the server's connection slots (it happened in CI).
+    """
+    opened = tuning.StudyStorage(storage, "test", lock_timeout_s)
+    try:
+        yield opened
+    finally:
+        if isinstance(opened.optuna, optuna.storages.RDBStorage):
+            opened.optuna.engine.dispose()
+
+
 def stored_trials(storage: str) -> list[optuna.trial.FrozenTrial]:
     """The trials of the (one) study in ``storage``, read as any other process would."""
-    backend = tuning.StudyStorage(storage, "test").optuna
-    names = optuna.get_all_study_names(backend)
-    if not names:
-        return []
-    assert len(names) == 1, names
-    return optuna.load_study(study_name=names[0], storage=backend).get_trials()
+    with study_storage(storage) as opened:
+        names = optuna.get_all_study_names(opened.optuna)
+        if not names:
+            return []
+        assert len(names) == 1, names
+        return optuna.load_study(study_name=names[0], storage=opened.optuna).get_trials()
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -533,6 +553,7 @@ def assert_each_trial_once(trials: list[optuna.trial.FrozenTrial], n_trials: int
 def test_two_workers_record_every_trial_exactly_once(processed: Path, workdir: Path) -> None:
     params = write_params(workdir, processed, n_trials=8, epochs=2)
     process = tune_process(workdir, params, "--workers", "2")
+    make_two_workers_take_trials(str(workdir / JOURNAL), [process])
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 0, output[-3000:]
     assert_each_trial_once(stored_trials(str(workdir / JOURNAL)), 8)
@@ -586,6 +607,7 @@ def test_two_workers_share_a_study_in_postgresql(processed: Path, workdir: Path,
                                                  postgres_url: str) -> None:
     params = write_params(workdir, processed, n_trials=6, storage=postgres_url)
     process = tune_process(workdir, params, "--workers", "2")
+    make_two_workers_take_trials(postgres_url, [process])
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 0, output[-3000:]
     assert_each_trial_once(stored_trials(postgres_url), 6)
@@ -638,18 +660,68 @@ def postgres_study_db(postgres_url: str) -> str:
     return postgres_url.rsplit("/", 1)[0] + f"/{name}"
 
 
-def wait_for_trial_of(storage: str, process: subprocess.Popen[str],
-                      timeout: float = 180.0) -> None:
-    """Until ``process`` has claimed a trial of the study in ``storage`` (its owner record)."""
+def owners(storage: str) -> set[int]:
+    """The pids of the processes that have claimed trials of the study in ``storage``."""
+    if "://" not in storage and not Path(storage).exists():
+        return set()  # the journal file is the tune process's to create
+    return {t.user_attrs["owner"]["pid"] for t in stored_trials(storage)
+            if "owner" in t.user_attrs}
+
+
+def wait_for_claim(storage: str, processes: list[subprocess.Popen[str]], exclude: set[int],
+                   timeout: float = 180.0) -> int:
+    """The pid of a worker, not in ``exclude``, once it has claimed a trial in ``storage``
+    (``processes``: the tune processes, which must stay alive meanwhile)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(t.user_attrs.get("owner", {}).get("pid") == process.pid
-               for t in stored_trials(storage)):
-            return
-        assert process.poll() is None, process.communicate()[0][-3000:]
+        if claimed := owners(storage) - exclude:
+            return claimed.pop()
+        for process in processes:
+            assert process.poll() is None, process.communicate()[0][-3000:]
         time.sleep(0.05)
-    process.kill()
-    pytest.fail(f"process {process.pid} claimed no trial of {storage} in {timeout:.0f} s")
+    pytest.fail(f"no worker but {sorted(exclude)} claimed a trial of {storage} in "
+                f"{timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def storage_locks_free(storage: str) -> Iterator[None]:
+    """Hold, for the block, the locks a worker takes on ``storage``: the claim lock, and for a
+    journal file Optuna's own write lock; TimeoutError/BlockingIOError when one is held."""
+    with contextlib.ExitStack() as held:
+        opened = held.enter_context(study_storage(storage, lock_timeout_s=0.2))
+        (study_name,) = optuna.get_all_study_names(opened.optuna)
+        held.enter_context(opened.claim_lock(study_name))
+        if "://" not in storage:
+            handle = held.enter_context(open(f"{storage}.lock", "a"))
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when closed
+        yield
+
+
+def pause_outside_locks(storage: str, pid: int) -> None:
+    """SIGSTOP ``pid`` at a moment it holds none of the study's locks (a stalled machine that
+    held one would stall every other worker, by design)."""
+    for _ in range(100):
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with storage_locks_free(storage):
+                return
+        except (TimeoutError, BlockingIOError):
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.05)
+    pytest.fail(f"worker {pid} held a lock of {storage} whenever it was paused")
+
+
+def make_two_workers_take_trials(storage: str, processes: list[subprocess.Popen[str]]) -> None:
+    """Make sure two workers of one study each claim a trial: the first to claim one is
+    paused (SIGSTOP, a stalled machine) until another has claimed one too. On a loaded machine
+    one worker could otherwise finish every short trial while the other was still importing
+    torch (it happened in CI)."""
+    first = wait_for_claim(storage, processes, set())
+    pause_outside_locks(storage, first)
+    try:
+        wait_for_claim(storage, processes, {first})
+    finally:
+        os.kill(first, signal.SIGCONT)
 
 
 def machine(link: Callable[[Path, Path], Layout], root: Path, name: str, processed: Path,
@@ -670,18 +742,8 @@ def test_two_tune_processes_on_two_machines_share_a_postgresql_study(
     and each process returns only when the study is complete (same reports in both)."""
     folders = [machine(pipeline_folder, workdir, name, processed, postgres_study_db, n_trials=6)
                for name in ("host-a", "host-b")]
-    # Both must take part: on a loaded machine one process can finish all six one-epoch
-    # trials while the other is still importing torch. So the first is paused (SIGSTOP, a
-    # stalled machine) once it holds a trial, until the second holds one too.
-    first = tune_process(folders[0].parent, folders[0])
-    wait_for_trial_of(postgres_study_db, first)
-    first.send_signal(signal.SIGSTOP)
-    try:
-        second = tune_process(folders[1].parent, folders[1])
-        wait_for_trial_of(postgres_study_db, second)
-    finally:
-        first.send_signal(signal.SIGCONT)
-    processes = [first, second]
+    processes = [tune_process(params.parent, params) for params in folders]
+    make_two_workers_take_trials(postgres_study_db, processes)
     for process in processes:
         output = process.communicate(timeout=300)[0]
         assert process.returncode == 0, output[-3000:]
