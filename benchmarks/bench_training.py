@@ -5,29 +5,28 @@ present."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.common import ROOT, ensure_raw_data, row
+from benchmarks.common import ROOT, default_processed, row
 from multitask import keys
 from multitask.config import load_params
 from multitask.data import processed
-from multitask.data.preprocess import build_dataset
-from multitask.layout import Layout
 from multitask.training import session
 from multitask.training.data import ProcessedData
 from multitask.weighting import build_weighting
 
 
-def throughput(folder: Path, device: torch.device, fraction: float, epochs: int) -> float:
-    """Median over epochs of training images per second (validation excluded)."""
+def throughput(folder: Path, device: torch.device, fraction: float | None, epochs: int,
+               batch: int = 256) -> float:
+    """Median over epochs of training images per second (validation excluded) of the train
+    stage's trainer on the processed data in ``folder`` (all of it unless ``fraction``)."""
     params = load_params(ROOT / "params.yaml")
     data = ProcessedData(folder, device, splits=("train", "val"))
     tasks = processed.tasks(data.meta)
-    train = params.train.model_copy(update={"diagnostics_every": 0, "batch_size": 256})
+    train = params.train.model_copy(update={"diagnostics_every": 0, "batch_size": batch})
     history = session.fit(params, data, tasks, build_weighting("equal", len(tasks)),
                           train=train, epochs=epochs, data_fraction=fraction,
                           progress=False).history
@@ -36,12 +35,9 @@ def throughput(folder: Path, device: torch.device, fraction: float, epochs: int)
 
 
 def run() -> list[dict[str, Any]]:
-    ensure_raw_data()
     params = load_params(ROOT / "params.yaml")
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "processed"
-        processed.write(folder, *build_dataset(params.data, Layout(ROOT)))
+    with default_processed() as folder:
         cpu = throughput(folder, torch.device("cpu"), fraction=0.5, epochs=3)
         model = f"{params.model.backbone} {params.model.architecture}, equal, batch 256"
         rows.append(row(f"train images/s, CPU ({torch.get_num_threads()} threads)", cpu,

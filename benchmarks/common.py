@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,25 @@ def tool_env() -> dict[str, str]:
 
 def ensure_raw_data() -> None:
     """Run ``multitask download`` in the repository root (a no-op when files are verified)."""
-    subprocess.run([str(BIN / "multitask"), "download"], cwd=ROOT, env=tool_env(), check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "multitask", "download"], cwd=ROOT, env=tool_env(),
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def default_processed() -> Iterator[Path]:
+    """params.yaml's processed data set (the full raw data downloaded first), in a temporary
+    folder for the block."""
+    from multitask.config import load_params
+    from multitask.data import processed
+    from multitask.data.preprocess import build_dataset
+    from multitask.layout import Layout
+
+    ensure_raw_data()
+    params = load_params(ROOT / "params.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "processed"
+        processed.write(folder, *build_dataset(params.data, Layout(ROOT)))
+        yield folder
 
 
 def row(name: str, value: float, unit: str, target: float | None = None,

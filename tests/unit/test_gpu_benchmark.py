@@ -1,0 +1,53 @@
+"""benchmarks/bench_gpu.py runs only on a lent GPU, minutes at a time: its measuring code is
+checked here on the CPU (eager step, weighting table, a failing measurement kept as a row), so
+that a lease is not spent finding its bugs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import bench_gpu
+
+
+def test_no_gpu_no_rows() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert bench_gpu.run() == []
+
+
+@pytest.mark.parametrize("architecture", ["hps", "cross_stitch"])
+def test_a_step_rate_gathers_batches_from_resident_data(architecture: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench_gpu, "STEP_SECONDS", 0.0)
+    x_all, y_all = bench_gpu.resident(100, torch.device("cpu"))
+    assert x_all.shape == (100, 1, 36, 36) and y_all.shape == (100, 2)
+    measured = bench_gpu.step_rate(architecture, 16, "eager", x_all, y_all)
+    assert measured["name"] == f"gpu/step/{architecture}/batch16/eager"
+    assert measured["value"] > 0 and measured["unit"] == "images/s"
+    assert measured["steps"] >= 5  # the minimum, whatever the time
+
+
+def test_the_weighting_table_is_relative_to_equal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench_gpu, "WEIGHTING_STEPS", 1)
+    monkeypatch.setattr(bench_gpu, "WEIGHTING_METHODS", ("equal", "pcgrad"))
+    rows = {r["name"]: r for r in bench_gpu.weighting_rows(torch.device("cpu"), 3)}
+    assert set(rows) == {"gpu/weighting/T3/equal/step_ms", "gpu/weighting/T3/pcgrad/step_time",
+                         "gpu/weighting/T3/parameter_gradients/step_time",
+                         "gpu/weighting/T3/gradients/is_grads_batched_over_loop"}
+    equal_ms = rows["gpu/weighting/T3/equal/step_ms"]["value"]
+    pcgrad = rows["gpu/weighting/T3/pcgrad/step_time"]
+    assert pcgrad["value"] == pytest.approx(pcgrad["step_ms"] / equal_ms, rel=0.01, abs=0.002)
+    batched = rows["gpu/weighting/T3/gradients/is_grads_batched_over_loop"]
+    assert batched["value"] == pytest.approx(batched["batched_ms"] / batched["loop_ms"],
+                                             rel=0.01, abs=0.002)
+
+
+def test_a_failing_measurement_is_a_row_and_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    def broken() -> list[dict[str, object]]:
+        raise RuntimeError("CUDA error: out of memory")
+
+    (failed,) = bench_gpu.guarded("gpu/step/hps/batch1/graph", broken)
+    assert failed == {"name": "gpu/step/hps/batch1/graph", "value": None, "unit": "",
+                      "error": "RuntimeError: CUDA error: out of memory"}
+    assert '"error": "RuntimeError: CUDA error: out of memory"' in capsys.readouterr().out
