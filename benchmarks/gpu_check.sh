@@ -7,7 +7,7 @@
 # whether all passed. Logs and the device's benchmarks.json land in $OUT (or reports/).
 #
 # That machine has PyTorch but not every package this project pins, and no Fashion-MNIST.
-# Carry what is missing (both folders are ignored by git):
+# Carry what is missing (both folders are ignored by git; benchmarks/gpu_carry.sh makes them):
 #   .whl/      pure-Python or cp312 wheels: pydantic, pydantic-core, annotated-types,
 #              typing-inspection, typing-extensions (and torchjd, qpsolvers, quadprog for the
 #              peer rows); installed into /tmp/site first
