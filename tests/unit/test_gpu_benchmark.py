@@ -58,3 +58,14 @@ def test_a_failing_measurement_is_a_row_and_printed(capsys: pytest.CaptureFixtur
     assert failed == {"name": "gpu/step/hps/batch1/graph", "value": None, "unit": "",
                       "error": "RuntimeError: CUDA error: out of memory"}
     assert '"error": "RuntimeError: CUDA error: out of memory"' in capsys.readouterr().out
+
+
+def test_lenet_step_rows_carry_the_h200_aim_on_an_h200_only() -> None:
+    rows = [{"name": "fast", "value": 1_200_000.0}, {"name": "slow", "value": 400_000.0},
+            {"name": "failed", "value": None, "error": "RuntimeError: ..."}]
+    on_h200 = bench_gpu.aimed(rows, "NVIDIA H200")
+    assert [r["ok"] for r in on_h200] == [True, False, False]
+    assert {r["target"] for r in on_h200} == {">= 1000000 images/s"}
+    assert all(r["gpu"] == "NVIDIA H200" for r in on_h200)
+    elsewhere = bench_gpu.aimed(rows, "NVIDIA A100-SXM4-80GB")
+    assert all("target" not in r and "ok" not in r for r in elsewhere)
