@@ -19,6 +19,10 @@ on a lent GPU). Every row names the GPU; timings are wall clock between CUDA syn
   parameter gradients (``parameter_gradients``, the floor of every parameter-gradient method),
   and the vmapped ``is_grads_batched`` backward over the T-pass loop of
   :mod:`multitask.weighting.gradients`.
+- ``gpu/ensemble/...``: the baselines stage's T single-task LeNets (T = 2 and 4, batch 256,
+  float32), one step of all T as :mod:`benchmarks.bench_ensemble` formulates it (sequential,
+  ``torch_func``'s vmap, the grouped wide network), wall ms and the ratio to sequential
+  channels-last, the stage's default.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from benchmarks import bench_ensemble as ensemble
 from benchmarks.bench_backbones import images_per_second
 from benchmarks.bench_training import throughput
 from benchmarks.common import ROOT, default_processed, row
@@ -51,7 +56,7 @@ STEP_BATCHES = tuple(int(b) for b in os.environ.get("BENCH_GPU_STEP_BATCHES",
                                                     "1024,8192,32768").split(","))
 STEP_SECONDS = float(os.environ.get("BENCH_GPU_STEP_SECONDS", "2.0"))
 COMPILED_BATCH = 8192  # torch.compile of the default model at one batch size (compile time)
-WEIGHTING_STEPS = 20
+TIMED_STEPS = 20
 WEIGHTING_METHODS = ("equal", "uncertainty", "pcgrad", "cagrad", "upgrad", "nashmtl",
                      "pcgrad@representation")
 TASKS = [Task("left", 10), Task("right", 10)]
@@ -195,7 +200,7 @@ def _timed(step: Callable[[int], Any], device: torch.device) -> float:
     for i in range(3):
         step(i)
     times = []
-    for i in range(WEIGHTING_STEPS):
+    for i in range(TIMED_STEPS):
         _sync(device)
         started = time.perf_counter()
         step(i + 3)
@@ -258,6 +263,24 @@ def weighting_rows(device: torch.device, tasks: int) -> list[dict[str, Any]]:
     return rows
 
 
+def ensemble_rows(device: torch.device, members: int) -> list[dict[str, Any]]:
+    """One step of the T baselines in each formulation on ``device``; ratio to sequential."""
+    generator = torch.Generator().manual_seed(members)
+    x = torch.rand(ensemble.BATCH, 1, 36, 36, generator=generator).to(device).contiguous(
+        memory_format=torch.channels_last)
+    targets = torch.randint(0, 10, (members, ensemble.BATCH), generator=generator).to(device)
+    networks = [network.to(device) for network in ensemble.baseline_networks(members)]
+    seconds = {}
+    for name, (build, formats) in ensemble.FORMULATIONS.items():
+        for memory_format in formats:
+            step = build(networks, ensemble.FORMATS[memory_format])
+            seconds[name, memory_format] = _timed(lambda i, step=step: step(x, targets), device)
+    reference = seconds[ensemble.REFERENCE]
+    return [row(f"gpu/ensemble/T{members}/{name}/{memory_format}/step_ms", s * 1000, "ms",
+                ratio=round(s / reference, 3), members=members, batch=ensemble.BATCH)
+            for (name, memory_format), s in seconds.items()]
+
+
 def guarded(name: str, measure: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """``measure()``'s rows, or one row with its error: a failing measurement does not lose
     the others of a GPU lease."""
@@ -279,6 +302,9 @@ def run() -> list[dict[str, Any]]:
     for tasks in (2, 10):
         rows += [{**r, "gpu": gpu} for r in guarded(f"gpu/weighting/T{tasks}",
                                                      lambda t=tasks: weighting_rows(cuda, t))]
+    for members in (2, 4):
+        rows += [{**r, "gpu": gpu} for r in guarded(f"gpu/ensemble/T{members}",
+                                                     lambda m=members: ensemble_rows(cuda, m))]
     rows += step_rows(gpu)
     for channels, size, batch in ((1, 36, 1024), (3, 224, 256)):
         name = f"gpu/backbone/resnet18/{channels}x{size}x{size}/batch{batch}"

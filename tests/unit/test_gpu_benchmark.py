@@ -36,7 +36,7 @@ def test_a_step_rate_gathers_batches_from_resident_data(architecture: str,
 
 
 def test_the_weighting_table_is_relative_to_equal(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bench_gpu, "WEIGHTING_STEPS", 1)
+    monkeypatch.setattr(bench_gpu, "TIMED_STEPS", 1)
     monkeypatch.setattr(bench_gpu, "WEIGHTING_METHODS", ("equal", "pcgrad"))
     rows = {r["name"]: r for r in bench_gpu.weighting_rows(torch.device("cpu"), 3)}
     assert set(rows) == {"gpu/weighting/T3/equal/step_ms", "gpu/weighting/T3/pcgrad/step_time",
@@ -69,3 +69,16 @@ def test_lenet_step_rows_carry_the_h200_aim_on_an_h200_only() -> None:
     assert all(r["gpu"] == "NVIDIA H200" for r in on_h200)
     elsewhere = bench_gpu.aimed(rows, "NVIDIA A100-SXM4-80GB")
     assert all("target" not in r and "ok" not in r for r in elsewhere)
+
+
+def test_the_ensemble_rows_compare_each_formulation_with_sequential(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench_gpu, "TIMED_STEPS", 1)
+    rows = {r["name"]: r for r in bench_gpu.ensemble_rows(torch.device("cpu"), 2)}
+    assert set(rows) == {f"gpu/ensemble/T2/{name}/step_ms" for name in (
+        "sequential/channels_last", "sequential/contiguous", "torch_func/contiguous",
+        "grouped/channels_last", "grouped/contiguous")}
+    assert rows["gpu/ensemble/T2/sequential/channels_last/step_ms"]["ratio"] == 1.0
+    grouped = rows["gpu/ensemble/T2/grouped/channels_last/step_ms"]
+    reference = rows["gpu/ensemble/T2/sequential/channels_last/step_ms"]["value"]
+    assert grouped["ratio"] == pytest.approx(grouped["value"] / reference, rel=0.01, abs=0.002)
