@@ -2,9 +2,10 @@
 # The checks that need a GPU, as one script for a lent GPU machine (see the device tool): the
 # CUDA tests, then `benchmarks/bench_gpu.py` (the trainer's images/s with the data resident, the
 # training step at large batches eager / CUDA graph / torch.compile, ResNet-18, the weighting
-# table and the baselines' batched ensembles on the GPU), then the backbone rows (each torchvision encoder, CPU and GPU). Each part
-# has its own time limit and a failing part does not stop the others; the exit status says
-# whether all passed. Logs and the device's benchmarks.json land in $OUT (or reports/).
+# table and the baselines' batched ensembles on the GPU), then the backbone rows (each
+# torchvision encoder, CPU and GPU). Each part has its own time limit and a failing part does
+# not stop the others; the exit status says whether all passed. Logs and the device's
+# benchmarks.json land in $OUT (or reports/).
 #
 # That machine has PyTorch but not every package this project pins, and no Fashion-MNIST.
 # Carry what is missing (both folders are ignored by git; benchmarks/gpu_carry.sh makes them):
