@@ -41,9 +41,9 @@ part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to $out/NAM
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 torch.cuda.is_available() and torch.cuda.get_device_name(0))"
-part gpu_tests 150 python3 -m pytest -q -p no:cacheprovider -m cuda \
+part gpu_tests 200 python3 -m pytest -q -p no:cacheprovider -m cuda \
   tests/unit/test_cuda.py tests/unit/test_memmap_data.py
 part gpu_bench "${GPU_BENCH_LIMIT:-300}" python3 -m benchmarks.run gpu
-part gpu_bench_backbones "${GPU_BACKBONES_LIMIT:-100}" python3 -m benchmarks.run backbones
+part gpu_bench_backbones "${GPU_BACKBONES_LIMIT:-80}" python3 -m benchmarks.run backbones
 cp reports/benchmarks.json "$out/benchmarks_gpu.json" 2>/dev/null || true
 exit $status
