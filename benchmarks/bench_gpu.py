@@ -44,9 +44,9 @@ from benchmarks.bench_backbones import images_per_second
 from benchmarks.bench_training import throughput
 from benchmarks.common import ROOT, default_processed, row
 from multitask.config import ModelConfig, load_params
-from multitask.device import autocast
 from multitask.models import MultiTaskModel, build_model
 from multitask.tasks import Task
+from multitask.training.trainer import task_losses
 from multitask.weighting import StepContext, build_weighting
 from multitask.weighting.gradients import per_task_gradients
 
@@ -187,12 +187,10 @@ def fit_rows(device: torch.device, fraction: float | None = None) -> list[dict[s
     return rows
 
 
-def _weighting_losses(model: MultiTaskModel, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    with autocast(x.device):
-        features = model.encode(x)
-        outputs = model.decode(features)
-    return torch.stack([F.cross_entropy(outputs[name].float(), y[:, t])
-                        for t, name in enumerate(model.task_names)]), features
+def _weighting_losses(model: MultiTaskModel, x: Tensor,
+                      y: Tensor) -> tuple[Tensor, Tensor | tuple[Tensor, ...]]:
+    """The per-task losses and representation as the trainer computes them (task t: column t)."""
+    return task_losses(model, model.tasks, range(len(model.tasks)), x, y)
 
 
 def _timed(step: Callable[[int], Any], device: torch.device) -> float:
