@@ -116,14 +116,19 @@ def study_storage(storage: str, lock_timeout_s: float = LOCK_TIMEOUT_S
             opened.optuna.engine.dispose()
 
 
+def trials_in(opened: tuning.StudyStorage) -> list[optuna.trial.FrozenTrial]:
+    """The trials of the (one) study in the open storage, as they stand now."""
+    names = optuna.get_all_study_names(opened.optuna)
+    if not names:
+        return []
+    assert len(names) == 1, names
+    return optuna.load_study(study_name=names[0], storage=opened.optuna).get_trials()
+
+
 def stored_trials(storage: str) -> list[optuna.trial.FrozenTrial]:
     """The trials of the (one) study in ``storage``, read as any other process would."""
     with study_storage(storage) as opened:
-        names = optuna.get_all_study_names(opened.optuna)
-        if not names:
-            return []
-        assert len(names) == 1, names
-        return optuna.load_study(study_name=names[0], storage=opened.optuna).get_trials()
+        return trials_in(opened)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -782,12 +787,19 @@ def test_a_sigkilled_machine_s_trial_fails_and_the_other_runs_it_again(
     survivor = tune_process(survivor_params.parent, survivor_params)
     deadline = time.monotonic() + 180
     lost = None
-    while lost is None and time.monotonic() < deadline:
-        assert killed.poll() is None, killed.communicate()[0][-3000:]
-        lost = next((t for t in stored_trials(postgres_study_db) if t.state.name == "RUNNING"
-                     and t.user_attrs.get("owner", {}).get("pid") == killed.pid
-                     and "mlflow_run_id" in t.user_attrs), None)
-        time.sleep(0.1)
+    # Each look at the study is taken with the first process paused (SIGSTOP), so a trial seen
+    # running is still running when SIGKILL comes; one storage serves every look (cheap reads:
+    # in CI the process once finished its short trials between two slow ones).
+    with study_storage(postgres_study_db) as opened:
+        while lost is None and time.monotonic() < deadline:
+            assert killed.poll() is None, killed.communicate()[0][-3000:]
+            killed.send_signal(signal.SIGSTOP)
+            lost = next((t for t in trials_in(opened) if t.state.name == "RUNNING"
+                         and t.user_attrs.get("owner", {}).get("pid") == killed.pid
+                         and "mlflow_run_id" in t.user_attrs), None)
+            if lost is None:
+                killed.send_signal(signal.SIGCONT)
+                time.sleep(0.05)
     assert lost is not None, "the first process never started training a trial"
     killed.send_signal(signal.SIGKILL)
     killed.communicate()
