@@ -783,8 +783,9 @@ def test_a_sigkilled_machine_s_trial_fails_and_the_other_runs_it_again(
     # processes race to migrate the same SQLite file.
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     client.search_experiments()
+    # The second machine starts once the first is lost: started together, the second took
+    # every trial in CI while the first was still importing torch.
     killed = tune_process(killed_params.parent, killed_params)
-    survivor = tune_process(survivor_params.parent, survivor_params)
     deadline = time.monotonic() + 180
     lost = None
     # Each look at the study is taken with the first process paused (SIGSTOP), so a trial seen
@@ -803,6 +804,7 @@ def test_a_sigkilled_machine_s_trial_fails_and_the_other_runs_it_again(
     assert lost is not None, "the first process never started training a trial"
     killed.send_signal(signal.SIGKILL)
     killed.communicate()
+    survivor = tune_process(survivor_params.parent, survivor_params)
 
     output = survivor.communicate(timeout=300)[0]
     assert survivor.returncode == 0, output[-3000:]
