@@ -14,6 +14,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +25,31 @@ REPRO_TARGET_S = 15 * 60
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
 
 
-def timed_repro(clone: Path, env: dict[str, str]) -> list[dict[str, Any]]:
-    """``make repro`` in ``clone``: the total and one row per stage DVC ran."""
+def timed_repro(clone: Path, env: dict[str, str], command: Sequence[str] = ("make", "repro"),
+                prefix: str = "make_repro", target_s: float = REPRO_TARGET_S
+                ) -> list[dict[str, Any]]:
+    """``command`` (``make repro``) in ``clone``: the total and one row per stage DVC ran, named
+    ``<prefix>_s`` and ``<prefix>_stage_<stage>_s`` (a stage of another pipeline file by its
+    name alone: ``sample/dvc.yaml:train`` -> ``train``)."""
     starts: list[tuple[str, float]] = []
     start = time.perf_counter()
-    with subprocess.Popen(["make", "repro"], cwd=clone, env=env, stdout=subprocess.PIPE,
+    with subprocess.Popen(list(command), cwd=clone, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as process:
         assert process.stdout is not None
         tail: list[str] = []
         for line in process.stdout:
             tail = [*tail[-40:], line]
             if match := STAGE_LINE.search(line):
-                starts.append((match.group(1), time.perf_counter()))
+                starts.append((match.group(1).rsplit(":", 1)[-1], time.perf_counter()))
         code = process.wait()
     end = time.perf_counter()
     if code != 0:
-        return [{"name": "make_repro_s", "value": None, "unit": "s",
+        return [{"name": f"{prefix}_s", "value": None, "unit": "s",
                  "error": f"exit {code}: {''.join(tail)[-800:]}"}]
-    rows = [row("make_repro_s", end - start, "s", REPRO_TARGET_S,
+    rows = [row(f"{prefix}_s", end - start, "s", target_s,
                 stages=[name for name, _ in starts])]
     bounds = [t for _, t in starts[1:]] + [end]
-    rows += [row(f"make_repro_stage_{name}_s", stop - begun, "s")
+    rows += [row(f"{prefix}_stage_{name}_s", stop - begun, "s")
              for (name, begun), stop in zip(starts, bounds, strict=True)]
     return rows
 

@@ -5,7 +5,8 @@
 # table and the baselines' batched ensembles on the GPU), then the backbone rows (each
 # torchvision encoder, CPU and GPU). Each part has its own time limit and a failing part does
 # not stop the others; the exit status says whether all passed. Logs and the device's
-# benchmarks.json land in $OUT (or reports/).
+# benchmarks.json land in $OUT (or reports/). The default pipeline on the GPU is a second call
+# to the same machine: benchmarks/gpu_repro.sh.
 #
 # That machine has PyTorch but not every package this project pins, and no Fashion-MNIST.
 # Carry what is missing (both folders are ignored by git; benchmarks/gpu_carry.sh makes them):

@@ -4,6 +4,7 @@ that a lease is not spent finding its bugs."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,13 +15,15 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # benchmarks/ is a package of the repository, not installed
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import bench_gpu  # noqa: E402
+from benchmarks import bench_gpu, bench_gpu_repro  # noqa: E402
+from benchmarks.common import tool_env  # noqa: E402
 
 
-def test_no_gpu_no_rows() -> None:
+def test_no_gpu_no_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    assert bench_gpu.run() == []
+    monkeypatch.delenv("BENCH_GPU_REPRO_ANY_DEVICE", raising=False)
+    assert bench_gpu.run() == [] and bench_gpu_repro.run() == []
 
 
 @pytest.mark.parametrize("architecture", ["hps", "cross_stitch"])
@@ -82,3 +85,73 @@ def test_the_ensemble_rows_compare_each_formulation_with_sequential(
     grouped = rows["gpu/ensemble/T2/grouped/channels_last/step_ms"]
     reference = rows["gpu/ensemble/T2/sequential/channels_last/step_ms"]["value"]
     assert grouped["ratio"] == pytest.approx(grouped["value"] / reference, rel=0.01, abs=0.002)
+
+
+STAGES = """stages:
+  prepare:
+    cmd: python stage.py prepare
+    deps:
+      - stage.py
+    outs:
+      - processed
+  evaluate:
+    cmd: python stage.py evaluate
+    deps:
+      - processed
+    outs:
+      - reports/metrics.json:
+          cache: false
+"""
+STAGE_SCRIPT = """import json, pathlib, sys
+if sys.argv[1] == "prepare":
+    pathlib.Path("processed").mkdir(exist_ok=True)
+    pathlib.Path("processed/x").write_text("1")
+else:
+    pathlib.Path("reports").mkdir(exist_ok=True)
+    metrics = {"tasks": {"left": {"accuracy": 0.5}, "right": {"accuracy": 0.75}},
+               "delta_m_pct": -1.5}
+    pathlib.Path("reports/metrics.json").write_text(json.dumps(metrics))
+"""
+
+
+def _tiny_project(root: Path, git: bool) -> Path:
+    """A two-stage DVC project that has run once: its outputs are in the tree."""
+    root.mkdir()
+    env = tool_env()
+    if git:
+        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(["dvc", "init", "-q", *([] if git else ["--no-scm"])], cwd=root, env=env,
+                   check=True)
+    (root / "dvc.yaml").write_text(STAGES)
+    (root / "stage.py").write_text(STAGE_SCRIPT)
+    subprocess.run(["dvc", "repro", "-q"], cwd=root, env=env, check=True)
+    if git:
+        subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit",
+                        "-qm", "ran"], cwd=root, check=True)
+    return root
+
+
+@pytest.mark.parametrize("git", [True, False], ids=["git-clone", "no-git-copy"])
+def test_the_gpu_repro_runs_every_stage_of_a_fresh_copy(git: bool, tmp_path: Path) -> None:
+    source = _tiny_project(tmp_path / "source", git)
+    assert (source / "processed" / "x").is_file()  # an output the copy must not carry over
+    copy = bench_gpu_repro.pipeline_copy(tmp_path / "copy", source)
+    assert not (copy / "processed").exists()
+    assert (copy / ".git").exists() == git
+    rows = {r["name"]: r for r in bench_gpu_repro.measure(copy, "dvc.yaml", tool_env())}
+    assert rows["gpu_repro_s"]["stages"] == ["prepare", "evaluate"]
+    assert rows["gpu_repro_s"]["target"] == "<= 120 s" and rows["gpu_repro_s"]["device"] == "cpu"
+    assert rows["gpu_repro_stage_prepare_s"]["value"] > 0
+    assert rows["gpu_repro_test_accuracy_left"]["value"] == 0.5
+    assert rows["gpu_repro_test_accuracy_right"]["value"] == 0.75
+    assert rows["gpu_repro_delta_m_pct"]["value"] == -1.5
+
+
+def test_a_failing_gpu_repro_is_a_row_with_the_error(tmp_path: Path) -> None:
+    source = _tiny_project(tmp_path / "source", git=False)
+    copy = bench_gpu_repro.pipeline_copy(tmp_path / "copy", source)
+    (copy / "stage.py").write_text("1 / 0\n")
+    (failed,) = bench_gpu_repro.measure(copy, "dvc.yaml", tool_env())
+    assert failed["name"] == "gpu_repro_s" and failed["value"] is None
+    assert "ZeroDivisionError" in failed["error"]
