@@ -3,7 +3,8 @@
 # CUDA tests, then `benchmarks/bench_gpu.py` (the trainer's images/s with the data resident, the
 # training step at large batches eager / CUDA graph / torch.compile, ResNet-18, the weighting
 # table and the baselines' batched ensembles on the GPU), then the backbone rows (each
-# torchvision encoder, CPU and GPU). Each part has its own time limit and a failing part does
+# torchvision encoder, CPU and GPU). Each part has its own time limit (GPU_TESTS_LIMIT,
+# GPU_BENCH_LIMIT, GPU_BACKBONES_LIMIT: 200, 300 and 80 s) and a failing part does
 # not stop the others; the exit status says whether all passed. Logs and the device's
 # benchmarks.json land in $OUT (or reports/). The default pipeline on the GPU is a second call
 # to the same machine: benchmarks/gpu_repro.sh.
@@ -42,7 +43,7 @@ part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to $out/NAM
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 torch.cuda.is_available() and torch.cuda.get_device_name(0))"
-part gpu_tests 200 python3 -m pytest -q -p no:cacheprovider -m cuda \
+part gpu_tests "${GPU_TESTS_LIMIT:-200}" python3 -m pytest -q -p no:cacheprovider -m cuda \
   tests/unit/test_cuda.py tests/unit/test_memmap_data.py
 part gpu_bench "${GPU_BENCH_LIMIT:-300}" python3 -m benchmarks.run gpu
 part gpu_bench_backbones "${GPU_BACKBONES_LIMIT:-80}" python3 -m benchmarks.run backbones

@@ -6,11 +6,13 @@
 #   2. run: bash benchmarks/gpu_check.sh > $OUT/all.log 2>&1    carry .whl .devdata
 #   3. run: bash benchmarks/gpu_repro.sh > $OUT/repro.log 2>&1  carry .whl .whl-repro
 # within the machine's warm period (30 s on an H200), so that the Fashion-MNIST files that step 2
-# put in the download stage's first mirror are still there; the wheels and the data do not fit
-# in one call (64 MiB). Carrying .devdata instead of .whl-repro's wheels is not enough: the
-# pipeline needs them. The machine has PyTorch (CPython 3.12) but not MLflow, DVC, Great
+# put in the download stage's first mirror are still there: the wheels and the data do not fit
+# in one call (64 MiB). The machine has PyTorch (CPython 3.12) but not MLflow, DVC, Great
 # Expectations, Optuna ...: .whl and .whl-repro hold them at requirements.lock's versions and
 # are installed into /tmp/site-repro; `multitask` is this tree's package (src/) on PYTHONPATH.
+# Both calls within a 15-minute lease (a start of one to two minutes counted in): step 2 with
+# GPU_TESTS_LIMIT=150 GPU_BENCH_LIMIT=200 GPU_BACKBONES_LIMIT=60 in front (timeout_s 440),
+# step 3 with timeout_s 330 (GPU_REPRO_LIMIT, the pipeline's own limit: 300 s).
 # Rows: $OUT/benchmarks_gpu_repro.json (the group `gpu_repro` of reports/benchmarks.json).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +53,7 @@ if command -v git >/dev/null && ! git rev-parse --git-dir >/dev/null 2>&1; then
     exit 1
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-timeout "${GPU_REPRO_LIMIT:-420}" python3 -m benchmarks.run gpu_repro
+timeout "${GPU_REPRO_LIMIT:-300}" python3 -m benchmarks.run gpu_repro
 status=$?
 cp reports/benchmarks.json "$out/benchmarks_gpu_repro.json" 2>/dev/null || true
 exit $status
