@@ -390,6 +390,31 @@ def test_an_unreadable_image_names_row_and_path_and_writes_nothing(tmp_path: Pat
 
 
 # --------------------------------------------------------------------------------- archives
+@pytest.fixture(params=["data_filter", "own_checks"])
+def tar_checks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Tar files unpacked through Python's ``data`` filter, and as on an interpreter without
+    it (before 3.11.4: Debian 12's python3), through the module's own checks."""
+    if request.param == "own_checks":
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    elif not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python's tarfile has no data filter")
+    return str(request.param)
+
+
+def _tar(path: Path, *members: tuple[str, bytes | None, dict[str, Any]]) -> Path:
+    """A tar file of (name, content or None, TarInfo attributes) members."""
+    with tarfile.open(path, "w") as packed:
+        for name, content, attributes in members:
+            member = tarfile.TarInfo(name)
+            for key, value in attributes.items():
+                setattr(member, key, value)
+            if content is not None:
+                member.size = len(content)
+            packed.addfile(member, io.BytesIO(content) if content is not None else None)
+    return path
+
+
+@pytest.mark.usefixtures("tar_checks")
 def test_archives_unpack_beside_themselves_named_without_their_suffix(tmp_path: Path) -> None:
     assert archive_folder(tmp_path / "photos.tar.gz") == tmp_path / "photos"
     assert archive_folder(tmp_path / "photos.tgz") == tmp_path / "photos"
@@ -410,6 +435,7 @@ def test_archives_unpack_beside_themselves_named_without_their_suffix(tmp_path: 
     assert (tmp_path / "b" / "manifest.csv").read_text() == "image\n"
 
 
+@pytest.mark.usefixtures("tar_checks")
 def test_archive_members_outside_their_folder_are_refused(tmp_path: Path) -> None:
     with tarfile.open(tmp_path / "evil.tar", "w") as packed:
         member = tarfile.TarInfo("../outside.txt")
@@ -423,3 +449,28 @@ def test_archive_members_outside_their_folder_are_refused(tmp_path: Path) -> Non
         unpack(tmp_path / "evil.zip")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tar", "evil.zip"]
     assert not (tmp_path.parent / "outside.txt").exists()
+
+
+@pytest.mark.usefixtures("tar_checks")
+@pytest.mark.parametrize(("name", "attributes"), [
+    ("abs", {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"}),
+    ("sub/up", {"type": tarfile.SYMTYPE, "linkname": "../../outside.txt"}),
+    ("hard", {"type": tarfile.LNKTYPE, "linkname": "../outside.txt"}),
+    ("pipe", {"type": tarfile.FIFOTYPE}),
+], ids=["absolute-symlink", "symlink-out", "hardlink-out", "fifo"])
+def test_tar_links_out_and_special_files_are_refused(name: str, attributes: dict[str, Any],
+                                                     tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "evil.tar", ("fine.txt", b"x", {}), (name, None, attributes))
+    with pytest.raises(ValueError, match=r"evil\.tar: cannot unpack"):
+        unpack(archive)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tar"]
+
+
+@pytest.mark.usefixtures("tar_checks")
+def test_tar_members_lose_set_id_and_shared_write_bits_and_keep_inner_links(
+        tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "tools.tar", ("bin/run.sh", b"#!/bin/sh\n", {"mode": 0o6777}),
+                   ("run", None, {"type": tarfile.SYMTYPE, "linkname": "bin/run.sh"}))
+    folder = unpack(archive)
+    assert (folder / "bin" / "run.sh").stat().st_mode & 0o7777 == 0o755
+    assert (folder / "run").read_text() == "#!/bin/sh\n"

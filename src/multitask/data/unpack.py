@@ -11,12 +11,15 @@ lies (a local folder).
 Unpacking goes through an atomic folder (a reader sees the old content or the new, never
 half), and refuses members that would land outside it: tar files through Python's ``data``
 filter (no absolute paths, no ``..``, no links out, no devices), zip files by checking each
-name.
+name. An interpreter without that filter (it came with Python 3.11.4; Debian 12's python3 is
+3.11.2) gets the same refusals from :func:`_checked_tar_members`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import posixpath
 import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -36,12 +39,49 @@ def archive_folder(archive: Path) -> Path | None:
     return None
 
 
+def _outside(name: str) -> bool:
+    """Whether member ``name`` would land outside the folder it unpacks into."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    return name.startswith(("/", "\\")) or ".." in parts or bool(parts and ":" in parts[0])
+
+
 def _safe_zip_names(archive: zipfile.ZipFile, path: Path) -> None:
     for name in archive.namelist():
-        parts = PurePosixPath(name.replace("\\", "/")).parts
-        if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+        if _outside(name):
             raise ValueError(f"{path}: member {name!r} would land outside the folder it "
                              "unpacks into; rebuild the archive with relative paths")
+
+
+def _checked_tar_members(archive: tarfile.TarFile, path: Path) -> list[tarfile.TarInfo]:
+    """The members, refused as Python's ``data`` filter refuses them (names or links that
+    leave the folder, devices and pipes), owned by this process, without set-id bits and
+    group or other write permission."""
+    members = []
+    for member in archive.getmembers():
+        problem = None
+        if _outside(member.name):
+            problem = "would land outside the folder it unpacks into"
+        elif not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            problem = "is a device or a pipe"
+        elif member.issym() or member.islnk():
+            start = posixpath.dirname(member.name) if member.issym() else ""
+            target = posixpath.normpath(posixpath.join(start, member.linkname))
+            if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
+                problem = f"links outside the folder it unpacks into ({member.linkname!r})"
+        if problem:
+            raise ValueError(f"{path}: cannot unpack (member {member.name!r} {problem}); "
+                             "rebuild the archive with relative paths and plain files")
+        member.mode &= 0o755
+        member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
+        members.append(member)
+    return members
+
+
+def _extract_tar(archive: tarfile.TarFile, folder: Path, path: Path) -> None:
+    if hasattr(tarfile, "data_filter"):
+        archive.extractall(folder, filter="data")
+    else:
+        archive.extractall(folder, members=_checked_tar_members(archive, path))
 
 
 def unpack(archive: Path) -> Path:
@@ -57,7 +97,7 @@ def unpack(archive: Path) -> Path:
                     packed.extractall(tmp)
             else:
                 with tarfile.open(archive) as packed:
-                    packed.extractall(tmp, filter="data")
+                    _extract_tar(packed, tmp, archive)
         except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
             raise ValueError(f"{archive}: cannot unpack ({exc}); delete it and rerun "
                              "multitask download") from None
