@@ -162,6 +162,11 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --collect-only: read back the experiments derived from "
                         "COMMIT (default: HEAD; a comparison records its commit in "
                         "comparison.json)")
+    parser.add_argument("--against", action="append", default=[], metavar="COMPARISON",
+                        help="also take each row's Δm%% against the single-task baselines of "
+                        "this earlier comparison (its comparison.json beside the pipeline), "
+                        "seed by seed: a fixed reference where rows change the baselines' "
+                        "schedule or regularisation (repeatable), e.g. --against lr")
 
 
 def _compare(function: Callable[..., Any], args: argparse.Namespace) -> int:
@@ -176,7 +181,8 @@ def _compare(function: Callable[..., Any], args: argparse.Namespace) -> int:
                          "--params out or pick the pipeline with --pipeline")
     spec = Spec(check_name(args.name), expand_rows(args.vary, args.row),
                 tuple(parse_assignment(text, "--set") for text in args.set), tuple(args.seeds))
-    function(spec, args.pipeline, jobs=args.jobs, collect_only=args.collect_only, rev=args.rev)
+    function(spec, args.pipeline, jobs=args.jobs, collect_only=args.collect_only, rev=args.rev,
+             against=tuple(args.against))
     return 0
 
 
@@ -295,7 +301,9 @@ COMMANDS: dict[str, Command] = {
         "comparison.json (per row and seed), comparison.md (per task mean ± sample std "
         "of test accuracy, mean accuracy, Δm% with its 95% t interval, rows ranked by Δm% "
         "and marked tied where their interval overlaps the best one's) and comparison.png "
-        "(per-task accuracy with error bars; two tasks: one against the other). In MLflow "
+        "(per-task accuracy with error bars; two tasks: one against the other); with "
+        "--against OTHER each row's Δm% also against comparison OTHER's single-task "
+        "baselines, seed by seed, a column of the table. In MLflow "
         "the experiments' runs are nested under one parent run 'compare NAME' tagged "
         "multitask.comparison=NAME. Keys and values are validated before anything is "
         "queued. Example: multitask compare methods --vary train.weighting equal dwa pcgrad "

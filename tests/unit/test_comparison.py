@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from multitask.comparison.experiments import (
     run_to_files,
     wait,
 )
-from multitask.comparison.report import Measured, markdown, plot, summary
+from multitask.comparison.report import Measured, add_references, markdown, plot, summary
 from multitask.comparison.rows import (
     Row,
     Spec,
@@ -206,6 +207,66 @@ def test_the_table_shows_mean_std_interval_ties_and_baselines() -> None:
                        "0.8000 ± 0.0000 | 0 (reference) | |")
 
 
+def _other(seeds: list[int], left: list[float], right: list[float]) -> dict:
+    """Another comparison's summary, as far as a reference needs it."""
+    return {"tasks": ["left", "right"], "metrics": {"left": "accuracy", "right": "accuracy"},
+            "seeds": seeds, "commit": "e613b87" + "0" * 33,
+            "baselines": {"left": {"per_seed": left}, "right": {"per_seed": right}}}
+
+
+def test_rows_are_also_measured_against_another_comparisons_baselines_seed_by_seed() -> None:
+    result = _result()
+    # the other comparison ran seeds 2, 1, 0: its baselines are matched by seed, not position
+    add_references(result, {"lr": _other([2, 1, 0], [0.5, 0.84, 0.81], [0.5, 0.80, 0.81])})
+    pcgrad, equal = result["rows"]
+    # pcgrad seed 0: (0.81/0.81 + 0.82/0.81 - 2) / 2 = +0.6173 %; seed 1: (0.84/0.84 +
+    # 0.80/0.80 - 2) / 2 = 0
+    assert pcgrad["against"]["lr"]["per_seed"] == pytest.approx([0.6172840, 0.0])
+    assert pcgrad["against"]["lr"]["mean"] == pytest.approx(0.3086420)
+    assert pcgrad["against"]["lr"]["commit"].startswith("e613b87")
+    # equal seed 0: (0.79/0.81 + 0.80/0.81 - 2) / 2 = -1.8519 %; seed 1: (0.81/0.84 +
+    # 0.78/0.80 - 2) / 2 = -3.0357 %; two seeds: half-width t(0.975, 1) s / √2
+    values = [-1.8518519, -3.0357143]
+    assert equal["against"]["lr"]["per_seed"] == pytest.approx(values)
+    half = 12.7062047 * abs(values[0] - values[1]) / math.sqrt(2) / math.sqrt(2)
+    assert equal["against"]["lr"]["ci_low"] == pytest.approx(sum(values) / 2 - half)
+    assert [row["delta_m_pct"] for row in result["rows"]] == \
+        [row["delta_m_pct"] for row in _result()["rows"]]  # the row's own Δm% is untouched
+    lines = markdown(result).splitlines()
+    assert lines[0].endswith("; Δm% vs `lr`: against the single-task baselines of comparison "
+                             "`lr` (commit `e613b87`), seed by seed, a reference that stays put "
+                             "while the rows change.")
+    table = [line for line in lines if line.startswith("|")]
+    assert table[0].endswith("| Δm% [95% interval] | | Δm% vs `lr` |")
+    assert table[1] == "|---|---|---|---|---|---|---|---|---|"
+    assert table[2].endswith("| best | +0.31 [-3.61, +4.23] |")
+    assert table[3].endswith("| tied | -2.44 [-9.96, +5.08] |")
+    assert table[4].endswith("| 0 (reference) | | |")  # the baselines have no such cell
+
+
+def test_a_reference_counts_lower_is_better_metrics_the_other_way() -> None:
+    result = {"tasks": ["age"], "metrics": {"age": "mae"}, "confidence": 0.95,
+              "rows": [{"seeds": [0, 1], "tasks": {"age": {"per_seed": [4.0, 5.0]}}}]}
+    other = {"tasks": ["age"], "metrics": {"age": "mae"}, "seeds": [0, 1],
+             "baselines": {"age": {"per_seed": [5.0, 4.0]}}}
+    add_references(result, {"years": other})
+    # an error of 4 against 5 is 20 % better; 5 against 4 is 25 % worse
+    assert result["rows"][0]["against"]["years"]["per_seed"] == pytest.approx([20.0, -25.0])
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"baselines": None}, "comparison 'lr': its rows have baselines of their own"),
+    ({"seeds": [0, 2]}, "comparison 'lr' has no baselines for seed 1 (its seeds: 0, 2)"),
+    ({"metrics": {"left": "accuracy", "right": "mae"}},
+     "comparison 'lr' measures {'left': 'accuracy', 'right': 'mae'}, this one"),
+])
+def test_a_reference_that_cannot_serve_is_refused_with_its_reason(change: dict,
+                                                                  message: str) -> None:
+    other = _other([0, 1], [0.8, 0.8], [0.8, 0.8]) | change
+    with pytest.raises(ValueError, match=re.escape(message)):
+        add_references(_result(), {"lr": other})
+
+
 @pytest.mark.parametrize("tasks", [2, 3])
 def test_the_plot_is_written_with_each_axis_named_after_its_task(
         tmp_path: Path, tasks: int, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -360,6 +421,17 @@ def test_a_typo_exits_1_before_any_dvc_command(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert ("multitask compare: error: row equal: unknown key 'train.weightng'; did you mean "
             "'train.weighting'?") in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_against_a_comparison_that_was_never_run_exits_1_before_any_dvc_command() -> None:
+    done = subprocess.run([sys.executable, "-m", "multitask", "compare", "x", "--vary",
+                           "train.weighting", "equal", "--pipeline", "sample/dvc.yaml",
+                           "--against", "never-run"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert ("multitask compare: error: --against never-run: no "
+            f"{ROOT / 'sample' / 'reports' / 'comparisons' / 'never-run' / 'comparison.json'}"
+            ) in done.stderr
     assert "Traceback" not in done.stderr
 
 

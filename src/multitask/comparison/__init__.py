@@ -39,7 +39,7 @@ from multitask.comparison.experiments import (
     wait,
 )
 from multitask.comparison.records import recorded
-from multitask.comparison.report import Measured, markdown, plot, summary
+from multitask.comparison.report import Measured, add_references, markdown, plot, summary
 from multitask.comparison.rows import Row, Spec, apply_overrides, expand_rows, row_params
 from multitask.config import ConfigError, Params, flatten, parse_params
 from multitask.cpus import available_cpus
@@ -175,6 +175,11 @@ def _record(result: dict[str, Any], parent: str, files: list[Path]) -> None:
         if delta_m.get("ci_low") is not None:
             metrics |= {f"{label}/{keys.DELTA_M}/ci_low": delta_m["ci_low"],
                         f"{label}/{keys.DELTA_M}/ci_high": delta_m["ci_high"]}
+        for other, reference in (row.get("against") or {}).items():
+            metrics[f"{label}/{keys.DELTA_M}_vs_{other}/mean"] = reference["mean"]
+            if reference.get("ci_low") is not None:
+                metrics |= {f"{label}/{keys.DELTA_M}_vs_{other}/ci_low": reference["ci_low"],
+                            f"{label}/{keys.DELTA_M}_vs_{other}/ci_high": reference["ci_high"]}
         for task, summary_ in row[keys.TASKS].items():
             metric = primary.get(task, keys.ACCURACY)
             metrics[f"{label}/{keys.task_metric(keys.TEST, task, metric)}/mean"] = \
@@ -192,11 +197,30 @@ def _record(result: dict[str, Any], parent: str, files: list[Path]) -> None:
                       artifacts=files)
 
 
+def _references(pipeline: Pipeline, name: str, against: tuple[str, ...]
+                ) -> dict[str, dict[str, Any]]:
+    """The comparison.json of each comparison named by --against (read before anything runs)."""
+    others = {}
+    for other in against:
+        if other == name:
+            raise ValueError(f"--against {other}: the comparison's own baselines are its "
+                             "Δm% already; name another comparison")
+        path = pipeline.layout.comparison_json(other)
+        if not path.is_file():
+            raise FileNotFoundError(f"--against {other}: no {path} (run `multitask compare "
+                                    f"{other} ...` first, on the same pipeline)")
+        others[other] = read_json(path)
+    return others
+
+
 def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1,
-            collect_only: bool = False, rev: str | None = None) -> dict[str, Any]:
+            collect_only: bool = False, rev: str | None = None,
+            against: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run (or with ``collect_only`` only read back) every experiment of ``spec`` on the
     pipeline ``pipeline_file``; write ``reports/comparisons/<name>/`` (comparison.json, .md,
     .png) beside it and group the runs in MLflow; return the summary (comparison.json).
+    ``against``: comparisons whose single-task baselines each row's Δm% is also taken
+    against, seed by seed (:func:`.report.add_references`).
 
     The experiments are those derived from the commit checked out when the command starts
     (or ``rev``, with ``collect_only``): a commit made while they run does not hide them."""
@@ -211,6 +235,7 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
     if not isinstance(raw, dict):
         raise ConfigError(f"{pipeline.params_file}: expected a mapping of sections")
     parsed = row_params(spec, raw, pipeline.params_file)
+    references = _references(pipeline, spec.name, against)
     threads = os.environ.get(THREADS_ENV) or str(threads_per_experiment(jobs))
     dvc = Dvc(pipeline.root, env={THREADS_ENV: threads})
     if rev is not None and not collect_only:
@@ -244,6 +269,7 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
                      pipeline=pipeline.dvc_yaml.as_posix(),
                      params_file=pipeline.params_file.as_posix())
     result["commit"] = base
+    add_references(result, references)
     parent = _parent_run(spec.name, first)
     result["mlflow"] = {"experiment": first.tracking.experiment or first.data.dataset,
                         "parent_run_id": parent}

@@ -105,6 +105,45 @@ def summary(spec: Spec, measured: dict[str, Sequence[Measured]], *, pipeline: st
     }
 
 
+def add_references(result: dict[str, Any], others: dict[str, dict[str, Any]]) -> None:
+    """Each row's Δm% also against the single-task baselines of other comparisons (``others``:
+    name -> its comparison.json), seed by seed, with its interval: ``row["against"][name]``.
+
+    A comparison's own Δm% is against baselines trained with the row's params; where rows
+    change the schedule or the regularisation, that reference moves with them (a shorter
+    schedule weakens the baselines too), and a fixed, better-trained reference tells the rows
+    apart. The other comparison must measure the same tasks with the same metrics, have one
+    set of baselines for all its rows, and hold every seed of this one."""
+    from multitask.training.metrics import delta_m  # torch: only where references are asked
+
+    metrics = _task_metrics(result)
+    better = {task: keys.higher_is_better(metric) for task, metric in metrics.items()}
+    for name, other in others.items():
+        where = f"comparison {name!r}"
+        if _task_metrics(other) != metrics:
+            raise ValueError(f"{where} measures {_task_metrics(other)}, this one {metrics}: "
+                             "name a comparison of the same tasks and metrics")
+        baselines = other.get("baselines")
+        if baselines is None:
+            raise ValueError(f"{where}: its rows have baselines of their own (their params "
+                             "differ in what the baselines share), so there is no one "
+                             "reference; name a comparison whose rows share their baselines")
+        seeds = list(other["seeds"])
+        for row in result["rows"]:
+            missing = [seed for seed in row["seeds"] if seed not in seeds]
+            if missing:
+                raise ValueError(f"{where} has no baselines for seed "
+                                 f"{', '.join(map(str, missing))} (its seeds: "
+                                 f"{', '.join(map(str, seeds))})")
+            values = [delta_m({t: row[keys.TASKS][t]["per_seed"][i] for t in metrics},
+                              {t: baselines[t]["per_seed"][seeds.index(seed)] for t in metrics},
+                              better)
+                      for i, seed in enumerate(row["seeds"])]
+            row.setdefault("against", {})[name] = {
+                **summarise(values, interval=True, confidence=result["confidence"]).as_dict(),
+                "commit": other.get("commit")}
+
+
 # ------------------------------------------------------------------------------------ table
 def _cell(summary: dict[str, Any], digits: int = 4) -> str:
     if summary["std"] is None:
@@ -132,9 +171,19 @@ def _accuracy_cell(per_task: dict[str, dict[str, Any]], metrics: dict[str, str])
 
 
 def _baseline_row(title: str, baselines: dict[str, dict[str, Any]], tasks: Sequence[str],
-                  metrics: dict[str, str]) -> str:
+                  metrics: dict[str, str], references: int = 0) -> str:
     return (f"| | {title} | | " + " | ".join(_cell(baselines[t]) for t in tasks)
-            + f" | {_accuracy_cell(baselines, metrics)} | 0 (reference) | |")
+            + f" | {_accuracy_cell(baselines, metrics)} | 0 (reference) | |"
+            + " |" * references)
+
+
+def _references(result: dict[str, Any]) -> list[str]:
+    """The comparisons whose baselines the rows are also measured against (in first-seen
+    order), with the caption's note on them."""
+    names: list[str] = []
+    for row in result["rows"]:
+        names += [name for name in row.get("against") or {} if name not in names]
+    return names
 
 
 def _task_metrics(result: dict[str, Any]) -> dict[str, str]:
@@ -164,17 +213,26 @@ def markdown(result: dict[str, Any]) -> str:
     seeds = ", ".join(str(s) for s in result["seeds"])
     common = ", ".join(f"`{k}={v}`" for k, v in result["set"].items())
     percent = round(result["confidence"] * 100)
+    references = _references(result)
+    commits = {name: next(row["against"][name].get("commit") for row in result["rows"]
+                          if name in (row.get("against") or {})) for name in references}
+    against = "".join(
+        f"; Δm% vs `{name}`: against the single-task baselines of comparison `{name}`"
+        + (f" (commit `{commits[name][:7]}`)" if commits[name] else "")
+        + ", seed by seed, a reference that stays put while the rows change" * (i == 0)
+        for i, name in enumerate(references))
     lines = [
         f"`multitask compare {result['name']}` on `{result['pipeline']}`"
         + (f" at commit `{result['commit'][:7]}`" if result.get("commit") else "")
         + _read_back(result) + (f" with {common}" if common else "")
         + f", seeds {seeds}: mean ± sample standard deviation over seeds; Δm% (each seed "
         f"against that seed's single-task baselines) with its {percent}% t interval; *tied*: "
-        "the interval overlaps the best row's.",
+        f"the interval overlaps the best row's{against}.",
         "",
         "| rank | row | overrides | " + " | ".join(column_title(t, metrics[t]) for t in tasks)
-        + f" | mean accuracy | Δm% [{percent}% interval] | |",
-        "|---|---|---|" + "---|" * (len(tasks) + 3),
+        + f" | mean accuracy | Δm% [{percent}% interval] | |"
+        + "".join(f" Δm% vs `{name}` |" for name in references),
+        "|---|---|---|" + "---|" * (len(tasks) + 3 + len(references)),
     ]
     for row in result["rows"]:
         overrides = ", ".join(f"`{k}={v}`" for k, v in row["overrides"].items())
@@ -182,13 +240,16 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {row['rank']} | `{row['label']}` | {overrides} | "
                      + " | ".join(_cell(row[keys.TASKS][t]) for t in tasks)
                      + f" | {_cell(row[keys.MEAN_ACCURACY]) if row[keys.MEAN_ACCURACY] else '—'}"
-                     f" | {_delta_m_cell(row[keys.DELTA_M])} | {mark} |")
+                     f" | {_delta_m_cell(row[keys.DELTA_M])} | {mark} |"
+                     + "".join(f" {_delta_m_cell(row['against'][name])} |"
+                               if name in (row.get("against") or {}) else " — |"
+                               for name in references))
     if result["baselines"] is not None:
         lines.append(_baseline_row("single-task baselines", result["baselines"], tasks,
-                                   metrics))
+                                   metrics, len(references)))
     else:
         lines += [_baseline_row(f"baselines of `{row['label']}`", row["baselines"], tasks,
-                                metrics) for row in result["rows"]]
+                                metrics, len(references)) for row in result["rows"]]
     return "\n".join(lines) + "\n"
 
 
