@@ -26,7 +26,8 @@ from multitask.comparison.experiments import (
     run_to_files,
     wait,
 )
-from multitask.comparison.report import Measured, add_references, markdown, plot, summary
+from multitask.comparison.references import add_references
+from multitask.comparison.report import Measured, markdown, plot, summary
 from multitask.comparison.rows import (
     Row,
     Spec,

@@ -39,7 +39,8 @@ from multitask.comparison.experiments import (
     wait,
 )
 from multitask.comparison.records import recorded
-from multitask.comparison.report import Measured, add_references, markdown, plot, summary
+from multitask.comparison.references import add_references
+from multitask.comparison.report import Measured, markdown, plot, summary
 from multitask.comparison.rows import Row, Spec, apply_overrides, expand_rows, row_params
 from multitask.config import ConfigError, Params, flatten, parse_params
 from multitask.cpus import available_cpus
@@ -220,7 +221,7 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
     pipeline ``pipeline_file``; write ``reports/comparisons/<name>/`` (comparison.json, .md,
     .png) beside it and group the runs in MLflow; return the summary (comparison.json).
     ``against``: comparisons whose single-task baselines each row's Δm% is also taken
-    against, seed by seed (:func:`.report.add_references`).
+    against, seed by seed (:func:`.references.add_references`).
 
     The experiments are those derived from the commit checked out when the command starts
     (or ``rev``, with ``collect_only``): a commit made while they run does not hide them."""

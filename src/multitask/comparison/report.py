@@ -105,45 +105,6 @@ def summary(spec: Spec, measured: dict[str, Sequence[Measured]], *, pipeline: st
     }
 
 
-def add_references(result: dict[str, Any], others: dict[str, dict[str, Any]]) -> None:
-    """Each row's Δm% also against the single-task baselines of other comparisons (``others``:
-    name -> its comparison.json), seed by seed, with its interval: ``row["against"][name]``.
-
-    A comparison's own Δm% is against baselines trained with the row's params; where rows
-    change the schedule or the regularisation, that reference moves with them (a shorter
-    schedule weakens the baselines too), and a fixed, better-trained reference tells the rows
-    apart. The other comparison must measure the same tasks with the same metrics, have one
-    set of baselines for all its rows, and hold every seed of this one."""
-    from multitask.training.metrics import delta_m  # torch: only where references are asked
-
-    metrics = _task_metrics(result)
-    better = {task: keys.higher_is_better(metric) for task, metric in metrics.items()}
-    for name, other in others.items():
-        where = f"comparison {name!r}"
-        if _task_metrics(other) != metrics:
-            raise ValueError(f"{where} measures {_task_metrics(other)}, this one {metrics}: "
-                             "name a comparison of the same tasks and metrics")
-        baselines = other.get("baselines")
-        if baselines is None:
-            raise ValueError(f"{where}: its rows have baselines of their own (their params "
-                             "differ in what the baselines share), so there is no one "
-                             "reference; name a comparison whose rows share their baselines")
-        seeds = list(other["seeds"])
-        for row in result["rows"]:
-            missing = [seed for seed in row["seeds"] if seed not in seeds]
-            if missing:
-                raise ValueError(f"{where} has no baselines for seed "
-                                 f"{', '.join(map(str, missing))} (its seeds: "
-                                 f"{', '.join(map(str, seeds))})")
-            values = [delta_m({t: row[keys.TASKS][t]["per_seed"][i] for t in metrics},
-                              {t: baselines[t]["per_seed"][seeds.index(seed)] for t in metrics},
-                              better)
-                      for i, seed in enumerate(row["seeds"])]
-            row.setdefault("against", {})[name] = {
-                **summarise(values, interval=True, confidence=result["confidence"]).as_dict(),
-                "commit": other.get("commit")}
-
-
 # ------------------------------------------------------------------------------------ table
 def _cell(summary: dict[str, Any], digits: int = 4) -> str:
     if summary["std"] is None:
@@ -186,7 +147,7 @@ def _references(result: dict[str, Any]) -> list[str]:
     return names
 
 
-def _task_metrics(result: dict[str, Any]) -> dict[str, str]:
+def task_metrics(result: dict[str, Any]) -> dict[str, str]:
     """``{task: metric}`` its columns hold; accuracy where the summary does not say (summaries
     written before task kinds)."""
     recorded = result.get("metrics") or {}
@@ -209,7 +170,7 @@ def _read_back(result: dict[str, Any]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     """The ranked table with its caption (comparison.md; also the README's)."""
     tasks = result[keys.TASKS]
-    metrics = _task_metrics(result)
+    metrics = task_metrics(result)
     seeds = ", ".join(str(s) for s in result["seeds"])
     common = ", ".join(f"`{k}={v}`" for k, v in result["set"].items())
     percent = round(result["confidence"] * 100)
@@ -266,7 +227,7 @@ def plot(result: dict[str, Any], path: Any) -> None:
     from multitask.training.plots import save_figure
 
     tasks, rows = result[keys.TASKS], result["rows"]
-    metrics = _task_metrics(result)
+    metrics = task_metrics(result)
     labels = {task: f"test {METRIC_TITLES.get(m, m)}, task {task}" for task, m in metrics.items()}
     baselines = ([("single-task baselines", result["baselines"])] if result["baselines"]
                  else [(f"baselines of {r['label']}", r["baselines"]) for r in rows])
