@@ -161,6 +161,15 @@ def _parent_run(name: str, params: Params) -> str | None:
     return comparison_run(params.tracking.experiment or params.data.dataset, name)
 
 
+def _interval_metrics(prefix: str, summary_: dict[str, Any]) -> dict[str, float]:
+    """``<prefix>/mean`` and, where the summary has its interval, ``ci_low`` and ``ci_high``."""
+    metrics = {f"{prefix}/mean": summary_["mean"]}
+    if summary_.get("ci_low") is not None:
+        metrics |= {f"{prefix}/ci_low": summary_["ci_low"],
+                    f"{prefix}/ci_high": summary_["ci_high"]}
+    return metrics
+
+
 def _record(result: dict[str, Any], parent: str, files: list[Path]) -> None:
     from multitask import keys
     from multitask.tracking.groups import record_comparison
@@ -168,19 +177,13 @@ def _record(result: dict[str, Any], parent: str, files: list[Path]) -> None:
     metrics: dict[str, float] = {}
     primary = result.get("metrics") or {}  # each task's primary metric (accuracy, mae, ...)
     for row in result["rows"]:
-        label, delta_m = row["label"], row[keys.DELTA_M]
-        metrics |= {f"{label}/rank": row["rank"], f"{label}/tied": float(row["tied"]),
-                    f"{label}/{keys.DELTA_M}/mean": delta_m["mean"]}
+        label = row["label"]
+        metrics |= {f"{label}/rank": row["rank"], f"{label}/tied": float(row["tied"])}
+        metrics |= _interval_metrics(f"{label}/{keys.DELTA_M}", row[keys.DELTA_M])
         if row.get(keys.MEAN_ACCURACY):  # absent without a classification task
             metrics[f"{label}/{keys.MEAN_ACCURACY}/mean"] = row[keys.MEAN_ACCURACY]["mean"]
-        if delta_m.get("ci_low") is not None:
-            metrics |= {f"{label}/{keys.DELTA_M}/ci_low": delta_m["ci_low"],
-                        f"{label}/{keys.DELTA_M}/ci_high": delta_m["ci_high"]}
         for other, reference in (row.get("against") or {}).items():
-            metrics[f"{label}/{keys.DELTA_M}_vs_{other}/mean"] = reference["mean"]
-            if reference.get("ci_low") is not None:
-                metrics |= {f"{label}/{keys.DELTA_M}_vs_{other}/ci_low": reference["ci_low"],
-                            f"{label}/{keys.DELTA_M}_vs_{other}/ci_high": reference["ci_high"]}
+            metrics |= _interval_metrics(f"{label}/{keys.DELTA_M}_vs_{other}", reference)
         for task, summary_ in row[keys.TASKS].items():
             metric = primary.get(task, keys.ACCURACY)
             metrics[f"{label}/{keys.task_metric(keys.TEST, task, metric)}/mean"] = \

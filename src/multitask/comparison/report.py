@@ -138,13 +138,14 @@ def _baseline_row(title: str, baselines: dict[str, dict[str, Any]], tasks: Seque
             + " |" * references)
 
 
-def _references(result: dict[str, Any]) -> list[str]:
+def _reference_commits(result: dict[str, Any]) -> dict[str, str | None]:
     """The comparisons whose baselines the rows are also measured against (in first-seen
-    order), with the caption's note on them."""
-    names: list[str] = []
+    order), each with the commit its baselines were measured on."""
+    commits: dict[str, str | None] = {}
     for row in result["rows"]:
-        names += [name for name in row.get("against") or {} if name not in names]
-    return names
+        for name, reference in (row.get("against") or {}).items():
+            commits.setdefault(name, reference.get("commit"))
+    return commits
 
 
 def task_metrics(result: dict[str, Any]) -> dict[str, str]:
@@ -174,14 +175,12 @@ def markdown(result: dict[str, Any]) -> str:
     seeds = ", ".join(str(s) for s in result["seeds"])
     common = ", ".join(f"`{k}={v}`" for k, v in result["set"].items())
     percent = round(result["confidence"] * 100)
-    references = _references(result)
-    commits = {name: next(row["against"][name].get("commit") for row in result["rows"]
-                          if name in (row.get("against") or {})) for name in references}
+    references = _reference_commits(result)
     against = "".join(
         f"; Δm% vs `{name}`: against the single-task baselines of comparison `{name}`"
-        + (f" (commit `{commits[name][:7]}`)" if commits[name] else "")
+        + (f" (commit `{commit[:7]}`)" if commit else "")
         + ", seed by seed, a reference that stays put while the rows change" * (i == 0)
-        for i, name in enumerate(references))
+        for i, (name, commit) in enumerate(references.items()))
     lines = [
         f"`multitask compare {result['name']}` on `{result['pipeline']}`"
         + (f" at commit `{result['commit'][:7]}`" if result.get("commit") else "")
