@@ -5,7 +5,7 @@
 #              on x86-64 Linux), and the peer library of the weighting rows
 #   .devdata/  Fashion-MNIST's four .gz files from Debian's dataset-fashion-mnist
 #   .whl-repro/ with `repro` as argument: every other package of requirements.lock that the
-#              pipeline needs (MLflow, DVC, Great Expectations, Optuna ... ; about 54 MB) and the
+#              pipeline needs (MLflow, DVC, Great Expectations, Optuna ... ; about 51 MiB) and the
 #              GPU image lacks, for benchmarks/gpu_repro.sh. Too large to travel beside .devdata
 #              in one call: carry it in a second call to the same machine (see gpu_repro.sh).
 # The folders are ignored by git (added to .git/info/exclude here); a tool that copies the
