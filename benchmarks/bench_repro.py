@@ -54,7 +54,28 @@ def timed_repro(clone: Path, env: dict[str, str], command: Sequence[str] = ("mak
     return rows
 
 
+def machine_row() -> dict[str, Any]:
+    """The machine's speed beside its ``make repro`` time, measured before the clone on the idle
+    machine: the CPU time of one LeNet training step with one thread, exactly as the weighting
+    benchmark's ``weighting/T2/equal/step_cpu_ms`` measures it (interleaved with the other
+    methods' steps), so that figures from two machines scale by the two rows."""
+    import torch
+
+    from benchmarks.bench_weighting import THREADS, measure
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        rows = measure(2)
+    finally:
+        torch.set_num_threads(threads)
+    step = next(r for r in rows if r["name"] == "weighting/T2/equal/step_cpu_ms")
+    return row("make_repro_machine_lenet_step_cpu_ms", step["value"], "ms",
+               measured_as="weighting/T2/equal/step_cpu_ms")
+
+
 def run() -> list[dict[str, Any]]:
+    yardstick = machine_row()
     with tempfile.TemporaryDirectory(prefix="bench-repro-") as tmp:
         clone = fresh_clone(Path(tmp) / "clone")
         env = clean_env(Path.home() / ".cache" / "pip")
@@ -62,4 +83,4 @@ def run() -> list[dict[str, Any]]:
                            3600)]
         if rows[0]["value"] is not None:
             rows += timed_repro(clone, env)
-        return rows
+        return [*rows, yardstick]
