@@ -59,17 +59,9 @@ def machine_row() -> dict[str, Any]:
     machine: the CPU time of one LeNet training step with one thread, exactly as the weighting
     benchmark's ``weighting/T2/equal/step_cpu_ms`` measures it (interleaved with the other
     methods' steps), so that figures from two machines scale by the two rows."""
-    import torch
+    from benchmarks.bench_weighting import measure_one_thread
 
-    from benchmarks.bench_weighting import THREADS, measure
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        rows = measure(2)
-    finally:
-        torch.set_num_threads(threads)
-    step = next(r for r in rows if r["name"] == "weighting/T2/equal/step_cpu_ms")
+    step = next(r for r in measure_one_thread(2) if r["name"] == "weighting/T2/equal/step_cpu_ms")
     return row("make_repro_machine_lenet_step_cpu_ms", step["value"], "ms",
                measured_as="weighting/T2/equal/step_cpu_ms")
 

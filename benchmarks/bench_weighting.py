@@ -274,14 +274,21 @@ def measure(tasks: int) -> list[dict[str, Any]]:
     return rows
 
 
-def run() -> list[dict[str, Any]]:
-    """Both setups; the 1-minute load average before and after says how busy the machine was."""
-    load_before, threads = os.getloadavg()[0], torch.get_num_threads()
+def measure_one_thread(*tasks: int) -> list[dict[str, Any]]:
+    """:func:`measure` for each number of tasks with :data:`THREADS` intra-op threads, the
+    process's thread count restored after."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     try:
-        rows = measure(2) + measure(10)
+        return [row for count in tasks for row in measure(count)]
     finally:
         torch.set_num_threads(threads)
+
+
+def run() -> list[dict[str, Any]]:
+    """Both setups; the 1-minute load average before and after says how busy the machine was."""
+    load_before = os.getloadavg()[0]
+    rows = measure_one_thread(2, 10)
     return [*rows, {"name": "weighting/load_average_1min", "unit": "runnable processes",
                     "value": round(max(load_before, os.getloadavg()[0]), 2),
                     "intra_op_threads": THREADS}]
