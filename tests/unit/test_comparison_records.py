@@ -181,3 +181,33 @@ def test_a_damaged_record_names_the_file_row_and_seed(repo: Path) -> None:
     with pytest.raises(ValueError, match=rf"comparison.json: row '{label}', seed 0: no "
                                          r"'per_seed' where .* restore the file from git"):
         recorded(SPEC, Pipeline(repo, Path("dvc.yaml")), head, _names(SPEC))
+
+
+@pytest.mark.parametrize("change", ["edited", "untracked"])
+def test_an_uncommitted_input_runs_again_when_experiments_run_from_the_working_tree(
+        repo: Path, change: str) -> None:
+    if change == "untracked":  # a stage's dependency the commit lacks, present in the tree
+        _git(repo, "rm", "-q", "--cached", "src/pkg/train.py")
+        _git(repo, "commit", "-q", "-m", "train.py not committed")
+    head = _git(repo, "rev-parse", "HEAD")
+    _record(repo, SPEC, head)
+    if change == "edited":
+        (repo / "params.yaml").write_text("train:\n  seed: 0\n  epochs: 3\n")
+    pipeline = Pipeline(repo, Path("dvc.yaml"))
+    inputs = pipeline_inputs(pipeline)
+    # queued experiments run the working tree: its edits are not the recorded commit's inputs
+    assert not unchanged_since(repo, head, head, inputs, workspace=True)
+    assert recorded(SPEC, pipeline, head, _names(SPEC), workspace=True) == {}
+    # reading back (--collect-only) compares commits only: the record still stands
+    assert unchanged_since(repo, head, head, inputs)
+    assert set(recorded(SPEC, pipeline, head, _names(SPEC))) == _names(SPEC)
+
+
+def test_uncommitted_files_outside_the_inputs_keep_the_record(repo: Path) -> None:
+    head = _git(repo, "rev-parse", "HEAD")
+    _record(repo, SPEC, head)
+    (repo / "README.md").write_text("# repo\n\nnotes\n")
+    (repo / "src" / "pkg" / "other.py").write_text("VALUE = 2\n")
+    earlier = recorded(SPEC, Pipeline(repo, Path("dvc.yaml")), head, _names(SPEC),
+                       workspace=True)
+    assert set(earlier) == _names(SPEC)

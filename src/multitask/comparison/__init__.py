@@ -249,7 +249,8 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
     present = experiments(dvc, pipeline, base)
     done = {e.name for e in present if _finished(e)}
     earlier = recorded(spec, pipeline, base,
-                       {name for *_, name in spec.experiments() if name not in done})
+                       {name for *_, name in spec.experiments() if name not in done},
+                       workspace=not collect_only)  # queued experiments run the working tree
     to_queue, pending = _plan(spec, pipeline, raw, present, set(earlier))
     first = parsed[spec.rows[0].label]
     if collect_only:

@@ -13,7 +13,9 @@ measured:
 - git shows no difference between the commit it was measured on and the commit the new
   experiments derive from in any input of the pipeline: its ``dvc.yaml``, params file, the
   files its stages depend on, and the locked requirements (``requirements.lock``,
-  ``pyproject.toml``). Dependencies that are another stage's outputs (``data/processed``,
+  ``pyproject.toml``), nor, when new experiments are queued, between it and the working
+  tree they run from (an uncommitted edit of an input, or a new untracked file among them,
+  counts as a difference). Dependencies that are another stage's outputs (``data/processed``,
   ``reports/baselines.json`` ...) follow from these, and the same params and seed give the
   same metrics on CPU (a tested promise).
 
@@ -61,15 +63,24 @@ def pipeline_inputs(pipeline: Pipeline) -> list[str]:
     return sorted(paths)
 
 
-def unchanged_since(root: Path, commit: str, rev: str, paths: list[str]) -> bool:
+def unchanged_since(root: Path, commit: str, rev: str, paths: list[str],
+                    workspace: bool = False) -> bool:
     """Whether ``commit`` exists here and git shows no difference in ``paths`` from it to
-    ``rev``."""
-    def git(*args: str) -> int:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True).returncode
+    ``rev``; with ``workspace`` (``rev`` is the commit checked out, and the experiments run
+    from the working tree as it is), none to the working tree either: no uncommitted edit and
+    no new untracked file among ``paths``."""
+    def git(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True)
 
-    if git("cat-file", "-e", f"{commit}^{{commit}}") != 0:
+    if git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
         return False
-    return git("diff", "--quiet", commit, rev, "--", *paths) == 0
+    if git("diff", "--quiet", commit, rev, "--", *paths).returncode != 0:
+        return False
+    if not workspace:
+        return True
+    untracked = git("ls-files", "--others", "--exclude-standard", "--", *paths)
+    return (git("diff", "--quiet", commit, "--", *paths).returncode == 0
+            and untracked.returncode == 0 and not untracked.stdout.strip())
 
 
 def _measured(result: dict[str, Any], row: dict[str, Any], index: int, commit: str
@@ -93,10 +104,12 @@ def _measured(result: dict[str, Any], row: dict[str, Any], index: int, commit: s
                     report, {keys.TASKS: per_task(row["baselines"])}, commit=commit)
 
 
-def recorded(spec: Spec, pipeline: Pipeline, rev: str, wanted: set[str]
-             ) -> dict[str, Measured]:
+def recorded(spec: Spec, pipeline: Pipeline, rev: str, wanted: set[str],
+             workspace: bool = False) -> dict[str, Measured]:
     """The experiments named in ``wanted`` that the comparison's comparison.json holds and
-    that still stand for commit ``rev`` (see the module), by name."""
+    that still stand for commit ``rev`` (see the module), by name; with ``workspace`` (new
+    experiments will be queued from the working tree) they must stand for its uncommitted
+    changes too."""
     path = pipeline.layout.comparison_json(spec.name)
     if not wanted or not path.is_file():
         return {}
@@ -121,10 +134,11 @@ def recorded(spec: Spec, pipeline: Pipeline, rev: str, wanted: set[str]
             continue
         if commit not in standing:
             inputs = inputs if inputs is not None else pipeline_inputs(pipeline)
-            standing[commit] = unchanged_since(pipeline.root, commit, rev, inputs)
+            standing[commit] = unchanged_since(pipeline.root, commit, rev, inputs, workspace)
             if not standing[commit]:
-                log.info("%s: measured on commit %s, whose pipeline inputs differ from %s's: "
-                         "run again", path, commit[:7], rev[:7])
+                log.info("%s: measured on commit %s, whose pipeline inputs differ from %s: "
+                         "run again", path, commit[:7],
+                         "the working tree's" if workspace else f"{rev[:7]}'s")
         if standing[commit]:
             try:
                 found[name] = _measured(result, old, index, commit)
