@@ -262,6 +262,15 @@ def test_the_study_has_a_readable_name_named_objectives_and_its_hash(processed: 
     assert other.study_name.split("#")[0] == first.study_name.split("#")[0]
     assert other.parameter_hash != first.parameter_hash
     assert other.study_name != first.study_name
+    # The run's regularisation, which trials train with: another study each.
+    for key, value in (("label_smoothing", 0.1), ("augment", {"shift": 2})):
+        path = write_params(workdir, processed)
+        raw = yaml.safe_load(path.read_text())
+        raw["train"][key] = value
+        path.write_text(yaml.safe_dump(raw))
+        regularised = setup(load_params(path), layout)
+        assert regularised.study_name.split("#")[0] == first.study_name.split("#")[0], key
+        assert regularised.parameter_hash != first.parameter_hash, key
     searched = setup(load_params(write_params(
         workdir, processed, mode="single", objective="delta_m", methods=["static", "pcgrad"],
         tune_lr=True)), layout)

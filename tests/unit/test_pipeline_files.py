@@ -193,3 +193,16 @@ def test_the_pretrain_stage_reads_only_what_it_declares() -> None:
                         ("train", {"device": "cpu"})]
     for section, update in declared_changes:
         assert recipe(changed(params, section, **update)) != reference, update
+
+
+def test_the_tuning_study_is_identified_by_every_train_key_its_stage_declares() -> None:
+    """The tune stage reruns when a declared ``train`` key changes; the study it opens must
+    then be another one, or it would hand back the old trials' choice (label smoothing and
+    augmentation were once declared but left out of the study's identity)."""
+    from multitask.tuning.space import TRIAL_TRAIN_KEYS
+
+    declared = load(ROOT / "dvc.yaml")["stages"]["tune"]["params"]
+    train_keys = {key.removeprefix("train.") for key in declared if key.startswith("train.")}
+    # train.weighting only decides whether the stage tunes (--if-used); the searched methods
+    # are tune.methods, part of the search space
+    assert train_keys - {"weighting"} == set(TRIAL_TRAIN_KEYS)

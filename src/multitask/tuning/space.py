@@ -38,6 +38,13 @@ class Choice:
         return weights_method(self.weights, list(tasks), f"{params.source}: tune")
 
 
+# The ``train`` keys a trial trains with (see trial_config), so the keys of the study's
+# identity: a change to any of them starts a new study (tuning.study.setup). The tune stage
+# lists the same keys as its params in dvc.yaml (a test holds the two together).
+TRIAL_TRAIN_KEYS = ("batch_size", "optimizer", "schedule", "seed", "method_params",
+                    "encoder_lr_scale", "label_smoothing", "augment")
+
+
 def trial_config(params: Params, lr: float | None = None) -> TrainConfig:
     """``train`` with a trial's learning rate and no gradient diagnostics (pure cost here).
 

@@ -34,7 +34,7 @@ from multitask.tasks import METRICS, Task, main_tasks
 from multitask.training import session
 from multitask.training.data import ProcessedData
 from multitask.training.trainer import Trainer
-from multitask.tuning.space import Choice, SearchSpace, trial_config
+from multitask.tuning.space import TRIAL_TRAIN_KEYS, Choice, SearchSpace, trial_config
 from multitask.tuning.storage import StudyStorage
 
 HASH_DIGITS = 6  # 16.7 million names per readable part; a clash is refused by the fingerprint
@@ -112,8 +112,7 @@ def setup(params: Params, layout: Layout) -> Setup:
         "epochs": tune.epochs,
         "data_fraction": tune.data_fraction,
         "model": params.model.model_dump(mode="json"),
-        "train": train.model_dump(mode="json", include={
-            "batch_size", "optimizer", "schedule", "seed", "method_params", "encoder_lr_scale"}),
+        "train": train.model_dump(mode="json", include=set(TRIAL_TRAIN_KEYS)),
         "data_sha256": data.meta["sha256"],
         "pretrained": session.start_record(start),
     }))
