@@ -153,7 +153,7 @@ class DataConfig(_Section):
     train_size: int | None = Field(None, gt=0)
     test_size: int | None = Field(None, gt=0)
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     manifest: str | None = None
     tasks: dict[str, ManifestTask] = Field(default_factory=dict)
     channels: Literal[1, 3] | None = None
@@ -422,7 +422,7 @@ class TrainConfig(_Section):
     weighting: str = "equal"
     method_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     data_fraction: float = Field(1.0, gt=0.0, le=1.0)
     # The shared encoder's learning rate is lr x encoder_lr_scale (discriminative fine-tuning:
     # e.g. 0.1 with a pretrained encoder); the task-specific parameters keep lr.
@@ -471,7 +471,7 @@ class TuneConfig(_Section):
     tune_lr: bool = False
     lr_range: tuple[float, float] = (1e-4, 1e-2)
     methods: list[str] | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     storage: str | None = None  # None: the journal file of the layout; or postgresql://...
     study_name: str = "task-weights"
     workers: int = Field(1, ge=1)
@@ -608,6 +608,21 @@ def _unknown_name(path: Path, key: str, kind: str, name: str, known: list[str]) 
     return f"{path}: {key}: {unknown_name(kind, name, known)}; see `multitask methods`"
 
 
+def frozen_trials_problem(params: Params, path: Path) -> str | None:
+    """Why tuning trials could not tell task weights apart, or None.
+
+    A trial trains ``tune.epochs`` epochs, the first ``model.freeze_encoder_epochs`` of them
+    with the encoder frozen, where each head learns from its own loss and the weighting
+    method is not consulted; with no epoch left after those, every trial trains the same."""
+    frozen, epochs = params.model.freeze_encoder_epochs, params.tune.epochs
+    if frozen < epochs:
+        return None
+    return (f"{path}: model.freeze_encoder_epochs: {frozen} must be below tune.epochs "
+            f"({epochs}) to tune the task weights: a trial's frozen epochs train each head on "
+            "its own loss, whatever the weights, so every trial would score the same; raise "
+            f"tune.epochs above {frozen} or freeze fewer epochs")
+
+
 def _registry_problems(params: Params, path: Path) -> list[str]:
     """Names that only the registries know (architecture, weighting methods and their
     params), and the one rule across sections (the frozen epochs lie within training).
@@ -623,6 +638,8 @@ def _registry_problems(params: Params, path: Path) -> list[str]:
         problems.append(
             f"{path}: model.freeze_encoder_epochs: {params.model.freeze_encoder_epochs} must be "
             f"below train.epochs ({params.train.epochs}), or the encoder never trains")
+    if params.train.weighting == TUNED and (problem := frozen_trials_problem(params, path)):
+        problems.append(problem)
     safe = DATASETS[params.data.dataset].augmentations
     augment = params.train.augment
     for name, value in (("shift", augment.shift), ("flip", augment.flip), ("crop", augment.crop)):

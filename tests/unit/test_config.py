@@ -205,6 +205,47 @@ def test_freezing_the_encoder_for_every_epoch_is_refused(raw: dict) -> None:
     assert parse_params(raw).model.freeze_encoder_epochs == 11
 
 
+def test_tuning_weights_through_frozen_trials_is_refused(raw: dict, tmp_path: Path) -> None:
+    """Frozen epochs train each head on its own loss whatever the weights: a trial with no
+    epoch after them scores the same for any weights, so the study would choose at random."""
+    from multitask.layout import Layout
+    from multitask.tuning import tune
+
+    raw["train"].update(epochs=6, weighting="tuned")
+    raw["tune"] = {**raw.get("tune", {}), "epochs": 2}
+    raw["model"]["freeze_encoder_epochs"] = 2
+    with pytest.raises(ConfigError, match=r"model\.freeze_encoder_epochs: 2 must be below "
+                                          r"tune\.epochs \(2\) to tune the task weights"):
+        parse_params(raw)
+    raw["tune"]["epochs"] = 3
+    assert parse_params(raw).tune.epochs == 3
+    # Not tuned by the pipeline: the params load, and `multitask tune` by hand refuses.
+    raw["tune"]["epochs"] = 2
+    raw["train"]["weighting"] = "equal"
+    params = parse_params(raw)
+    with pytest.raises(ConfigError, match=r"must be below tune\.epochs \(2\)"):
+        tune(params, Layout(tmp_path))
+
+
+@pytest.mark.parametrize("given", [{"n_trials": 0}, {"workers": 0}])
+def test_zero_trials_or_workers_are_refused_not_replaced_by_the_params(
+        raw: dict, tmp_path: Path, given: dict) -> None:
+    from multitask.layout import Layout
+    from multitask.tuning import tune
+
+    with pytest.raises(ValueError, match=r"--n-trials \(\d+\) and --workers \(\d+\) must "
+                                         r"be at least 1"):
+        tune(parse_params(raw), Layout(tmp_path), **given)
+
+
+@pytest.mark.parametrize("section", ["data", "train", "tune"])
+def test_a_negative_seed_is_refused_on_loading(raw: dict, section: str) -> None:
+    raw.setdefault(section, {})["seed"] = -1
+    with pytest.raises(ConfigError, match=rf"{section}\.seed: Input should be greater than or "
+                                          r"equal to 0 \(got -1\)"):
+        parse_params(raw)
+
+
 @pytest.mark.parametrize(("model", "message"), [
     ({"architecture": "hps", "shared_stages": 1},
      r"model\.shared_stages: 1: applies to model\.architecture: branched only \(it is hps\)"),

@@ -44,7 +44,7 @@ import logging
 from typing import Any
 
 from multitask import keys, tracking
-from multitask.config import Params
+from multitask.config import ConfigError, Params, frozen_trials_problem
 from multitask.layout import Layout
 from multitask.tuning.reports import (
     pareto_front,
@@ -87,8 +87,10 @@ def tune(params: Params, layout: Layout, *, workers: int | None = None,
         log.info("train.weighting is %r: no study (train reads no tuned weights); "
                  "reports/tuning/ says so", params.train.weighting)
         return write_not_tuned(layout, params.train.weighting)
-    n_trials = n_trials or params.tune.n_trials
-    workers = workers or params.tune.workers
+    if problem := frozen_trials_problem(params, params.source):
+        raise ConfigError(problem)  # train.weighting: tuned was refused on loading already
+    n_trials = params.tune.n_trials if n_trials is None else n_trials
+    workers = params.tune.workers if workers is None else workers
     if n_trials < 1 or workers < 1:
         raise ValueError(f"--n-trials ({n_trials}) and --workers ({workers}) must be at least 1")
     study_setup = setup(params, layout)
