@@ -9,6 +9,7 @@ import csv
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -828,3 +829,24 @@ def test_a_sigkilled_machine_s_trial_fails_and_the_other_runs_it_again(
     run = client.get_run(lost.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED"
     assert "no heartbeat" in run.data.tags["failure"]
+
+
+def test_a_diverging_trial_is_pruned_and_the_study_goes_on(processed: Path,
+                                                           workdir: Path) -> None:
+    """A trial whose own learning rate (drawn from tune.lr_range) makes the loss NaN stops
+    like a pruned one, named as diverged; the other trials still run and one is chosen."""
+    path = write_params(workdir, processed, tune_lr=True, lr_range=[1e-3, 1e4], n_trials=6)
+    raw = yaml.safe_load(path.read_text())
+    raw["train"]["optimizer"] = {"name": "sgd", "lr": 0.01}
+    path.write_text(yaml.safe_dump(raw))
+    chosen = run_tune(path)
+    trials = stored_trials(str(workdir / JOURNAL))
+    states = {t.number: t.state.name for t in trials}
+    diverged = {t.number: t.user_attrs["diverged"] for t in trials if "diverged" in t.user_attrs}
+    assert 0 < len(diverged) < len(trials) == 6
+    assert all(states[n] == "PRUNED" for n in diverged)
+    assert all(re.fullmatch(r"epoch 1: the training loss of task\(s\) \[.+\] is not finite "
+                            r"\(NaN or inf\)", why) for why in diverged.values())
+    assert chosen["trial"] not in diverged
+    summary = json.loads((workdir / "reports/tuning/summary.json").read_text())
+    assert summary["diverged"] == [{"trial": n, "reason": why} for n, why in diverged.items()]

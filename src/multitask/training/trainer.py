@@ -55,7 +55,14 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 class NonFiniteLossError(RuntimeError):
-    """A task's training loss became NaN or infinite: the run stops, nothing is saved."""
+    """A task's training loss became NaN or infinite: the run stops, nothing is saved.
+
+    ``what`` says where (epoch and tasks) without the advice that follows it in the message,
+    for callers that give their own (a tuning trial's lr and weights are its own choice)."""
+
+    def __init__(self, what: str, advice: str) -> None:
+        super().__init__(f"{what}; {advice}")
+        self.what = what
 
 
 def random_turns(count: int, generator: torch.Generator, device: torch.device) -> Tensor:
@@ -325,7 +332,7 @@ class Trainer:
                       if not math.isfinite(v)]
             raise NonFiniteLossError(
                 f"epoch {epoch + 1}: the training loss of task(s) {broken} is not finite (NaN or "
-                "inf); stopped before saving this epoch. Lower the task weights "
+                "inf)", "stopped before saving this epoch. Lower the task weights "
                 "(train.method_params, reports/tuning/weights.json) or train.optimizer.lr")
         self.method.end_epoch(epoch, mean_losses.detach())
         record = {keys.task_metric(keys.TRAIN, n, keys.LOSS): v

@@ -25,7 +25,12 @@ from multitask import keys
 from multitask.io import atomic_open, atomic_path, write_json
 from multitask.layout import Layout
 from multitask.training.plots import save_figure
-from multitask.tuning.storage import VALUES_ATTR, StudyStorage, count_states
+from multitask.tuning.storage import (
+    DIVERGED_ATTR,
+    VALUES_ATTR,
+    StudyStorage,
+    count_states,
+)
 from multitask.tuning.study import Setup
 
 
@@ -142,9 +147,13 @@ def write_reports(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tr
     tune = setup.params.tune
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    diverged = [{"trial": t.number, "reason": t.user_attrs[DIVERGED_ATTR]} for t in trials
+                if t.state == TrialState.PRUNED and DIVERGED_ATTR in t.user_attrs]
     if not complete:
+        why = (f"; {len(diverged)} diverged (non-finite loss): narrow tune.lr_range or "
+               "tune.weight_range, or lower train.optimizer.lr" if diverged else "")
         raise RuntimeError(f"study {setup.study_name} in {storage.describe()} has no completed "
-                           "trial; raise tune.n_trials or choose a gentler tune.pruner")
+                           f"trial; raise tune.n_trials or choose a gentler tune.pruner{why}")
     names = list(setup.space.objectives)
     points = np.array([[t.user_attrs[VALUES_ATTR][n] for n in names] for t in complete])
     directions = [setup.higher_is_better[n] for n in names]
@@ -193,6 +202,7 @@ def write_reports(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tr
         "workers": workers,
         "trials": {state: n for state, n in count_states(study).items() if n},
         "pruned_share": round(len(pruned) / len(finished), 4),
+        "diverged": diverged,  # pruned because their loss became NaN or infinite
         "trial_epochs": {"run": epochs_run, "budget": budget,
                          "saved_share": round(1 - epochs_run / budget, 4)},
         "seconds_per_trial": _seconds(finished),

@@ -54,6 +54,7 @@ RETRIES = 1  # a lost trial's parameters run once more; lost twice, they are lef
 # The trial attribute holding each main task's validation primary metric (accuracy; MAE for a
 # regression task). Its name predates task kinds; stored studies are read with it.
 VALUES_ATTR = "val_accuracy"
+DIVERGED_ATTR = "diverged"  # a trial stopped by a non-finite loss: the trainer's message
 # what one attempt of a trial recorded, as opposed to its parameters (a retry starts afresh)
 ATTEMPT_ATTRS = ("owner", "heartbeat", "mlflow_run_id", VALUES_ATTR, "epochs_run")
 LOCK_TIMEOUT_S = 300.0  # the claim lock is held for milliseconds; this long means a hung holder

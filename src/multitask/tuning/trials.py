@@ -23,6 +23,7 @@ from multitask.training import session, trainer
 from multitask.training.metrics import delta_m
 from multitask.tuning.space import trial_config
 from multitask.tuning.storage import (
+    DIVERGED_ATTR,
     FINISHED,
     VALUES_ATTR,
     StudyStorage,
@@ -108,6 +109,15 @@ class Objective:
             except optuna.TrialPruned:
                 state = "PRUNED"
                 raise
+            except trainer.NonFiniteLossError as error:
+                # The trial's own choice diverged (its lr from tune.lr_range, its weights): a
+                # hopeless trial, stopped like a pruned one, and the study goes on.
+                state = "PRUNED"
+                trial.set_user_attr(DIVERGED_ATTR, error.what)
+                log.warning("trial %d diverged with %s (%s); pruned, the study goes on (if "
+                            "many do: narrow tune.lr_range or tune.weight_range)", trial.number,
+                            describe_choice(asdict(choice), None), error.what)
+                raise optuna.TrialPruned(f"diverged: {error.what}") from None
             finally:
                 if last:
                     values = _primary(last, setup.task_metrics)
