@@ -157,3 +157,41 @@ def test_each_member_stops_early_on_its_own(
         network, _ = session.load_network(layout.baseline_model(task))
         accuracy = evaluate(network, data, "val", network.tasks).metrics[task]["accuracy"]
         assert accuracy == pytest.approx(selection["best_score"], abs=2 / 400)  # 2 images
+
+
+@pytest.mark.slow
+def test_an_interrupted_sequential_run_resumes_without_training_the_finished_tasks(
+        processed: Path, tmp_path: Path, pipeline_folder: Callable[[Path, Path], Layout],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One single-task network after another: interrupted while the second trains, the rerun
+    takes the first from its checkpoint (no epoch trained again) and ends where an
+    uninterrupted run ends."""
+    params = baselines_params("sequential", data_fraction=0.3)
+    _, whole_info, whole = run_baselines(params, tmp_path / "whole", processed, pipeline_folder)
+    layout = pipeline_folder(tmp_path / "killed", processed)
+    fit = session.fit
+
+    def interrupted_at_right(*args: Any, **kwargs: Any) -> Any:
+        if [task.name for task in args[2]] == ["right"]:
+            raise RuntimeError("interrupted")
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(session, "fit", interrupted_at_right)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        stages.baselines(params, layout)
+    monkeypatch.setattr(session, "fit", fit)
+    trained: list[list[str]] = []
+    train_epoch = trainer_module.Trainer.train_epoch
+
+    def counted(self: trainer_module.Trainer, epoch: int) -> Any:
+        trained.append([task.name for task in self.tasks])
+        return train_epoch(self, epoch)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", counted)
+    _, info, resumed = run_baselines(params, tmp_path / "killed", processed, pipeline_folder)
+    assert trained == [["right"], ["right"]]
+    for task in TASKS:
+        for name, value in resumed[task].items():
+            assert torch.equal(value, whole[task][name]), f"{task}: {name}"
+    assert info["validation"] == whole_info["validation"]
+    assert not list(layout.checkpoints_dir.glob("*.pt"))

@@ -110,8 +110,9 @@ def baselines(params: Params, layout: Layout) -> dict[str, dict[str, float]]:
 def _fitted_baselines(params: Params, layout: Layout, data: ProcessedData, tasks: list[Task],
                       start: EncoderWeights | None, together: bool
                       ) -> Iterator[tuple[Task, session.Fitted, Path | None]]:
-    """Each task's trained baseline, and the checkpoint to remove once it is saved (None:
-    the batched run's one checkpoint, removed when all are saved)."""
+    """Each task's trained baseline, and its checkpoint (None: the batched run's one). Every
+    checkpoint is removed only when all baselines are saved: a run interrupted during a later
+    task resumes the finished ones from their last epoch instead of training them again."""
     if together:
         fitted = ensemble.fit_members(params, data, tasks, start=start,
                                       checkpoint=layout.checkpoint(BATCHED_CHECKPOINT))
@@ -133,6 +134,7 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
     started = time.perf_counter()
     tasks = main_tasks(processed.tasks(data.meta))
     together = ensemble.trains_together(params, tasks, data.device)
+    checkpoints = [layout.checkpoint(BATCHED_CHECKPOINT)]
     for task, fitted, checkpoint in _fitted_baselines(params, layout, data, tasks, start,
                                                       together):
         scored = evaluate_split(fitted.model, data, keys.TEST, [task])
@@ -145,10 +147,11 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
         session.save_network(layout.baseline_model(task.name), fitted.model, params, data,
                              start=start)
         if checkpoint is not None:
-            checkpoint.unlink(missing_ok=True)
+            checkpoints.append(checkpoint)
     if not writes:
         return results
-    layout.checkpoint(BATCHED_CHECKPOINT).unlink(missing_ok=True)
+    for checkpoint in checkpoints:
+        checkpoint.unlink(missing_ok=True)
     # baselines.json is a DVC metrics file: metrics only, or dvc exp show lists the rest too.
     write_json(layout.baselines_json, {keys.TASKS: results})
     write_json(layout.baselines_info, {
