@@ -43,6 +43,7 @@ class Command:
     # what --params means when it is not the pipeline's file in the current folder (then its
     # default is None)
     params_help: str | None = None
+    reads_params: bool = True  # False: no --params (the command reads no params file)
 
 
 def _pipeline(args: argparse.Namespace) -> tuple[Params, Layout]:
@@ -212,9 +213,13 @@ COMMANDS: dict[str, Command] = {
         "naming each failed expectation, its column and the offending values."),
     "preprocess": Command(
         "multitask.data.preprocess:preprocess",
-        "build the two-item composites (MultiFashion ...) and their splits",
-        "Build train/val/test composites of two items (top-left and bottom-right) from the "
-        "raw data and write uint8 arrays plus meta.json under data/processed."),
+        "build the train/val/test splits: composites, a manifest's images or CIFAR-10",
+        "Build the train/val/test splits under data/processed (arrays plus meta.json, "
+        "swapped into place as one folder): for MultiFashion and the other composite data "
+        "sets, composites of two items (top-left and bottom-right) from the raw IDX files, "
+        "the validation split from held-out items; for data.dataset: manifest, the "
+        "manifest's images fitted to one size with each task's labels (regression values "
+        "as float32); for cifar10, the archive's images with the object and vehicle labels."),
     "pretrain": Command(
         "multitask.pretraining:pretrain",
         "train the shared encoder on image rotations (for model.pretrained: self_supervised)",
@@ -279,14 +284,15 @@ COMMANDS: dict[str, Command] = {
         "Load a model by URI (models:/<name>@champion ...) and print each task's predicted "
         "label for each image.",
         _predict_arguments,
-        lambda function, args: function(args.model, args.images, as_json=args.json)),
+        lambda function, args: function(args.model, args.images, as_json=args.json),
+        reads_params=False),
     "methods": Command(
         "multitask.catalog:show",
         "list the weighting methods and architectures params.yaml accepts",
         "List every task-weighting method (train.weighting) and architecture "
         "(model.architecture) by name, with a one-line description.",
         _methods_arguments,
-        lambda function, args: function(as_json=args.json)),
+        lambda function, args: function(as_json=args.json), reads_params=False),
     "compare": Command(
         "multitask.comparison:compare",
         "compare rows of params over several seeds (DVC experiments, MLflow group)",
@@ -296,7 +302,8 @@ COMMANDS: dict[str, Command] = {
         "the same params are read back, not rerun, and so are those the comparison's "
         "comparison.json recorded on an earlier commit when git shows none of the "
         "pipeline's inputs (dvc.yaml, params, stage dependencies, requirements.lock) "
-        "changed since (a fresh clone has no experiment refs). The single-task baselines "
+        "changed since, uncommitted edits included (a fresh clone has no experiment "
+        "refs). The single-task baselines "
         "run with the same seeds. Writes reports/comparisons/NAME/ beside the pipeline: "
         "comparison.json (per row and seed), comparison.md (per task mean ± sample std "
         "of test accuracy, mean accuracy, Δm% with its 95% t interval, rows ranked by Δm% "
@@ -341,10 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
         child = sub.add_parser(name, help=command.help, description=command.description)
-        child.add_argument("--params", default=None if command.params_help else "params.yaml",
-                           help=command.params_help or "parameters file (default: params.yaml "
-                           "in the current folder); the pipeline's data, models and reports "
-                           "live beside it")
+        if command.reads_params:
+            child.add_argument(
+                "--params", default=None if command.params_help else "params.yaml",
+                help=command.params_help or "parameters file (default: params.yaml in the "
+                "current folder); the pipeline's data, models and reports live beside it")
         child.add_argument("-v", "--verbose", action="store_true", help="debug logging")
         command.arguments(child)
     return parser

@@ -39,7 +39,19 @@ def test_each_subcommand_has_help(name: str, capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([name, "--help"])
     assert exit_info.value.code == 0
-    assert "--params" in capsys.readouterr().out
+    # --params only where the command reads a params file (predict and methods read none)
+    assert ("--params" in capsys.readouterr().out) == COMMANDS[name].reads_params
+    assert COMMANDS[name].reads_params == (name not in {"predict", "methods"})
+
+
+@pytest.mark.parametrize("argv", [["predict", "--model", "models:/m@champion", "a.png"],
+                                  ["methods"]])
+def test_commands_that_read_no_params_refuse_params(argv: list[str],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*argv, "--params", "params.yaml"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --params params.yaml" in capsys.readouterr().err
 
 
 def test_bad_params_exit_1_with_the_key(tmp_path: Path) -> None:
