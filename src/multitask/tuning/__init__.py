@@ -107,7 +107,7 @@ def tune(params: Params, layout: Layout, *, workers: int | None = None,
         if study_setup.single and params.tune.objective == "delta_m":
             baselines = validation_baselines(study_setup, study)
             metrics = study_setup.task_metrics
-            run.log_metrics({f"tune/baseline/{k}/val_{metrics[k]}": v
+            run.log_metrics({f"tune/baseline/{keys.task_metric(keys.VAL, k, metrics[k])}": v
                              for k, v in baselines.items()})
         run_workers(study_setup, storage, study, n_trials, workers, run.run_id)
         weights = write_reports(study_setup, storage, study, n_trials, workers)
