@@ -177,6 +177,55 @@ def test_a_checksum_mismatch_leaves_no_file(tmp_path: Path, server: FileServer,
     message = str(error.value)
     assert f"payload sha256 mismatch (expected {'0' * 64}, got {digests[IMAGES]})" in message
     assert _leftovers(raw_source(tmp_path)) == sorted(set(digests) - {IMAGES})
+    assert not sources.partial_path(ExpectedFile(IMAGES, "0" * 64, "payload")).exists()
+
+
+def _image_part(digests: dict[str, str]) -> Path:
+    return sources.partial_path(ExpectedFile(IMAGES, digests[IMAGES], "payload"))
+
+
+def test_a_download_that_gives_up_in_transit_keeps_its_part_file_to_resume(
+        tmp_path: Path, server: FileServer, mirror: tuple[Path, dict]) -> None:
+    folder, digests = mirror
+    base = server.publish("fm", folder)
+    body = server.files[f"/fm/{IMAGES}"]
+    server.faults[f"/fm/{IMAGES}"] = ["cut"] * FAST.attempts
+    data = _data(tmp_path, [base], {IMAGES: digests[IMAGES]})
+    with pytest.raises(RuntimeError, match=r"Connection broken: .* \(gave up after 3 attempts\)"):
+        fetch(data, tmp_path)
+    kept = _image_part(digests).read_bytes()
+    assert 0 < len(kept) < len(body) and body.startswith(kept)
+    server.requests.clear()
+    fetch(data, tmp_path)
+    assert [rng for _, rng in server.requests] == [f"bytes={len(kept)}-"]
+    assert (raw_source(tmp_path) / IMAGES).read_bytes() == body
+
+
+def test_a_download_stopped_by_the_time_limit_keeps_its_part_file(
+        tmp_path: Path, server: FileServer, mirror: tuple[Path, dict]) -> None:
+    folder, digests = mirror
+    base = server.publish("fm", folder)
+    body = server.files[f"/fm/{IMAGES}"]
+    part = _image_part(digests)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(body[: len(body) // 2])
+    data = _data(tmp_path, [base], {IMAGES: digests[IMAGES]})
+    with pytest.raises(RuntimeError, match=r"took longer than 0 s; stopped"):
+        fetch_sources(data, "multifashion", Layout(tmp_path),
+                      policy=HttpPolicy(attempts=1, max_seconds=0.0, chunk_bytes=1024))
+    assert part.read_bytes() == body[: len(body) // 2]
+
+
+def test_an_http_refusal_deletes_the_part_file(tmp_path: Path, server: FileServer,
+                                               mirror: tuple[Path, dict]) -> None:
+    _, digests = mirror
+    part = _image_part(digests)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"half of a file the mirror no longer has")
+    data = _data(tmp_path, [f"{server.url}/gone/"], {IMAGES: digests[IMAGES]})
+    with pytest.raises(RuntimeError, match=r"HTTP 404"):
+        fetch(data, tmp_path)
+    assert not part.exists()
 
 
 def test_a_corrupt_mirror_is_skipped_for_the_next(tmp_path: Path, server: FileServer,
@@ -217,6 +266,7 @@ def test_every_mirror_down_names_each_mirror_and_why(tmp_path: Path, server: Fil
     assert f"- {closed}: skipped, unreachable earlier in this run" in second
     assert sum(path.startswith("/flaky/") for path, _ in server.requests) == FAST.attempts
     assert "dataset-fashion-mnist" in second and "sources.fashion_mnist.mirrors" in second
+    assert "check the network connection (and HTTPS_PROXY)" in second
     assert not raw_source(tmp_path).exists()
 
 
@@ -229,10 +279,40 @@ def test_a_relative_local_mirror_accepts_a_recompressed_copy(
         payload = gzip.decompress((folder / name).read_bytes())
         (recompressed / name).write_bytes(gzip.compress(payload, compresslevel=1, mtime=1))
         assert (recompressed / name).read_bytes() != (folder / name).read_bytes()
-    monkeypatch.chdir(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # relative mirrors start at the pipeline folder, not here
     paths = fetch(_data(tmp_path, ["debian/"], digests), tmp_path)
     for path in paths:
         assert path.read_bytes() == (recompressed / path.name).read_bytes()
+
+
+def test_a_relative_mirror_inside_the_raw_folder_is_refused_from_any_directory(
+        tmp_path: Path, mirror: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, digests = mirror
+    monkeypatch.chdir(mirror[0])
+    with pytest.raises(ValueError, match=r"mirrors: data/raw/fashion_mnist lies inside"):
+        fetch(_data(tmp_path, ["data/raw/fashion_mnist"], digests), tmp_path)
+
+
+def test_local_mirrors_alone_get_no_network_advice(tmp_path: Path,
+                                                   mirror: tuple[Path, dict]) -> None:
+    _, digests = mirror
+    with pytest.raises(RuntimeError) as error:
+        fetch(_data(tmp_path, [str(tmp_path / "nowhere")], digests), tmp_path)
+    assert "folder not found" in str(error.value)
+    assert "HTTPS_PROXY" not in str(error.value)
+    assert "add a mirror that has the files to sources.fashion_mnist.mirrors" in str(error.value)
+
+
+def test_nothing_to_fetch_still_makes_the_raw_folder(tmp_path: Path,
+                                                     mirror: tuple[Path, dict]) -> None:
+    """A manifest read in place needs no source, yet data/raw is the stage's DVC output."""
+    _, digests = mirror
+    assert fetch_sources(_data(tmp_path, ["unused/"], digests), "manifest",
+                         Layout(tmp_path)) == []
+    assert _leftovers(Layout(tmp_path).raw_dir) == []
+    assert Layout(tmp_path).raw_dir.is_dir()
 
 
 def test_an_archive_digest_checks_the_file_as_published(tmp_path: Path,

@@ -1,12 +1,13 @@
 """The ``download`` stage: fetch every file of the needed sources and verify it.
 
 Each file is taken from the first mirror of its source that has it with the right digest
-(:mod:`multitask.data.sources`): a local folder is copied, an HTTP(S) URL is streamed with a
-progress bar into a ``.part`` file in the user cache (:func:`~multitask.data.sources.partial_path`,
-where ``dvc repro`` does not delete it), resumed with a Range request after a
-dropped connection, retried with exponential back-off, verified, and only then renamed into
-place. A file that does not verify is deleted and the next mirror is tried, so the raw folder
-only ever holds verified files. Files already there and verified are not fetched again.
+(:mod:`multitask.data.sources`): a local folder (a relative one from the pipeline folder) is
+copied, an HTTP(S) URL is streamed with a progress bar into a ``.part`` file in the user cache
+(:func:`~multitask.data.sources.partial_path`, where ``dvc repro`` does not delete it), resumed
+with a Range request after a dropped connection (or in the next run, when this one gave up in
+transit), retried with exponential back-off, verified, and only then renamed into place. A
+file that does not verify is deleted and the next mirror is tried, so the raw folder only ever
+holds verified files. Files already there and verified are not fetched again.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from multitask.data.sources import (
     digest_mismatch,
     expected_files,
     is_known_verified,
+    mirror_folder,
     partial_path,
+    refuse_mirrors_inside,
     remember_verified,
     required_sources,
 )
@@ -61,7 +64,12 @@ class MirrorError(Exception):
     """This mirror cannot provide this file; the message says why."""
 
 
-class UnreachableMirror(MirrorError):
+class TransitError(MirrorError):
+    """The transfer stopped on the way (time limit, retries used up): the partial file is
+    kept, for the next run to resume."""
+
+
+class UnreachableMirror(TransitError):
     """Every attempt failed in transit: the other files will not fare better this run."""
 
 
@@ -133,7 +141,8 @@ def _stream(session: requests.Session, url: str, part: Path, policy: HttpPolicy,
                         raise MirrorError(f"sent more than the {policy.max_bytes:,} bytes a file "
                                           "may have; stopped")
                     if time.monotonic() > deadline:
-                        raise MirrorError(f"took longer than {policy.max_seconds:.0f} s; stopped")
+                        raise TransitError(f"took longer than {policy.max_seconds:.0f} s; "
+                                           "stopped")
                     out.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
@@ -147,8 +156,10 @@ def _from_http(
     session: requests.Session, base_url: str, expected: ExpectedFile, dest: Path,
     policy: HttpPolicy,
 ) -> None:
-    """Fetch ``<base_url>/<name>`` to ``dest`` through a partial file in the user cache (kept
-    for a resume only when the process is interrupted), verify it, then move it into place."""
+    """Fetch ``<base_url>/<name>`` to ``dest`` through a partial file in the user cache, verify
+    it, then move it into place. The partial file is kept for the next run to resume when the
+    transfer fails in transit (retries used up, time limit); a digest mismatch or a refusal
+    (HTTP 4xx, too large) deletes it."""
     url = f"{base_url.rstrip('/')}/{quote(expected.name)}"
     part = partial_path(expected)
     part.parent.mkdir(parents=True, exist_ok=True)
@@ -169,6 +180,8 @@ def _from_http(
                 time.sleep(wait)
         if (reason := digest_mismatch(part, expected)) is not None:
             raise MirrorError(f"{url}: {reason}")
+    except TransitError:
+        raise
     except MirrorError:
         part.unlink(missing_ok=True)
         raise
@@ -179,9 +192,10 @@ def _from_http(
 def fetch_file(
     expected: ExpectedFile, dest: Path, mirrors: Sequence[str],
     session: requests.Session, policy: HttpPolicy = HttpPolicy(),
-    unreachable: dict[str, str] | None = None,
+    unreachable: dict[str, str] | None = None, root: Path = Path("."),
 ) -> bool:
-    """Make ``dest`` a verified copy of ``expected``; True if it had to be fetched.
+    """Make ``dest`` a verified copy of ``expected``; True if it had to be fetched. A relative
+    local mirror is taken from the pipeline folder ``root``.
 
     ``unreachable`` (mirror -> why), shared across the files of one run, lets a mirror that
     is down cost its retries once rather than once per file. Raises :class:`RuntimeError`
@@ -208,8 +222,8 @@ def fetch_file(
         try:
             if is_http:
                 _from_http(session, mirror, expected, dest, policy)
-            elif "://" not in mirror or mirror.startswith("file://"):
-                _from_folder(Path(mirror.removeprefix("file://")).expanduser(), expected, dest)
+            elif (folder := mirror_folder(mirror, root)) is not None:
+                _from_folder(folder, expected, dest)
             else:
                 raise MirrorError("unsupported mirror: use a folder or an http(s):// URL")
         except MirrorError as exc:
@@ -225,21 +239,6 @@ def fetch_file(
     raise RuntimeError(f"{dest}: every mirror failed:\n" + "\n".join(failures))
 
 
-def _refuse_mirrors_inside(raw_dir: Path, sources: Mapping[str, Source],
-                           sources_path: str | Path) -> None:
-    """A local mirror must not lie in the folder the stage writes (and DVC deletes first)."""
-    raw = raw_dir.resolve()
-    for name, source in sources.items():
-        for mirror in source.mirrors:
-            if "://" in mirror and not mirror.startswith("file://"):
-                continue
-            folder = Path(mirror.removeprefix("file://")).expanduser().resolve()
-            if folder == raw or raw in folder.parents:
-                raise ValueError(
-                    f"{sources_path}: sources.{name}.mirrors: {mirror} lies inside "
-                    f"{raw_dir}, the folder the download stage writes; point it elsewhere")
-
-
 def fetch_sources(
     sources: Mapping[str, Source], dataset: str, layout: Layout, names: Sequence[str] = (), *,
     sources_path: str | Path = "data/sources.yaml", policy: HttpPolicy = HttpPolicy(),
@@ -248,9 +247,10 @@ def fetch_sources(
     ``dataset`` needs), as ``sources`` (read from ``sources_path``) declares them.
 
     Every file is attempted; then one error lists each file that no mirror could provide.
+    The raw folder, the stage's output, exists afterwards even with nothing to fetch.
     """
     wanted = required_sources(sources, dataset, names, sources_path)
-    _refuse_mirrors_inside(layout.raw_dir, wanted, sources_path)
+    refuse_mirrors_inside(layout, wanted, sources_path)
     paths: list[Path] = []
     failed: dict[str, list[str]] = {}
     unreachable: dict[str, str] = {}
@@ -264,7 +264,7 @@ def fetch_sources(
                 dest = folder / expected.name
                 try:
                     fetched += fetch_file(expected, dest, source.mirrors, session, policy,
-                                          unreachable)
+                                          unreachable, layout.root)
                     paths.append(dest)
                 except RuntimeError as exc:
                     failed.setdefault(name, []).append(str(exc))
@@ -272,12 +272,14 @@ def fetch_sources(
                 folder.rmdir()  # leave nothing behind, not even a folder
     if failed:
         advice = [SOURCES[name].hint for name in failed if name in SOURCES and SOURCES[name].hint]
-        advice += ["check the network connection (and HTTPS_PROXY) for the HTTP mirrors",
-                   "or add a mirror that has the files to "
+        if any(m.startswith(("http://", "https://")) for n in failed for m in wanted[n].mirrors):
+            advice.append("check the network connection (and HTTPS_PROXY) for the HTTP mirrors")
+        advice += [("or " if advice else "") + "add a mirror that has the files to "
                    + ", ".join(f"sources.{name}.mirrors" for name in failed)
                    + f" in {sources_path}"]
         errors = [line for lines in failed.values() for line in lines]
         raise RuntimeError("\n".join([*errors, "To fix: " + "; ".join(advice) + "."]))
+    layout.raw_dir.mkdir(parents=True, exist_ok=True)
     log.info("%d files verified under %s (%d fetched) in %.2f s",
              len(paths), layout.raw_dir, fetched, time.perf_counter() - started)
     return paths

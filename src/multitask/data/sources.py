@@ -63,6 +63,16 @@ def expected_files(source: Source) -> list[ExpectedFile]:
     ]
 
 
+def mirror_folder(mirror: str, root: Path) -> Path | None:
+    """The folder a local mirror names (``file://`` stripped, ``~`` expanded, a relative path
+    taken from the pipeline folder ``root``, where ``data/sources.yaml`` says it starts);
+    None for a URL."""
+    if "://" in mirror and not mirror.startswith("file://"):
+        return None
+    folder = Path(mirror.removeprefix("file://")).expanduser()
+    return folder if folder.is_absolute() else root / folder
+
+
 def required_sources(
     sources: Mapping[str, Source], dataset: str, names: Sequence[str] = (),
     sources_path: str | Path = "data/sources.yaml",
@@ -84,6 +94,21 @@ def required_sources(
                 f"with its mirrors and files (defined: {', '.join(sorted(sources))})"
             )
     return {name: sources[name] for name in wanted}
+
+
+def refuse_mirrors_inside(layout: Layout, sources: Mapping[str, Source],
+                          sources_path: str | Path) -> None:
+    """A local mirror must not lie in the folder the stage writes (and DVC deletes first)."""
+    raw = layout.raw_dir.resolve()
+    for name, source in sources.items():
+        for mirror in source.mirrors:
+            if (folder := mirror_folder(mirror, layout.root)) is None:
+                continue
+            if (folder := folder.resolve()) == raw or raw in folder.parents:
+                raise ValueError(
+                    f"{sources_path}: sources.{name}.mirrors: {mirror} lies inside "
+                    f"{layout.raw_dir}, the folder the download stage writes; point it "
+                    "elsewhere")
 
 
 CHECKED = "params.yaml and data/sources.yaml passed multitask check\n"
