@@ -69,17 +69,25 @@ def _checked_tar_members(archive: tarfile.TarFile, path: Path) -> list[tarfile.T
             if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
                 problem = f"links outside the folder it unpacks into ({member.linkname!r})"
         if problem:
-            raise ValueError(f"{path}: cannot unpack (member {member.name!r} {problem}); "
-                             "rebuild the archive with relative paths and plain files")
+            raise ValueError(_unsafe(path, f"member {member.name!r} {problem}"))
         member.mode &= 0o755
         member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
         members.append(member)
     return members
 
 
+def _unsafe(path: Path, why: object) -> str:
+    """An archive whose content is refused: fetching it again cannot help, rebuilding it can."""
+    return (f"{path}: cannot unpack ({why}); rebuild the archive with relative paths and "
+            "plain files")
+
+
 def _extract_tar(archive: tarfile.TarFile, folder: Path, path: Path) -> None:
     if hasattr(tarfile, "data_filter"):
-        archive.extractall(folder, filter="data")
+        try:
+            archive.extractall(folder, filter="data")
+        except tarfile.FilterError as exc:
+            raise ValueError(_unsafe(path, exc)) from None
     else:
         archive.extractall(folder, members=_checked_tar_members(archive, path))
 
