@@ -8,7 +8,7 @@ unknown key; did you mean 'epochs'?``. Used for ``params.yaml`` as a whole, for 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,12 @@ def _line(error: dict[str, Any], root: type[BaseModel], where: str, prefix: str)
         hint = f"; did you mean '{close[0]}'?" if close else (
             f"; valid keys: {', '.join(sorted(names))}" if names else "; it takes no keys")
         return f"{where}: {dotted}: unknown key{hint}"
-    return f"{where}: {dotted}: {error['msg']} (got {error.get('input')!r})"
+    # A section's own check (a model validator) gets the whole section as its input, and its
+    # message already names the key and value: repeating the mapping would bury it.
+    message = error["msg"].removeprefix("Value error, ")
+    given = error.get("input")
+    return f"{where}: {dotted}: {message}" + ("" if isinstance(given, Mapping)
+                                               else f" (got {given!r})")
 
 
 def describe(exc: ValidationError, root: type[BaseModel], where: str | Path,

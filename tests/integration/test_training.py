@@ -189,7 +189,7 @@ def test_a_diverging_run_ends_with_one_line_and_no_model(stage_dir: Callable[...
     ("train", "message"),
     [
         ({"weighting": "static", "method_params": {"static": {"weights": [1.0, -0.5]}}},
-         "train.method_params.static.weights: Value error, weights must be non-negative"),
+         "train.method_params.static.weights: weights must be non-negative"),
         ({"weighting": "static", "method_params": {"static": {"weights": [1.0, 1.0, 1.0]}}},
          "3 weights given for 2 tasks"),
         ({"weighting": "pcgard"}, "train.weighting: unknown weighting method 'pcgard'"),

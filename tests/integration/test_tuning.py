@@ -178,7 +178,7 @@ def test_multi_objective_studies_never_prune(processed: Path, tmp_path: Path) ->
 @pytest.mark.parametrize(("tune", "message"), [
     ({"weight_range": [-0.1, 1.0]}, "tune.weight_range"),
     ({"lr_range": [0.0, 0.1], "tune_lr": True}, "tune.lr_range"),
-    ({"methods": []}, "tune.methods: Value error, empty list"),
+    ({"methods": []}, "tune.methods: empty list"),
     ({"selection": "preference"}, "needs tune.preference"),
     ({"preference": [1.0, -1.0], "selection": "preference"}, "tune.preference"),
     ({"heartbeat_interval_s": 60, "grace_period_s": 60},

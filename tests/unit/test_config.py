@@ -282,3 +282,20 @@ def test_branched_shares_any_stage_count_the_backbone_has(raw: dict) -> None:
 def test_what_pretrained_names(raw: dict, source: str, kind: str) -> None:
     raw["model"].update({"backbone": "resnet18", "pretrained": source})
     assert parse_params(raw).model.pretrained_kind == kind
+
+
+def test_a_section_check_names_the_problem_without_repeating_the_section() -> None:
+    data = {"dataset": "manifest", "manifest": "p/manifest.txt",
+            "tasks": {"age": {"kind": "regression"}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_params({"data": data}, "params.yaml")
+    assert str(caught.value) == ("params.yaml: data: manifest: p/manifest.txt: expected a .csv "
+                                 "or .parquet file")
+
+
+def test_a_field_check_still_shows_the_value_given(raw: dict) -> None:
+    raw["train"]["epochs"] = "ten"
+    with pytest.raises(ConfigError) as caught:
+        parse_params(raw, "params.yaml")
+    assert str(caught.value) == ("params.yaml: train.epochs: Input should be a valid integer, "
+                                 "unable to parse string as an integer (got 'ten')")
