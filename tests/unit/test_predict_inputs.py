@@ -7,9 +7,13 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
+from multitask.config import parse_params
+from multitask.data.manifest import build_manifest
+from multitask.layout import Layout
 from multitask.predict import load_images
 
 SHAPE = (1, 36, 36)
@@ -65,3 +69,96 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None
     png_header_claiming(tmp_path / "large.png", 8000, 8000)  # below PIL's own limit, above ours
     with pytest.raises(ValueError, match=r"large\.png: 8000x8000 pixels, more than 50,000,000"):
         load_images([tmp_path / "large.png"], SHAPE)
+
+
+# ------------------------------------------------------- the same pixels as training's
+def training_pixels(tmp_path: Path, images: list[str], resize: str) -> np.ndarray:
+    """The training split a manifest of ``images`` (in tmp_path/mine) becomes, as float32
+    (N, 1, 16, 16): what ``multitask preprocess`` writes, read back."""
+    rows = [{"image": name, "species": "ab"[i % 2], "split": "train"}
+            for i, name in enumerate(images)]
+    rows += [{"image": images[0], "species": "a", "split": split} for split in ("val", "test")]
+    pd.DataFrame(rows).to_csv(tmp_path / "mine" / "manifest.csv", index=False)
+    params = parse_params({"data": {"dataset": "manifest", "manifest": str(tmp_path / "mine" /
+                                                                          "manifest.csv"),
+                                    "tasks": {"species": {"kind": "multiclass"}}, "channels": 1,
+                                    "image_size": 16, "resize": resize}}, "p.yaml")
+    layout = Layout(tmp_path / resize)
+    build_manifest(params.data, layout)
+    return np.load(layout.processed_dir / "train_images.npy").astype(np.float32)[:, None]
+
+
+@pytest.fixture
+def awkward_images(tmp_path: Path) -> list[str]:
+    """Images training reads differently from a plain Pillow conversion, or that predict used
+    to refuse: 16-bit grey, EXIF-rotated JPEG, wider than high, BMP and WebP."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    deep = rng.integers(0, 65536, (16, 16), dtype=np.uint16)
+    Image.fromarray(deep).save(folder / "deep.png")
+    assert Image.open(folder / "deep.png").mode.startswith("I;16")
+    tall = np.zeros((24, 16, 3), dtype=np.uint8)
+    tall[:8] = 255  # white top third; upright (turned clockwise), the right third of 24x16
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(tall).save(folder / "rotated.jpg", exif=exif, quality=95)
+    wide = rng.integers(0, 256, (16, 40), dtype=np.uint8)
+    Image.fromarray(wide).save(folder / "wide.png")
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / "a.bmp")
+    Image.fromarray(rng.integers(0, 256, (20, 16, 3), dtype=np.uint8)).save(folder / "a.webp")
+    return ["deep.png", "rotated.jpg", "wide.png", "a.bmp", "a.webp"]
+
+
+@pytest.mark.parametrize("resize", ["pad", "crop"])
+def test_images_are_prepared_as_training_prepares_them(tmp_path: Path, awkward_images: list[str],
+                                                       resize: str) -> None:
+    expected = training_pixels(tmp_path, awkward_images, resize)
+    batch, _ = load_images([tmp_path / "mine" / name for name in awkward_images], (1, 16, 16),
+                           resize)
+    for name, got, want in zip(awkward_images, batch, expected, strict=True):
+        assert np.array_equal(got, want), name
+    deep = np.asarray(Image.open(tmp_path / "mine" / "deep.png"), dtype=np.uint16)
+    assert np.array_equal(batch[0, 0], (deep >> 8).astype(np.float32))  # not clipped to white
+
+
+def test_an_exif_rotated_photo_is_turned_upright(tmp_path: Path, awkward_images: list[str]
+                                                 ) -> None:
+    batch, _ = load_images([tmp_path / "mine" / "rotated.jpg"], (1, 16, 16), "crop")
+    # upright the photo is 24 wide, 16 high, columns 16..23 white: crop keeps columns 4..19,
+    # so the last 4 are white (as stored, 16 wide, it would be white rows instead)
+    assert batch[0, 0, :, 13:].min() > 200 and batch[0, 0, :, :11].max() < 50
+
+
+def test_a_folder_stands_for_its_images_in_name_order(tmp_path: Path) -> None:
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for value, name in ((30, "b.png"), (10, "a.png"), (20, "sub/c.png"), (40, ".hidden.png")):
+        Image.fromarray(np.full((36, 36), value, dtype=np.uint8)).save(folder / name)
+    np.save(folder / "c.npy", np.full((36, 36), 50, dtype=np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    batch, names = load_images([folder], SHAPE)
+    assert names == [str(folder / "a.png"), str(folder / "b.png"), str(folder / "c.npy")]
+    assert batch[:, 0, 0, 0].tolist() == [10, 30, 50]
+    with pytest.raises(ValueError, match=r"empty: a folder holding no image or \.npy file"):
+        (tmp_path / "empty").mkdir()
+        load_images([tmp_path / "empty"], SHAPE)
+
+
+def test_float_pixels_scaled_to_one_are_warned_about(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    np.save(tmp_path / "scaled.npy", np.full((36, 36), 0.8, dtype=np.float32))
+    np.save(tmp_path / "raw.npy", np.full((36, 36), 0.8 * 255, dtype=np.float32))
+    np.save(tmp_path / "dark.npy", np.ones((36, 36), dtype=np.uint8))  # integers: raw values
+    load_images([tmp_path / "raw.npy", tmp_path / "dark.npy"], SHAPE)
+    assert "0..1" not in caplog.text
+    load_images([tmp_path / "scaled.npy"], SHAPE)
+    assert "scaled.npy: float pixel values all within 0..1 (max 0.8)" in caplog.text
+    assert "multiply them by 255" in caplog.text
+
+
+def test_an_empty_array_is_named(tmp_path: Path) -> None:
+    np.save(tmp_path / "empty.npy", np.zeros((0, 36, 36), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"empty\.npy: holds no image \(an array of shape "
+                                         r"\(0, 36, 36\)\)"):
+        load_images([tmp_path / "empty.npy"], SHAPE)

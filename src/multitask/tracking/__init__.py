@@ -10,6 +10,7 @@ mlflow itself is imported inside the functions that need it, so importing this p
 """
 
 from multitask.tracking.models import (
+    DEFAULT_RESIZE,
     MODEL_FORMAT,
     MODEL_FORMAT_TAG,
     MODEL_NAME,
@@ -50,6 +51,7 @@ from multitask.tracking.store import (
 
 __all__ = [
     "ARTIFACT_DIR",
+    "DEFAULT_RESIZE",
     "MODEL_FORMAT",
     "MODEL_FORMAT_TAG",
     "MODEL_NAME",

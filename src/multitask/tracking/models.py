@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from multitask.config import MANIFEST_DEFAULTS
 from multitask.io import file_sha256
 from multitask.redaction import redact
 from multitask.tracking.store import URI_ENV, StoreError, client, describe_uri, store_errors
@@ -28,13 +29,17 @@ MODEL_NAME = "model"  # the logged model's name inside its run
 MODEL_URI_TAG = "multitask.model_uri"  # where promote finds the run's model
 MODEL_FORMAT_TAG = "multitask.model_format"  # on registered versions: what loading expects
 MODEL_FORMAT = "torch.export program (pt2), multitask flavour"
+# How images of another size are fitted into the model's (data.resize): what a model records
+# when its data says nothing (built-in data sets come at their size) and what a model logged
+# before it was recorded is taken to have used.
+DEFAULT_RESIZE: str = MANIFEST_DEFAULTS["resize"]
 
 
 def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
               task_names: list[str], *, class_names: dict[str, list[str]] | None = None,
               pixel_mean: float | Sequence[float] = 0.0,
               pixel_std: float | Sequence[float] = 1.0,
-              tasks: Sequence[Task] | None = None) -> str:
+              tasks: Sequence[Task] | None = None, resize: str | None = None) -> str:
     """Log ``model`` so that pyfunc and ``mlflow models serve`` name every task's prediction.
 
     The logged program is :class:`multitask.models.serving.KindPredictions` around
@@ -51,7 +56,9 @@ def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
     from ``class_names`` and probability; for binary also the 0/1 decision; for regression the
     value in the target's units); the signature lists them with their types. MLflow copies
     the run's params onto the logged model, so the experiment's Models tab shows them. Only
-    the run :func:`stage_run` opened (MLflow's active run) can log a model. Returns the model
+    the run :func:`stage_run` opened (MLflow's active run) can log a model. ``resize`` (the
+    data's ``resize``, default :data:`DEFAULT_RESIZE`) is recorded in the metadata, so that
+    ``multitask predict`` fits an image of another size as training did. Returns the model
     URI (``models:/<id>``), also stored in the run's ``multitask.model_uri`` tag.
     """
     import mlflow
@@ -105,6 +112,7 @@ def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
         metadata={"task_names": list(task_names), "class_names": names, "kinds": kinds,
                   **({"units": units} if units else {}),
                   "input": "float32 (N, C, H, W) raw pixel values 0..255",
+                  "resize": resize or DEFAULT_RESIZE,
                   "output": served.describe_output(list(task_names), kinds)},
         model_type="multi-task classifier" if classifier else "multi-task model",
     )

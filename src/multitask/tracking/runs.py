@@ -156,15 +156,15 @@ class StageRun:
                   task_names: list[str], *, class_names: dict[str, list[str]] | None = None,
                   pixel_mean: float | Sequence[float] = 0.0,
                   pixel_std: float | Sequence[float] = 1.0,
-                  tasks: Sequence[Task] | None = None) -> str | None:
+                  tasks: Sequence[Task] | None = None, resize: str | None = None) -> str | None:
         """Log the served model (see :func:`multitask.tracking.models.log_model`: ``tasks``
-        gives each task's kind); None, logging nothing, when tracking is off or
-        ``tracking.log_model`` is false."""
+        gives each task's kind, ``resize`` how the data fitted its images); None, logging
+        nothing, when tracking is off or ``tracking.log_model`` is false."""
         if self.run_id is None or not self.log_models:
             return None
         return log_model(self.run_id, model, input_example, task_names,
                          class_names=class_names, pixel_mean=pixel_mean, pixel_std=pixel_std,
-                         tasks=tasks)
+                         tasks=tasks, resize=resize)
 
     def log_dataset(self, meta: dict[str, Any], source: str) -> None:
         """Record the processed data as the run's training input (``mlflow.log_input``); the

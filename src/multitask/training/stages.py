@@ -227,11 +227,14 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
         run.log_artifact(layout.curves_png, "plots")
         run.log_artifact(layout.history_csv, "plots")
         # The logged model takes raw pixels (0..255) and normalises them itself; it answers per
-        # task kind (models.serving.KindPredictions).
+        # task kind (models.serving.KindPredictions), for the deliverable tasks only (an
+        # auxiliary head, the rotation task's, is trained on but never served).
         example = data.served_example(keys.TEST)
-        run.log_model(fitted.model, example, names, pixel_mean=data.mean, pixel_std=data.std,
-                      class_names={t.name: list(t.class_names) for t in tasks if t.class_names},
-                      tasks=tasks)
+        served = main_tasks(tasks)
+        run.log_model(fitted.model, example, [t.name for t in served], pixel_mean=data.mean,
+                      pixel_std=data.std, tasks=served, resize=data.meta.get("resize"),
+                      class_names={t.name: list(t.class_names) for t in served
+                                   if t.class_names})
         final = fitted.kept  # with early stopping the best validation epoch, else the last
         if fitted.selection is not None:
             run.set_tags({f"early_stopping.{k}": str(v) for k, v in fitted.selection.items()})
@@ -294,38 +297,39 @@ def evaluate(params: Params, layout: Layout) -> dict[str, object]:
     when there are none), the confusion data of each classification task and the
     predicted-vs-true data of each regression task; returns the metrics written.
     """
-    model, payload = session.load_network(layout.model)
-    data = session.load_data(params, layout, splits=(keys.TEST,))
-    if payload["data_sha256"] != data.meta["sha256"]:
-        raise ValueError(f"{layout.model} was trained on other data than "
-                         f"{layout.processed_dir}; rerun multitask train")
-    model.to(data.device, memory_format=torch.channels_last)
-    tasks = main_tasks(model.tasks)
-    result = evaluate_split(model, data, keys.TEST, tasks)
-    baseline = read_json(layout.baselines_json)[keys.TASKS]
-    primary = {t.name: result.metrics[t.name][t.metric] for t in tasks}
-    base_primary = {}
-    for name, values in baseline.items():
-        metric = next((t.metric for t in tasks if t.name == name), keys.ACCURACY)
-        if metric not in values:
-            raise ValueError(f"{layout.baselines_json}: task '{name}' has no {metric} "
-                             f"(has {sorted(values)}); rerun multitask baselines")
-        base_primary[name] = float(values[metric])
-    accuracy = [result.metrics[t.name][keys.ACCURACY] for t in tasks if t.classification]
-    metrics: dict[str, object] = {keys.TASKS: result.metrics}
-    if accuracy:
-        metrics[keys.MEAN_ACCURACY] = float(np.mean(accuracy))
-    metrics[keys.DELTA_M] = delta_m(primary, base_primary,
-                                    {t.name: t.higher_is_better for t in tasks})
-    for task in tasks:
-        if task.classification:
-            _write_confusion(layout, task, result.confusion[task.name].numpy(),
-                             class_labels(task))
-        else:
-            _write_regression(layout, task, result.predictions[task.name].numpy())
-    write_json(layout.metrics_json, metrics)
+    # The run is reopened first: whatever fails below (no model, the test pass) ends it FAILED.
     run_id = read_json(layout.train_json).get("run_id")
     with tracking.stage_run(params, "evaluate", run_id=run_id) as run:
+        model, payload = session.load_network(layout.model)
+        data = session.load_data(params, layout, splits=(keys.TEST,))
+        if payload["data_sha256"] != data.meta["sha256"]:
+            raise ValueError(f"{layout.model} was trained on other data than "
+                             f"{layout.processed_dir}; rerun multitask train")
+        model.to(data.device, memory_format=torch.channels_last)
+        tasks = main_tasks(model.tasks)
+        result = evaluate_split(model, data, keys.TEST, tasks)
+        baseline = read_json(layout.baselines_json)[keys.TASKS]
+        primary = {t.name: result.metrics[t.name][t.metric] for t in tasks}
+        base_primary = {}
+        for name, values in baseline.items():
+            metric = next((t.metric for t in tasks if t.name == name), keys.ACCURACY)
+            if metric not in values:
+                raise ValueError(f"{layout.baselines_json}: task '{name}' has no {metric} "
+                                 f"(has {sorted(values)}); rerun multitask baselines")
+            base_primary[name] = float(values[metric])
+        accuracy = [result.metrics[t.name][keys.ACCURACY] for t in tasks if t.classification]
+        metrics: dict[str, object] = {keys.TASKS: result.metrics}
+        if accuracy:
+            metrics[keys.MEAN_ACCURACY] = float(np.mean(accuracy))
+        metrics[keys.DELTA_M] = delta_m(primary, base_primary,
+                                        {t.name: t.higher_is_better for t in tasks})
+        for task in tasks:
+            if task.classification:
+                _write_confusion(layout, task, result.confusion[task.name].numpy(),
+                                 class_labels(task))
+            else:
+                _write_regression(layout, task, result.predictions[task.name].numpy())
+        write_json(layout.metrics_json, metrics)
         run.log_model_metrics(keys.flat_test_metrics(metrics), data.meta)
         for task in tasks:
             run.log_artifact(layout.confusion_png(task.name), "confusion")
