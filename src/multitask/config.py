@@ -625,7 +625,8 @@ def frozen_trials_problem(params: Params, path: Path) -> str | None:
 
 def _registry_problems(params: Params, path: Path) -> list[str]:
     """Names that only the registries know (architecture, weighting methods and their
-    params), and the one rule across sections (the frozen epochs lie within training).
+    params), and the rules across sections (the frozen epochs lie within training; every
+    source the data set reads has its pixel ranges, which validate needs).
 
     The registries are imported here, not at module level: they import torch, which the
     schema itself does not need.
@@ -640,6 +641,16 @@ def _registry_problems(params: Params, path: Path) -> list[str]:
             f"below train.epochs ({params.train.epochs}), or the encoder never trains")
     if params.train.weighting == TUNED and (problem := frozen_trials_problem(params, path)):
         problems.append(problem)
+    for source in DATASETS[params.data.dataset].sources:
+        if source not in params.validate_.pixel_stats:
+            known = ValidateConfig().pixel_stats.get(source)
+            example = (f"{{mean: {list(known.mean)}, std: {list(known.std)}}}" if known
+                       else "{mean: [low, high], std: [low, high]} (0..255)")
+            problems.append(
+                f"{path}: validate.pixel_stats.{source}: missing, but data.dataset "
+                f"{params.data.dataset} reads source {source} and validate checks its pixel "
+                f"mean and std against it; add {source}: {example} under "
+                "validate.pixel_stats")
     safe = DATASETS[params.data.dataset].augmentations
     augment = params.train.augment
     for name, value in (("shift", augment.shift), ("flip", augment.flip), ("crop", augment.crop)):

@@ -299,3 +299,20 @@ def test_a_field_check_still_shows_the_value_given(raw: dict) -> None:
         parse_params(raw, "params.yaml")
     assert str(caught.value) == ("params.yaml: train.epochs: Input should be a valid integer, "
                                  "unable to parse string as an integer (got 'ten')")
+
+
+def test_a_data_set_whose_source_has_no_pixel_ranges_is_refused(raw: dict,
+                                                                tmp_path: Path) -> None:
+    """params.yaml lists pixel_stats per source, so the built-in cifar10 range does not apply:
+    switching to CIFAR-10 without adding it must stop at check, not in validate."""
+    raw["data"] = {"dataset": "cifar10", "val_fraction": 0.1, "seed": 0}
+    assert "cifar10" not in raw["validate"]["pixel_stats"]
+    path = write(tmp_path, raw)
+    with pytest.raises(ConfigError) as caught:
+        load_params(path)
+    assert str(caught.value) == (
+        f"{path}: validate.pixel_stats.cifar10: missing, but data.dataset cifar10 reads source "
+        "cifar10 and validate checks its pixel mean and std against it; add cifar10: "
+        "{mean: [108.0, 134.0], std: [55.0, 74.0]} under validate.pixel_stats")
+    raw["validate"]["pixel_stats"]["cifar10"] = {"mean": [108.0, 134.0], "std": [55.0, 74.0]}
+    assert load_params(write(tmp_path, raw)).data.dataset == "cifar10"
