@@ -17,6 +17,7 @@ from PIL import Image
 
 from multitask.config import ConfigError, DataConfig, ManifestTask, parse_params
 from multitask.data import manifest as mf
+from multitask.data.manifest_checks import image_tables
 from multitask.data.unpack import archive_folder, unpack, unpack_all
 from multitask.layout import Layout
 
@@ -328,6 +329,62 @@ def test_a_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path: Path) -> 
                      "d.png,b,test\n".encode("utf-8-sig"))
     assert read(path, {"species": {"kind": "multiclass"}}).frame["image"].tolist() == [
         "a.png", "b.png", "c.png", "d.png"]
+
+
+# Line 3 is blank, the note of lines 4-5 is one quoted cell, line 6 a row of empty cells.
+SPACED = ('image,note,species,split\n'
+          'a.png,,a,train\n'
+          '\n'
+          'b.png,"two\nlines",b,train\n'
+          ',,,\n'
+          'c.png,,a,{split}\n'
+          'd.png,,b,test\n')
+
+
+def test_rows_are_numbered_by_the_line_they_start_on(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text(SPACED.format(split="tran"))
+    with pytest.raises(mf.ManifestError, match=r"m\.csv: row 7, column 'split': value 'tran'"):
+        read(path, {"species": {"kind": "multiclass"}})
+    path.write_text(SPACED.format(split="val"))
+    manifest = read(path, {"species": {"kind": "multiclass"}})
+    assert manifest.frame["image"].tolist() == ["a.png", "b.png", "c.png", "d.png"]
+    assert [manifest.row(i) for i in range(4)] == [2, 4, 7, 8]
+
+
+def test_validate_tables_number_rows_as_the_errors_do(tmp_path: Path) -> None:
+    for name in "abcd":
+        png(tmp_path / f"{name}.png", np.full((8, 8), ord(name)))
+    path = tmp_path / "m.csv"
+    path.write_text(SPACED.format(split="val"))
+    raw_tasks = {"species": {"kind": "multiclass"}}
+    tables = image_tables(read(path, raw_tasks), tasks(raw_tasks), channels=1)
+    assert {split: table["row"].tolist() for split, table in tables.items()} == {
+        "train": [2, 4], "val": [7], "test": [8]}
+
+
+def test_column_names_are_stripped_like_cells(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("image , species,split\na.png, a ,train\nb.png,b,train\nc.png,a,val\n"
+                    "d.png,b,test\n")
+    manifest = read(path, {"species": {"kind": "multiclass"}})
+    assert manifest.frame["species"].tolist() == ["a", "b", "a", "b"]
+
+
+def test_a_task_column_given_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("image,age,age,split\na.png,1,2,train\nb.png,3,4,val\nc.png,5,6,test\n")
+    with pytest.raises(mf.ManifestError, match=r"m\.csv: column 'age' appears 2 times in the "
+                                               r"header; keep one, or rename the others"):
+        read(path, {"age": {"kind": "regression"}})
+
+
+def test_a_row_with_more_cells_than_the_header_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("image,species,split\na.png,a,train,\nb.png,b,train,x\n")
+    with pytest.raises(mf.ManifestError, match=r"m\.csv: row 3: 4 cells, the header has 3; "
+                                               r"quote a cell that holds a comma"):
+        read(path, {"species": {"kind": "multiclass"}})
 
 
 def test_an_image_of_the_size_is_taken_as_it_is() -> None:

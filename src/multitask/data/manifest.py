@@ -18,8 +18,11 @@ Labels, from the training split only:
 
 A val or test label that training never saw, a task with one class, an empty label, a
 regression value that is text, NaN or infinite, a missing column, a missing or unreadable
-image: each is a :class:`ManifestError` naming the file, the row (counted as a spreadsheet
-shows the CSV: the header is row 1, the first image row 2), the column and the value.
+image, a task column given twice: each is a :class:`ManifestError` naming the file, the row
+(the line of the file it starts on, as an editor numbers them: the header is row 1; blank
+lines, skipped like rows whose cells are all empty, still count; a Parquet file's header is
+row 1, its first row 2), the column and the value. Column names and cells are stripped of
+surrounding blanks.
 Everything is checked before the first image is decoded, so nothing is written then; an
 image found unreadable while streaming aborts the atomic folder, so nothing half-written
 stays either.
@@ -40,6 +43,7 @@ and the wording of its errors.
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -62,7 +66,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_COLUMN = "image"
 SPLIT_COLUMN = "split"
-HEADER_ROWS = 1  # a spreadsheet shows the CSV header as row 1
+HEADER_ROWS = 1  # a Parquet file's rows are numbered as a CSV file's: the header is row 1
 SHOWN = 5  # offending rows named per error
 
 
@@ -78,10 +82,11 @@ class Manifest:
     frame: pd.DataFrame  # IMAGE_COLUMN and one text column per task, a RangeIndex
     split: np.ndarray  # "train" | "val" | "test" per row
     split_from: str  # "column" (the manifest's) or "seed"
+    rows: np.ndarray  # each row's number in the file: the line it starts on
 
     def row(self, index: int) -> int:
-        """The row number a spreadsheet shows for ``frame``'s row ``index``."""
-        return index + HEADER_ROWS + 1
+        """The number errors give ``frame``'s row ``index``: the file's line it starts on."""
+        return int(self.rows[index])
 
     def image_path(self, index: int) -> Path:
         return self.path.parent / self.frame[IMAGE_COLUMN].iat[index]
@@ -125,7 +130,40 @@ def _as_text(column: pd.Series) -> pd.Series:
     return column.map(text).astype(object).str.strip()
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """The CSV file's cells as text, and the line each row starts on (a quoted cell may span
+    lines). Blank lines and rows of empty cells are skipped; a short row is padded with
+    empty cells."""
+    records: list[list[str]] = []
+    lines: list[int] = []
+    try:
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" export starts with a byte-order mark, which
+        # would otherwise become part of the first column's name.
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            reader = csv.reader(file)
+            start = 1
+            for record in reader:
+                if any(cell.strip() for cell in record):
+                    records.append(record)
+                    lines.append(start)
+                start = reader.line_num + 1
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: not a readable CSV file ({exc})") from None
+    if not records:
+        raise ManifestError(f"{path}: empty; write a header row (image and one column per "
+                            "task) and one row per image")
+    header, *rows = records
+    for line, record in zip(lines[1:], rows, strict=True):
+        if any(cell.strip() for cell in record[len(header):]):
+            raise ManifestError(f"{path}: row {line}: {len(record)} cells, the header has "
+                                f"{len(header)}; quote a cell that holds a comma")
+        record[len(header):] = []
+        record.extend([""] * (len(header) - len(record)))
+    return pd.DataFrame(rows, columns=header, dtype=object), np.array(lines[1:], dtype=np.int64)
+
+
+def _read_table(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """The manifest's cells, its column names stripped, and each row's number."""
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found; check data.manifest (relative "
                             "paths start at the pipeline folder)")
@@ -135,30 +173,33 @@ def _read_table(path: Path) -> pd.DataFrame:
         except ImportError:
             raise ManifestError(f"{path}: reading Parquet needs pyarrow, which is not "
                                 "installed; install it or save the manifest as CSV") from None
-        return pd.read_parquet(path)
-    try:
-        # utf-8-sig: a spreadsheet's "CSV UTF-8" export starts with a byte-order mark, which
-        # would otherwise become part of the first column's name.
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise ManifestError(f"{path}: not a readable CSV file ({exc})") from None
+        table = pd.read_parquet(path)
+        rows = np.arange(len(table), dtype=np.int64) + HEADER_ROWS + 1
+    else:
+        table, rows = _read_csv(path)
+    table.columns = [str(column).strip() for column in table.columns]
+    return table.reset_index(drop=True), rows
 
 
 def read_manifest(path: Path, tasks: Mapping[str, ManifestTask], val_fraction: float,
                   test_fraction: float, seed: int) -> Manifest:
     """The manifest's image and task columns, checked, and each row's split."""
-    table = _read_table(path)
+    table, rows = _read_table(path)
     wanted = [IMAGE_COLUMN, *tasks]
     if missing := [c for c in wanted if c not in table.columns]:
         raise ManifestError(
             f"{path}: no column {', '.join(repr(c) for c in missing)} (the image paths are "
             f"column {IMAGE_COLUMN!r}, each task of data.tasks a column of its name); the "
             f"file has {', '.join(repr(str(c)) for c in table.columns)}")
+    names = list(table.columns)
+    if twice := [c for c in [*wanted, SPLIT_COLUMN] if names.count(c) > 1]:
+        raise ManifestError(f"{path}: column {twice[0]!r} appears {names.count(twice[0])} "
+                            "times in the header; keep one, or rename the others")
     if table.empty:
         raise ManifestError(f"{path}: no rows; list one image per row")
     frame = pd.DataFrame({c: _as_text(table[c]) for c in wanted})
     empty = np.flatnonzero(frame[IMAGE_COLUMN].to_numpy() == "")
-    probe = Manifest(path, frame, np.array([]), "")
+    probe = Manifest(path, frame, np.array([]), "", rows)
     if empty.size:
         raise ManifestError(f"{path}: {probe.rows_text(empty)}, column {IMAGE_COLUMN!r}: "
                             "empty; give each row an image path")
@@ -173,7 +214,7 @@ def read_manifest(path: Path, tasks: Mapping[str, ManifestTask], val_fraction: f
         if absent := [s for s in processed.SPLITS if not (split == s).any()]:
             raise ManifestError(f"{path}: column {SPLIT_COLUMN!r} has no {' or '.join(absent)} "
                                 "row; every split needs images")
-        return Manifest(path, frame, split.astype(str), "column")
+        return Manifest(path, frame, split.astype(str), "column", rows)
     stratify = next((name for name, task in tasks.items() if task.kind != "regression"), None)
     strata = frame[stratify].to_numpy(dtype=str) if stratify else np.zeros(len(frame), str)
     split = seeded_split(strata, val_fraction, test_fraction, seed)
@@ -181,7 +222,7 @@ def read_manifest(path: Path, tasks: Mapping[str, ManifestTask], val_fraction: f
         raise ManifestError(f"{path}: {len(frame)} rows leave no {' or '.join(absent)} image "
                             f"at val_fraction {val_fraction}, test_fraction {test_fraction}; "
                             "add images or raise the fractions")
-    return Manifest(path, frame, split, "seed")
+    return Manifest(path, frame, split, "seed", rows)
 
 
 def seeded_split(strata: np.ndarray, val_fraction: float, test_fraction: float,

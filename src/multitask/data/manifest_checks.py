@@ -3,9 +3,10 @@
 Per split (the manifest's ``split`` column or the seeded split of :mod:`multitask.data.manifest`,
 the same one preprocess makes):
 
-- ``images``: one row per manifest row: its spreadsheet ``row`` number, the ``image`` path as
-  written, ``problem`` (null, ``missing: <path>`` or ``unreadable: <why>``), the decoded size,
-  the SHA-256 of the decoded pixels (in ``data.channels``' mode, before resizing) and
+- ``images``: one row per manifest row: its ``row`` number (as the manifest's errors give it:
+  the line of the file it starts on), the ``image`` path as written, ``problem`` (null,
+  ``missing: <path>`` or ``unreadable: <why>``), the decoded size, the SHA-256 of the decoded
+  pixels (in ``data.channels``' mode, before resizing) and
   ``duplicate_of`` (val, test: the first ``<split> row <n>`` of an earlier split with the same
   pixels), plus each task's column as text. Expectations: no problem; no duplicate across
   splits; a classification label within the training split's classes (an empty one never is);
