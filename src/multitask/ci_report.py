@@ -134,7 +134,9 @@ def compare_metrics(base: PipelineResult, head: PipelineResult) -> list[MetricRo
     base_tasks, head_tasks = base.tasks(), head.tasks()
     for task in [*base_tasks, *(t for t in head_tasks if t not in base_tasks)]:
         before, after = base_tasks.get(task, {}), head_tasks.get(task, {})
-        auxiliary = bool(before.get("auxiliary") or after.get("auxiliary"))
+        # Only the base can exempt a task (an auxiliary one): a head that could would
+        # switch off its own gate.
+        auxiliary = bool(before.get("auxiliary"))
         gated = primary_metric(before) or primary_metric(after)
         for metric in [*before, *(m for m in after if m not in before)]:
             if _number(before.get(metric)) is None and _number(after.get(metric)) is None:
@@ -164,6 +166,9 @@ def gate_messages(rows: list[MetricRow], tolerance: float) -> list[str]:
         if row.head is None:
             messages.append(f"task '{row.task}': {row.metric} missing from the head results "
                             f"(base {row.base:.4f})")
+        elif not math.isfinite(row.head):
+            messages.append(f"task '{row.task}': {row.metric} is {row.head} in the head results "
+                            f"(base {row.base:.4f}): not a number to compare")
         elif row.metric in RELATIVE_METRICS:
             messages.append(
                 f"task '{row.task}': {row.metric} rose by "
@@ -195,7 +200,11 @@ def _param(value: Any) -> str:
 
 def _status(row: MetricRow, tolerance: float) -> str:
     if row.is_regression(tolerance):
-        return f"❌ **regression** (> {tolerance:g})"
+        allowed = (f"{100 * tolerance:g}% of base" if row.metric in RELATIVE_METRICS
+                   else f"{tolerance:g}")
+        return f"❌ **regression** (> {allowed})"
+    if row.head is not None and not math.isfinite(row.head):
+        return "not a number"
     if row.delta is None or abs(row.delta) <= EPSILON:
         return "new" if row.base is None else ("removed" if row.head is None else "")
     better = (row.delta > 0) == row.higher_is_better
@@ -218,7 +227,9 @@ def _metrics_table(rows: list[MetricRow], tolerance: float) -> list[str]:
 
 def _curve_tables(base: PipelineResult, head: PipelineResult, tasks: list[str]) -> list[str]:
     if base.history is None or head.history is None:
-        return [f"_No learning curves: {Layout().history_csv} is missing on one side._"]
+        side = " and ".join(f"{name} (`{result.folder}`)" for name, result in
+                            (("base", base), ("head", head)) if result.history is None)
+        return [f"_No learning curves: {Layout().history_csv} is missing in {side}._"]
     metrics = {task: base.primary(task) for task in tasks}
     shown = " and ".join(dict.fromkeys(metrics.values())) or keys.ACCURACY
     lines = [f"<details><summary>Validation {shown} per epoch</summary>", ""]
@@ -249,7 +260,10 @@ def _confusion_tables(base: PipelineResult, head: PipelineResult, tasks: list[st
         if base.primary(task) in RELATIVE_METRICS:  # a regression task has no classes
             continue
         if task not in base.confusion or task not in head.confusion:
-            lines.append(f"_No confusion data for `{task}` on one side._")
+            side = " and ".join(f"{name} (`{result.folder}`)" for name, result in
+                                (("base", base), ("head", head)) if task not in result.confusion)
+            lines.append(f"_No confusion data for `{task}` in {side}: "
+                         f"{Layout().confusion_dir}/{task}.csv is missing._")
             continue
         before = _per_class_recall(base.confusion[task])
         after = _per_class_recall(head.confusion[task])

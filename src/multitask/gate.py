@@ -14,6 +14,7 @@ task, so the tolerance is *relative* to the reference's MAE (0.01 = the MAE may 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -82,11 +83,14 @@ class TaskChange:
         return tolerance * abs(self.base or 0.0) if self.relative else tolerance
 
     def regressed(self, tolerance: float) -> bool:
-        """Worse by more than the allowance of ``tolerance``, or missing on the new side."""
+        """Worse by more than the allowance of ``tolerance``, missing on the new side, or not
+        a number there (NaN or infinite: no comparison could pass it)."""
         if self.base is None:
             return False
         worse_by = self.worse_by
-        return worse_by is None or worse_by > self.allowance(tolerance) + EPSILON
+        if worse_by is None or not math.isfinite(self.head):  # type: ignore[arg-type]
+            return True
+        return worse_by > self.allowance(tolerance) + EPSILON
 
 
 def task_regressions(base: Mapping[str, float], head: Mapping[str, float], tolerance: float,

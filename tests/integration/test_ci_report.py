@@ -125,6 +125,41 @@ def test_a_task_missing_from_head_fails_and_auxiliary_tasks_are_not_gated(
     assert "regression" not in table_row(report, "rotation", "accuracy")
 
 
+def test_only_the_base_can_exempt_a_task_from_the_gate(tmp_path: Path) -> None:
+    """A head that marks its own tasks auxiliary must not switch off its gate."""
+    base = write_result(tmp_path / "base", {"left": 0.81, "right": 0.78})
+    head = write_result(tmp_path / "head", {"right": 0.78}, extra_tasks={
+        "left": {"accuracy": 0.30, "loss": 0.7, "auxiliary": True}})
+    status, report = run_report(tmp_path, base, head)
+    assert status == 1
+    assert "task 'left': accuracy dropped by 51.00 pp (0.8100 -> 0.3000)" in report
+    assert "regression" in table_row(report, "left", "accuracy")
+
+
+def test_a_metric_that_is_not_a_number_in_head_fails_the_gate(tmp_path: Path) -> None:
+    age = {"mae": 3.0, "rmse": 4.0, "loss": 9.0}
+    base = write_result(tmp_path / "base", {"left": 0.81}, extra_tasks={"age": age})
+    head = write_result(tmp_path / "head", {"left": float("nan")},
+                        extra_tasks={"age": {**age, "mae": float("nan")}})
+    status, report = run_report(tmp_path, base, head)
+    assert status == 1
+    assert "task 'left': accuracy is nan in the head results (base 0.8100)" in report
+    assert "task 'age': mae is nan in the head results (base 3.0000)" in report
+    assert "regression" in table_row(report, "left", "accuracy")
+    assert "better" not in table_row(report, "age", "mae")
+    assert "❌ **regression** (> 2% of base)" in table_row(report, "age", "mae")
+
+
+def test_missing_curves_and_confusion_name_the_side(tmp_path: Path) -> None:
+    base = write_result(tmp_path / "base", {"left": 0.81, "right": 0.78})
+    head = write_result(tmp_path / "head", {"left": 0.81, "right": 0.78}, plots=False)
+    report = run_report(tmp_path, base, head)[1]
+    assert (f"_No learning curves: reports/plots/history.csv is missing in head (`{head}`)._"
+            in report)
+    assert (f"_No confusion data for `left` in head (`{head}`): reports/confusion/left.csv is "
+            "missing._" in report)
+
+
 def test_report_has_aggregates_param_changes_curves_and_confusion(tmp_path: Path) -> None:
     changed = {**SAMPLE_PARAMS, "train": {**SAMPLE_PARAMS["train"], "epochs": 2,
                                            "optimizer": {"name": "adam", "lr": 1e-05}}}

@@ -21,6 +21,14 @@ def test_a_task_missing_on_the_new_side_regresses() -> None:
     assert missing.task == "right" and missing.head is None
 
 
+@pytest.mark.parametrize("metric", ["accuracy", "mae"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_value_that_is_not_a_number_on_the_new_side_regresses(metric: str,
+                                                                value: float) -> None:
+    assert TaskChange.of("left", metric, 0.8, value).regressed(tolerance=1.0)
+    assert not TaskChange.of("left", metric, 0.8, 0.8).regressed(tolerance=1.0)
+
+
 def test_float_noise_at_the_tolerance_is_not_a_regression() -> None:
     assert task_regressions({"left": 0.81}, {"left": 0.79}, tolerance=0.02) == []
 
