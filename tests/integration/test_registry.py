@@ -13,6 +13,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from multitask import tracking
 from multitask.cli import main as cli
@@ -173,3 +174,37 @@ def test_a_promoted_version_records_the_format_predict_expects(workdir: Path) ->
     assert promote("--run-id", evaluated_run(0.8, 0.8, 1.0)) == 0
     version = mlflow.MlflowClient().get_model_version_by_alias(NAME, "champion")
     assert version.tags[tracking.MODEL_FORMAT_TAG] == tracking.MODEL_FORMAT
+
+
+def test_an_unknown_alias_is_one_message_listing_the_aliases(workdir: Path) -> None:
+    assert promote("--run-id", evaluated_run(0.8, 0.8, 1.0)) == 0
+    with pytest.raises(ValueError) as caught:
+        tracking.load_model(f"models:/{NAME}@nosuch")
+    message = str(caught.value)
+    store = f"sqlite:///{workdir / 'mlflow.db'}"
+    assert message == (f"cannot load model models:/{NAME}@nosuch from the MLflow store {store}: "
+                       f"Registered model alias nosuch not found ({NAME} has aliases champion);"
+                       " check the name and alias with `multitask registry`, or set "
+                       "MLFLOW_TRACKING_URI to the store that holds it")
+    assert message.count(store) == 1 and "tracking server" not in message
+
+
+def test_read_only_commands_outside_a_repository_create_no_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # no .dvc or .git above a pytest temporary folder
+    assert not any((folder / marker).exists() for folder in (tmp_path, *tmp_path.parents)
+                   for marker in (".dvc", ".git"))
+    shutil.copy(ROOT / "sample" / "params.yaml", tmp_path / "params.yaml")
+    Image.fromarray(np.zeros((36, 36), dtype=np.uint8)).save(tmp_path / "x.png")
+    expected = (f"MLflow store sqlite:///{tmp_path.resolve() / 'mlflow.db'}: no such file "
+                f"(outside any repository (no .dvc or .git above {tmp_path.resolve()}), the "
+                "store looked for is the current folder's); run from the repository whose "
+                "pipeline logged the model, or set MLFLOW_TRACKING_URI to the store that holds "
+                "it (nothing was created)")
+    assert cli(["predict", "--model", f"models:/{NAME}@champion", "x.png"]) == 1
+    assert expected in capsys.readouterr().err
+    assert cli(["registry", "--params", "params.yaml"]) == 1
+    assert expected in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "x.png"]

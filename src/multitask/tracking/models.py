@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 from multitask.config import MANIFEST_DEFAULTS
 from multitask.io import file_sha256
 from multitask.redaction import redact
-from multitask.tracking.store import URI_ENV, StoreError, client, describe_uri, store_errors
+from multitask.tracking.store import (
+    URI_ENV,
+    StoreError,
+    client,
+    describe_uri,
+    store_errors,
+    tracking_uri,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,6 +36,7 @@ MODEL_NAME = "model"  # the logged model's name inside its run
 MODEL_URI_TAG = "multitask.model_uri"  # where promote finds the run's model
 MODEL_FORMAT_TAG = "multitask.model_format"  # on registered versions: what loading expects
 MODEL_FORMAT = "torch.export program (pt2), multitask flavour"
+STORE_SCHEMES = ("models:/", "runs:/")  # model URIs that name something in the tracking store
 # How images of another size are fitted into the model's (data.resize): what a model records
 # when its data says nothing (built-in data sets come at their size) and what a model logged
 # before it was recorded is taken to have used.
@@ -153,9 +161,17 @@ def fetch_checked_model(model_uri: str, into: Path) -> Path:
     A pickled model runs arbitrary code when loaded; anyone with write access to a shared
     registry could register one, so nothing else is ever loaded. Returns the local folder.
     """
+    return _fetch_checked(model_uri, into)
+
+
+def _fetch_checked(model_uri: str, into: Path, *, create: bool = True) -> Path:
+    """:func:`fetch_checked_model` letting MLflow's own errors through (the callers that say
+    more about them than :func:`store_errors` catch them); ``create`` False: a SQLite store
+    that does not exist is an error, not created (:func:`~.store.client`)."""
     import mlflow.artifacts
 
-    client()  # points models:/ URIs at our store
+    if model_uri.startswith(STORE_SCHEMES):
+        client(create=create)  # points the URI at our store
     folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(into)))
     problem = _format_problem(folder) if (folder / "MLmodel").is_file() else "no MLmodel file"
     if problem is not None:
@@ -167,25 +183,50 @@ def fetch_checked_model(model_uri: str, into: Path) -> Path:
 
 def load_model(model_uri: str) -> Any:
     """The pyfunc model at ``model_uri``, after :func:`fetch_checked_model` vetted its files;
-    errors name the URI and the store."""
+    errors name the URI and the store. Reading creates no store (``multitask predict`` run
+    outside the repository is told which store it looked for)."""
     import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
 
     with tempfile.TemporaryDirectory(prefix="multitask-model-") as tmp:
         try:
-            folder = fetch_checked_model(model_uri, Path(tmp))
+            folder = _fetch_checked(model_uri, Path(tmp), create=False)
             return mlflow.pyfunc.load_model(str(folder))
-        except (StoreError, MlflowException, OSError) as exc:
-            raise _unreachable(f"cannot load model {model_uri}", exc) from None
+        except _unreachable_errors() as exc:
+            raise _unreachable(f"cannot load model {model_uri}", model_uri, exc) from None
 
 
-def _unreachable(what: str, exc: Exception) -> ValueError:
-    """The error for a model the store could not give: ``what``, the store, the reason, and
-    what to check (the name and alias, or which store ``$MLFLOW_TRACKING_URI`` names)."""
-    message = getattr(exc, "message", str(exc))
-    return ValueError(f"{what} from the MLflow store {describe_uri()}: {redact(message)}; check "
-                      f"the name and alias with `multitask registry`, or set {URI_ENV} to the "
+def _unreachable_errors() -> tuple[type[Exception], ...]:
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    return MlflowException, RequestException, OSError
+
+
+def _unreachable(what: str, model_uri: str, exc: Exception) -> ValueError:
+    """The one error for a model the store could not give: ``what``, the store, MLflow's
+    reason, the aliases the registered model has (for a ``models:/<name>@<alias>`` URI), and
+    what to check: the name and alias, a tracking server's being up, or which store
+    ``$MLFLOW_TRACKING_URI`` names."""
+    message = redact(str(getattr(exc, "message", exc))).splitlines()[0][:500].rstrip(". ")
+    server = "" if tracking_uri().startswith("sqlite:///") else "that the tracking server is up, "
+    named = ("the name and alias with `multitask registry`" if model_uri.startswith("models:/")
+             else "the URI")
+    return ValueError(f"{what} from the MLflow store {describe_uri()}: {message}"
+                      f"{_aliases(model_uri)}; check {server}{named}, or set {URI_ENV} to the "
                       "store that holds it")
+
+
+def _aliases(model_uri: str) -> str:
+    """`` (<name> has aliases champion, challenger)`` for a ``models:/<name>@<alias>`` URI
+    whose registered model exists; empty otherwise."""
+    name, at, _ = model_uri.removeprefix("models:/").rpartition("@")
+    if not model_uri.startswith("models:/") or not at:
+        return ""
+    try:
+        aliases = sorted(client(create=False).get_registered_model(name).aliases or {})
+    except (StoreError, *_unreachable_errors()):  # no such model: MLflow's reason says so
+        return ""
+    return f" ({name} has aliases {', '.join(aliases)})" if aliases else f" ({name} has no alias)"
 
 
 @dataclass(frozen=True)
@@ -216,17 +257,17 @@ def network_state(model_uri: str) -> NetworkState:
     """
     import mlflow.models
     import torch
-    from mlflow.exceptions import MlflowException
 
     from multitask.tracking import served
 
     with tempfile.TemporaryDirectory(prefix="multitask-transfer-") as tmp:
         try:
-            folder = fetch_checked_model(model_uri, Path(tmp))
+            folder = _fetch_checked(model_uri, Path(tmp))
             info = mlflow.models.get_model_info(model_uri)
             run_params = client().get_run(info.run_id).data.params if info.run_id else {}
-        except (StoreError, MlflowException, OSError) as exc:
-            raise _unreachable(f"model.pretrained: cannot read {model_uri}", exc) from None
+        except _unreachable_errors() as exc:
+            raise _unreachable(f"model.pretrained: cannot read {model_uri}", model_uri,
+                               exc) from None
         program_file = folder / served.DATA_DIR / served.PROGRAM_FILE
         digest = file_sha256(program_file)
         program = torch.export.load(str(program_file))

@@ -38,7 +38,7 @@ def version_by_alias(name: str, alias: str) -> ModelVersion | None:
     """The version of registered model ``name`` holding ``alias``; None if there is none."""
     from mlflow.exceptions import MlflowException
 
-    mlflow_client = client()
+    mlflow_client = client(create=False)  # reading: a missing store is not created
     try:
         registered = mlflow_client.get_registered_model(name)
     except MlflowException as exc:

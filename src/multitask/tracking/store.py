@@ -77,6 +77,11 @@ def repo_root(start: str | os.PathLike[str] | None = None) -> Path:
     makes ``sample/`` share the root's store. Outside any repository: ``start`` itself.
     """
     here = Path(start if start is not None else Path.cwd()).resolve()
+    return _marked_root(here) or here
+
+
+def _marked_root(here: Path) -> Path | None:
+    """:func:`repo_root` of the resolved folder ``here``; None outside any repository."""
     parts = here.parts
     width = len(_TEMP_EXPERIMENT_SEGMENT)
     for index in range(len(parts) - width + 1):
@@ -86,7 +91,7 @@ def repo_root(start: str | os.PathLike[str] | None = None) -> Path:
         for folder in (here, *here.parents):
             if (folder / marker).exists():
                 return folder
-    return here
+    return None
 
 
 def tracking_uri() -> str:
@@ -110,11 +115,18 @@ def artifact_root(uri: str) -> Path | None:
     return (database.parent / ARTIFACT_DIR).resolve()
 
 
-def client() -> MlflowClient:
-    """An MlflowClient on :func:`tracking_uri` (tracking and registry in the same store)."""
+def client(*, create: bool = True) -> MlflowClient:
+    """An MlflowClient on :func:`tracking_uri` (tracking and registry in the same store).
+
+    MLflow creates a SQLite store's file when a client first opens it. Commands that only read
+    (``predict``, ``registry``) pass ``create=False``: a store that does not exist is then a
+    :class:`StoreError` saying which file was looked for, not a new empty store.
+    """
     import mlflow
 
     uri = tracking_uri()
+    if not create:
+        _require_store(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if not uri.startswith("sqlite:///") or uri in _READY:
@@ -133,6 +145,22 @@ def client() -> MlflowClient:
 
 
 _READY: set[str] = set()  # SQLite stores whose tables this process has seen ready
+
+
+def _require_store(uri: str) -> None:
+    """Raise :class:`StoreError` when ``uri`` is a SQLite store whose file does not exist."""
+    if not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file():
+        return
+    if os.environ.get(URI_ENV, "").strip():
+        where = f"{URI_ENV} names it"
+    elif _marked_root(Path.cwd().resolve()) is None:
+        where = (f"outside any repository (no .dvc or .git above {Path.cwd()}), the store "
+                 "looked for is the current folder's")
+    else:
+        where = "the repository's store; no pipeline here has logged a run yet"
+    raise StoreError(f"MLflow store {redact(uri)}: no such file ({where}); run from the "
+                     f"repository whose pipeline logged the model, or set {URI_ENV} to the "
+                     "store that holds it (nothing was created)")
 
 
 def _slug(name: str) -> str:
