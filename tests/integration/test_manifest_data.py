@@ -25,7 +25,7 @@ from multitask.cli import main as cli_main
 from multitask.config import ValidateConfig, parse_params
 from multitask.data import processed
 from multitask.data.datasets import FASHION_CLASSES
-from multitask.data.manifest import build_manifest
+from multitask.data.manifest import ManifestError, build_manifest
 from multitask.data.validation import failure_messages, validate_manifest
 from multitask.layout import Layout
 
@@ -253,6 +253,30 @@ def test_validation_flags_a_class_missing_from_a_split(tmp_path: Path) -> None:
     assert message.startswith("manifest/val classes: expect_column_values_to_be_between on "
                               "column 'relative_deviation'")
     assert "2 of 2 rows unexpected" in message and "at task kind at label b" in message
+
+
+@pytest.mark.parametrize("value", ["1e400", "inf", "nan", "tall"])
+def test_validation_refuses_what_preprocess_refuses_as_a_regression_value(
+        tmp_path: Path, value: str) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rows = []
+    for number in range(12):
+        name = f"{number}.png"
+        Image.fromarray(np.full((8, 8), 20 * number, dtype=np.uint8)).save(folder / name)
+        split = "train" if number < 8 else ("val" if number < 10 else "test")
+        rows.append({"image": name, "age": value if number == 5 else str(number), "split": split})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    data = {"dataset": "manifest", "manifest": str(folder / "manifest.csv"),
+            "tasks": {"age": {"kind": "regression"}}, "image_size": 8}
+    params = parse_params({"data": data}, tmp_path / "p.yaml")
+    with pytest.raises(ManifestError, match=rf"row 7, column 'age': value '{value}' is not a "):
+        build_manifest(params.data, Layout(tmp_path))
+    summary = validate_manifest(params.data, ValidateConfig(), Layout(tmp_path))
+    (message,) = failure_messages(summary)
+    assert message.startswith("manifest/train images: expect_column_values_to_not_be_in_set on "
+                              f"column 'age' {{'value_set': ['{value}']}}: 1 of 8 rows")
+    assert f"age={value} at row 7 at image 5.png" in message
 
 
 def test_check_stops_a_manifest_without_a_declared_column(example: Path, tmp_path: Path,

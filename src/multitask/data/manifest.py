@@ -256,6 +256,15 @@ def sorted_classes(values: np.ndarray) -> list[str]:
         return distinct
 
 
+def regression_values(text: np.ndarray) -> np.ndarray:
+    """A regression column's cells as float64 numbers, NaN for each cell that is not a finite
+    number (empty, text, ``nan``, ``inf``, or too large for a float: ``1e400``). Preprocess
+    refuses such a row and validate flags it (:mod:`multitask.data.manifest_checks`)."""
+    values = pd.to_numeric(pd.Series(text, dtype=object), errors="coerce")
+    values = values.to_numpy(dtype=np.float64)
+    return np.where(np.isfinite(values), values, np.nan)
+
+
 def _task_entry(manifest: Manifest, name: str, task: ManifestTask
                 ) -> tuple[dict[str, Any], np.ndarray]:
     """One task's ``meta.json`` entry and its label per row (float64)."""
@@ -264,8 +273,8 @@ def _task_entry(manifest: Manifest, name: str, task: ManifestTask
     train = manifest.split == "train"
     loss = task.loss or ""
     if task.kind == "regression":
-        values = pd.to_numeric(pd.Series(text), errors="coerce").to_numpy(dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(values))
+        values = regression_values(text)
+        bad = np.flatnonzero(np.isnan(values))
         if bad.size:
             raise ManifestError(f"{path}: {manifest.rows_text(bad)}, {where}: value "
                                 f"{str(text[bad[0]])!r} is not a number; a regression target "
