@@ -225,9 +225,25 @@ class TrackingServer:
         except (OSError, urllib.error.URLError):
             return False
 
+    def _refuse_taken_port(self) -> None:
+        """Stop before anything starts when another process listens on host:port: mlflow
+        server would exit 0 there, and its /health would be the other server's answer."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((self.host, self.port))
+            except OSError as exc:
+                raise ServerError(
+                    f"{self.host}:{self.port} is already in use ({exc.strerror}): another "
+                    "server listens there (`make ui` also defaults to 5000); stop it, or "
+                    "choose another port with --port (make server SERVER_ARGS=\"--port "
+                    "5001\")") from None
+
     def _wait_healthy(self, process: subprocess.Popen[bytes]) -> None:
+        """Until /health answers while ``process`` still runs (an answer after it exited
+        would come from some other server)."""
         deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        while not self.healthy():
+        while process.poll() is not None or not self.healthy():
             if process.poll() is not None:
                 raise ServerError(f"mlflow server exited {process.returncode} while starting; "
                                   f"see {self.logfile} (port {self.port} already taken?)")
@@ -252,6 +268,7 @@ class TrackingServer:
         if self.pid() is not None:
             raise ServerError(f"an mlflow server from {self.folder} already runs (pid "
                               f"{self.pid()}); `stop` it first")
+        self._refuse_taken_port()
         self.folder.mkdir(parents=True, exist_ok=True)
         db_port = self.postgres.start(self.db_port)
         with open(self.logfile, "ab") as output:
@@ -283,6 +300,7 @@ class TrackingServer:
         if self.pid() is not None:
             raise ServerError(f"an mlflow server from {self.folder} already runs (pid "
                               f"{self.pid()}); `stop` it first")
+        self._refuse_taken_port()
         stopping: list[int] = []
         previous = {s: signal.signal(s, lambda signum, frame: stopping.append(signum))
                     for s in (signal.SIGINT, signal.SIGTERM)}
@@ -305,7 +323,13 @@ class TrackingServer:
             self.postgres.stop()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        return 0 if stopping or process is None else int(process.returncode or 0)
+        if stopping or process is None:
+            return 0
+        # nobody asked it to stop: a failure even where mlflow exits 0 (a port it could
+        # not bind)
+        log.error("mlflow server exited %d on its own (its output is above)",
+                  process.returncode)
+        return int(process.returncode or 1)
 
     def status(self) -> bool:
         """Log what runs; True when PostgreSQL and a healthy server are both up."""

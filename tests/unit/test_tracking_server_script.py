@@ -5,9 +5,12 @@ foreground, and `status`/`stop` on a folder where nothing ever ran say so and ch
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "tracking_server.py"
@@ -45,3 +48,20 @@ def test_status_and_stop_where_nothing_ran(tmp_path: Path) -> None:
     assert "mlflow server: http://127.0.0.1:1 not running" in status.stderr
     assert _script("stop", "--dir", str(tmp_path / "state")).returncode == 0
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("action", ["start", "run"])
+def test_a_port_another_server_listens_on_is_refused_before_anything_starts(
+        tmp_path: Path, action: str) -> None:
+    """mlflow server exits 0 on a taken port, and /health would answer from the other server:
+    the script must say so and fail, not report a server that is not its own."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        result = _script(action, "--dir", str(tmp_path / "state"), "--port", str(port))
+    assert result.returncode == 1
+    assert (f"tracking_server.py {action}: 127.0.0.1:{port} is already in use"
+            in result.stderr)
+    assert "--port" in result.stderr
+    assert not (tmp_path / "state").exists()  # no PostgreSQL cluster, no pid file
