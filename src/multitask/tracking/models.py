@@ -17,14 +17,7 @@ from typing import TYPE_CHECKING, Any
 from multitask.config import MANIFEST_DEFAULTS
 from multitask.io import file_sha256
 from multitask.redaction import redact
-from multitask.tracking.store import (
-    URI_ENV,
-    StoreError,
-    client,
-    describe_uri,
-    store_errors,
-    tracking_uri,
-)
+from multitask.tracking.store import URI_ENV, StoreError, client, describe_uri, store_errors
 
 if TYPE_CHECKING:
     import numpy as np
@@ -208,7 +201,7 @@ def _unreachable(what: str, model_uri: str, exc: Exception) -> ValueError:
     what to check: the name and alias, a tracking server's being up, or which store
     ``$MLFLOW_TRACKING_URI`` names."""
     message = redact(str(getattr(exc, "message", exc))).splitlines()[0][:500].rstrip(". ")
-    server = "" if tracking_uri().startswith("sqlite:///") else "that the tracking server is up, "
+    server = "" if describe_uri().startswith("sqlite:///") else "that the tracking server is up, "
     named = ("the name and alias with `multitask registry`" if model_uri.startswith("models:/")
              else "the URI")
     return ValueError(f"{what} from the MLflow store {describe_uri()}: {message}"
