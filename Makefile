@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # DVC stage commands call `multitask`: find it without an activated venv (as on CI).
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup system-deps repro repro-sample repro-example test test-fast bench lint ui dashboard server clean-sample
+.PHONY: setup system-deps repro repro-sample repro-example test test-fast bench lint ui dashboard server
 
 setup: $(STAMP) system-deps
 
@@ -31,13 +31,16 @@ repro-sample: $(STAMP)
 
 # The heterogeneous example (README, "A heterogeneous example"): its archive, written from
 # Debian's Fashion-MNIST (the same bytes every time), is the download stage's local mirror.
+# Fashion-MNIST's four .gz files elsewhere: FASHION_SOURCE=<folder>.
 EXAMPLE := examples/fashion-manifest
+FASHION_SOURCE ?= /usr/share/datasets/fashion-mnist
 repro-example: setup $(EXAMPLE)/source/fashion.tar.gz
 	$(BIN)/dvc repro $(EXAMPLE)/dvc.yaml
 
 $(EXAMPLE)/source/fashion.tar.gz: scripts/make_fashion_manifest.py
+	@test -d "$(FASHION_SOURCE)" || { echo "make repro-example: $(FASHION_SOURCE) is missing: install Debian's dataset-fashion-mnist (as root: bash scripts/system_deps.sh data), or pass FASHION_SOURCE=<folder with Fashion-MNIST's four .gz files>" >&2; exit 1; }
 	rm -rf $(EXAMPLE)/source
-	$(BIN)/python scripts/make_fashion_manifest.py --out $(EXAMPLE)/source/fashion --count 6000 --archive
+	$(BIN)/python scripts/make_fashion_manifest.py --out $(EXAMPLE)/source/fashion --count 6000 --archive --source "$(FASHION_SOURCE)"
 	rm -rf $(EXAMPLE)/source/fashion
 
 test: $(STAMP)
@@ -66,6 +69,7 @@ ui: $(STAMP)
 STUDY ?= reports/tuning/study.journal
 DASHBOARD_PORT ?= 8080
 dashboard: $(STAMP)
+	@case "$(STUDY)" in *://*) ;; *) test -f "$(STUDY)" || { echo "make dashboard: $(STUDY) does not exist yet: run make repro (the tune stage writes it), or make repro-sample then make dashboard STUDY=sample/reports/tuning/study.journal" >&2; exit 1; };; esac
 	$(BIN)/optuna-dashboard $(STUDY) --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 # The team's tracking server: PostgreSQL backend store and served artifacts under .server/, on
