@@ -79,7 +79,8 @@ def scores_from(metrics: dict[str, float], aggregate: str, where: str) -> Scores
 
 def decide(candidate: Scores, champion: Scores | None, tolerance: float, aggregate: str
            ) -> Decision:
-    """The gate. With no champion the candidate is promoted."""
+    """The gate. With no champion the candidate is promoted. A task the champion has no value
+    for cannot be gated: the decision names it and passes over it."""
     if champion is None:
         return Decision(True, ["no champion yet: the first registered model becomes champion"])
     reasons: list[str] = []
@@ -104,6 +105,9 @@ def decide(candidate: Scores, champion: Scores | None, tolerance: float, aggrega
                    else "within tolerance" if change.worse_by > 0 else "not worse")
         reasons.append(f"{task}: {metric} {change.head:.4f} vs champion {best:.4f} "
                        f"({change.delta:+.4f}): {verdict}")
+    for task in sorted(set(candidate.tasks) - set(champion.tasks)):
+        reasons.append(f"{task}: new task, {candidate.metric(task)} "
+                       f"{candidate.tasks[task]:.4f}: not gated, the champion has no value for it")
     improved = candidate.aggregate > champion.aggregate
     passed &= improved
     reasons.append(f"{aggregate}: {candidate.aggregate:.4f} vs champion {champion.aggregate:.4f}"

@@ -208,3 +208,14 @@ def test_read_only_commands_outside_a_repository_create_no_store(
     assert cli(["registry", "--params", "params.yaml"]) == 1
     assert expected in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "x.png"]
+
+
+def test_a_task_the_champion_lacks_is_named_in_the_decision_not_gated() -> None:
+    champion = Scores({"left": 0.80}, aggregate=1.0)
+    candidate = Scores({"left": 0.81, "age": 3.5}, 2.0, metrics={"age": "mae"})
+    decision = decide(candidate, champion, 0.01, "delta_m")
+    assert decision.promote
+    assert decision.reasons == [
+        "left: accuracy 0.8100 vs champion 0.8000 (+0.0100): not worse",
+        "age: new task, mae 3.5000: not gated, the champion has no value for it",
+        "delta_m: 2.0000 vs champion 1.0000 (+1.0000): improves"]
