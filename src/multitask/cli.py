@@ -115,7 +115,10 @@ def _promote_arguments(parser: argparse.ArgumentParser) -> None:
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="model URI, e.g. models:/multifashion@champion or runs:/<id>/model")
-    parser.add_argument("images", nargs="+", help="image files (PNG/JPEG) or .npy arrays")
+    parser.add_argument("images", nargs="+",
+                        help="image files (any format Pillow reads: PNG, JPEG, BMP, WebP, TIFF "
+                        "...), .npy arrays of raw pixels 0..255, or folders of them (their "
+                        "files in name order)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -199,10 +202,11 @@ COMMANDS: dict[str, Command] = {
         "multitask.data.download:download",
         "fetch the raw data set from its mirrors and verify every file",
         "Fetch each file of the sources the data set needs from the first mirror that has it "
-        "(a local folder or HTTP), verify the SHA-256 of its decompressed payload (or, for "
-        "archive_sha256 entries, of the file as published) and move it into "
-        "data/raw/<source>/. Verified files are not fetched again; a partial HTTP "
-        "download resumes.",
+        "(a local folder, relative to the pipeline folder, or HTTP), verify the SHA-256 of "
+        "its decompressed payload (or, for archive_sha256 entries, of the file as published) "
+        "and move it into data/raw/<source>/. Verified files are not fetched again; a partial "
+        "HTTP download resumes, also in the next run after the retries or the time limit ran "
+        "out.",
         _download_arguments,
         lambda function, args: _stage(function, args, sources=args.source or ())),
     "validate": Command(
@@ -280,9 +284,12 @@ COMMANDS: dict[str, Command] = {
         call=lambda function, args: function(_pipeline(args)[0])),
     "predict": Command(
         "multitask.predict:predict",
-        "predict every task's label for images with a registered model",
-        "Load a model by URI (models:/<name>@champion ...) and print each task's predicted "
-        "label for each image.",
+        "predict every task's answer for images with a logged or registered model",
+        "Load a model by URI (models:/<name>@champion, models:/<name>/<version>, "
+        "runs:/<id>/model ...) and print each task's answer for each image: a classification "
+        "task's label and its probability, a regression task's value. Images are prepared as "
+        "the model's training images were (EXIF orientation, 16-bit grey, the model's "
+        "recorded resize: pad or crop).",
         _predict_arguments,
         lambda function, args: function(args.model, args.images, as_json=args.json),
         reads_params=False),
