@@ -12,7 +12,9 @@ set) with its test metrics as version tags. It takes the ``champion`` alias only
   more than that fraction of the champion's (relative: 0.01 = 1%; see :mod:`multitask.gate`),
   and
 * the aggregate ``promote.aggregate`` improves on the champion's: ``delta_m`` (Δm% against the
-  single-task baselines, higher is better) or ``mean_accuracy``.
+  single-task baselines, higher is better) or ``mean_accuracy``, and
+* both were trained and tested on the same processed data (its sha256: the run's and the
+  version's ``data.sha256`` tag); metrics on other test images do not compare.
 
 Otherwise it takes the ``challenger`` alias and the command says, task by task, why. The first
 registered model becomes champion. Exit codes (for CI): 0 promoted (or already champion),
@@ -36,6 +38,7 @@ from multitask.layout import Layout
 
 log = logging.getLogger(__name__)
 
+DATA_TAG = "data.sha256"  # on a training run (RunLogger.log_dataset) and a registered version
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 EXIT_PROMOTED = 0
@@ -49,6 +52,7 @@ class Scores:
     tasks: dict[str, float]
     aggregate: float
     metrics: dict[str, str] = field(default_factory=dict)  # task -> metric; absent: accuracy
+    data: str | None = None  # sha256 of the processed data it was trained and tested on
 
     def metric(self, task: str) -> str:
         return self.metrics.get(task, keys.ACCURACY)
@@ -60,7 +64,8 @@ class Decision:
     reasons: list[str]  # one line per task and one for the aggregate
 
 
-def scores_from(metrics: dict[str, float], aggregate: str, where: str) -> Scores:
+def scores_from(metrics: dict[str, float], aggregate: str, where: str,
+                data: str | None = None) -> Scores:
     """Each task's primary test metric (accuracy, or MAE for a regression task) and the
     aggregate, from test metrics (run metrics or version tags)."""
     tasks, names = primary_values(metrics, keys.TEST)
@@ -74,7 +79,7 @@ def scores_from(metrics: dict[str, float], aggregate: str, where: str) -> Scores
             f"{where}: no test metrics ({pattern} and {key}); run "
             "`multitask evaluate` on it first"
         )
-    return Scores(tasks=tasks, aggregate=float(metrics[key]), metrics=names)
+    return Scores(tasks=tasks, aggregate=float(metrics[key]), metrics=names, data=data)
 
 
 def decide(candidate: Scores, champion: Scores | None, tolerance: float, aggregate: str
@@ -85,6 +90,15 @@ def decide(candidate: Scores, champion: Scores | None, tolerance: float, aggrega
         return Decision(True, ["no champion yet: the first registered model becomes champion"])
     reasons: list[str] = []
     passed = True
+    if (champion.data is None) != (candidate.data is None):
+        side = "champion" if champion.data is None else "candidate"
+        reasons.append(f"data: not recorded for the {side}: compared as if the same")
+    elif candidate.data != champion.data:
+        passed = False  # other test images: no difference of metrics means anything
+        reasons.append(f"data: the candidate was trained and tested on other data (sha256 "
+                       f"{candidate.data[:12]}) than the champion ({champion.data[:12]}): "
+                       "their metrics are not comparable; evaluate both on the same data, or "
+                       "move the champion alias by hand (MLflow UI, the model's Aliases)")
     for task, best in sorted(champion.tasks.items()):
         metric = champion.metric(task)
         mismatch = task in candidate.tasks and candidate.metric(task) != metric
@@ -129,6 +143,19 @@ def _version_metrics(version: tracking.ModelVersion) -> dict[str, float]:
     return metrics
 
 
+def _version_data(version: tracking.ModelVersion) -> str | None:
+    """The sha256 of the data a version was trained and tested on: its tag, else its run's
+    (versions registered before the tag existed); None when neither holds it."""
+    if DATA_TAG in version.tags:
+        return str(version.tags[DATA_TAG])
+    if not version.run_id:
+        return None
+    try:
+        return tracking.get_run(version.run_id).data.tags.get(DATA_TAG)
+    except ValueError:  # its run is gone from this store
+        return None
+
+
 def _candidate_run_id(layout: Layout, run_id: str | None) -> str:
     if run_id:
         return str(run_id)
@@ -162,7 +189,8 @@ def promote(params: Params, layout: Layout, *, run_id: str | None = None,
         raise ValueError(f"run {run_id} is {run.info.status}; only a finished, evaluated run "
                          "can be promoted (rerun `multitask evaluate`)")
     metrics = dict(run.data.metrics)
-    candidate = scores_from(metrics, aggregate, f"run {run_id}")
+    data = run.data.tags.get(DATA_TAG)
+    candidate = scores_from(metrics, aggregate, f"run {run_id}", data)
     model_uri = run.data.tags.get(tracking.MODEL_URI_TAG)
     if not model_uri:
         raise ValueError(f"run {run_id} has no logged model (tracking.log_model false?); "
@@ -175,7 +203,8 @@ def promote(params: Params, layout: Layout, *, run_id: str | None = None,
         _write(f"{name} v{champion_version.version} (run {run_id}) is already the champion\n")
         return EXIT_PROMOTED
     champion = (scores_from(_version_metrics(champion_version), aggregate,
-                            f"{name} v{champion_version.version}")
+                            f"{name} v{champion_version.version}",
+                            _version_data(champion_version))
                 if champion_version is not None else None)
     decision = decide(candidate, champion, params.promote.tolerance, aggregate)
     outcome = CHAMPION if decision.promote else CHALLENGER
@@ -191,6 +220,8 @@ def promote(params: Params, layout: Layout, *, run_id: str | None = None,
     tags = {key: str(value) for key, value in metrics.items() if key.startswith(f"{keys.TEST}/")}
     tags.update({"gate.decision": outcome, "gate.reason": "; ".join(decision.reasons)[:5000],
                  tracking.MODEL_FORMAT_TAG: tracking.MODEL_FORMAT})
+    if data:
+        tags[DATA_TAG] = data
     if existing:  # promoting the same run again reuses its version
         version = existing[-1]
         tracking.set_version_tags(name, version.version, tags)

@@ -38,13 +38,16 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def evaluated_run(left: float, right: float, delta_m: float) -> str:
-    """A finished run with a logged model and the test metrics ``evaluate`` records."""
+def evaluated_run(left: float, right: float, delta_m: float, data: str | None = None) -> str:
+    """A finished run with a logged model and the test metrics ``evaluate`` records; ``data``:
+    the sha256 of its processed data (the tag train sets), none when not given."""
     params = load_params("params.yaml")
     tasks = [Task("left", 10), Task("right", 10)]
     model = build_model(params.model, tasks, in_channels=1, image_size=36)
     with stage_run(params, "train") as run:
         run.log_model(model, np.zeros((2, 36, 36), dtype=np.uint8), ["left", "right"])
+        if data is not None:
+            run.set_tags({"data.sha256": data})
     with stage_run(params, "evaluate", run_id=run.run_id) as reopened:
         reopened.log_metrics({"test/accuracy/left": left, "test/accuracy/right": right,
                               "test/loss/left": 1 - left, "test/loss/right": 1 - right,
@@ -219,3 +222,31 @@ def test_a_task_the_champion_lacks_is_named_in_the_decision_not_gated() -> None:
         "left: accuracy 0.8100 vs champion 0.8000 (+0.0100): not worse",
         "age: new task, mae 3.5000: not gated, the champion has no value for it",
         "delta_m: 2.0000 vs champion 1.0000 (+1.0000): improves"]
+
+
+def test_a_candidate_tested_on_other_data_is_not_compared_as_if_the_same(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Test metrics on other test images say nothing about which model is better: such a
+    candidate stays challenger, however much better its numbers look."""
+    same, other = "a" * 64, "b" * 64
+    assert promote("--run-id", evaluated_run(0.80, 0.80, 1.0, data=same)) == 0
+    client = mlflow.MlflowClient()
+    assert client.get_model_version(NAME, "1").tags["data.sha256"] == same
+    capsys.readouterr()
+    assert promote("--run-id", evaluated_run(0.95, 0.95, 9.0, data=other)) == 3
+    out = capsys.readouterr().out
+    assert ("data: the candidate was trained and tested on other data (sha256 bbbbbbbbbbbb) "
+            "than the champion (aaaaaaaaaaaa): their metrics are not comparable") in out
+    assert aliases() == {"champion": "1", "challenger": "2"}
+    # the same data: judged on its metrics as before
+    assert promote("--run-id", evaluated_run(0.81, 0.81, 2.0, data=same)) == 0
+    assert "data:" not in capsys.readouterr().out
+    assert aliases()["champion"] == "3"
+
+
+def test_a_champion_without_recorded_data_is_compared_and_says_so() -> None:
+    champion = Scores({"left": 0.80}, aggregate=1.0)
+    candidate = Scores({"left": 0.81}, 2.0, data="c" * 64)
+    decision = decide(candidate, champion, 0.01, "delta_m")
+    assert decision.promote
+    assert decision.reasons[0] == "data: not recorded for the champion: compared as if the same"
