@@ -360,6 +360,10 @@ class ModelConfig(_Section):
         if self.reuse_heads and (self.pretrained in PRETRAINED_WORDS):
             raise ValueError("reuse_heads: the heads come from a multitask model: set "
                              "pretrained to its file or models:/<name>@<alias>")
+        if self.reuse_heads and self.architecture in ("mtan", "mmoe"):
+            raise ValueError(f"reuse_heads: architecture {self.architecture} has no per-task "
+                             "heads to reuse; use hps, branched or cross_stitch, or set "
+                             "reuse_heads: false")
         return self
 
     @property
@@ -441,6 +445,17 @@ class TrainConfig(_Section):
     # (batched), one after another (sequential), or auto: batched where that is measured
     # faster (LeNet on the CPU, one process), else sequential (training.ensemble).
     ensemble: Literal["auto", "batched", "sequential"] = "auto"
+
+    @model_validator(mode="after")
+    def _processes_share_the_batch(self) -> TrainConfig:
+        if self.batch_size < self.processes:
+            raise ValueError(f"batch_size: {self.batch_size} is below processes "
+                             f"({self.processes}): each process needs a share of the global "
+                             "batch; raise batch_size or lower processes")
+        if self.processes > 1 and self.ensemble == "batched":
+            raise ValueError(f"ensemble: batched trains the baselines in one process; with "
+                             f"processes: {self.processes} set it to sequential or auto")
+        return self
 
 
 # ----------------------------------------------------------------------------------- pretrain
@@ -691,7 +706,33 @@ def _registry_problems(params: Params, path: Path) -> list[str]:
             parse_method_params(name, raw, where=path)
         except MethodParamsError as exc:
             problems.append(str(exc))
+    if params.train.weighting == "static" and (problem := _static_weights_problem(params, path)):
+        problems.append(problem)
     return problems
+
+
+def trained_task_names(params: Params) -> list[str]:
+    """The tasks the network trains, in the order of its weights: the data set's (a manifest's
+    ``data.tasks``), then ``rotation`` with ``model.rotation_task``."""
+    spec = DATASETS[params.data.dataset]
+    names = [task.name for task in spec.tasks] or list(params.data.tasks)
+    from multitask.tasks import ROTATION_TASK
+
+    return names + ([ROTATION_TASK.name] if params.model.rotation_task else [])
+
+
+def _static_weights_problem(params: Params, path: Path) -> str | None:
+    """``weighting: static`` needs one weight per trained task; said at load, not in train."""
+    names = trained_task_names(params)
+    raw = params.train.method_params.get("static")
+    weights = raw.get("weights") if isinstance(raw, dict) else None
+    if not isinstance(weights, list):
+        return (f"{path}: train.method_params.static.weights: required for train.weighting: "
+                f"static, one non-negative weight per task ({', '.join(names)})")
+    if len(weights) != len(names):
+        return (f"{path}: train.method_params.static.weights: {len(weights)} weights for "
+                f"{len(names)} tasks ({', '.join(names)}); give one per task, in that order")
+    return None
 
 
 def parse_params(raw: dict[str, Any], path: str | Path = DEFAULT_PARAMS) -> Params:

@@ -191,7 +191,7 @@ def test_a_diverging_run_ends_with_one_line_and_no_model(stage_dir: Callable[...
         ({"weighting": "static", "method_params": {"static": {"weights": [1.0, -0.5]}}},
          "train.method_params.static.weights: weights must be non-negative"),
         ({"weighting": "static", "method_params": {"static": {"weights": [1.0, 1.0, 1.0]}}},
-         "3 weights given for 2 tasks"),
+         "train.method_params.static.weights: 3 weights for 2 tasks (left, right)"),
         ({"weighting": "pcgard"}, "train.weighting: unknown weighting method 'pcgard'"),
         ({"weighting": "static", "method_params": {"static": {"weights": [float("nan"), 1.0]}}},
          "weights must be finite numbers"),

@@ -316,3 +316,52 @@ def test_a_data_set_whose_source_has_no_pixel_ranges_is_refused(raw: dict,
         "{mean: [108.0, 134.0], std: [55.0, 74.0]} under validate.pixel_stats")
     raw["validate"]["pixel_stats"]["cifar10"] = {"mean": [108.0, 134.0], "std": [55.0, 74.0]}
     assert load_params(write(tmp_path, raw)).data.dataset == "cifar10"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"method_params": {"static": {"weights": [1.0]}}},
+     r"train\.method_params\.static\.weights: 1 weights for 2 tasks \(left, right\); give one "
+     r"per task, in that order"),
+    ({"method_params": {}},
+     r"train\.method_params\.static\.weights: required for train\.weighting: static, one "
+     r"non-negative weight per task \(left, right\)"),
+])
+def test_static_weights_are_counted_against_the_tasks_on_loading(
+        raw: dict, change: dict, message: str) -> None:
+    raw["train"].update(weighting="static", **change)
+    with pytest.raises(ConfigError, match=message):
+        parse_params(raw)
+
+
+def test_static_weights_count_the_rotation_task_by_name(raw: dict) -> None:
+    raw["train"].update(weighting="static", method_params={"static": {"weights": [0.5, 0.5]}})
+    assert parse_params(raw).train.weighting == "static"
+    raw["model"]["rotation_task"] = True
+    with pytest.raises(ConfigError, match=r"2 weights for 3 tasks \(left, right, rotation\)"):
+        parse_params(raw)
+    raw["train"]["method_params"]["static"]["weights"] = [0.4, 0.4, 0.2]
+    assert parse_params(raw).model.rotation_task
+
+
+@pytest.mark.parametrize("architecture", ["mtan", "mmoe"])
+def test_reusing_heads_an_architecture_does_not_have_is_refused(
+        raw: dict, architecture: str) -> None:
+    raw["model"].update(architecture=architecture, reuse_heads=True,
+                        pretrained="models:/multifashion@champion")
+    with pytest.raises(ConfigError, match=rf"reuse_heads: architecture {architecture} has no "
+                                          r"per-task heads to reuse; use hps, branched or "
+                                          r"cross_stitch"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize(("train", "message"), [
+    ({"processes": 4, "batch_size": 2},
+     r"batch_size: 2 is below processes \(4\): each process needs a share"),
+    ({"processes": 2, "ensemble": "batched"},
+     r"ensemble: batched trains the baselines in one process; with processes: 2"),
+])
+def test_data_parallel_settings_that_cannot_run_are_refused_on_loading(
+        raw: dict, train: dict, message: str) -> None:
+    raw["train"].update(train)
+    with pytest.raises(ConfigError, match=message):
+        parse_params(raw)
