@@ -360,6 +360,13 @@ class ModelConfig(_Section):
         if self.reuse_heads and (self.pretrained in PRETRAINED_WORDS):
             raise ValueError("reuse_heads: the heads come from a multitask model: set "
                              "pretrained to its file or models:/<name>@<alias>")
+        fc_width = max(1, int(50 * self.width + 0.5))  # LeNet's fc (models.backbones)
+        if (self.architecture == "mmoe" and self.backbone == "lenet"
+                and self.pretrained != "none" and self.expert_dim != fc_width):
+            raise ValueError(f"expert_dim: {self.expert_dim}: a LeNet expert's features are its "
+                             f"fc layer, which pretrained weights of width {self.width} give "
+                             f"{fc_width} outputs; set expert_dim: {fc_width}, or pretrained: "
+                             "none")
         if self.reuse_heads and self.architecture in ("mtan", "mmoe"):
             raise ValueError(f"reuse_heads: architecture {self.architecture} has no per-task "
                              "heads to reuse; use hps, branched or cross_stitch, or set "

@@ -365,3 +365,16 @@ def test_data_parallel_settings_that_cannot_run_are_refused_on_loading(
     raw["train"].update(train)
     with pytest.raises(ConfigError, match=message):
         parse_params(raw)
+
+
+def test_mmoe_lenet_experts_from_pretrained_weights_need_the_fc_width(raw: dict) -> None:
+    """A LeNet expert's features are its fc layer, which the pretrained weights size."""
+    raw["model"].update(architecture="mmoe", expert_dim=64, pretrained="self_supervised")
+    with pytest.raises(ConfigError, match=r"expert_dim: 64: .* give 50 outputs; set "
+                                          r"expert_dim: 50, or pretrained: none"):
+        parse_params(raw)
+    raw["model"]["width"] = 2
+    raw["model"]["expert_dim"] = 100
+    assert parse_params(raw).model.expert_dim == 100
+    raw["model"].update(pretrained="none", expert_dim=64)  # from scratch: any width
+    assert parse_params(raw).model.expert_dim == 64

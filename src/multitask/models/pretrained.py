@@ -303,7 +303,8 @@ def load_encoder(encoder: nn.Module, weights: EncoderWeights, *,
             [f"unexpected {listed(unexpected)}"] if unexpected else []) + mismatched
         raise WeightsError(
             f"{weights.origin}: does not fit the {name} encoder ({'; '.join(problems)}); check "
-            f"model.backbone, model.stem and the data's channels against the weights")
+            f"model.backbone, model.width, model.stem and the data's channels against the "
+            "weights")
     encoder.load_state_dict(
         {**target, **{k: v.to(target[k].dtype) for k, v in source.items()}}, strict=True)
     if weights.layout == "torchvision":
