@@ -341,6 +341,12 @@ class ModelConfig(_Section):
             raise ValueError(f"{source!r}: a model URI starts with models:/ or runs:/ "
                              "(models:/<name>@<alias>, runs:/<run id>/model); a file is a "
                              "plain path")
+        spelt = source.strip().lower().replace("-", "_").replace(" ", "_")
+        if source not in PRETRAINED_WORDS and spelt in PRETRAINED_WORDS:
+            # read as a file name otherwise, and refused only when a training stage looks
+            raise ValueError(f"did you mean {spelt}? (the words: "
+                             f"{', '.join(PRETRAINED_WORDS)}; anything else is a file path or "
+                             "a model URI)")
         return source
 
     @model_validator(mode="after")

@@ -378,3 +378,12 @@ def test_mmoe_lenet_experts_from_pretrained_weights_need_the_fc_width(raw: dict)
     assert parse_params(raw).model.expert_dim == 100
     raw["model"].update(pretrained="none", expert_dim=64)  # from scratch: any width
     assert parse_params(raw).model.expert_dim == 64
+
+
+@pytest.mark.parametrize(("given", "word"), [("self-supervised", "self_supervised"),
+                                             ("ImageNet", "imagenet"), ("None", "none")])
+def test_a_misspelt_pretrained_word_is_not_taken_for_a_file(raw: dict, given: str,
+                                                            word: str) -> None:
+    raw["model"].update(backbone="resnet18", pretrained=given)
+    with pytest.raises(ConfigError, match=rf"model\.pretrained: .*did you mean {word}\?"):
+        parse_params(raw)
