@@ -48,6 +48,19 @@ NOT_TRAINED = {
 
 
 # ------------------------------------------------------------------------------ the start
+def pretrained_file(params: Params, layout: Layout) -> Path:
+    """The state_dict file ``model.pretrained`` names, a relative path read from the pipeline
+    folder; FileNotFoundError saying so when there is none (the check stage asks too)."""
+    path = Path(params.model.pretrained)
+    path = path if path.is_absolute() else layout.root / path
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{params.source}: model.pretrained: {path} is not a file (a relative path is "
+            f"read from the pipeline folder {layout.root}); give a state_dict file, or one "
+            "of none, imagenet, self_supervised, models:/<name>@<alias>")
+    return path
+
+
 def resolve_start(params: Params, layout: Layout) -> EncoderWeights | None:
     """The weights ``model.pretrained`` names, or None for a randomly initialised encoder.
 
@@ -65,14 +78,7 @@ def resolve_start(params: Params, layout: Layout) -> EncoderWeights | None:
     elif kind == SELF_SUPERVISED:
         weights = self_supervised_weights(params, layout)
     elif kind == "file":
-        path = Path(model.pretrained)
-        path = path if path.is_absolute() else layout.root / path
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{params.source}: model.pretrained: {path} is not a file (a relative path is "
-                f"read from the pipeline folder {layout.root}); give a state_dict file, or one "
-                "of none, imagenet, self_supervised, models:/<name>@<alias>")
-        weights = pretrained.file_weights(path)
+        weights = pretrained.file_weights(pretrained_file(params, layout))
     else:  # a model URI: a network this repository logged to MLflow
         state = tracking.network_state(model.pretrained)
         if state.architecture not in (None, "hps"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,25 @@ def test_bad_params_exit_1_with_the_key(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "train.epoch: unknown key; did you mean 'epochs'?" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_check_finds_a_missing_pretrained_file_before_any_stage_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing state_dict file would otherwise stop the baselines stage, after DVC removed
+    their outputs."""
+    from multitask.cli import main
+
+    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
+    params["model"]["pretrained"] = "weights/encoder.pt"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data").mkdir()
+    shutil.copy(ROOT / "sample" / "data" / "sources.yaml", tmp_path / "data" / "sources.yaml")
+    assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 1
+    assert (f"model.pretrained: {tmp_path / 'weights' / 'encoder.pt'} is not a file (a "
+            f"relative path is read from the pipeline folder {tmp_path})"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "reports" / "params_check.txt").exists()
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "encoder.pt").write_bytes(b"read by the training stages, not here")
+    assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 0
+    assert (tmp_path / "reports" / "params_check.txt").is_file()

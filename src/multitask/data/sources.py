@@ -124,8 +124,9 @@ def check(params: Params, layout: Layout) -> None:
     file, the sources the data set needs and the device (``train.device: cuda`` without a
     GPU would fail in baselines, after DVC removed their outputs); for ``data.dataset:
     manifest`` read in place (no ``manifest`` source to download), that the manifest reads
-    (its file, columns, split values). The output's content is the same for every valid
-    input, so the stages depending on it rerun only for what they read.
+    (its file, columns, split values); for ``model.pretrained: <file>``, that the file is
+    there. The output's content is the same for every valid input, so the stages depending on
+    it rerun only for what they read.
     """
     sources = load_sources(layout.sources)
     required_sources(sources, params.data.dataset, sources_path=layout.sources)
@@ -133,6 +134,10 @@ def check(params: Params, layout: Layout) -> None:
         data = params.data
         read_manifest(manifest_path(data, layout), data.tasks, data.val_fraction,
                       data.test_fraction, data.seed)
+    if params.model.pretrained_kind == "file":  # else baselines finds it missing, too late
+        from multitask.pretraining import pretrained_file
+
+        pretrained_file(params, layout)
     select_device(params.train.device, params.source)
     layout.params_check.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(layout.params_check, "w") as handle:
