@@ -724,6 +724,20 @@ def _registry_problems(params: Params, path: Path) -> list[str]:
     return problems
 
 
+def pretrained_file(params: Params, root: Path) -> Path:
+    """The state_dict file ``model.pretrained`` names, a relative path read from the pipeline
+    folder ``root``; FileNotFoundError saying so when there is none (the check stage asks
+    too, before any stage that would load it)."""
+    path = Path(params.model.pretrained)
+    path = path if path.is_absolute() else root / path
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{params.source}: model.pretrained: {path} is not a file (a relative path is "
+            f"read from the pipeline folder {root}); give a state_dict file, or one of none, "
+            "imagenet, self_supervised, models:/<name>@<alias>")
+    return path
+
+
 def trained_task_names(params: Params) -> list[str]:
     """The tasks the network trains, in the order of its weights: the data set's (a manifest's
     ``data.tasks``), then ``rotation`` with ``model.rotation_task``."""

@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from multitask import keys, tracking
-from multitask.config import ModelConfig, OptimizerConfig, Params, ScheduleConfig, TrainConfig
+from multitask.config import (
+    ModelConfig,
+    OptimizerConfig,
+    Params,
+    ScheduleConfig,
+    TrainConfig,
+    pretrained_file,
+)
 from multitask.device import autocast, describe, machine
 from multitask.io import write_json
 from multitask.layout import Layout
@@ -48,19 +54,6 @@ NOT_TRAINED = {
 
 
 # ------------------------------------------------------------------------------ the start
-def pretrained_file(params: Params, layout: Layout) -> Path:
-    """The state_dict file ``model.pretrained`` names, a relative path read from the pipeline
-    folder; FileNotFoundError saying so when there is none (the check stage asks too)."""
-    path = Path(params.model.pretrained)
-    path = path if path.is_absolute() else layout.root / path
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{params.source}: model.pretrained: {path} is not a file (a relative path is "
-            f"read from the pipeline folder {layout.root}); give a state_dict file, or one "
-            "of none, imagenet, self_supervised, models:/<name>@<alias>")
-    return path
-
-
 def resolve_start(params: Params, layout: Layout) -> EncoderWeights | None:
     """The weights ``model.pretrained`` names, or None for a randomly initialised encoder.
 
@@ -78,7 +71,7 @@ def resolve_start(params: Params, layout: Layout) -> EncoderWeights | None:
     elif kind == SELF_SUPERVISED:
         weights = self_supervised_weights(params, layout)
     elif kind == "file":
-        weights = pretrained.file_weights(pretrained_file(params, layout))
+        weights = pretrained.file_weights(pretrained_file(params, layout.root))
     else:  # a model URI: a network this repository logged to MLflow
         state = tracking.network_state(model.pretrained)
         if state.architecture not in (None, "hps"):

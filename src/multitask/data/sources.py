@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from multitask.config import ConfigError, Params, Source, load_sources
+from multitask.config import ConfigError, Params, Source, load_sources, pretrained_file
 from multitask.data.datasets import DATASETS, MANIFEST
 from multitask.data.manifest import manifest_path, read_manifest
 from multitask.device import select_device
@@ -135,9 +135,7 @@ def check(params: Params, layout: Layout) -> None:
         read_manifest(manifest_path(data, layout), data.tasks, data.val_fraction,
                       data.test_fraction, data.seed)
     if params.model.pretrained_kind == "file":  # else baselines finds it missing, too late
-        from multitask.pretraining import pretrained_file
-
-        pretrained_file(params, layout)
+        pretrained_file(params, layout.root)
     select_device(params.train.device, params.source)
     layout.params_check.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(layout.params_check, "w") as handle:
