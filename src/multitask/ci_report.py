@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,10 +226,16 @@ def _metrics_table(rows: list[MetricRow], tolerance: float) -> list[str]:
     return lines
 
 
+def _sides(base: PipelineResult, head: PipelineResult,
+           lacks: Callable[[PipelineResult], bool]) -> str:
+    """``base (`folder`) and head (`folder`)``: the sides whose result ``lacks`` something."""
+    return " and ".join(f"{name} (`{result.folder}`)" for name, result in
+                        (("base", base), ("head", head)) if lacks(result))
+
+
 def _curve_tables(base: PipelineResult, head: PipelineResult, tasks: list[str]) -> list[str]:
     if base.history is None or head.history is None:
-        side = " and ".join(f"{name} (`{result.folder}`)" for name, result in
-                            (("base", base), ("head", head)) if result.history is None)
+        side = _sides(base, head, lambda result: result.history is None)
         return [f"_No learning curves: {Layout().history_csv} is missing in {side}._"]
     metrics = {task: base.primary(task) for task in tasks}
     shown = " and ".join(dict.fromkeys(metrics.values())) or keys.ACCURACY
@@ -260,8 +267,7 @@ def _confusion_tables(base: PipelineResult, head: PipelineResult, tasks: list[st
         if base.primary(task) in RELATIVE_METRICS:  # a regression task has no classes
             continue
         if task not in base.confusion or task not in head.confusion:
-            side = " and ".join(f"{name} (`{result.folder}`)" for name, result in
-                                (("base", base), ("head", head)) if task not in result.confusion)
+            side = _sides(base, head, lambda result, task=task: task not in result.confusion)
             lines.append(f"_No confusion data for `{task}` in {side}: "
                          f"{Layout().confusion_dir}/{task}.csv is missing._")
             continue

@@ -38,7 +38,6 @@ from multitask.layout import Layout
 
 log = logging.getLogger(__name__)
 
-DATA_TAG = "data.sha256"  # on a training run (RunLogger.log_dataset) and a registered version
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 EXIT_PROMOTED = 0
@@ -146,12 +145,12 @@ def _version_metrics(version: tracking.ModelVersion) -> dict[str, float]:
 def _version_data(version: tracking.ModelVersion) -> str | None:
     """The sha256 of the data a version was trained and tested on: its tag, else its run's
     (versions registered before the tag existed); None when neither holds it."""
-    if DATA_TAG in version.tags:
-        return str(version.tags[DATA_TAG])
+    if tracking.DATA_TAG in version.tags:
+        return str(version.tags[tracking.DATA_TAG])
     if not version.run_id:
         return None
     try:
-        return tracking.get_run(version.run_id).data.tags.get(DATA_TAG)
+        return tracking.get_run(version.run_id).data.tags.get(tracking.DATA_TAG)
     except ValueError:  # its run is gone from this store
         return None
 
@@ -189,7 +188,7 @@ def promote(params: Params, layout: Layout, *, run_id: str | None = None,
         raise ValueError(f"run {run_id} is {run.info.status}; only a finished, evaluated run "
                          "can be promoted (rerun `multitask evaluate`)")
     metrics = dict(run.data.metrics)
-    data = run.data.tags.get(DATA_TAG)
+    data = run.data.tags.get(tracking.DATA_TAG)
     candidate = scores_from(metrics, aggregate, f"run {run_id}", data)
     model_uri = run.data.tags.get(tracking.MODEL_URI_TAG)
     if not model_uri:
@@ -221,7 +220,7 @@ def promote(params: Params, layout: Layout, *, run_id: str | None = None,
     tags.update({"gate.decision": outcome, "gate.reason": "; ".join(decision.reasons)[:5000],
                  tracking.MODEL_FORMAT_TAG: tracking.MODEL_FORMAT})
     if data:
-        tags[DATA_TAG] = data
+        tags[tracking.DATA_TAG] = data
     if existing:  # promoting the same run again reuses its version
         version = existing[-1]
         tracking.set_version_tags(name, version.version, tags)

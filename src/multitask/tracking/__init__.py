@@ -32,7 +32,7 @@ from multitask.tracking.registry import (
     version_by_alias,
     versions_of_run,
 )
-from multitask.tracking.runs import StageRun, nested_run, stage_run
+from multitask.tracking.runs import DATA_TAG, StageRun, nested_run, stage_run
 from multitask.tracking.store import (
     ARTIFACT_DIR,
     STORE_FILE,
@@ -51,6 +51,7 @@ from multitask.tracking.store import (
 
 __all__ = [
     "ARTIFACT_DIR",
+    "DATA_TAG",
     "DEFAULT_RESIZE",
     "MODEL_FORMAT",
     "MODEL_FORMAT_TAG",

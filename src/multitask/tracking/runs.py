@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 # waits up to a second for it; with a buffer it waits on an event that ending the run sets, and
 # merges the batches queued meanwhile (one write per buffer period).
 _ASYNC_BUFFER = ("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "2")
+# The processed data's full sha256 on a training run (log_dataset); promotion copies it to
+# the registered version and compares champion and candidate by it.
+DATA_TAG = "data.sha256"
 
 
 def _param_value(value: Any) -> str:
@@ -184,7 +187,7 @@ class StageRun:
         if meta.get("splits"):
             tags.append(InputTag("splits", json.dumps(meta["splits"])))
         client().log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), tags)])
-        self.set_tags({"data.sha256": str(meta["sha256"])})
+        self.set_tags({DATA_TAG: str(meta["sha256"])})
 
 
 def _dataset_identity(meta: dict[str, Any]) -> tuple[str, str]:
