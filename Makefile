@@ -43,9 +43,8 @@ $(EXAMPLE)/source/fashion.tar.gz: scripts/make_fashion_manifest.py
 	$(BIN)/python scripts/make_fashion_manifest.py --out $(EXAMPLE)/source/fashion --count 6000 --archive --source "$(FASHION_SOURCE)"
 	rm -rf $(EXAMPLE)/source/fashion
 
-test: $(STAMP)
+test: lint
 	@bash scripts/system_deps.sh test
-	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest -n 2 --dist loadgroup
 
 test-fast: $(STAMP)
@@ -57,7 +56,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.run
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 
 # The MLflow UI over the embedded store on http://127.0.0.1:5000 (another port: MLFLOW_PORT=5002).
 ui: $(STAMP)

@@ -98,6 +98,9 @@ report() {
     PYTHONPATH="$worktree/src${PYTHONPATH:+:$PYTHONPATH}" "$VENV_BIN/multitask" ci-report \
         --params "$worktree/sample/params.yaml" --base "$worktree/sample" \
         --head "$ROOT/sample" --output "$md" || status=$?
+    # 0 passed, 1 the gate failed (the report says why); anything else: nothing was compared
+    # (a base from before exit status 2 meant "bad input" also used 1, without a report)
+    case "$status" in 0|1) ;; *) die "multitask ci-report could not compare (exit $status); see the error above" ;; esac
     [ -f "$md" ] || die "multitask ci-report wrote no report (exit $status); see the error above"
     publish "$md"
     if [ -n "${GITHUB_OUTPUT:-}" ]; then

@@ -18,7 +18,8 @@ any task's primary metric is worse than the base's by more than ``ci.regression_
 the ``--params`` file (CI passes the base branch's, so a pull request cannot loosen its own
 gate): a classification task's accuracy falls by more than the tolerance (absolute: 0.02 = two
 percentage points), a regression task's MAE rises by more than that fraction of the base's
-(relative: 0.02 = 2%). Auxiliary tasks are reported but not gated.
+(relative: 0.02 = 2%). Auxiliary tasks are reported but not gated. A missing or malformed
+input is exit status 2 (no report), so a script tells "regressed" from "could not compare".
 
 One module, not several: loading both sides, comparing them and writing the markdown are one
 report whose sections appear here in the order the comment shows them; the figure is apart.

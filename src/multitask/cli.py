@@ -44,6 +44,9 @@ class Command:
     # default is None)
     params_help: str | None = None
     reads_params: bool = True  # False: no --params (the command reads no params file)
+    # exit status of an expected failure (bad params, missing file); ci-report takes 2, as its
+    # 1 means "the gate failed", which a script must tell apart from "could not compare"
+    error_status: int = 1
 
 
 def _pipeline(args: argparse.Namespace) -> tuple[Params, Layout]:
@@ -330,9 +333,12 @@ COMMANDS: dict[str, Command] = {
         "multitask.ci_report:ci_report",
         "compare two pipeline results per task and gate regressions (used by CI)",
         "Write a markdown report of per-task metric and param deltas between a base and a "
-        "head result; exit 1 when a task's accuracy drops by more than ci.regression_tolerance.",
+        "head result. Exit status: 0 the gate passed, 1 a task's metric regressed by more "
+        "than ci.regression_tolerance (the report names it), 2 an input is missing or "
+        "malformed (no report is written).",
         _ci_report_arguments,
-        lambda function, args: function(args.base, args.head, args.output, args.params)),
+        lambda function, args: function(args.base, args.head, args.output, args.params),
+        error_status=2),
 }
 
 
@@ -400,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"multitask {args.command}: error: {redact(str(exc))}", file=sys.stderr)
-        return 1
+        return command.error_status
 
 
 if __name__ == "__main__":

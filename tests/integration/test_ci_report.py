@@ -197,7 +197,7 @@ def test_missing_metrics_are_an_error_naming_the_file(
     head = tmp_path / "head"
     head.mkdir()
     status, report = run_report(tmp_path, base, head)
-    assert status == 1 and report == ""
+    assert status == 2 and report == ""  # not 1, the gate's failure
     assert f"{head}/reports/metrics.json: not found" in capsys.readouterr().err
 
 
@@ -244,6 +244,24 @@ def test_script_report_gates_and_writes_the_job_summary(tmp_path: Path) -> None:
     assert "https://github.com/team/multitask/actions/runs/77" in summary
     assert (tmp_path / "output").read_text() == "gate=failed\n"
     assert (repo / "reports" / "ci" / "ci_report.png").is_file()
+
+
+def test_script_tells_a_failed_comparison_from_a_failed_gate(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "sample").mkdir(parents=True)  # a head whose pipeline left no reports
+    shutil.copytree(ROOT / "ci", repo / "ci")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "head")
+    base_tree = tmp_path / "base"
+    write_result(base_tree / "sample", {"left": 0.80, "right": 0.78})
+    env = script_env(tmp_path, SKIP_REPRO="1", BASE_WORKTREE=str(base_tree))
+    result = subprocess.run([str(repo / "ci" / "pr_report.sh"), "report", "HEAD"], cwd=repo,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "reports/metrics.json: not found" in result.stderr
+    assert "ci-report could not compare (exit 2)" in result.stderr
+    assert not (tmp_path / "output").exists()  # no gate=passed/failed for the comment job
 
 
 FAKE_GH = """#!{python}
