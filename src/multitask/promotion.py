@@ -19,7 +19,8 @@ set) with its test metrics as version tags. It takes the ``champion`` alias only
 Otherwise it takes the ``challenger`` alias and the command says, task by task, why. The first
 registered model becomes champion. Exit codes (for CI): 0 promoted (or already champion),
 3 kept as challenger, 1 error. ``--dry-run`` prints the same decision and exit code and changes
-nothing.
+nothing. A champion registered with the earlier tag layout ``test/<task>/<metric>`` is read as
+today's ``test/<metric>/<task>``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from multitask.config import Params
 from multitask.gate import PRIMARY_METRICS, TaskChange, primary_values
 from multitask.io import read_json
 from multitask.layout import Layout
+from multitask.tasks import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +137,29 @@ def model_name(params: Params) -> str:
 
 
 def _version_metrics(version: tracking.ModelVersion) -> dict[str, float]:
-    """Test metrics recorded on a version's tags (falling back to its run's metrics)."""
+    """Test metrics recorded on a version's tags (falling back to its run's metrics), in
+    today's key layout."""
     metrics = {k: float(v) for k, v in version.tags.items() if k.startswith(f"{keys.TEST}/")}
     if not metrics and version.run_id:
         metrics = dict(tracking.get_run(version.run_id).data.metrics)
-    return metrics
+    return current_layout(metrics)
+
+
+def current_layout(metrics: dict[str, float]) -> dict[str, float]:
+    """Per-task keys of the earlier layout, ``test/<task>/<metric>`` (versions registered
+    before the metric moved ahead of the task), renamed ``test/<metric>/<task>``.
+
+    A key is the earlier layout when its last part is a metric name and its middle one is not;
+    a version holds one layout or the other, and the champion's metrics must still gate.
+    """
+    renamed = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] in METRICS and parts[1] not in METRICS:
+            split, task, metric = parts
+            key = keys.task_metric(split, task, metric)
+        renamed[key] = value
+    return renamed
 
 
 def _version_data(version: tracking.ModelVersion) -> str | None:

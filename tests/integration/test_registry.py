@@ -250,3 +250,25 @@ def test_a_champion_without_recorded_data_is_compared_and_says_so() -> None:
     decision = decide(candidate, champion, 0.01, "delta_m")
     assert decision.promote
     assert decision.reasons[0] == "data: not recorded for the champion: compared as if the same"
+
+
+def test_a_champion_tagged_in_the_earlier_key_layout_still_gates(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Versions registered before the metric moved ahead of the task carry
+    ``test/<task>/<metric>`` tags; the gate reads them as today's keys, task by task."""
+    assert promote("--run-id", evaluated_run(0.80, 0.90, 1.0)) == 0
+    client = mlflow.MlflowClient()
+    for task in ("left", "right"):
+        for metric in ("accuracy", "loss"):
+            value = client.get_model_version(NAME, "1").tags[f"test/{metric}/{task}"]
+            client.delete_model_version_tag(NAME, "1", f"test/{metric}/{task}")
+            client.set_model_version_tag(NAME, "1", f"test/{task}/{metric}", value)
+    capsys.readouterr()
+    assert promote("--run-id", evaluated_run(0.85, 0.70, 2.0)) == 3
+    out = capsys.readouterr().out
+    assert "right: accuracy 0.7000 vs champion 0.9000 (-0.2000): worse by 0.2000" in out
+    assert "left: accuracy 0.8500 vs champion 0.8000 (+0.0500): not worse" in out
+    assert cli(["registry", "--params", "params.yaml"]) == 0
+    right_row = next(line for line in capsys.readouterr().out.splitlines()
+                     if line.startswith("right accuracy"))
+    assert right_row.split()[2:] == ["0.9000", "0.7000", "-0.2000"]
