@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from multitask.data.datasets import CIFAR10, DATASETS, MANIFEST
+from multitask.data.datasets import CIFAR10, DATASETS, MANIFEST, SOURCES
 from multitask.errors import ConfigError, unknown_name, validate
 from multitask.redaction import redact
 from multitask.tasks import KIND_LOSSES
@@ -366,13 +366,6 @@ class ModelConfig(_Section):
         if self.reuse_heads and (self.pretrained in PRETRAINED_WORDS):
             raise ValueError("reuse_heads: the heads come from a multitask model: set "
                              "pretrained to its file or models:/<name>@<alias>")
-        fc_width = max(1, int(50 * self.width + 0.5))  # LeNet's fc (models.backbones)
-        if (self.architecture == "mmoe" and self.backbone == "lenet"
-                and self.pretrained != "none" and self.expert_dim != fc_width):
-            raise ValueError(f"expert_dim: {self.expert_dim}: a LeNet expert's features are its "
-                             f"fc layer, which pretrained weights of width {self.width} give "
-                             f"{fc_width} outputs; set expert_dim: {fc_width}, or pretrained: "
-                             "none")
         if self.reuse_heads and self.architecture in ("mtan", "mmoe"):
             raise ValueError(f"reuse_heads: architecture {self.architecture} has no per-task "
                              "heads to reuse; use hps, branched or cross_stitch, or set "
@@ -688,6 +681,7 @@ def _registry_problems(params: Params, path: Path) -> list[str]:
                 f"{params.data.dataset} (safe for it: {', '.join(safe) or 'none'}, declared in "
                 f"multitask.data.datasets); set it to {'false' if name == 'flip' else 0}")
     model = params.model
+    problems += _backbone_problems(params, path)
     if model.shared_stages is not None:
         from multitask.models.backbones import stage_count
 
@@ -721,6 +715,43 @@ def _registry_problems(params: Params, path: Path) -> list[str]:
             problems.append(str(exc))
     if params.train.weighting == "static" and (problem := _static_weights_problem(params, path)):
         problems.append(problem)
+    return problems
+
+
+def input_size(data: DataConfig) -> int:
+    """The side of the data set's square images: a composite's canvas, a manifest's
+    ``image_size``, else its source's items (CIFAR-10's 32)."""
+    if data.canvas_size is not None:
+        return data.canvas_size
+    if data.image_size is not None:
+        return data.image_size
+    return SOURCES[DATASETS[data.dataset].sources[0]].item_shape[0]
+
+
+def _backbone_problems(params: Params, path: Path) -> list[str]:
+    """What the backbone would refuse when built: a torchvision encoder's smallest input, and
+    an mmoe LeNet expert's width where pretrained weights fix it."""
+    from multitask.models.backbones import lenet_fc_width
+    from multitask.models.zoo import SPECS
+
+    model = params.model
+    problems = []
+    if (spec := SPECS.get(model.backbone)) is not None:
+        size = model.resize_to or input_size(params.data)
+        if size < spec.min_size:
+            given = (f"model.resize_to: {model.resize_to}" if model.resize_to else
+                     f"data.dataset {params.data.dataset}'s images are {size}x{size}")
+            problems.append(f"{path}: model.backbone: {model.backbone} needs at least "
+                            f"{spec.min_size}x{spec.min_size} input ({given}); set "
+                            f"model.resize_to: {spec.min_size} or more (299 is its ImageNet "
+                            "size)")
+    fc_width = lenet_fc_width(model.width)  # a LeNet expert's features
+    if (model.architecture == "mmoe" and model.backbone == "lenet"
+            and model.pretrained != "none" and model.expert_dim != fc_width):
+        problems.append(f"{path}: model.expert_dim: {model.expert_dim}: a LeNet expert's "
+                        f"features are its fc layer, which pretrained weights of width "
+                        f"{model.width} give {fc_width} outputs; set expert_dim: {fc_width}, "
+                        "or pretrained: none")
     return problems
 
 

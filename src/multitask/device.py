@@ -59,6 +59,18 @@ def select_device(requested: Literal["auto", "cpu", "cuda"] = "auto",
     return torch.device("cuda", torch.cuda.current_device())
 
 
+def check_processes(device: torch.device, processes: int,
+                    where: str | Path = "params.yaml") -> None:
+    """``train.processes`` ranks on CUDA take one GPU each (``cuda:LOCAL_RANK``): refuse more
+    ranks than this host's visible GPUs, which NCCL would fail on after the launch."""
+    if device.type != "cuda" or processes <= (count := torch.cuda.device_count()):
+        return
+    raise RuntimeError(
+        f"{where}: train.processes: {processes} starts one process per GPU on this host, but "
+        f"{count} CUDA device{'' if count == 1 else 's'} {'is' if count == 1 else 'are'} "
+        f"visible; set train.processes to at most {count}, or train.device: cpu")
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
     """bf16 autocast on CUDA; on the CPU, plain float32 (bf16 there is slower, not faster)."""
     if device.type == "cuda":

@@ -203,7 +203,7 @@ def pretrain(params: Params, layout: Layout) -> dict[str, Any]:
                 tracking.MODEL_FORMAT_TAG: tracking.MODEL_FORMAT,
                 "encoder.sha256": start.sha256,
                 "backbone": params.model.backbone,
-                "data.sha256": str(data.meta["sha256"]),
+                tracking.DATA_TAG: str(data.meta["sha256"]),
                 accuracy_key: str(accuracy),
             })
             tracking.set_alias(name, NEWEST, version.version)

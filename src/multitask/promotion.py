@@ -21,6 +21,9 @@ registered model becomes champion. Exit codes (for CI): 0 promoted (or already c
 3 kept as challenger, 1 error. ``--dry-run`` prints the same decision and exit code and changes
 nothing. A champion registered with the earlier tag layout ``test/<task>/<metric>`` is read as
 today's ``test/<metric>/<task>``.
+
+One module, not several: the decision, the registry writes and the status table all read the
+version tags the decision writes, spelt here once.
 """
 
 from __future__ import annotations

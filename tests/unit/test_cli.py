@@ -87,3 +87,31 @@ def test_check_finds_a_missing_pretrained_file_before_any_stage_runs(
     (tmp_path / "weights" / "encoder.pt").write_bytes(b"read by the training stages, not here")
     assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 0
     assert (tmp_path / "reports" / "params_check.txt").is_file()
+
+
+def test_check_refuses_more_processes_than_visible_gpus(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rank per GPU: NCCL would fail on the third rank of two GPUs, after the launch."""
+    import torch
+
+    from multitask.cli import main
+
+    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
+    params["train"].update(device="cuda", processes=3)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data").mkdir()
+    shutil.copy(ROOT / "sample" / "data" / "sources.yaml", tmp_path / "data" / "sources.yaml")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a host with two GPUs
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 1
+    assert ("train.processes: 3 starts one process per GPU on this host, but 2 CUDA devices "
+            "are visible; set train.processes to at most 2" in capsys.readouterr().err)
+    assert not (tmp_path / "reports" / "params_check.txt").exists()
+    params["train"]["processes"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 0
+    params["train"].update(device="cpu", processes=3)  # gloo ranks on the CPU: any number
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 0

@@ -380,6 +380,38 @@ def test_mmoe_lenet_experts_from_pretrained_weights_need_the_fc_width(raw: dict)
     assert parse_params(raw).model.expert_dim == 64
 
 
+def test_inception_below_its_smallest_input_is_refused_on_loading(raw: dict) -> None:
+    """The 36 px canvas is below Inception v3's 75: said when the params load (the check
+    stage), not when the baselines stage builds the network after DVC removed its outputs."""
+    raw["model"]["backbone"] = "inception_v3"
+    with pytest.raises(ConfigError, match=r"model.backbone: inception_v3 needs at least 75x75 "
+                                          r"input \(data.dataset multifashion's images are "
+                                          r"36x36\); set model.resize_to: 75 or more"):
+        parse_params(raw)
+    raw["model"]["resize_to"] = 64
+    with pytest.raises(ConfigError, match=r"\(model.resize_to: 64\)"):
+        parse_params(raw)
+    raw["model"]["resize_to"] = 75
+    assert parse_params(raw).model.resize_to == 75
+    raw["model"]["backbone"] = "resnet18"  # no smallest input beyond 1
+    raw["model"]["resize_to"] = None
+    assert parse_params(raw).model.backbone == "resnet18"
+
+
+def test_a_manifest_of_large_images_needs_no_resize_for_inception(raw: dict) -> None:
+    for key in ("canvas_size", "max_shift", "train_size", "test_size"):
+        raw["data"].pop(key, None)
+    raw["data"].update(dataset="manifest", manifest="m.csv", image_size=96,
+                       tasks={"kind": {"kind": "multiclass"}})
+    raw["validate"] = {"pixel_stats": {}}
+    raw["model"]["backbone"] = "inception_v3"
+    raw["train"]["augment"] = {"shift": 0}
+    assert parse_params(raw).data.image_size == 96
+    raw["data"]["image_size"] = 64
+    with pytest.raises(ConfigError, match="manifest's images are 64x64"):
+        parse_params(raw)
+
+
 @pytest.mark.parametrize(("given", "word"), [("self-supervised", "self_supervised"),
                                              ("ImageNet", "imagenet"), ("None", "none")])
 def test_a_misspelt_pretrained_word_is_not_taken_for_a_file(raw: dict, given: str,

@@ -30,7 +30,7 @@ from typing import Literal
 from multitask.config import ConfigError, Params, Source, load_sources, pretrained_file
 from multitask.data.datasets import DATASETS, MANIFEST
 from multitask.data.manifest import manifest_path, read_manifest
-from multitask.device import select_device
+from multitask.device import check_processes, select_device
 from multitask.io import atomic_open, read_json, write_json
 from multitask.layout import Layout
 
@@ -122,7 +122,8 @@ def check(params: Params, layout: Layout) -> None:
     cost the last good model and reports. ``params`` arrive fully validated (names of data
     sets, architectures, weighting methods and their params included); this adds the sources
     file, the sources the data set needs and the device (``train.device: cuda`` without a
-    GPU would fail in baselines, after DVC removed their outputs); for ``data.dataset:
+    GPU would fail in baselines, after DVC removed their outputs, as would more
+    ``train.processes`` than GPUs); for ``data.dataset:
     manifest`` read in place (no ``manifest`` source to download), that the manifest reads
     (its file, columns, split values); for ``model.pretrained: <file>``, that the file is
     there. The output's content is the same for every valid input, so the stages depending on
@@ -136,7 +137,8 @@ def check(params: Params, layout: Layout) -> None:
                       data.test_fraction, data.seed)
     if params.model.pretrained_kind == "file":  # else baselines finds it missing, too late
         pretrained_file(params, layout.root)
-    select_device(params.train.device, params.source)
+    check_processes(select_device(params.train.device, params.source), params.train.processes,
+                    params.source)
     layout.params_check.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(layout.params_check, "w") as handle:
         handle.write(CHECKED)

@@ -41,7 +41,7 @@ class LeNetEncoder(nn.Module):
                  width: float = 1) -> None:
         super().__init__()
         first, second = _scaled(10, width), _scaled(20, width)
-        out_features = _scaled(50, width) if out_features is None else out_features
+        out_features = lenet_fc_width(width) if out_features is None else out_features
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, first, kernel_size=9),
             nn.MaxPool2d(2),
@@ -72,6 +72,11 @@ class LeNetEncoder(nn.Module):
     def readout(self) -> nn.Module:
         """Last stage's maps -> the ``out_features`` vector (flatten, dropout if any, fc, ReLU)."""
         return nn.Sequential(*self.features[6:], self.fc)
+
+
+def lenet_fc_width(width: float) -> int:
+    """Outputs of LeNet's fc layer (its feature vector) at ``width``: 50 scaled."""
+    return _scaled(50, width)
 
 
 def _scaled(size: int, width: float) -> int:
