@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -151,6 +152,71 @@ def test_a_sigkilled_distributed_run_resumes_to_the_same_result(
     assert after["final"] == report["final"]
     first = torch.load(straight / "models" / "model.pt", weights_only=True)["state_dict"]
     second = torch.load(killed / "models" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def hosts(checkouts: list[Path], port: int) -> list[subprocess.Popen[str]]:
+    """A run over several hosts, as torchrun starts one: one agent per checkout (its "host"),
+    one rank each, static rendezvous on 127.0.0.1; the first checkout is node 0."""
+    env = {**os.environ, distributed.THREADS_ENV: "1"}
+    return [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(checkouts)}",
+         "--nproc-per-node=1", f"--node-rank={node}", "--master-addr=127.0.0.1",
+         f"--master-port={port}", "-m", "multitask", "train"], cwd=checkout, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for node, checkout in enumerate(checkouts)]
+
+
+def test_ranks_on_other_hosts_resume_from_rank_0s_checkpoint(
+        sample_composites: Callable[..., Path], tmp_path: Path,
+        pipeline_folder: Callable[[Path, Path], object]) -> None:
+    """Two checkouts stand for two hosts: only node 0's holds the checkpoint its rank 0 wrote.
+    The rank on the other host resumes from it too (rank 0 sends the state), so the resumed
+    run ends with the network an uninterrupted run trains."""
+    processed = sample_composites(4000, 500)
+    straight = [stage_folder(tmp_path / f"straight-{node}", processed, pipeline_folder)
+                for node in (0, 1)]
+    for job in hosts(straight, free_port()):
+        _, err = job.communicate(timeout=600)
+        assert job.returncode == 0, err[-3000:]
+    report = json.loads((straight[0] / "reports" / "train.json").read_text())
+    assert report["processes"] == 2 and not (straight[1] / "reports" / "train.json").exists()
+
+    killed = [stage_folder(tmp_path / f"killed-{node}", processed, pipeline_folder)
+              for node in (0, 1)]
+    checkpoint = killed[0] / "models" / "checkpoints" / "train.pt"
+    jobs = hosts(killed, free_port())
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and all(job.poll() is None for job in jobs) \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for pid in [p for job in jobs for p in (job.pid, *descendants(job.pid))]:
+        os.kill(pid, signal.SIGKILL)
+    for job in jobs:
+        job.communicate()
+    assert checkpoint.exists(), "no checkpoint before the end"
+    state = torch.load(checkpoint, weights_only=True)
+    assert 1 <= state["epoch"] < 4, "the kill should land mid-training"
+    assert not (killed[1] / "models" / "checkpoints").exists()  # the other host has none
+
+    errors = []
+    for job in hosts(killed, free_port()):
+        _, err = job.communicate(timeout=600)
+        assert job.returncode == 0, err[-3000:]
+        errors.append(err)
+    assert f"resumed from models/checkpoints/train.pt after epoch {state['epoch']}" in errors[0]
+    assert (f"resumed from rank 0's models/checkpoints/train.pt after epoch {state['epoch']}"
+            in errors[1])
+    after = json.loads((killed[0] / "reports" / "train.json").read_text())
+    assert after["final"] == report["final"]
+    first = torch.load(straight[0] / "models" / "model.pt", weights_only=True)["state_dict"]
+    second = torch.load(killed[0] / "models" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 

@@ -43,3 +43,15 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
         reason = f"not a training checkpoint (missing {sorted(missing)})"
     log.warning("%s: corrupt checkpoint (%s); starting from scratch", path, reason)
     return None
+
+
+def tensors_to(state: Any, device: torch.device) -> Any:
+    """``state`` (nested dicts, lists and tuples) with every tensor moved to ``device``, as
+    ``torch.load``'s ``map_location`` would have put it."""
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    if isinstance(state, dict):
+        return {key: tensors_to(value, device) for key, value in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(tensors_to(value, device) for value in state)
+    return state

@@ -29,6 +29,9 @@ method, not only the loss-based ones:
 
 Batch-norm statistics are each process's own within an epoch (as in PyTorch's DDP without
 SyncBatchNorm); rank 0's buffers are broadcast at each epoch's end, before validation.
+
+Rank 0 alone writes the checkpoint, and on a restart alone reads it and sends its state to the
+others (:meth:`ProcessGroup.share`): on several hosts only node 0's checkout holds it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -151,6 +155,16 @@ class ProcessGroup:
         for grad in grads:
             grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
             offset += grad.numel()
+
+    def share(self, value: Any) -> Any:
+        """Rank 0's ``value`` (any picklable object, e.g. a checkpoint's state) on every rank.
+
+        Tensors travel as they are; on NCCL, a CUDA tensor would arrive on the device it was
+        saved from, so send CPU tensors and move them after.
+        """
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def broadcast(self, tensors: Iterable[Tensor]) -> None:
         """Overwrite ``tensors`` with rank 0's values."""

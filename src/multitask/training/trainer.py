@@ -41,7 +41,7 @@ from multitask.models.base import MultiTaskModel
 from multitask.tasks import Task
 from multitask.training import distributed
 from multitask.training.augment import Augmenter
-from multitask.training.checkpoints import load_checkpoint
+from multitask.training.checkpoints import load_checkpoint, tensors_to
 from multitask.training.data import ProcessedData, targets
 from multitask.training.metrics import evaluate
 from multitask.training.optimization import build_optimizer, build_scheduler, freeze_shared
@@ -221,17 +221,32 @@ class Trainer:
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(self._state(), tmp)
 
-    def try_resume(self) -> bool:
-        """Load the checkpoint if it exists and belongs to this run; return whether it did."""
+    def _read_checkpoint(self, device: torch.device) -> dict[str, Any] | None:
+        """The checkpoint's state if it exists and belongs to this run, else None."""
         path = self.checkpoint_path
         if path is None or not path.is_file():
-            return False
-        state = load_checkpoint(path, self.device)
+            return None
+        state = load_checkpoint(path, device)
+        if state is not None and state.get("fingerprint") != self.fingerprint:
+            log.info("%s: checkpoint of other params or data; starting from scratch", path)
+            return None
+        return state
+
+    def try_resume(self) -> bool:
+        """Load the checkpoint if it exists and belongs to this run; return whether it did.
+
+        In a process group rank 0 alone reads it, the one that wrote it, and hands the state to
+        the others: on several hosts the other ranks' checkouts do not hold it, and each rank
+        must continue from the same epoch with the same state.
+        """
+        if self.group is None:
+            state = self._read_checkpoint(self.device)
+        else:
+            state = self._read_checkpoint(torch.device("cpu")) if self.main else None
+            state = tensors_to(self.group.share(state), self.device)
         if state is None:
             return False
-        if state.get("fingerprint") != self.fingerprint:
-            log.info("%s: checkpoint of other params or data; starting from scratch", path)
-            return False
+        path = self.checkpoint_path
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -244,7 +259,8 @@ class Trainer:
         if self.selection is not None:
             self.selection.load_state_dict(state["selection"])
         self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
-        log.info("resumed from %s after epoch %d", path, self.start_epoch)
+        log.info("resumed from %s after epoch %d", path if self.main else f"rank 0's {path}",
+                 self.start_epoch)
         return True
 
     # -------------------------------------------------------------------------- training
