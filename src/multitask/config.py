@@ -15,6 +15,7 @@ stitch the file back together.
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -660,8 +661,9 @@ def _registry_problems(params: Params, path: Path) -> list[str]:
         problems.append(
             f"{path}: model.freeze_encoder_epochs: {params.model.freeze_encoder_epochs} must be "
             f"below train.epochs ({params.train.epochs}), or the encoder never trains")
-    if params.train.weighting == TUNED and (problem := frozen_trials_problem(params, path)):
-        problems.append(problem)
+    if params.train.weighting == TUNED:  # the tune stage runs (with --if-used: only then)
+        problems += [problem] if (problem := frozen_trials_problem(params, path)) else []
+        problems += _tune_problems(params, path)
     for source in DATASETS[params.data.dataset].sources:
         if source not in params.validate_.pixel_stats:
             known = ValidateConfig().pixel_stats.get(source)
@@ -779,6 +781,39 @@ def trained_task_names(params: Params) -> list[str]:
     return names + ([ROTATION_TASK.name] if params.model.rotation_task else [])
 
 
+def tune_task_problems(tune: TuneConfig, count: int, objectives: Sequence[str],
+                       regression: Sequence[str], source: str | Path) -> list[str]:
+    """What ``tune`` asks that the tasks cannot give: ``count`` trained tasks, the main ones
+    (``objectives``, each judged) and which of them are regression tasks. Asked when the
+    params load (the tasks as params declare them) and by the tune stage (the data's)."""
+    problems = []
+    low, high = tune.weight_range
+    if "static" in (tune.methods or ["static"]) and not low * count <= 1.0 <= high * count:
+        problems.append(f"{source}: tune.weight_range: [{low}, {high}] cannot hold {count} "
+                        f"weights that sum to one; need low <= 1/{count} <= high")
+    if tune.mode == "single" and tune.objective == "mean_accuracy" and regression:
+        problems.append(
+            f"{source}: tune.objective: mean_accuracy averages accuracies, and task(s) "
+            f"{list(regression)} are regression tasks judged on their MAE; set tune.mode: multi "
+            "(one objective per task, each in its direction) or tune.objective: delta_m")
+    if tune.selection == "preference" and len(tune.preference or []) != len(objectives):
+        problems.append(
+            f"{source}: tune.preference: {len(tune.preference or [])} values for "
+            f"{len(objectives)} tasks {list(objectives)}; give one per task, in that order")
+    return problems
+
+
+def _tune_problems(params: Params, path: Path) -> list[str]:
+    """:func:`tune_task_problems` for the tasks params declare (the data set's, a manifest's
+    ``data.tasks``; rotation trained but not judged)."""
+    spec = DATASETS[params.data.dataset]
+    kinds = ({task.name: task.kind for task in spec.tasks}
+             or {name: task.kind for name, task in params.data.tasks.items()})
+    regression = [name for name, kind in kinds.items() if kind == "regression"]
+    return tune_task_problems(params.tune, len(trained_task_names(params)), list(kinds),
+                              regression, path)
+
+
 def _static_weights_problem(params: Params, path: Path) -> str | None:
     """``weighting: static`` needs one weight per trained task; said at load, not in train."""
     names = trained_task_names(params)
@@ -807,26 +842,65 @@ def parse_params(raw: dict[str, Any], path: str | Path = DEFAULT_PARAMS) -> Para
     return params
 
 
-def _read_yaml(path: Path, missing: str) -> Any:
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: ``safe_load`` keeps the
+    last silently, so a second ``train:`` section would drop the first without a word."""
+
+
+def _unique_keys(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # << merges may be overridden
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, Hashable):
+            continue  # the base loader says why
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{key!r} given twice in one mapping (first on line {seen[key]}); "
+                "keep one", key_node.start_mark)
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
+
+
+def read_yaml(path: str | Path, missing: str) -> Any:
+    """A YAML file's content; ConfigError naming the file when it is missing, a folder, not
+    UTF-8, not YAML or repeats a key in one mapping (``missing``: what to do when absent)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a file; pass the YAML file itself")
     if not path.is_file():
         raise ConfigError(f"{path}: not found; {missing}")
     try:
-        return yaml.safe_load(path.read_text())
+        with open(path, encoding="utf-8") as handle:  # its name goes into YAML's messages
+            return yaml.load(handle, Loader=_StrictLoader)  # a SafeLoader
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it "
+                          "as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
-    """Read and validate a params file (``params.yaml``, ``sample/params.yaml`` ...)."""
+    """Read and validate a params file (``params.yaml``, ``sample/params.yaml`` ...).
+
+    An empty file (or comments only) is refused, not read as every default: a truncated or
+    wrongly saved file would otherwise train the defaults without a word."""
     path = Path(path)
-    raw = _read_yaml(path, "run from the repository root or pass --params")
-    return parse_params(raw or {}, path)
+    raw = read_yaml(path, "run from the repository root or pass --params")
+    if raw is None or raw == {}:
+        raise ConfigError(f"{path}: holds no sections; restore it (git checkout -- "
+                          f"{path.as_posix()}), or start from the repository's params.yaml")
+    return parse_params(raw, path)
 
 
 def load_sources(path: str | Path) -> dict[str, Source]:
     """Read and validate a sources file (``data/sources.yaml`` beside ``params.yaml``)."""
     path = Path(path)
-    raw = _read_yaml(path, "it lists each raw source's mirrors and file digests; restore it "
+    raw = read_yaml(path, "it lists each raw source's mirrors and file digests; restore it "
                      "with git checkout -- " + path.as_posix())
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with the key sources, "

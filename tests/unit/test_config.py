@@ -419,3 +419,49 @@ def test_a_misspelt_pretrained_word_is_not_taken_for_a_file(raw: dict, given: st
     raw["model"].update(backbone="resnet18", pretrained=given)
     with pytest.raises(ConfigError, match=rf"model\.pretrained: .*did you mean {word}\?"):
         parse_params(raw)
+
+
+def test_an_empty_params_file_is_refused_not_read_as_the_defaults(tmp_path: Path) -> None:
+    for text in ("", "# only a comment\n", "{}\n"):
+        path = tmp_path / "params.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=r"params.yaml: holds no sections; restore it"):
+            load_params(path)
+
+
+def test_a_section_given_twice_is_refused_naming_its_line(raw: dict, tmp_path: Path) -> None:
+    """safe_load would keep the second ``train:`` and drop the first without a word."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw) + "train:\n  epochs: 4\n")
+    first = yaml.safe_dump(raw).splitlines().index("train:") + 1
+    with pytest.raises(ConfigError, match=rf"'train' given twice in one mapping \(first on line "
+                                          rf"{first}\); keep one\n  in \".*params.yaml\""):
+        load_params(path)
+    path.write_text("defaults: &d {lr: 0.1}\nother:\n  <<: *d\n  lr: 0.2\n")  # a merge override
+    with pytest.raises(ConfigError, match="defaults: unknown key"):  # parsed, then checked
+        load_params(path)
+
+
+def test_a_folder_or_non_utf8_params_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "folder.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"folder.yaml: a folder, not a file"):
+        load_params(tmp_path / "folder.yaml")
+    (tmp_path / "latin.yaml").write_bytes("train:\n  weighting: \xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin.yaml: not UTF-8 text .*; save it as UTF-8"):
+        load_params(tmp_path / "latin.yaml")
+
+
+@pytest.mark.parametrize(("tune", "message"), [
+    ({"selection": "preference", "preference": [1.0, 1.0, 1.0]},
+     r"tune.preference: 3 values for 2 tasks \['left', 'right'\]; give one per task"),
+    ({"weight_range": [0.6, 1.0]}, r"tune.weight_range: \[0.6, 1.0\] cannot hold 2 weights"),
+])
+def test_tuning_settings_that_miss_the_task_count_are_refused_on_loading(
+        raw: dict, tune: dict, message: str) -> None:
+    """Found by check, before DVC removes the tune stage's outputs, when the stage runs."""
+    raw["tune"].update(tune)
+    raw["train"]["weighting"] = "equal"  # tune --if-used skips: nothing to refuse
+    assert parse_params(raw).tune.weight_range
+    raw["train"]["weighting"] = "tuned"
+    with pytest.raises(ConfigError, match=message):
+        parse_params(raw)

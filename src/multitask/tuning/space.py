@@ -17,7 +17,7 @@ from typing import Any
 
 from optuna.trial import Trial
 
-from multitask.config import EarlyStoppingConfig, Params, TrainConfig
+from multitask.config import EarlyStoppingConfig, Params, TrainConfig, tune_task_problems
 from multitask.tasks import Task, main_tasks
 from multitask.training.session import weights_method
 from multitask.weighting import WeightingMethod, build_weighting
@@ -92,22 +92,10 @@ class SearchSpace:
         """Check what needs the task count (method names were checked when params loaded)."""
         tune = params.tune
         methods = tuple(tune.methods or ["static"])
-        count, (low, high) = len(tasks), tune.weight_range
-        if "static" in methods and not low * count <= 1.0 <= high * count:
-            raise ValueError(
-                f"{source}: tune.weight_range: [{low}, {high}] cannot hold {count} weights that "
-                f"sum to one; need low <= 1/{count} <= high")
         objectives = tuple(t.name for t in main_tasks(tasks))
         regression = [t.name for t in main_tasks(tasks) if not t.classification]
-        if tune.mode == "single" and tune.objective == "mean_accuracy" and regression:
-            raise ValueError(
-                f"{source}: tune.objective: mean_accuracy averages accuracies, and task(s) "
-                f"{regression} are regression tasks judged on their MAE; set tune.mode: multi "
-                "(one objective per task, each in its direction) or tune.objective: delta_m")
-        if tune.selection == "preference" and len(tune.preference or []) != len(objectives):
-            raise ValueError(
-                f"{source}: tune.preference: {len(tune.preference or [])} values for "
-                f"{len(objectives)} tasks {list(objectives)}; give one per task, in that order")
+        if problems := tune_task_problems(tune, len(tasks), objectives, regression, source):
+            raise ValueError("\n".join(problems))
         return cls(tuple(t.name for t in tasks), objectives, tune.weight_range,
                    tune.lr_range if tune.tune_lr else None, methods)
 
