@@ -74,8 +74,11 @@ def render_plots(base: PipelineResult, head: PipelineResult, path: Path) -> bool
             if metric != keys.ACCURACY:  # a regression task: its pairs are values, not classes
                 ax.set(title=f"{task}: predicted vs true, {name}", xlabel="true",
                        ylabel="predicted")
-                if task in side.confusion:
-                    pairs = side.confusion[task].astype(float)
+                # numbers (load_result checked them), unless the task was classification
+                # on this side: its labels are not values to scatter
+                pairs = side.confusion.get(task, pd.DataFrame(columns=["actual", "predicted"]))
+                pairs = pairs.apply(pd.to_numeric, errors="coerce").dropna()
+                if len(pairs):
                     ax.scatter(pairs["actual"], pairs["predicted"], s=8, alpha=0.5)
                     low = float(min(pairs["actual"].min(), pairs["predicted"].min()))
                     high = float(max(pairs["actual"].max(), pairs["predicted"].max()))

@@ -19,7 +19,8 @@ the ``--params`` file (CI passes the base branch's, so a pull request cannot loo
 gate): a classification task's accuracy falls by more than the tolerance (absolute: 0.02 = two
 percentage points), a regression task's MAE rises by more than that fraction of the base's
 (relative: 0.02 = 2%). Auxiliary tasks are reported but not gated. A missing or malformed
-input is exit status 2 (no report), so a script tells "regressed" from "could not compare".
+input is exit status 2 (no report, no PNG), so a script tells "regressed" from "could not
+compare".
 
 One module, not several: loading both sides, comparing them and writing the markdown are one
 report whose sections appear here in the order the comment shows them; the figure is apart.
@@ -27,6 +28,8 @@ report whose sections appear here in the order the comment shows them; the figur
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -42,7 +45,7 @@ from multitask.ci_plots import class_order, render_plots
 from multitask.config import CIConfig
 from multitask.errors import ConfigError, validate
 from multitask.gate import EPSILON, RELATIVE_METRICS, TaskChange, primary_metric
-from multitask.io import atomic_open, read_json
+from multitask.io import atomic_open
 from multitask.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -102,24 +105,98 @@ def flatten_params(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line; a YAML error as ``line L, column C: problem``."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    text = " ".join(str(exc).split())
+    return text.replace(' in "<unicode string>", ', " at ").replace(' in "<unicode string>"', "")
+
+
+def _parse(path: Path, kind: str, parse: Callable[[str], Any], fix: str,
+           error: type[ValueError] = ValueError) -> Any:
+    """``parse`` of a file's text; a file that cannot be read or parsed is an ``error`` naming
+    it and saying how to ``fix`` it (a traceback's exit status 1 would read as a failed gate)."""
+    try:
+        return parse(path.read_text())
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror or exc}); {fix}") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not UTF-8 text, so not valid {kind}; {fix}") from None
+    except pd.errors.EmptyDataError:
+        raise error(f"{path}: empty; {fix}") from None
+    except (ValueError, yaml.YAMLError) as exc:
+        raise error(f"{path}: not valid {kind} ({_one_line(exc)}); {fix}") from None
+
+
+def _read_history(path: Path) -> pd.DataFrame:
+    """reports/plots/history.csv: one row per epoch, numbers only (a cell may be empty)."""
+    fix = "rerun the train stage"
+    history = _parse(path, "CSV", lambda text: pd.read_csv(io.StringIO(text)), fix)
+    if keys.EPOCH not in history:
+        raise ValueError(f"{path}: no '{keys.EPOCH}' column (found "
+                         f"{','.join(map(str, history.columns))}); {fix}")
+    if history.empty:
+        raise ValueError(f"{path}: no epochs, only its header; {fix}")
+    if words := [str(c) for c in history if not pd.api.types.is_numeric_dtype(history[c])]:
+        raise ValueError(f"{path}: column '{words[0]}' holds values that are not numbers; {fix}")
+    return history
+
+
+def _read_pairs(path: Path, metric: str | None) -> pd.DataFrame:
+    """reports/confusion/<task>.csv: ``actual,predicted`` per test example, class labels (read
+    as text) or, for a regression task (``metric`` MAE), numbers."""
+    fix = "rerun the evaluate stage"
+    pairs = _parse(path, "CSV", lambda text: pd.read_csv(io.StringIO(text), dtype=str,
+                                                        keep_default_na=False), fix)
+    if not {"actual", "predicted"} <= set(pairs.columns):
+        raise ValueError(f"{path}: expected the columns actual,predicted, found "
+                         f"{','.join(map(str, pairs.columns))}; {fix}")
+    if pairs.empty:
+        raise ValueError(f"{path}: no actual,predicted pairs, only its header; {fix}")
+    blank = (pairs[["actual", "predicted"]] == "").any(axis=1)
+    if blank.any():  # a cut-off last line: the evaluate stage writes no empty label
+        raise ValueError(f"{path}: line {blank.to_numpy().argmax() + 2} lacks an actual or "
+                         f"predicted value; {fix}")
+    if metric in RELATIVE_METRICS:
+        try:
+            pairs[["actual", "predicted"]].astype(float)
+        except ValueError as exc:
+            raise ValueError(f"{path}: a regression task's pairs must be numbers "
+                             f"({_one_line(exc)}); {fix}") from None
+    return pairs
+
+
 def load_result(folder: str | Path) -> PipelineResult:
-    """Read a pipeline folder; metrics and params are required, plots are optional."""
+    """Read a pipeline folder; metrics and params are required, plots are optional.
+
+    A missing or malformed file is an error naming it (FileNotFoundError, ValueError).
+    """
     folder = Path(folder)
     layout = Layout(folder)
     metrics_path = layout.metrics_json
-    metrics = read_json(metrics_path)
-    if not isinstance(metrics, dict) or not isinstance(metrics.get(keys.TASKS), dict):
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{metrics_path}: not found; run the evaluate stage first")
+    metrics = _parse(metrics_path, "JSON", json.loads, "rerun the evaluate stage")
+    if (not isinstance(metrics, dict) or not isinstance(metrics.get(keys.TASKS), dict)
+            or not all(isinstance(task, dict) for task in metrics[keys.TASKS].values())):
         raise ValueError(f"{metrics_path}: expected a '{keys.TASKS}' mapping of per-task "
                          "metrics; rerun the evaluate stage")
     params_path = layout.params
     if not params_path.is_file():
         raise FileNotFoundError(f"{params_path}: not found; --base and --head take the folder "
                                 "a pipeline ran in (e.g. sample/), which holds its params.yaml")
-    params = flatten_params(yaml.safe_load(params_path.read_text()) or {})
+    fix = "fix it and rerun the sample pipeline"
+    raw = _parse(params_path, "YAML", yaml.safe_load, fix)
+    if raw is not None and not isinstance(raw, dict):
+        raise ValueError(f"{params_path}: expected a mapping of params sections, got "
+                         f"{type(raw).__name__}; {fix}")
+    params = flatten_params(raw or {})
     history_path = layout.history_csv
-    history = pd.read_csv(history_path) if history_path.is_file() else None
+    history = _read_history(history_path) if history_path.is_file() else None
     confusion = {
-        path.stem: pd.read_csv(path, dtype=str, keep_default_na=False)  # labels, not numbers
+        path.stem: _read_pairs(path, primary_metric(metrics[keys.TASKS].get(path.stem, {})))
         for path in sorted(layout.confusion_dir.glob("*.csv"))
     }
     return PipelineResult(folder, metrics, params, history, confusion)
@@ -347,15 +424,36 @@ def regression_tolerance(params_path: str | Path) -> float:
     """``ci.regression_tolerance`` of a params file, validated as :class:`CIConfig`.
 
     Only the ``ci`` section is read: CI passes the base branch's params file, whose other
-    sections may follow an older schema than this code's.
+    sections may follow an older schema than this code's. A missing or malformed file is a
+    :class:`ConfigError` naming it.
     """
     path = Path(params_path)
     if not path.is_file():
-        raise ConfigError(f"{path}: not found; pass the params file that holds ci.regression_"
-                          "tolerance with --params")
-    raw = yaml.safe_load(path.read_text()) or {}
-    section = raw.get("ci", {}) if isinstance(raw, dict) else {}
+        raise ConfigError(f"{path}: not found; pass the params file that holds "
+                          "ci.regression_tolerance with --params")
+    fix = "pass the params file that holds ci.regression_tolerance with --params"
+    raw = _parse(path, "YAML", yaml.safe_load, fix, ConfigError)
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of params sections, got "
+                          f"{type(raw).__name__}; {fix}")
+    section = (raw or {}).get("ci", {})
     return validate(CIConfig, section, path, "ci").regression_tolerance
+
+
+def _outputs(output: str | Path) -> tuple[Path, Path]:
+    """The report's path and its PNG's beside it (``<output>`` with the suffix ``.png``)."""
+    output = Path(output)
+    if output.is_dir():
+        raise ValueError(f"{output}: is a folder; --output takes the report's file path "
+                         "(e.g. reports/ci/ci_report.md)")
+    plot_path = output.with_suffix(".png")
+    if plot_path == output:
+        raise ValueError(f"{output}: the report's PNG would be written over it; --output takes "
+                         "a markdown file path (e.g. reports/ci/ci_report.md)")
+    if plot_path.is_dir():
+        raise ValueError(f"{plot_path}: is a folder where the report's PNG goes; remove it or "
+                         "pass another --output")
+    return output, plot_path
 
 
 def ci_report(base_dir: str | Path, head_dir: str | Path, output: str | Path,
@@ -364,12 +462,22 @@ def ci_report(base_dir: str | Path, head_dir: str | Path, output: str | Path,
     tolerance = regression_tolerance(params_path)
     base, head = load_result(base_dir), load_result(head_dir)
     rows = compare_metrics(base, head)
-    output = Path(output)
-    plot_path = output.with_suffix(".png")
-    drawn = render_plots(base, head, plot_path)
-    with atomic_open(output) as handle:
-        handle.write(render_markdown(base, head, rows, tolerance,
-                                     plot_path.name if drawn else None))
+    output, plot_path = _outputs(output)
+    drawn = False
+    try:
+        drawn = render_plots(base, head, plot_path)
+        with atomic_open(output) as handle:
+            handle.write(render_markdown(base, head, rows, tolerance,
+                                         plot_path.name if drawn else None))
+    except BaseException as exc:
+        if drawn:  # no report, no picture: a PNG without its report would read as a result
+            plot_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            detail = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+            raise ValueError(f"{output}: cannot write the report or its PNG beside it "
+                             f"({detail}); --output takes the report's file path in a folder "
+                             "you can write to") from None
+        raise
     log.info("wrote %s%s", output, f" and {plot_path}" if drawn else "")
     failures = gate_messages(rows, tolerance)
     for message in failures:

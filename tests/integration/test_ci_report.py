@@ -201,6 +201,91 @@ def test_missing_metrics_are_an_error_naming_the_file(
     assert f"{head}/reports/metrics.json: not found" in capsys.readouterr().err
 
 
+AGE = {"age": {"mae": 3.0, "rmse": 4.0, "loss": 9.0}}  # a regression task beside left, right
+
+
+@pytest.mark.parametrize(("side", "relative", "text", "words"), [
+    ("head", "params.yaml", "train: [epochs: 5\n", "not valid YAML (line 2, column 1: expected "
+     "',' or ']', but got '<stream end>'); fix it and rerun the sample pipeline"),
+    ("base", "params.yaml", "- train\n", "expected a mapping of params sections, got list"),
+    ("head", "reports/metrics.json", '{"tasks": {"left": 0.8}}', "expected a 'tasks' mapping"),
+    ("head", "reports/confusion/left.csv", "actual,pre", "expected the columns "
+     "actual,predicted, found actual,pre; rerun the evaluate stage"),
+    ("base", "reports/confusion/left.csv", "", "empty; rerun the evaluate stage"),
+    ("head", "reports/confusion/left.csv", "actual,predicted\n1,1\n2",
+     "line 3 lacks an actual or predicted value; rerun the evaluate stage"),
+    ("head", "reports/confusion/age.csv", "actual,predicted\n31.5,abc\n",
+     "a regression task's pairs must be numbers (could not convert string to float: 'abc')"),
+    ("head", "reports/plots/history.csv", "", "empty; rerun the train stage"),
+    ("head", "reports/plots/history.csv", "epo", "no 'epoch' column (found epo); rerun the "
+     "train stage"),
+    ("base", "reports/plots/history.csv", f"epoch,{keys.task_metric('val', 'left', 'accuracy')}"
+     "\n1,0.5\n2,0.6x\n", "column 'val/accuracy/left' holds values that are not numbers"),
+], ids=["params-yaml", "params-list", "metrics-task", "confusion-cut", "confusion-empty",
+        "confusion-row-cut", "regression-pairs", "history-empty", "history-cut",
+        "history-words"])
+def test_a_malformed_file_of_either_side_is_an_error_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], side: str, relative: str,
+        text: str, words: str) -> None:
+    folders = {name: write_result(tmp_path / name, {"left": 0.81, "right": 0.78},
+                                  extra_tasks=AGE) for name in ("base", "head")}
+    (folders[side] / relative).write_text(text)
+    tolerance = tmp_path / "tolerance.yaml"
+    tolerance.write_text("ci: {regression_tolerance: 0.02}\n")
+    status, report = run_report(tmp_path, folders["base"], folders["head"], tolerance)
+    assert status == 2 and report == ""  # not 1, the gate's failure
+    assert not (tmp_path / "out" / "ci_report.png").exists()
+    err = capsys.readouterr().err
+    assert f"multitask ci-report: error: {folders[side] / relative}: {words}" in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("ci:\n  regression_tolerance: 0.02\n  loose\n",
+     "not valid YAML (line 4, column 1: could not find expected ':')"),
+    ("- ci\n", "expected a mapping of params sections, got list"),
+], ids=["yaml", "list"])
+def test_a_malformed_params_file_is_an_error_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, words: str) -> None:
+    base = write_result(tmp_path / "base", {"left": 0.81, "right": 0.78})
+    head = write_result(tmp_path / "head", {"left": 0.81, "right": 0.70})
+    params = tmp_path / "ci.yaml"
+    params.write_text(text)
+    status, report = run_report(tmp_path, base, head, params)
+    assert status == 2 and report == ""
+    err = capsys.readouterr().err
+    assert (f"{params}: {words}; pass the params file that holds ci.regression_tolerance with "
+            "--params") in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_an_output_that_cannot_be_written_is_an_error_leaving_no_png(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    base = write_result(tmp_path / "base", {"left": 0.81, "right": 0.78})
+    head = write_result(tmp_path / "head", {"left": 0.81, "right": 0.78})
+    folder = tmp_path / "out" / "ci_report.md"
+    folder.mkdir(parents=True)
+    png = tmp_path / "out" / "ci_report.png"
+    arguments = ["ci-report", "--base", str(base), "--head", str(head), "--params",
+                 str(base / "params.yaml")]
+    assert cli_main([*arguments, "--output", str(folder)]) == 2
+    assert (f"{folder}: is a folder; --output takes the report's file path"
+            in capsys.readouterr().err)
+    assert not png.exists()  # drawn before the report is written: not drawn at all
+
+    output = tmp_path / "out" / "report.md"
+
+    def refuse(path: Path, mode: str = "w") -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(ci_report, "atomic_open", refuse)  # the report's write, not the PNG's
+    assert cli_main([*arguments, "--output", str(output)]) == 2
+    assert (f"{output}: cannot write the report or its PNG beside it ({output}: Permission "
+            "denied)" in capsys.readouterr().err)
+    assert not output.exists() and not output.with_suffix(".png").exists()
+
+
 def test_confusion_matrix_is_row_normalised_in_class_order(tmp_path: Path) -> None:
     result = ci_report.load_result(write_result(tmp_path / "run", {"left": 0.7}))
     pairs = result.confusion["left"]
