@@ -19,8 +19,9 @@ set) with its test metrics as version tags. It takes the ``champion`` alias only
 Otherwise it takes the ``challenger`` alias and the command says, task by task, why. The first
 registered model becomes champion. Exit codes (for CI): 0 promoted (or already champion),
 3 kept as challenger, 1 error. ``--dry-run`` prints the same decision and exit code and changes
-nothing. A champion registered with the earlier tag layout ``test/<task>/<metric>`` is read as
-today's ``test/<metric>/<task>``.
+nothing; it, ``--status`` and ``registry`` only read, so MLflow's HTTP retries are bounded for
+them (:func:`multitask.tracking.store.read_only_requests`). A champion registered with the
+earlier tag layout ``test/<task>/<metric>`` is read as today's ``test/<metric>/<task>``.
 
 One module, not several: the decision, the registry writes and the status table all read the
 version tags the decision writes, spelt here once.
@@ -40,6 +41,7 @@ from multitask.gate import PRIMARY_METRICS, TaskChange, primary_values
 from multitask.io import read_json
 from multitask.layout import Layout
 from multitask.tasks import METRICS
+from multitask.tracking.store import read_only_requests
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +192,15 @@ def _candidate_run_id(layout: Layout, run_id: str | None) -> str:
 
 def promote(params: Params, layout: Layout, *, run_id: str | None = None,
             dry_run: bool = False) -> int:
-    """``multitask promote [--dry-run] [--run-id ID]``: the exit code says the outcome."""
+    """``multitask promote [--dry-run] [--run-id ID]``: the exit code says the outcome. A dry
+    run only reads: MLflow's HTTP retries are bounded (:func:`~.store.read_only_requests`)."""
+    if dry_run:
+        with read_only_requests():
+            return _promote(params, layout, run_id=run_id, dry_run=True)
+    return _promote(params, layout, run_id=run_id, dry_run=False)
+
+
+def _promote(params: Params, layout: Layout, *, run_id: str | None, dry_run: bool) -> int:
     name = model_name(params)
     aggregate = params.promote.aggregate
     given = run_id
@@ -260,7 +270,13 @@ def promote(params: Params, layout: Layout, *, run_id: str | None = None,
 
 
 def status(params: Params) -> int:
-    """``multitask registry``: champion and challenger side by side, per task."""
+    """``multitask registry``: champion and challenger side by side, per task. It only reads:
+    MLflow's HTTP retries are bounded (:func:`~.store.read_only_requests`)."""
+    with read_only_requests():
+        return _status(params)
+
+
+def _status(params: Params) -> int:
     name = model_name(params)
     aggregate = params.promote.aggregate
     versions = {alias: tracking.version_by_alias(name, alias) for alias in (CHAMPION, CHALLENGER)}

@@ -4,14 +4,24 @@ The store is ``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<repo>/mlflow.d
 in ``<repo>/mlartifacts/``. ``<repo>`` is the original repository, also for the sample pipeline
 (run in ``sample/``) and for ``dvc exp run --temp``/``--queue``, which execute in a copy under
 ``<repo>/.dvc/tmp/exps/``: every run lands in one store.
+
+A store that cannot serve is one :class:`StoreError` line naming it (credentials masked), the
+cause and what to check: a tracking server that does not answer (refused, unknown host, timed
+out), a SQLite path that is a folder, not a database, or in a folder that cannot be written.
+:func:`read_only_requests` bounds MLflow's HTTP retries (unless the user set them) for commands
+that only read, so an unreachable server is reported in seconds.
+
+One module, not several: where the store is and why it cannot serve are one question, asked
+by every command that opens it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -51,21 +61,88 @@ def describe_uri() -> str:
 
 
 def store_errors(function: Callable[P, R]) -> Callable[P, R]:
-    """Turn MLflow's and the HTTP client's failures into one :class:`StoreError` line that
-    names the store (credentials masked) and what to check."""
+    """Turn MLflow's, the HTTP client's and SQLAlchemy's failures into one :class:`StoreError`
+    line that names the store (credentials masked) and what to check."""
     @functools.wraps(function)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        from mlflow.exceptions import MlflowException
-        from requests.exceptions import RequestException
-
         try:
             return function(*args, **kwargs)
-        except (MlflowException, RequestException) as exc:
-            message = redact(str(getattr(exc, "message", exc))).splitlines()[0][:500]
-            raise StoreError(f"MLflow store {describe_uri()}: {message}; check {URI_ENV} and "
-                             "that the tracking server is up") from None
+        except _failures() as exc:
+            raise _store_error(exc) from None
 
     return wrapper
+
+
+def _failures() -> tuple[type[Exception], ...]:
+    """What the store's clients raise when it cannot serve a request."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return MlflowException, RequestException, SQLAlchemyError
+
+
+def _store_error(exc: BaseException) -> StoreError:
+    """The :class:`StoreError` for ``exc``: an unreachable server says so, anything else gives
+    the store's own reason (first line)."""
+    unreachable = _unreachable_reason(exc)
+    if unreachable is not None:
+        return StoreError(f"MLflow tracking server {describe_uri()} is unreachable "
+                          f"({unreachable}); check that the server is running and that "
+                          f"{URI_ENV} names it")
+    message = (redact(str(getattr(exc, "message", exc))).splitlines() or ["no reason given"]
+               )[0][:500]
+    server = "" if describe_uri().startswith("sqlite:") else " and that the tracking server is up"
+    return StoreError(f"MLflow store {describe_uri()}: {message}; check {URI_ENV}{server}")
+
+
+def _unreachable_reason(exc: BaseException) -> str | None:
+    """Why the tracking server did not answer (``connection refused``, ``timed out``, ...) when
+    ``exc`` or an exception behind it is a connection failure; None for any other failure.
+
+    MLflow raises an :class:`~mlflow.exceptions.MlflowException` ("API request to <url> failed
+    with exception ...", error code INTERNAL_ERROR) once its retries are spent, with the
+    ``requests`` error as its cause or context; the artifact client may raise that error itself.
+    """
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+    from requests.exceptions import SSLError, Timeout
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, Timeout):
+            return f"no answer within {os.environ.get(HTTP_TIMEOUT_ENV) or 120} s"
+        if isinstance(current, RequestsConnectionError) and not isinstance(current, SSLError):
+            errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(current))
+            return errno[1].strip().lower() if errno else "no connection"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+HTTP_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+HTTP_BACKOFF_ENV = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
+HTTP_TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+#: MLflow's HTTP client settings while a command only reads; MLflow's own defaults (7 retries,
+#: back-off factor 2, 120 s) keep a training run alive through a server restart of up to about
+#: four minutes, but leave someone who only asked for the registry waiting that long.
+READ_ONLY_HTTP = {HTTP_RETRIES_ENV: "2", HTTP_BACKOFF_ENV: "1", HTTP_TIMEOUT_ENV: "30"}
+
+
+@contextlib.contextmanager
+def read_only_requests() -> Iterator[None]:
+    """For the block, MLflow's HTTP retries bounded as :data:`READ_ONLY_HTTP` says (a refused
+    connection is reported after about 3 s, a silent server after about 90 s): for commands that
+    only read (``registry``, ``promote --status`` and ``--dry-run``, ``predict``), where nothing
+    is lost by failing and a person waits for the answer. A variable the user set, even
+    empty, is left alone; those set here are removed again when the block ends."""
+    added = [name for name in READ_ONLY_HTTP if name not in os.environ]
+    os.environ.update({name: READ_ONLY_HTTP[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def repo_root(start: str | os.PathLike[str] | None = None) -> Path:
@@ -125,6 +202,8 @@ def client(*, create: bool = True) -> MlflowClient:
     import mlflow
 
     uri = tracking_uri()
+    if uri.startswith("sqlite:///") and uri not in _READY:
+        _check_sqlite(uri)
     if not create:
         _require_store(uri)
     mlflow.set_tracking_uri(uri)
@@ -135,16 +214,71 @@ def client(*, create: bool = True) -> MlflowClient:
     # experiments of one queue starting together on a new store both did, and one failed
     # ("table _alembic_tmp_experiments already exists"). One process at a time, then.
     database = Path(uri.removeprefix("sqlite:///"))
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(database.with_name(database.name + ".lock")):
-        mlflow_client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-        mlflow_client.search_experiments(max_results=1)  # the tracking store's tables
-        mlflow_client.search_registered_models(max_results=1)  # the registry's
+    with contextlib.ExitStack() as held:
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+            held.enter_context(exclusive_lock(database.with_name(database.name + ".lock")))
+        except OSError as exc:
+            raise StoreError(f"MLflow store {redact(uri)}: {_blocked(database, exc)}; "
+                             f"{_sqlite_remedy()}") from None
+        try:
+            mlflow_client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+            mlflow_client.search_experiments(max_results=1)  # the tracking store's tables
+            mlflow_client.search_registered_models(max_results=1)  # the registry's
+        except _failures() as exc:
+            raise _store_error(exc) from None
     _READY.add(uri)
     return mlflow_client
 
 
 _READY: set[str] = set()  # SQLite stores whose tables this process has seen ready
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite(uri: str) -> None:
+    """Raise :class:`StoreError` when the SQLite store ``uri`` names a folder, a file that is
+    not an SQLite database or one that cannot be read; a file that does not exist yet passes.
+
+    MLflow would retry opening such a path for over a minute, then fail with SQLAlchemy's
+    traceback; a file that is not a database must not be touched either.
+    """
+    database = Path(uri.removeprefix("sqlite:///"))
+    if database.is_dir():
+        problem = f"{database} is a folder, not an SQLite file"
+    else:
+        try:
+            with database.open("rb") as handle:
+                header = handle.read(len(_SQLITE_HEADER))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if not database.exists():  # e.g. a parent is a file: client() says which
+                return
+            problem = f"cannot read {database} ({exc.strerror or exc})"
+        else:
+            if not header or header == _SQLITE_HEADER:  # SQLite makes an empty file a store
+                return
+            problem = f"{database} is not an SQLite database"
+    raise StoreError(f"MLflow store {redact(uri)}: {problem}; {_sqlite_remedy()}")
+
+
+def _blocked(database: Path, exc: OSError) -> str:
+    """What could not be created beside ``database`` (its folder or lock file), from ``exc``."""
+    existing = next((folder for folder in database.parents if folder.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return f"cannot create the store in {database.parent}: {existing} is a file, not a folder"
+    return f"cannot create {exc.filename or database.parent}: {exc.strerror or exc}"
+
+
+def _sqlite_remedy() -> str:
+    """What to do about a SQLite store that cannot be used: it depends on who chose it."""
+    if os.environ.get(URI_ENV, "").strip():
+        return (f"set {URI_ENV} to an MLflow SQLite store (sqlite:////path/to/{STORE_FILE}) in "
+                "a folder you can write, or to a tracking server")
+    return (f"this is the repository's own store ({STORE_FILE} at its root): make it a writable "
+            f"SQLite file, or set {URI_ENV} to another store")
 
 
 def _require_store(uri: str) -> None:
@@ -198,7 +332,8 @@ def experiment_id(name: str) -> str:
 
 @store_errors
 def get_run(run_id: str) -> Any:
-    """The MLflow run ``run_id``; a clear error when the store does not have it."""
+    """The MLflow run ``run_id``: ValueError when the store does not have it, StoreError when
+    the store could not be asked (see :func:`store_errors`)."""
     from mlflow.exceptions import MlflowException
 
     if not isinstance(run_id, str) or not re.fullmatch(r"[0-9a-f]{32}", run_id):
@@ -209,6 +344,8 @@ def get_run(run_id: str) -> Any:
     try:
         return client().get_run(run_id)
     except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise  # the store could not answer (an unreachable server ...): store_errors
         raise ValueError(
             f"run {run_id} not found in the MLflow store {describe_uri()} "
             f"({redact(exc.message)}); "
