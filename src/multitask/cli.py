@@ -43,6 +43,7 @@ class Command:
     # what --params means when it is not the pipeline's file in the current folder (then its
     # default is None)
     params_help: str | None = None
+    params_default: str | None = None  # --params's default where params_help is given
     reads_params: bool = True  # False: no --params (the command reads no params file)
     # exit status of an expected failure (bad params, missing file); ci-report takes 2, as its
     # 1 means "the gate failed", which a script must tell apart from "could not compare"
@@ -268,9 +269,11 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command(
         "multitask.training.stages:evaluate",
         "evaluate on the test split: per-task metrics and Δm%%",
-        "Evaluate models/model.pt on the test split, write reports/metrics.json (per-task "
-        "accuracy and loss, delta_m_pct against reports/baselines.json) and the confusion "
-        "matrices, and complete the MLflow run."),
+        "Evaluate models/model.pt on the test split, write reports/metrics.json (each task's "
+        "metrics by its kind: accuracy, macro F1 or AUROC and F1, loss; MAE and RMSE for a "
+        "regression task; mean_accuracy and delta_m_pct against reports/baselines.json), the "
+        "confusion matrices (predicted against true for regression tasks), and complete the "
+        "MLflow run."),
     "promote": Command(
         "multitask.promotion:promote",
         "register the evaluated model and move the champion alias through the task-aware gate",
@@ -285,7 +288,10 @@ COMMANDS: dict[str, Command] = {
         "print champion and challenger side by side, per task",
         "Print the registered model's champion and challenger versions with their per-task "
         "test metrics.",
-        call=lambda function, args: function(_pipeline(args)[0])),
+        call=lambda function, args: function(_pipeline(args)[0]),
+        params_help="params file naming the registered model (promote.model_name, else "
+        "tracking.experiment, else data.dataset) and its tracking settings (default: "
+        "params.yaml)", params_default="params.yaml"),
     "predict": Command(
         "multitask.predict:predict",
         "predict every task's answer for images with a logged or registered model",
@@ -338,7 +344,9 @@ COMMANDS: dict[str, Command] = {
         "malformed (no report is written).",
         _ci_report_arguments,
         lambda function, args: function(args.base, args.head, args.output, args.params),
-        error_status=2),
+        params_help="params file holding ci.regression_tolerance; CI passes the base "
+        "branch's, so a pull request cannot loosen its own gate (default: params.yaml)",
+        params_default="params.yaml", error_status=2),
 }
 
 
@@ -364,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
         child = sub.add_parser(name, help=command.help, description=command.description)
         if command.reads_params:
             child.add_argument(
-                "--params", default=None if command.params_help else "params.yaml",
+                "--params", default=command.params_default if command.params_help
+                else "params.yaml",
                 help=command.params_help or "parameters file (default: params.yaml in the "
                 "current folder); the pipeline's data, models and reports live beside it")
         child.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -400,9 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("multitask: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         # Expected failures (bad params, bad files, failed checks) carry a message that names
-        # the file or key and what to do; a traceback would only bury it.
+        # the file or key and what to do; a traceback would only bury it. OSError also
+        # covers what the environment refuses (a permission, a full disk, a lock's timeout),
+        # whose message names the path.
         if args.verbose:
             raise
         print(f"multitask {args.command}: error: {redact(str(exc))}", file=sys.stderr)

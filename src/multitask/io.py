@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -118,15 +118,25 @@ def write_json(path: str | Path, data: Any) -> None:
         handle.write("\n")
 
 
-def read_json(path: str | Path) -> Any:
-    """Read JSON with an error that names the file and the stage that writes it."""
+def read_json(path: str | Path, required: Iterable[str] | None = None,
+              remedy: str = "delete it and rerun its stage") -> Any:
+    """Read JSON with an error that names the file and what to do (``remedy``). With
+    ``required`` the content must be an object holding those keys (a report written by a
+    stage), not merely valid JSON."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        content = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: not found; run the stage that writes it first") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); delete it and rerun its stage") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); {remedy}") from None
+    if required is not None:
+        if not isinstance(content, dict):
+            raise ValueError(f"{path}: expected a JSON object, found {type(content).__name__}; "
+                             f"{remedy}")
+        if missing := [key for key in required if key not in content]:
+            raise ValueError(f"{path}: no {', '.join(missing)}; {remedy}")
+    return content
 
 
 @contextlib.contextmanager

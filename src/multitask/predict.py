@@ -72,7 +72,7 @@ def _read_array(path: Path, channels: int, height: int, width: int) -> np.ndarra
         if array.ndim == 4 and array.shape[1] == channels:
             array = array[:, 0]
         if array.shape[-2:] != (height, width) or array.ndim != 3:
-            raise ValueError(f"{path}: array of shape {array.shape}; expected ({height}, "
+            raise ValueError(f"{path}: array of shape {stored}; expected ({height}, "
                              f"{width}), (N, {height}, {width}) or (N, 1, {height}, {width})")
         array = array[:, None]
     else:
@@ -82,7 +82,7 @@ def _read_array(path: Path, channels: int, height: int, width: int) -> np.ndarra
             array = array.transpose(0, 3, 1, 2)
         if array.ndim != 4 or array.shape[1:] != (channels, height, width):
             raise ValueError(
-                f"{path}: array of shape {array.shape}; expected ({height}, {width}, "
+                f"{path}: array of shape {stored}; expected ({height}, {width}, "
                 f"{channels}), (N, {height}, {width}, {channels}) or (N, {channels}, {height}, "
                 f"{width})")
     if not len(array):
@@ -234,8 +234,12 @@ def predict_table(model: Any, batch: np.ndarray) -> pd.DataFrame:
 def predict(model_uri: str, images: Sequence[str | Path], as_json: bool = False) -> int:
     """``multitask predict --model URI IMAGE... [--json]``: print each image's answers."""
     from multitask.tracking import load_model
+    from multitask.tracking.store import read_only_requests
 
-    model = load_model(model_uri)
+    if missing := [str(image) for image in images if not Path(image).exists()]:  # before the
+        raise FileNotFoundError(f"{', '.join(missing)}: no such file or folder")  # download
+    with read_only_requests():  # an unreachable server: said in seconds, not minutes
+        model = load_model(model_uri)
     batch, names = prepare(model, images)
     table = predict_table(model, batch)
     table.insert(0, "image", names)

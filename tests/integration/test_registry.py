@@ -187,7 +187,7 @@ def test_an_unknown_alias_is_one_message_listing_the_aliases(workdir: Path) -> N
     store = f"sqlite:///{workdir / 'mlflow.db'}"
     assert message == (f"cannot load model models:/{NAME}@nosuch from the MLflow store {store}: "
                        f"Registered model alias nosuch not found ({NAME} has aliases champion);"
-                       " check the name and alias with `multitask registry`, or set "
+                       " check the name and alias (the MLflow UI's Models page lists both), or set "
                        "MLFLOW_TRACKING_URI to the store that holds it")
     assert message.count(store) == 1 and "tracking server" not in message
 

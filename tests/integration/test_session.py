@@ -101,3 +101,37 @@ def test_typed_stages_run_in_their_folder(pipeline: tuple[Params, Layout]) -> No
     assert json.loads(layout.metrics_json.read_text()) == metrics
     assert layout.confusion_csv("left").is_file() and layout.curves_png.is_file()
     assert not layout.checkpoint("train").exists()
+
+
+@pytest.mark.parametrize(("content", "cause"), [
+    (b"", "not a readable PyTorch"), (b"not a torch file", "not a readable PyTorch"),
+    ("{'weights': 1}", "not a network file of multitask train")])
+def test_evaluate_names_a_broken_model_file_and_what_to_do(
+        pipeline: tuple[Params, Layout], content: bytes | str, cause: str) -> None:
+    params, layout = pipeline
+    (layout.root / "reports").mkdir(exist_ok=True)
+    layout.train_json.write_text("{}")
+    layout.baselines_json.write_text(json.dumps({keys.TASKS: {}}))
+    layout.model.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, str):
+        torch.save(eval(content), layout.model)  # a torch file, but not a network's
+    else:
+        layout.model.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{layout.model}: {cause}.*; rerun multitask train "
+                                         "to write it again"):
+        stages.evaluate(params, layout)
+
+
+@pytest.mark.parametrize(("report", "content", "message"), [
+    ("train_json", "[]", r"train.json: expected a JSON object, found list; rerun multitask train"),
+    ("baselines_json", '{"left": {}}', r"baselines.json: no tasks; rerun multitask baselines"),
+])
+def test_evaluate_names_a_report_of_the_wrong_shape(
+        pipeline: tuple[Params, Layout], report: str, content: str, message: str) -> None:
+    params, layout = pipeline
+    (layout.root / "reports").mkdir(exist_ok=True)
+    layout.train_json.write_text("{}")
+    layout.baselines_json.write_text(json.dumps({keys.TASKS: {}}))
+    getattr(layout, report).write_text(content)
+    with pytest.raises(ValueError, match=message):
+        stages.evaluate(params, layout)

@@ -117,6 +117,7 @@ def test_a_crash_in_the_test_pass_ends_the_run_failed(trained: tuple[Params, Lay
         raise RuntimeError("injected failure in the test pass")
 
     monkeypatch.setattr(stages, "evaluate_split", crash)
+    layout.baselines_json.write_text('{"tasks": {}}')  # read before the test pass
     with pytest.raises(RuntimeError, match="injected failure"):
         stages.evaluate(params, layout)
     logged = mlflow.MlflowClient().get_run(run_id)

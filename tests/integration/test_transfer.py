@@ -98,7 +98,8 @@ def test_heads_start_fresh_unless_reuse_heads(workdir: Path) -> None:
 def test_an_unknown_alias_is_a_clear_error(workdir: Path) -> None:
     with_model(workdir / "params.yaml", pretrained=f"models:/{REGISTERED}@nowhere")
     params = load_params("params.yaml")
-    with pytest.raises(ValueError, match=rf"models:/{REGISTERED}@nowhere.*multitask registry"):
+    with pytest.raises(ValueError,
+                       match=rf"models:/{REGISTERED}@nowhere.*Models page lists both"):
         resolve_start(params, Layout(workdir))
 
 

@@ -115,3 +115,19 @@ def test_check_refuses_more_processes_than_visible_gpus(
     params["train"].update(device="cpu", processes=3)  # gloo ranks on the CPU: any number
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 0
+
+
+def test_what_the_file_system_refuses_is_one_line_naming_the_path(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An OSError (here: reports/ is a file, so check cannot write into it) is an expected
+    failure: its message names the path; a traceback would bury it."""
+    from multitask.cli import main
+
+    shutil.copy(ROOT / "sample" / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "data").mkdir()
+    shutil.copy(ROOT / "sample" / "data" / "sources.yaml", tmp_path / "data" / "sources.yaml")
+    (tmp_path / "reports").write_text("a file where the reports folder belongs")
+    assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("multitask check: error: ") and str(tmp_path / "reports") in err
+    assert "Traceback" not in err

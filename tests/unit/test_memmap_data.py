@@ -242,3 +242,13 @@ def test_an_unknown_memmap_setting_is_named(folder: Path,
     monkeypatch.setenv(MEMMAP_ENV, "yes")
     with pytest.raises(ValueError, match=r"MULTITASK_MEMMAP='yes': expected one of auto, 1, 0"):
         ProcessedData(folder, CPU)
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["loaded", "mapped"])
+def test_a_truncated_array_names_its_file_and_the_stage(folder: Path, mapped: bool) -> None:
+    path = folder / processed.images_file("test")
+    path.write_bytes(path.read_bytes()[:300])  # a copy cut short
+    meta = processed.read_meta(folder)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: not a readable .npy array "
+                                         r"\(.*\); rerun multitask preprocess"):
+        processed.load_split(folder, "test", meta, mapped=mapped)

@@ -162,3 +162,27 @@ def test_an_empty_array_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"empty\.npy: holds no image \(an array of shape "
                                          r"\(0, 36, 36\)\)"):
         load_images([tmp_path / "empty.npy"], SHAPE)
+
+
+def test_a_wrong_shape_is_reported_as_the_file_stores_it(tmp_path: Path) -> None:
+    np.save(tmp_path / "small.npy", np.zeros((28, 28), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"small\.npy: array of shape \(28, 28\); expected "
+                                         r"\(36, 36\)"):
+        load_images([tmp_path / "small.npy"], (1, 36, 36))
+
+
+def test_a_missing_input_is_named_before_any_model_is_fetched(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from multitask import tracking
+    from multitask.cli import main
+
+    def fetch(uri: str) -> None:
+        raise AssertionError("the model was fetched before the inputs were checked")
+
+    monkeypatch.setattr(tracking, "load_model", fetch)
+    (tmp_path / "here.png").write_bytes(b"")
+    missing = tmp_path / "gone.png"
+    assert main(["predict", "--model", "models:/any@champion", str(tmp_path / "here.png"),
+                 str(missing)]) == 1
+    assert f"{missing}: no such file or folder" in capsys.readouterr().err

@@ -22,7 +22,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm.auto import tqdm
 
 from multitask.comparison.experiments import (
@@ -42,7 +41,7 @@ from multitask.comparison.records import recorded
 from multitask.comparison.references import add_references
 from multitask.comparison.report import Measured, markdown, plot, summary
 from multitask.comparison.rows import Row, Spec, apply_overrides, expand_rows, row_params
-from multitask.config import ConfigError, Params, flatten, parse_params
+from multitask.config import ConfigError, Params, flatten, parse_params, read_yaml
 from multitask.cpus import available_cpus
 from multitask.device import THREADS_ENV
 from multitask.io import atomic_open, read_json, write_json
@@ -213,7 +212,8 @@ def _references(pipeline: Pipeline, name: str, against: tuple[str, ...]
         if not path.is_file():
             raise FileNotFoundError(f"--against {other}: no {path} (run `multitask compare "
                                     f"{other} ...` first, on the same pipeline)")
-        others[other] = read_json(path)
+        others[other] = read_json(path, required=(), remedy=f"rerun `multitask compare {other} "
+                                  "...` to write it again")
     return others
 
 
@@ -235,7 +235,7 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
                          "at least one (three or more for an interval worth reading)")
     pipeline = resolve_pipeline(pipeline_file)
     params_path = pipeline.root / pipeline.params_file
-    raw = yaml.safe_load(params_path.read_text()) or {}
+    raw = read_yaml(params_path, "the pipeline's params file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{pipeline.params_file}: expected a mapping of sections")
     parsed = row_params(spec, raw, pipeline.params_file)

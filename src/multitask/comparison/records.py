@@ -113,7 +113,8 @@ def recorded(spec: Spec, pipeline: Pipeline, rev: str, wanted: set[str],
     path = pipeline.layout.comparison_json(spec.name)
     if not wanted or not path.is_file():
         return {}
-    result = read_json(path)
+    result = read_json(path, required=(), remedy=f"delete it and rerun `multitask compare "
+                       f"{spec.name} ...`")
     if (result.get("pipeline") != pipeline.dvc_yaml.as_posix()
             or result.get("set", {}) != dict(spec.common)):
         return {}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -71,15 +71,26 @@ def load_split(folder: str | Path, split: str, meta: Mapping[str, Any], *,
     read from disk as they are indexed, so a split larger than memory can be opened; the
     labels (small) are read whole either way."""
     folder = Path(folder)
-    images = np.load(folder / images_file(split), allow_pickle=False,
-                     mmap_mode="r" if mapped else None)
-    labels = np.load(folder / labels_file(split), allow_pickle=False)
+    images = _load_array(folder / images_file(split), mmap_mode="r" if mapped else None)
+    labels = _load_array(folder / labels_file(split))
     expected = meta["splits"][split]
     if len(images) != expected or len(labels) != expected:
         raise ValueError(
             f"{folder}: {split} has {len(images)} images and {len(labels)} labels, "
             f"{META_FILE} says {expected}; rerun multitask preprocess")
     return images, labels
+
+
+def _load_array(path: Path, mmap_mode: Literal["r"] | None = None) -> np.ndarray:
+    """``np.load`` with errors that name the file: a truncated or foreign file is the
+    preprocess stage's to write again."""
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found; rerun multitask preprocess") from None
+    except (ValueError, OSError, EOFError) as exc:  # cut short, not .npy, object arrays
+        raise ValueError(f"{path}: not a readable .npy array ({exc}); rerun multitask "
+                         "preprocess") from None
 
 
 def tasks(meta: Mapping[str, Any], rotation: bool = False) -> list[Task]:

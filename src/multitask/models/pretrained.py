@@ -163,7 +163,8 @@ def read_payload(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises pickle, zip and runtime errors alike
-        raise WeightsError(f"{path}: not a readable PyTorch state_dict file ({exc})") from exc
+        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # torch's run long
+        raise WeightsError(f"{path}: not a readable PyTorch file ({cause})") from exc
 
 
 def is_state_dict(payload: Any) -> bool:

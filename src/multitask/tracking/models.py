@@ -202,8 +202,8 @@ def _unreachable(what: str, model_uri: str, exc: Exception) -> ValueError:
     ``$MLFLOW_TRACKING_URI`` names."""
     message = redact(str(getattr(exc, "message", exc))).splitlines()[0][:500].rstrip(". ")
     server = "" if describe_uri().startswith("sqlite:///") else "that the tracking server is up, "
-    named = ("the name and alias with `multitask registry`" if model_uri.startswith("models:/")
-             else "the URI")
+    named = ("the name and alias (the MLflow UI's Models page lists both)"
+             if model_uri.startswith("models:/") else "the URI")
     return ValueError(f"{what} from the MLflow store {describe_uri()}: {message}"
                       f"{_aliases(model_uri)}; check {server}{named}, or set {URI_ENV} to the "
                       "store that holds it")

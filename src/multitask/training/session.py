@@ -33,7 +33,13 @@ from multitask.device import describe, select_device
 from multitask.io import atomic_path, read_json
 from multitask.layout import Layout
 from multitask.models import MultiTaskModel, build_model
-from multitask.models.pretrained import EncoderWeights, load_encoder, load_heads
+from multitask.models.pretrained import (
+    EncoderWeights,
+    WeightsError,
+    load_encoder,
+    load_heads,
+    read_payload,
+)
 from multitask.tasks import Task
 from multitask.training.data import ProcessedData
 from multitask.training.trainer import EpochCallback, Trainer
@@ -201,11 +207,22 @@ def save_network(path: Path, model: MultiTaskModel, params: Params, data: Proces
         torch.save(payload, handle)
 
 
+# what save_network writes and load_network needs
+NETWORK_KEYS = frozenset({"state_dict", "tasks", "model", "input"})
+
+
 def load_network(path: Path) -> tuple[MultiTaskModel, dict[str, Any]]:
     """Rebuild the network saved by :func:`save_network`; also return its payload."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; run multitask train first")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = read_payload(path)
+    except WeightsError as exc:  # truncated, empty, not a torch file
+        raise WeightsError(f"{exc}; rerun multitask train to write it again") from exc
+    if not isinstance(payload, dict) or (missing := NETWORK_KEYS - set(payload)):
+        raise WeightsError(f"{path}: not a network file of multitask train (no "
+                           f"{', '.join(sorted(missing)) if isinstance(payload, dict) else 'keys'}"
+                           "); rerun multitask train to write it again")
     tasks = [Task.from_dict(t) for t in payload["tasks"]]
     model = build_model(ModelConfig(**payload["model"]), tasks, payload["input"]["channels"],
                         payload["input"]["image_size"])

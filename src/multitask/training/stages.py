@@ -298,8 +298,12 @@ def evaluate(params: Params, layout: Layout) -> dict[str, object]:
     predicted-vs-true data of each regression task; returns the metrics written.
     """
     # The run is reopened first: whatever fails below (no model, the test pass) ends it FAILED.
-    run_id = read_json(layout.train_json).get("run_id")
+    run_id = read_json(layout.train_json, required=(), remedy="rerun multitask train").get(
+        "run_id")
     with tracking.stage_run(params, "evaluate", run_id=run_id) as run:
+        # before the test pass: a bad baselines file should not cost it
+        baseline = read_json(layout.baselines_json, required=[keys.TASKS],
+                             remedy="rerun multitask baselines")[keys.TASKS]
         model, payload = session.load_network(layout.model)
         data = session.load_data(params, layout, splits=(keys.TEST,))
         if payload["data_sha256"] != data.meta["sha256"]:
@@ -308,7 +312,6 @@ def evaluate(params: Params, layout: Layout) -> dict[str, object]:
         model.to(data.device, memory_format=torch.channels_last)
         tasks = main_tasks(model.tasks)
         result = evaluate_split(model, data, keys.TEST, tasks)
-        baseline = read_json(layout.baselines_json)[keys.TASKS]
         primary = {t.name: result.metrics[t.name][t.metric] for t in tasks}
         base_primary = {}
         for name, values in baseline.items():

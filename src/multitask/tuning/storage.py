@@ -132,20 +132,34 @@ class StudyStorage:
                 location = url.set(drivername="postgresql+psycopg2").render_as_string(
                     hide_password=False)
             self._engine = sqlalchemy.create_engine(location, poolclass=sqlalchemy.pool.NullPool)
-            # Workers that start together on an empty database would race to create Optuna's
-            # tables (a duplicate-type error in PostgreSQL): one creates them, the others wait.
-            with (self._advisory_lock(SCHEMA_LOCK, "the lock that creates Optuna's tables"),
-                  warnings.catch_warnings()):  # the heartbeat is experimental in Optuna 5
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self.optuna: optuna.storages.BaseStorage = optuna.storages.RDBStorage(
-                    location, engine_kwargs={"pool_pre_ping": True},
-                    heartbeat_interval=heartbeat_interval_s, grace_period=grace_period_s,
-                    heartbeat_stale_trial_callback=self.lost)
+            try:
+                # Workers that start together on an empty database would race to create
+                # Optuna's tables (a duplicate-type error in PostgreSQL): one creates them, the
+                # others wait.
+                with (self._advisory_lock(SCHEMA_LOCK, "the lock that creates Optuna's tables"),
+                      warnings.catch_warnings()):  # the heartbeat is experimental in Optuna 5
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    self.optuna: optuna.storages.BaseStorage = optuna.storages.RDBStorage(
+                        location, engine_kwargs={"pool_pre_ping": True},
+                        heartbeat_interval=heartbeat_interval_s, grace_period=grace_period_s,
+                        heartbeat_stale_trial_callback=self.lost)
+            except sqlalchemy.exc.OperationalError as exc:  # refused, unknown host, bad login
+                cause = str(exc.orig or exc).strip().splitlines()[0]
+                raise RuntimeError(
+                    f"{source}: tune.storage: {self.describe()}: cannot connect ({cause}); "
+                    "check that the PostgreSQL server runs and the URL (host, port, user, "
+                    "database) is right") from None
         else:
             Path(location).parent.mkdir(parents=True, exist_ok=True)
             backend = optuna.storages.journal.JournalFileBackend(
                 location, lock_obj=FlockJournalLock(f"{location}.lock"))
-            self.optuna = optuna.storages.JournalStorage(backend)
+            try:
+                self.optuna = optuna.storages.JournalStorage(backend)
+            except (ValueError, KeyError) as exc:  # a line that is not JSON, or not a record
+                raise ValueError(
+                    f"{location}: not a readable Optuna journal ({type(exc).__name__}: {exc}); "
+                    "only multitask tune writes it: restore it (dvc checkout, or git for a "
+                    "committed one), or delete it to start the study over") from None
 
     @classmethod
     def of(cls, params: Params, layout: Layout) -> StudyStorage:
