@@ -309,19 +309,31 @@ def script_env(tmp_path: Path, **extra: str) -> dict[str, str]:
             "summary.md"), "GITHUB_OUTPUT": str(tmp_path / "output"), **extra}
 
 
-def test_script_report_gates_and_writes_the_job_summary(tmp_path: Path) -> None:
+def script_report(tmp_path: Path, head: dict[str, float] | None,
+                  **env: str) -> subprocess.CompletedProcess[str]:
+    """`ci/pr_report.sh report HEAD` in a one-commit repository whose sample pipeline left the
+    ``head`` accuracies (None: no reports at all), against a base of 0.80 / 0.78."""
     repo = tmp_path / "repo"
-    write_result(repo / "sample", {"left": 0.80, "right": 0.60})
+    if head is None:
+        (repo / "sample").mkdir(parents=True)
+    else:
+        write_result(repo / "sample", head)
     shutil.copytree(ROOT / "ci", repo / "ci")
     git(repo, "init", "-q")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "head")
     base_tree = tmp_path / "base"
     write_result(base_tree / "sample", {"left": 0.80, "right": 0.78})
-    env = script_env(tmp_path, SKIP_REPRO="1", BASE_WORKTREE=str(base_tree),
-                     GITHUB_RUN_ID="77", GITHUB_REPOSITORY="team/multitask")
-    result = subprocess.run([str(repo / "ci" / "pr_report.sh"), "report", "HEAD"], cwd=repo,
-                            env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([str(repo / "ci" / "pr_report.sh"), "report", "HEAD"], cwd=repo,
+                          env=script_env(tmp_path, SKIP_REPRO="1", BASE_WORKTREE=str(base_tree),
+                                         **env),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_script_report_gates_and_writes_the_job_summary(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    result = script_report(tmp_path, {"left": 0.80, "right": 0.60}, GITHUB_RUN_ID="77",
+                           GITHUB_REPOSITORY="team/multitask")
     assert result.returncode == 1, result.stderr
     assert "task 'right': accuracy dropped by 18.00 pp" in result.stderr
     summary = (tmp_path / "summary.md").read_text()
@@ -332,17 +344,7 @@ def test_script_report_gates_and_writes_the_job_summary(tmp_path: Path) -> None:
 
 
 def test_script_tells_a_failed_comparison_from_a_failed_gate(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    (repo / "sample").mkdir(parents=True)  # a head whose pipeline left no reports
-    shutil.copytree(ROOT / "ci", repo / "ci")
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "head")
-    base_tree = tmp_path / "base"
-    write_result(base_tree / "sample", {"left": 0.80, "right": 0.78})
-    env = script_env(tmp_path, SKIP_REPRO="1", BASE_WORKTREE=str(base_tree))
-    result = subprocess.run([str(repo / "ci" / "pr_report.sh"), "report", "HEAD"], cwd=repo,
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = script_report(tmp_path, None)  # a head whose pipeline left no reports
     assert result.returncode == 2, result.stderr
     assert "reports/metrics.json: not found" in result.stderr
     assert "ci-report could not compare (exit 2)" in result.stderr
