@@ -241,7 +241,8 @@ class SourcesFile(_Section):
     and in ``params.yaml`` they filled ``dvc exp show`` with URLs and hashes.
     """
 
-    sources: dict[str, Source] = Field(min_length=1)
+    # empty for a pipeline that downloads nothing (a manifest read where it lies)
+    sources: dict[str, Source]
 
 
 class PixelStats(_Section):
@@ -901,7 +902,9 @@ def load_sources(path: str | Path) -> dict[str, Source]:
     """Read and validate a sources file (``data/sources.yaml`` beside ``params.yaml``)."""
     path = Path(path)
     raw = read_yaml(path, "it lists each raw source's mirrors and file digests; restore it "
-                     "with git checkout -- " + path.as_posix())
+                    "with git checkout -- " + path.as_posix() + ", or, in a new pipeline "
+                    "folder, write one (sources: {} when the data set downloads nothing, as a "
+                    "manifest read where it lies)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with the key sources, "
                           f"got {type(raw).__name__}")

@@ -80,6 +80,23 @@ def test_bad_checksum_is_rejected(sources: dict, tmp_path: Path) -> None:
         load_sources(path)
 
 
+def test_a_sources_file_may_list_none_but_a_data_set_needing_one_says_so(
+        tmp_path: Path) -> None:
+    """A manifest read where it lies downloads nothing: ``sources: {}`` is its whole file."""
+    from multitask.data.sources import required_sources
+
+    path = tmp_path / "sources.yaml"
+    path.write_text("sources: {}\n")
+    assert load_sources(path) == {}
+    assert required_sources({}, "manifest") == {}
+    with pytest.raises(ConfigError, match=r"sources.fashion_mnist: not defined, but fashion_mnist "
+                                          r"is needed by data.dataset=multifashion; .*\(defined: "
+                                          r"none\)"):
+        required_sources({}, "multifashion")
+    with pytest.raises(ConfigError, match=r"in a new pipeline folder, write one \(sources: \{\}"):
+        load_sources(tmp_path / "missing.yaml")
+
+
 def test_sources_in_params_say_where_they_moved(raw: dict) -> None:
     raw["data"]["sources"] = {}
     with pytest.raises(ConfigError, match=r"data\.sources: no longer a param; the mirrors and "

@@ -288,6 +288,13 @@ def test_a_manifest_without_a_declared_column_names_it(tmp_path: Path) -> None:
         read(path, {"species": {"kind": "multiclass"}, "age": {"kind": "regression"}})
 
 
+def test_a_misspelt_task_column_gets_the_nearest_spare_column(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, split_rows(), images=False)
+    with pytest.raises(mf.ManifestError, match=r"no column 'specis' .*; did you mean 'species' "
+                                               r"for 'specis'\?"):
+        read(path, {"specis": {"kind": "multiclass"}})
+
+
 def test_parquet_values_are_read_as_their_text(tmp_path: Path) -> None:
     frame = pd.DataFrame({"image": [f"{i}.png" for i in range(5)], "label": [1, 0, 1, 0, 1],
                           "split": ["train", "train", "train", "val", "test"]})

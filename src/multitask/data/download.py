@@ -272,6 +272,10 @@ def fetch_sources(
                 folder.rmdir()  # leave nothing behind, not even a folder
     if failed:
         advice = [SOURCES[name].hint for name in failed if name in SOURCES and SOURCES[name].hint]
+        # a source of the user's own (a manifest archive) that they rebuilt: the digest is stale
+        advice += [f"if you rebuilt the files of sources.{name} on purpose, put each new digest "
+                   f"(the 'got' value above) in {sources_path}" for name, lines in failed.items()
+                   if name not in SOURCES and any("sha256 mismatch" in line for line in lines)]
         if any(m.startswith(("http://", "https://")) for n in failed for m in wanted[n].mirrors):
             advice.append("check the network connection (and HTTPS_PROXY) for the HTTP mirrors")
         advice += [("or " if advice else "") + "add a mirror that has the files to "

@@ -44,6 +44,7 @@ and the wording of its errors.
 from __future__ import annotations
 
 import csv
+import difflib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -187,10 +188,13 @@ def read_manifest(path: Path, tasks: Mapping[str, ManifestTask], val_fraction: f
     table, rows = _read_table(path)
     wanted = [IMAGE_COLUMN, *tasks]
     if missing := [c for c in wanted if c not in table.columns]:
+        spare = [str(c) for c in table.columns if c not in wanted]
+        close = {c: near[0] for c in missing if (near := difflib.get_close_matches(c, spare, 1))}
+        hint = "".join(f"; did you mean {near!r} for {name!r}?" for name, near in close.items())
         raise ManifestError(
             f"{path}: no column {', '.join(repr(c) for c in missing)} (the image paths are "
             f"column {IMAGE_COLUMN!r}, each task of data.tasks a column of its name); the "
-            f"file has {', '.join(repr(str(c)) for c in table.columns)}")
+            f"file has {', '.join(repr(str(c)) for c in table.columns)}{hint}")
     names = list(table.columns)
     if twice := [c for c in [*wanted, SPLIT_COLUMN] if names.count(c) > 1]:
         raise ManifestError(f"{path}: column {twice[0]!r} appears {names.count(twice[0])} "

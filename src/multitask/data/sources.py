@@ -91,7 +91,7 @@ def required_sources(
             why = "was asked for" if names else f"is needed by data.dataset={dataset}"
             raise ConfigError(
                 f"{sources_path}: sources.{name}: not defined, but {name} {why}; add it "
-                f"with its mirrors and files (defined: {', '.join(sorted(sources))})"
+                f"with its mirrors and files (defined: {', '.join(sorted(sources)) or 'none'})"
             )
     return {name: sources[name] for name in wanted}
 
