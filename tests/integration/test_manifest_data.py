@@ -232,6 +232,20 @@ def test_validation_names_each_planted_defect_by_row_and_path(example: Path,
     assert len(failure_messages(summary)) == 4
 
 
+def test_the_validate_stage_says_what_to_do_about_a_manifest_read_in_place(
+        example: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    params = pipeline(tmp_path, example)
+    plant_defects(tmp_path / "mine")
+    for stage in ("check", "download"):
+        assert cli_main([stage, "--params", str(params)]) == 0, stage
+    assert cli_main(["validate", "--params", str(params)]) == 1
+    err = capsys.readouterr().err
+    assert "4 expectation(s) failed" in err
+    assert (f"To fix: correct the rows named (row = line of {tmp_path / 'mine' / 'manifest.csv'})"
+            " or the images they point to; read in place, they are no DVC dependency: then "
+            "`dvc repro -f <its dvc.yaml>:preprocess`") in err
+
+
 def test_validation_flags_a_class_missing_from_a_split(tmp_path: Path) -> None:
     folder = tmp_path / "mine"
     folder.mkdir()

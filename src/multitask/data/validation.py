@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from multitask.config import DataConfig, Params, ValidateConfig
+from multitask.config import DataConfig, Params, ValidateConfig, load_sources
 from multitask.data import manifest_checks
 from multitask.data.cifar import archive_path, read_cifar10
 from multitask.data.datasets import DATASETS, MANIFEST, SOURCES
@@ -393,7 +393,15 @@ def validate_raw(params: Params, layout: Layout) -> dict[str, Any]:
     log.info("validated in %.1f s -> %s", time.perf_counter() - start, report_dir)
     failures = failure_messages(summary)
     if failures:
+        todo = ""
+        if params.data.dataset == MANIFEST:
+            todo = (f"\nTo fix: correct the rows named (row = line of "
+                    f"{summary['sources'][MANIFEST]['manifest']}) or the images they point to"
+                    + (f", rebuild the archive and put its new digest in {layout.sources}"
+                       if MANIFEST in load_sources(layout.sources) else
+                       "; read in place, they are no DVC dependency: then `dvc repro -f "
+                       "<its dvc.yaml>:preprocess`"))
         raise ValueError(
             f"{len(failures)} expectation(s) failed; details in {layout.validation_summary} and "
-            f"{layout.data_docs / 'index.html'}:\n  " + "\n  ".join(failures))
+            f"{layout.data_docs / 'index.html'}:\n  " + "\n  ".join(failures) + todo)
     return summary
