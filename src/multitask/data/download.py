@@ -8,6 +8,9 @@ with a Range request after a dropped connection (or in the next run, when this o
 transit), retried with exponential back-off, verified, and only then renamed into place. A
 file that does not verify is deleted and the next mirror is tried, so the raw folder only ever
 holds verified files. Files already there and verified are not fetched again.
+
+One module, not several: the stage's loop over sources and the transfer of one file (resume,
+retries, verification) share the mirrors, the HTTP policy and the advice the stage ends with.
 """
 
 from __future__ import annotations
