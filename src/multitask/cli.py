@@ -202,7 +202,9 @@ COMMANDS: dict[str, Command] = {
         "methods and their params ...), the sources file beside it and the files the params "
         "name (a manifest read in place, a model.pretrained state_dict), then write "
         "reports/params_check.txt, the same for all valid params. Every other stage depends "
-        "on it, so a bad value stops dvc repro / dvc exp run before any output is removed."),
+        "on it, so a bad value stops dvc repro / dvc exp run before any output is removed. "
+        "Warns when a manifest read in place is no dependency of validate and preprocess in "
+        "the dvc.yaml beside the params (DVC would not rerun them when it changes)."),
     "download": Command(
         "multitask.data.download:download",
         "fetch the raw data set from its mirrors and verify every file",

@@ -39,6 +39,12 @@ class Layout:
         return self._at("params.yaml")
 
     @property
+    def dvc_yaml(self) -> Path:
+        """The pipeline's stages, read by ``check`` for the dependencies of a manifest read in
+        place."""
+        return self._at("dvc.yaml")
+
+    @property
     def sources(self) -> Path:
         """Each raw source's mirrors and file digests (not params: never varied)."""
         return self._at("data/sources.yaml")

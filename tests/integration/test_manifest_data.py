@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -242,8 +243,9 @@ def test_the_validate_stage_says_what_to_do_about_a_manifest_read_in_place(
     err = capsys.readouterr().err
     assert "4 expectation(s) failed" in err
     assert (f"To fix: correct the rows named (row = line of {tmp_path / 'mine' / 'manifest.csv'})"
-            " or the images they point to; read in place, they are no DVC dependency: then "
-            "`dvc repro -f <its dvc.yaml>:preprocess`") in err
+            " or the images they point to; read in place: then `dvc repro <its dvc.yaml>` if the "
+            "manifest's folder is among validate's deps (check warns when not), else `dvc repro "
+            "-f <its dvc.yaml>:preprocess`") in err
 
 
 def test_validation_flags_a_class_missing_from_a_split(tmp_path: Path) -> None:
@@ -302,6 +304,36 @@ def test_check_stops_a_manifest_without_a_declared_column(example: Path, tmp_pat
     assert cli_main(["check", "--params", str(params)]) == 1
     assert "mine/manifest.csv: no column 'age'" in capsys.readouterr().err
     assert not Layout(tmp_path).params_check.exists()
+
+
+@pytest.mark.parametrize(("deps", "unwatched"), [
+    ({}, "validate and preprocess"),
+    ({"validate": "mine"}, "preprocess"),
+    ({"validate": "mine", "preprocess": "mine/images"}, "preprocess"),  # no manifest
+    ({"validate": "mine", "preprocess": "."}, None),
+])
+def test_check_warns_when_dvc_would_not_rerun_on_a_manifest_read_in_place(
+        example: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        deps: dict[str, str], unwatched: str | None) -> None:
+    """The example's dvc.yaml beside a manifest read where it lies: each stage reading its rows
+    and images must depend on the manifest and every image (a folder above them will do)."""
+    params = pipeline(tmp_path, example)
+    stages = yaml.safe_load((ROOT / "examples" / "fashion-manifest" / "dvc.yaml").read_text())
+    for stage, dep in deps.items():
+        stages["stages"][stage]["deps"].append(dep)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
+    assert pd.read_csv(example)["image"].str.startswith("images/").all()
+    with caplog.at_level(logging.WARNING, logger="multitask.data.sources"):
+        assert cli_main(["check", "--params", str(params)]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if unwatched is None:
+        assert warnings == []
+    else:
+        assert warnings == [
+            f"{tmp_path / 'mine' / 'manifest.csv'} is read where it lies, and no dependency of "
+            f"{unwatched} in {tmp_path / 'dvc.yaml'}: DVC will not rerun them when a label or an "
+            "image changes. Add mine (the folder holding the manifest and its images) to the "
+            "deps of each"]
 
 
 @pytest.fixture

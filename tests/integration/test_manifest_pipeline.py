@@ -178,3 +178,57 @@ def test_a_second_repro_runs_nothing(reproduced: tuple[Path, str],
     assert again.returncode == 0, again.stderr
     assert "Running stage" not in again.stdout
     assert "Data and pipelines are up to date." in again.stdout
+
+
+# ---------------------------------------------------------------- a pipeline of one's own
+def readme_recipe() -> list[str]:
+    """The shell lines of README's "A pipeline folder of your own" block, comments dropped."""
+    found = re.search(r"\*\*A pipeline folder of your own\*\*.*?```bash\n(.*?)```",
+                      (ROOT / "README.md").read_text(), re.S)
+    assert found, "README.md: no bash block under 'A pipeline folder of your own'"
+    return [line.split("#")[0].strip() for line in found.group(1).splitlines()
+            if line.split("#")[0].strip()]
+
+
+@pytest.mark.slow
+def test_the_readme_recipe_for_ones_own_folder_reruns_when_a_label_changes(
+        tmp_path: Path, repo_copy: Callable[[Path], Path],
+        dvc: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """README's recipe, run as written in a copy of the repository, with what its comments
+    ask done to params.yaml and dvc.yaml: the manifest, read where it lies, is a dependency of
+    validate and preprocess, so DVC reruns them (and nothing before) when a label changes."""
+    lines = readme_recipe()
+    assert lines[-1] == "dvc repro dvc.yaml"
+    repo = repo_copy(tmp_path / "repo")
+    subprocess.run(["bash", "-euc", "\n".join(lines[:-1])], cwd=repo, check=True)
+    own = repo / "examples" / "photos"
+    assert not (own / "dvc.lock").exists() and not (own / "data" / "raw").exists()
+    manifest = script["make_manifest"](SAMPLE, own / "photos", 300)
+    params = load(own / "params.yaml")
+    params["data"]["manifest"] = "photos/manifest.csv"
+    params["tracking"]["experiment"] = "photos"
+    (own / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = load(own / "dvc.yaml")
+    for stage in ("validate", "preprocess"):
+        stages["stages"][stage]["deps"].append("photos")
+    (own / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
+    target = "examples/photos/dvc.yaml"
+
+    first = dvc(repo, "repro", f"{target}:preprocess")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    log = first.stdout + first.stderr
+    assert "params.yaml and data/sources.yaml: valid" in log  # check's log is seen here
+    assert "is read where it lies" not in log  # and would hold its warning
+    status = ("status", "--json", "--with-deps", f"{target}:preprocess")
+    assert json.loads(dvc(repo, *status).stdout) == {}
+
+    table = manifest.read_text().splitlines()
+    image, category, rest = table[1].split(",", 2)
+    other = "Bag" if category != "Bag" else "Coat"
+    manifest.write_text("\n".join([table[0], f"{image},{other},{rest}", *table[2:]]) + "\n")
+    changed = json.loads(dvc(repo, *status).stdout)
+    assert {name.rsplit(":", 1)[1] for name in changed} == {"validate", "preprocess"}
+    again = dvc(repo, "repro", f"{target}:preprocess")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    ran = set(re.findall(rf"Running stage '{target}:(\w+)'", again.stdout))
+    assert ran == {"validate", "preprocess"}

@@ -399,8 +399,9 @@ def validate_raw(params: Params, layout: Layout) -> dict[str, Any]:
                     f"{summary['sources'][MANIFEST]['manifest']}) or the images they point to"
                     + (f", rebuild the archive and put its new digest in {layout.sources}"
                        if MANIFEST in load_sources(layout.sources) else
-                       "; read in place, they are no DVC dependency: then `dvc repro -f "
-                       "<its dvc.yaml>:preprocess`"))
+                       "; read in place: then `dvc repro <its dvc.yaml>` if the manifest's "
+                       "folder is among validate's deps (check warns when not), else `dvc "
+                       "repro -f <its dvc.yaml>:preprocess`"))
         raise ValueError(
             f"{len(failures)} expectation(s) failed; details in {layout.validation_summary} and "
             f"{layout.data_docs / 'index.html'}:\n  " + "\n  ".join(failures) + todo)
