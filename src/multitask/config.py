@@ -772,14 +772,21 @@ def pretrained_file(params: Params, root: Path) -> Path:
     return path
 
 
-def trained_task_names(params: Params) -> list[str]:
-    """The tasks the network trains, in the order of its weights: the data set's (a manifest's
-    ``data.tasks``), then ``rotation`` with ``model.rotation_task``."""
+def declared_tasks(params: Params) -> dict[str, str]:
+    """The data set's tasks as params declare them, name to kind, in order: a built-in data
+    set's own, or a manifest's ``data.tasks``."""
     spec = DATASETS[params.data.dataset]
-    names = [task.name for task in spec.tasks] or list(params.data.tasks)
+    return ({task.name: task.kind for task in spec.tasks}
+            or {name: task.kind for name, task in params.data.tasks.items()})
+
+
+def trained_task_names(params: Params) -> list[str]:
+    """The tasks the network trains, in the order of its weights: the data set's
+    (:func:`declared_tasks`), then ``rotation`` with ``model.rotation_task``."""
     from multitask.tasks import ROTATION_TASK
 
-    return names + ([ROTATION_TASK.name] if params.model.rotation_task else [])
+    return list(declared_tasks(params)) + ([ROTATION_TASK.name] if params.model.rotation_task
+                                           else [])
 
 
 def tune_task_problems(tune: TuneConfig, count: int, objectives: Sequence[str],
@@ -805,11 +812,9 @@ def tune_task_problems(tune: TuneConfig, count: int, objectives: Sequence[str],
 
 
 def _tune_problems(params: Params, path: Path) -> list[str]:
-    """:func:`tune_task_problems` for the tasks params declare (the data set's, a manifest's
-    ``data.tasks``; rotation trained but not judged)."""
-    spec = DATASETS[params.data.dataset]
-    kinds = ({task.name: task.kind for task in spec.tasks}
-             or {name: task.kind for name, task in params.data.tasks.items()})
+    """:func:`tune_task_problems` for the tasks params declare (rotation trained but not
+    judged)."""
+    kinds = declared_tasks(params)
     regression = [name for name, kind in kinds.items() if kind == "regression"]
     return tune_task_problems(params.tune, len(trained_task_names(params)), list(kinds),
                               regression, path)
