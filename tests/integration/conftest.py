@@ -79,3 +79,13 @@ def serve_folder(folder: Path) -> Iterator[str]:
 def serve() -> Callable[[Path], contextlib.AbstractContextManager[str]]:
     """``with serve(folder) as url``: ``folder`` served over HTTP on 127.0.0.1."""
     return serve_folder
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite store for one test, selected the way users select one: the env var."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return uri

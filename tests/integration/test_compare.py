@@ -89,7 +89,8 @@ def test_each_row_has_every_seed_of_its_experiments(compared: Compared) -> None:
                     metrics["tasks"][task]["accuracy"]
                 assert row["baselines"][task]["per_seed"][index] == \
                     baselines["tasks"][task]["accuracy"]
-    # the rows share seeds and regularisation, so their baselines (DVC's run cache) too
+    # the rows share seeds and regularisation: each experiment trains the same baselines again
+    # (same params, seed and thread count), bit for bit
     assert result["baselines"] == result["rows"][0]["baselines"]
     table = (compared.folder / "comparison.md").read_text()
     assert all(f"| `{label}` |" in table for label in ROWS)
@@ -172,6 +173,50 @@ def test_a_failed_experiment_is_named_with_the_tail_of_its_log(compared: Compare
     assert "experiment broken-rlw-s0 failed (dvc queue logs" in done.stderr
     assert "MULTITASK_FAIL_AFTER_EPOCH=1: injected failure" in done.stderr
     assert not (compared.repo.sample / "reports" / "comparisons" / "broken").exists()
+
+
+def _queued(compared: Compared) -> str:
+    return subprocess.run(["dvc", "queue", "status"], cwd=compared.repo.root,
+                          env=compared.repo.env, capture_output=True, text=True).stdout
+
+
+def test_an_uncommitted_change_to_an_input_stops_before_anything_is_queued(
+        compared: Compared) -> None:
+    """Queued experiments would run the edit while those already run did not: a comparison
+    measures one commit."""
+    code = compared.repo.root / "src" / "multitask" / "weighting" / "loss_based.py"
+    original = code.read_text()
+    code.write_text(original + "# an edit not committed\n")
+    try:
+        done = compared.repo.run("multitask", "compare", "dirty", "--vary", "train.weighting",
+                                 "equal", "--set", "train.epochs=1", "--seeds", "0",
+                                 "--pipeline", "sample/dvc.yaml", check=False, timeout=600)
+    finally:
+        code.write_text(original)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert ("uncommitted changes to the pipeline's inputs "
+            "(src/multitask/weighting/loss_based.py)") in done.stderr
+    assert "dirty-" not in _queued(compared)
+
+
+def test_an_against_without_the_seeds_stops_before_anything_is_queued(
+        compared: Compared) -> None:
+    done = compared.repo.run("multitask", "compare", "ag", "--row", "e", "train.weighting=equal",
+                             "--set", "train.epochs=1", "--seeds", "7", "--against", NAME,
+                             "--pipeline", "sample/dvc.yaml", check=False, timeout=600)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (f"--against {NAME}: that comparison has no baselines for seed 7 (its seeds: 0, 1)"
+            in done.stderr)
+    assert "ag-" not in _queued(compared)
+
+
+def test_a_symbolic_rev_is_recorded_as_its_commit(compared: Compared) -> None:
+    first = compared.result()
+    compared.repo.run(*COMMAND, "--collect-only", "--rev", "HEAD", timeout=600)
+    assert compared.result() == first  # the full hash, not "HEAD"
+    bad = compared.repo.run(*COMMAND, "--collect-only", "--rev", "nope", check=False)
+    assert bad.returncode == 1
+    assert "--rev nope: not a commit of" in bad.stderr
 
 
 def test_a_typo_in_a_key_stops_before_anything_is_queued(compared: Compared) -> None:

@@ -39,16 +39,6 @@ import matplotlib.pyplot as plt
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh SQLite store for one test, selected the way users select one: the env var."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return uri
-
-
 def sample_params(**tracking: object) -> Params:
     params = load_params(ROOT / "sample" / "params.yaml")
     settings = {"experiment": "unit-tests", "system_metrics": False, **tracking}

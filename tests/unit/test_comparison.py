@@ -256,8 +256,10 @@ def test_a_reference_counts_lower_is_better_metrics_the_other_way() -> None:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"baselines": None}, "comparison 'lr': its rows have baselines of their own"),
-    ({"seeds": [0, 2]}, "comparison 'lr' has no baselines for seed 1 (its seeds: 0, 2)"),
+    ({"baselines": None}, "--against lr: the rows of that comparison have baselines that "
+                          "differ"),
+    ({"seeds": [0, 2]}, "--against lr: that comparison has no baselines for seed 1 (its "
+                        "seeds: 0, 2)"),
     ({"metrics": {"left": "accuracy", "right": "mae"}},
      "comparison 'lr' measures {'left': 'accuracy', 'right': 'mae'}, this one"),
 ])
@@ -377,7 +379,7 @@ def _status(states: list[str], active: int, idle: int = 0) -> str:
 
 def test_a_worker_that_left_early_is_started_again_while_work_waits() -> None:
     watched = {"aaaaaaa": "cmp-s0", "bbbbbbb": "cmp-s1", "ccccccc": "cmp-s2"}
-    # s0 came from the run cache and its worker left: one worker for two waiting experiments
+    # s0 finished and its worker left early: one worker for two waiting experiments
     short = [_status(["Success", "Running", "Queued"], active=1)] * STALLED_POLLS
     done = [_status(["Success", "Success", "Success"], active=0)]
     dvc = _Queue([*short, *done])
@@ -392,6 +394,39 @@ def test_no_worker_is_started_when_the_work_left_needs_no_more() -> None:
     dvc = _Queue([*polls, _status(["Success", "Success", "Success"], active=0)])
     wait(dvc, watched, jobs=2, poll_s=0.0)
     assert dvc.starts == [(len(polls) + 1, "2")]
+
+
+def test_a_running_task_without_a_worker_is_named_with_the_fix() -> None:
+    watched = {"aaaaaaa": "cmp-s0", "bbbbbbb": "cmp-s1", "ccccccc": "cmp-s2"}
+    # s1's worker was killed (kill -9): DVC shows s1 Running for good, with no worker alive
+    orphaned = [_status(["Success", "Running", "Queued"], active=0)] * STALLED_POLLS
+    dvc = _Queue(orphaned)
+    with pytest.raises(RuntimeError) as raised:
+        wait(dvc, watched, jobs=2, poll_s=0.0)
+    assert str(raised.value) == (
+        "experiment cmp-s1 (task bbbbbbb) is marked Running in DVC's queue but no queue worker "
+        "runs it (its worker was killed?); mark it failed with `dvc queue kill bbbbbbb` and "
+        "rerun the same command: it queues cmp-s1 again and keeps the finished experiments")
+    assert dvc.starts == [(STALLED_POLLS, "2")]  # raised instead of starting idle workers
+
+
+def test_running_tasks_are_orphans_only_with_no_worker_active_for_the_grace() -> None:
+    watched = {"aaaaaaa": "cmp-s0", "bbbbbbb": "cmp-s1", "ccccccc": "cmp-s2"}
+    # right after `dvc queue start` a worker may not have registered yet: not an orphan
+    late = [_status(["Running", "Queued", "Queued"], active=0)] * (STALLED_POLLS - 1)
+    # running tasks with active workers are waited for, whatever their number
+    busy = [_status(["Running", "Running", "Queued"], active=2),
+            _status(["Success", "Running", "Running"], active=2)] * STALLED_POLLS
+    # then both workers are killed; one started since sits idle: it runs neither task
+    killed = [_status(["Success", "Running", "Running"], active=0, idle=1)] * STALLED_POLLS
+    dvc = _Queue([*late, *busy, *killed])
+    with pytest.raises(RuntimeError) as raised:
+        wait(dvc, watched, jobs=2, poll_s=0.0)
+    assert dvc.polls == []  # not one poll earlier
+    message = str(raised.value)
+    assert message.startswith("experiments cmp-s1 (task bbbbbbb), cmp-s2 (task ccccccc) are "
+                              "marked Running in DVC's queue but no queue worker runs them")
+    assert "mark them failed with `dvc queue kill bbbbbbb ccccccc` and rerun" in message
 
 
 @pytest.mark.parametrize("folder", [".", "sample", "examples/fashion-manifest"])

@@ -11,8 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from multitask.comparison.experiments import Pipeline
-from multitask.comparison.records import pipeline_inputs, recorded, unchanged_since
+from multitask.comparison.experiments import Experiment, Pipeline
+from multitask.comparison.records import (
+    changed_between,
+    measures_commit,
+    pipeline_inputs,
+    recorded,
+    resolve_commit,
+    unchanged_since,
+    uncommitted,
+)
 from multitask.comparison.report import Measured, markdown, summary
 from multitask.comparison.rows import Row, Spec, expand_rows
 
@@ -184,8 +192,9 @@ def test_a_damaged_record_names_the_file_row_and_seed(repo: Path) -> None:
 
 
 @pytest.mark.parametrize("change", ["edited", "untracked"])
-def test_an_uncommitted_input_runs_again_when_experiments_run_from_the_working_tree(
-        repo: Path, change: str) -> None:
+def test_an_uncommitted_input_is_named(repo: Path, change: str) -> None:
+    """compare refuses to queue on such a tree (queued experiments would run the edit while
+    those already run did not); reading back compares commits only."""
     if change == "untracked":  # a stage's dependency the commit lacks, present in the tree
         _git(repo, "rm", "-q", "--cached", "src/pkg/train.py")
         _git(repo, "commit", "-q", "-m", "train.py not committed")
@@ -195,19 +204,69 @@ def test_an_uncommitted_input_runs_again_when_experiments_run_from_the_working_t
         (repo / "params.yaml").write_text("train:\n  seed: 0\n  epochs: 3\n")
     pipeline = Pipeline(repo, Path("dvc.yaml"))
     inputs = pipeline_inputs(pipeline)
-    # queued experiments run the working tree: its edits are not the recorded commit's inputs
-    assert not unchanged_since(repo, head, head, inputs, workspace=True)
-    assert recorded(SPEC, pipeline, head, _names(SPEC), workspace=True) == {}
-    # reading back (--collect-only) compares commits only: the record still stands
+    assert uncommitted(repo, head, inputs) == [
+        "params.yaml" if change == "edited" else "src/pkg/train.py"]
     assert unchanged_since(repo, head, head, inputs)
     assert set(recorded(SPEC, pipeline, head, _names(SPEC))) == _names(SPEC)
 
 
-def test_uncommitted_files_outside_the_inputs_keep_the_record(repo: Path) -> None:
+def test_uncommitted_files_outside_the_inputs_are_not_named(repo: Path) -> None:
     head = _git(repo, "rev-parse", "HEAD")
-    _record(repo, SPEC, head)
     (repo / "README.md").write_text("# repo\n\nnotes\n")
     (repo / "src" / "pkg" / "other.py").write_text("VALUE = 2\n")
-    earlier = recorded(SPEC, Pipeline(repo, Path("dvc.yaml")), head, _names(SPEC),
-                       workspace=True)
-    assert set(earlier) == _names(SPEC)
+    pipeline = Pipeline(repo, Path("dvc.yaml"))
+    assert uncommitted(repo, head, pipeline_inputs(pipeline)) == []
+
+
+def test_the_files_changed_between_commits_are_named(repo: Path) -> None:
+    head = _git(repo, "rev-parse", "HEAD")
+    (repo / "src" / "pkg" / "train.py").write_text("EPOCHS = 4\n")
+    (repo / "README.md").write_text("# repo\n\nmore\n")
+    later = _commit(repo, "train.py and README")
+    inputs = pipeline_inputs(Pipeline(repo, Path("dvc.yaml")))
+    assert changed_between(repo, head, later, inputs) == ["src/pkg/train.py"]
+    assert changed_between(repo, "0" * 40, later, inputs) is None
+
+
+def _experiment(repo: Path, name: str, changes: dict[str, str]) -> Experiment:
+    """A finished experiment derived from HEAD whose commit holds ``changes`` (path ->
+    text), as DVC commits one queued from a working tree with those edits; HEAD stays."""
+    head = _git(repo, "rev-parse", "HEAD")
+    for path, text in changes.items():
+        (repo / path).write_text(text)
+    rev = _commit(repo, name)
+    _git(repo, "reset", "-q", "--hard", head)
+    return Experiment(name, rev, "success", None, None, None)
+
+
+def test_an_experiment_that_ran_uncommitted_code_is_refused_by_name(repo: Path) -> None:
+    head = _git(repo, "rev-parse", "HEAD")
+    pipeline = Pipeline(repo, Path("dvc.yaml"))
+    clean = _experiment(repo, "demo-equal-s0", {"params.yaml": "train:\n  seed: 1\n"
+                                                "  epochs: 2\n", "README.md": "# notes\n"})
+    edited = _experiment(repo, "demo-equal-s2", {"src/pkg/train.py": "EPOCHS = 9\n"})
+    measures_commit(pipeline, head, [clean], queueing=True)  # overrides, docs: it stands
+    with pytest.raises(ValueError, match=(
+            r"experiment demo-equal-s2 ran with uncommitted changes to src/pkg/train.py "
+            rf".*does not measure commit {head[:7]}: remove it \(dvc exp remove "
+            r"demo-equal-s2\) and rerun")):
+        measures_commit(pipeline, head, [clean, edited], queueing=False)
+
+
+def test_nothing_is_queued_while_an_input_has_uncommitted_changes(repo: Path) -> None:
+    head = _git(repo, "rev-parse", "HEAD")
+    pipeline = Pipeline(repo, Path("dvc.yaml"))
+    (repo / "src" / "pkg" / "train.py").write_text("EPOCHS = 3\n")
+    with pytest.raises(ValueError, match=(r"uncommitted changes to the pipeline's inputs "
+                                          r"\(src/pkg/train.py\): a comparison measures one "
+                                          rf"commit \({head[:7]}\).*\(git stash\)")):
+        measures_commit(pipeline, head, [], queueing=True)
+    measures_commit(pipeline, head, [], queueing=False)  # reading back runs nothing
+
+
+def test_a_rev_is_resolved_to_its_full_hash(repo: Path) -> None:
+    first = _git(repo, "rev-parse", "HEAD")
+    later = _commit(repo, "later")
+    assert resolve_commit(repo, "HEAD~1") == first
+    assert resolve_commit(repo, later[:7]) == later
+    assert resolve_commit(repo, "deadbeef") is None

@@ -2,15 +2,20 @@
 
 Each (row, seed) is one DVC experiment, ``<name>-<row>-s<seed>``, queued in a copy of the
 workspace (which stays as it is) and run by ``--jobs`` queue workers side by side, each stage
-limited to its share of the CPUs (``$MULTITASK_THREADS``). The single-task baselines run with
-every seed too (``train.seed`` is one of their params); rows that share a seed and the
-regularisation share them through DVC's run cache, and each experiment's Δm% is against its
-own seed's baselines. Experiments already there with the same params are read back, not run
+limited to its share of the CPUs (``$MULTITASK_THREADS``, in each experiment's train.json: on
+CPU the thread count changes the order of float sums, so the same params and seed repeat
+exactly only at the same count). The single-task baselines run with every seed too
+(``train.seed`` is one of their params), in every experiment: DVC's run cache skips stages
+with uncached outputs (``reports/baselines.json``), so rows that share a seed and the
+regularisation train the same baselines again, and each experiment's Δm% is against its own
+seed's baselines. Experiments already there with the same params are read back, not run
 again, and so are those the comparison's comparison.json recorded on an earlier commit whose
-pipeline inputs git shows unchanged (:mod:`.records`: a fresh clone has no experiments). The
-summary (:mod:`.report`) goes to ``reports/comparisons/<name>/`` of the pipeline folder, and
-to one MLflow parent run under which the experiments' runs are nested
-(:mod:`multitask.tracking.groups`).
+pipeline inputs git shows unchanged (:mod:`.records`: a fresh clone has no experiments). A
+comparison measures one commit: nothing is queued while an input of the pipeline has
+uncommitted changes, and an experiment that ran such changes is refused by name. The summary
+(:mod:`.report`) goes to ``reports/comparisons/<name>/`` of the pipeline folder, and to one
+MLflow parent run under which the experiments' runs are nested (:mod:`.recording`,
+:mod:`multitask.tracking.groups`).
 
     compare(Spec("methods", expand_rows([["train.weighting", "equal", "pcgrad"]])), jobs=2)
 """
@@ -37,14 +42,15 @@ from multitask.comparison.experiments import (
     run_id,
     wait,
 )
-from multitask.comparison.records import recorded
-from multitask.comparison.references import add_references
-from multitask.comparison.report import Measured, markdown, plot, summary
+from multitask.comparison.recording import parent_run, record, write
+from multitask.comparison.records import measures_commit, recorded, resolve_commit
+from multitask.comparison.references import add_references, read_references
+from multitask.comparison.report import Measured, summary
 from multitask.comparison.rows import Row, Spec, apply_overrides, expand_rows, row_params
-from multitask.config import ConfigError, Params, flatten, parse_params, read_yaml
+from multitask.config import ConfigError, flatten, parse_params, read_yaml
 from multitask.cpus import available_cpus
 from multitask.device import THREADS_ENV
-from multitask.io import atomic_open, read_json, write_json
+from multitask.io import read_json
 from multitask.tracking import repo_root
 
 __all__ = ["Spec", "compare", "expand_rows", "resolve_pipeline"]
@@ -121,9 +127,18 @@ def _run(dvc: Dvc, pipeline: Pipeline, spec: Spec, to_queue: list[tuple[Row, int
     watched = {task: name for task, (name, state) in queue_status(dvc).tasks.items()
                if name in names and (task not in before.tasks or state in ("Queued", "Running"))}
     log.info("running %d experiments (%d already queued) with %d workers, %s threads each",
-             len(to_queue), len(pending), jobs, dvc.env[THREADS_ENV])
+             len(to_queue), len(pending), min(jobs, len(watched)), dvc.env[THREADS_ENV])
     with tqdm(total=len(watched), desc=f"compare {spec.name}", unit="experiment") as bar:
-        wait(dvc, watched, jobs, on_done=lambda done: bar.update(done - bar.n))
+        try:
+            wait(dvc, watched, jobs, on_done=lambda done: bar.update(done - bar.n))
+        except KeyboardInterrupt:
+            log.warning(
+                "interrupted: %d experiment(s) of this comparison go on in DVC's queue in the "
+                "background (dvc queue status). Rerun the same command to wait for them and "
+                "write the comparison; stop them with `dvc queue kill %s` (running) and `dvc "
+                "queue remove --queued` (not started)", len(watched) - bar.n,
+                " ".join(sorted(watched.values())))
+            raise
 
 
 def _collect(dvc: Dvc, pipeline: Pipeline, spec: Spec, rev: str,
@@ -148,75 +163,6 @@ def _collect(dvc: Dvc, pipeline: Pipeline, spec: Spec, rev: str,
     return measured
 
 
-def _parent_run(name: str, params: Params) -> str | None:
-    """The comparison's parent run (found, or created, which also creates the MLflow store and
-    experiment: experiments starting side by side on a new SQLite store would race to create
-    its tables); None with tracking off."""
-    if not params.tracking.enabled:
-        log.info("tracking.enabled is false: no MLflow parent run")
-        return None
-    from multitask.tracking.groups import comparison_run
-
-    return comparison_run(params.tracking.experiment or params.data.dataset, name)
-
-
-def _interval_metrics(prefix: str, summary_: dict[str, Any]) -> dict[str, float]:
-    """``<prefix>/mean`` and, where the summary has its interval, ``ci_low`` and ``ci_high``."""
-    metrics = {f"{prefix}/mean": summary_["mean"]}
-    if summary_.get("ci_low") is not None:
-        metrics |= {f"{prefix}/ci_low": summary_["ci_low"],
-                    f"{prefix}/ci_high": summary_["ci_high"]}
-    return metrics
-
-
-def _record(result: dict[str, Any], parent: str, files: list[Path]) -> None:
-    from multitask import keys
-    from multitask.tracking.groups import record_comparison
-
-    metrics: dict[str, float] = {}
-    primary = result.get("metrics") or {}  # each task's primary metric (accuracy, mae, ...)
-    for row in result["rows"]:
-        label = row["label"]
-        metrics |= {f"{label}/rank": row["rank"], f"{label}/tied": float(row["tied"])}
-        metrics |= _interval_metrics(f"{label}/{keys.DELTA_M}", row[keys.DELTA_M])
-        if row.get(keys.MEAN_ACCURACY):  # absent without a classification task
-            metrics[f"{label}/{keys.MEAN_ACCURACY}/mean"] = row[keys.MEAN_ACCURACY]["mean"]
-        for other, reference in (row.get("against") or {}).items():
-            metrics |= _interval_metrics(f"{label}/{keys.DELTA_M}_vs_{other}", reference)
-        for task, summary_ in row[keys.TASKS].items():
-            metric = primary.get(task, keys.ACCURACY)
-            metrics[f"{label}/{keys.task_metric(keys.TEST, task, metric)}/mean"] = \
-                summary_["mean"]
-    params = {"pipeline": result["pipeline"],
-              "set": ",".join(f"{k}={v}" for k, v in result["set"].items()) or "-",
-              **{f"row.{row['label']}": ",".join(f"{k}={v}" for k, v in row["overrides"].items())
-                 for row in result["rows"]}}
-    # runs of measurements read from an earlier comparison.json may be in another store
-    children = {run: row["label"] for row in result["rows"]
-                for run, commit in zip(row["run_ids"], row["commits"], strict=True)
-                if run and commit == result["commit"]}
-    record_comparison(parent, result["name"], children, metrics=metrics, params=params,
-                      tags={"multitask.comparison.seeds": ",".join(map(str, result["seeds"]))},
-                      artifacts=files)
-
-
-def _references(pipeline: Pipeline, name: str, against: tuple[str, ...]
-                ) -> dict[str, dict[str, Any]]:
-    """The comparison.json of each comparison named by --against (read before anything runs)."""
-    others = {}
-    for other in against:
-        if other == name:
-            raise ValueError(f"--against {other}: the comparison's own baselines are its "
-                             "Δm% already; name another comparison")
-        path = pipeline.layout.comparison_json(other)
-        if not path.is_file():
-            raise FileNotFoundError(f"--against {other}: no {path} (run `multitask compare "
-                                    f"{other} ...` first, on the same pipeline)")
-        others[other] = read_json(path, required=(), remedy=f"rerun `multitask compare {other} "
-                                  "...` to write it again")
-    return others
-
-
 def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1,
             collect_only: bool = False, rev: str | None = None,
             against: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -239,24 +185,32 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
     if not isinstance(raw, dict):
         raise ConfigError(f"{pipeline.params_file}: expected a mapping of sections")
     parsed = row_params(spec, raw, pipeline.params_file)
-    references = _references(pipeline, spec.name, against)
+    references = read_references(pipeline, spec.name, against, spec.seeds)
+    if jobs > available_cpus() and not collect_only:
+        log.warning("--jobs %d on %d available CPUs: the experiments take turns on the cores, "
+                    "one thread each, no sooner done than with --jobs %d", jobs,
+                    available_cpus(), available_cpus())
     threads = os.environ.get(THREADS_ENV) or str(threads_per_experiment(jobs))
     dvc = Dvc(pipeline.root, env={THREADS_ENV: threads})
     if rev is not None and not collect_only:
         raise ValueError(f"--rev {rev}: experiments are queued on the commit checked out; "
                          "--rev only reads back (with --collect-only)")
-    base = rev or dvc.head()
+    base = dvc.head() if rev is None else resolve_commit(pipeline.root, rev)
+    if base is None:
+        raise ValueError(f"--rev {rev}: not a commit of {pipeline.root}; give a commit hash, "
+                         "branch or tag, e.g. the commit a comparison.json records")
     present = experiments(dvc, pipeline, base)
+    names = {name for *_, name in spec.experiments()}
+    measures_commit(pipeline, base, [e for e in present if e.name in names and _finished(e)],
+                    queueing=not collect_only)
     done = {e.name for e in present if _finished(e)}
-    earlier = recorded(spec, pipeline, base,
-                       {name for *_, name in spec.experiments() if name not in done},
-                       workspace=not collect_only)  # queued experiments run the working tree
+    earlier = recorded(spec, pipeline, base, {name for name in names if name not in done})
     to_queue, pending = _plan(spec, pipeline, raw, present, set(earlier))
     first = parsed[spec.rows[0].label]
     if collect_only:
         log.info("--collect-only: reading back %d experiments", len(spec.experiments()))
     elif to_queue or pending:
-        _parent_run(spec.name, first)  # before the experiments, which may share a new store
+        parent_run(spec.name, first)  # before the experiments, which may share a new store
         _run(dvc, pipeline, spec, to_queue, pending, jobs)
     else:
         log.info("all %d experiments already ran: reading them back", len(spec.experiments()))
@@ -275,17 +229,15 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
                      params_file=pipeline.params_file.as_posix())
     result["commit"] = base
     add_references(result, references)
-    parent = _parent_run(spec.name, first)
+    parent = parent_run(spec.name, first)
     result["mlflow"] = {"experiment": first.tracking.experiment or first.data.dataset,
                         "parent_run_id": parent}
     layout = pipeline.layout
     files = [layout.comparison_json(spec.name), layout.comparison_md(spec.name),
              layout.comparison_png(spec.name)]
-    write_json(files[0], result)
-    with atomic_open(files[1]) as handle:
-        handle.write(markdown(result))
-    plot(result, files[2])
-    if parent is not None:
-        _record(result, parent, files)
+    if parent is None:
+        write(result, files)
+    else:
+        record(result, parent, files)
     log.info("%s", files[1])
     return result

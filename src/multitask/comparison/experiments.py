@@ -36,7 +36,7 @@ IDLE_WORKER_EXIT_S = 40.0
 STALLED_POLLS = 2  # a worker takes a few seconds to register after `dvc queue start`
 LOG_TAIL_LINES = 40
 _TASK = re.compile(r"[0-9a-f]{7}")
-DONE, FAILED = ("Success", "Failed"), "Failed"
+DONE, FAILED, RUNNING = ("Success", "Failed"), "Failed", "Running"
 # `dvc exp show --json` executor states
 SUCCESS_STATE, PENDING_STATES = "success", ("queued", "running")
 
@@ -183,13 +183,20 @@ def wait(dvc: Dvc, watched: dict[str, str], jobs: int,
     ``on_done(count finished)`` after each poll. A failed experiment raises, naming it and the
     tail of its `dvc queue logs`.
 
-    Workers can leave early: one that finds its experiment in the run cache finishes in
-    seconds and may exit while tasks still wait, and a killed one is gone. Whenever fewer
-    workers live than the work left could use (at most ``jobs``) for :data:`STALLED_POLLS`
-    polls in a row, `dvc queue start --jobs` starts the missing ones again (it starts only
-    the worker numbers that are not alive)."""
+    Workers can leave early: one can exit while tasks still wait (after a fast or a failed
+    experiment, say), and a killed one is gone. Whenever fewer workers live than the work left
+    could use (at most ``jobs``) for :data:`STALLED_POLLS` polls in a row, `dvc queue start
+    --jobs` starts the missing ones again (it starts only the worker numbers that are not
+    alive).
+
+    A killed worker also leaves its task marked Running for good: no worker takes it again and
+    DVC never marks it failed. A running task always has an active worker, so a task of ours
+    that is Running while no worker is active for :data:`STALLED_POLLS` polls in a row (not
+    one: a worker takes a few seconds to register) raises, naming the `dvc queue kill` that
+    marks it failed so that the next run queues it again."""
     dvc("queue", "start", "--jobs", str(jobs))
     short = 0  # polls in a row with fewer workers alive than the work left could use
+    orphaned = 0  # polls in a row with a task of ours Running and no worker active
     while True:
         status = queue_status(dvc)
         states = status.tasks
@@ -201,6 +208,10 @@ def wait(dvc: Dvc, watched: dict[str, str], jobs: int,
         on_done(len(finished))
         if len(finished) == len(watched):
             break
+        running = {task: name for task, name in watched.items() if states[task][1] == RUNNING}
+        orphaned = orphaned + 1 if running and not status.active else 0
+        if orphaned == STALLED_POLLS:
+            raise RuntimeError(_orphaned(running))
         wanted = min(jobs, len(watched) - len(finished))
         short = short + 1 if status.active + status.idle < wanted else 0
         if short == STALLED_POLLS:
@@ -212,6 +223,17 @@ def wait(dvc: Dvc, watched: dict[str, str], jobs: int,
     failed = {task: name for task, name in watched.items() if states[task][1] == FAILED}
     if failed:
         raise RuntimeError("\n\n".join(_failure(dvc, task, name) for task, name in failed.items()))
+
+
+def _orphaned(running: dict[str, str]) -> str:
+    """What to do about tasks (task id -> experiment name) marked Running with no worker."""
+    listed = ", ".join(f"{name} (task {task})" for task, name in running.items())
+    plural, it, its, is_ = (("", "it", "its", "is") if len(running) == 1
+                            else ("s", "them", "their", "are"))
+    return (f"experiment{plural} {listed} {is_} marked Running in DVC's queue but no queue "
+            f"worker runs {it} ({its} worker was killed?); mark {it} failed with `dvc queue "
+            f"kill {' '.join(running)}` and rerun the same command: it queues "
+            f"{', '.join(running.values())} again and keeps the finished experiments")
 
 
 def _failure(dvc: Dvc, task: str, name: str) -> str:

@@ -13,11 +13,10 @@ measured:
 - git shows no difference between the commit it was measured on and the commit the new
   experiments derive from in any input of the pipeline: its ``dvc.yaml``, params file, the
   files its stages depend on, and the locked requirements (``requirements.lock``,
-  ``pyproject.toml``), nor, when new experiments are queued, between it and the working
-  tree they run from (an uncommitted edit of an input, or a new untracked file among them,
-  counts as a difference). Dependencies that are another stage's outputs (``data/processed``,
-  ``reports/baselines.json`` ...) follow from these, and the same params and seed give the
-  same metrics on CPU (a tested promise).
+  ``pyproject.toml``). (``multitask compare`` queues nothing while an input has uncommitted
+  changes, so new experiments run that commit as it is.) Dependencies that are another
+  stage's outputs (``data/processed``, ``reports/baselines.json`` ...) follow from these, and
+  the same params, seed and thread count give the same metrics on CPU (a tested promise).
 
 Anything else runs again. Each row of the new comparison.json names, seed by seed, the commit
 its measurement comes from (``commits``), so a record read back stays traceable.
@@ -31,12 +30,21 @@ from pathlib import Path
 from typing import Any
 
 from multitask import keys
-from multitask.comparison.experiments import Pipeline
+from multitask.comparison.experiments import Experiment, Pipeline
 from multitask.comparison.report import Measured
 from multitask.comparison.rows import Spec
 from multitask.io import read_json
 
-__all__ = ["pipeline_inputs", "recorded", "unchanged_since"]
+__all__ = [
+    "changed_between",
+    "measures_commit",
+    "off_commit",
+    "pipeline_inputs",
+    "recorded",
+    "resolve_commit",
+    "unchanged_since",
+    "uncommitted",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,24 +71,70 @@ def pipeline_inputs(pipeline: Pipeline) -> list[str]:
     return sorted(paths)
 
 
-def unchanged_since(root: Path, commit: str, rev: str, paths: list[str],
-                    workspace: bool = False) -> bool:
-    """Whether ``commit`` exists here and git shows no difference in ``paths`` from it to
-    ``rev``; with ``workspace`` (``rev`` is the commit checked out, and the experiments run
-    from the working tree as it is), none to the working tree either: no uncommitted edit and
-    no new untracked file among ``paths``."""
-    def git(*args: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True)
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
 
-    if git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
-        return False
-    if git("diff", "--quiet", commit, rev, "--", *paths).returncode != 0:
-        return False
-    if not workspace:
-        return True
-    untracked = git("ls-files", "--others", "--exclude-standard", "--", *paths)
-    return (git("diff", "--quiet", commit, "--", *paths).returncode == 0
-            and untracked.returncode == 0 and not untracked.stdout.strip())
+
+def changed_between(root: Path, commit: str, rev: str, paths: list[str]) -> list[str] | None:
+    """The ``paths`` git shows changed from ``commit`` to ``rev``; None when ``commit`` is not
+    a commit here."""
+    if _git(root, "cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+        return None
+    return _git(root, "diff", "--name-only", commit, rev, "--", *paths).stdout.split()
+
+
+def uncommitted(root: Path, commit: str, paths: list[str]) -> list[str]:
+    """The ``paths`` whose working tree differs from ``commit``: edited, deleted, or new and
+    untracked (not ignored)."""
+    edited = _git(root, "diff", "--name-only", commit, "--", *paths).stdout.split()
+    untracked = _git(root, "ls-files", "--others", "--exclude-standard", "--", *paths)
+    return sorted({*edited, *untracked.stdout.split()})
+
+
+def resolve_commit(root: Path, rev: str) -> str | None:
+    """The full hash of commit ``rev`` (hash, branch, tag, ``HEAD~1`` ...); None if none."""
+    found = _git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def measures_commit(pipeline: Pipeline, commit: str, done: list[Experiment],
+                    queueing: bool) -> None:
+    """Refuse what would not measure ``commit`` as it is: with ``queueing``, uncommitted
+    changes to the pipeline's inputs (queued experiments would run them, those run before did
+    not); and finished experiments (``done``) that ran other code than the commit's."""
+    if queueing and (dirty := uncommitted(pipeline.root, commit, pipeline_inputs(pipeline))):
+        raise ValueError(
+            f"uncommitted changes to the pipeline's inputs ({', '.join(dirty)}): a comparison "
+            f"measures one commit ({commit[:7]}), and experiments queued now would run these "
+            "changes while those run before did not. Commit them (the comparison then runs on "
+            "the new commit) or set them aside (git stash), then rerun; --collect-only reads "
+            "back without running anything")
+    if stale := off_commit(pipeline, commit, done):
+        raise ValueError("\n".join(
+            f"experiment {name} ran with uncommitted changes to {', '.join(files)} (queued "
+            f"from an edited working tree), so it does not measure commit {commit[:7]}: "
+            f"remove it (dvc exp remove {name}) and rerun" for name, files in stale.items()))
+
+
+def off_commit(pipeline: Pipeline, commit: str, experiments: list[Experiment]
+               ) -> dict[str, list[str]]:
+    """The experiments (derived from ``commit``) that ran other code than ``commit`` holds:
+    name -> the pipeline inputs that differ, the params file aside (it carries each
+    experiment's overrides). Such an experiment was queued from a working tree with
+    uncommitted changes, so it does not measure the commit."""
+    inputs = [path for path in pipeline_inputs(pipeline)
+              if path != pipeline.params_file.as_posix()]
+    found = {}
+    for experiment in experiments:
+        if changed := changed_between(pipeline.root, commit, experiment.rev, inputs):
+            found[experiment.name] = changed
+    return found
+
+
+def unchanged_since(root: Path, commit: str, rev: str, paths: list[str]) -> bool:
+    """Whether ``commit`` exists here and git shows no difference in ``paths`` from it to
+    ``rev``."""
+    return changed_between(root, commit, rev, paths) == []
 
 
 def _measured(result: dict[str, Any], row: dict[str, Any], index: int, commit: str
@@ -104,12 +158,9 @@ def _measured(result: dict[str, Any], row: dict[str, Any], index: int, commit: s
                     report, {keys.TASKS: per_task(row["baselines"])}, commit=commit)
 
 
-def recorded(spec: Spec, pipeline: Pipeline, rev: str, wanted: set[str],
-             workspace: bool = False) -> dict[str, Measured]:
+def recorded(spec: Spec, pipeline: Pipeline, rev: str, wanted: set[str]) -> dict[str, Measured]:
     """The experiments named in ``wanted`` that the comparison's comparison.json holds and
-    that still stand for commit ``rev`` (see the module), by name; with ``workspace`` (new
-    experiments will be queued from the working tree) they must stand for its uncommitted
-    changes too."""
+    that still stand for commit ``rev`` (see the module), by name."""
     path = pipeline.layout.comparison_json(spec.name)
     if not wanted or not path.is_file():
         return {}
@@ -135,11 +186,10 @@ def recorded(spec: Spec, pipeline: Pipeline, rev: str, wanted: set[str],
             continue
         if commit not in standing:
             inputs = inputs if inputs is not None else pipeline_inputs(pipeline)
-            standing[commit] = unchanged_since(pipeline.root, commit, rev, inputs, workspace)
+            standing[commit] = unchanged_since(pipeline.root, commit, rev, inputs)
             if not standing[commit]:
-                log.info("%s: measured on commit %s, whose pipeline inputs differ from %s: "
-                         "run again", path, commit[:7],
-                         "the working tree's" if workspace else f"{rev[:7]}'s")
+                log.info("%s: measured on commit %s, whose pipeline inputs differ from %s's: "
+                         "run again", path, commit[:7], rev[:7])
         if standing[commit]:
             try:
                 found[name] = _measured(result, old, index, commit)

@@ -13,8 +13,30 @@ from __future__ import annotations
 from typing import Any
 
 from multitask import keys
+from multitask.comparison.experiments import Pipeline
 from multitask.comparison.report import task_metrics
 from multitask.comparison.statistics import summarise
+from multitask.io import read_json
+
+
+def check_reference(name: str, other: dict[str, Any], seeds: list[int] | tuple[int, ...]
+                    ) -> None:
+    """Refuse comparison ``name`` (its comparison.json ``other``) as a reference for ``seeds``:
+    it needs one set of baselines for all its rows, measured on each of those seeds. Asked
+    before anything is queued, and again on the result."""
+    where = f"--against {name}"
+    if other.get("baselines") is None:
+        raise ValueError(f"{where}: the rows of that comparison have baselines that differ "
+                         "(params the baselines share differ between its rows, or its "
+                         "experiments ran with different thread counts, which change the float "
+                         "sums on CPU), so there is no one reference; name a comparison whose "
+                         "rows share their baselines")
+    theirs = list(other.get("seeds") or [])
+    if missing := [seed for seed in seeds if seed not in theirs]:
+        raise ValueError(f"{where}: that comparison has no baselines for seed "
+                         f"{', '.join(map(str, missing))} (its seeds: "
+                         f"{', '.join(map(str, theirs))}); give --seeds among them, or run "
+                         f"`multitask compare {name} ...` with those seeds first")
 
 
 def add_references(result: dict[str, Any], others: dict[str, dict[str, Any]]) -> None:
@@ -31,18 +53,9 @@ def add_references(result: dict[str, Any], others: dict[str, dict[str, Any]]) ->
         if task_metrics(other) != metrics:
             raise ValueError(f"{where} measures {task_metrics(other)}, this one {metrics}: "
                              "name a comparison of the same tasks and metrics")
-        baselines = other.get("baselines")
-        if baselines is None:
-            raise ValueError(f"{where}: its rows have baselines of their own (their params "
-                             "differ in what the baselines share), so there is no one "
-                             "reference; name a comparison whose rows share their baselines")
-        seeds = list(other["seeds"])
+        check_reference(name, other, sorted({s for row in result["rows"] for s in row["seeds"]}))
+        baselines, seeds = other["baselines"], list(other["seeds"])
         for row in result["rows"]:
-            missing = [seed for seed in row["seeds"] if seed not in seeds]
-            if missing:
-                raise ValueError(f"{where} has no baselines for seed "
-                                 f"{', '.join(map(str, missing))} (its seeds: "
-                                 f"{', '.join(map(str, seeds))})")
             values = [delta_m({t: row[keys.TASKS][t]["per_seed"][i] for t in metrics},
                               {t: baselines[t]["per_seed"][seeds.index(seed)] for t in metrics},
                               better)
@@ -50,3 +63,22 @@ def add_references(result: dict[str, Any], others: dict[str, dict[str, Any]]) ->
             row.setdefault("against", {})[name] = {
                 **summarise(values, interval=True, confidence=result["confidence"]).as_dict(),
                 "commit": other.get("commit")}
+
+
+def read_references(pipeline: Pipeline, name: str, against: tuple[str, ...],
+                    seeds: tuple[int, ...]) -> dict[str, dict[str, Any]]:
+    """The comparison.json of each comparison named by --against, read and checked against
+    ``seeds`` before anything runs."""
+    others = {}
+    for other in against:
+        if other == name:
+            raise ValueError(f"--against {other}: the comparison's own baselines are its "
+                             "Δm% already; name another comparison")
+        path = pipeline.layout.comparison_json(other)
+        if not path.is_file():
+            raise FileNotFoundError(f"--against {other}: no {path} (run `multitask compare "
+                                    f"{other} ...` first, on the same pipeline)")
+        others[other] = read_json(path, required=(), remedy=f"rerun `multitask compare {other} "
+                                  "...` to write it again")
+        check_reference(other, others[other], seeds)
+    return others

@@ -156,7 +156,7 @@ def task_metrics(result: dict[str, Any]) -> dict[str, str]:
 
 
 def _read_back(result: dict[str, Any]) -> str:
-    """The caption's note on measurements of an earlier commit (read from comparison.json,
+    """The caption's note on measurements of another commit (read from comparison.json,
     :mod:`.records`): `` (`row` seed 0 measured at commit `abc1234`, ...)``, else empty."""
     earlier = [f"`{row['label']}` seed {seed} at `{commit[:7]}`" for row in result["rows"]
                for seed, commit in zip(row.get("seeds") or [], row.get("commits") or [],
@@ -164,7 +164,7 @@ def _read_back(result: dict[str, Any]) -> str:
                if commit and commit != result.get("commit")]
     if not earlier:
         return ""
-    return (" (measured on an earlier commit with the same pipeline inputs: "
+    return (" (measured on another commit with the same pipeline inputs: "
             + ", ".join(earlier) + ")")
 
 
