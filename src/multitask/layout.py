@@ -127,7 +127,8 @@ class Layout:
     @property
     def baselines_info(self) -> Path:
         """How the baselines were made (backbone, epochs, data hash, time): not metrics, so
-        not in ``baselines.json``, whose every number ``dvc exp show`` lists as one."""
+        not in ``baselines.json``, whose every number ``dvc exp show`` lists as one. A cached
+        output (not in git), so that DVC's run cache can restore the stage."""
         return self._at("reports/baselines_info.json")
 
     @property

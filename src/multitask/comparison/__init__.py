@@ -5,14 +5,14 @@ workspace (which stays as it is) and run by ``--jobs`` queue workers side by sid
 limited to its share of the CPUs (``$MULTITASK_THREADS``, in each experiment's train.json: on
 CPU the thread count changes the order of float sums, so the same params and seed repeat
 exactly only at the same count). The single-task baselines run with every seed too
-(``train.seed`` is one of their params), in every experiment: DVC's run cache skips stages
-with uncached outputs (``reports/baselines.json``), so rows that share a seed and the
-regularisation train the same baselines again, and each experiment's Δm% is against its own
-seed's baselines. Experiments already there with the same params are read back, not run
-again, and so are those the comparison's comparison.json recorded on an earlier commit whose
-pipeline inputs git shows unchanged (:mod:`.records`: a fresh clone has no experiments). A
-comparison measures one commit: nothing is queued while an input of the pipeline has
-uncommitted changes, and an experiment that ran such changes is refused by name. The summary
+(``train.seed`` is one of their params); rows that share a seed and the regularisation
+share them through DVC's run cache (the first experiment trains them, later ones restore
+them), and each experiment's Δm% is against its own seed's baselines. Experiments already
+there with the same params are read back, not run again, and so are those the comparison's
+comparison.json recorded on an earlier commit whose pipeline inputs git shows unchanged
+(:mod:`.records`: a fresh clone has no experiments). A comparison measures one commit:
+nothing is queued while an input of the pipeline has uncommitted changes, and an experiment
+that ran such changes is refused by name. The summary
 (:mod:`.report`) goes to ``reports/comparisons/<name>/`` of the pipeline folder, and to one
 MLflow parent run under which the experiments' runs are nested (:mod:`.recording`,
 :mod:`multitask.tracking.groups`).

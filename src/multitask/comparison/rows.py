@@ -59,8 +59,8 @@ class Spec:
         return [*self.common, *row.overrides, (SEED_KEY, str(seed))]
 
     def experiments(self) -> list[tuple[Row, int, str]]:
-        """``(row, seed, experiment name)``, row by row: the seeds of one row run side by
-        side."""
+        """``(row, seed, experiment name)``, row by row: the seeds of one row run side by side
+        and the next row restores their single-task baselines from DVC's run cache."""
         return [(row, seed, row.experiment(self.name, seed))
                 for row in self.rows for seed in self.seeds]
 
