@@ -20,13 +20,12 @@ or seed added), keeps the parent.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from multitask.tracking.runs import StageRun
+from multitask.tracking.runs import StageRun, param_value
 from multitask.tracking.store import client, experiment_id, filter_literal, get_run, store_errors
 
 log = logging.getLogger(__name__)
@@ -88,11 +87,6 @@ def stored_runs(run_ids: Iterable[str]) -> list[str]:
     return found
 
 
-def _spelt(value: Any) -> str:
-    """A param's value as MLflow stores it once :meth:`StageRun.log_params` logged it."""
-    return value if isinstance(value, str) else json.dumps(value)
-
-
 @store_errors
 def current_parent(parent_run_id: str, comparison: str, children: dict[str, str],
                    params: dict[str, Any], metrics: dict[str, float]) -> str:
@@ -115,7 +109,7 @@ def current_parent(parent_run_id: str, comparison: str, children: dict[str, str]
     removed_rows = sorted(key.removeprefix(ROW_PARAM) for key in logged_params
                           if key.startswith(ROW_PARAM) and key not in params)
     changed = sorted(key for key, value in logged_params.items()
-                     if key in params and _spelt(params[key]) != value)
+                     if key in params and param_value(params[key]) != value)
     dropped_params = sorted(key for key in logged_params if key not in params
                             and not (key.startswith(ROW_PARAM)
                                      and key.removeprefix(ROW_PARAM) in removed_rows))
@@ -136,7 +130,7 @@ def current_parent(parent_run_id: str, comparison: str, children: dict[str, str]
     differences = []
     if removed_rows:
         differences.append(f"rows {', '.join(removed_rows)} no longer in the comparison")
-    differences += [f"{key} was {logged_params[key]!r}, now {_spelt(params[key])!r}"
+    differences += [f"{key} was {logged_params[key]!r}, now {param_value(params[key])!r}"
                     for key in changed]
     if dropped_params:
         differences.append(f"params {_listed(dropped_params)} no longer logged")
@@ -208,7 +202,7 @@ def record_comparison(parent_run_id: str, comparison: str, children: dict[str, s
                                    ROW_TAG: label})
     parent = StageRun(parent_run_id)
     logged = get_run(parent_run_id).data.params
-    changed = sorted(k for k, v in params.items() if k in logged and logged[k] != _spelt(v))
+    changed = sorted(k for k, v in params.items() if k in logged and logged[k] != param_value(v))
     if changed:
         log.warning("MLflow run %s keeps its earlier params %s (params cannot change)",
                     parent_run_id, ", ".join(changed))

@@ -50,7 +50,7 @@ _ASYNC_BUFFER = ("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "2")
 DATA_TAG = "data.sha256"
 
 
-def _param_value(value: Any) -> str:
+def param_value(value: Any) -> str:
     """A param spelt as YAML would (true, null, [1, 2]) rather than Python's repr."""
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -118,7 +118,7 @@ class StageRun:
             return
         from mlflow.entities import Param
 
-        client().log_batch(self.run_id, params=[Param(k, _param_value(v))
+        client().log_batch(self.run_id, params=[Param(k, param_value(v))
                                                 for k, v in params.items()])
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None
