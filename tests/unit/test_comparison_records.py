@@ -242,26 +242,28 @@ def _experiment(repo: Path, name: str, changes: dict[str, str]) -> Experiment:
 def test_an_experiment_that_ran_uncommitted_code_is_refused_by_name(repo: Path) -> None:
     head = _git(repo, "rev-parse", "HEAD")
     pipeline = Pipeline(repo, Path("dvc.yaml"))
+    inputs = pipeline_inputs(pipeline)
     clean = _experiment(repo, "demo-equal-s0", {"params.yaml": "train:\n  seed: 1\n"
                                                 "  epochs: 2\n", "README.md": "# notes\n"})
     edited = _experiment(repo, "demo-equal-s2", {"src/pkg/train.py": "EPOCHS = 9\n"})
-    measures_commit(pipeline, head, [clean], queueing=True)  # overrides, docs: it stands
+    measures_commit(pipeline, head, [clean], inputs, queueing=True)  # overrides, docs: it stands
     with pytest.raises(ValueError, match=(
             r"experiment demo-equal-s2 ran with uncommitted changes to src/pkg/train.py "
             rf".*does not measure commit {head[:7]}: remove it \(dvc exp remove "
             r"demo-equal-s2\) and rerun")):
-        measures_commit(pipeline, head, [clean, edited], queueing=False)
+        measures_commit(pipeline, head, [clean, edited], inputs, queueing=False)
 
 
 def test_nothing_is_queued_while_an_input_has_uncommitted_changes(repo: Path) -> None:
     head = _git(repo, "rev-parse", "HEAD")
     pipeline = Pipeline(repo, Path("dvc.yaml"))
+    inputs = pipeline_inputs(pipeline)
     (repo / "src" / "pkg" / "train.py").write_text("EPOCHS = 3\n")
     with pytest.raises(ValueError, match=(r"uncommitted changes to the pipeline's inputs "
                                           r"\(src/pkg/train.py\): a comparison measures one "
                                           rf"commit \({head[:7]}\).*\(git stash\)")):
-        measures_commit(pipeline, head, [], queueing=True)
-    measures_commit(pipeline, head, [], queueing=False)  # reading back runs nothing
+        measures_commit(pipeline, head, [], inputs, queueing=True)
+    measures_commit(pipeline, head, [], inputs, queueing=False)  # reading back runs nothing
 
 
 def test_a_rev_is_resolved_to_its_full_hash(repo: Path) -> None:

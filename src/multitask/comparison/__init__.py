@@ -43,7 +43,12 @@ from multitask.comparison.experiments import (
     wait,
 )
 from multitask.comparison.recording import parent_run, record, write
-from multitask.comparison.records import measures_commit, recorded, resolve_commit
+from multitask.comparison.records import (
+    measures_commit,
+    pipeline_inputs,
+    recorded,
+    resolve_commit,
+)
 from multitask.comparison.references import add_references, read_references
 from multitask.comparison.report import Measured, summary
 from multitask.comparison.rows import Row, Spec, apply_overrides, expand_rows, row_params
@@ -201,10 +206,12 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
                          "branch or tag, e.g. the commit a comparison.json records")
     present = experiments(dvc, pipeline, base)
     names = {name for *_, name in spec.experiments()}
+    inputs = pipeline_inputs(pipeline)
     measures_commit(pipeline, base, [e for e in present if e.name in names and _finished(e)],
-                    queueing=not collect_only)
+                    inputs, queueing=not collect_only)
     done = {e.name for e in present if _finished(e)}
-    earlier = recorded(spec, pipeline, base, {name for name in names if name not in done})
+    earlier = recorded(spec, pipeline, base, {name for name in names if name not in done},
+                       inputs)
     to_queue, pending = _plan(spec, pipeline, raw, present, set(earlier))
     first = parsed[spec.rows[0].label]
     if collect_only:

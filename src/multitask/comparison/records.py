@@ -98,35 +98,35 @@ def resolve_commit(root: Path, rev: str) -> str | None:
 
 
 def measures_commit(pipeline: Pipeline, commit: str, done: list[Experiment],
-                    queueing: bool) -> None:
+                    inputs: list[str], queueing: bool) -> None:
     """Refuse what would not measure ``commit`` as it is: with ``queueing``, uncommitted
-    changes to the pipeline's inputs (queued experiments would run them, those run before did
-    not); and finished experiments (``done``) that ran other code than the commit's."""
-    if queueing and (dirty := uncommitted(pipeline.root, commit, pipeline_inputs(pipeline))):
+    changes to the pipeline's ``inputs`` (:func:`pipeline_inputs`: queued experiments would
+    run them, those run before did not); and finished experiments (``done``) that ran other
+    code than the commit's."""
+    if queueing and (dirty := uncommitted(pipeline.root, commit, inputs)):
         raise ValueError(
             f"uncommitted changes to the pipeline's inputs ({', '.join(dirty)}): a comparison "
             f"measures one commit ({commit[:7]}), and experiments queued now would run these "
             "changes while those run before did not. Commit them (the comparison then runs on "
             "the new commit) or set them aside (git stash), then rerun; --collect-only reads "
             "back without running anything")
-    if stale := off_commit(pipeline, commit, done):
+    if stale := off_commit(pipeline, commit, done, inputs):
         raise ValueError("\n".join(
             f"experiment {name} ran with uncommitted changes to {', '.join(files)} (queued "
             f"from an edited working tree), so it does not measure commit {commit[:7]}: "
             f"remove it (dvc exp remove {name}) and rerun" for name, files in stale.items()))
 
 
-def off_commit(pipeline: Pipeline, commit: str, experiments: list[Experiment]
-               ) -> dict[str, list[str]]:
+def off_commit(pipeline: Pipeline, commit: str, experiments: list[Experiment],
+               inputs: list[str]) -> dict[str, list[str]]:
     """The experiments (derived from ``commit``) that ran other code than ``commit`` holds:
-    name -> the pipeline inputs that differ, the params file aside (it carries each
-    experiment's overrides). Such an experiment was queued from a working tree with
+    name -> those of the pipeline's ``inputs`` that differ, the params file aside (it carries
+    each experiment's overrides). Such an experiment was queued from a working tree with
     uncommitted changes, so it does not measure the commit."""
-    inputs = [path for path in pipeline_inputs(pipeline)
-              if path != pipeline.params_file.as_posix()]
+    code = [path for path in inputs if path != pipeline.params_file.as_posix()]
     found = {}
     for experiment in experiments:
-        if changed := changed_between(pipeline.root, commit, experiment.rev, inputs):
+        if changed := changed_between(pipeline.root, commit, experiment.rev, code):
             found[experiment.name] = changed
     return found
 
@@ -158,9 +158,11 @@ def _measured(result: dict[str, Any], row: dict[str, Any], index: int, commit: s
                     report, {keys.TASKS: per_task(row["baselines"])}, commit=commit)
 
 
-def recorded(spec: Spec, pipeline: Pipeline, rev: str, wanted: set[str]) -> dict[str, Measured]:
+def recorded(spec: Spec, pipeline: Pipeline, rev: str, wanted: set[str],
+             inputs: list[str] | None = None) -> dict[str, Measured]:
     """The experiments named in ``wanted`` that the comparison's comparison.json holds and
-    that still stand for commit ``rev`` (see the module), by name."""
+    that still stand for commit ``rev`` (see the module), by name. ``inputs``: the pipeline's
+    (:func:`pipeline_inputs`) where the caller has them, else read when first needed."""
     path = pipeline.layout.comparison_json(spec.name)
     if not wanted or not path.is_file():
         return {}
@@ -170,7 +172,6 @@ def recorded(spec: Spec, pipeline: Pipeline, rev: str, wanted: set[str]) -> dict
             or result.get("set", {}) != dict(spec.common)):
         return {}
     rows = {row["label"]: row for row in result.get("rows") or []}
-    inputs: list[str] | None = None
     standing: dict[str, bool] = {}  # commit -> its measurements stand for rev
     found: dict[str, Measured] = {}
     for row, seed, name in spec.experiments():
