@@ -26,6 +26,7 @@ from multitask.cli import main as cli_main
 from multitask.config import ValidateConfig, parse_params
 from multitask.data import processed
 from multitask.data.datasets import FASHION_CLASSES
+from multitask.data.dependencies import interpolated, template_context
 from multitask.data.manifest import ManifestError, build_manifest
 from multitask.data.validation import failure_messages, validate_manifest
 from multitask.layout import Layout
@@ -306,6 +307,21 @@ def test_check_stops_a_manifest_without_a_declared_column(example: Path, tmp_pat
     assert not Layout(tmp_path).params_check.exists()
 
 
+def _check_warnings(example: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                    deps: dict[str, str], variables: list | None = None) -> list[str]:
+    """The warnings of `multitask check` on the example's dvc.yaml with ``deps`` added to its
+    stages (and ``variables`` to its ``vars``), beside a manifest read where it lies."""
+    params = pipeline(tmp_path, example)
+    stages = yaml.safe_load((ROOT / "examples" / "fashion-manifest" / "dvc.yaml").read_text())
+    stages["vars"] = [*stages.get("vars", []), *(variables or [])]
+    for stage, dep in deps.items():
+        stages["stages"][stage]["deps"].append(dep)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
+    with caplog.at_level(logging.WARNING, logger="multitask.data.sources"):
+        assert cli_main(["check", "--params", str(params)]) == 0
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
 @pytest.mark.parametrize(("deps", "unwatched"), [
     ({}, "validate and preprocess"),
     ({"validate": "mine"}, "preprocess"),
@@ -317,15 +333,8 @@ def test_check_warns_when_dvc_would_not_rerun_on_a_manifest_read_in_place(
         deps: dict[str, str], unwatched: str | None) -> None:
     """The example's dvc.yaml beside a manifest read where it lies: each stage reading its rows
     and images must depend on the manifest and every image (a folder above them will do)."""
-    params = pipeline(tmp_path, example)
-    stages = yaml.safe_load((ROOT / "examples" / "fashion-manifest" / "dvc.yaml").read_text())
-    for stage, dep in deps.items():
-        stages["stages"][stage]["deps"].append(dep)
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
     assert pd.read_csv(example)["image"].str.startswith("images/").all()
-    with caplog.at_level(logging.WARNING, logger="multitask.data.sources"):
-        assert cli_main(["check", "--params", str(params)]) == 0
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = _check_warnings(example, tmp_path, caplog, deps)
     if unwatched is None:
         assert warnings == []
     else:
@@ -334,6 +343,35 @@ def test_check_warns_when_dvc_would_not_rerun_on_a_manifest_read_in_place(
             f"{unwatched} in {tmp_path / 'dvc.yaml'}: DVC will not rerun them when a label or an "
             "image changes. Add mine (the folder holding the manifest and its images) to the "
             "deps of each"]
+
+
+@pytest.mark.parametrize(("deps", "unwatched"), [
+    # an inline var and a key of a vars file, as DVC fills them in
+    ({"validate": "${MINE}", "preprocess": "${where.folder}/manifest.csv"}, "preprocess"),
+    ({"validate": "${MINE}", "preprocess": "${where.folder}"}, None),
+    ({"validate": "${nowhere}", "preprocess": "mine"}, "validate"),  # no such var
+])
+def test_the_warning_reads_templated_deps_as_dvc_fills_them_in(
+        example: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        deps: dict[str, str], unwatched: str | None) -> None:
+    (tmp_path / "paths.yaml").write_text("where:\n  folder: mine\nignored:\n  folder: x\n")
+    warnings = _check_warnings(example, tmp_path, caplog, deps,
+                               [{"MINE": "mine"}, "paths.yaml:where"])
+    if unwatched is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and f"no dependency of {unwatched} in" in warnings[0]
+
+
+def test_a_templated_dep_takes_the_params_file_then_each_var_in_order(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("data:\n  root: from-params\nlevel: 1\n")
+    (tmp_path / "more.yaml").write_text("level: 3\nother: 4\n")
+    context = template_context(tmp_path, [{"level": 2}, "more.yaml:level"])
+    assert context == {"data": {"root": "from-params"}, "level": 3}
+    assert interpolated("${data.root}/x-${level}", context) == "from-params/x-3"
+    # a mapping, a missing key or a list is no path: kept as written
+    assert interpolated("${data}/${data.nope}/${other}", context) == \
+        "${data}/${data.nope}/${other}"
 
 
 @pytest.fixture

@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
 from multitask.config import ConfigError, Params, Source, load_sources, pretrained_file
 from multitask.data.datasets import DATASETS, MANIFEST
-from multitask.data.manifest import IMAGE_COLUMN, Manifest, manifest_path, read_manifest
+from multitask.data.dependencies import folder_of, unwatched_stages, watched
+from multitask.data.manifest import manifest_path, read_manifest
 from multitask.device import check_processes, select_device
 from multitask.io import atomic_open, read_json, write_json
 from multitask.layout import Layout
@@ -138,12 +137,13 @@ def check(params: Params, layout: Layout) -> None:
         data = params.data
         manifest = read_manifest(manifest_path(data, layout), data.tasks, data.val_fraction,
                                  data.test_fraction, data.seed)
-        if stages := unwatched_stages(manifest, layout):
+        paths = watched(manifest)
+        if stages := unwatched_stages(paths, layout):
             log.warning("%s is read where it lies, and no dependency of %s in %s: DVC will not "
                         "rerun them when a label or an image changes. Add %s (the folder "
                         "holding the manifest and its images) to the deps of each",
                         manifest.path, " and ".join(stages), layout.dvc_yaml,
-                        _folder_of(manifest, layout))
+                        folder_of(paths, layout))
     if params.model.pretrained_kind == "file":  # else baselines finds it missing, too late
         pretrained_file(params, layout.root)
     check_processes(select_device(params.train.device, params.source), params.train.processes,
@@ -154,49 +154,6 @@ def check(params: Params, layout: Layout) -> None:
     log.info("%s and %s: valid", params.source, layout.sources)
 
 
-# The stages that read a manifest's rows and images; check only reads its header and splits
-READING_STAGES = ("validate", "preprocess")
-
-
-def _watched(manifest: Manifest) -> list[str]:
-    """The manifest and each folder of its images, normalised absolute paths."""
-    base = manifest.path.parent
-    folders = {os.path.dirname(os.path.join(base, image))
-               for image in manifest.frame[IMAGE_COLUMN].unique()}
-    return [os.path.abspath(path) for path in (manifest.path, *sorted(folders))]
-
-
-def _folder_of(manifest: Manifest, layout: Layout) -> str:
-    """The folder holding the manifest and all its images, as a dependency would name it."""
-    common = Path(os.path.commonpath(_watched(manifest)))
-    root = Path(os.path.abspath(layout.root))
-    return common.relative_to(root).as_posix() if common.is_relative_to(root) else str(common)
-
-
-def unwatched_stages(manifest: Manifest, layout: Layout) -> list[str]:
-    """The stages of the pipeline's ``dvc.yaml`` that read ``manifest`` (read where it lies)
-    without depending on it and on every image folder (each, or a folder above them): DVC
-    would not rerun them when a label or an image changes. None without a readable
-    ``dvc.yaml`` (``multitask check`` run outside a pipeline)."""
-    try:
-        stages = yaml.safe_load(layout.dvc_yaml.read_text(encoding="utf-8"))["stages"]
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError):
-        return []
-    root, needed = os.path.abspath(layout.root), _watched(manifest)
-    unwatched = []
-    for name in READING_STAGES:
-        stage = stages.get(name) if isinstance(stages, dict) else None
-        if not isinstance(stage, dict):
-            continue
-        deps = [os.path.abspath(os.path.join(root, os.path.expanduser(dep)))
-                for dep in stage.get("deps") or [] if isinstance(dep, str)]
-        if not all(any(path == dep or path.startswith(dep.rstrip(os.sep) + os.sep)
-                       for dep in deps) for path in needed):
-            unwatched.append(name)
-    return unwatched
-
-
-# ---------------------------------------------------------------------------------- digests
 def file_sha256(path: str | Path, kind: DigestKind) -> str:
     """SHA-256 of the file's bytes (``archive``) or of its payload, gunzipped when it is gzip."""
     path = Path(path)
