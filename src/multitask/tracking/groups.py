@@ -146,7 +146,9 @@ def current_parent(parent_run_id: str, comparison: str, children: dict[str, str]
 
 
 def _nested(parent_run_id: str) -> list[Any]:
-    """The (active) runs of every experiment nested under run ``parent_run_id``."""
+    """The (active) runs of every experiment nested under run ``parent_run_id``. Every
+    experiment, not the parent's alone: a row that sets ``tracking.experiment`` logs its runs
+    elsewhere, and once that row is dropped no child of the comparison points there."""
     mlflow_client = client()
     experiments: list[str] = []
     token = None
@@ -191,13 +193,13 @@ def record_comparison(parent_run_id: str, comparison: str, children: dict[str, s
     """Nest each run of ``children`` (run id -> row label) under the parent and tag it; log
     the summary (metrics, params, tags) and the files of the comparison on the parent.
 
-    Call it on the run :func:`current_parent` returns for these children, params and metrics:
-    on any other parent, params cannot change in MLflow, so one already logged with another
-    value (a row redefined under the same name) stays as it was, with a warning; metrics and
-    tags take the new values.
+    ``children`` are runs this store holds (:func:`stored_runs` keeps those). Call it on the
+    run :func:`current_parent` returns for these children, params and metrics: on any other
+    parent, params cannot change in MLflow, so one already logged with another value (a row
+    redefined under the same name) stays as it was, with a warning; metrics and tags take the
+    new values.
     """
     for run_id, label in children.items():
-        get_run(run_id)  # a clear error for a run missing from this store
         StageRun(run_id).set_tags({PARENT_TAG: parent_run_id, COMPARISON_TAG: comparison,
                                    ROW_TAG: label})
     parent = StageRun(parent_run_id)
