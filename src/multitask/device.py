@@ -83,6 +83,13 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
+def cpu_threads(device: torch.device) -> int | None:
+    """torch's CPU threads where ``device`` is the CPU (None on a GPU): on the CPU the thread
+    count changes the order of float sums, so the same params and seed repeat exactly only at
+    the same count; reports record it beside what they measured."""
+    return None if device.type == "cuda" else torch.get_num_threads()
+
+
 def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"

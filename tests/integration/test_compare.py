@@ -131,12 +131,18 @@ def test_the_workspace_is_left_as_it_was(compared: Compared) -> None:
 
 def test_each_stage_gets_its_share_of_the_cpus(compared: Compared) -> None:
     """compare sets MULTITASK_THREADS for `dvc queue start`; the queue workers it spawns pass
-    it on to the stages, which train with that many torch threads (train.json's device)."""
+    it on to the stages, which train with that many torch threads (train.json's device);
+    comparison.json records each seed's count, and the table's caption says it."""
     threads = max(1, len(os.sched_getaffinity(0)) // JOBS)
     for row in compared.result()["rows"]:
         for experiment in row["experiments"]:
             train = experiment_file(compared.repo, experiment, "sample/reports/train.json")
             assert train["device"] == f"cpu ({threads} threads)", experiment
+            assert (train["threads"], train["baselines_threads"]) == (threads, threads)
+        assert row["threads"] == [{"train": threads, "baselines": threads}] * len(SEEDS)
+    caption = (compared.folder / "comparison.md").read_text().splitlines()[0]
+    spelt = f"{threads} CPU thread{'s' * (threads != 1)}"
+    assert caption.endswith(f"Every experiment ran on {spelt}."), caption
 
 
 def test_a_rerun_reads_back_without_running_again(compared: Compared) -> None:

@@ -26,8 +26,9 @@ from multitask.comparison.experiments import (
     run_to_files,
     wait,
 )
+from multitask.comparison.plot import plot
 from multitask.comparison.references import add_references
-from multitask.comparison.report import Measured, markdown, plot, summary
+from multitask.comparison.report import Measured, markdown, summary, threads_of
 from multitask.comparison.rows import (
     Row,
     Spec,
@@ -206,6 +207,41 @@ def test_the_table_shows_mean_std_interval_ties_and_baselines() -> None:
     assert rows[1].startswith("| 2 | `equal` |") and rows[1].endswith("| tied |")
     assert rows[2] == ("| | single-task baselines | | 0.8100 ± 0.0141 | 0.7900 ± 0.0141 | "
                        "0.8000 ± 0.0000 | 0 (reference) | |")
+
+
+def _with_threads(result: dict, counts: dict[tuple[str, int], dict | None]) -> dict:
+    """``result`` with each (row, seed)'s thread counts as comparison.json holds them."""
+    for row in result["rows"]:
+        row["threads"] = [counts.get((row["label"], seed), {"train": 2, "baselines": 2})
+                          for seed in row["seeds"]]
+    return result
+
+
+def test_a_train_record_gives_the_thread_counts_of_the_run_and_its_baselines() -> None:
+    assert threads_of({"run_id": "a", "threads": 2, "baselines_threads": 1}) == {
+        "train": 2, "baselines": 1}
+    assert threads_of({"run_id": "a", "threads": None}) is None  # a GPU run
+    assert threads_of({"run_id": "a"}) is None  # written before thread counts
+
+
+def test_the_caption_names_the_thread_count_and_every_measurement_off_it() -> None:
+    same = markdown(_with_threads(_result(), {})).splitlines()[0]
+    assert same.endswith("the interval overlaps the best row's. Every experiment ran on 2 CPU "
+                         "threads.")
+    # a seed's baselines restored from DVC's run cache, trained at another thread count, and
+    # one experiment run with --jobs 2 (one thread each)
+    mixed = markdown(_with_threads(_result(), {
+        ("equal", 1): {"train": 2, "baselines": 1},
+        ("pcgrad", 0): {"train": 1, "baselines": 1}})).splitlines()[0]
+    assert mixed.endswith(
+        "Experiments ran on 2 CPU threads except `pcgrad` seed 0: 1 CPU thread; `equal` seed "
+        "1: 2 CPU threads, its baselines 1 (on the CPU the same params and seed repeat exactly "
+        "only at the same thread count).")
+    # summaries written before thread counts (no "threads") say nothing of them
+    assert "thread" not in markdown(_result()).splitlines()[0]
+    assert "thread" not in markdown(_with_threads(_result(), {
+        (label, seed): None for label in ("equal", "pcgrad") for seed in (0, 1)
+    })).splitlines()[0]
 
 
 def _other(seeds: list[int], left: list[float], right: list[float]) -> dict:

@@ -97,7 +97,7 @@ def _measured(spec: Spec, commit: str) -> dict[str, list[Measured]]:
                            "right": {"accuracy": right, "loss": 0.6}},
                  "mean_accuracy": (left + right) / 2, "delta_m_pct": delta},
                 {"tasks": {"left": {"accuracy": base[0]}, "right": {"accuracy": base[1]}}},
-                commit))
+                commit, {"train": 2, "baselines": 1 if seed == 2 else 2}))
     return measured
 
 
@@ -135,7 +135,9 @@ def test_a_record_is_read_back_exactly_while_only_other_files_change(repo: Path)
     by_row = {row.label: [earlier[name] for r, _, name in SPEC.experiments() if r == row]
               for row in SPEC.rows}
     again = summary(SPEC, by_row, pipeline="dvc.yaml", params_file="params.yaml")
-    assert again == {k: v for k, v in first.items() if k != "commit"}
+    assert again == {k: v for k, v in first.items() if k != "commit"}  # thread counts too
+    assert [m.threads for m in by_row["equal"]] == [
+        {"train": 2, "baselines": 2}, {"train": 2, "baselines": 2}, {"train": 2, "baselines": 1}]
     # the caption says which measurements come from an earlier commit
     caption = markdown(again | {"commit": later}).splitlines()[0]
     assert f"`equal` seed 0 at `{measured_on[:7]}`" in caption

@@ -363,12 +363,21 @@ def test_baselines_train_evaluate_on_three_kinds(tmp_path: Path, channels: int) 
     params = parse_params({"train": {"epochs": 2, "batch_size": 32, "diagnostics_every": 0,
                                      "weighting": "equal", "label_smoothing": 0.1},
                            "tracking": {"enabled": False}})
-    baselines = stages.baselines(params, layout)
+    threads = torch.get_num_threads()
+    try:  # the baselines at one CPU thread, the multi-task run at two: each report says so
+        torch.set_num_threads(1)
+        baselines = stages.baselines(params, layout)
+        torch.set_num_threads(2)
+        final = stages.train(params, layout)
+    finally:
+        torch.set_num_threads(threads)
     assert set(baselines["side"]) == {"mae", "rmse", "loss"}
     info = json.loads(layout.baselines_info.read_text())
     assert info["ensemble"] == "sequential"  # three heads of two widths and three losses
     assert set(info["validation"]["bright"]) == {"accuracy", "auroc", "f1", "loss"}
-    final = stages.train(params, layout)
+    assert info["threads"] == 1
+    record = json.loads(layout.train_json.read_text())
+    assert (record["threads"], record["baselines_threads"]) == (2, 1)
     assert {"val/macro_f1/shape", "val/auroc/bright", "val/mae/side", "train/loss/side"
             } <= set(final)
     metrics = stages.evaluate(params, layout)

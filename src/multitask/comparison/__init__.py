@@ -39,7 +39,7 @@ from multitask.comparison.experiments import (
     idle_workers_gone,
     queue,
     queue_status,
-    run_id,
+    train_record,
     wait,
 )
 from multitask.comparison.recording import parent_run, record, write
@@ -50,7 +50,7 @@ from multitask.comparison.records import (
     resolve_commit,
 )
 from multitask.comparison.references import add_references, read_references
-from multitask.comparison.report import Measured, summary
+from multitask.comparison.report import Measured, summary, threads_of
 from multitask.comparison.rows import Row, Spec, apply_overrides, expand_rows, row_params
 from multitask.config import ConfigError, flatten, parse_params, read_yaml
 from multitask.cpus import available_cpus
@@ -163,8 +163,10 @@ def _collect(dvc: Dvc, pipeline: Pipeline, spec: Spec, rev: str,
             measured[row.label].append(earlier[name])
             continue
         found = present[name]
-        measured[row.label].append(Measured(seed, name, run_id(dvc, pipeline, found),
-                                            found.metrics or {}, found.baselines or {}, rev))
+        record = train_record(dvc, pipeline, found)
+        measured[row.label].append(Measured(seed, name, record.get("run_id"),
+                                            found.metrics or {}, found.baselines or {}, rev,
+                                            threads_of(record)))
     return measured
 
 

@@ -7,7 +7,7 @@ environment, which is how ``$MULTITASK_THREADS`` reaches each stage. A worker st
 from an earlier `dvc queue start` keeps its own and takes any task queued meanwhile, so idle
 ones are waited out first (:func:`idle_workers_gone`). Results come back from
 `dvc exp show --json` (the metrics of ``reports/metrics.json`` and ``reports/baselines.json``)
-and `git show <experiment>:reports/train.json` (its MLflow run id).
+and `git show <experiment>:reports/train.json` (its MLflow run id and thread counts).
 """
 
 from __future__ import annotations
@@ -274,7 +274,9 @@ def experiments(dvc: Dvc, pipeline: Pipeline, rev: str | None = None) -> list[Ex
     return found
 
 
-def run_id(dvc: Dvc, pipeline: Pipeline, experiment: Experiment) -> str | None:
-    """The MLflow run of an experiment (its ``reports/train.json``), None when it has none."""
+def train_record(dvc: Dvc, pipeline: Pipeline, experiment: Experiment) -> dict[str, Any]:
+    """An experiment's ``reports/train.json`` (its MLflow ``run_id``, ``threads`` and
+    ``baselines_threads`` ...), ``{}`` when it has none."""
     shown = dvc.git_show(experiment.rev, pipeline.path(Layout().train_json))
-    return json.loads(shown).get("run_id") if shown else None
+    record = json.loads(shown) if shown else {}
+    return record if isinstance(record, dict) else {}

@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from multitask.comparison.report import markdown, plot
+from multitask.comparison.plot import plot
+from multitask.comparison.report import markdown
 from multitask.config import Params
 from multitask.io import atomic_open, write_json
 

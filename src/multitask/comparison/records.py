@@ -152,10 +152,11 @@ def _measured(result: dict[str, Any], row: dict[str, Any], index: int, commit: s
                               keys.DELTA_M: row[keys.DELTA_M]["per_seed"][index]}
     if row.get(keys.MEAN_ACCURACY):
         report[keys.MEAN_ACCURACY] = row[keys.MEAN_ACCURACY]["per_seed"][index]
-    run_ids = row.get("run_ids") or []
+    run_ids, threads = row.get("run_ids") or [], row.get("threads") or []
     return Measured(row["seeds"][index], row["experiments"][index],
                     run_ids[index] if index < len(run_ids) else None,
-                    report, {keys.TASKS: per_task(row["baselines"])}, commit=commit)
+                    report, {keys.TASKS: per_task(row["baselines"])}, commit=commit,
+                    threads=threads[index] if index < len(threads) else None)
 
 
 def recorded(spec: Spec, pipeline: Pipeline, rev: str, wanted: set[str],

@@ -1,15 +1,18 @@
-"""A comparison's results: the summary (comparison.json), the table and the plot.
+"""A comparison's results: the summary (comparison.json) and its table (the plot:
+:mod:`.plot`).
 
 Per row: each task's primary test metric (accuracy; MAE for a regression task, named in the
 summary's ``metrics``) and the mean accuracy (over the classification tasks; absent without
 any) as mean ± sample standard deviation over seeds, Δm% (each seed's against that seed's
 single-task baselines, as ``reports/metrics.json`` holds it) with its 95% interval, the rank by
 mean Δm% and whether the row is tied with the best (:mod:`.statistics`); the per-seed values,
-experiment names, MLflow run ids and commits beside them; the baselines' own mean ± std over seeds.
+experiment names, MLflow run ids, commits and CPU thread counts beside them; the baselines' own
+mean ± std over seeds.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +44,16 @@ class Measured:
     metrics: dict[str, Any]  # reports/metrics.json
     baselines: dict[str, Any]  # reports/baselines.json
     commit: str | None = None
+    # CPU threads of the multi-task run and of the baselines it is measured against:
+    # {"train": n, "baselines": m}; None where not recorded (a GPU, an older train.json)
+    threads: dict[str, int | None] | None = None
+
+
+def threads_of(train_record: dict[str, Any]) -> dict[str, int | None] | None:
+    """:attr:`Measured.threads` from an experiment's ``reports/train.json``."""
+    threads = {"train": train_record.get("threads"),
+               "baselines": train_record.get("baselines_threads")}
+    return threads if any(v is not None for v in threads.values()) else None
 
 
 def primary_metrics(report: dict[str, Any]) -> dict[str, str]:
@@ -67,6 +80,7 @@ def _row(row: Row, measured: Sequence[Measured], metrics: dict[str, str], delta_
         "experiments": [m.experiment for m in measured],
         "run_ids": [m.run_id for m in measured],
         "commits": [m.commit for m in measured],
+        "threads": [m.threads for m in measured],
         keys.TASKS: {t: s.as_dict() for t, s in _per_task(reports, metrics).items()},
         keys.MEAN_ACCURACY: mean_accuracy,
         keys.DELTA_M: delta_m.as_dict(),
@@ -168,6 +182,36 @@ def _read_back(result: dict[str, Any]) -> str:
             + ", ".join(earlier) + ")")
 
 
+def _threads(counts: dict[str, int | None] | None) -> str:
+    if counts is None:
+        return "not recorded"
+    train, baselines = counts.get("train"), counts.get("baselines")
+    spelt = "GPU" if train is None else f"{train} CPU thread{'s' * (train != 1)}"
+    if baselines == train:
+        return spelt
+    return f"{spelt}, its baselines {'GPU or not recorded' if baselines is None else baselines}"
+
+
+def _threads_note(result: dict[str, Any]) -> str:
+    """The caption's sentence on CPU thread counts: the one count every experiment and its
+    baselines ran with, or the measurements that differ from the most common count (on the
+    CPU the same params and seed repeat exactly only at the same count). Empty where nothing
+    recorded one (summaries written before thread counts, or GPU runs alone)."""
+    measured = [(row["label"], seed, counts) for row in result["rows"]
+                for seed, counts in zip(row.get("seeds") or [], row.get("threads") or [],
+                                        strict=False)]
+    spelt = Counter(_threads(counts) for *_, counts in measured)
+    if not measured or set(spelt) == {"not recorded"}:
+        return ""
+    usual = spelt.most_common(1)[0][0]
+    if len(spelt) == 1:
+        return f" Every experiment ran on {usual}."
+    others = [f"`{label}` seed {seed}: {_threads(counts)}" for label, seed, counts in measured
+              if _threads(counts) != usual]
+    return (f" Experiments ran on {usual} except {'; '.join(others)} (on the CPU the same "
+            "params and seed repeat exactly only at the same thread count).")
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The ranked table with its caption (comparison.md; also the README's)."""
     tasks = result[keys.TASKS]
@@ -187,7 +231,7 @@ def markdown(result: dict[str, Any]) -> str:
         + _read_back(result) + (f" with {common}" if common else "")
         + f", seeds {seeds}: mean ± sample standard deviation over seeds; Δm% (each seed "
         f"against that seed's single-task baselines) with its {percent}% t interval; *tied*: "
-        f"the interval overlaps the best row's{against}.",
+        f"the interval overlaps the best row's{against}." + _threads_note(result),
         "",
         "| rank | row | overrides | " + " | ".join(column_title(t, metrics[t]) for t in tasks)
         + f" | mean accuracy | Δm% [{percent}% interval] | |"
@@ -211,78 +255,3 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [_baseline_row(f"baselines of `{row['label']}`", row["baselines"], tasks,
                                 metrics, len(references)) for row in result["rows"]]
     return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------------------------- plot
-def plot(result: dict[str, Any], path: Any) -> None:
-    """Per-task primary test metric (accuracy; MAE for a regression task) of each row, mean ±
-    std over seeds (per-seed values faint); two tasks: one against the other (the Pareto view),
-    else one panel per task. The single-task baselines are marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from multitask.training.plots import save_figure
-
-    tasks, rows = result[keys.TASKS], result["rows"]
-    metrics = task_metrics(result)
-    labels = {task: f"test {METRIC_TITLES.get(m, m)}, task {task}" for task, m in metrics.items()}
-    baselines = ([("single-task baselines", result["baselines"])] if result["baselines"]
-                 else [(f"baselines of {r['label']}", r["baselines"]) for r in rows])
-    if len(tasks) == 2:
-        fig, axis = plt.subplots(figsize=(6.5, 5.5))
-        _pareto(axis, tasks, rows, baselines, labels)
-    else:
-        fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 0.5 * len(rows) + 2),
-                                 squeeze=False)
-        for axis, task in zip(axes[0], tasks, strict=True):
-            _panel(axis, task, rows, baselines, labels[task])
-    shown = " and ".join(dict.fromkeys(METRIC_TITLES.get(m, m) for m in metrics.values()))
-    fig.suptitle(f"multitask compare {result['name']}: test {shown}, mean ± std over "
-                 f"seeds {', '.join(map(str, result['seeds']))}", fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def _std(summary: dict[str, Any]) -> float:
-    return summary["std"] or 0.0
-
-
-def _pareto(axis: Any, tasks: Sequence[str], rows: Sequence[dict[str, Any]],
-            baselines: Sequence[tuple[str, dict[str, Any]]], labels: dict[str, str]) -> None:
-    first, second = tasks
-    for row in rows:
-        x, y = row[keys.TASKS][first], row[keys.TASKS][second]
-        drawn = axis.errorbar(x["mean"], y["mean"], xerr=_std(x), yerr=_std(y), fmt="o",
-                              capsize=3, label=row["label"])
-        axis.scatter(x["per_seed"], y["per_seed"], s=10, alpha=0.35,
-                     color=drawn.lines[0].get_color())
-    for label, baseline in baselines:
-        x, y = baseline[first], baseline[second]
-        axis.errorbar(x["mean"], y["mean"], xerr=_std(x), yerr=_std(y), fmt="*", color="black",
-                      markersize=11, capsize=3, label=label)
-    axis.set_xlabel(labels[first])
-    axis.set_ylabel(labels[second])
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-
-
-def _panel(axis: Any, task: str, rows: Sequence[dict[str, Any]],
-           baselines: Sequence[tuple[str, dict[str, Any]]], label: str) -> None:
-    positions = range(len(rows))
-    for position, row in zip(positions, rows, strict=True):
-        summary = row[keys.TASKS][task]
-        axis.errorbar(summary["mean"], position, xerr=_std(summary), fmt="o", capsize=3)
-        axis.scatter(summary["per_seed"], [position] * len(summary["per_seed"]), s=10,
-                     alpha=0.35)
-    for name, baseline in baselines:
-        mean, std = baseline[task]["mean"], _std(baseline[task])
-        axis.axvline(mean, color="black", linestyle="--", linewidth=1, label=name)
-        axis.axvspan(mean - std, mean + std, color="black", alpha=0.08)
-    axis.set_yticks(list(positions), [row["label"] for row in rows])
-    axis.invert_yaxis()
-    axis.set_xlabel(label)  # the task and its metric
-    axis.locator_params(axis="x", nbins=5)
-    axis.grid(axis="x", alpha=0.3)
-    axis.legend(fontsize=8)

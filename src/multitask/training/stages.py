@@ -24,7 +24,7 @@ import torch
 from multitask import keys, tracking
 from multitask.config import Params
 from multitask.data import processed
-from multitask.device import describe, machine, select_device
+from multitask.device import cpu_threads, describe, machine, select_device
 from multitask.io import atomic_open, read_json, write_json
 from multitask.layout import Layout
 from multitask.models.pretrained import EncoderWeights
@@ -160,6 +160,7 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
         "pretrained": session.start_record(start),
         "epochs": params.train.epochs,
         "ensemble": "batched" if together else "sequential",  # train.ensemble, resolved
+        "threads": cpu_threads(data.device),  # CPU threads (None on a GPU)
         VALIDATION: validation,  # the reference of train.early_stopping.select: delta_m
         "selection": selection,  # per task: the epoch kept and why it stopped (None: the last)
         "data_sha256": data.meta["sha256"],
@@ -182,6 +183,13 @@ def pretrained_tags(start: EncoderWeights | None) -> dict[str, str]:
         return {PRETRAINED_ORIGIN_TAG: "none (random initialisation)",
                 PRETRAINED_SHA256_TAG: "-"}
     return {PRETRAINED_ORIGIN_TAG: start.origin, PRETRAINED_SHA256_TAG: start.sha256}
+
+
+def baselines_threads(layout: Layout) -> int | None:
+    """The CPU threads the single-task baselines ran with (``reports/baselines_info.json``;
+    None on a GPU, or where the file is absent or older than the field)."""
+    path = layout.baselines_info
+    return read_json(path, required=()).get("threads") if path.is_file() else None
 
 
 def train(params: Params, layout: Layout) -> dict[str, float]:
@@ -247,6 +255,9 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
             "selection": fitted.selection,  # None: no early stopping, the last epoch kept
             "device": describe(data.device),
             "machine": machine(),  # another CPU gives other floats: diffs say which it was
+            "threads": cpu_threads(data.device),  # so does another thread count (None: GPU)
+            # the baselines' count: DVC's run cache may restore them from a run at another
+            "baselines_threads": baselines_threads(layout),
             "processes": world,
             "pretrained": session.start_record(start),  # None: random initialisation
             "seconds": round(seconds, 1),
