@@ -575,10 +575,28 @@ class TrackingConfig(_Section):
     system_metrics: bool = True
 
 
+# MLflow refuses '/' and ':' in a registered model's name, and the registry searches take a
+# name only as a literal of these characters (tracking.store.filter_literal).
+_MODEL_NAME = re.compile(r"[A-Za-z0-9._@+ -]{1,256}")
+MODEL_NAME_RULE = "use letters, digits, spaces and . _ @ + - only (at most 256)"
+
+
+def registrable(name: str) -> bool:
+    """Whether ``name`` can be a registered model's name here."""
+    return _MODEL_NAME.fullmatch(name) is not None
+
+
 class PromoteConfig(_Section):
     model_name: str | None = None
     tolerance: float = Field(0.01, ge=0.0, lt=1.0)
     aggregate: Literal["delta_m", "mean_accuracy"] = "delta_m"
+
+    @field_validator("model_name")
+    @classmethod
+    def _registrable(cls, name: str | None) -> str | None:
+        if name is not None and not registrable(name):
+            raise ValueError(f"{name!r} cannot be a registered model's name: {MODEL_NAME_RULE}")
+        return name
 
 
 class CIConfig(_Section):

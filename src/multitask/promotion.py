@@ -13,6 +13,14 @@ set) with its test metrics as version tags. It takes the ``champion`` alias only
   and
 * the aggregate ``promote.aggregate`` improves on the champion's: ``delta_m`` (Δm% against the
   single-task baselines, higher is better) or ``mean_accuracy``, and
+  Each run's own Δm% is against the baselines of its own params: a run trained longer, or with
+  another seed or learning rate, has other baselines, and its Δm% can fall while every task
+  improves. Where the two runs' baselines differ, both Δm% are therefore taken against the
+  champion's baselines (each run's ``baselines.json``, recorded on the version as
+  ``baselines/test/<metric>/<task>`` tags), and the decision says so; where either side has
+  none recorded, each is against its own, as the decision says too. A value that is not a
+  number never wins: a candidate's fails its task (or, first registered, keeps it challenger);
+  a champion's task is not gated and its aggregate is beaten by any number, and
 * both were trained and tested on the same processed data (its sha256: the run's and the
   version's ``data.sha256`` tag); metrics on other test images do not compare.
 
@@ -30,13 +38,14 @@ version tags the decision writes, spelt here once.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from multitask import keys, tracking
-from multitask.config import Params
+from multitask.config import MODEL_NAME_RULE, Params, registrable
 from multitask.gate import PRIMARY_METRICS, TaskChange, primary_values
 from multitask.io import read_json
 from multitask.layout import Layout
@@ -47,6 +56,8 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+BASELINES = "baselines/"  # version tags and run metrics: baselines/test/<metric>/<task>
+BASELINES_FILE = "baselines.json"  # what evaluate logs: the baselines' test metrics
 EXIT_PROMOTED = 0
 EXIT_CHALLENGER = 3
 
@@ -59,6 +70,9 @@ class Scores:
     aggregate: float
     metrics: dict[str, str] = field(default_factory=dict)  # task -> metric; absent: accuracy
     data: str | None = None  # sha256 of the processed data it was trained and tested on
+    # its single-task baselines' primary test metric per task (its Δm%'s reference); None:
+    # not recorded
+    baselines: dict[str, float] | None = None
 
     def metric(self, task: str) -> str:
         return self.metrics.get(task, keys.ACCURACY)
@@ -72,8 +86,9 @@ class Decision:
 
 def scores_from(metrics: dict[str, float], aggregate: str, where: str,
                 data: str | None = None) -> Scores:
-    """Each task's primary test metric (accuracy, or MAE for a regression task) and the
-    aggregate, from test metrics (run metrics or version tags)."""
+    """Each task's primary test metric (accuracy, or MAE for a regression task), the
+    aggregate and the baselines' (where recorded), from test metrics (run metrics or version
+    tags, which hold the baselines as ``baselines/test/<metric>/<task>``)."""
     tasks, names = primary_values(metrics, keys.TEST)
     key = keys.AGGREGATES[aggregate]
     if tasks and key not in metrics and aggregate == "mean_accuracy":
@@ -85,7 +100,19 @@ def scores_from(metrics: dict[str, float], aggregate: str, where: str,
             f"{where}: no test metrics ({pattern} and {key}); run "
             "`multitask evaluate` on it first"
         )
-    return Scores(tasks=tasks, aggregate=float(metrics[key]), metrics=names, data=data)
+    recorded = {key.removeprefix(BASELINES): value for key, value in metrics.items()
+                if key.startswith(BASELINES)}
+    return Scores(tasks=tasks, aggregate=float(metrics[key]), metrics=names, data=data,
+                  baselines=_primary_baselines(recorded, names) or None)
+
+
+def _primary_baselines(recorded: dict[str, float], names: dict[str, str]) -> dict[str, float]:
+    """``{task: value}`` of each task's primary metric (``names``) among ``test/<metric>/<task>``
+    keys of the baselines, when every task has one; else empty."""
+    values = {task: recorded.get(keys.task_metric(keys.TEST, task, metric))
+              for task, metric in names.items()}
+    return {} if any(v is None for v in values.values()) else \
+        {task: float(v) for task, v in values.items() if v is not None}
 
 
 def decide(candidate: Scores, champion: Scores | None, tolerance: float, aggregate: str
@@ -93,6 +120,12 @@ def decide(candidate: Scores, champion: Scores | None, tolerance: float, aggrega
     """The gate. With no champion the candidate is promoted. A task the champion has no value
     for cannot be gated: the decision names it and passes over it."""
     if champion is None:
+        broken = sorted(task for task, value in candidate.tasks.items()
+                        if not math.isfinite(value))
+        if broken or not math.isfinite(candidate.aggregate):
+            what = ", ".join(broken + ([] if math.isfinite(candidate.aggregate) else [aggregate]))
+            return Decision(False, [f"no champion yet, but the candidate's {what} is not a "
+                                    "number: it is kept as challenger, not made champion"])
         return Decision(True, ["no champion yet: the first registered model becomes champion"])
     reasons: list[str] = []
     passed = True
@@ -119,6 +152,10 @@ def decide(candidate: Scores, champion: Scores | None, tolerance: float, aggrega
         if change.delta is None or change.worse_by is None:
             reasons.append(f"{task}: missing from the candidate's test metrics")
             continue
+        if not math.isfinite(best):
+            reasons.append(f"{task}: the champion's {metric} is not a number ({best}): not "
+                           f"gated (the candidate's: {change.head:.4f})")
+            continue
         allowed = (f"{change.allowance(tolerance):.4f} ({tolerance:.2%} of {best:.4f})"
                    if change.relative else f"{tolerance:.4f}")
         verdict = (f"worse by {change.worse_by:.4f} > tolerance {allowed}" if worse
@@ -128,12 +165,44 @@ def decide(candidate: Scores, champion: Scores | None, tolerance: float, aggrega
     for task in sorted(set(candidate.tasks) - set(champion.tasks)):
         reasons.append(f"{task}: new task, {candidate.metric(task)} "
                        f"{candidate.tasks[task]:.4f}: not gated, the champion has no value for it")
-    improved = candidate.aggregate > champion.aggregate
+    ours, theirs, reference = candidate.aggregate, champion.aggregate, ""
+    if aggregate == "delta_m":
+        ours, theirs, reference = _common_reference(candidate, champion)
+    improved = math.isfinite(ours) and (not math.isfinite(theirs) or ours > theirs)
     passed &= improved
-    reasons.append(f"{aggregate}: {candidate.aggregate:.4f} vs champion {champion.aggregate:.4f}"
-                   f" ({candidate.aggregate - champion.aggregate:+.4f}): "
-                   f"{'improves' if improved else 'does not improve'}")
+    verdict = "improves" if improved else "does not improve"
+    if not math.isfinite(theirs) and improved:
+        verdict += " (the champion's is not a number)"
+    reasons.append(f"{aggregate}: {ours:.4f} vs champion {theirs:.4f} ({ours - theirs:+.4f})"
+                   f"{reference}: {verdict}")
     return Decision(passed, reasons)
+
+
+def _common_reference(candidate: Scores, champion: Scores) -> tuple[float, float, str]:
+    """The two Δm% to compare, and what they are against (a note for the decision): each run's
+    own where both have the same baselines, else both against the champion's baselines; each
+    its own, said so, where either side's baselines are not recorded."""
+    missing = [side for side, scores in (("candidate", candidate), ("champion", champion))
+               if scores.baselines is None]
+    if missing:
+        return (candidate.aggregate, champion.aggregate,
+                ", each against its own single-task baselines (not recorded for the "
+                f"{' and the '.join(missing)}: the two may differ)")
+    if candidate.baselines == champion.baselines:
+        return candidate.aggregate, champion.aggregate, ""
+    tasks = set(champion.tasks)
+    if (set(candidate.tasks) != tasks or set(champion.baselines) != tasks
+            or any(candidate.metric(t) != champion.metric(t) for t in tasks)):
+        return (candidate.aggregate, champion.aggregate,
+                ", each against its own single-task baselines (other tasks: no common one)")
+    from multitask.training.metrics import delta_m  # torch: promote has loaded it already
+
+    better = {task: keys.higher_is_better(champion.metric(task)) for task in tasks}
+    ours = delta_m(candidate.tasks, champion.baselines, better)
+    theirs = delta_m(champion.tasks, champion.baselines, better)
+    return (ours, theirs, f", both against the champion's single-task baselines (the "
+                          f"candidate's own baselines differ; against them its Δm% is "
+                          f"{candidate.aggregate:.4f})")
 
 
 def model_name(params: Params) -> str:
@@ -143,11 +212,29 @@ def model_name(params: Params) -> str:
 
 def _version_metrics(version: tracking.ModelVersion) -> dict[str, float]:
     """Test metrics recorded on a version's tags (falling back to its run's metrics), in
-    today's key layout."""
+    today's key layout, with its baselines' (tags, else its run's ``baselines.json``)."""
     metrics = {k: float(v) for k, v in version.tags.items() if k.startswith(f"{keys.TEST}/")}
     if not metrics and version.run_id:
         metrics = dict(tracking.get_run(version.run_id).data.metrics)
-    return current_layout(metrics)
+    baselines = {k: float(v) for k, v in version.tags.items() if k.startswith(BASELINES)}
+    if not baselines and version.run_id:
+        baselines = _run_baselines(version.run_id)
+    return current_layout(metrics) | baselines
+
+
+def _run_baselines(run_id: str) -> dict[str, float]:
+    """The test metrics of the single-task baselines a run's Δm% is against (the
+    ``baselines.json`` evaluate logs), as ``baselines/test/<metric>/<task>``; empty where the
+    run has none."""
+    logged = tracking.run_json(run_id, BASELINES_FILE)
+    per_task = logged.get(keys.TASKS) if isinstance(logged, dict) else None
+    if not isinstance(per_task, dict):
+        return {}
+    try:
+        return {BASELINES + key: value for key, value in keys.split_metrics(
+            keys.TEST, per_task).items()}
+    except (TypeError, ValueError, AttributeError):  # not {task: {metric: number}}
+        return {}
 
 
 def current_layout(metrics: dict[str, float]) -> dict[str, float]:
@@ -202,13 +289,17 @@ def promote(params: Params, layout: Layout, *, run_id: str | None = None,
 
 def _promote(params: Params, layout: Layout, *, run_id: str | None, dry_run: bool) -> int:
     name = model_name(params)
+    if not registrable(name):
+        raise ValueError(f"{params.source}: the registered model's name {name!r} (promote."
+                         "model_name, else tracking.experiment, else data.dataset) cannot be "
+                         f"registered: {MODEL_NAME_RULE}; set promote.model_name")
     aggregate = params.promote.aggregate
     given = run_id
     run_id = _candidate_run_id(layout, run_id)
     try:
         run = tracking.get_run(run_id)
-    except ValueError as exc:
-        if given:
+    except (ValueError, tracking.StoreError) as exc:
+        if given or (isinstance(exc, tracking.StoreError) and not tracking.missing_store()):
             raise
         # A fresh clone: reports/train.json is committed, its run lives in the store of the
         # machine that last ran the pipeline, not in this clone's mlflow.db.
@@ -220,7 +311,7 @@ def _promote(params: Params, layout: Layout, *, run_id: str | None, dry_run: boo
     if run.info.status != "FINISHED":
         raise ValueError(f"run {run_id} is {run.info.status}; only a finished, evaluated run "
                          "can be promoted (rerun `multitask evaluate`)")
-    metrics = dict(run.data.metrics)
+    metrics = dict(run.data.metrics) | _run_baselines(run_id)
     data = run.data.tags.get(tracking.DATA_TAG)
     candidate = scores_from(metrics, aggregate, f"run {run_id}", data)
     model_uri = run.data.tags.get(tracking.MODEL_URI_TAG)
@@ -249,7 +340,8 @@ def _promote(params: Params, layout: Layout, *, run_id: str | None, dry_run: boo
         return EXIT_PROMOTED if decision.promote else EXIT_CHALLENGER
 
     existing = tracking.versions_of_run(name, run_id)
-    tags = {key: str(value) for key, value in metrics.items() if key.startswith(f"{keys.TEST}/")}
+    tags = {key: str(value) for key, value in metrics.items()
+            if key.startswith((f"{keys.TEST}/", BASELINES))}
     tags.update({"gate.decision": outcome, "gate.reason": "; ".join(decision.reasons)[:5000],
                  tracking.MODEL_FORMAT_TAG: tracking.MODEL_FORMAT})
     if data:

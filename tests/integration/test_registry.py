@@ -6,7 +6,9 @@ logged by an 'evaluate' stage_run) whose test metrics are chosen to land on each
 
 from __future__ import annotations
 
+import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -38,9 +40,14 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def evaluated_run(left: float, right: float, delta_m: float, data: str | None = None) -> str:
-    """A finished run with a logged model and the test metrics ``evaluate`` records; ``data``:
-    the sha256 of its processed data (the tag train sets), none when not given."""
+BASELINES = (0.78, 0.88)  # the single-task baselines' test accuracies of most runs here
+
+
+def evaluated_run(left: float, right: float, delta_m: float, data: str | None = None,
+                  baselines: tuple[float, float] | None = BASELINES) -> str:
+    """A finished run with a logged model and what ``evaluate`` records: the test metrics and
+    ``baselines.json`` (the baselines' test accuracies ``baselines``; None: no such file);
+    ``data``: the sha256 of its processed data (the tag train sets), none when not given."""
     params = load_params("params.yaml")
     tasks = [Task("left", 10), Task("right", 10)]
     model = build_model(params.model, tasks, in_channels=1, image_size=36)
@@ -53,6 +60,12 @@ def evaluated_run(left: float, right: float, delta_m: float, data: str | None = 
                               "test/loss/left": 1 - left, "test/loss/right": 1 - right,
                               "test/delta_m_pct": delta_m,
                               "test/mean_accuracy": (left + right) / 2})
+        if baselines is not None:
+            report = Path(tempfile.mkdtemp()) / "baselines.json"
+            report.write_text(json.dumps({"tasks": {
+                task: {"accuracy": value, "loss": 1 - value}
+                for task, value in zip(("left", "right"), baselines, strict=True)}}))
+            reopened.log_artifact(report)
     assert run.run_id is not None
     return run.run_id
 
@@ -126,6 +139,11 @@ def test_promotion_first_better_worse_dry_run_and_status(
 
 def test_missing_corrupt_or_unfinished_runs_are_clear_errors(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert promote("--run-id", "0" * 32) == 1  # no store yet: none is created to look in
+    assert ("mlflow.db: no such file (MLFLOW_TRACKING_URI names it)"
+            in capsys.readouterr().err)
+    assert not (workdir / "mlflow.db").exists()
+    tracking.client()  # the store, empty
     assert promote("--run-id", "0" * 32) == 1
     assert f"run {'0' * 32} not found in the MLflow store sqlite:///" in capsys.readouterr().err
     assert promote("--run-id", "../../etc") == 1
@@ -190,6 +208,12 @@ def test_an_unknown_alias_is_one_message_listing_the_aliases(workdir: Path) -> N
                        " check the name and alias (the MLflow UI's Models page lists both), or set "
                        "MLFLOW_TRACKING_URI to the store that holds it")
     assert message.count(store) == 1 and "tracking server" not in message
+    with pytest.raises(ValueError) as caught:  # the registered model's bare name
+        tracking.load_model(NAME)
+    assert str(caught.value).endswith(
+        f"check the URI: a folder, runs:/<run id>/model, or a registered model as models:/{NAME}"
+        "@champion (or @challenger, /<version>), or set MLFLOW_TRACKING_URI to the store that "
+        "holds it")
 
 
 def test_read_only_commands_outside_a_repository_create_no_store(
@@ -210,6 +234,9 @@ def test_read_only_commands_outside_a_repository_create_no_store(
     assert expected in capsys.readouterr().err
     assert cli(["registry", "--params", "params.yaml"]) == 1
     assert expected in capsys.readouterr().err
+    for dry_run in (("--dry-run",), ()):  # the run to promote cannot be in a store not there
+        assert cli(["promote", "--params", "params.yaml", "--run-id", "a" * 32, *dry_run]) == 1
+        assert expected in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "x.png"]
 
 
@@ -221,7 +248,80 @@ def test_a_task_the_champion_lacks_is_named_in_the_decision_not_gated() -> None:
     assert decision.reasons == [
         "left: accuracy 0.8100 vs champion 0.8000 (+0.0100): not worse",
         "age: new task, mae 3.5000: not gated, the champion has no value for it",
-        "delta_m: 2.0000 vs champion 1.0000 (+1.0000): improves"]
+        "delta_m: 2.0000 vs champion 1.0000 (+1.0000), each against its own single-task "
+        "baselines (not recorded for the candidate and the champion: the two may differ): "
+        "improves"]
+
+
+def test_delta_m_is_taken_against_one_reference_where_the_baselines_differ() -> None:
+    """Trained longer, the candidate beats the champion on both tasks, but its own baselines
+    (same schedule, so also longer) are stronger: its own Δm% is lower. Against the champion's
+    baselines it is higher, and it is promoted."""
+    champion = Scores({"left": 0.686, "right": 0.6625}, aggregate=-0.7667,
+                      baselines={"left": 0.6775, "right": 0.6815})
+    candidate = Scores({"left": 0.690, "right": 0.673}, aggregate=-1.6277,
+                       baselines={"left": 0.6965, "right": 0.689})
+    decision = decide(candidate, champion, 0.01, "delta_m")
+    assert decision.promote
+    # ((0.690 - 0.6775) / 0.6775 + (0.673 - 0.6815) / 0.6815) / 2 x 100 = +0.2989; the
+    # champion's against its own: ((0.686 - 0.6775) / 0.6775 + (0.6625 - 0.6815) / 0.6815) / 2
+    # x 100 = -0.7667
+    assert decision.reasons[-1] == (
+        "delta_m: 0.2989 vs champion -0.7667 (+1.0656), both against the champion's "
+        "single-task baselines (the candidate's own baselines differ; against them its Δm% is "
+        "-1.6277): improves")
+    # the same baselines: each run's own Δm%, as recorded
+    same = decide(Scores(candidate.tasks, -1.6277, baselines=champion.baselines), champion,
+                  0.01, "delta_m")
+    assert not same.promote
+    assert same.reasons[-1] == "delta_m: -1.6277 vs champion -0.7667 (-0.8610): does not improve"
+    # mean accuracy has no reference to share
+    assert decide(Scores(candidate.tasks, 0.6815, baselines=candidate.baselines),
+                  Scores(champion.tasks, 0.6743, baselines=champion.baselines), 0.01,
+                  "mean_accuracy").reasons[-1] == \
+        "mean_accuracy: 0.6815 vs champion 0.6743 (+0.0072): improves"
+
+
+def test_a_value_that_is_not_a_number_never_wins() -> None:
+    nan = float("nan")
+    # first registered: a broken candidate is not made champion
+    first = decide(Scores({"left": nan, "right": 0.5}, 1.0), None, 0.01, "delta_m")
+    assert not first.promote
+    assert first.reasons == ["no champion yet, but the candidate's left is not a number: it is "
+                             "kept as challenger, not made champion"]
+    assert not decide(Scores({"left": 0.5}, nan), None, 0.01, "delta_m").promote
+    # the champion's task: not gated; its aggregate: beaten by any number
+    champion = Scores({"left": 0.80, "right": nan}, aggregate=nan)
+    decision = decide(Scores({"left": 0.81, "right": 0.10}, -50.0), champion, 0.01, "delta_m")
+    assert decision.promote
+    assert decision.reasons[1] == ("right: the champion's accuracy is not a number (nan): not "
+                                   "gated (the candidate's: 0.1000)")
+    assert decision.reasons[-1].endswith(": improves (the champion's is not a number)")
+    # the candidate's: its task fails, its aggregate does not improve
+    worse = decide(Scores({"left": nan, "right": 0.9}, nan),
+                   Scores({"left": 0.8, "right": 0.8}, 1.0), 0.01, "delta_m")
+    assert not worse.promote and worse.reasons[-1].endswith("does not improve")
+
+
+def test_the_gate_reads_each_runs_baselines_and_records_them_on_the_version(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The candidate's baselines come from its run's baselines.json, the champion's from its
+    version's tags: the helper's case of a longer schedule, end to end."""
+    assert promote("--run-id", evaluated_run(0.686, 0.6625, -0.7667,
+                                             baselines=(0.6775, 0.6815))) == 0
+    tags = mlflow.MlflowClient().get_model_version(NAME, "1").tags
+    assert float(tags["baselines/test/accuracy/left"]) == pytest.approx(0.6775)
+    assert float(tags["baselines/test/loss/right"]) == pytest.approx(1 - 0.6815)
+    capsys.readouterr()
+    assert promote("--run-id", evaluated_run(0.690, 0.673, -1.6277,
+                                             baselines=(0.6965, 0.689))) == 0
+    assert ("delta_m: 0.2989 vs champion -0.7667 (+1.0656), both against the champion's "
+            "single-task baselines") in capsys.readouterr().out
+    assert aliases() == {"champion": "2"}
+    # a run without baselines.json: each against its own, and the decision says whose is missing
+    assert promote("--run-id", evaluated_run(0.70, 0.68, -1.0, baselines=None), "--dry-run") == 0
+    assert "(not recorded for the candidate: the two may differ): improves" in \
+        capsys.readouterr().out
 
 
 def test_a_candidate_tested_on_other_data_is_not_compared_as_if_the_same(
@@ -272,3 +372,16 @@ def test_a_champion_tagged_in_the_earlier_key_layout_still_gates(
     right_row = next(line for line in capsys.readouterr().out.splitlines()
                      if line.startswith("right accuracy"))
     assert right_row.split()[2:] == ["0.9000", "0.7000", "-0.2000"]
+
+
+def test_an_experiment_name_that_cannot_name_the_model_asks_for_promote_model_name(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With no promote.model_name the experiment names the registered model; an experiment
+    name MLflow's registry refuses is caught before anything is read or registered."""
+    text = (workdir / "params.yaml").read_text()
+    (workdir / "params.yaml").write_text(text.replace(f"experiment: {NAME}", "experiment: team/mf"))
+    assert promote("--run-id", "a" * 32, "--dry-run") == 1
+    assert ("params.yaml: the registered model's name 'team/mf' (promote.model_name, else "
+            "tracking.experiment, else data.dataset) cannot be registered: use letters, digits, "
+            "spaces and . _ @ + - only (at most 256); set promote.model_name"
+            ) in capsys.readouterr().err

@@ -212,6 +212,18 @@ def test_pretrained_params_that_cannot_work_are_refused(raw: dict, model: dict,
         parse_params(raw)
 
 
+@pytest.mark.parametrize("name", ["team/mf", "mf:2", "mf#2", "", "x" * 257])
+def test_a_model_name_the_registry_cannot_take_is_refused_by_check(raw: dict, name: str) -> None:
+    """MLflow refuses '/' and ':' in a registered model's name, and the registry's searches
+    other characters: found at the end of the pipeline, by promote, it cost the whole run."""
+    raw.setdefault("promote", {})["model_name"] = name
+    with pytest.raises(ConfigError, match=r"promote\.model_name: .* cannot be a registered "
+                                          r"model's name: use letters, digits, spaces"):
+        parse_params(raw)
+    raw["promote"]["model_name"] = "team-mf_2.0 @prod+"
+    assert parse_params(raw).promote.model_name == "team-mf_2.0 @prod+"
+
+
 def test_freezing_the_encoder_for_every_epoch_is_refused(raw: dict) -> None:
     raw["train"]["epochs"] = 12  # set here: the check must not hang on params.yaml's default
     raw["model"]["freeze_encoder_epochs"] = 12

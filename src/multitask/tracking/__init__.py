@@ -45,7 +45,9 @@ from multitask.tracking.store import (
     experiment_id,
     filter_literal,
     get_run,
+    missing_store,
     repo_root,
+    run_json,
     tracking_uri,
 )
 
@@ -75,11 +77,13 @@ __all__ = [
     "get_run",
     "load_model",
     "log_model",
+    "missing_store",
     "nested_run",
     "network_state",
     "owner_tags",
     "register_version",
     "repo_root",
+    "run_json",
     "run_tags",
     "set_alias",
     "set_version_tags",

@@ -202,8 +202,13 @@ def _unreachable(what: str, model_uri: str, exc: Exception) -> ValueError:
     ``$MLFLOW_TRACKING_URI`` names."""
     message = redact(str(getattr(exc, "message", exc))).splitlines()[0][:500].rstrip(". ")
     server = "" if describe_uri().startswith("sqlite:///") else "that the tracking server is up, "
-    named = ("the name and alias (the MLflow UI's Models page lists both)"
-             if model_uri.startswith("models:/") else "the URI")
+    if model_uri.startswith("models:/"):
+        named = "the name and alias (the MLflow UI's Models page lists both)"
+    elif ":" not in model_uri and "/" not in model_uri:  # a bare registered model name?
+        named = (f"the URI: a folder, runs:/<run id>/model, or a registered model as "
+                 f"models:/{model_uri}@champion (or @challenger, /<version>)")
+    else:
+        named = "the URI"
     return ValueError(f"{what} from the MLflow store {describe_uri()}: {message}"
                       f"{_aliases(model_uri)}; check {server}{named}, or set {URI_ENV} to the "
                       "store that holds it")

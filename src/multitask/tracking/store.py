@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -281,6 +282,12 @@ def _sqlite_remedy() -> str:
             f"SQLite file, or set {URI_ENV} to another store")
 
 
+def missing_store() -> bool:
+    """Whether the store is an SQLite file that does not exist (nothing logged here yet)."""
+    uri = tracking_uri()
+    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()
+
+
 def _require_store(uri: str) -> None:
     """Raise :class:`StoreError` when ``uri`` is a SQLite store whose file does not exist."""
     if not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file():
@@ -341,8 +348,8 @@ def get_run(run_id: str) -> Any:
             f"run id {run_id!r} is not an MLflow run id (32 hex digits); check "
             "reports/train.json or --run-id, or rerun `multitask train`"
         )
-    try:
-        return client().get_run(run_id)
+    try:  # reading: a store that does not exist cannot hold it, and is not created
+        return client(create=False).get_run(run_id)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise  # the store could not answer (an unreachable server ...): store_errors
@@ -351,6 +358,25 @@ def get_run(run_id: str) -> Any:
             f"({redact(exc.message)}); "
             f"check {URI_ENV} and reports/train.json, or rerun `multitask train`"
         ) from None
+
+
+@store_errors
+def run_json(run_id: str, artifact_path: str) -> Any:
+    """The JSON file ``artifact_path`` that run ``run_id`` logged (``baselines.json`` ...),
+    parsed; None where the run logged no such file or it is not JSON."""
+    import tempfile
+
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    client(create=False)  # points MLflow at our store
+    with tempfile.TemporaryDirectory(prefix="multitask-artifact-") as folder:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                       dst_path=folder)
+            return json.loads(Path(path).read_text())
+        except (MlflowException, OSError, ValueError):
+            return None
 
 
 @store_errors
