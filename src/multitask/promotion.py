@@ -311,6 +311,11 @@ def _promote(params: Params, layout: Layout, *, run_id: str | None, dry_run: boo
     if run.info.status != "FINISHED":
         raise ValueError(f"run {run_id} is {run.info.status}; only a finished, evaluated run "
                          "can be promoted (rerun `multitask evaluate`)")
+    if "optuna.trial" in run.data.tags:
+        raise ValueError(f"run {run_id} is trial {run.data.tags['optuna.trial']} of the tuning "
+                         f"study {run.data.tags.get('optuna.study', '?')}: trials are scored on "
+                         "the validation split and never tested; promote the run `multitask "
+                         "train` logged (reports/train.json names it)")
     metrics = dict(run.data.metrics) | _run_baselines(run_id)
     data = run.data.tags.get(tracking.DATA_TAG)
     candidate = scores_from(metrics, aggregate, f"run {run_id}", data)
@@ -333,6 +338,11 @@ def _promote(params: Params, layout: Layout, *, run_id: str | None, dry_run: boo
     outcome = CHAMPION if decision.promote else CHALLENGER
     against = f" against champion v{champion_version.version}" if champion_version else ""
     lines = [f"candidate: run {run_id}{against} ({name})", *(f"  {r}" for r in decision.reasons)]
+    logged_in = tracking.client(create=False).get_experiment(run.info.experiment_id).name
+    expected = params.tracking.experiment or params.data.dataset
+    if logged_in != expected:  # --run-id of another pipeline's run, or --params of another
+        lines.insert(1, f"  note: the run was logged in experiment {logged_in!r}, not "
+                        f"{expected!r} ({params.source}'s); check --run-id and --params")
 
     if dry_run:
         lines.append(f"dry run: would become {outcome}; nothing registered, no alias moved")
@@ -407,6 +417,15 @@ def _status(params: Params) -> int:
              f"{params.promote.tolerance}) in {tracking.describe_uri()}"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
               for row in table]
+    champion, challenger = versions[CHAMPION], versions[CHALLENGER]
+    if champion is not None and challenger is not None:
+        data = {alias: _version_data(v) for alias, v in ((CHAMPION, champion),
+                                                           (CHALLENGER, challenger))}
+        if None not in data.values() and data[CHAMPION] != data[CHALLENGER]:
+            lines.append(f"note: challenger v{challenger.version} was trained and tested on other "
+                         f"data (sha256 {str(data[CHALLENGER])[:12]}) than champion "
+                         f"v{champion.version} ({str(data[CHAMPION])[:12]}): its deltas compare "
+                         "other test images")
     _write("\n".join(lines) + "\n")
     return 0
 

@@ -338,6 +338,10 @@ def test_a_candidate_tested_on_other_data_is_not_compared_as_if_the_same(
     assert ("data: the candidate was trained and tested on other data (sha256 bbbbbbbbbbbb) "
             "than the champion (aaaaaaaaaaaa): their metrics are not comparable") in out
     assert aliases() == {"champion": "1", "challenger": "2"}
+    assert cli(["registry", "--params", "params.yaml"]) == 0
+    assert ("note: challenger v2 was trained and tested on other data (sha256 bbbbbbbbbbbb) "
+            "than champion v1 (aaaaaaaaaaaa): its deltas compare other test images"
+            ) in capsys.readouterr().out
     # the same data: judged on its metrics as before
     assert promote("--run-id", evaluated_run(0.81, 0.81, 2.0, data=same)) == 0
     assert "data:" not in capsys.readouterr().out
@@ -385,3 +389,21 @@ def test_an_experiment_name_that_cannot_name_the_model_asks_for_promote_model_na
             "tracking.experiment, else data.dataset) cannot be registered: use letters, digits, "
             "spaces and . _ @ + - only (at most 256); set promote.model_name"
             ) in capsys.readouterr().err
+
+
+def test_a_tuning_trial_is_refused_and_another_experiments_run_is_pointed_out(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    params = load_params("params.yaml")
+    with stage_run(params, "tune") as trial:
+        trial.set_tags({"optuna.trial": "3", "optuna.study": "weights"})
+    assert promote("--run-id", str(trial.run_id)) == 1
+    assert (f"run {trial.run_id} is trial 3 of the tuning study weights: trials are scored on "
+            "the validation split and never tested") in capsys.readouterr().err
+    # the run of this params file's experiment, promoted with another pipeline's params
+    other = workdir / "other.yaml"
+    other.write_text((workdir / "params.yaml").read_text().replace(
+        f"experiment: {NAME}", "experiment: other"))
+    assert cli(["promote", "--params", str(other), "--run-id", evaluated_run(0.8, 0.8, 1.0),
+                "--dry-run"]) == 0
+    assert (f"note: the run was logged in experiment '{NAME}', not 'other' ({other}'s); check "
+            "--run-id and --params") in capsys.readouterr().out
