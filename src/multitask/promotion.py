@@ -12,17 +12,18 @@ set) with its test metrics as version tags. It takes the ``champion`` alias only
   more than that fraction of the champion's (relative: 0.01 = 1%; see :mod:`multitask.gate`),
   and
 * the aggregate ``promote.aggregate`` improves on the champion's: ``delta_m`` (Δm% against the
-  single-task baselines, higher is better) or ``mean_accuracy``, and
-  Each run's own Δm% is against the baselines of its own params: a run trained longer, or with
-  another seed or learning rate, has other baselines, and its Δm% can fall while every task
-  improves. Where the two runs' baselines differ, both Δm% are therefore taken against the
-  champion's baselines (each run's ``baselines.json``, recorded on the version as
-  ``baselines/test/<metric>/<task>`` tags), and the decision says so; where either side has
-  none recorded, each is against its own, as the decision says too. A value that is not a
-  number never wins: a candidate's fails its task (or, first registered, keeps it challenger);
-  a champion's task is not gated and its aggregate is beaten by any number, and
+  single-task baselines, higher is better; below) or ``mean_accuracy``, and
 * both were trained and tested on the same processed data (its sha256: the run's and the
   version's ``data.sha256`` tag); metrics on other test images do not compare.
+
+Each run's own Δm% is against the baselines of its own params: a run trained longer, or with
+another seed or learning rate, has other baselines, and its Δm% can fall while every task
+improves. Where the two runs' baselines differ, both Δm% are taken against the champion's
+baselines (each run's ``baselines.json``, recorded on its version as
+``baselines/test/<metric>/<task>`` tags), and the decision says so; where either side has none
+recorded, each is against its own, as the decision says too. A value that is not a number never
+wins: a candidate's fails its task (and keeps a first model challenger); a champion's task is
+not gated and its aggregate is beaten by any number.
 
 Otherwise it takes the ``challenger`` alias and the command says, task by task, why. The first
 registered model becomes champion. Exit codes (for CI): 0 promoted (or already champion),
@@ -111,14 +112,16 @@ def _primary_baselines(recorded: dict[str, float], names: dict[str, str]) -> dic
     keys of the baselines, when every task has one; else empty."""
     values = {task: recorded.get(keys.task_metric(keys.TEST, task, metric))
               for task, metric in names.items()}
-    return {} if any(v is None for v in values.values()) else \
-        {task: float(v) for task, v in values.items() if v is not None}
+    if any(value is None for value in values.values()):
+        return {}
+    return {task: float(value) for task, value in values.items()}  # type: ignore[arg-type]
 
 
 def decide(candidate: Scores, champion: Scores | None, tolerance: float, aggregate: str
            ) -> Decision:
-    """The gate. With no champion the candidate is promoted. A task the champion has no value
-    for cannot be gated: the decision names it and passes over it."""
+    """The gate. With no champion the candidate is promoted, unless a value of it is not a
+    number. A task the champion has no value for cannot be gated: the decision names it and
+    passes over it."""
     if champion is None:
         broken = sorted(task for task, value in candidate.tasks.items()
                         if not math.isfinite(value))
