@@ -8,6 +8,7 @@ import contextlib
 import csv
 import fcntl
 import json
+import logging
 import os
 import re
 import signal
@@ -344,8 +345,8 @@ def test_if_used_creates_an_empty_journal_where_none_was(processed: Path,
 
 # ------------------------------------------------------------------------------ real studies
 @pytest.mark.slow
-def test_a_short_study_yields_a_pareto_front_and_weights_train_uses(processed: Path,
-                                                                    workdir: Path) -> None:
+def test_a_short_study_yields_a_pareto_front_and_weights_train_uses(
+        processed: Path, workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
     params = write_params(workdir, processed, n_trials=5, weight_range=[0.1, 0.9])
     assert run_tune(params)["trial"] >= 0
     summary = json.loads((workdir / "reports/tuning/summary.json").read_text())
@@ -376,8 +377,11 @@ def test_a_short_study_yields_a_pareto_front_and_weights_train_uses(processed: P
 
     # Another selection rule re-selects from the stored study without running a trial.
     reselect = write_params(workdir, processed, n_trials=5, weight_range=[0.1, 0.9],
-                            selection="best_worst")
-    assert run_tune(reselect)["trial"] >= 0
+                            selection="best_worst", preference=[1.0, 3.0])
+    with caplog.at_level(logging.WARNING, logger="multitask.tuning"):
+        assert run_tune(reselect)["trial"] >= 0
+    assert ("tune.preference is set but tune.selection is best_worst, which does not read it"
+            in caplog.text)  # a preference given to a rule that ignores it is not silent
     again = json.loads((workdir / "reports/tuning/weights.json").read_text())
     assert again["trial"] == int(rows[max(front, key=lambda i: points[i].min())]["trial"])
     assert len(stored_trials(str(workdir / JOURNAL))) == 5

@@ -89,6 +89,10 @@ def tune(params: Params, layout: Layout, *, workers: int | None = None,
         return write_not_tuned(layout, params.train.weighting)
     if problem := frozen_trials_problem(params, params.source):
         raise ConfigError(problem)  # train.weighting: tuned was refused on loading already
+    if params.tune.preference is not None and params.tune.selection != "preference":
+        log.warning("%s: tune.preference is set but tune.selection is %s, which does not read "
+                    "it; set tune.selection: preference to choose by it", params.source,
+                    params.tune.selection)
     n_trials = params.tune.n_trials if n_trials is None else n_trials
     workers = params.tune.workers if workers is None else workers
     if n_trials < 1 or workers < 1:

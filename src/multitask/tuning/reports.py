@@ -13,6 +13,7 @@ accuracies and errors in any unit average and compare on one scale.
 from __future__ import annotations
 
 import csv
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -244,18 +245,26 @@ def write_not_tuned(layout: Layout, weighting: str) -> dict[str, Any]:
 
 
 def write_snapshot(storage: StudyStorage, study_name: str, journal: Path) -> bool:
-    """A copy of a study kept elsewhere (PostgreSQL) in the journal file the tune stage
-    declares to DVC, written atomically; return whether one was written.
+    """A copy of a study kept elsewhere (PostgreSQL, another journal file) in the journal file
+    the tune stage declares to DVC, written atomically; return whether one was written.
 
     With the journal file as storage the study is already there. Otherwise the copy makes the
     stage's output exist (``dvc repro`` needs it), puts the shared study's trials in the DVC
-    cache beside the reports, and opens with ``optuna-dashboard`` without the database.
+    cache beside the reports, and opens with ``optuna-dashboard`` without the database. The
+    journal's other studies stay: the copy replaces only its own study's earlier copy (the file
+    was once rewritten from scratch, losing every other study it held).
     """
     if not storage.is_url and Path(storage.location).resolve() == journal.resolve():
         return False
     journal.parent.mkdir(parents=True, exist_ok=True)
+    kept = StudyStorage(str(journal), str(journal)) if journal.is_file() else None  # readable?
     with atomic_path(journal) as tmp:
-        backend = optuna.storages.journal.JournalFileBackend(str(tmp))
+        if kept is not None:
+            shutil.copyfile(journal, tmp)
+        target = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(tmp)))
+        if study_name in optuna.get_all_study_names(target):
+            optuna.delete_study(study_name=study_name, storage=target)
         optuna.copy_study(from_study_name=study_name, from_storage=storage.optuna,
-                          to_storage=optuna.storages.JournalStorage(backend))
+                          to_storage=target)
     return True

@@ -29,6 +29,7 @@ import contextlib
 import copy
 import fcntl
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -105,6 +106,49 @@ class FlockJournalLock:
         self._held.close()
 
 
+def drop_partial_record(journal: Path) -> None:
+    """Cut a last record that lacks its newline (its writer was killed mid-append) from the
+    journal file ``journal``, under the journal's lock. Optuna's reader passes over such a
+    line, but the next record appended to it would join it into one line that is not JSON,
+    and the journal could no longer be read at all."""
+    if not journal.is_file():
+        return
+    with exclusive_lock(f"{journal}.lock"), journal.open("rb+") as handle:
+        size = handle.seek(0, 2)
+        if size == 0:
+            return
+        end = size
+        while end > 0:  # back to the last newline, a block at a time
+            start = max(0, end - 65536)
+            handle.seek(start)
+            block = handle.read(end - start)
+            if end == size and block.endswith(b"\n"):
+                return
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        handle.truncate(end)
+    log.warning("%s: dropped an incomplete last record (%d bytes, a write cut short); the "
+                "records before it are kept", journal, size - end)
+
+
+def last_record(journal: Path) -> dict[str, Any] | None:
+    """The journal's last record (None for an empty or missing file); ValueError when that
+    line is not JSON. Optuna's reader passes over a bad last line, but once a record follows
+    it the whole journal is unreadable, so it is refused before anything is appended."""
+    if not journal.is_file() or journal.stat().st_size == 0:
+        return None
+    with journal.open("rb") as handle:
+        handle.seek(max(0, journal.stat().st_size - 1_048_576))
+        line = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    record = json.loads(line)
+    if not isinstance(record, dict):
+        raise ValueError(f"the last line is not a record: {line[:80]!r}")
+    return record
+
+
 class StudyStorage:
     """Where the study lives (journal file or PostgreSQL) and the lock that serialises claims."""
 
@@ -151,11 +195,14 @@ class StudyStorage:
                     "database) is right") from None
         else:
             Path(location).parent.mkdir(parents=True, exist_ok=True)
+            drop_partial_record(Path(location))
             backend = optuna.storages.journal.JournalFileBackend(
                 location, lock_obj=FlockJournalLock(f"{location}.lock"))
             try:
                 self.optuna = optuna.storages.JournalStorage(backend)
-            except (ValueError, KeyError) as exc:  # a line that is not JSON, or not a record
+                self.optuna.get_all_studies()  # every record read now, not in a later call
+                last_record(Path(location))  # which Optuna would pass over until appended to
+            except (ValueError, KeyError, TypeError) as exc:  # not JSON, or not a record
                 raise ValueError(
                     f"{location}: not a readable Optuna journal ({type(exc).__name__}: {exc}); "
                     "only multitask tune writes it: restore it (dvc checkout, or git for a "
@@ -163,10 +210,14 @@ class StudyStorage:
 
     @classmethod
     def of(cls, params: Params, layout: Layout) -> StudyStorage:
-        """``tune.storage`` (or the layout's journal file) with ``tune``'s heartbeat settings."""
+        """``tune.storage`` (or the layout's journal file) with ``tune``'s heartbeat settings;
+        a journal file's path is the pipeline folder's (beside the params file), wherever the
+        command runs."""
         tune = params.tune
-        return cls(tune.storage or str(layout.study_journal), str(params.source),
-                   heartbeat_interval_s=tune.heartbeat_interval_s,
+        location = tune.storage or str(layout.study_journal)
+        if tune.storage and "://" not in location and not Path(location).is_absolute():
+            location = str(layout.root / location)
+        return cls(location, str(params.source), heartbeat_interval_s=tune.heartbeat_interval_s,
                    grace_period_s=tune.grace_period_s)
 
     def describe(self) -> str:
