@@ -267,7 +267,17 @@ def test_repro_run_has_every_metric_at_every_epoch_the_artifacts_and_tags(
         return found
 
     assert {"confusion/left.png", "confusion/right.png", "plots/curves.png", "params.yaml",
-            "metrics.json", "validation/summary.json"} <= artifacts()
+            "metrics.json", "validation/summary.json", "tuning/weights.json"} <= artifacts()
+    # train.weighting: tuned (the sample's): the run and train.json say which weights it was
+    chosen = json.loads((sample_pipeline.sample / "reports" / "tuning" / "weights.json"
+                         ).read_text())
+    for task in TASKS:
+        assert float(run.data.params[f"tuned.weights.{task}"]) == chosen["weights"][task]
+    assert (run.data.params["tuned.trial"], run.data.params["tuned.study"]) == (
+        str(chosen["trial"]), chosen["study"])
+    record = json.loads((sample_pipeline.sample / "reports" / "train.json").read_text())
+    assert record["tuned"] == {key: chosen[key]
+                               for key in ("method", "weights", "lr", "study", "trial")}
     assert run.info.artifact_uri.startswith((sample_pipeline.root / "mlartifacts").as_uri())
     assert not list(sample_pipeline.root.rglob("mlruns")), "artifacts escaped to ./mlruns"
 

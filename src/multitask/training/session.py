@@ -133,6 +133,18 @@ def tuned_method(path: Path, tasks: list[Task], method_params: dict[str, dict[st
     return weights_method(chosen, tasks, path)
 
 
+def tuned_choice(params: Params, layout: Layout) -> dict[str, Any] | None:
+    """With ``train.weighting: tuned``, what the tune stage chose and where from (the method,
+    its weights, the study and trial of ``weights.json``) as the training run records it;
+    None otherwise."""
+    if params.train.weighting != TUNED:
+        return None
+    tuned = read_json(layout.tuned_weights)
+    if not isinstance(tuned, dict):
+        return None  # build_method says what is wrong with it
+    return {key: tuned.get(key) for key in ("method", "weights", "lr", "study", "trial")}
+
+
 def build_method(params: Params, tasks: list[Task], layout: Layout) -> WeightingMethod:
     """The one home of "weights -> method": ``train.weighting`` with its params; ``tuned``
     means what the tune stage chose."""

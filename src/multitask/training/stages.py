@@ -215,9 +215,19 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
         return session.fit(params, data, tasks, method, checkpoint=checkpoint,
                            progress=False, start=start, reference=reference).kept
     started = time.perf_counter()
+    tuned = session.tuned_choice(params, layout)
     with tracking.stage_run(params, "train") as run:
         run.log_dataset(data.meta, source=str(layout.processed_dir))
         run.set_tags(pretrained_tags(start))
+        if tuned is not None:  # what train.weighting: tuned stood for in this run
+            log.info("train.weighting: tuned: %s from trial %s of %s", tuned["method"]
+                     if tuned["method"] != "static" else f"static weights {tuned['weights']}",
+                     tuned["trial"], tuned["study"])
+            weights = tuned["weights"] if isinstance(tuned["weights"], dict) else {}
+            run.log_params({**{f"tuned.{key}": value for key, value in tuned.items()
+                               if key != "weights"},
+                            **{f"tuned.weights.{task}": w for task, w in weights.items()}})
+            run.log_artifact(layout.tuned_weights, "tuning")
 
         def resumed(epochs_done: int, history: list[dict[str, float]]) -> None:
             run.set_tags({"resumed_after_epoch": str(epochs_done)})
@@ -250,6 +260,7 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
             "run_id": run.run_id,
             "weighting": method.name,
             "requested_weighting": params.train.weighting,
+            "tuned": tuned,  # with train.weighting: tuned, the tune stage's choice; else None
             "tasks": names,
             "epochs": len(fitted.history),
             "selection": fitted.selection,  # None: no early stopping, the last epoch kept
