@@ -620,6 +620,31 @@ def test_workers_stop_when_their_parent_is_sigkilled(processed: Path, workdir: P
     assert alive == [], "workers outlived their SIGKILLed parent"
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_the_workers_with_one_message_not_their_tracebacks(
+        processed: Path, workdir: Path) -> None:
+    """Ctrl-C in a terminal sends SIGINT to the whole process group: the parent and every
+    worker. The interrupted trials are marked failed; the command says it was interrupted once,
+    with no worker's KeyboardInterrupt traceback."""
+    params = write_params(workdir, processed, n_trials=500, epochs=3)  # minutes of work left
+    process = subprocess.Popen([sys.executable, "-m", "multitask", "tune", "--params",
+                                str(params), "--workers", "2"], cwd=workdir,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # its own group, as a terminal's job
+    deadline = time.monotonic() + 120
+    while (time.monotonic() < deadline and process.poll() is None
+           and len(stored_trials(str(workdir / JOURNAL))) < 2):
+        time.sleep(0.2)
+    assert process.poll() is None, "tune ended before it could be interrupted"
+    os.killpg(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "interrupted" in output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+    states = {t.state.name for t in stored_trials(str(workdir / JOURNAL))}
+    assert "RUNNING" not in states, states
+
+
 # ------------------------------------------------------------------ PostgreSQL (many hosts)
 @pytest.mark.slow
 def test_two_workers_share_a_study_in_postgresql(processed: Path, workdir: Path,

@@ -257,9 +257,10 @@ def write_snapshot(storage: StudyStorage, study_name: str, journal: Path) -> boo
     if not storage.is_url and Path(storage.location).resolve() == journal.resolve():
         return False
     journal.parent.mkdir(parents=True, exist_ok=True)
-    kept = StudyStorage(str(journal), str(journal)) if journal.is_file() else None  # readable?
+    if journal.is_file():  # mends a record cut short, refuses an unreadable journal
+        StudyStorage(str(journal), str(journal))
     with atomic_path(journal) as tmp:
-        if kept is not None:
+        if journal.is_file():
             shutil.copyfile(journal, tmp)
         target = optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(tmp)))

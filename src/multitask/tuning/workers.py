@@ -62,7 +62,10 @@ def _worker_process(job: WorkerJob) -> None:
         raise RuntimeError(f"{job.params_path} changed while tuning (study "
                            f"{worker_setup.study_name}, expected {job.study_name}); rerun")
     storage = StudyStorage.of(params, worker_setup.layout)
-    run_worker(worker_setup, storage, job.n_trials, job.worker, job.parent_run_id)
+    try:
+        run_worker(worker_setup, storage, job.n_trials, job.worker, job.parent_run_id)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent says so
+        raise SystemExit(128 + signal.SIGINT) from None
 
 
 def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_trials: int,
