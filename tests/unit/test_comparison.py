@@ -237,6 +237,11 @@ def test_the_caption_names_the_thread_count_and_every_measurement_off_it() -> No
         "Experiments ran on 2 CPU threads except `pcgrad` seed 0: 1 CPU thread; `equal` seed "
         "1: 2 CPU threads, its baselines 1 (on the CPU the same params and seed repeat exactly "
         "only at the same thread count).")
+    # a comparison extended after thread counts were recorded: the older seeds are named
+    extended = markdown(_with_threads(_result(), {("equal", 0): None})).splitlines()[0]
+    assert extended.endswith("Experiments ran on 2 CPU threads except `equal` seed 0: not "
+                             "recorded (on the CPU the same params and seed repeat exactly only "
+                             "at the same thread count).")
     # summaries written before thread counts (no "threads") say nothing of them
     assert "thread" not in markdown(_result()).splitlines()[0]
     assert "thread" not in markdown(_with_threads(_result(), {

@@ -200,11 +200,11 @@ def _threads_note(result: dict[str, Any]) -> str:
     measured = [(row["label"], seed, counts) for row in result["rows"]
                 for seed, counts in zip(row.get("seeds") or [], row.get("threads") or [],
                                         strict=False)]
-    spelt = Counter(_threads(counts) for *_, counts in measured)
-    if not measured or set(spelt) == {"not recorded"}:
+    spelt = Counter(_threads(counts) for *_, counts in measured if counts is not None)
+    if not spelt:
         return ""
     usual = spelt.most_common(1)[0][0]
-    if len(spelt) == 1:
+    if len(spelt) == 1 and all(counts is not None for *_, counts in measured):
         return f" Every experiment ran on {usual}."
     others = [f"`{label}` seed {seed}: {_threads(counts)}" for label, seed, counts in measured
               if _threads(counts) != usual]
