@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from multitask.cli import COMMANDS, build_parser
@@ -67,10 +68,10 @@ def test_bad_params_exit_1_with_the_key(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_check_finds_a_missing_pretrained_file_before_any_stage_runs(
+def test_check_finds_a_missing_or_unreadable_pretrained_file_before_any_stage_runs(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A missing state_dict file would otherwise stop the baselines stage, after DVC removed
-    their outputs."""
+    """A missing or unreadable state_dict file would otherwise stop the baselines stage, after
+    DVC removed their outputs."""
     from multitask.cli import main
 
     params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
@@ -84,7 +85,21 @@ def test_check_finds_a_missing_pretrained_file_before_any_stage_runs(
             in capsys.readouterr().err)
     assert not (tmp_path / "reports" / "params_check.txt").exists()
     (tmp_path / "weights").mkdir()
-    (tmp_path / "weights" / "encoder.pt").write_bytes(b"read by the training stages, not here")
+    weights = tmp_path / "weights" / "encoder.pt"
+    weights.write_bytes(b"encoder weights, written by hand")
+    assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert f"{weights}: not a PyTorch weights file (torch.load: " in err
+    assert "give a file written by torch.save(state_dict) or multitask train" in err
+    torch.save(torch.nn.Linear(2, 2), weights)  # the whole module, pickled
+    assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert (f"{weights}: holds pickled Python objects (a whole model or module), not only "
+            "tensors; it is not unpickled here, since unpickling runs code: save the weights "
+            "with torch.save(model.state_dict(), path)") in err
+    assert "\x1b[" not in err  # torch's terminal colours are not passed on
+    assert not (tmp_path / "reports" / "params_check.txt").exists()
+    torch.save(torch.nn.Linear(2, 2).state_dict(), weights)
     assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 0
     assert (tmp_path / "reports" / "params_check.txt").is_file()
 

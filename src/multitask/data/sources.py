@@ -34,6 +34,7 @@ from multitask.data.manifest import manifest_path, read_manifest
 from multitask.device import check_processes, select_device
 from multitask.io import atomic_open, read_json, write_json
 from multitask.layout import Layout
+from multitask.models.pretrained import file_weights
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,9 @@ def check(params: Params, layout: Layout) -> None:
     manifest`` read in place (no ``manifest`` source to download), that the manifest reads
     (its file, columns, split values), with a warning when ``validate`` or ``preprocess`` does
     not depend on it and its images (DVC would not rerun them when a label changes); for
-    ``model.pretrained: <file>``, that the file is there. The output's content is the same
-    for every valid input, so the stages depending on it rerun only for what they read.
+    ``model.pretrained: <file>``, that the file is there and holds weights. The output's
+    content is the same for every valid input, so the stages depending on it rerun only for
+    what they read.
     """
     sources = load_sources(layout.sources)
     required_sources(sources, params.data.dataset, sources_path=layout.sources)
@@ -144,8 +146,8 @@ def check(params: Params, layout: Layout) -> None:
                         "holding the manifest and its images) to the deps of each",
                         manifest.path, " and ".join(stages), layout.dvc_yaml,
                         folder_of(paths, layout))
-    if params.model.pretrained_kind == "file":  # else baselines finds it missing, too late
-        pretrained_file(params, layout.root)
+    if params.model.pretrained_kind == "file":  # else baselines finds it wrong, too late
+        file_weights(pretrained_file(params, layout.root))  # readable, and weights
     check_processes(select_device(params.train.device, params.source), params.train.processes,
                     params.source)
     layout.params_check.parent.mkdir(parents=True, exist_ok=True)

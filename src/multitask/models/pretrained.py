@@ -46,6 +46,7 @@ weight may be left over, and shapes must agree; otherwise :class:`WeightsError` 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,9 @@ def download_weights(url: str, *, progress: bool = True) -> Path:
 
 
 # ------------------------------------------------------------------------------ reading files
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch's messages carry terminal colours
+
+
 def read_payload(path: Path) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with errors that name the file."""
     if not path.is_file():
@@ -163,8 +167,17 @@ def read_payload(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises pickle, zip and runtime errors alike
-        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # torch's run long
-        raise WeightsError(f"{path}: not a readable PyTorch file ({cause})") from exc
+        text = _ANSI.sub("", str(exc)).strip()
+        if "Unsupported global" in text:  # torch.save(model), not model.state_dict()
+            raise WeightsError(
+                f"{path}: holds pickled Python objects (a whole model or module), not only "
+                "tensors; it is not unpickled here, since unpickling runs code: save the "
+                "weights with torch.save(model.state_dict(), path)") from exc
+        reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)  # the safe loader's
+        cause = reason[1] if reason else (text.splitlines() or [""])[0]  # torch's run long
+        raise WeightsError(f"{path}: not a PyTorch weights file (torch.load: "
+                           f"{type(exc).__name__}{': ' + cause if cause else ''}); give a file "
+                           "written by torch.save(state_dict) or multitask train") from exc
 
 
 def is_state_dict(payload: Any) -> bool:
