@@ -104,7 +104,7 @@ def test_typed_stages_run_in_their_folder(pipeline: tuple[Params, Layout]) -> No
 
 
 @pytest.mark.parametrize(("content", "cause"), [
-    (b"", "not a readable PyTorch"), (b"not a torch file", "not a readable PyTorch"),
+    (b"", "not a PyTorch weights file"), (b"not a torch file", "not a PyTorch weights file"),
     ("{'weights': 1}", "not a network file of multitask train")])
 def test_evaluate_names_a_broken_model_file_and_what_to_do(
         pipeline: tuple[Params, Layout], content: bytes | str, cause: str) -> None:

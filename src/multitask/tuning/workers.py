@@ -27,6 +27,7 @@ from multitask.tuning.trials import run_worker
 log = logging.getLogger(__name__)
 
 POLL_S = 2.0  # how often the parent of several workers refreshes its progress bar
+INTERRUPT_GRACE_S = 10.0  # after Ctrl-C, how long workers may take to fail their trials
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,18 @@ def _worker_process(job: WorkerJob) -> None:
                         format=f"%(asctime)s %(levelname)s %(name)s[worker {job.worker}]: "
                                "%(message)s")
 
+    stopped: list[int] = []  # the signals that stop this worker
+
     def terminate(signum: int, frame: Any) -> None:  # the parent stops us: fail the trial
+        stopped.append(signum)
         raise SystemExit(128 + signum)
 
+    def interrupt(signum: int, frame: Any) -> None:  # Ctrl-C reaches the whole process group
+        stopped.append(signum)
+        raise KeyboardInterrupt
+
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, interrupt)
     die_with_parent(job.parent_pid, f"tune worker {job.worker}")
     torch.set_num_threads(job.threads)
     params = load_params(job.params_path)
@@ -64,8 +73,10 @@ def _worker_process(job: WorkerJob) -> None:
     storage = StudyStorage.of(params, worker_setup.layout)
     try:
         run_worker(worker_setup, storage, job.n_trials, job.worker, job.parent_run_id)
-    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent says so
-        raise SystemExit(128 + signal.SIGINT) from None
+    except BaseException:
+        if stopped:  # Ctrl-C or the parent: whatever a signal broke, the parent says it once
+            raise SystemExit(128 + stopped[0]) from None
+        raise
 
 
 def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_trials: int,
@@ -93,6 +104,7 @@ def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tria
             for index in range(count)]
         for process in processes:
             process.start()
+        interrupted = False
         try:
             while running := [p for p in processes if p.exitcode is None]:
                 multiprocessing.connection.wait([p.sentinel for p in running], POLL_S)
@@ -102,8 +114,13 @@ def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tria
                     raise RuntimeError(
                         f"{failed[0].name} exited with code {failed[0].exitcode} (its log is "
                         "above); the study keeps every finished trial: rerun multitask tune")
+        except KeyboardInterrupt:
+            interrupted = True  # the workers got Ctrl-C too: let them fail their trials
+            raise
         finally:
             for process in processes:
+                if interrupted:
+                    process.join(INTERRUPT_GRACE_S)
                 if process.exitcode is None:
                     process.terminate()
                 process.join()
