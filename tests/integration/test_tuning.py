@@ -704,55 +704,80 @@ def postgres_study_db(postgres_url: str) -> str:
     return postgres_url.rsplit("/", 1)[0] + f"/{name}"
 
 
-def owners(storage: str) -> set[int]:
-    """The pids of the processes that have claimed trials of the study in ``storage``."""
-    if "://" not in storage and not Path(storage).exists():
-        return set()  # the journal file is the tune process's to create
-    return {t.user_attrs["owner"]["pid"] for t in stored_trials(storage)
-            if "owner" in t.user_attrs}
+class StudyWatch:
+    """``storage`` as a test polls it: opened once, when it exists, and kept open. Opening a
+    PostgreSQL storage takes seconds on a loaded machine (Optuna checks its tables), time in
+    which a worker finished every short trial of a study before the test saw its first claim
+    (it happened in CI)."""
+
+    def __init__(self, storage: str) -> None:
+        self.storage = storage
+        self._held = contextlib.ExitStack()
+        self._reader: tuning.StudyStorage | None = None
+        self._locker: tuning.StudyStorage | None = None
+
+    def __enter__(self) -> StudyWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._held.close()
+
+    def _open(self, lock_timeout_s: float) -> tuning.StudyStorage | None:
+        if "://" not in self.storage and not Path(self.storage).exists():
+            return None  # the journal file is the tune process's to create
+        return self._held.enter_context(study_storage(self.storage, lock_timeout_s))
+
+    def owners(self) -> set[int]:
+        """The pids of the processes that have claimed trials of the study."""
+        self._reader = self._reader or self._open(LOCK_TIMEOUT_S)
+        if self._reader is None:
+            return set()
+        return {t.user_attrs["owner"]["pid"] for t in trials_in(self._reader)
+                if "owner" in t.user_attrs}
+
+    @contextlib.contextmanager
+    def locks_free(self) -> Iterator[None]:
+        """Hold, for the block, the locks a worker takes on the storage: the claim lock, and
+        for a journal file Optuna's own write lock; TimeoutError/BlockingIOError when one is
+        held."""
+        self._locker = self._locker or self._open(lock_timeout_s=0.2)
+        assert self._locker is not None, f"{self.storage} does not exist"
+        (study_name,) = optuna.get_all_study_names(self._locker.optuna)
+        with contextlib.ExitStack() as held:
+            held.enter_context(self._locker.claim_lock(study_name))
+            if "://" not in self.storage:
+                handle = held.enter_context(open(f"{self.storage}.lock", "a"))
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when closed
+            yield
 
 
-def wait_for_claim(storage: str, processes: list[subprocess.Popen[str]], exclude: set[int],
+def wait_for_claim(watch: StudyWatch, processes: list[subprocess.Popen[str]], exclude: set[int],
                    timeout: float = 180.0) -> int:
-    """The pid of a worker, not in ``exclude``, once it has claimed a trial in ``storage``
-    (``processes``: the tune processes, which must stay alive meanwhile)."""
+    """The pid of a worker, not in ``exclude``, once it has claimed a trial of the watched
+    study (``processes``: the tune processes, which must stay alive meanwhile)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if claimed := owners(storage) - exclude:
+        if claimed := watch.owners() - exclude:
             return claimed.pop()
         for process in processes:
             assert process.poll() is None, process.communicate()[0][-3000:]
         time.sleep(0.05)
-    pytest.fail(f"no worker but {sorted(exclude)} claimed a trial of {storage} in "
+    pytest.fail(f"no worker but {sorted(exclude)} claimed a trial of {watch.storage} in "
                 f"{timeout:.0f} s")
 
 
-@contextlib.contextmanager
-def storage_locks_free(storage: str) -> Iterator[None]:
-    """Hold, for the block, the locks a worker takes on ``storage``: the claim lock, and for a
-    journal file Optuna's own write lock; TimeoutError/BlockingIOError when one is held."""
-    with contextlib.ExitStack() as held:
-        opened = held.enter_context(study_storage(storage, lock_timeout_s=0.2))
-        (study_name,) = optuna.get_all_study_names(opened.optuna)
-        held.enter_context(opened.claim_lock(study_name))
-        if "://" not in storage:
-            handle = held.enter_context(open(f"{storage}.lock", "a"))
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when closed
-        yield
-
-
-def pause_outside_locks(storage: str, pid: int) -> None:
+def pause_outside_locks(watch: StudyWatch, pid: int) -> None:
     """SIGSTOP ``pid`` at a moment it holds none of the study's locks (a stalled machine that
     held one would stall every other worker, by design)."""
     for _ in range(100):
         os.kill(pid, signal.SIGSTOP)
         try:
-            with storage_locks_free(storage):
+            with watch.locks_free():
                 return
         except (TimeoutError, BlockingIOError):
             os.kill(pid, signal.SIGCONT)
             time.sleep(0.05)
-    pytest.fail(f"worker {pid} held a lock of {storage} whenever it was paused")
+    pytest.fail(f"worker {pid} held a lock of {watch.storage} whenever it was paused")
 
 
 def make_two_workers_take_trials(storage: str, processes: list[subprocess.Popen[str]]) -> None:
@@ -760,12 +785,13 @@ def make_two_workers_take_trials(storage: str, processes: list[subprocess.Popen[
     paused (SIGSTOP, a stalled machine) until another has claimed one too. On a loaded machine
     one worker could otherwise finish every short trial while the other was still importing
     torch (it happened in CI)."""
-    first = wait_for_claim(storage, processes, set())
-    pause_outside_locks(storage, first)
-    try:
-        wait_for_claim(storage, processes, {first})
-    finally:
-        os.kill(first, signal.SIGCONT)
+    with StudyWatch(storage) as watch:
+        first = wait_for_claim(watch, processes, set())
+        pause_outside_locks(watch, first)
+        try:
+            wait_for_claim(watch, processes, {first})
+        finally:
+            os.kill(first, signal.SIGCONT)
 
 
 def machine(link: Callable[[Path, Path], Layout], root: Path, name: str, processed: Path,
