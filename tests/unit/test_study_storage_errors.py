@@ -65,6 +65,31 @@ def test_a_record_cut_short_by_a_crash_is_dropped_not_joined_to_the_next(
     assert len(optuna.load_study(study_name="s", storage=again).trials) == 4
 
 
+@pytest.mark.parametrize("cut", [25, 70_000])
+def test_a_long_record_cut_short_is_dropped_and_a_long_last_record_kept(
+        tmp_path: Path, cut: int) -> None:
+    """Records longer than the block the tail is read in (a trial with a large attribute)."""
+    journal = tmp_path / "study.journal"
+    _journal_with_a_study(journal, "s", 1)
+    study = optuna.load_study(study_name="s", storage=StudyStorage(str(journal), "t").optuna)
+    study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={"log": "x" * 100_000}))
+    whole = journal.read_bytes()
+    assert len(whole.splitlines()[-1]) > 100_000
+    StudyStorage(str(journal), "params.yaml")  # a whole long last record: nothing cut
+    assert journal.read_bytes() == whole
+    journal.write_bytes(whole + whole.splitlines(keepends=True)[-1][:cut])
+    storage = StudyStorage(str(journal), "params.yaml").optuna
+    assert journal.read_bytes() == whole
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 2
+
+
+def test_a_journal_that_is_one_record_cut_short_is_emptied(tmp_path: Path) -> None:
+    journal = tmp_path / "study.journal"
+    journal.write_bytes(b'{"op_code": 0, "worker_id"')
+    StudyStorage(str(journal), "params.yaml")
+    assert journal.read_bytes() == b""
+
+
 def test_a_bad_last_line_is_refused_before_anything_is_appended(tmp_path: Path) -> None:
     journal = tmp_path / "study.journal"
     _journal_with_a_study(journal, "s", 2)

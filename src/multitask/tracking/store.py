@@ -282,15 +282,16 @@ def _sqlite_remedy() -> str:
             f"SQLite file, or set {URI_ENV} to another store")
 
 
-def missing_store() -> bool:
-    """Whether the store is an SQLite file that does not exist (nothing logged here yet)."""
-    uri = tracking_uri()
+def missing_store(uri: str | None = None) -> bool:
+    """Whether the store (``uri``, the configured one by default) is an SQLite file that does
+    not exist (nothing logged here yet)."""
+    uri = tracking_uri() if uri is None else uri
     return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()
 
 
 def _require_store(uri: str) -> None:
     """Raise :class:`StoreError` when ``uri`` is a SQLite store whose file does not exist."""
-    if not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file():
+    if not missing_store(uri):
         return
     if os.environ.get(URI_ENV, "").strip():
         where = f"{URI_ENV} names it"

@@ -106,47 +106,30 @@ class FlockJournalLock:
         self._held.close()
 
 
-def drop_partial_record(journal: Path) -> None:
-    """Cut a last record that lacks its newline (its writer was killed mid-append) from the
-    journal file ``journal``, under the journal's lock. Optuna's reader passes over such a
-    line, but the next record appended to it would join it into one line that is not JSON,
-    and the journal could no longer be read at all."""
+def check_tail(journal: Path) -> None:
+    """Make the journal file ``journal`` safe to append to, under the journal's lock: a last
+    record that lacks its newline (its writer was killed mid-append) is cut off, with a warning;
+    a last line that is not a JSON record is a ValueError. Optuna's reader passes over either,
+    but the next record appended to it would make a line that is not JSON, and the journal could
+    no longer be read at all."""
     if not journal.is_file():
         return
     with exclusive_lock(f"{journal}.lock"), journal.open("rb+") as handle:
-        size = handle.seek(0, 2)
-        if size == 0:
-            return
-        end = size
-        while end > 0:  # back to the last newline, a block at a time
-            start = max(0, end - 65536)
+        size = start = handle.seek(0, 2)
+        tail = b""
+        while start > 0 and tail.count(b"\n") < 2:  # the last line whole, a block at a time
+            start = max(0, start - 65536)
             handle.seek(start)
-            block = handle.read(end - start)
-            if end == size and block.endswith(b"\n"):
-                return
-            newline = block.rfind(b"\n")
-            if newline >= 0:
-                end = start + newline + 1
-                break
-            end = start
-        handle.truncate(end)
-    log.warning("%s: dropped an incomplete last record (%d bytes, a write cut short); the "
-                "records before it are kept", journal, size - end)
-
-
-def last_record(journal: Path) -> dict[str, Any] | None:
-    """The journal's last record (None for an empty or missing file); ValueError when that
-    line is not JSON. Optuna's reader passes over a bad last line, but once a record follows
-    it the whole journal is unreadable, so it is refused before anything is appended."""
-    if not journal.is_file() or journal.stat().st_size == 0:
-        return None
-    with journal.open("rb") as handle:
-        handle.seek(max(0, journal.stat().st_size - 1_048_576))
-        line = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
-    record = json.loads(line)
-    if not isinstance(record, dict):
+            tail = handle.read(size - start)
+        if not tail.endswith(b"\n") and tail:
+            kept = tail.rfind(b"\n") + 1
+            handle.truncate(start + kept)
+            log.warning("%s: dropped an incomplete last record (%d bytes, a write cut short); "
+                        "the records before it are kept", journal, len(tail) - kept)
+            tail = tail[:kept]
+    line = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    if line and not isinstance(json.loads(line), dict):
         raise ValueError(f"the last line is not a record: {line[:80]!r}")
-    return record
 
 
 class StudyStorage:
@@ -195,13 +178,12 @@ class StudyStorage:
                     "database) is right") from None
         else:
             Path(location).parent.mkdir(parents=True, exist_ok=True)
-            drop_partial_record(Path(location))
             backend = optuna.storages.journal.JournalFileBackend(
                 location, lock_obj=FlockJournalLock(f"{location}.lock"))
             try:
+                check_tail(Path(location))
                 self.optuna = optuna.storages.JournalStorage(backend)
                 self.optuna.get_all_studies()  # every record read now, not in a later call
-                last_record(Path(location))  # which Optuna would pass over until appended to
             except (ValueError, KeyError, TypeError) as exc:  # not JSON, or not a record
                 raise ValueError(
                     f"{location}: not a readable Optuna journal ({type(exc).__name__}: {exc}); "
