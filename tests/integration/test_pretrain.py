@@ -4,7 +4,6 @@ real DVC and MLflow on a copy of the sample pipeline."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import re
@@ -19,10 +18,11 @@ import torch
 import yaml
 from test_tracking_pipeline import SampleRepo, copy_sample_repo
 
-from multitask import keys
+from multitask import keys, tracking
 from multitask.config import Params, load_params
 from multitask.layout import Layout
 from multitask.models.base import MultiTaskModel
+from multitask.models.pretrained import weights_sha256
 from multitask.pretraining import (
     NEWEST,
     NOT_TRAINED,
@@ -37,8 +37,10 @@ from multitask.training.trainer import rotate_batch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def weights_digest(path: Path) -> str:
+    """The digest of the weights a network file holds, as its bytes would not tell (the
+    registered program of the same network has other bytes)."""
+    return weights_sha256(torch.load(path, weights_only=True)["state_dict"])
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +161,7 @@ def test_the_stage_trains_on_rotations_alone_and_the_next_stages_start_from_it(
     record = pretrain(params, layout)
     assert record["trained"] is True and record["epochs"] == 2
     assert record["registered"] is None and record["run_id"] is None  # tracking disabled
-    assert record["sha256"] == sha256(layout.pretrained_encoder)
+    assert record["sha256"] == weights_digest(layout.pretrained_encoder)
     assert json.loads(layout.pretrain_json.read_text()) == record
     accuracy = record["final"][keys.task_metric(keys.VAL, ROTATION_TASK.name, keys.ACCURACY)]
     assert 0.25 < accuracy <= 1.0  # better than chance after two epochs
@@ -247,7 +249,7 @@ def test_with_pretrained_none_the_stage_trains_nothing_and_reruns_nothing(
 @pytest.mark.slow
 @pytest.mark.xdist_group("sample_pipeline")
 def test_self_supervised_pretraining_then_fine_tuning_through_dvc_exp_run(
-        chain: SampleRepo) -> None:
+        chain: SampleRepo, monkeypatch: pytest.MonkeyPatch) -> None:
     done = chain.run("dvc", "exp", "run", "sample/dvc.yaml",
                      "-S", "sample/params.yaml:model.pretrained=self_supervised", timeout=900)
     assert {"pretrain", "baselines", "tune", "train", "evaluate"} <= ran(done.stdout)
@@ -255,7 +257,7 @@ def test_self_supervised_pretraining_then_fine_tuning_through_dvc_exp_run(
     encoder = sample / "models/pretrain/encoder.pt"
     assert encoder.is_file()
     record = json.loads((sample / "reports/pretrain.json").read_text())
-    assert record["trained"] is True and record["sha256"] == sha256(encoder)
+    assert record["trained"] is True and record["sha256"] == weights_digest(encoder)
     # registered, with alias newest, from the pretrain stage's run
     name = load_params(sample / "params.yaml").pretrain.registered_name
     version = chain.client().get_model_version_by_alias(name, NEWEST)
@@ -265,6 +267,9 @@ def test_self_supervised_pretraining_then_fine_tuning_through_dvc_exp_run(
     pretrain_run = chain.client().get_run(record["run_id"])
     assert pretrain_run.data.tags["stage"] == "pretrain"
     assert pretrain_run.data.tags["encoder.sha256"] == record["sha256"]
+    # one encoder, one digest: started from the registered version, a run records the same
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chain.store)
+    assert tracking.network_state(f"models:/{name}@{NEWEST}").sha256 == record["sha256"]
     assert keys.task_metric(keys.TRAIN, "rotation", keys.LOSS) in pretrain_run.data.metrics
     # the multi-task run and its baselines started from that encoder, and say so
     started = {"origin": record["origin"], "sha256": record["sha256"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -102,6 +103,41 @@ def test_check_finds_a_missing_or_unreadable_pretrained_file_before_any_stage_ru
     torch.save(torch.nn.Linear(2, 2).state_dict(), weights)
     assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 0
     assert (tmp_path / "reports" / "params_check.txt").is_file()
+
+
+@pytest.mark.parametrize(("watching", "unwatched"), [
+    ((), "baselines, tune and train"),
+    (("baselines", "train"), "tune"),
+    (("baselines", "tune", "train"), None),
+])
+def test_check_warns_when_dvc_would_not_rerun_on_changed_pretrained_weights(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, watching: tuple[str, ...],
+        unwatched: str | None) -> None:
+    """DVC tracks model.pretrained's path, not the file: the stages that start from it rerun
+    when its weights change in place only if they list it (or a folder above it) as a dep."""
+    from multitask.cli import main
+
+    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
+    params["model"]["pretrained"] = "weights/encoder.pt"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data").mkdir()
+    shutil.copy(ROOT / "sample" / "data" / "sources.yaml", tmp_path / "data" / "sources.yaml")
+    (tmp_path / "weights").mkdir()
+    torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "weights" / "encoder.pt")
+    pipeline = yaml.safe_load((ROOT / "sample" / "dvc.yaml").read_text())
+    for stage in watching:  # the file itself, or the folder holding it
+        pipeline["stages"][stage]["deps"].append(
+            "weights/encoder.pt" if stage == "tune" else "${WEIGHTS}")
+    pipeline["vars"].append({"WEIGHTS": "weights"})
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(pipeline))
+    with caplog.at_level(logging.WARNING, logger="multitask.data.sources"):
+        assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ([] if unwatched is None else [
+        f"model.pretrained: {tmp_path / 'weights' / 'encoder.pt'} is no dependency of "
+        f"{unwatched} in {tmp_path / 'dvc.yaml'}: DVC tracks its path (a param), not its "
+        "contents, and will not rerun them when the file changes in place. Add it to the deps "
+        "of each, or give changed weights a new file name"])
 
 
 def test_check_refuses_more_processes_than_visible_gpus(

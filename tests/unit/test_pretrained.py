@@ -31,6 +31,7 @@ from multitask.models.pretrained import (
     load_encoder,
     load_heads,
     network_weights,
+    weights_sha256,
 )
 from multitask.models.zoo import IMAGENET_MEAN, IMAGENET_STD, SPECS, TorchvisionEncoder
 from multitask.tasks import Task
@@ -178,7 +179,7 @@ def test_every_backbone_starts_from_a_local_file_and_from_the_imagenet_path(
     cached = torch_home / "hub" / "checkpoints" / served.name
     assert cached.read_bytes() == served.read_bytes()
     assert weights.origin == f"imagenet: {member} ({served.name})"
-    assert weights.sha256 == hashlib.sha256(served.read_bytes()).hexdigest()
+    assert weights.sha256 == from_file.sha256 == weights_sha256(state)
     assert weights.backbone == name
     model = start(name, weights)
     assert_loaded(model.encoder, state)
@@ -328,6 +329,24 @@ def test_a_network_file_starts_the_encoder_and_reuses_matching_heads(tmp_path: P
     x = torch.randn(3, 1, 36, 36)
     torch.testing.assert_close(model.encoder(x), source.encoder(x))
     torch.testing.assert_close(model(x)["left"], source(x)["left"])
+
+
+def test_one_set_of_weights_has_one_digest_whatever_file_holds_it(tmp_path: Path) -> None:
+    """A network file and a state_dict file of the same weights (other bytes, other order of
+    names) give one digest; a value, a dtype or a name changed gives another."""
+    source = network_file(tmp_path / "network.pt")
+    state = source.state_dict()
+    torch.save(dict(reversed(state.items())), tmp_path / "state.pt")
+    digest = file_weights(tmp_path / "network.pt").sha256
+    assert digest == file_weights(tmp_path / "state.pt").sha256 == weights_sha256(state)
+    assert (tmp_path / "network.pt").read_bytes() != (tmp_path / "state.pt").read_bytes()
+    key = next(iter(state))
+    nudged = {**state, key: state[key].clone().index_put_((torch.tensor(0),),
+                                                          state[key][0] + 1e-6)}
+    assert weights_sha256(nudged) != digest
+    assert weights_sha256({**state, key: state[key].double()}) != digest
+    assert weights_sha256({f"x{k}": v for k, v in state.items()}) != digest
+    assert weights_sha256({**state, "n": torch.tensor(3)}) != digest  # a 0-d buffer too
 
 
 def test_only_hard_sharing_networks_give_an_encoder(tmp_path: Path) -> None:

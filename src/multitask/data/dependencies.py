@@ -1,9 +1,11 @@
-"""Whether DVC watches a manifest read where it lies: ``check``'s warning.
+"""Whether DVC watches a file the pipeline reads from outside it: ``check``'s warnings.
 
 A manifest data set read in place (no ``manifest`` source to download) is no output of any
 stage, so DVC reruns ``validate`` and ``preprocess`` when a label or an image changes only if
-each lists the manifest and its image folders (or a folder above them) among its deps.
-:func:`unwatched_stages` reads the pipeline's ``dvc.yaml`` as DVC would for that question:
+each lists the manifest and its image folders (or a folder above them) among its deps;
+likewise ``baselines``, ``tune`` and ``train`` for a ``model.pretrained`` weights file, whose
+path alone is a param. :func:`unwatched_stages` reads the pipeline's ``dvc.yaml`` as DVC would
+for that question:
 ``${...}`` in a dep is filled in from the same context DVC templates with (the ``params.yaml``
 beside it, then each entry of ``vars``: a mapping, or a YAML file, ``file.yaml:key,...``
 taking only those keys); a reference it cannot resolve is left as written, so it matches
@@ -22,10 +24,13 @@ import yaml
 from multitask.data.manifest import IMAGE_COLUMN, Manifest
 from multitask.layout import Layout
 
-__all__ = ["READING_STAGES", "folder_of", "unwatched_stages", "watched"]
+__all__ = ["READING_STAGES", "STARTING_STAGES", "folder_of", "in_words", "unwatched_stages",
+           "watched"]
 
 # The stages that read a manifest's rows and images; check only reads its header and splits
 READING_STAGES = ("validate", "preprocess")
+# The stages whose networks start from model.pretrained
+STARTING_STAGES = ("baselines", "tune", "train")
 TEMPLATE = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
 
 
@@ -85,10 +90,11 @@ def interpolated(text: str, context: dict[str, Any]) -> str:
     return TEMPLATE.sub(value, text)
 
 
-def unwatched_stages(paths: list[str], layout: Layout) -> list[str]:
-    """The :data:`READING_STAGES` of the pipeline's ``dvc.yaml`` that do not depend on each of
-    ``paths`` (:func:`watched`: the manifest and its image folders) or a folder above it: DVC
-    would not rerun them when a label or an image changes. None without a readable
+def unwatched_stages(paths: list[str], layout: Layout,
+                     stages_reading: tuple[str, ...] = READING_STAGES) -> list[str]:
+    """The ``stages_reading`` of the pipeline's ``dvc.yaml`` (those present) that do not depend
+    on each of ``paths`` (absolute; :func:`watched`: the manifest and its image folders) or a
+    folder above it: DVC would not rerun them when one changes. None without a readable
     ``dvc.yaml`` (``multitask check`` run outside a pipeline)."""
     document = _yaml(layout.dvc_yaml)
     stages = document.get("stages") if isinstance(document, dict) else None
@@ -97,7 +103,7 @@ def unwatched_stages(paths: list[str], layout: Layout) -> list[str]:
     context = template_context(layout.dvc_yaml.parent, document.get("vars"))
     root = os.path.abspath(layout.root)
     unwatched = []
-    for name in READING_STAGES:
+    for name in stages_reading:
         stage = stages.get(name)
         if not isinstance(stage, dict):
             continue
@@ -107,3 +113,8 @@ def unwatched_stages(paths: list[str], layout: Layout) -> list[str]:
                        for dep in deps) for path in paths):
             unwatched.append(name)
     return unwatched
+
+
+def in_words(stages: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``: stage names in a sentence."""
+    return " and ".join(filter(None, [", ".join(stages[:-1]), *stages[-1:]]))

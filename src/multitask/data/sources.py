@@ -29,7 +29,13 @@ from typing import Literal
 
 from multitask.config import ConfigError, Params, Source, load_sources, pretrained_file
 from multitask.data.datasets import DATASETS, MANIFEST
-from multitask.data.dependencies import folder_of, unwatched_stages, watched
+from multitask.data.dependencies import (
+    STARTING_STAGES,
+    folder_of,
+    in_words,
+    unwatched_stages,
+    watched,
+)
 from multitask.data.manifest import manifest_path, read_manifest
 from multitask.device import check_processes, select_device
 from multitask.io import atomic_open, read_json, write_json
@@ -129,7 +135,8 @@ def check(params: Params, layout: Layout) -> None:
     manifest`` read in place (no ``manifest`` source to download), that the manifest reads
     (its file, columns, split values), with a warning when ``validate`` or ``preprocess`` does
     not depend on it and its images (DVC would not rerun them when a label changes); for
-    ``model.pretrained: <file>``, that the file is there and holds weights. The output's
+    ``model.pretrained: <file>``, that the file is there and holds weights, with a warning when
+    ``baselines``, ``tune`` or ``train`` does not depend on it. The output's
     content is the same for every valid input, so the stages depending on it rerun only for
     what they read.
     """
@@ -144,10 +151,16 @@ def check(params: Params, layout: Layout) -> None:
             log.warning("%s is read where it lies, and no dependency of %s in %s: DVC will not "
                         "rerun them when a label or an image changes. Add %s (the folder "
                         "holding the manifest and its images) to the deps of each",
-                        manifest.path, " and ".join(stages), layout.dvc_yaml,
+                        manifest.path, in_words(stages), layout.dvc_yaml,
                         folder_of(paths, layout))
     if params.model.pretrained_kind == "file":  # else baselines finds it wrong, too late
-        file_weights(pretrained_file(params, layout.root))  # readable, and weights
+        weights = pretrained_file(params, layout.root)
+        file_weights(weights)  # readable, and weights
+        if stages := unwatched_stages([os.path.abspath(weights)], layout, STARTING_STAGES):
+            log.warning("model.pretrained: %s is no dependency of %s in %s: DVC tracks its path "
+                        "(a param), not its contents, and will not rerun them when the file "
+                        "changes in place. Add it to the deps of each, or give changed weights "
+                        "a new file name", weights, in_words(stages), layout.dvc_yaml)
     check_processes(select_device(params.train.device, params.source), params.train.processes,
                     params.source)
     layout.params_check.parent.mkdir(parents=True, exist_ok=True)

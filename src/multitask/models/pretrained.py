@@ -45,6 +45,7 @@ weight may be left over, and shapes must agree; otherwise :class:`WeightsError` 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -82,8 +83,9 @@ class EncoderWeights:
     ``fc.weight``; ImageNet files, plain torchvision state_dicts), the classifier dropped on
     load; ``encoder`` -- keys of this project's encoder module (what a multitask network holds
     under ``encoder.``). ``origin`` is one line for people (MLflow tags, ``train.json``);
-    ``sha256`` is of the file read (or of the serialised state). ``heads`` maps a task name to
-    its head's state_dict (multitask sources only, for ``model.reuse_heads``).
+    ``sha256`` is :func:`weights_sha256` of the weights read, the same whichever file or logged
+    model holds them. ``heads`` maps a task name to its head's state_dict (multitask sources
+    only, for ``model.reuse_heads``).
     """
 
     state: dict[str, Tensor]
@@ -92,6 +94,18 @@ class EncoderWeights:
     sha256: str
     heads: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     backbone: str | None = None
+
+
+def weights_sha256(state: Mapping[str, Tensor]) -> str:
+    """SHA-256 of a state_dict's names, dtypes, shapes and values, in name order: one digest
+    for one set of weights whatever holds them (a state_dict file, a network file, a logged
+    ``torch.export`` program), where each container's own bytes differ."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------ finding files
@@ -194,7 +208,7 @@ def imagenet_weights(backbone: str, *, progress: bool = True) -> EncoderWeights:
     if not is_state_dict(state):
         raise WeightsError(f"{path}: not a state_dict (names -> tensors); delete it and rerun")
     return EncoderWeights(dict(state), "torchvision", f"imagenet: {member} ({path.name})",
-                          file_sha256(path), backbone=backbone)
+                          weights_sha256(state), backbone=backbone)
 
 
 def file_weights(path: Path) -> EncoderWeights:
@@ -202,7 +216,6 @@ def file_weights(path: Path) -> EncoderWeights:
     file written by ``multitask.training.session.save_network`` (its encoder and heads; hard
     parameter sharing only)."""
     payload = read_payload(path)
-    sha256 = file_sha256(path)
     if isinstance(payload, Mapping) and "state_dict" in payload and "model" in payload:
         model = payload["model"]
         architecture = model.get("architecture")
@@ -211,11 +224,12 @@ def file_weights(path: Path) -> EncoderWeights:
                 f"{path}: a {architecture} network; only a hard-parameter-sharing (hps) network "
                 f"has one shared encoder to start from (train one with model.architecture: hps)")
         return network_weights(payload["state_dict"], origin=f"file: {path} (multitask network)",
-                               sha256=sha256, backbone=model.get("backbone"))
+                               sha256=weights_sha256(payload["state_dict"]),
+                               backbone=model.get("backbone"))
     if not is_state_dict(payload):
         raise WeightsError(f"{path}: neither a state_dict (names -> tensors) nor a network file "
                            f"written by multitask train")
-    return EncoderWeights(dict(payload), "torchvision", f"file: {path}", sha256)
+    return EncoderWeights(dict(payload), "torchvision", f"file: {path}", weights_sha256(payload))
 
 
 def network_weights(state_dict: Mapping[str, Tensor], *, origin: str, sha256: str,

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from multitask.config import MANIFEST_DEFAULTS
-from multitask.io import file_sha256
 from multitask.redaction import redact
 from multitask.tracking.store import URI_ENV, StoreError, client, describe_uri, store_errors
 
@@ -233,7 +232,8 @@ class NetworkState:
 
     ``state_dict`` is keyed as the network's own ``state_dict`` (``encoder.net.conv1.weight``,
     ``heads.left.0.weight``); ``origin`` says in one line which model it was (URI, registered
-    version, run); ``sha256`` is the program file's; ``backbone``/``architecture`` come from the
+    version, run); ``sha256`` is of its weights (:func:`multitask.models.pretrained.weights_sha256`,
+    as for the same weights in a file); ``backbone``/``architecture`` come from the
     params of the run that logged it (None when that run did not record them).
     """
 
@@ -256,6 +256,7 @@ def network_state(model_uri: str) -> NetworkState:
     import mlflow.models
     import torch
 
+    from multitask.models.pretrained import weights_sha256
     from multitask.tracking import served
 
     with tempfile.TemporaryDirectory(prefix="multitask-transfer-") as tmp:
@@ -266,9 +267,7 @@ def network_state(model_uri: str) -> NetworkState:
         except _unreachable_errors() as exc:
             raise _unreachable(f"model.pretrained: cannot read {model_uri}", model_uri,
                                exc) from None
-        program_file = folder / served.DATA_DIR / served.PROGRAM_FILE
-        digest = file_sha256(program_file)
-        program = torch.export.load(str(program_file))
+        program = torch.export.load(str(folder / served.DATA_DIR / served.PROGRAM_FILE))
     prefix = "model."
     state = {key.removeprefix(prefix): value.detach().clone()
              for key, value in program.state_dict.items() if key.startswith(prefix)}
@@ -279,7 +278,7 @@ def network_state(model_uri: str) -> NetworkState:
     if (version := _registered_version(model_uri)) is not None:
         where.insert(0, f"version {version}")
     origin = f"{model_uri} ({', '.join(where)})" if where else model_uri
-    return NetworkState(state, origin, digest, run_params.get("model.backbone"),
+    return NetworkState(state, origin, weights_sha256(state), run_params.get("model.backbone"),
                         run_params.get("model.architecture"))
 
 
