@@ -77,6 +77,16 @@ class Source(_Section):
                 raise ValueError(f"{name}: expected a 64-character lowercase hex SHA-256")
         return files
 
+    @field_validator("mirrors")
+    @classmethod
+    def _supported_mirrors(cls, mirrors: list[str]) -> list[str]:
+        for mirror in mirrors:  # the download stage reads folders and HTTP(S) only
+            scheme = mirror.split("://", 1)[0] if "://" in mirror else None
+            if scheme not in (None, "file", "http", "https"):
+                raise ValueError(f"{mirror}: unsupported mirror ({scheme}://); use a local "
+                                 "folder or an http(s):// URL")
+        return mirrors
+
     @model_validator(mode="after")
     def _each_file_once(self) -> Source:
         if not self.files and not self.archive_sha256:

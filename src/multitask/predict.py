@@ -38,6 +38,7 @@ import pandas as pd
 
 from multitask.data.manifest import decode, fit
 from multitask.tracking import DEFAULT_RESIZE
+from multitask.tracking.served import pixel_problem
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,8 @@ def _read_array(path: Path, channels: int, height: int, width: int) -> np.ndarra
     if not len(array):
         raise ValueError(f"{path}: holds no image (an array of shape {stored}); save at least "
                          "one image in it, or leave the file out")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{path}: {int((~np.isfinite(array)).sum())} NaN or infinite values; "
-                         "save raw pixel values 0..255")
-    if array.min() < 0 or array.max() > 255:
-        raise ValueError(f"{path}: values outside 0..255 (min {array.min()}, max "
-                         f"{array.max()}); save raw pixel values, not normalised ones")
+    if (problem := pixel_problem(array)) is not None:
+        raise ValueError(f"{path}: {problem}; save raw pixel values 0..255, not normalised ones")
     if floating and 0 < array.max() <= 1:
         log.warning("%s: float pixel values all within 0..1 (max %.3g), predicted as nearly "
                     "black; the model takes raw pixel values 0..255: if they were scaled to "

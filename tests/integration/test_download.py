@@ -8,10 +8,12 @@ import http.server
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from multitask import cli
@@ -28,7 +30,8 @@ IMAGES = "train-images-idx3-ubyte.gz"
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     """Serves ``server.files`` with Range support; ``server.faults[path]`` lists what to do
-    instead on the next requests: an HTTP status, or "cut" (drop the connection mid-file)."""
+    instead on the next requests: an HTTP status, "cut" (drop the connection mid-file) or
+    "stall" (send half the file, then nothing for 1.5 s)."""
 
     server: FileServer
     protocol_version = "HTTP/1.1"
@@ -56,6 +59,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
+        if fault == "stall":  # half the file, then silence past the client's read timeout
+            self.wfile.write(body[start:start + (len(body) - start) // 2])
+            self.wfile.flush()
+            time.sleep(1.5)
+            self.close_connection = True
+            return
         if fault == "cut":
             self.wfile.write(body[start:start + (len(body) - start) // 2])
             self.wfile.flush()
@@ -166,6 +175,55 @@ def test_a_part_file_left_by_an_interrupted_run_is_resumed(
     assert _leftovers(raw_source(tmp_path)) == [IMAGES]
     assert (raw_source(tmp_path) / IMAGES).read_bytes() == body
     assert not part.exists()
+
+
+def test_a_part_file_of_another_mirrors_copy_does_not_fail_a_good_mirror(
+        tmp_path: Path, server: FileServer, mirror: tuple[Path, dict]) -> None:
+    """Payload digests admit a recompressed copy (Debian's), so two mirrors' files can differ
+    byte for byte: the bytes one mirror's cut transfer left are no prefix of the next mirror's
+    file. Resuming them there fails the digest; the good mirror then sends the whole file
+    rather than being reported corrupt."""
+    folder, digests = mirror
+    original = (folder / IMAGES).read_bytes()
+    other = tmp_path / "recompressed"
+    other.mkdir()
+    with gzip.GzipFile(other / IMAGES, "wb", mtime=0) as out:  # its name in the header
+        out.write(gzip.decompress(original))
+    assert (other / IMAGES).read_bytes() != original
+    first, second = server.publish("other", other), server.publish("fm", folder)
+    server.faults[f"/other/{IMAGES}"] = ["cut"] * FAST.attempts
+    fetch(_data(tmp_path, [first, second], {IMAGES: digests[IMAGES]}), tmp_path)
+    assert (raw_source(tmp_path) / IMAGES).read_bytes() == original
+    resumed, whole = [rng for path, rng in server.requests if path == f"/fm/{IMAGES}"]
+    assert resumed.startswith("bytes=") and whole is None
+    assert not _image_part(digests).exists()
+
+
+def test_a_stalled_transfer_resumes_from_the_bytes_it_received(tmp_path: Path,
+                                                                server: FileServer) -> None:
+    """A read timeout mid-chunk must not throw away what arrived: urllib3 reads a whole chunk
+    before handing it over, so the chunk bounds what a stall costs."""
+    body = b"x" + np.random.default_rng(0).bytes(400_000)  # no gzip magic: digest of the bytes
+    server.files[f"/fm/{IMAGES}"] = body
+    server.faults[f"/fm/{IMAGES}"] = ["stall"]
+    data = _data(tmp_path, [f"{server.url}/fm/"], {IMAGES: hashlib.sha256(body).hexdigest()})
+    fetch_sources(data, "multifashion", Layout(tmp_path),
+                  policy=HttpPolicy(attempts=2, backoff_s=0.0, read_timeout_s=0.5))
+    first, second = [rng for _, rng in server.requests]
+    assert first is None and second is not None
+    resumed = int(second.removeprefix("bytes=").removesuffix("-"))
+    assert len(body) // 2 - HttpPolicy().chunk_bytes < resumed <= len(body) // 2
+    assert (raw_source(tmp_path) / IMAGES).read_bytes() == body
+
+
+def test_an_error_page_served_as_the_file_is_said_to_be_no_gzip(
+        tmp_path: Path, server: FileServer, mirror: tuple[Path, dict]) -> None:
+    _, digests = mirror
+    server.files[f"/portal/{IMAGES}"] = b"<html><body>Please log in</body></html>"
+    with pytest.raises(RuntimeError) as error:
+        fetch(_data(tmp_path, [f"{server.url}/portal/"], {IMAGES: digests[IMAGES]}), tmp_path)
+    assert "payload sha256 mismatch" in str(error.value)
+    assert "not a gzip file: it starts with b'<html><body>Please log in" in str(error.value)
 
 
 def test_a_checksum_mismatch_leaves_no_file(tmp_path: Path, server: FileServer,

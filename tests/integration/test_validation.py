@@ -121,6 +121,18 @@ def test_missing_class_is_caught(source_with: Callable) -> None:
     assert balance["examples"] == [{"value": -1.0, "label": 3}, {"value": 1.0, "label": 4}]
 
 
+def test_an_empty_split_is_caught_and_said_to_be_empty(source_with: Callable) -> None:
+    def plant(arrays: dict) -> None:
+        images, labels = arrays["test"]
+        arrays["test"] = (images[:0], labels[:0])
+
+    summary = run(source_with(plant))
+    assert ("test", "images", "expect_table_row_count_to_be_between", None) in failed(summary)
+    assert all(split == "test" for split, *_ in failed(summary))
+    assert ("fashion_mnist/test images: expect_table_row_count_to_be_between {'min_value': 1}: "
+            "observed 0: the split is empty") in "\n".join(failure_messages(summary))
+
+
 def test_pixel_statistics_outside_their_range_are_caught(source_with: Callable) -> None:
     config = ValidateConfig(
         pixel_stats={"fashion_mnist": PixelStats(mean=(40.0, 120.0), std=(50.0, 100.0))})

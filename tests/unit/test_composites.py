@@ -129,3 +129,24 @@ def test_out_of_range_labels_stop_preprocess_on_its_own(
     with pytest.raises(ValueError, match=r"test labels \[12, 250\] outside 0\.\.9"):
         build_dataset(sample_config, layout)
     assert not layout.processed_dir.exists()
+
+
+@pytest.mark.parametrize("defect", ["32x32 images", "an empty test split"])
+def test_a_pool_of_the_wrong_size_is_refused_naming_folder_and_split(
+        tmp_path: Path, idx_dataset: Callable, write_idx: Callable, defect: str) -> None:
+    """Without validate, preprocess must not fail deep in the canvas arithmetic."""
+    from multitask.data.preprocess import load_pool
+
+    folder = tmp_path / "fashion_mnist"
+    idx_dataset(folder, n_train=40, n_test=20)
+    images_name = SPLIT_FILES["train" if defect == "32x32 images" else "test"][0]
+    labels_name = SPLIT_FILES["test"][1]
+    if defect == "32x32 images":
+        write_idx(folder / images_name, np.zeros((40, 32, 32), np.uint8))
+        expected = r"fashion_mnist: train images are 32x32, expected 28x28"
+    else:
+        write_idx(folder / images_name, np.zeros((0, 28, 28), np.uint8))
+        write_idx(folder / labels_name, np.zeros(0, np.uint8))
+        expected = r"fashion_mnist: the test split holds no images"
+    with pytest.raises(ValueError, match=expected):
+        load_pool(folder, 0.1, np.random.default_rng(0), classes=10, shape=(28, 28))

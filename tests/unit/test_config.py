@@ -80,6 +80,22 @@ def test_bad_checksum_is_rejected(sources: dict, tmp_path: Path) -> None:
         load_sources(path)
 
 
+@pytest.mark.parametrize("mirror", ["ftp://host/mnist/", "s3://bucket/mnist/", "HTTP://host/"])
+def test_a_mirror_the_download_stage_cannot_read_is_rejected_by_check(
+        sources: dict, tmp_path: Path, mirror: str) -> None:
+    """download reads folders (file:// too) and http(s):// URLs only; any other mirror failed
+    there as 'unsupported mirror', after check had called the file valid."""
+    sources["sources"]["mnist"]["mirrors"].insert(0, mirror)
+    path = tmp_path / "sources.yaml"
+    path.write_text(yaml.safe_dump(sources))
+    with pytest.raises(ConfigError, match=rf"{path}: sources\.mnist\.mirrors: {mirror}: "
+                                          "unsupported mirror"):
+        load_sources(path)
+    sources["sources"]["mnist"]["mirrors"][0] = "file:///srv/mnist/"
+    path.write_text(yaml.safe_dump(sources))
+    assert load_sources(path)["mnist"].mirrors[0] == "file:///srv/mnist/"
+
+
 def test_a_sources_file_may_list_none_but_a_data_set_needing_one_says_so(
         tmp_path: Path) -> None:
     """A manifest read where it lies downloads nothing: ``sources: {}`` is its whole file."""

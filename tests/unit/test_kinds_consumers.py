@@ -304,6 +304,28 @@ def test_the_served_table_has_each_kinds_columns() -> None:
         "<task> (value in the target's units)")
 
 
+@pytest.mark.parametrize(("defect", "message"), [
+    (np.nan, r"1 NaN or infinite pixel value\(s\), in image\(s\) at index \[1\]"),
+    (np.inf, r"1 NaN or infinite pixel value\(s\), in image\(s\) at index \[1\]"),
+    (-1.5, r"pixel values outside 0\.\.255 \(min -1\.5, max 255\)"),
+    (256.0, r"pixel values outside 0\.\.255 \(min 0, max 256\)"),
+])
+def test_the_served_model_refuses_pixels_it_would_answer_with_nonsense(
+        defect: float, message: str) -> None:
+    """A NaN made every task answer its first class with probability NaN, HTTP 200; what
+    `multitask predict` refuses in a file, `mlflow models serve` refuses too (HTTP 400)."""
+    from mlflow.exceptions import MlflowException
+
+    program = KindPredictions(KnownOutputs(), list(KINDS), KINDS, TARGETS).eval()
+    model = served.NamedTaskOutput(program, list(KINDS), CLASSES, KINDS)
+    pixels = WHITE_AND_BLACK.copy()
+    pixels[1, 0, 2, 3] = defect
+    with pytest.raises(MlflowException, match=message) as error:
+        model.predict(pixels)
+    assert error.value.get_http_status_code() == 400
+    assert len(model.predict(WHITE_AND_BLACK[:0])) == 0  # an empty batch: an empty table
+
+
 def test_multiclass_answers_are_the_argmax_and_its_softmax_probability() -> None:
     torch.manual_seed(0)
     tasks = [Task("left", 10), Task("right", 10)]

@@ -42,7 +42,9 @@ def test_nan_pixels_are_refused(tmp_path: Path) -> None:
     array = np.zeros((36, 36), dtype=np.float32)
     array[3, 4] = np.nan
     np.save(tmp_path / "nan.npy", array)
-    with pytest.raises(ValueError, match=r"nan\.npy: 1 NaN or infinite values"):
+    with pytest.raises(ValueError, match=r"nan\.npy: 1 NaN or infinite pixel value\(s\), in "
+                                         r"image\(s\) at index \[0\]; save raw pixel values "
+                                         r"0\.\.255"):
         load_images([tmp_path / "nan.npy"], SHAPE)
 
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import requests
 import urllib3
@@ -58,7 +58,7 @@ class HttpPolicy:
     backoff_s: float = 1.0  # wait backoff_s, 2 * backoff_s, 4 * backoff_s ... between attempts
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
-    chunk_bytes: int = 1 << 20
+    chunk_bytes: int = 1 << 16  # what a stall or a cut connection can lose: kept small
     max_bytes: int = 1 << 31  # per file: no source of these data sets comes near 2 GiB
     max_seconds: float = 3600.0  # per file, all attempts and resumes together
 
@@ -136,7 +136,7 @@ def _stream(session: requests.Session, url: str, part: Path, policy: HttpPolicy,
             received = 0
             with open(part, "ab" if offset else "wb") as out, tqdm(
                 total=None if announced is None else offset + announced, initial=offset,
-                unit="B", unit_scale=True, unit_divisor=1024, desc=part.name.removesuffix(".part"),
+                unit="B", unit_scale=True, unit_divisor=1024, desc=unquote(url.rsplit("/", 1)[-1]),
                 disable=None, leave=False,
             ) as bar:
                 for chunk in response.raw.stream(policy.chunk_bytes, decode_content=False):
@@ -155,6 +155,22 @@ def _stream(session: requests.Session, url: str, part: Path, policy: HttpPolicy,
         raise _Retry(f"connection closed after {received} of {announced} bytes")
 
 
+def _transfer(session: requests.Session, url: str, part: Path, policy: HttpPolicy,
+              deadline: float) -> None:
+    """:func:`_stream` with ``policy.attempts`` tries and exponential back-off between them."""
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            _stream(session, url, part, policy, deadline)
+            return
+        except _Retry as exc:
+            if attempt == policy.attempts:
+                raise UnreachableMirror(f"{exc} (gave up after {attempt} attempts)") from None
+            wait = policy.backoff_s * 2 ** (attempt - 1)
+            log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)",
+                        url, exc, wait, attempt + 1, policy.attempts)
+            time.sleep(wait)
+
+
 def _from_http(
     session: requests.Session, base_url: str, expected: ExpectedFile, dest: Path,
     policy: HttpPolicy,
@@ -168,20 +184,20 @@ def _from_http(
     part.parent.mkdir(parents=True, exist_ok=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + policy.max_seconds
+    # bytes left by an earlier transfer: perhaps from another mirror or an earlier run, whose
+    # copy may be compressed differently (payload digests admit that), so not this URL's prefix
+    inherited = part.is_file() and part.stat().st_size > 0
     try:
-        for attempt in range(1, policy.attempts + 1):
-            try:
-                _stream(session, url, part, policy, deadline)
-                break
-            except _Retry as exc:
-                if attempt == policy.attempts:
-                    raise UnreachableMirror(f"{exc} (gave up after {attempt} attempts)") \
-                        from None
-                wait = policy.backoff_s * 2 ** (attempt - 1)
-                log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)",
-                            url, exc, wait, attempt + 1, policy.attempts)
-                time.sleep(wait)
-        if (reason := digest_mismatch(part, expected)) is not None:
+        _transfer(session, url, part, policy, deadline)
+        reason = digest_mismatch(part, expected)
+        if reason is not None and inherited:
+            log.warning("%s: %s after resuming the partial file of an earlier transfer (another "
+                        "mirror or an earlier run); downloading the whole file from this mirror",
+                        url, reason)
+            part.unlink(missing_ok=True)
+            _transfer(session, url, part, policy, deadline)
+            reason = digest_mismatch(part, expected)
+        if reason is not None:
             raise MirrorError(f"{url}: {reason}")
     except TransitError:
         raise

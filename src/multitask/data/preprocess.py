@@ -51,11 +51,28 @@ def _checked_labels(folder: Path, split: str, labels: np.ndarray, classes: int) 
     return labels
 
 
+def _checked_images(folder: Path, split: str, images: np.ndarray,
+                    shape: tuple[int, ...] | None) -> np.ndarray:
+    """``images``, refused when the split is empty or its items are not ``shape`` (H, W):
+    the composites' canvas is laid out for that size, even when ``validate`` did not run."""
+    if not len(images):
+        raise ValueError(f"{folder}: the {split} split holds no images; these files are not "
+                         "this source's, rerun multitask download and multitask validate")
+    if shape is not None and images.shape[1:] != tuple(shape[:2]):
+        raise ValueError(f"{folder}: {split} images are {images.shape[1]}x{images.shape[2]}, "
+                         f"expected {shape[0]}x{shape[1]}; these files are not this source's, "
+                         "rerun multitask download and multitask validate")
+    return images
+
+
 def load_pool(folder: Path, val_fraction: float, rng: np.random.Generator,
-              classes: int) -> Pool:
-    """A source's IDX files (in ``folder``), ``val_fraction`` of its training images held out."""
+              classes: int, shape: tuple[int, ...] | None = None) -> Pool:
+    """A source's IDX files (in ``folder``), ``val_fraction`` of its training images held out;
+    ``shape``: the (H, W) every image must have."""
     train_x, train_y = read_split(folder, "train")
     test_x, test_y = read_split(folder, "test")
+    train_x = _checked_images(folder, "train", train_x, shape)
+    test_x = _checked_images(folder, "test", test_x, shape)
     train_y = _checked_labels(folder, "train", train_y, classes)
     test_y = _checked_labels(folder, "test", test_y, classes)
     return split_pool(train_x, train_y, test_x, test_y, val_fraction, rng)
@@ -86,7 +103,8 @@ def build_dataset(config: DataConfig, layout: Layout
     left_task, right_task = spec.tasks  # the canvas has a top-left and a bottom-right item
     left_source, right_source = left_task.source, right_task.source
     rng = np.random.default_rng(config.seed)
-    pools = {s: load_pool(layout.source_dir(s), config.val_fraction, rng, SOURCES[s].num_classes)
+    pools = {s: load_pool(layout.source_dir(s), config.val_fraction, rng, SOURCES[s].num_classes,
+                          SOURCES[s].item_shape)
              for s in dict.fromkeys((left_source, right_source))}
     left, right = pools[left_source], pools[right_source]
     arrays: dict[str, np.ndarray] = {}

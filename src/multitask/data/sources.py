@@ -192,7 +192,12 @@ def digest_mismatch(path: str | Path, expected: ExpectedFile) -> str | None:
     except ChecksumError as exc:
         return str(exc).removeprefix(f"{path}: ")
     if actual != expected.sha256:
-        return f"{expected.kind} sha256 mismatch (expected {expected.sha256}, got {actual})"
+        reason = f"{expected.kind} sha256 mismatch (expected {expected.sha256}, got {actual})"
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+        if expected.name.endswith(".gz") and head[:2] != GZIP_MAGIC:  # an error page, say
+            reason += f"; not a gzip file: it starts with {head[:40]!r}"
+        return reason
     return None
 
 

@@ -29,7 +29,7 @@ def image_table(images: np.ndarray, labels: np.ndarray, split: str) -> pd.DataFr
     statistics skip NaN, and ``has_nan`` flags the image.
     """
     count = len(images)
-    flat = images.reshape(count, -1)
+    flat = images.reshape(count, int(np.prod(images.shape[1:])))  # -1 fails on an empty split
     floating = np.issubdtype(flat.dtype, np.floating)
     has_nan = np.isnan(flat).any(axis=1) if floating else np.zeros(count, dtype=bool)
     stat = (np.nanmin, np.nanmax, np.nanmean, np.nanstd) if floating else (

@@ -86,6 +86,7 @@ def expectations(table: str, split: str, config: ValidateConfig, source: str,
     if table == "images":
         shape = SOURCES[source].item_shape if source in SOURCES else IMAGE_SHAPE
         suite: list[Expectation] = [
+            gxe.ExpectTableRowCountToBeBetween(min_value=1),  # an empty split: say so first
             gxe.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=classes - 1),
             gxe.ExpectColumnDistinctValuesToContainSet(column="label",
                                                        value_set=list(range(classes))),
@@ -354,10 +355,14 @@ def failure_messages(summary: Mapping[str, Any]) -> list[str]:
                     count = entry.get("unexpected_count")
                     total = entry.get("element_count")
                     detail = f"{count} of {total} rows unexpected, e.g. {shown}"
+                elif column is None and entry["observed_value"] == 0:  # the row count
+                    detail = ("observed 0: the split is empty; the raw files of this source "
+                              "hold no images for it")
                 else:
                     detail = f"observed {entry['observed_value']}"
-                messages.append(f"{source}/{split} {entry['table']}: {entry['expectation']} "
-                                f"on column '{column}' {entry['kwargs']}: {detail}")
+                where = "" if column is None else f" on column '{column}'"
+                messages.append(f"{source}/{split} {entry['table']}: {entry['expectation']}"
+                                f"{where} {entry['kwargs']}: {detail}")
     return messages
 
 

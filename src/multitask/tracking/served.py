@@ -71,6 +71,24 @@ def describe_output(task_names: list[str], kinds: dict[str, str]) -> str:
     return "per task: " + "; ".join(words[kind] for kind in used)
 
 
+def pixel_problem(pixels: np.ndarray) -> str | None:
+    """What makes a batch of pixels one the network would answer with nonsense rather than an
+    error, or None: a NaN or infinite value (every task's answer becomes its first class with
+    probability NaN) or a value outside 0..255 (normalised pixels: confident, wrong answers).
+    ``multitask predict`` refuses such a file, the served model such a request (HTTP 400)."""
+    import numpy as np
+
+    bad = ~np.isfinite(pixels)
+    if bad.any():
+        images = np.unique(np.nonzero(bad.reshape(len(pixels), -1))[0])
+        more = " ..." if len(images) > 5 else ""
+        return (f"{int(bad.sum())} NaN or infinite pixel value(s), in image(s) at index "
+                f"{images[:5].tolist()}{more}")
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
+        return f"pixel values outside 0..255 (min {pixels.min():g}, max {pixels.max():g})"
+    return None
+
+
 class NamedTaskOutput:
     """The pyfunc implementation: pixels (N, C, H, W) -> a table with, per task in task order,
     the columns its kind yields (:func:`task_columns`)."""
@@ -90,6 +108,12 @@ class NamedTaskOutput:
 
         pixels = np.asarray(data.to_numpy() if isinstance(data, pd.DataFrame) else data,
                             dtype=np.float32)
+        if (problem := pixel_problem(pixels)) is not None:
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            raise MlflowException(f"{problem}; send raw pixel values 0..255, not normalised "
+                                  "ones", error_code=INVALID_PARAMETER_VALUE)
         with torch.no_grad():
             indices, values = self.program(torch.from_numpy(pixels))
         table: dict[str, Any] = {}
