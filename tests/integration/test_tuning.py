@@ -621,20 +621,26 @@ def test_workers_stop_when_their_parent_is_sigkilled(processed: Path, workdir: P
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("moment", ["while the workers start", "during trials"])
 def test_ctrl_c_stops_the_workers_with_one_message_not_their_tracebacks(
-        processed: Path, workdir: Path) -> None:
+        processed: Path, workdir: Path, moment: str) -> None:
     """Ctrl-C in a terminal sends SIGINT to the whole process group: the parent and every
     worker. The command says it was interrupted once, with no worker's traceback (whatever
-    the signal broke in the worker), and no trial is left running."""
+    the signal broke in the worker, even its start-up), and no trial is left running."""
     params = write_params(workdir, processed, n_trials=500, epochs=3)  # minutes of work left
     process = subprocess.Popen([sys.executable, "-m", "multitask", "tune", "--params",
                                 str(params), "--workers", "2"], cwd=workdir,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)  # its own group, as a terminal's job
+
+    def ready() -> bool:
+        if moment == "during trials":
+            return len(stored_trials(str(workdir / JOURNAL))) >= 2
+        return len(children(process.pid)) >= 2  # spawned, still importing torch
+
     deadline = time.monotonic() + 120
-    while (time.monotonic() < deadline and process.poll() is None
-           and len(stored_trials(str(workdir / JOURNAL))) < 2):
-        time.sleep(0.2)
+    while time.monotonic() < deadline and process.poll() is None and not ready():
+        time.sleep(0.05 if moment == "while the workers start" else 0.2)
     assert process.poll() is None, "tune ended before it could be interrupted"
     os.killpg(process.pid, signal.SIGINT)
     output, _ = process.communicate(timeout=120)
@@ -735,16 +741,23 @@ class StudyWatch:
         return {t.user_attrs["owner"]["pid"] for t in trials_in(self._reader)
                 if "owner" in t.user_attrs}
 
+    def locker(self) -> tuning.StudyStorage:
+        """The storage :meth:`locks_free` takes locks through, opened on the first call: while
+        every worker runs (opening a journal file waits for its write lock, which a paused
+        worker might hold)."""
+        self._locker = self._locker or self._open(lock_timeout_s=0.2)
+        assert self._locker is not None, f"{self.storage} does not exist"
+        return self._locker
+
     @contextlib.contextmanager
     def locks_free(self) -> Iterator[None]:
         """Hold, for the block, the locks a worker takes on the storage: the claim lock, and
         for a journal file Optuna's own write lock; TimeoutError/BlockingIOError when one is
         held."""
-        self._locker = self._locker or self._open(lock_timeout_s=0.2)
-        assert self._locker is not None, f"{self.storage} does not exist"
-        (study_name,) = optuna.get_all_study_names(self._locker.optuna)
+        locker = self.locker()
+        (study_name,) = optuna.get_all_study_names(locker.optuna)
         with contextlib.ExitStack() as held:
-            held.enter_context(self._locker.claim_lock(study_name))
+            held.enter_context(locker.claim_lock(study_name))
             if "://" not in self.storage:
                 handle = held.enter_context(open(f"{self.storage}.lock", "a"))
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when closed
@@ -769,6 +782,7 @@ def wait_for_claim(watch: StudyWatch, processes: list[subprocess.Popen[str]], ex
 def pause_outside_locks(watch: StudyWatch, pid: int) -> None:
     """SIGSTOP ``pid`` at a moment it holds none of the study's locks (a stalled machine that
     held one would stall every other worker, by design)."""
+    watch.locker()
     for _ in range(100):
         os.kill(pid, signal.SIGSTOP)
         try:

@@ -4,11 +4,13 @@ progress bar over the study's finished trials."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,20 +65,34 @@ def _worker_process(job: WorkerJob) -> None:
 
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGINT, interrupt)
-    die_with_parent(job.parent_pid, f"tune worker {job.worker}")
-    torch.set_num_threads(job.threads)
-    params = load_params(job.params_path)
-    worker_setup = setup(params, Layout(Path(job.root)))
-    if worker_setup.study_name != job.study_name:
-        raise RuntimeError(f"{job.params_path} changed while tuning (study "
-                           f"{worker_setup.study_name}, expected {job.study_name}); rerun")
-    storage = StudyStorage.of(params, worker_setup.layout)
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # see _ctrl_c_deferred
+        die_with_parent(job.parent_pid, f"tune worker {job.worker}")
+        torch.set_num_threads(job.threads)
+        params = load_params(job.params_path)
+        worker_setup = setup(params, Layout(Path(job.root)))
+        if worker_setup.study_name != job.study_name:
+            raise RuntimeError(f"{job.params_path} changed while tuning (study "
+                               f"{worker_setup.study_name}, expected {job.study_name}); rerun")
+        storage = StudyStorage.of(params, worker_setup.layout)
         run_worker(worker_setup, storage, job.n_trials, job.worker, job.parent_run_id)
     except BaseException:
         if stopped:  # Ctrl-C or the parent: whatever a signal broke, the parent says it once
             raise SystemExit(128 + stopped[0]) from None
         raise
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """SIGINT blocked in this thread while it spawns workers. A spawned process keeps the
+    signal mask across exec, so a Ctrl-C reaches each worker once it has set its handler and
+    unblocked it (one that came while a worker imported torch printed its traceback); this
+    process gets a pending one on leaving the block."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_trials: int,
@@ -102,10 +118,11 @@ def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tria
                             index, threads, parent_run_id,
                             logging.getLogger().getEffectiveLevel(), os.getpid()),))
             for index in range(count)]
-        for process in processes:
-            process.start()
         interrupted = False
         try:
+            with _ctrl_c_deferred():
+                for process in processes:
+                    process.start()
             while running := [p for p in processes if p.exitcode is None]:
                 multiprocessing.connection.wait([p.sentinel for p in running], POLL_S)
                 if (done := min(n_trials, finished())) != bar.n:
@@ -119,6 +136,8 @@ def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tria
             raise
         finally:
             for process in processes:
+                if process.pid is None:  # never started
+                    continue
                 if interrupted:
                     process.join(INTERRUPT_GRACE_S)
                 if process.exitcode is None:
