@@ -365,3 +365,75 @@ def test_processes_starting_together_on_a_new_sqlite_store_all_get_it(tmp_path: 
     assert [w.returncode for w in workers] == [0] * 4, errors
     names = {e.name for e in mlflow.MlflowClient(uri).search_experiments()}
     assert {"e0", "e1", "e2", "e3"} <= names
+
+
+def test_ctrl_c_while_the_model_is_logged_leaves_no_pending_model(
+        store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow finalises a logged model FAILED on an Exception only: Ctrl-C (or SIGTERM's
+    SystemExit) during the upload would leave it PENDING in the Models tab for good."""
+    torch.manual_seed(0)
+    tasks = [Task("left", 10), Task("right", 10)]
+    model = build_model(sample_params().model, tasks, in_channels=1, image_size=36).eval()
+    images = np.zeros((2, 36, 36), dtype=np.uint8)
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_model_artifacts", interrupted)
+    with pytest.raises(KeyboardInterrupt), stage_run(sample_params(), "train") as run:
+        run.log_model(model, images, ["left", "right"])
+    client = mlflow.MlflowClient(store)
+    logged = client.search_logged_models(
+        [client.get_run(run.run_id).info.experiment_id],
+        filter_string=f"source_run_id = {filter_literal(run.run_id)}")
+    assert [str(m.status) for m in logged] == ["FAILED"]
+    assert client.get_run(run.run_id).info.status == "FAILED"
+
+
+def test_ending_a_run_killed_fails_its_pending_models(store: str) -> None:
+    """A SIGKILL during model logging: the next run ends the orphan KILLED, its model FAILED."""
+    client = mlflow.MlflowClient(store)
+    experiment = client.get_experiment_by_name("unit-tests") or None
+    experiment_id = (experiment.experiment_id if experiment
+                     else client.create_experiment("unit-tests"))
+    run = client.create_run(experiment_id)
+    pending = client.create_logged_model(experiment_id, source_run_id=run.info.run_id)
+    end_run(run.info.run_id, "KILLED", "train: its process is gone")
+    assert str(client.get_logged_model(pending.model_id).status) == "FAILED"
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), SystemExit(143)])
+def test_a_signal_while_the_run_logs_its_params_ends_it_failed(
+        store: str, monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    """Ctrl-C (or SIGTERM's SystemExit) right after the run is created: not left RUNNING, and
+    not ended FINISHED by MLflow's exit hook as if the stage had done its work."""
+    from multitask.tracking.runs import StageRun
+
+    def interrupted(self: StageRun, params: dict) -> None:
+        raise error
+
+    monkeypatch.setattr(StageRun, "log_params", interrupted)
+    client = mlflow.MlflowClient(store)
+    with pytest.raises(type(error)), stage_run(sample_params(), "train"):
+        pass  # never reached
+    experiment = client.get_experiment_by_name("unit-tests").experiment_id
+    latest = client.search_runs([experiment], order_by=["attributes.start_time DESC"],
+                                max_results=1)[0]
+    assert latest.info.status == "FAILED"
+    assert mlflow.active_run() is None
+
+
+def test_a_reopened_run_that_finishes_drops_the_failure_of_an_earlier_attempt(
+        store: str) -> None:
+    with stage_run(sample_params(), "train") as run:
+        pass
+    with pytest.raises(KeyboardInterrupt), stage_run(sample_params(), "evaluate",
+                                                     run_id=run.run_id):
+        raise KeyboardInterrupt
+    client = mlflow.MlflowClient(store)
+    assert client.get_run(run.run_id).data.tags["failure"].startswith("evaluate")
+    with stage_run(sample_params(), "evaluate", run_id=run.run_id):
+        pass
+    finished = client.get_run(run.run_id)
+    assert finished.info.status == "FINISHED"
+    assert "failure" not in finished.data.tags

@@ -231,3 +231,29 @@ def test_only_a_provably_corrupt_checkpoint_is_discarded(processed: Path, tmp_pa
     with pytest.raises(MemoryError):
         resumed.try_resume()
     assert checkpoint.read_bytes() == whole, "the checkpoint is kept for the next try"
+
+
+def test_a_checkpoint_with_damaged_tensor_bytes_is_discarded(processed: Path, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture
+                                                             ) -> None:
+    """Bytes changed inside a tensor's record leave a loadable archive (torch.load checks no
+    CRC): resuming from it would train on silently damaged weights."""
+    import zipfile
+
+    checkpoint = tmp_path / "train.pt"
+    first = make_trainer(processed, epochs=1, data_fraction=0.1)
+    first.checkpoint_path = checkpoint
+    first.fit()
+    with zipfile.ZipFile(checkpoint) as archive:
+        record = max(archive.infolist(), key=lambda info: info.file_size)  # a weight tensor
+    whole = bytearray(checkpoint.read_bytes())
+    start = record.header_offset + 30 + len(record.orig_filename) + len(record.extra)
+    middle = start + record.file_size // 2
+    whole[middle:middle + 64] = b"\xff" * 64
+    checkpoint.write_bytes(bytes(whole))
+    torch.load(checkpoint, weights_only=True)  # the damage passes torch.load unnoticed
+
+    resumed = make_trainer(processed, epochs=2, data_fraction=0.1)
+    resumed.checkpoint_path = checkpoint
+    assert resumed.try_resume() is False
+    assert "CRC-32" in caplog.text and "corrupt checkpoint" in caplog.text

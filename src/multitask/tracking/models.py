@@ -7,6 +7,7 @@ and out of MLflow and refuses any other model (pickled, or shipping code) before
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 from collections.abc import Sequence
@@ -16,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from multitask.config import MANIFEST_DEFAULTS
 from multitask.redaction import redact
-from multitask.tracking.store import URI_ENV, StoreError, client, describe_uri, store_errors
+from multitask.tracking.store import (
+    URI_ENV,
+    StoreError,
+    client,
+    describe_uri,
+    fail_pending_models,
+    store_errors,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -96,26 +104,31 @@ def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
     output = served.NamedTaskOutput(program.module(), task_names, names, kinds).predict(example)
     units = {t.name: t.unit for t in declared if t.kind == "regression"}
     classifier = all(kind != "regression" for kind in kinds.values())
-    info = Model.log(
-        None,  # artifact_path: deprecated in favour of name, still positional
-        name=MODEL_NAME,
-        flavor=served,
-        program=program,
-        task_names=list(task_names),
-        class_names=names,
-        kinds=kinds,
-        signature=infer_signature(example, output),
-        input_example=example,
-        # Explicit requirements: inferring them reloads the model in a subprocess (seconds).
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                          f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
-        metadata={"task_names": list(task_names), "class_names": names, "kinds": kinds,
-                  **({"units": units} if units else {}),
-                  "input": "float32 (N, C, H, W) raw pixel values 0..255",
-                  "resize": resize or DEFAULT_RESIZE,
-                  "output": served.describe_output(list(task_names), kinds)},
-        model_type="multi-task classifier" if classifier else "multi-task model",
-    )
+    try:
+        info = Model.log(
+            None,  # artifact_path: deprecated in favour of name, still positional
+            name=MODEL_NAME,
+            flavor=served,
+            program=program,
+            task_names=list(task_names),
+            class_names=names,
+            kinds=kinds,
+            signature=infer_signature(example, output),
+            input_example=example,
+            # Explicit requirements: inferring them reloads the model in a subprocess (seconds).
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                              f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
+            metadata={"task_names": list(task_names), "class_names": names, "kinds": kinds,
+                      **({"units": units} if units else {}),
+                      "input": "float32 (N, C, H, W) raw pixel values 0..255",
+                      "resize": resize or DEFAULT_RESIZE,
+                      "output": served.describe_output(list(task_names), kinds)},
+            model_type="multi-task classifier" if classifier else "multi-task model",
+        )
+    except BaseException:  # Ctrl-C, SIGTERM too: MLflow marks the model FAILED on Exception only
+        with contextlib.suppress(Exception):  # the store may be what failed
+            fail_pending_models(run_id)
+        raise
     client().set_tag(run_id, MODEL_URI_TAG, info.model_uri)
     return info.model_uri
 

@@ -23,6 +23,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -264,30 +265,54 @@ def stage_run(params: Params, stage: str, run_id: str | None = None) -> Iterator
     os.environ.setdefault(*_ASYNC_BUFFER)
     mlflow.set_tracking_uri(tracking_uri())
     system_metrics = params.tracking.system_metrics
-    if run_id is None:
-        experiment = experiment_id(params.tracking.experiment or params.data.dataset)
-        end_orphaned_runs(experiment, stage)
-        active = mlflow.start_run(
-            experiment_id=experiment,
-            run_name=os.environ.get("DVC_EXP_NAME") or None,
-            tags={**run_tags(params, stage), **owner_tags()},
-            log_system_metrics=system_metrics,
-        )
-        run = StageRun(active.info.run_id, log_models=params.tracking.log_model)
-        run.log_params(flatten(params))
-    else:
-        reopened = get_run(run_id)  # a clear error for a missing run before MLflow's own
-        end_orphaned_runs(reopened.info.experiment_id, stage, keep=run_id)
-        active = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
-        run = StageRun(active.info.run_id, log_models=params.tracking.log_model)
-        run.set_tags({"stage": stage, **owner_tags()})
-    log.info("MLflow run %s (%s) in %s", run.run_id, stage, describe_uri())
+    # SIGTERM raises from before the run exists, and the run is guarded from the moment it
+    # does: a signal while its params are logged must not leave it RUNNING (SIGTERM) or let
+    # MLflow's exit hook end it FINISHED (Ctrl-C).
     restore_sigterm = _sigterm_raises()
+    guarded = False
     try:
-        with _ending(run, stage, lambda status: mlflow.end_run(status)):
+        if run_id is None:
+            experiment = experiment_id(params.tracking.experiment or params.data.dataset)
+            end_orphaned_runs(experiment, stage)
+            active = mlflow.start_run(
+                experiment_id=experiment,
+                run_name=os.environ.get("DVC_EXP_NAME") or None,
+                tags={**run_tags(params, stage), **owner_tags()},
+                log_system_metrics=system_metrics,
+            )
+        else:
+            reopened = get_run(run_id)  # a clear error for a missing run before MLflow's own
+            end_orphaned_runs(reopened.info.experiment_id, stage, keep=run_id)
+            active = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
+        run = StageRun(active.info.run_id, log_models=params.tracking.log_model)
+        guarded = True
+        with _ending(run, stage, partial(_end_active, reopened=run_id is not None)):
+            if run_id is None:
+                run.log_params(flatten(params))
+            else:
+                run.set_tags({"stage": stage, **owner_tags()})
+            log.info("MLflow run %s (%s) in %s", run.run_id, stage, describe_uri())
             yield run
+    except BaseException:
+        if not guarded and mlflow.active_run() is not None:  # interrupted inside start_run
+            with contextlib.suppress(Exception):
+                mlflow.end_run("FAILED")
+        raise
     finally:
         restore_sigterm()
+
+
+def _end_active(status: str, reopened: bool) -> None:
+    """End MLflow's active run with ``status``; a reopened run (``evaluate``) that now ends
+    FINISHED loses the ``failure`` tag an earlier, interrupted attempt left on it."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if status == "FINISHED" and reopened and active is not None:
+        with contextlib.suppress(Exception):
+            if "failure" in get_run(active.info.run_id).data.tags:
+                client().delete_tag(active.info.run_id, "failure")
+    mlflow.end_run(status)
 
 
 @contextlib.contextmanager

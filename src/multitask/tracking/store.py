@@ -387,4 +387,22 @@ def end_run(run_id: str, status: str = "FAILED", reason: str | None = None) -> N
         raise ValueError(f"end_run: status '{status}' is not FINISHED, FAILED or KILLED")
     if reason:
         client().set_tag(run_id, "failure", reason[:4000])
+    if status != "FINISHED":
+        fail_pending_models(run_id)
     client().set_terminated(run_id, status)
+
+
+def fail_pending_models(run_id: str) -> list[str]:
+    """Mark FAILED the logged models of run ``run_id`` still PENDING: MLflow finalises a model
+    only when its logging ends with an ``Exception``, so one cut short by Ctrl-C, SIGTERM or
+    SIGKILL would stay PENDING in the experiment's Models tab for good. Returns their ids."""
+    from mlflow.entities import LoggedModelStatus
+
+    mlflow_client = client()
+    experiment = mlflow_client.get_run(run_id).info.experiment_id
+    pending = [model.model_id for model in mlflow_client.search_logged_models(
+        [experiment], filter_string=f"source_run_id = {filter_literal(run_id)}")
+        if model.status == LoggedModelStatus.PENDING]
+    for model_id in pending:
+        mlflow_client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+    return pending

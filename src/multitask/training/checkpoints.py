@@ -2,7 +2,8 @@
 
 The trainer writes everything needed to continue bit for bit (see
 :class:`~multitask.training.trainer.Trainer`); a checkpoint is discarded only when it is
-provably not one: an unreadable torch archive, or one missing the trainer's keys.
+provably not one: an unreadable torch archive, one whose records fail their zip CRC-32 (bytes
+changed inside a tensor, which ``torch.load`` does not check), or one missing the trainer's keys.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
     corrupt: not a readable torch archive, or not a checkpoint of this trainer. Any other
     failure (a permission, the disk, memory) is raised: the file is never discarded for it."""
     try:
+        damaged = _damaged_record(path)
+        if damaged is not None:
+            raise zipfile.BadZipFile(f"record {damaged!r} fails its CRC-32 check")
         state = torch.load(path, map_location=device, weights_only=True)
     except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
         reason = f"{type(exc).__name__}: {exc}"
@@ -43,6 +47,17 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
         reason = f"not a training checkpoint (missing {sorted(missing)})"
     log.warning("%s: corrupt checkpoint (%s); starting from scratch", path, reason)
     return None
+
+
+def _damaged_record(path: Path) -> str | None:
+    """The first record of the torch archive at ``path`` whose bytes do not match the CRC-32
+    the archive holds for it; None when all match or the file is no zip archive at all (then
+    ``torch.load`` says what it is). One sequential read of the file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except zipfile.BadZipFile:
+        return None  # truncated, empty, legacy format: torch.load names the problem
 
 
 def tensors_to(state: Any, device: torch.device) -> Any:
