@@ -745,8 +745,10 @@ class StudyWatch:
         """The storage :meth:`locks_free` takes locks through, opened on the first call: while
         every worker runs (opening a journal file waits for its write lock, which a paused
         worker might hold)."""
-        self._locker = self._locker or self._open(lock_timeout_s=0.2)
-        assert self._locker is not None, f"{self.storage} does not exist"
+        if self._locker is None:
+            self._locker = self._open(LOCK_TIMEOUT_S)  # a worker may be creating the tables
+            assert self._locker is not None, f"{self.storage} does not exist"
+            self._locker.lock_timeout_s = 0.2  # a claim lock held that long: a worker holds it
         return self._locker
 
     @contextlib.contextmanager

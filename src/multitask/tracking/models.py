@@ -3,6 +3,10 @@
 The exported module is :class:`multitask.models.serving.KindPredictions`, served with named
 columns per task kind by the :mod:`multitask.tracking.served` flavour; this module moves it in
 and out of MLflow and refuses any other model (pickled, or shipping code) before loading it.
+
+One module, not several: logging the program and every way of reading it back (to predict,
+to serve, to start an encoder from its weights) share the one check of what was fetched, so
+nothing is loaded that the check did not see.
 """
 
 from __future__ import annotations

@@ -244,7 +244,7 @@ class StudyStorage:
                            f"{holder[2]}" if holder else "another session")
                     raise TimeoutError(
                         f"{self.describe()}: {what} is held by {who} for over "
-                        f"{self.lock_timeout_s:.0f} s; stop that worker or end its session, "
+                        f"{self.lock_timeout_s:g} s; stop that worker or end its session, "
                         "then rerun multitask tune")
                 time.sleep(LOCK_POLL_S)
             try:
@@ -297,7 +297,7 @@ class StudyStorage:
                         who = handle.read().strip() or "an unknown process"
                         raise TimeoutError(
                             f"{claim}: the claim lock is held by {who} for over "
-                            f"{self.lock_timeout_s:.0f} s; stop that process, then rerun "
+                            f"{self.lock_timeout_s:g} s; stop that process, then rerun "
                             "multitask tune") from None
                     time.sleep(LOCK_POLL_S)
             try:
@@ -392,7 +392,12 @@ def claim_trial(study: optuna.Study, storage: StudyStorage, n_trials: int,
         with warnings.catch_warnings():  # we run the heartbeat that Study.optimize would
             warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
             trial = study.ask()
-        if storage.is_url and storage.heartbeat_interval_s is not None:
-            storage.optuna.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
-        trial.set_user_attr("owner", _owner())
+        try:
+            if storage.is_url and storage.heartbeat_interval_s is not None:
+                storage.optuna.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+            trial.set_user_attr("owner", _owner())
+        except BaseException:  # Ctrl-C, SIGTERM too: not left RUNNING with no owner
+            with contextlib.suppress(Exception):
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
         return trial

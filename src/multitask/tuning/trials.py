@@ -188,7 +188,8 @@ def run_worker(setup: Setup, storage: StudyStorage, n_trials: int, worker: int,
                  if setup.single and setup.params.tune.objective == "delta_m" else None)
     objective = Objective(setup, baselines, parent_run_id)
     ran, waiting = 0, False
-    with _epoch_logs_at_debug():
+    trial: Trial | None = None
+    with _epoch_logs_at_debug(), _failing_on_the_way_out(study, lambda: trial):
         while True:
             trial = claim_trial(study, storage, n_trials, setup.params.tracking.enabled)
             if trial is None:
@@ -213,6 +214,21 @@ def run_worker(setup: Setup, storage: StudyStorage, n_trials: int, worker: int,
             if on_trial is not None:
                 on_trial(frozen)
     return ran
+
+
+@contextlib.contextmanager
+def _failing_on_the_way_out(study: optuna.Study, claimed: Callable[[], Trial | None]
+                            ) -> Iterator[None]:
+    """Fail the ``claimed()`` trial if it is still running when the block ends in an error: a
+    Ctrl-C or SIGTERM between the claim and :func:`run_trial`'s own handler (the heartbeat's
+    thread starting, say), or while its result was told, left it RUNNING."""
+    try:
+        yield
+    except BaseException:
+        if (trial := claimed()) is not None:
+            with contextlib.suppress(Exception):  # the store may be what failed
+                _tell(study, trial, state=TrialState.FAIL)
+        raise
 
 
 @contextlib.contextmanager

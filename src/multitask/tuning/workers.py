@@ -12,6 +12,7 @@ import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,9 @@ def _ctrl_c_deferred() -> Iterator[None]:
     """SIGINT blocked in this thread while it spawns workers. A spawned process keeps the
     signal mask across exec, so a Ctrl-C reaches each worker once it has set its handler and
     unblocked it (one that came while a worker imported torch printed its traceback); this
-    process gets a pending one on leaving the block."""
+    process gets a pending one on leaving the block. multiprocessing's resource tracker, which
+    the first spawn would start, unblocks SIGINT after starting itself: it is started first."""
+    resource_tracker.ensure_running()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
