@@ -193,10 +193,11 @@ def digest_mismatch(path: str | Path, expected: ExpectedFile) -> str | None:
         return str(exc).removeprefix(f"{path}: ")
     if actual != expected.sha256:
         reason = f"{expected.kind} sha256 mismatch (expected {expected.sha256}, got {actual})"
-        with open(path, "rb") as handle:
-            head = handle.read(64)
-        if expected.name.endswith(".gz") and head[:2] != GZIP_MAGIC:  # an error page, say
-            reason += f"; not a gzip file: it starts with {head[:40]!r}"
+        if expected.name.endswith(".gz"):
+            with open(path, "rb") as handle:
+                head = handle.read(40)
+            if head[:2] != GZIP_MAGIC:  # an error page served as the file, say
+                reason += f"; not a gzip file: it starts with {head!r}"
         return reason
     return None
 
