@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -403,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(__name__).debug("malloc keeps freed memory: %s", malloc)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
+    if stage := os.environ.get("DVC_STAGE"):  # killing dvc does not stop its stage's command
+        from multitask.processes import die_with, launcher
+
+        die_with(launcher(), f"the dvc process that runs stage {stage}")
     command = COMMANDS[args.command]
     module_name, function_name = command.target.split(":")
     try:

@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HOST = socket.gethostname()
@@ -21,13 +22,21 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
-def start_ticks(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot; None if gone or a zombie (Linux)."""
+def _stat(pid: int) -> tuple[str, list[str]] | None:
+    """The command name and the fields after it of ``/proc/<pid>/stat`` (Linux); None if the
+    process is gone or the file unreadable. The name may hold spaces and brackets."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces and brackets
+    return stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 1:].split()
+
+
+def start_ticks(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot; None if gone or a zombie (Linux)."""
+    if (stat := _stat(pid)) is None:
+        return None
+    fields = stat[1]
     return None if fields[0] in ("Z", "X") else fields[19]
 
 
@@ -50,18 +59,44 @@ def alive(pid: int, start: str | None) -> bool:
     return True
 
 
-def die_with_parent(parent: int, what: str, poll_s: float = 1.0) -> None:
-    """SIGTERM this process (so it ends as after Ctrl-C: runs marked failed) once ``parent``
-    is gone, even when the parent was SIGKILLed and could not stop it: a watchdog thread
-    notices the process was handed to another parent (also when that happened while it was
-    still starting, as ``parent`` is known from before)."""
+SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "fish"})
+
+
+def launcher() -> int:
+    """The process that started this one, past any shells in between (DVC runs a stage's
+    command in ``$SHELL -c``, which may or may not exec it); on systems without /proc, the
+    parent."""
+    pid = os.getppid()
+    while pid > 1 and (stat := _stat(pid)) is not None and stat[0] in SHELLS:
+        pid = int(stat[1][1])
+    return pid
+
+
+def _stop_when(gone: Callable[[], bool], message: str, poll_s: float) -> None:
+    """A watchdog thread: SIGTERM this process (so it ends as after Ctrl-C: runs marked
+    failed) once ``gone()``."""
     def watch() -> None:
-        while os.getppid() == parent:
+        while not gone():
             time.sleep(poll_s)
-        log.error("%s: its parent process (pid %d) is gone; stopping", what, parent)
+        log.error("%s; stopping", message)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def die_with_parent(parent: int, what: str, poll_s: float = 1.0) -> None:
+    """Stop this process once ``parent`` is gone, even when the parent was SIGKILLed and
+    could not stop it: the watchdog notices the process was handed to another parent (also
+    when that happened while it was still starting, as ``parent`` is known from before)."""
+    _stop_when(lambda: os.getppid() != parent,
+               f"{what}: its parent process (pid {parent}) is gone", poll_s)
+
+
+def die_with(pid: int, what: str, poll_s: float = 1.0) -> None:
+    """Stop this process once process ``pid``, an ancestor, is gone (as :func:`die_with_parent`
+    for a process started through a shell that outlives it)."""
+    start = start_ticks(pid)  # None where there is no /proc: the pid alone is watched
+    _stop_when(lambda: not alive(pid, start), f"{what} (pid {pid}) is gone", poll_s)
 
 
 def terminate_with_parent() -> None:

@@ -29,6 +29,7 @@ from multitask import tuning
 from multitask.config import ConfigError, load_params
 from multitask.data.processed import tasks as tasks_from_meta
 from multitask.layout import Layout
+from multitask.processes import start_ticks
 from multitask.training import session
 from multitask.training.data import ProcessedData
 from multitask.tuning.storage import LOCK_TIMEOUT_S
@@ -649,6 +650,57 @@ def test_ctrl_c_stops_the_workers_with_one_message_not_their_tracebacks(
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
     states = {t.state.name for t in stored_trials(str(workdir / JOURNAL))}
     assert "RUNNING" not in states, states
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid``, children first (Linux /proc)."""
+    found = children(pid)
+    return found + [p for child in found for p in descendants(child)]
+
+
+@pytest.mark.slow
+def test_killing_the_dvc_repro_that_runs_tune_stops_tune_too(processed: Path,
+                                                             workdir: Path) -> None:
+    """SIGTERM to ``dvc repro`` (``timeout``, a CI runner's cancel, ``kill``) kills DVC alone,
+    whose stage command would train on unseen, with no run to show for it. The stage's command
+    stops too: the trial it was training fails, its MLflow run ends FAILED."""
+    write_params(workdir, processed, n_trials=500, epochs=3,  # minutes of work left
+                 tracking=tracking_on("tuning-dvc-killed"))
+    (workdir / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"tune": {
+        "cmd": f"{sys.executable} -m multitask tune --params params.yaml"}}}))
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=workdir,
+                   check=True)
+    log = workdir / "dvc.log"
+    with log.open("w") as output:
+        dvc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=workdir,
+                               stdout=output, stderr=subprocess.STDOUT)
+    storage = str(workdir / JOURNAL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and dvc.poll() is None and not any(
+            t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs
+            for t in (stored_trials(storage) if Path(storage).exists() else [])):
+        time.sleep(0.2)
+    assert dvc.poll() is None, log.read_text()[-3000:]
+    stage = descendants(dvc.pid)
+    assert stage, "dvc repro runs no command"
+    dvc.terminate()
+    dvc.wait()
+    deadline = time.monotonic() + 90  # a loaded CI machine may be slow to stop it
+    while time.monotonic() < deadline and any(start_ticks(p) for p in stage):
+        time.sleep(0.2)
+    if outlived := [p for p in stage if start_ticks(p)]:
+        for pid in outlived:  # not left training for the rest of the test run
+            os.kill(pid, signal.SIGKILL)
+        pytest.fail("tune outlived the dvc repro that ran it")
+    trials = stored_trials(storage)
+    assert "RUNNING" not in {t.state.name for t in trials}
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert len(failed) == 1
+    assert client.get_run(failed[0].user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    assert "the dvc process that runs stage tune" in log.read_text()
 
 
 # ------------------------------------------------------------------ PostgreSQL (many hosts)

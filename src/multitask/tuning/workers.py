@@ -10,6 +10,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
@@ -85,17 +86,28 @@ def _worker_process(job: WorkerJob) -> None:
 
 @contextlib.contextmanager
 def _ctrl_c_deferred() -> Iterator[None]:
-    """SIGINT blocked in this thread while it spawns workers. A spawned process keeps the
-    signal mask across exec, so a Ctrl-C reaches each worker once it has set its handler and
-    unblocked it (one that came while a worker imported torch printed its traceback); this
-    process gets a pending one on leaving the block. multiprocessing's resource tracker, which
-    the first spawn would start, unblocks SIGINT after starting itself: it is started first."""
+    """Ctrl-C held back while this thread spawns workers, then raised once they have all
+    started. Two layers: SIGINT is blocked in this thread, a mask a spawned process keeps across
+    exec, so a Ctrl-C reaches each worker once it has set its handler and unblocked it (one that
+    came while a worker imported torch printed its traceback); and a handler that only records
+    it, because another thread of this process (the progress bar's monitor) may take the signal
+    and Python then runs the handler here anyway (an interrupted spawn left a worker reading half
+    its start-up data). multiprocessing's resource tracker, which the first spawn would start,
+    unblocks SIGINT after starting itself: it is started first."""
+    if threading.current_thread() is not threading.main_thread():  # no signals to defer here
+        yield
+        return
     resource_tracker.ensure_running()
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    received: list[int] = []
+    handler = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, handler)
+    if received:  # delivered again, to the handler it was meant for
+        signal.raise_signal(signal.SIGINT)
 
 
 def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_trials: int,
