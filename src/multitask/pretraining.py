@@ -34,7 +34,7 @@ from multitask.models.pretrained import EncoderWeights
 from multitask.tasks import ROTATION_TASK
 from multitask.training import session
 from multitask.training.data import ProcessedData
-from multitask.training.trainer import rotate_batch
+from multitask.training.trainer import NonFiniteLossError, rotate_batch
 from multitask.weighting import build_weighting
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,12 @@ def fit_encoder(params: Params, data: ProcessedData, **options: Any) -> session.
     ``on_resume``, ``progress``). The trainer feeds a rotation-only task list the rotated
     copies alone, so no label is read.
     """
-    return session.fit(pretraining_params(params), data, [ROTATION_TASK],
-                       build_weighting("equal", 1), **options)
+    try:
+        return session.fit(pretraining_params(params), data, [ROTATION_TASK],
+                           build_weighting("equal", 1), **options)
+    except NonFiniteLossError as error:
+        raise error.advising("stopped before saving this epoch. The encoder trains at "
+                             "pretrain.lr (not train.optimizer.lr): lower it") from None
 
 
 @torch.inference_mode()

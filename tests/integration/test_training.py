@@ -181,8 +181,32 @@ def test_a_diverging_run_ends_with_one_line_and_no_model(stage_dir: Callable[...
     result = run_train(cwd)
     assert result.returncode == 1
     assert "is not finite (NaN or inf)" in result.stderr and "Traceback" not in result.stderr
+    assert "Lower the task weights" in result.stderr and "train.optimizer.lr" in result.stderr
     assert not (cwd / "models" / "model.pt").exists()
     assert not (cwd / "reports" / "train.json").exists()
+
+
+@pytest.mark.parametrize(("stage", "advice", "not_advised"), [
+    ("baselines", "lower train.optimizer.lr", "task weights"),
+    ("pretrain", "pretrain.lr (not train.optimizer.lr): lower it", "task weights"),
+])
+def test_a_diverging_stage_names_the_learning_rate_it_trained_at(
+        stage_dir: Callable[..., Path], tmp_path: Path, stage: str, advice: str,
+        not_advised: str) -> None:
+    """Baselines train each task alone at weight 1, the pretrain stage at its own pretrain.lr:
+    neither points the user at task weights it never used."""
+    cwd = stage_dir(tmp_path, optimizer={"name": "sgd", "lr": 1e10})
+    params = yaml.safe_load((cwd / "params.yaml").read_text())
+    if stage == "pretrain":  # at a sane lr: only pretrain.lr can make it diverge
+        params["train"]["optimizer"] = {"name": "sgd", "lr": 1e-3}
+        params["model"]["pretrained"] = "self_supervised"
+        params["pretrain"] = {"epochs": 1, "lr": 1e10}
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, "-m", "multitask", stage], cwd=cwd,
+                            capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "is not finite (NaN or inf)" in result.stderr and "Traceback" not in result.stderr
+    assert advice in result.stderr and not_advised not in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,7 @@ from multitask.training.plots import (
     regression_figure,
     save_figure,
 )
+from multitask.training.trainer import NonFiniteLossError
 from multitask.weighting import build_weighting
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,14 @@ def baselines(params: Params, layout: Layout) -> dict[str, dict[str, float]]:
     and ``reports/baselines_info.json`` (how they were made); returns ``{task: test metrics}``.
     """
     params = baseline_params(params)
-    with distributed.process_group(select_device(params.train.device, params.source)) as group:
-        return _baselines(params, layout, group is None or group.main)
+    try:
+        with distributed.process_group(select_device(params.train.device,
+                                                     params.source)) as group:
+            return _baselines(params, layout, group is None or group.main)
+    except NonFiniteLossError as error:
+        raise error.advising(
+            "stopped before saving this epoch. A baseline trains its one task at weight 1 with "
+            "the multi-task run's optimiser: lower train.optimizer.lr") from None
 
 
 def _fitted_baselines(params: Params, layout: Layout, data: ProcessedData, tasks: list[Task],

@@ -64,6 +64,11 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(f"{what}; {advice}")
         self.what = what
 
+    def advising(self, advice: str) -> NonFiniteLossError:
+        """The same failure with the advice of the stage that trained (the trainer's names the
+        multi-task run's weights and learning rate)."""
+        return NonFiniteLossError(self.what, advice)
+
 
 def random_turns(count: int, generator: torch.Generator, device: torch.device) -> Tensor:
     """A random multiple of 90° (0..3) per image, for the auxiliary rotation task."""
