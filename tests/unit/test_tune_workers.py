@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from multitask.tuning.workers import _ctrl_c_deferred
+from multitask.tuning.workers import ctrl_c_deferred
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def other_thread() -> Iterator[None]:
 
 def test_ctrl_c_while_workers_spawn_is_raised_once_the_spawning_is_done(other_thread: None) -> None:
     finished_spawning = False
-    with pytest.raises(KeyboardInterrupt), _ctrl_c_deferred():
+    with pytest.raises(KeyboardInterrupt), ctrl_c_deferred():
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.2)  # a handler not held back has run by now
         finished_spawning = True
@@ -38,7 +38,7 @@ def test_ctrl_c_while_workers_spawn_is_raised_once_the_spawning_is_done(other_th
 def test_ctrl_c_ignored_before_the_spawning_stays_ignored(other_thread: None) -> None:
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        with _ctrl_c_deferred():
+        with ctrl_c_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.2)
         time.sleep(0.1)  # nothing is raised after the block either

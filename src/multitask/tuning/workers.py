@@ -68,7 +68,7 @@ def _worker_process(job: WorkerJob) -> None:
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGINT, interrupt)
     try:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # see _ctrl_c_deferred
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # see ctrl_c_deferred
         die_with_parent(job.parent_pid, f"tune worker {job.worker}")
         torch.set_num_threads(job.threads)
         params = load_params(job.params_path)
@@ -85,7 +85,7 @@ def _worker_process(job: WorkerJob) -> None:
 
 
 @contextlib.contextmanager
-def _ctrl_c_deferred() -> Iterator[None]:
+def ctrl_c_deferred() -> Iterator[None]:
     """Ctrl-C held back while this thread spawns workers, then raised once they have all
     started. Two layers: SIGINT is blocked in this thread, a mask a spawned process keeps across
     exec, so a Ctrl-C reaches each worker once it has set its handler and unblocked it (one that
@@ -135,7 +135,7 @@ def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tria
             for index in range(count)]
         interrupted = False
         try:
-            with _ctrl_c_deferred():
+            with ctrl_c_deferred():
                 for process in processes:
                     process.start()
             while running := [p for p in processes if p.exitcode is None]:
