@@ -112,6 +112,9 @@ def test_registry_status_lists_each_tasks_primary_metric(
                 for i, alias in enumerate(("champion", "challenger"), 1)}
     monkeypatch.setattr(tracking, "version_by_alias", lambda name, alias: versions.get(alias))
     monkeypatch.setattr(tracking, "describe_uri", lambda: "the store")
+    # a store of its own: the repository's may not exist yet (a fresh clone)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking.client()
     params = _params(tmp_path)
     assert promotion.status(params) == 0
     lines = capsys.readouterr().out.splitlines()
