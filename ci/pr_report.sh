@@ -15,10 +15,11 @@
 #
 # Environment for `report`: BASE_WORKTREE (default $RUNNER_TEMP or $TMPDIR /multitask-base),
 # VENV_BIN (default .venv/bin, where dvc and multitask live), SKIP_REPRO=1 to reuse results
-# already in both folders. Both pipelines run with `dvc repro --pull`: a stage whose outputs
-# the DVC remote holds (pushed by CI on main) is pulled, not rerun; without a remote, or when
-# it lacks them, the stage runs. The base worktree shares this checkout's DVC cache and its
-# .dvc/config.local (where CI names the team's remote), so it pulls from the same remote.
+# already in both folders (a base worktree checked out at another commit is refused). Both
+# pipelines run with `dvc repro --pull`: a stage whose outputs the DVC remote holds (pushed by
+# CI on main) is pulled, not rerun; without a remote, or when it lacks them, the stage runs.
+# The base worktree shares this checkout's DVC cache and its .dvc/config.local (where CI names
+# the team's remote), so it pulls from the same remote.
 set -euo pipefail
 
 MARKER='<!-- multitask-ci-report -->'
@@ -90,6 +91,11 @@ report() {
         fi
         echo "ci/pr_report.sh: sample pipeline of this checkout" >&2
         repro_sample "$ROOT"
+    elif [ -e "$worktree/.git" ]; then  # reused: it must be the base asked for
+        local held
+        held="$(git -C "$worktree" rev-parse HEAD)"
+        [ "$held" = "$base_sha" ] || die "SKIP_REPRO=1: $worktree holds ${held:0:12}, not" \
+            "$base_rev (${base_sha:0:12}); run without SKIP_REPRO=1 to check out and run the base"
     fi
 
     # The comparison and the gate run the BASE's code and params, the head's results are only

@@ -183,6 +183,12 @@ def load_result(folder: str | Path) -> PipelineResult:
             or not all(isinstance(task, dict) for task in metrics[keys.TASKS].values())):
         raise ValueError(f"{metrics_path}: expected a '{keys.TASKS}' mapping of per-task "
                          "metrics; rerun the evaluate stage")
+    for task, values in metrics[keys.TASKS].items():
+        metric = primary_metric(values)
+        if metric is not None and _number(values[metric]) is None:
+            raise ValueError(f"{metrics_path}: {keys.TASKS}.{task}.{metric} is "
+                             f"{json.dumps(values[metric])}, not a number; rerun the evaluate "
+                             "stage")
     params_path = layout.params
     if not params_path.is_file():
         raise FileNotFoundError(f"{params_path}: not found; --base and --head take the folder "
@@ -239,10 +245,17 @@ def params_diff(base: dict[str, Any], head: dict[str, Any]) -> list[tuple[str, A
 def gate_messages(rows: list[MetricRow], tolerance: float) -> list[str]:
     """One sentence per regression: which task, from what to what, by how much."""
     messages = []
+    head_tasks = {row.task for row in rows if row.task and row.head is not None}
+    new_tasks = sorted({row.task for row in rows if row.task} - {
+        row.task for row in rows if row.task and row.base is not None})
     for row in rows:
         if not row.is_regression(tolerance):
             continue
-        if row.head is None:
+        if row.task not in head_tasks:
+            new = f"; new in the head: {', '.join(map(repr, new_tasks))}" if new_tasks else ""
+            messages.append(f"task '{row.task}': not in the head results (base {row.metric} "
+                            f"{row.base:.4f}{new}): a removed or renamed task fails the gate")
+        elif row.head is None:
             messages.append(f"task '{row.task}': {row.metric} missing from the head results "
                             f"(base {row.base:.4f})")
         elif not math.isfinite(row.head):
@@ -261,6 +274,14 @@ def gate_messages(rows: list[MetricRow], tolerance: float) -> list[str]:
                 f"({row.base:.4f} -> {row.head:.4f}), more than the {100 * tolerance:.2f} pp "
                 f"tolerance (ci.regression_tolerance = {tolerance:g})")
     return messages
+
+
+def ungated(rows: list[MetricRow]) -> list[str]:
+    """The gated metrics the gate could not judge: the base's value is not a number (and the
+    head's is: one that is not fails the gate)."""
+    return [f"task '{row.task}' (its base {row.metric} is {row.base})" for row in rows
+            if row.gated and row.base is not None and not math.isfinite(row.base)
+            and row.head is not None and math.isfinite(row.head)]
 
 
 # ----------------------------------------------------------------------------------- markdown
@@ -282,6 +303,8 @@ def _status(row: MetricRow, tolerance: float) -> str:
         allowed = (f"{100 * tolerance:g}% of base" if row.metric in RELATIVE_METRICS
                    else f"{tolerance:g}")
         return f"❌ **regression** (> {allowed})"
+    if row.base is not None and not math.isfinite(row.base):
+        return "base not a number: not gated" if row.gated else "base not a number"
     if row.head is not None and not math.isfinite(row.head):
         return "not a number"
     if row.delta is None or abs(row.delta) <= EPSILON:
@@ -383,6 +406,8 @@ def render_markdown(base: PipelineResult, head: PipelineResult, rows: list[Metri
                    *(f"- {message}" for message in failures)]
     else:
         verdict = [f"**Gate: passed.** {_passed(rows, tolerance)}."]
+    if skipped := ungated(rows):
+        verdict += ["", f"Not gated, nothing to compare with: {', '.join(skipped)}."]
     changed = params_diff(base.params, head.params)
     params = (["| Param | Base | Head |", "|---|---|---|",
                *(f"| `{k}` | {_param(b)} | {_param(h)} |" for k, b, h in changed)]
@@ -484,4 +509,6 @@ def ci_report(base_dir: str | Path, head_dir: str | Path, output: str | Path,
         log.error("gate: %s", message)
     if not failures:
         log.info("gate: passed (%s)", _passed(rows, tolerance))
+    for task in ungated(rows):
+        log.warning("gate: not gated, nothing to compare with: %s", task)
     return 1 if failures else 0

@@ -134,10 +134,13 @@ def _methods_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _ci_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", required=True,
-                        help="folder holding the base branch's reports/ (metrics.json, params)")
-    parser.add_argument("--head", default=".", help="folder holding this branch's reports/")
+                        help="folder the base branch's pipeline ran in (e.g. sample/ of its "
+                        "checkout): its params.yaml and reports/")
+    parser.add_argument("--head", default=".",
+                        help="folder this branch's pipeline ran in (default: .)")
     parser.add_argument("--output", default=str(Layout().ci_report),
-                        help="where to write the markdown report")
+                        help="where to write the markdown report; its PNG goes beside it, the "
+                        "same name ending .png (default: %(default)s)")
 
 
 def _compare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -342,9 +345,10 @@ COMMANDS: dict[str, Command] = {
         "multitask.ci_report:ci_report",
         "compare two pipeline results per task and gate regressions (used by CI)",
         "Write a markdown report of per-task metric and param deltas between a base and a "
-        "head result. Exit status: 0 the gate passed, 1 a task's metric regressed by more "
-        "than ci.regression_tolerance (the report names it), 2 an input is missing or "
-        "malformed (no report is written).",
+        "head result, and a PNG of both sides' curves and confusion matrices beside it. Exit "
+        "status: 0 the gate passed, 1 a task's metric regressed by more than "
+        "ci.regression_tolerance or is missing or not a number in the head (the report names "
+        "it), 2 an input is missing or malformed (no report is written).",
         _ci_report_arguments,
         lambda function, args: function(args.base, args.head, args.output, args.params),
         params_help="params file holding ci.regression_tolerance; CI passes the base "

@@ -84,13 +84,16 @@ class TaskChange:
 
     def regressed(self, tolerance: float) -> bool:
         """Worse by more than the allowance of ``tolerance``, missing on the new side, or not
-        a number there (NaN or infinite: no comparison could pass it)."""
+        a number there (NaN or infinite: no comparison could pass it). Never when the reference
+        is missing (a new task), nor when it is not a number (NaN or infinite alike) and the new
+        side is: there is nothing to compare with, and the task is not gated."""
         if self.base is None:
             return False
-        worse_by = self.worse_by
-        if worse_by is None or not math.isfinite(self.head):  # type: ignore[arg-type]
+        if self.head is None or not math.isfinite(self.head):
             return True
-        return worse_by > self.allowance(tolerance) + EPSILON
+        if not math.isfinite(self.base):
+            return False
+        return self.worse_by > self.allowance(tolerance) + EPSILON  # type: ignore[operator]
 
 
 def task_regressions(base: Mapping[str, float], head: Mapping[str, float], tolerance: float,

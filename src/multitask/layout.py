@@ -240,8 +240,9 @@ class Layout:
 
     @property
     def ci_report(self) -> Path:
-        """``multitask ci-report``'s default output (its PNG lies beside it)."""
-        return self._at("reports/ci_report.md")
+        """``multitask ci-report``'s default output (its PNG lies beside it), where
+        ci/pr_report.sh writes it too: a folder git ignores."""
+        return self._at("reports/ci/ci_report.md")
 
     # ------------------------------------------------------------------------- the stages
     def stage_files(self) -> dict[str, StageFiles]:

@@ -120,7 +120,8 @@ def test_a_task_missing_from_head_fails_and_auxiliary_tasks_are_not_gated(
     head = write_result(tmp_path / "head", {"left": 0.81}, extra_tasks=rotation_worse)
     status, report = run_report(tmp_path, base, head)
     assert status == 1
-    assert "task 'right': accuracy missing from the head results" in report
+    assert ("task 'right': not in the head results (base accuracy 0.7800): a removed or "
+            "renamed task fails the gate") in report
     assert "rotation" not in report.split("### Metrics")[0]  # not among the gate's reasons
     assert "regression" not in table_row(report, "rotation", "accuracy")
 
@@ -148,6 +149,45 @@ def test_a_metric_that_is_not_a_number_in_head_fails_the_gate(tmp_path: Path) ->
     assert "regression" in table_row(report, "left", "accuracy")
     assert "better" not in table_row(report, "age", "mae")
     assert "❌ **regression** (> 2% of base)" in table_row(report, "age", "mae")
+
+
+def test_a_renamed_task_fails_naming_the_name_it_has_in_head(tmp_path: Path) -> None:
+    base = write_result(tmp_path / "base", {"left": 0.81, "right": 0.78})
+    head = write_result(tmp_path / "head", {"left": 0.81, "digit": 0.78})
+    status, report = run_report(tmp_path, base, head)
+    assert status == 1
+    assert ("- task 'right': not in the head results (base accuracy 0.7800; new in the head: "
+            "'digit'): a removed or renamed task fails the gate") in report
+    assert "new" in table_row(report, "digit", "accuracy")
+
+
+@pytest.mark.parametrize("side", ["base", "head"])
+@pytest.mark.parametrize("value", ["0.78", None, True])
+def test_a_primary_metric_that_is_not_a_number_is_an_error_naming_the_field(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], side: str, value: Any) -> None:
+    """Not read as absent: a base's would leave its task ungated (shown as new in head)."""
+    folders = {name: write_result(tmp_path / name, {"left": 0.81, "right": 0.78})
+               for name in ("base", "head")}
+    path = folders[side] / "reports" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["tasks"]["right"]["accuracy"] = value
+    path.write_text(json.dumps(metrics))
+    status, report = run_report(tmp_path, folders["base"], folders["head"])
+    assert status == 2 and report == ""
+    assert (f"{path}: tasks.right.accuracy is {json.dumps(value)}, not a number; rerun the "
+            "evaluate stage") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_base_value_that_is_not_a_number_is_not_gated_and_the_report_says_so(
+        tmp_path: Path, value: float) -> None:
+    base = write_result(tmp_path / "base", {"left": 0.81, "right": value})
+    head = write_result(tmp_path / "head", {"left": 0.81, "right": 0.50})
+    status, report = run_report(tmp_path, base, head)
+    assert status == 0
+    assert "base not a number: not gated" in table_row(report, "right", "accuracy")
+    assert (f"Not gated, nothing to compare with: task 'right' (its base accuracy is {value})."
+            in report)
 
 
 def test_missing_curves_and_confusion_name_the_side(tmp_path: Path) -> None:
@@ -286,6 +326,19 @@ def test_an_output_that_cannot_be_written_is_an_error_leaving_no_png(
     assert not output.exists() and not output.with_suffix(".png").exists()
 
 
+def test_the_default_output_is_where_the_script_writes_and_git_ignores(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    default = ci_report.Layout().ci_report
+    assert default == Path("reports/ci/ci_report.md")
+    paths = [str(default), str(default.with_suffix(".png"))]
+    ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", *paths],
+                             capture_output=True, text=True, check=False)
+    assert ignored.stdout.split() == paths, ignored.stderr
+    with pytest.raises(SystemExit):
+        cli_main(["ci-report", "--help"])
+    assert "its PNG goes beside it" in " ".join(capsys.readouterr().out.split())
+
+
 def test_confusion_matrix_is_row_normalised_in_class_order(tmp_path: Path) -> None:
     result = ci_report.load_result(write_result(tmp_path / "run", {"left": 0.7}))
     pairs = result.confusion["left"]
@@ -349,6 +402,32 @@ def test_script_tells_a_failed_comparison_from_a_failed_gate(tmp_path: Path) -> 
     assert "reports/metrics.json: not found" in result.stderr
     assert "ci-report could not compare (exit 2)" in result.stderr
     assert not (tmp_path / "output").exists()  # no gate=passed/failed for the comment job
+
+
+def test_script_refuses_a_reused_base_worktree_of_another_commit(tmp_path: Path) -> None:
+    """SKIP_REPRO=1 must not compare against whatever base an earlier run left there."""
+    repo = tmp_path / "repo"
+    write_result(repo / "sample", {"left": 0.80, "right": 0.78})
+    shutil.copytree(ROOT / "ci", repo / "ci")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "old base")
+    worktree = tmp_path / "base"
+    git(repo, "worktree", "add", "--detach", "-q", str(worktree), "HEAD")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "new base")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "head")
+    old, new = git(repo, "rev-parse", "HEAD~2"), git(repo, "rev-parse", "HEAD~1")
+    env = script_env(tmp_path, SKIP_REPRO="1", BASE_WORKTREE=str(worktree))
+    run = [str(repo / "ci" / "pr_report.sh"), "report", "HEAD^1"]
+    result = subprocess.run(run, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert (f"SKIP_REPRO=1: {worktree} holds {old[:12]}, not HEAD^1 ({new[:12]}); run without "
+            "SKIP_REPRO=1") in result.stderr
+    assert not (tmp_path / "output").exists()
+    git(worktree, "checkout", "-q", "--detach", new)  # the base asked for: compared
+    result = subprocess.run(run, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "output").read_text() == "gate=passed\n"
 
 
 FAKE_GH = """#!{python}

@@ -29,6 +29,22 @@ def test_a_value_that_is_not_a_number_on_the_new_side_regresses(metric: str,
     assert not TaskChange.of("left", metric, 0.8, 0.8).regressed(tolerance=1.0)
 
 
+@pytest.mark.parametrize("metric", ["accuracy", "mae"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_reference_that_is_not_a_number_gates_nothing(metric: str, value: float) -> None:
+    """NaN and infinite alike: nothing to compare with (promotion says 'not gated')."""
+    assert not TaskChange.of("left", metric, value, 0.5).regressed(tolerance=0.01)
+    decision = decide(Scores({"left": 0.5}, 1.0), Scores({"left": value}, 0.0), 0.01, "delta_m")
+    assert decision.promote, decision.reasons
+    assert "not gated" in decision.reasons[0]
+
+
+@pytest.mark.parametrize("after", [float("nan"), None])
+def test_a_new_side_that_is_not_a_number_regresses_even_against_a_reference_that_is_not(
+        after: float | None) -> None:
+    assert TaskChange.of("left", "accuracy", float("nan"), after).regressed(tolerance=0.01)
+
+
 def test_float_noise_at_the_tolerance_is_not_a_regression() -> None:
     assert task_regressions({"left": 0.81}, {"left": 0.79}, tolerance=0.02) == []
 
