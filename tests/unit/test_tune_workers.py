@@ -13,6 +13,15 @@ import pytest
 from multitask.tuning.workers import ctrl_c_deferred
 
 
+@pytest.fixture(autouse=True)
+def python_ctrl_c() -> Iterator[None]:
+    """Python's own Ctrl-C handler, as a command starts with (not whatever an earlier test in
+    this process left), restored after."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture
 def other_thread() -> Iterator[None]:
     """A second thread that does not block SIGINT, as the progress bar's monitor: the kernel may
