@@ -496,6 +496,39 @@ def test_mlflow_parent_run_holds_one_nested_run_per_trial(processed: Path,
         chosen["weights"]["left"])
 
 
+@pytest.mark.slow
+def test_rerun_on_a_finished_study_reopens_its_mlflow_run(processed: Path,
+                                                          workdir: Path) -> None:
+    """DVC reruns the stage (its code changed) on a study with no trial left: the run that
+    holds the trials is reopened, not an empty parent added beside it in the runs table."""
+    import mlflow
+
+    params = write_params(workdir, processed, n_trials=2, tracking=tracking_on("tuning-tests"))
+    first = run_tune(params)
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tuning-tests").experiment_id
+
+    def parents() -> list[Any]:
+        return [r for r in client.search_runs([experiment])
+                if "mlflow.parentRunId" not in r.data.tags]
+
+    [parent] = parents()
+    again_chosen = run_tune(params)  # nothing to run: the same choice, reported again
+    assert (again_chosen["trial"], again_chosen["weights"]) == (first["trial"], first["weights"])
+    [again] = parents()
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+    nested = client.search_runs(
+        [experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(r.info.run_name for r in nested) == ["trial-0", "trial-1"]
+    assert again.data.metrics["tune/trials/complete"] == 2
+    # a changed param the stage reads (the selection rule) is a new run: the old one's
+    # params, which MLflow cannot change, would misstate it
+    write_params(workdir, processed, n_trials=2, tracking=tracking_on("tuning-tests"),
+                 selection="best_worst")
+    run_tune(params)
+    assert len(parents()) == 2
+
+
 def finished(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """Complete or pruned: what counts towards tune.n_trials (not FAIL)."""
     return [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]

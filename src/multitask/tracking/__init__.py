@@ -32,7 +32,7 @@ from multitask.tracking.registry import (
     version_by_alias,
     versions_of_run,
 )
-from multitask.tracking.runs import DATA_TAG, StageRun, nested_run, stage_run
+from multitask.tracking.runs import DATA_TAG, StageRun, nested_run, rerun_of, stage_run
 from multitask.tracking.store import (
     ARTIFACT_DIR,
     STORE_FILE,
@@ -83,6 +83,7 @@ __all__ = [
     "owner_tags",
     "register_version",
     "repo_root",
+    "rerun_of",
     "run_json",
     "run_tags",
     "set_alias",

@@ -31,7 +31,15 @@ from multitask.config import Params, flatten
 from multitask.tracking.models import MODEL_URI_TAG, log_model
 from multitask.tracking.orphans import end_orphaned_runs, owner_tags
 from multitask.tracking.provenance import run_tags
-from multitask.tracking.store import client, describe_uri, experiment_id, get_run, tracking_uri
+from multitask.tracking.store import (
+    client,
+    describe_uri,
+    experiment_id,
+    filter_literal,
+    get_run,
+    store_errors,
+    tracking_uri,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -254,7 +262,8 @@ def stage_run(params: Params, stage: str, run_id: str | None = None) -> Iterator
     ``run_id`` None (``train``): a new run in experiment ``tracking.experiment`` (default: the
     data set's name), named after the DVC experiment when there is one, with every param of
     ``params.yaml`` flattened and the provenance tags of :func:`run_tags`. A ``run_id``
-    (``evaluate``): that run, reopened. System metrics are sampled when
+    (``evaluate``; ``tune`` on a finished study, see
+    :func:`rerun_of`): that run, reopened. System metrics are sampled when
     ``tracking.system_metrics``. With ``tracking.enabled`` false the run does nothing.
     """
     if not params.tracking.enabled:
@@ -300,6 +309,25 @@ def stage_run(params: Params, stage: str, run_id: str | None = None) -> Iterator
         raise
     finally:
         restore_sigterm()
+
+
+@store_errors
+def rerun_of(params: Params, stage: str, tags: dict[str, str]) -> str | None:
+    """The latest FINISHED run of ``stage`` in the experiment ``params`` name that carries
+    ``tags`` and exactly the params :func:`stage_run` would log for ``params``; None when there
+    is none or tracking is off. A rerun that records nothing new (``tune`` when DVC reruns it
+    on a study with no trial left) reopens it with ``stage_run(..., run_id=...)`` instead of
+    adding an empty copy beside the run that holds the work."""
+    if not params.tracking.enabled:
+        return None
+    experiment = experiment_id(params.tracking.experiment or params.data.dataset)
+    wanted = {k: param_value(v) for k, v in flatten(params).items()}
+    found = client().search_runs(  # tags compared here: a study's name has ( , # in it
+        [experiment], max_results=50, order_by=["attributes.start_time DESC"],
+        filter_string=f"attributes.status = 'FINISHED' and tags.stage = {filter_literal(stage)}")
+    return next((str(run.info.run_id) for run in found
+                 if run.data.params == wanted
+                 and all(run.data.tags.get(k) == v for k, v in tags.items())), None)
 
 
 def _end_active(status: str, reopened: bool) -> None:
