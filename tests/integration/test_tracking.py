@@ -74,6 +74,20 @@ def test_tracking_uri_defaults_to_sqlite_at_the_root_and_obeys_the_env_var(
 
 
 # -------------------------------------------------------------------------------------- the run
+def test_a_dvc_experiments_runs_are_named_after_it_and_their_stage(
+        store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dvc exp run`` opens a pretrain, a tune and a train run: the train run carries the
+    experiment's name, the others say which stage they are."""
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-unit")
+    names = {}
+    for stage in ("pretrain", "tune", "train"):
+        with stage_run(sample_params(), stage) as run:
+            pass
+        names[stage] = mlflow.MlflowClient(store).get_run(run.run_id).info.run_name
+    assert names == {"pretrain": "exp-unit pretrain", "tune": "exp-unit tune",
+                     "train": "exp-unit"}
+
+
 def test_train_run_logs_params_tags_epochs_and_finishes(
         store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DVC_EXP_NAME", "exp-unit")

@@ -218,6 +218,16 @@ def _sigterm_raises() -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
+def stage_run_name(stage: str) -> str | None:
+    """A new run's name: the DVC experiment's for ``train`` (the run a user compares), with the
+    stage after it for the others (``exp-3f2a1 tune``), so the table of runs does not show
+    three alike; None (MLflow picks one) outside ``dvc exp run``."""
+    experiment = os.environ.get("DVC_EXP_NAME")
+    if not experiment:
+        return None
+    return experiment if stage == "train" else f"{experiment} {stage}"
+
+
 def _is_failure(exc: BaseException) -> bool:
     return not (isinstance(exc, SystemExit) and exc.code in (0, None))
 
@@ -285,7 +295,7 @@ def stage_run(params: Params, stage: str, run_id: str | None = None) -> Iterator
             end_orphaned_runs(experiment, stage)
             active = mlflow.start_run(
                 experiment_id=experiment,
-                run_name=os.environ.get("DVC_EXP_NAME") or None,
+                run_name=stage_run_name(stage),
                 tags={**run_tags(params, stage), **owner_tags()},
                 log_system_metrics=system_metrics,
             )
