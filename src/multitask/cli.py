@@ -388,6 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_rank() -> int:
+    """``logging.WARNING`` in a data-parallel process other than its host's first (torchrun's
+    ``LOCAL_RANK`` above 0), else 0: every process logs the same epochs, so one of them says
+    them (and that it was interrupted); the others still report warnings and errors."""
+    return logging.WARNING if os.environ.get("LOCAL_RANK", "0") not in ("", "0") else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from multitask.allocator import keep_freed_memory
@@ -398,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     policy = choose_wait_policy()
     malloc = keep_freed_memory()
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else _quiet_rank() or logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
@@ -418,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         function = getattr(importlib.import_module(module_name), function_name)
         return int(command.call(function, args) or 0)
     except KeyboardInterrupt:
-        print("multitask: interrupted", file=sys.stderr)
+        if not _quiet_rank():
+            print("multitask: interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, RuntimeError) as exc:
         # Expected failures (bad params, bad files, failed checks) carry a message that names

@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 import yaml
 from test_tracking_pipeline import EXPERIMENT, copy_sample_repo
 
 from multitask.training import distributed
+from multitask.training.trainer import FAIL_AFTER_EPOCH_ENV
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -125,7 +127,7 @@ def test_a_sigkilled_distributed_run_resumes_to_the_same_result(
     processed = sample_composites(4000, 500)  # 3,600 training images: epochs long enough
     straight = stage_folder(tmp_path / "straight", processed, pipeline_folder)
     _, err = train(straight).communicate(timeout=600)
-    assert "process 1 of 2 (gloo)" in err, err[-3000:]
+    assert "process 0 of 2 (gloo)" in err, err[-3000:]
     report = json.loads((straight / "reports" / "train.json").read_text())
     assert report["processes"] == 2 and report["epochs"] == 4
 
@@ -153,6 +155,60 @@ def test_a_sigkilled_distributed_run_resumes_to_the_same_result(
     first = torch.load(straight / "models" / "model.pt", weights_only=True)["state_dict"]
     second = torch.load(killed / "models" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_ctrl_c_stops_a_distributed_run_once_and_it_resumes(
+        sample_composites: Callable[..., Path], tmp_path: Path,
+        pipeline_folder: Callable[[Path, Path], object], store: str) -> None:
+    """Ctrl-C (SIGINT to the command's process group, as a terminal sends it): one message, no
+    torchrun traceback, no process left behind, the MLflow run FAILED; the same command then
+    resumes from the checkpoint. The epochs are logged once, not once per process."""
+    folder = stage_folder(tmp_path / "interrupted", sample_composites(4000, 500),
+                          pipeline_folder)
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["tracking"]["enabled"] = True
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    checkpoint = folder / "models" / "checkpoints" / "train.pt"
+    job = train(folder, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    below = descendants(job.pid)
+    os.killpg(job.pid, signal.SIGINT)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 130, err[-3000:]
+    assert err.count("multitask: interrupted") == 1, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert err.count("epoch 1/4 ") == 1, err[-3000:]
+    assert not [p for p in below if Path(f"/proc/{p}").exists()
+                and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]]
+    epoch = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= epoch < 4, "the Ctrl-C should land mid-training"
+
+    resumed = train(folder)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert f"resumed from models/checkpoints/train.pt after epoch {epoch}" in err
+    assert err.count("epoch 4/4 ") == 1, err[-3000:]
+    client = mlflow.MlflowClient(store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              order_by=["attributes.start_time ASC"])
+    assert [r.info.status for r in runs] == ["FAILED", "FINISHED"]
+    assert runs[0].data.params["train.processes"] == "2"
+
+
+def test_a_failing_process_is_reported_once_without_torchruns_traceback(
+        sample_composites: Callable[..., Path], tmp_path: Path,
+        pipeline_folder: Callable[[Path, Path], object], monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = stage_folder(tmp_path / "failing", sample_composites(800, 100), pipeline_folder,
+                          epochs=2)
+    monkeypatch.setenv(FAIL_AFTER_EPOCH_ENV, "1")
+    job = train(folder)
+    _, err = job.communicate(timeout=600)
+    assert job.returncode == 1, err[-3000:]
+    assert "multitask train: error: MULTITASK_FAIL_AFTER_EPOCH=1: injected failure" in err
+    assert "Traceback" not in err and "ChildFailedError" not in err, err[-3000:]
+    assert "torchrun stopped the others" in err
 
 
 def free_port() -> int:
@@ -248,7 +304,7 @@ def test_the_sample_pipeline_runs_with_two_processes(tmp_path: Path) -> None:
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     done = repo.run("dvc", "repro", "sample/dvc.yaml", timeout=900)
     log = done.stdout + done.stderr
-    assert log.count("process 1 of 2 (gloo)") == 2, log[-3000:]  # baselines and train
+    assert log.count("process 0 of 2 (gloo)") == 2, log[-3000:]  # baselines and train
     report = json.loads((repo.sample / "reports" / "train.json").read_text())
     assert report["processes"] == 2
     baselines = json.loads((repo.sample / "reports" / "baselines.json").read_text())

@@ -208,6 +208,10 @@ def test_an_unknown_alias_is_one_message_listing_the_aliases(workdir: Path) -> N
                        " check the name and alias (the MLflow UI's Models page lists both), or set "
                        "MLFLOW_TRACKING_URI to the store that holds it")
     assert message.count(store) == 1 and "tracking server" not in message
+    with pytest.raises(ValueError) as caught:  # a version, not an alias
+        tracking.load_model(f"models:/{NAME}/7")
+    assert "; check the name and version (the MLflow UI's Models page lists both)" in \
+        str(caught.value)
     with pytest.raises(ValueError) as caught:  # the registered model's bare name
         tracking.load_model(NAME)
     assert str(caught.value).endswith(

@@ -219,7 +219,8 @@ def _unreachable(what: str, model_uri: str, exc: Exception) -> ValueError:
     message = redact(str(getattr(exc, "message", exc))).splitlines()[0][:500].rstrip(". ")
     server = "" if describe_uri().startswith("sqlite:///") else "that the tracking server is up, "
     if model_uri.startswith("models:/"):
-        named = "the name and alias (the MLflow UI's Models page lists both)"
+        pinned = "alias" if "@" in model_uri else "version"  # models:/<name>/<version>
+        named = f"the name and {pinned} (the MLflow UI's Models page lists both)"
     elif ":" not in model_uri and "/" not in model_uri:  # a bare registered model name?
         named = (f"the URI: a folder, runs:/<run id>/model, or a registered model as "
                  f"models:/{model_uri}@champion (or @challenger, /<version>)")

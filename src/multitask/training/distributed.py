@@ -1,11 +1,11 @@
 """Data-parallel training over ``torch.distributed``: launch, shards and the collective steps.
 
 ``multitask train`` and ``multitask baselines`` with ``train.processes: N > 1`` start themselves
-again under torchrun (``python -m torch.distributed.run --standalone --nproc-per-node N -m
-multitask <stage> ...``), so ``dvc repro`` needs no other command. Started by torchrun directly
-(several hosts: ``--nnodes``, ``--rdzv-endpoint``), they join the group torchrun describes in the
-environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``...). Gloo on the CPU, NCCL on
-CUDA (one device per process: ``cuda:LOCAL_RANK``).
+again under torchrun (``torchrun --standalone --nproc-per-node N -m multitask <stage> ...``,
+run by :func:`torchrun`, which spares the user its traceback), so ``dvc repro`` needs no other
+command. Started by torchrun directly (several hosts: ``--nnodes``, ``--rdzv-endpoint``), they
+join the group torchrun describes in the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``...). Gloo on the CPU, NCCL on CUDA (one device per process: ``cuda:LOCAL_RANK``).
 
 One step on N processes is the one-process step on the same global batch, for every weighting
 method, not only the loss-based ones:
@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -68,10 +69,43 @@ def should_launch(processes: int) -> bool:
     return processes > 1 and not launched()
 
 
+def torchrun_arguments(argv: Sequence[str], processes: int) -> list[str]:
+    """torchrun's arguments on this host starting ``processes`` copies of ``multitask <argv>``."""
+    return ["--standalone", f"--nproc-per-node={processes}", "-m", "multitask", *argv]
+
+
+# torchrun (torch.distributed.run) through :func:`torchrun`: the same launcher, less its traceback
+_TORCHRUN = ("import sys; from multitask.training.distributed import torchrun; "
+             "sys.exit(torchrun(sys.argv[1:]))")
+
+
 def launch_command(argv: Sequence[str], processes: int) -> list[str]:
-    """torchrun on this host starting ``processes`` copies of ``multitask <argv>``."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={processes}", "-m", "multitask", *argv]
+    """The command starting ``processes`` copies of ``multitask <argv>`` under torchrun."""
+    return [sys.executable, "-c", _TORCHRUN, *torchrun_arguments(argv, processes)]
+
+
+def torchrun(arguments: Sequence[str]) -> int:
+    """``torchrun <arguments>``; return its exit code.
+
+    Stopped by a signal (Ctrl-C, which :func:`relaunch` forwards), it exits 128 + the signal's
+    number; when a rank fails, with that rank's exit code. Either way without torchrun's own
+    traceback and table: each rank has already said what happened (``multitask: interrupted``,
+    ``multitask train: error: ...``).
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main
+
+    try:
+        main(list(arguments))
+    except SignalException as exc:
+        return 128 + int(exc.sigval)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        print(f"multitask: process {rank} failed (exit code {failure.exitcode}); torchrun "
+              "stopped the others", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
 
 
 def relaunch(argv: Sequence[str], processes: int) -> int:
@@ -79,15 +113,28 @@ def relaunch(argv: Sequence[str], processes: int) -> int:
 
     Each process gets an equal part of this process's CPUs as intra-op threads (unless
     ``OMP_NUM_THREADS`` is set): ranks that each took every core would spin against each other.
+
+    Ctrl-C here is forwarded to torchrun once (it runs in its own session, so a terminal's
+    Ctrl-C reaches it only this way), which stops the ranks; this process waits for them to
+    mark the run failed and returns 130. A second Ctrl-C kills torchrun (its ranks follow).
     """
     env = dict(os.environ)
     env.setdefault(THREADS_ENV, str(max(1, available_cpus() // processes)))
-    command = launch_command(argv, processes)
-    log.info("starting %d processes: %s (%s=%s)", processes, " ".join(command), THREADS_ENV,
-             env[THREADS_ENV])
+    log.info("starting %d processes: torchrun %s (%s=%s)", processes,
+             " ".join(torchrun_arguments(argv, processes)), THREADS_ENV, env[THREADS_ENV])
     # torchrun stops its ranks on SIGTERM; it gets one if this process is killed
-    return subprocess.run(command, env=env, check=False,
-                          preexec_fn=terminate_with_parent).returncode
+    process = subprocess.Popen(launch_command(argv, processes), env=env,
+                               preexec_fn=terminate_with_parent, start_new_session=True)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        for stop in (signal.SIGINT, signal.SIGKILL):
+            process.send_signal(stop)
+            with contextlib.suppress(KeyboardInterrupt):
+                process.wait()
+                break
+        process.wait()
+        return 130
 
 
 def shard(count: int, rank: int, world: int) -> slice:
