@@ -558,6 +558,7 @@ def test_a_single_objective_delta_m_study_on_three_kinds_signs_the_mae(
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("error:No complete tensor found in the group:UserWarning")
 def test_the_trained_three_kind_model_predicts_each_kinds_answer(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

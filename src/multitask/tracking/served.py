@@ -25,6 +25,7 @@ checks that before anything is loaded). ``mlflow models serve --env-manager loca
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -152,7 +153,14 @@ def save_model(path: str, mlflow_model: Any, *, program: Any, task_names: list[s
 
     folder = Path(path)
     (folder / DATA_DIR).mkdir(parents=True, exist_ok=True)
-    torch.export.save(program, str(folder / DATA_DIR / PROGRAM_FILE))
+    with warnings.catch_warnings():
+        # Weights that share one storage with none covering it all (a view's base is not a
+        # weight) make torch warn "No complete tensor found in the group", a risk for weights
+        # off the CPU only: it writes the first one's whole storage, which holds every view,
+        # and the program is saved from a CPU copy (see log_model).
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group",
+                                category=UserWarning)
+        torch.export.save(program, str(folder / DATA_DIR / PROGRAM_FILE))
     mlflow_model.signature = signature
     _save_example(mlflow_model, input_example, str(folder))
     mlflow.pyfunc.add_to_model(
