@@ -182,3 +182,36 @@ def test_what_the_file_system_refuses_is_one_line_naming_the_path(
     err = capsys.readouterr().err
     assert err.startswith("multitask check: error: ") and str(tmp_path / "reports") in err
     assert "Traceback" not in err
+
+
+def test_check_warns_when_imagenet_weights_would_need_a_download(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline, the download fails in baselines, after DVC removed its outputs: check says
+    beforehand which file is missing, where it goes and where it comes from."""
+    from multitask.cli import main
+    from multitask.models.pretrained import hub_path, imagenet_source
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
+    params["model"].update({"backbone": "resnet18", "pretrained": "imagenet"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data").mkdir()
+    shutil.copy(ROOT / "sample" / "data" / "sources.yaml", tmp_path / "data" / "sources.yaml")
+    member, url = imagenet_source("resnet18")
+    cached = hub_path(url)
+    assert cached.parent == tmp_path / "torch" / "hub" / "checkpoints"
+
+    def check_warnings() -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="multitask.data.sources"):
+            assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 0
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    assert check_warnings() == [
+        f"model.pretrained: imagenet: {cached.name} ({member}) is not in {cached.parent} yet; "
+        f"baselines will download it from {url}. Offline, download it where there is internet "
+        "and put it there under that name (the folder follows TORCH_HOME)"]
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"weights")  # there: check reads no more (baselines verifies it)
+    assert check_warnings() == []

@@ -131,6 +131,11 @@ def cache_folder() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def hub_path(url: str) -> Path:
+    """Where torch.hub's cache keeps the file ``url`` names (torchvision's file name)."""
+    return cache_folder() / Path(urlparse(url).path).name
+
+
 def hash_prefix(file_name: str) -> str | None:
     """The sha256 prefix torchvision writes into its file names (``resnet18-f37072fd.pth``)."""
     match = torch.hub.HASH_REGEX.search(file_name)
@@ -146,9 +151,8 @@ def download_weights(url: str, *, progress: bool = True) -> Path:
     way (torch.hub trusts it). Offline, or any failed download: :class:`MissingWeightsError`
     naming the file, the folder and the URL.
     """
-    name = Path(urlparse(url).path).name
-    folder = cache_folder()
-    path = folder / name
+    path = hub_path(url)
+    folder, name = path.parent, path.name
     prefix = hash_prefix(name)
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
