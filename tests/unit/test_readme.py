@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 
 from multitask.layout import Layout
 
@@ -109,3 +110,24 @@ def test_comparisons_over_seeds_come_first_with_their_plots(
     assert "| 1 | `equal` | `train.weighting=equal` | 0.8000 ± 0.0100 |" in rendered
     assert "(reports/comparisons/methods/comparison.png)" in rendered
     assert rendered.index("comparison.png") < rendered.index("**One seed, before comparisons")
+
+
+def _readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n### {title}\n")
+    return text[start:text.index("\n#", start + 1)]
+
+
+def test_the_dvc_remote_section_names_every_cached_report_json() -> None:
+    """README says reports/*.json are `cache: false` and committed to git, so a cached one
+    (pushed and pulled, absent from a fresh clone until `dvc pull`) must be named as pushed."""
+    section = _readme_section("A DVC remote: data, models and the tuning journal")
+    for dvc_yaml in ("dvc.yaml", "sample/dvc.yaml"):
+        stages = yaml.safe_load((ROOT / dvc_yaml).read_text())["stages"]
+        cached = [name for stage in stages.values() for out in stage.get("outs", [])
+                  for name, options in ([(out, {})] if isinstance(out, str) else out.items())
+                  if name.startswith("reports/") and name.endswith(".json")
+                  and (options or {}).get("cache", True)]
+        assert cached, f"{dvc_yaml}: no cached reports/*.json (update this test)"
+        for name in cached:
+            assert f"`{name}`" in section, f"{dvc_yaml}: {name} is cached but not named"

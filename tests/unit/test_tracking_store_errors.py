@@ -7,14 +7,19 @@
 2. Local SQLite stores that cannot be used (a real file that is not a database, a folder, a
    parent that is a file, a folder nobody may write in): the error names the URI and the cause,
    and the file is left as it was.
+3. ``predict`` against a server that refuses connections says it is unreachable, as
+   ``registry`` does; a server (or proxy) that answers 401 is said to refuse the credentials,
+   not to be down.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +51,32 @@ def refused_port() -> Iterator[int]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def unauthorized_port() -> Iterator[int]:
+    """A port on 127.0.0.1 whose HTTP server answers every request 401, as a server behind an
+    authenticating proxy answers wrong credentials."""
+    class Unauthorized(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+            self.end_headers()
+            self.wfile.write(b"Unauthorized")
+
+        do_POST = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unauthorized)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def run(*argv: str) -> int:
@@ -157,3 +188,39 @@ def test_the_repository_store_that_is_a_folder_says_it_is_the_default(
     assert (f"MLflow store sqlite:///{pipeline}/mlflow.db: {pipeline}/mlflow.db is a folder, not "
             "an SQLite file; this is the repository's own store (mlflow.db at its root)"
             ) in capsys.readouterr().err
+
+
+def test_predict_names_an_unreachable_server_as_registry_does(
+        tmp_path: Path, refused_port: int, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{refused_port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    image = tmp_path / "image.npy"
+    image.write_bytes(b"")  # never read: the model is fetched first
+    assert main(["predict", "--model", "models:/multifashion@champion", str(image)]) == 1
+    err = capsys.readouterr().err
+    assert (f"multitask predict: error: cannot load model models:/multifashion@champion: "
+            f"MLflow tracking server http://alice:***@127.0.0.1:{refused_port} is unreachable "
+            "(connection refused); check that the server is running and that "
+            "MLFLOW_TRACKING_URI names it") in err
+    assert "s3cret" not in err and "Max retries" not in err
+
+
+def test_refused_credentials_are_named_not_a_server_that_is_down(
+        pipeline: Path, unauthorized_port: int, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI",
+                       f"http://alice:wrong@127.0.0.1:{unauthorized_port}")
+    server = f"MLflow tracking server http://alice:***@127.0.0.1:{unauthorized_port}"
+    advice = ("refused the credentials (HTTP 401); check the user name and password in "
+              "MLFLOW_TRACKING_URI (or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)")
+    for command in (("registry",), ("promote", "--status")):
+        assert run(*command) == 1
+        err = capsys.readouterr().err
+        assert f"multitask {command[0]}: error: {server} {advice}" in err
+        assert "server is up" not in err and "wrong" not in err
+    assert main(["predict", "--model", "models:/multifashion@champion",
+                 str(pipeline / "params.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot load model models:/multifashion@champion: {server} {advice}" in err

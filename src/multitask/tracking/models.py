@@ -27,6 +27,7 @@ from multitask.tracking.store import (
     client,
     describe_uri,
     fail_pending_models,
+    server_problem,
     store_errors,
 )
 
@@ -216,6 +217,9 @@ def _unreachable(what: str, model_uri: str, exc: Exception) -> ValueError:
     reason, the aliases the registered model has (for a ``models:/<name>@<alias>`` URI), and
     what to check: the name and alias, a tracking server's being up, or which store
     ``$MLFLOW_TRACKING_URI`` names."""
+    problem = server_problem(exc)
+    if problem is not None:
+        return ValueError(f"{what}: {problem}")
     message = redact(str(getattr(exc, "message", exc))).splitlines()[0][:500].rstrip(". ")
     server = "" if describe_uri().startswith("sqlite:///") else "that the tracking server is up, "
     if model_uri.startswith("models:/"):

@@ -7,7 +7,8 @@ in ``<repo>/mlartifacts/``. ``<repo>`` is the original repository, also for the 
 
 A store that cannot serve is one :class:`StoreError` line naming it (credentials masked), the
 cause and what to check: a tracking server that does not answer (refused, unknown host, timed
-out), a SQLite path that is a folder, not a database, or in a folder that cannot be written.
+out) or refuses the credentials (HTTP 401 or 403), a SQLite path that is a folder, not a
+database, or in a folder that cannot be written.
 :func:`read_only_requests` bounds MLflow's HTTP retries (unless the user set them) for commands
 that only read, so an unreachable server is reported in seconds.
 
@@ -83,14 +84,29 @@ def _failures() -> tuple[type[Exception], ...]:
     return MlflowException, RequestException, SQLAlchemyError
 
 
-def _store_error(exc: BaseException) -> StoreError:
-    """The :class:`StoreError` for ``exc``: an unreachable server says so, anything else gives
-    the store's own reason (first line)."""
+def server_problem(exc: BaseException) -> str | None:
+    """What to tell about ``exc`` when the tracking server did not answer or refused the
+    credentials (HTTP 401 or 403, from a server or proxy that authenticates users), naming it
+    (password masked) and what to check; None for any other failure."""
     unreachable = _unreachable_reason(exc)
     if unreachable is not None:
-        return StoreError(f"MLflow tracking server {describe_uri()} is unreachable "
-                          f"({unreachable}); check that the server is running and that "
-                          f"{URI_ENV} names it")
+        return (f"MLflow tracking server {describe_uri()} is unreachable ({unreachable}); "
+                f"check that the server is running and that {URI_ENV} names it")
+    status = getattr(exc, "get_http_status_code", lambda: None)()
+    if status in (401, 403):
+        return (f"MLflow tracking server {describe_uri()} refused the credentials (HTTP "
+                f"{status}); check the user name and password in {URI_ENV} (or "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD) and that this user "
+                "may use the server")
+    return None
+
+
+def _store_error(exc: BaseException) -> StoreError:
+    """The :class:`StoreError` for ``exc``: an unreachable server or refused credentials say
+    so, anything else gives the store's own reason (first line)."""
+    problem = server_problem(exc)
+    if problem is not None:
+        return StoreError(problem)
     message = (redact(str(getattr(exc, "message", exc))).splitlines() or ["no reason given"]
                )[0][:500]
     server = "" if describe_uri().startswith("sqlite:") else " and that the tracking server is up"
