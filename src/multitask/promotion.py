@@ -210,7 +210,7 @@ def _common_reference(candidate: Scores, champion: Scores) -> tuple[float, float
 
 def model_name(params: Params) -> str:
     """The registered model: ``promote.model_name``, else the experiment (the data set)."""
-    return params.promote.model_name or params.tracking.experiment or params.data.dataset
+    return params.promote.model_name or tracking.experiment_name(params)
 
 
 def _version_metrics(version: tracking.ModelVersion) -> dict[str, float]:
@@ -342,7 +342,7 @@ def _promote(params: Params, layout: Layout, *, run_id: str | None, dry_run: boo
     against = f" against champion v{champion_version.version}" if champion_version else ""
     lines = [f"candidate: run {run_id}{against} ({name})", *(f"  {r}" for r in decision.reasons)]
     logged_in = tracking.client(create=False).get_experiment(run.info.experiment_id).name
-    expected = params.tracking.experiment or params.data.dataset
+    expected = tracking.experiment_name(params)
     if logged_in != expected:  # --run-id of another pipeline's run, or --params of another
         lines.insert(1, f"  note: the run was logged in experiment {logged_in!r}, not "
                         f"{expected!r} ({params.source}'s); check --run-id and --params")

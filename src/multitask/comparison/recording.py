@@ -23,8 +23,9 @@ def parent_run(name: str, params: Params) -> str | None:
         log.info("tracking.enabled is false: no MLflow parent run")
         return None
     from multitask.tracking.groups import comparison_run
+    from multitask.tracking.runs import experiment_name
 
-    return comparison_run(params.tracking.experiment or params.data.dataset, name)
+    return comparison_run(experiment_name(params), name)
 
 
 def _interval_metrics(prefix: str, summary_: dict[str, Any]) -> dict[str, float]:

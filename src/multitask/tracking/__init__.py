@@ -32,7 +32,14 @@ from multitask.tracking.registry import (
     version_by_alias,
     versions_of_run,
 )
-from multitask.tracking.runs import DATA_TAG, StageRun, nested_run, rerun_of, stage_run
+from multitask.tracking.runs import (
+    DATA_TAG,
+    StageRun,
+    experiment_name,
+    nested_run,
+    rerun_of,
+    stage_run,
+)
 from multitask.tracking.store import (
     ARTIFACT_DIR,
     STORE_FILE,
@@ -72,6 +79,7 @@ __all__ = [
     "end_orphaned_runs",
     "end_run",
     "experiment_id",
+    "experiment_name",
     "fetch_checked_model",
     "filter_literal",
     "get_run",

@@ -127,8 +127,8 @@ class StageRun:
             return
         from mlflow.entities import Param
 
-        client().log_batch(self.run_id, params=[Param(k, param_value(v))
-                                                for k, v in params.items()])
+        client().log_batch(self.run_id, params=[Param(k, v)
+                                                for k, v in logged_params(params).items()])
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None
                      ) -> None:
@@ -218,6 +218,18 @@ def _sigterm_raises() -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
+def experiment_name(params: Params) -> str:
+    """The MLflow experiment a pipeline's runs go to: ``tracking.experiment``, else the data
+    set's name."""
+    return params.tracking.experiment or params.data.dataset
+
+
+def logged_params(flat: dict[str, Any]) -> dict[str, str]:
+    """Flattened params as a run records them: spelt as ``params.yaml`` spells them (true,
+    null, [1, 2])."""
+    return {key: param_value(value) for key, value in flat.items()}
+
+
 def stage_run_name(stage: str) -> str | None:
     """A new run's name: the DVC experiment's for ``train`` (the run a user compares), with the
     stage after it for the others (``exp-3f2a1 tune``), so the table of runs does not show
@@ -291,7 +303,7 @@ def stage_run(params: Params, stage: str, run_id: str | None = None) -> Iterator
     guarded = False
     try:
         if run_id is None:
-            experiment = experiment_id(params.tracking.experiment or params.data.dataset)
+            experiment = experiment_id(experiment_name(params))
             end_orphaned_runs(experiment, stage)
             active = mlflow.start_run(
                 experiment_id=experiment,
@@ -330,8 +342,8 @@ def rerun_of(params: Params, stage: str, tags: dict[str, str]) -> str | None:
     adding an empty copy beside the run that holds the work."""
     if not params.tracking.enabled:
         return None
-    experiment = experiment_id(params.tracking.experiment or params.data.dataset)
-    wanted = {k: param_value(v) for k, v in flatten(params).items()}
+    experiment = experiment_id(experiment_name(params))
+    wanted = logged_params(flatten(params))
     found = client().search_runs(  # tags compared here: a study's name has ( , # in it
         [experiment], max_results=50, order_by=["attributes.start_time DESC"],
         filter_string=f"attributes.status = 'FINISHED' and tags.stage = {filter_literal(stage)}")
