@@ -388,11 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_rank() -> int:
-    """``logging.WARNING`` in a data-parallel process other than its host's first (torchrun's
-    ``LOCAL_RANK`` above 0), else 0: every process logs the same epochs, so one of them says
-    them (and that it was interrupted); the others still report warnings and errors."""
-    return logging.WARNING if os.environ.get("LOCAL_RANK", "0") not in ("", "0") else 0
+def _first_on_host() -> bool:
+    """Whether this is its host's first process (torchrun's ``LOCAL_RANK`` 0, or not under
+    torchrun). Every data-parallel process logs the same epochs, so the first one says them
+    (and that it was interrupted); the others report warnings and errors only."""
+    return os.environ.get("LOCAL_RANK", "0") in ("", "0")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     policy = choose_wait_policy()
     malloc = keep_freed_memory()
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else _quiet_rank() or logging.INFO,
+        level=(logging.DEBUG if args.verbose
+               else logging.INFO if _first_on_host() else logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
@@ -425,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         function = getattr(importlib.import_module(module_name), function_name)
         return int(command.call(function, args) or 0)
     except KeyboardInterrupt:
-        if not _quiet_rank():
+        if _first_on_host():
             print("multitask: interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, RuntimeError) as exc:
