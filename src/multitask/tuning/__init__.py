@@ -54,7 +54,12 @@ from multitask.tuning.reports import (
     write_snapshot,
 )
 from multitask.tuning.space import SearchSpace, simplex_weights
-from multitask.tuning.storage import FINISHED, StudyStorage, count_states, fail_stale_trials
+from multitask.tuning.storage import (
+    StudyStorage,
+    count_states,
+    fail_stale_trials,
+    finished_count,
+)
 from multitask.tuning.study import make_pruner, make_sampler, open_study, setup
 from multitask.tuning.trials import describe_choice, validation_baselines
 from multitask.tuning.workers import run_workers
@@ -109,7 +114,7 @@ def tune(params: Params, layout: Layout, *, workers: int | None = None,
     study_tags = {"optuna.study": study.study_name, "optuna.storage": storage.describe()}
     # no trial left to run (DVC reran the stage, the study is done): the study's last run
     # (with these params) is reopened rather than an empty one added beside it in the UI
-    done = sum(counts[state.name] for state in FINISHED) >= n_trials
+    done = finished_count(counts) >= n_trials
     earlier = tracking.rerun_of(params, "tune", study_tags) if done else None
     with tracking.stage_run(params, "tune", run_id=earlier) as run:
         run.set_tags(study_tags)

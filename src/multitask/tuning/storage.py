@@ -370,6 +370,12 @@ def fail_stale_trials(study: optuna.Study, storage: StudyStorage,
     return failed
 
 
+def finished_count(counts: dict[str, int]) -> int:
+    """The trials that count towards ``n_trials`` (complete or pruned) in :func:`count_states`'s
+    counts."""
+    return sum(counts[state.name] for state in FINISHED)
+
+
 def count_states(study: optuna.Study) -> dict[str, int]:
     counts = {state.name: 0 for state in TrialState}
     for trial in study.get_trials(deepcopy=False):

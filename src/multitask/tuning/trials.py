@@ -24,11 +24,11 @@ from multitask.training.metrics import delta_m
 from multitask.tuning.space import trial_config
 from multitask.tuning.storage import (
     DIVERGED_ATTR,
-    FINISHED,
     VALUES_ATTR,
     StudyStorage,
     claim_trial,
     count_states,
+    finished_count,
 )
 from multitask.tuning.study import Setup, open_study
 from multitask.weighting import build_weighting
@@ -194,7 +194,7 @@ def run_worker(setup: Setup, storage: StudyStorage, n_trials: int, worker: int,
             trial = claim_trial(study, storage, n_trials, setup.params.tracking.enabled)
             if trial is None:
                 counts = count_states(study)
-                if sum(counts[state.name] for state in FINISHED) >= n_trials:
+                if finished_count(counts) >= n_trials:
                     break
                 if not waiting:  # the study is not done until they finish or are replaced
                     log.info("worker %d: waiting for %d trial(s) running in other workers "

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from multitask.config import load_params
 from multitask.layout import Layout
 from multitask.processes import die_with_parent
-from multitask.tuning.storage import FINISHED, StudyStorage, count_states
+from multitask.tuning.storage import StudyStorage, count_states, finished_count
 from multitask.tuning.study import Setup, setup
 from multitask.tuning.trials import run_worker
 
@@ -114,7 +114,7 @@ def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tria
                 workers: int, parent_run_id: str | None) -> None:
     """Run the study to ``n_trials`` with ``workers`` processes, a progress bar over trials."""
     def finished() -> int:
-        return sum(count_states(study)[state.name] for state in FINISHED)
+        return finished_count(count_states(study))
 
     remaining = n_trials - finished()
     bar = tqdm(total=n_trials, initial=n_trials - max(remaining, 0), desc="tune",
