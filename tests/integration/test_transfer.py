@@ -3,6 +3,7 @@ read back from a real MLflow SQLite store through ``model.pretrained: models:/<n
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from multitask.layout import Layout
 from multitask.models import build_model
 from multitask.pretraining import resolve_start
 from multitask.tasks import Task
-from multitask.training import session
+from multitask.training import session, stages
 from multitask.training.data import ProcessedData
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +94,42 @@ def test_heads_start_fresh_unless_reuse_heads(workdir: Path) -> None:
                                     data=data, start=resolve_start(params, Layout(workdir)))
     assert torch.equal(network.encoder.fc[0].weight, source.encoder.fc[0].weight)
     assert not torch.equal(network.heads["left"][0].weight, source.heads["left"][0].weight)
+
+
+def test_the_train_run_records_which_heads_started_from_the_weights(workdir: Path) -> None:
+    torch.manual_seed(11)
+    source = build_model(load_params("params.yaml").model,
+                         [Task("left", 10), Task("elsewhere", 10)], 1, 36).eval()
+    uri = registered(source, ["left", "elsewhere"], "lenet")
+    with_model(workdir / "params.yaml", pretrained=uri, reuse_heads=True)
+    raw = yaml.safe_load((workdir / "params.yaml").read_text())
+    raw["train"].update(epochs=1, weighting="equal", diagnostics_every=0)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(raw))
+    layout = Layout(workdir)
+    stages.train(load_params("params.yaml"), layout)
+
+    record = json.loads(layout.train_json.read_text())
+    assert record["pretrained"]["reused_heads"] == ["left"]  # "right" is not in the source
+    tags = tracking.client().get_run(record["run_id"]).data.tags
+    assert tags[stages.REUSED_HEADS_TAG] == "left"
+    assert tags[stages.PRETRAINED_ORIGIN_TAG] == record["pretrained"]["origin"]
+
+
+def test_without_reuse_heads_the_record_names_no_heads(workdir: Path) -> None:
+    source = build_model(load_params("params.yaml").model,
+                         [Task("left", 10), Task("right", 10)], 1, 36).eval()
+    uri = registered(source, ["left", "right"], "lenet")
+    with_model(workdir / "params.yaml", pretrained=uri)
+    params = load_params("params.yaml")
+    start = resolve_start(params, Layout(workdir))
+    data = ProcessedData(Layout(workdir).processed_dir, torch.device("cpu"))
+    network = session.build_network(params.model, seed=0, tasks=tasks_from_meta(data.meta),
+                                    data=data, start=start)
+    assert session.reused_heads(params.model, network, start) is None
+    assert session.start_record(start, None) == {"origin": start.origin, "sha256": start.sha256}
+    with_model(workdir / "params.yaml", pretrained=uri, reuse_heads=True)
+    assert session.reused_heads(load_params("params.yaml").model, network, start) == [
+        "left", "right"]
 
 
 def test_an_unknown_alias_is_a_clear_error(workdir: Path) -> None:

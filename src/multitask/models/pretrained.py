@@ -346,22 +346,30 @@ def load_encoder(encoder: nn.Module, weights: EncoderWeights, *,
 
 
 def load_heads(model: nn.Module, weights: EncoderWeights) -> list[str]:
-    """``model.reuse_heads``: copy each head whose task name and shapes match ``weights.heads``;
+    """``model.reuse_heads``: copy each head :func:`matching_heads` finds from ``weights.heads``;
     the names of the reused heads (the others keep their fresh initialisation)."""
+    reused = matching_heads(model, weights)
+    for task, head in model.heads.items():
+        if task in reused:
+            head.load_state_dict(weights.heads[task])
+        elif task in weights.heads:
+            log.info("head %s not reused: its shapes differ from %s's", task, weights.origin)
+    return reused
+
+
+def matching_heads(model: nn.Module, weights: EncoderWeights) -> list[str]:
+    """The tasks of ``model`` whose head ``weights`` holds under the same task name with the
+    same parameter names and shapes, in ``model``'s order: what ``model.reuse_heads`` reuses."""
     heads = getattr(model, "heads", None)
     if not isinstance(heads, nn.ModuleDict):
         raise WeightsError(f"model.reuse_heads: the {getattr(model, 'name', 'given')} "
                            f"architecture has no per-task heads to reuse; use hps or "
                            f"cross_stitch, or set reuse_heads: false")
-    reused = []
+    matching = []
     for task, head in heads.items():
         saved = weights.heads.get(task)
-        if saved is None:
-            continue
         own = head.state_dict()
-        if saved.keys() == own.keys() and all(saved[k].shape == v.shape for k, v in own.items()):
-            head.load_state_dict(saved)
-            reused.append(task)
-        else:
-            log.info("head %s not reused: its shapes differ from %s's", task, weights.origin)
-    return reused
+        if saved is not None and saved.keys() == own.keys() and all(
+                saved[k].shape == v.shape for k, v in own.items()):
+            matching.append(task)
+    return matching

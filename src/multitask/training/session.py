@@ -38,6 +38,7 @@ from multitask.models.pretrained import (
     WeightsError,
     load_encoder,
     load_heads,
+    matching_heads,
     read_payload,
 )
 from multitask.tasks import Task
@@ -102,9 +103,25 @@ def build_network(model: ModelConfig, seed: int, tasks: list[Task], data: Proces
     return network
 
 
-def start_record(start: EncoderWeights | None) -> dict[str, str] | None:
-    """Where a network's encoder started: ``{"origin": ..., "sha256": ...}`` or None (random)."""
-    return None if start is None else {"origin": start.origin, "sha256": start.sha256}
+def start_record(start: EncoderWeights | None, reused_heads: list[str] | None = None
+                 ) -> dict[str, Any] | None:
+    """Where a network's encoder started: ``{"origin": ..., "sha256": ...}`` or None (random);
+    with ``reused_heads`` (see :func:`reused_heads`) also the heads that started there."""
+    if start is None:
+        return None
+    record: dict[str, Any] = {"origin": start.origin, "sha256": start.sha256}
+    if reused_heads is not None:
+        record["reused_heads"] = reused_heads
+    return record
+
+
+def reused_heads(model: ModelConfig, network: MultiTaskModel, start: EncoderWeights | None
+                 ) -> list[str] | None:
+    """The tasks whose heads :func:`build_network` started from ``start`` (``model.reuse_heads``;
+    possibly none match); None when heads were not to be reused."""
+    if start is None or not model.reuse_heads:
+        return None
+    return matching_heads(network, start)
 
 
 def weights_method(weights: Mapping[str, float], tasks: list[Task], where: str | Path

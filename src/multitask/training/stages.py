@@ -181,6 +181,7 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
 # ------------------------------------------------------------------------------------- train
 PRETRAINED_ORIGIN_TAG = "multitask.pretrained.origin"
 PRETRAINED_SHA256_TAG = "multitask.pretrained.sha256"
+REUSED_HEADS_TAG = "multitask.pretrained.reused_heads"
 
 
 def pretrained_tags(start: EncoderWeights | None) -> dict[str, str]:
@@ -260,6 +261,9 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
                       pixel_std=data.std, tasks=served, resize=data.meta.get("resize"),
                       class_names={t.name: list(t.class_names) for t in served
                                    if t.class_names})
+        reused = session.reused_heads(params.model, fitted.model, start)
+        if reused is not None:  # model.reuse_heads: which heads the start held
+            run.set_tags({REUSED_HEADS_TAG: ", ".join(reused) or "none"})
         final = fitted.kept  # with early stopping the best validation epoch, else the last
         if fitted.selection is not None:
             run.set_tags({f"early_stopping.{k}": str(v) for k, v in fitted.selection.items()})
@@ -277,7 +281,7 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
             # the baselines' count: DVC's run cache may restore them from a run at another
             "baselines_threads": baselines_threads(layout),
             "processes": world,
-            "pretrained": session.start_record(start),  # None: random initialisation
+            "pretrained": session.start_record(start, reused),  # None: random initialisation
             "seconds": round(seconds, 1),
             "train_images_per_s": round(float(np.median(
                 [r[keys.TRAIN_IMAGES_PER_S] for r in fitted.history])), 1),
