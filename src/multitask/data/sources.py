@@ -162,7 +162,7 @@ def check(params: Params, layout: Layout) -> None:
                         "changes in place. Add it to the deps of each, or give changed weights "
                         "a new file name", weights, in_words(stages), layout.dvc_yaml)
     if params.model.pretrained_kind == "imagenet":  # else found missing offline, too late
-        missing_imagenet_weights(params.model.backbone)
+        warn_if_imagenet_weights_missing(params.model.backbone)
     check_processes(select_device(params.train.device, params.source), params.train.processes,
                     params.source)
     layout.params_check.parent.mkdir(parents=True, exist_ok=True)
@@ -171,19 +171,18 @@ def check(params: Params, layout: Layout) -> None:
     log.info("%s and %s: valid", params.source, layout.sources)
 
 
-def missing_imagenet_weights(backbone: str) -> bool:
+def warn_if_imagenet_weights_missing(backbone: str) -> None:
     """Warn when ``model.pretrained: imagenet`` weights are not in torch.hub's cache yet: the
     first stage to start from them downloads them, which fails offline after DVC has removed
     that stage's outputs. Whether the download will work is not knowable here."""
     member, url = imagenet_source(backbone)
     path = hub_path(url)
     if path.is_file():
-        return False
+        return
     log.warning("model.pretrained: imagenet: %s (%s) is not in %s yet; baselines will download "
                 "it from %s. Offline, download it where there is internet and put it there "
                 "under that name (the folder follows TORCH_HOME)", path.name, member,
                 path.parent, url)
-    return True
 
 
 def file_sha256(path: str | Path, kind: DigestKind) -> str:
