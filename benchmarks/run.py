@@ -21,6 +21,7 @@ import torch
 from multitask.allocator import keep_freed_memory
 from multitask.device import cpu_model
 from multitask.io import write_json
+from multitask.processes import sigterm_raises
 
 RESULTS = Path("reports/benchmarks.json")
 
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help=f"subset of: {', '.join(available())}")
     args = parser.parse_args()
     names = args.names or available()
+    sigterm_raises()  # as Ctrl-C: temporary folders removed, child processes stopped
     malloc = keep_freed_memory()  # as the multitask command does: benchmarks measure what it runs
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     machine = {

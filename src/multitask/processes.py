@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HOST = socket.gethostname()
 log = logging.getLogger(__name__)
@@ -104,3 +105,18 @@ def terminate_with_parent() -> None:
     (Linux ``PR_SET_PDEATHSIG``; elsewhere nothing)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def sigterm_raises() -> Callable[[], None]:
+    """Turn SIGTERM into ``SystemExit(143)``, so that ``finally`` blocks and context managers
+    run as after Ctrl-C (runs end FAILED, temporary folders go, child processes are stopped);
+    return the undo. Only the main thread may set a handler: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    return lambda: signal.signal(signal.SIGTERM, previous)

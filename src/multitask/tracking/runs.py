@@ -17,8 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from multitask.config import Params, flatten
+from multitask.processes import sigterm_raises
 from multitask.tracking.models import MODEL_URI_TAG, log_model
 from multitask.tracking.orphans import end_orphaned_runs, owner_tags
 from multitask.tracking.provenance import run_tags
@@ -205,19 +204,6 @@ def _dataset_identity(meta: dict[str, Any]) -> tuple[str, str]:
     return str(meta.get("dataset", "processed")), str(meta["sha256"])[:32]
 
 
-def _sigterm_raises() -> Callable[[], None]:
-    """Turn SIGTERM into ``SystemExit(143)`` so the run can end FAILED; return the undo."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def terminate(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
-    return lambda: signal.signal(signal.SIGTERM, previous)
-
-
 def experiment_name(params: Params) -> str:
     """The MLflow experiment a pipeline's runs go to: ``tracking.experiment``, else the data
     set's name."""
@@ -299,7 +285,7 @@ def stage_run(params: Params, stage: str, run_id: str | None = None) -> Iterator
     # SIGTERM raises from before the run exists, and the run is guarded from the moment it
     # does: a signal while its params are logged must not leave it RUNNING (SIGTERM) or let
     # MLflow's exit hook end it FINISHED (Ctrl-C).
-    restore_sigterm = _sigterm_raises()
+    restore_sigterm = sigterm_raises()  # so the run can end FAILED
     guarded = False
     try:
         if run_id is None:

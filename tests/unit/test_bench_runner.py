@@ -1,0 +1,50 @@
+"""benchmarks/run.py, the runner of ``make bench``: which benchmarks it accepts, where it
+writes, and what an interrupted run leaves behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # benchmarks/ is a package of the repository, not installed
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import tool_env  # noqa: E402
+
+# A benchmark that gets SIGTERM while it holds something to clean up (a temporary folder, a
+# child process): argv: the marker its cleanup writes, the results file.
+TERMINATED = """
+import os, signal, sys, time, types
+from pathlib import Path
+from benchmarks import run
+
+marker, results = Path(sys.argv[1]), Path(sys.argv[2])
+
+def terminated():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    finally:
+        marker.write_text("cleaned up")
+
+module = types.ModuleType("benchmarks.bench_terminated")
+module.run = terminated
+sys.modules[module.__name__] = module
+run.available = lambda: ["terminated"]
+run.RESULTS = results
+sys.argv = ["run.py", "terminated"]
+run.main()
+"""
+
+
+def test_sigterm_mid_benchmark_cleans_up_and_keeps_the_results(tmp_path: Path) -> None:
+    marker, results = tmp_path / "cleaned", tmp_path / "benchmarks.json"
+    results.write_text('{"data": {"rows": []}}\n')
+    done = subprocess.run([sys.executable, "-c", TERMINATED, str(marker), str(results)],
+                          cwd=ROOT, env={**tool_env(), "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143, done.stderr  # SystemExit(128 + SIGTERM), not killed
+    assert marker.read_text() == "cleaned up"
+    assert results.read_text() == '{"data": {"rows": []}}\n'
