@@ -30,10 +30,14 @@ def available() -> list[str]:
     return sorted(p.stem.removeprefix("bench_") for p in Path(__file__).parent.glob("bench_*.py"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Run benchmarks; results in " + str(RESULTS))
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run",
+                                     description="Run benchmarks; results in " + str(RESULTS))
     parser.add_argument("names", nargs="*", help=f"subset of: {', '.join(available())}")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if unknown := [name for name in args.names if name not in available()]:
+        parser.error(f"no benchmark named {', '.join(unknown)} (benchmarks/bench_<name>.py); "
+                     f"choose from: {', '.join(available())}")
     names = args.names or available()
     sigterm_raises()  # as Ctrl-C: temporary folders removed, child processes stopped
     malloc = keep_freed_memory()  # as the multitask command does: benchmarks measure what it runs

@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # benchmarks/ is a package of the repository, not installed
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import run  # noqa: E402
 from benchmarks.common import tool_env  # noqa: E402
 
 # A benchmark that gets SIGTERM while it holds something to clean up (a temporary folder, a
@@ -48,3 +51,16 @@ def test_sigterm_mid_benchmark_cleans_up_and_keeps_the_results(tmp_path: Path) -
     assert done.returncode == 143, done.stderr  # SystemExit(128 + SIGTERM), not killed
     assert marker.read_text() == "cleaned up"
     assert results.read_text() == '{"data": {"rows": []}}\n'
+
+
+def test_an_unknown_name_is_refused_before_any_benchmark_runs(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run.importlib, "import_module", lambda name: pytest.fail(f"ran {name}"))
+    monkeypatch.setattr(sys, "argv", ["run.py", "data", "tracknig"])
+    with pytest.raises(SystemExit) as exit_:
+        run.main()
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "usage: python -m benchmarks.run" in error
+    assert "no benchmark named tracknig" in error
+    assert "choose from: allocator, backbones, ci, cli" in error and "tracking" in error
