@@ -18,12 +18,14 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import ROOT
 from multitask.allocator import keep_freed_memory
 from multitask.device import cpu_model
 from multitask.io import write_json
+from multitask.layout import Layout
 from multitask.processes import sigterm_raises
 
-RESULTS = Path("reports/benchmarks.json")
+RESULTS = Layout(ROOT).benchmarks_json  # the checkout's, wherever the command is started
 
 
 def available() -> list[str]:

@@ -15,6 +15,7 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a package of the repository, not
 
 from benchmarks import run  # noqa: E402
 from benchmarks.common import tool_env  # noqa: E402
+from multitask.layout import Layout  # noqa: E402
 
 # A benchmark that gets SIGTERM while it holds something to clean up (a temporary folder, a
 # child process): argv: the marker its cleanup writes, the results file.
@@ -64,3 +65,8 @@ def test_an_unknown_name_is_refused_before_any_benchmark_runs(
     assert "usage: python -m benchmarks.run" in error
     assert "no benchmark named tracknig" in error
     assert "choose from: allocator, backbones, ci, cli" in error and "tracking" in error
+
+
+def test_results_go_to_the_checkouts_reports_from_any_folder() -> None:
+    assert run.RESULTS.is_absolute()
+    assert Layout(ROOT).benchmarks_json == run.RESULTS  # what scripts/update_readme.py reads
