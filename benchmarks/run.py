@@ -15,6 +15,7 @@ import importlib
 import json
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,6 +31,17 @@ RESULTS = Layout(ROOT).benchmarks_json  # the checkout's, wherever the command i
 
 def available() -> list[str]:
     return sorted(p.stem.removeprefix("bench_") for p in Path(__file__).parent.glob("bench_*.py"))
+
+
+def shown(row: dict[str, Any]) -> str:
+    """A row as the runner prints it: value, unit, target and whether it was met, or why
+    there is no value."""
+    if row.get("value") is None:
+        why = row.get("skipped") or row.get("error") or row.get("note") or "no reason given"
+        return f"not measured ({why})"
+    status = "" if "ok" not in row else ("  ok" if row["ok"] else "  MISSED")
+    target = f" (target {row['target']})" if "target" in row else ""
+    return f"{row['value']} {row['unit']}{target}{status}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,9 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             print("  no rows on this machine; earlier results kept", flush=True)
             continue
         for row in rows:
-            status = "" if "ok" not in row else ("  ok" if row["ok"] else "  MISSED")
-            target = f" (target {row['target']})" if "target" in row else ""
-            print(f"  {row['name']}: {row['value']} {row['unit']}{target}{status}", flush=True)
+            print(f"  {row['name']}: {shown(row)}", flush=True)
         results[name] = {
             "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "machine": machine,

@@ -70,3 +70,13 @@ def test_an_unknown_name_is_refused_before_any_benchmark_runs(
 def test_results_go_to_the_checkouts_reports_from_any_folder() -> None:
     assert run.RESULTS.is_absolute()
     assert Layout(ROOT).benchmarks_json == run.RESULTS  # what scripts/update_readme.py reads
+
+
+def test_a_row_without_a_value_is_printed_with_its_reason() -> None:
+    assert run.shown({"name": "a", "value": None, "unit": "s",
+                      "skipped": "pipeline not reproduced yet: run make repro"}) == \
+        "not measured (pipeline not reproduced yet: run make repro)"
+    assert run.shown({"name": "b", "value": None, "unit": "s", "error": "exit 2: boom"}) == \
+        "not measured (exit 2: boom)"
+    assert run.shown({"name": "c", "value": 1.5, "unit": "s", "target": "<= 3 s", "ok": True}) \
+        == "1.5 s (target <= 3 s)  ok"
