@@ -1,7 +1,10 @@
 """Run the benchmarks and merge their rows into reports/benchmarks.json.
 
 Each ``benchmarks/bench_<name>.py`` exposes ``run() -> list[dict]``; a row has at least
-``name``, ``value`` and ``unit``, and where the project sets one, ``target`` and ``ok``.
+``name``, ``value`` and ``unit``, and where the project sets one, ``target`` and ``ok``. A
+benchmark's rows replace its earlier ones, except that a row skipped here (no value, with the
+reason as ``skipped``) keeps its earlier measurement, and a benchmark with no rows at all on
+this machine (``gpu`` without CUDA) keeps all of them.
 
     python -m benchmarks.run            # all
     python -m benchmarks.run data cli   # only bench_data.py and bench_cli.py
@@ -44,6 +47,24 @@ def shown(row: dict[str, Any]) -> str:
     return f"{row['value']} {row['unit']}{target}{status}"
 
 
+def recorded(rows: list[dict[str, Any]], earlier: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """``rows`` as recorded: a row skipped here (no value; ``skipped`` says why: no GPU, a
+    pipeline not reproduced) keeps the measurement of that name in ``earlier`` (the group's
+    last entry), with its own date and machine and, as ``kept``, why it was not measured again,
+    instead of erasing it."""
+    if not earlier:
+        return rows
+    before = {r["name"]: r for r in earlier["rows"]}
+    out = []
+    for row in rows:
+        old = before.get(row["name"], {})
+        if row.get("value") is None and "skipped" in row and old.get("value") is not None:
+            row = {"measured_at": earlier["measured_at"], "machine": earlier["machine"], **old,
+                   "kept": row["skipped"]}
+        out.append(row)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run",
                                      description="Run benchmarks; results in " + str(RESULTS))
@@ -72,8 +93,11 @@ def main(argv: list[str] | None = None) -> None:
         if not rows:  # nothing to measure here (the GPU rows on a CPU machine): keep the last
             print("  no rows on this machine; earlier results kept", flush=True)
             continue
+        rows = recorded(rows, results.get(name))
         for row in rows:
-            print(f"  {row['name']}: {shown(row)}", flush=True)
+            kept = (f"; not measured here ({row['kept']}): the {row['measured_at'][:10]} "
+                    "measurement kept") if "kept" in row else ""
+            print(f"  {row['name']}: {shown(row)}{kept}", flush=True)
         results[name] = {
             "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "machine": machine,

@@ -175,12 +175,17 @@ def benchmarks() -> str:
     for group, entry in data.items():
         for row in entry["rows"]:
             met = "" if "ok" not in row else ("yes" if row["ok"] else "**no**")
-            lines.append(f"| {group}: {row['name']} | {_value(row)} | {row.get('target', '')} "
-                         f"| {met} |")
+            kept = f" (kept from {row['measured_at'][:10]})" if "kept" in row else ""
+            lines.append(f"| {group}: {row['name']} | {_value(row)}{kept} | "
+                         f"{row.get('target', '')} | {met} |")
     machines: dict[str, list[str]] = {}
     for group, entry in data.items():
         machines.setdefault(_machine(entry["machine"]), []).append(
             f"{group} ({entry['measured_at'][:10]})")
+        for row in (r for r in entry["rows"] if "kept" in r):  # skipped since: its own machine
+            machines.setdefault(_machine(row["machine"]), []).append(
+                f"{group}: {row['name']} ({row['measured_at'][:10]}; not measured since: "
+                f"{row['kept']})")
     lines.append("")
     lines += [f"- {', '.join(groups)}: {machine}." for machine, groups in machines.items()]
     return "\n".join(lines)

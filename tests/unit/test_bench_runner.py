@@ -3,8 +3,10 @@ writes, and what an interrupted run leaves behind."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,31 @@ def test_a_row_without_a_value_is_printed_with_its_reason() -> None:
         "not measured (exit 2: boom)"
     assert run.shown({"name": "c", "value": 1.5, "unit": "s", "target": "<= 3 s", "ok": True}) \
         == "1.5 s (target <= 3 s)  ok"
+
+
+def test_a_skipped_row_keeps_the_earlier_measurement_with_its_date_and_machine(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    earlier = {"measured_at": "2026-12-02T23:07:49+00:00", "machine": {"cpu_model": "AMD EPYC"},
+               "rows": [{"name": "up to date", "value": 1.3, "unit": "s"},
+                        {"name": "gone", "value": 2.0, "unit": "s"}]}
+    results = tmp_path / "benchmarks.json"
+    results.write_text(json.dumps({"fake": earlier, "other": {"rows": []}}))
+    module = types.ModuleType("benchmarks.bench_fake")
+    module.run = lambda: [  # type: ignore[attr-defined]
+        {"name": "up to date", "value": None, "unit": "s", "skipped": "run make repro"},
+        {"name": "new", "value": 0.5, "unit": "s"}]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(run, "available", lambda: ["fake"])
+    monkeypatch.setattr(run, "keep_freed_memory", dict)
+    monkeypatch.setattr(run, "RESULTS", results)
+    run.main(["fake"])
+    written = json.loads(results.read_text())
+    assert written["other"] == {"rows": []}
+    kept, new = written["fake"]["rows"]  # "gone", no longer measured at all, is dropped
+    assert kept == {"name": "up to date", "value": 1.3, "unit": "s",
+                    "measured_at": earlier["measured_at"], "machine": earlier["machine"],
+                    "kept": "run make repro"}
+    assert new == {"name": "new", "value": 0.5, "unit": "s"}
+    assert "up to date: 1.3 s; not measured here (run make repro): the 2026-12-02 measurement " \
+        "kept" in capsys.readouterr().out
