@@ -17,6 +17,8 @@ import datetime as dt
 import importlib
 import json
 import platform
+import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +88,17 @@ def main(argv: list[str] | None = None) -> None:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "malloc": malloc or "unchanged",
     }
+    failed: list[str] = []
     for name in names:
         module = importlib.import_module(f"benchmarks.bench_{name}")
         print(f"== {name}", flush=True)
-        rows = module.run()
+        try:
+            rows = module.run()
+        except Exception as exc:  # shown, and the exit status says so; the others still run
+            traceback.print_exc()
+            print(f"  failed ({type(exc).__name__}: {exc}); earlier results kept", flush=True)
+            failed.append(name)
+            continue
         if not rows:  # nothing to measure here (the GPU rows on a CPU machine): keep the last
             print("  no rows on this machine; earlier results kept", flush=True)
             continue
@@ -104,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
             "rows": rows,
         }
         write_json(RESULTS, results)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)} (their earlier results are kept in {RESULTS})")
 
 
 if __name__ == "__main__":

@@ -110,3 +110,32 @@ def test_a_skipped_row_keeps_the_earlier_measurement_with_its_date_and_machine(
     assert new == {"name": "new", "value": 0.5, "unit": "s"}
     assert "up to date: 1.3 s; not measured here (run make repro): the 2026-12-02 measurement " \
         "kept" in capsys.readouterr().out
+
+
+def test_a_failing_benchmark_is_reported_and_the_others_still_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "benchmarks.json"
+    earlier = {"measured_at": "2026-12-02T00:00:00+00:00", "machine": {},
+               "rows": [{"name": "a", "value": 1.0, "unit": "s"}]}
+    results.write_text(json.dumps({"broken": earlier}))
+
+    def broken() -> list[dict[str, object]]:
+        raise FileNotFoundError("data/raw/x.gz: not found")
+
+    for name, function in (("broken", broken),
+                           ("fine", lambda: [{"name": "b", "value": 2.0, "unit": "s"}])):
+        module = types.ModuleType(f"benchmarks.bench_{name}")
+        module.run = function  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(run, "available", lambda: ["broken", "fine"])
+    monkeypatch.setattr(run, "keep_freed_memory", dict)
+    monkeypatch.setattr(run, "RESULTS", results)
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["broken", "fine"])
+    assert str(exit_.value.code).startswith("failed: broken (their earlier results are kept")
+    written = json.loads(results.read_text())
+    assert written["broken"] == earlier
+    assert written["fine"]["rows"] == [{"name": "b", "value": 2.0, "unit": "s"}]
+    assert "failed (FileNotFoundError: data/raw/x.gz: not found); earlier results kept" in \
+        capsys.readouterr().out
