@@ -17,6 +17,7 @@ import datetime as dt
 import importlib
 import json
 import platform
+import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -36,6 +37,16 @@ RESULTS = Layout(ROOT).benchmarks_json  # the checkout's, wherever the command i
 
 def available() -> list[str]:
     return sorted(p.stem.removeprefix("bench_") for p in Path(__file__).parent.glob("bench_*.py"))
+
+
+def commit() -> str | None:
+    """The checkout's commit (``-dirty`` when tracked files differ from it); None outside git."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode != 0:
+        return None
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                            capture_output=True, text=True)
+    return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
 
 
 def shown(row: dict[str, Any]) -> str:
@@ -88,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "malloc": malloc or "unchanged",
     }
+    measured_commit = commit()
     failed: list[str] = []
     for name in names:
         module = importlib.import_module(f"benchmarks.bench_{name}")
@@ -109,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {row['name']}: {shown(row)}{kept}", flush=True)
         results[name] = {
             "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "commit": measured_commit,
             "machine": machine,
             "rows": rows,
         }

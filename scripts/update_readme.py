@@ -180,8 +180,9 @@ def benchmarks() -> str:
                          f"{row.get('target', '')} | {met} |")
     machines: dict[str, list[str]] = {}
     for group, entry in data.items():
+        at = f", commit {entry['commit'][:7]}" if entry.get("commit") else ""
         machines.setdefault(_machine(entry["machine"]), []).append(
-            f"{group} ({entry['measured_at'][:10]})")
+            f"{group} ({entry['measured_at'][:10]}{at})")
         for row in (r for r in entry["rows"] if "kept" in r):  # skipped since: its own machine
             machines.setdefault(_machine(row["machine"]), []).append(
                 f"{group}: {row['name']} ({row['measured_at'][:10]}; not measured since: "

@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # benchmarks/ is a package of the repository, not installed
@@ -108,6 +109,10 @@ def test_a_skipped_row_keeps_the_earlier_measurement_with_its_date_and_machine(
                     "measured_at": earlier["measured_at"], "machine": earlier["machine"],
                     "kept": "run make repro"}
     assert new == {"name": "new", "value": 0.5, "unit": "s"}
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+    assert written["fake"]["commit"].removesuffix("-dirty") == head
+    assert written["fake"]["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert "up to date: 1.3 s; not measured here (run make repro): the 2026-12-02 measurement " \
         "kept" in capsys.readouterr().out
 

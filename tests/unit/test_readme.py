@@ -120,14 +120,16 @@ def test_a_kept_benchmark_row_names_its_own_date_and_machine(
     laptop = {**machine, "cpu_model": "Intel(R) Core(TM) i5", "cpu_capability": "AVX2"}
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "benchmarks.json").write_text(json.dumps({"cli": {
-        "measured_at": "2026-12-05T10:00:00+00:00", "machine": laptop, "rows": [
+        "measured_at": "2026-12-05T10:00:00+00:00", "commit": "8f18eb7c0ffee", "machine": laptop,
+        "rows": [
             {"name": "help", "value": 0.05, "unit": "s"},
             {"name": "repro", "value": 1.3, "unit": "s", "measured_at": "2026-12-02T23:07:49",
              "machine": machine, "kept": "pipeline not reproduced yet: run make repro"}]}}))
     monkeypatch.setattr(renderer, "LAYOUT", Layout(tmp_path))
     rendered = renderer.benchmarks()
     assert "| cli: repro | 1.3 s (kept from 2026-12-02) |  |  |" in rendered
-    assert "- cli (2026-12-05): Intel(R) Core(TM) i5, torch CPU capability AVX2" in rendered
+    assert ("- cli (2026-12-05, commit 8f18eb7): Intel(R) Core(TM) i5, torch CPU capability AVX2"
+            in rendered)
     assert ("- cli: repro (2026-12-02; not measured since: pipeline not reproduced yet: run "
             "make repro): AMD EPYC, torch CPU capability AVX512") in rendered
 
