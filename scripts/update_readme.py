@@ -28,7 +28,6 @@ from multitask.layout import Layout
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-LAYOUT = Layout(ROOT)
 
 
 def load(file: Path) -> Any:
@@ -37,7 +36,7 @@ def load(file: Path) -> Any:
 
 def results(layout: Layout | None = None, title: str | None = None) -> str:
     """A pipeline's results table (default: the root's, titled "Full <data set>")."""
-    layout = layout or LAYOUT
+    layout = layout or Layout(ROOT)
     metrics, baselines, train = (load(layout.metrics_json), load(layout.baselines_json),
                                  load(layout.train_json))
     if not (metrics and baselines and train):
@@ -104,7 +103,7 @@ def one_seed_comparison() -> str:
     """One table of methods per budget, and one of architectures per budget (with hard
     sharing's row for the same method as the reference), each ranked by Δm%: the one-seed
     measurements of reports/method_comparison.json, made before `multitask compare`."""
-    data = load(LAYOUT.method_comparison)
+    data = load(Layout(ROOT).method_comparison)
     if not data:
         return ""
     tables: dict[tuple[str, int], dict[str, Any]] = {}
@@ -168,7 +167,7 @@ def _value(row: dict[str, Any]) -> str:
 
 
 def benchmarks() -> str:
-    data = load(LAYOUT.benchmarks_json)
+    data = load(Layout(ROOT).benchmarks_json)
     if not data:
         return "_No benchmarks recorded yet: run `make bench`._"
     lines = ["| benchmark | measured | target | met |", "|---|---|---|---|"]

@@ -427,7 +427,7 @@ def test_readme_results_show_each_tasks_primary_metric_with_its_unit(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     renderer = _renderer()
     layout = Layout(tmp_path)
-    monkeypatch.setattr(renderer, "LAYOUT", layout)
+    monkeypatch.setattr(renderer, "ROOT", tmp_path)
     layout.metrics_json.parent.mkdir(parents=True)
     layout.metrics_json.write_text(json.dumps({"tasks": {
         "category": {"accuracy": 0.81234, "macro_f1": 0.8, "loss": 0.5},

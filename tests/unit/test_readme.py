@@ -17,16 +17,15 @@ from multitask.layout import Layout
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _renderer() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" /
-                                                  "update_readme.py")
+def _renderer(script: Path = ROOT / "scripts" / "update_readme.py") -> ModuleType:
+    spec = importlib.util.spec_from_file_location("update_readme", script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-RENDERED_FROM = ["README.md", "reports/metrics.json", "reports/baselines.json",
+RENDERED_FROM = ["README.md", "params.yaml", "reports/metrics.json", "reports/baselines.json",
                  "reports/train.json", "reports/tuning/weights.json",
                  "reports/method_comparison.json", "reports/benchmarks.json",
                  "reports/pretraining/study.md"]
@@ -48,10 +47,23 @@ def _committed(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("block", ["results", "comparison", "pretraining", "benchmarks"])
+@pytest.mark.parametrize("workspace", ["as committed", "rerun on another machine"])
 def test_readme_blocks_match_the_committed_reports(
-        block: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        block: str, workspace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README is checked against the commit's reports, not the workspace's: `make repro` on
+    another CPU rewrites reports/ with that CPU's floats, and `make test` must pass after it."""
     renderer = _renderer()
-    committed = _committed(tmp_path)
+    if workspace != "as committed":  # the renderer of a checkout whose reports/ differ
+        checkout = tmp_path / "checkout"
+        (checkout / "scripts").mkdir(parents=True)
+        (checkout / "scripts" / "update_readme.py").write_bytes(
+            (ROOT / "scripts" / "update_readme.py").read_bytes())
+        for path in RENDERED_FROM[1:]:
+            (checkout / path).parent.mkdir(parents=True, exist_ok=True)
+            (checkout / path).write_text('{"rerun": "other floats"}')
+        renderer = _renderer(checkout / "scripts" / "update_readme.py")
+        assert checkout == renderer.ROOT
+    committed = _committed(tmp_path / "committed")
     monkeypatch.setattr(renderer, "ROOT", committed)
     text = (committed / "README.md").read_text()
     found = re.search(rf"<!-- {block}:start -->\n(.*?)<!-- {block}:end -->", text, re.S)
@@ -73,7 +85,7 @@ def test_comparison_ranks_by_delta_m_with_baselines_failures_and_architectures(
             "worse": {"tasks": tasks, "mean_accuracy": 0.6, "delta_m_pct": -12.5},
             "broken": {"experiment": "cmp-broken-e3", "error": "no metrics"},
             "equal": {"tasks": tasks, "mean_accuracy": 0.6, "delta_m_pct": -1.0}}}}))
-    monkeypatch.setattr(renderer, "LAYOUT", Layout(tmp_path))
+    monkeypatch.setattr(renderer, "ROOT", tmp_path)
     methods, architectures = renderer.one_seed_comparison().split("\n\n3 epochs")
     assert methods.startswith("3 epochs each, hard sharing (`hps`, the default architecture then)")
     rows = [line for line in methods.splitlines() if line.startswith("| `") or "baselines" in line]
@@ -92,7 +104,7 @@ def test_comparisons_over_seeds_come_first_with_their_plots(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     renderer = _renderer()
     monkeypatch.setattr(renderer, "ROOT", tmp_path)
-    monkeypatch.setattr(renderer, "LAYOUT", Layout(tmp_path))
+    monkeypatch.setattr(renderer, "ROOT", tmp_path)
     assert renderer.comparison().startswith("_No comparison over seeds yet")
     summary = {"mean": 0.8, "std": 0.01, "per_seed": [0.79, 0.81]}
     row = {"label": "equal", "overrides": {"train.weighting": "equal"}, "rank": 1, "tied": True,
@@ -125,7 +137,7 @@ def test_a_kept_benchmark_row_names_its_own_date_and_machine(
             {"name": "help", "value": 0.05, "unit": "s"},
             {"name": "repro", "value": 1.3, "unit": "s", "measured_at": "2026-12-02T23:07:49",
              "machine": machine, "kept": "pipeline not reproduced yet: run make repro"}]}}))
-    monkeypatch.setattr(renderer, "LAYOUT", Layout(tmp_path))
+    monkeypatch.setattr(renderer, "ROOT", tmp_path)
     rendered = renderer.benchmarks()
     assert "| cli: repro | 1.3 s (kept from 2026-12-02) |  |  |" in rendered
     assert ("- cli (2026-12-05, commit 8f18eb7): Intel(R) Core(TM) i5, torch CPU capability AVX2"
