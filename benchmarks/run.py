@@ -60,11 +60,13 @@ def shown(row: dict[str, Any]) -> str:
     return f"{row['value']} {row['unit']}{target}{status}"
 
 
-def recorded(rows: list[dict[str, Any]], earlier: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """``rows`` as recorded: a row skipped here (no value; ``skipped`` says why: no GPU, a
-    pipeline not reproduced) keeps the measurement of that name in ``earlier`` (the group's
+def recorded(rows: list[dict[str, Any]], earlier: dict[str, Any] | None,
+             machine: dict[str, Any]) -> list[dict[str, Any]]:
+    """``rows`` as recorded on ``machine``: a row skipped here (no value; ``skipped`` says why:
+    a pipeline not reproduced) keeps the measurement of that name in ``earlier`` (the group's
     last entry), with its own date and machine and, as ``kept``, why it was not measured again,
-    instead of erasing it."""
+    instead of erasing it. So does a GPU row that a machine without one does not produce at all
+    (``training``, ``backbones``, ``distributed`` add their GPU rows beside the CPU ones)."""
     if not earlier:
         return rows
     before = {r["name"]: r for r in earlier["rows"]}
@@ -72,10 +74,21 @@ def recorded(rows: list[dict[str, Any]], earlier: dict[str, Any] | None) -> list
     for row in rows:
         old = before.get(row["name"], {})
         if row.get("value") is None and "skipped" in row and old.get("value") is not None:
-            row = {"measured_at": earlier["measured_at"], "machine": earlier["machine"], **old,
-                   "kept": row["skipped"]}
+            row = _kept(old, earlier, row["skipped"])
         out.append(row)
+    if machine.get("cuda") is None:
+        measured = {row["name"] for row in rows}
+        out += [_kept(old, earlier, "needs a GPU; the last run's machine had none")
+                for old in earlier["rows"] if old["name"] not in measured
+                and old.get("value") is not None
+                and old.get("machine", earlier["machine"]).get("cuda")]
     return out
+
+
+def _kept(old: dict[str, Any], earlier: dict[str, Any], why: str) -> dict[str, Any]:
+    """``old`` (a row of ``earlier``) kept by a run that did not measure it, and why."""
+    return {"measured_at": earlier["measured_at"], "machine": earlier["machine"], **old,
+            "kept": why}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         if not rows:  # nothing to measure here (the GPU rows on a CPU machine): keep the last
             print("  no rows on this machine; earlier results kept", flush=True)
             continue
-        rows = recorded(rows, results.get(name))
+        rows = recorded(rows, results.get(name), machine)
         for row in rows:
             kept = (f"; not measured here ({row['kept']}): the {row['measured_at'][:10]} "
                     "measurement kept") if "kept" in row else ""

@@ -144,3 +144,20 @@ def test_a_failing_benchmark_is_reported_and_the_others_still_run(
     assert written["fine"]["rows"] == [{"name": "b", "value": 2.0, "unit": "s"}]
     assert "failed (FileNotFoundError: data/raw/x.gz: not found); earlier results kept" in \
         capsys.readouterr().out
+
+
+def test_gpu_rows_survive_a_run_on_a_machine_without_one() -> None:
+    gpu_machine = {"cpu_model": "AMD EPYC", "cuda": "NVIDIA H200"}
+    earlier = {"measured_at": "2026-12-06T10:00:00+00:00", "machine": gpu_machine, "rows": [
+        {"name": "train images/s, LeNet, CPU", "value": 5000.0, "unit": "images/s"},
+        {"name": "train images/s, NVIDIA H200", "value": 1.2e6, "unit": "images/s"}]}
+    cpu_only = {"cpu_model": "Intel(R) Xeon(R) Processor", "cuda": None}
+    now = [{"name": "train images/s, LeNet, CPU", "value": 5200.0, "unit": "images/s"}]
+    assert run.recorded(now, earlier, cpu_only) == [now[0], {
+        "name": "train images/s, NVIDIA H200", "value": 1.2e6, "unit": "images/s",
+        "measured_at": earlier["measured_at"], "machine": gpu_machine,
+        "kept": "needs a GPU; the last run's machine had none"}]
+    # a GPU machine's run stands on its own; rows of a CPU-only run are not carried along
+    assert run.recorded(now, earlier, {**cpu_only, "cuda": "NVIDIA H100"}) == now
+    cpu_earlier = {**earlier, "machine": cpu_only}
+    assert run.recorded(now, cpu_earlier, cpu_only) == now  # a dropped CPU row is gone
