@@ -30,6 +30,7 @@ repository's absolute CPU time per step over the peer's: below 1, the repository
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import os
 import resource
 import statistics
@@ -257,7 +258,24 @@ def measure(tasks: int) -> list[dict[str, Any]]:
                 rows.append({"name": f"weighting/T{tasks}/{runner.label}/minor_page_faults",
                              "value": round(statistics.mean(runner.faults), 1),
                              "unit": "faults/step (mean)"})
-    by_label = {r.label: r for r in runners}
+    rows += peer_rows(tasks, {r.label: r for r in runners}, peer_missing())
+    rows.append({"name": f"weighting/T{tasks}/gradients/is_grads_batched_over_loop",
+                 "value": round(_batched_over_loop(tasks, x, y), 3), "unit": "x loop"})
+    return rows
+
+
+def peer_rows(tasks: int, by_label: dict[str, Runner], missing: str | None
+              ) -> list[dict[str, Any]]:
+    """The repository's CPU time per step over the peer's, one row per :data:`PEER_PAIRS`; where
+    the peer is ``missing``, those rows and the peer's own ``step_time`` rows by name, skipped
+    with the reason (so the runner keeps their last measurement instead of erasing it)."""
+    if missing:
+        return [{"name": name, "value": None, "unit": unit, "skipped": missing}
+                for peer, own in PEER_PAIRS.items()
+                for name, unit in ((f"weighting/T{tasks}/{peer}/step_time", "x equal (CPU time)"),
+                                   (f"weighting/T{tasks}/{own}_vs_peer_{peer}",
+                                    "x peer (CPU time)"))]
+    rows = []
     for peer, own in PEER_PAIRS.items():
         if peer in by_label:
             mine, theirs = (statistics.median(by_label[label].cpu_seconds)
@@ -265,12 +283,7 @@ def measure(tasks: int) -> list[dict[str, Any]]:
             rows.append({"name": f"weighting/T{tasks}/{own}_vs_peer_{peer}", "value":
                          round(mine / theirs, 3), "unit": "x peer (CPU time)",
                          "cpu_ms": round(mine * 1000, 2), "peer_cpu_ms": round(theirs * 1000, 2),
-                         "peer": "torchjd 0.18.0"})
-    if missing := peer_missing():
-        rows.append({"name": f"weighting/T{tasks}/peer_torchjd", "value": None, "unit": "",
-                     "error": missing})
-    rows.append({"name": f"weighting/T{tasks}/gradients/is_grads_batched_over_loop",
-                 "value": round(_batched_over_loop(tasks, x, y), 3), "unit": "x loop"})
+                         "peer": f"torchjd {importlib.metadata.version('torchjd')}"})
     return rows
 
 

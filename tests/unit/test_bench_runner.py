@@ -161,3 +161,19 @@ def test_gpu_rows_survive_a_run_on_a_machine_without_one() -> None:
     assert run.recorded(now, earlier, {**cpu_only, "cuda": "NVIDIA H100"}) == now
     cpu_earlier = {**earlier, "machine": cpu_only}
     assert run.recorded(now, cpu_earlier, cpu_only) == now  # a dropped CPU row is gone
+
+
+def test_without_torchjd_the_peer_rows_keep_their_last_measurement() -> None:
+    from benchmarks import bench_weighting
+
+    committed = json.loads((ROOT / "reports" / "benchmarks.json").read_text())["weighting"]
+    peer_names = {r["name"] for r in committed["rows"] if "torchjd" in r["name"]}
+    skipped = [row for tasks in (2, 10)
+               for row in bench_weighting.peer_rows(tasks, {}, "TorchJD not installed")]
+    assert {row["name"] for row in skipped} == peer_names  # every peer row, by its name
+    assert all(row["value"] is None and row["skipped"] == "TorchJD not installed"
+               for row in skipped)
+    kept = run.recorded(skipped, committed, {"cuda": None})
+    assert [row["value"] for row in kept] == [
+        next(r["value"] for r in committed["rows"] if r["name"] == row["name"]) for row in kept]
+    assert {row["kept"] for row in kept} == {"TorchJD not installed"}
