@@ -4,7 +4,8 @@ Each ``benchmarks/bench_<name>.py`` exposes ``run() -> list[dict]``; a row has a
 ``name``, ``value`` and ``unit``, and where the project sets one, ``target`` and ``ok``. A
 benchmark's rows replace its earlier ones, except that a row skipped here (no value, with the
 reason as ``skipped``) keeps its earlier measurement, and a benchmark with no rows at all on
-this machine (``gpu`` without CUDA) keeps all of them.
+this machine (``gpu`` without CUDA) keeps all of them. While a benchmark runs, a line every
+minute says it still does (several take tens of minutes and print nothing until they end).
 
     python -m benchmarks.run            # all
     python -m benchmarks.run data cli   # only bench_data.py and bench_cli.py
@@ -13,13 +14,17 @@ this machine (``gpu`` without CUDA) keeps all of them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib
 import json
 import platform
 import subprocess
 import sys
+import threading
+import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +96,34 @@ def _kept(old: dict[str, Any], earlier: dict[str, Any], why: str) -> dict[str, A
             "kept": why}
 
 
+@contextlib.contextmanager
+def still_running(name: str, every_s: float = 60.0) -> Iterator[None]:
+    """For the block, print every ``every_s`` seconds that benchmark ``name`` still runs and for
+    how long (a waiting thread: it costs the measurements nothing)."""
+    done = threading.Event()
+    started = time.monotonic()
+
+    def report() -> None:
+        while not done.wait(every_s):
+            minutes = (time.monotonic() - started) / 60
+            print(f"  {name}: still running, {minutes:.0f} min so far", flush=True)
+
+    reporter = threading.Thread(target=report, name=f"still_running({name})", daemon=True)
+    reporter.start()
+    try:
+        yield
+    finally:
+        done.set()
+        reporter.join()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run",
                                      description="Run benchmarks; results in " + str(RESULTS))
-    parser.add_argument("names", nargs="*", help=f"subset of: {', '.join(available())}")
+    parser.add_argument("names", nargs="*", help=f"subset of: {', '.join(available())} (none: "
+                        "all of them, one after another; several take tens of minutes, "
+                        "repro and compare need a fresh clone's set-up: run them on an idle "
+                        "machine)")
     args = parser.parse_args(argv)
     if unknown := [name for name in args.names if name not in available()]:
         parser.error(f"no benchmark named {', '.join(unknown)} (benchmarks/bench_<name>.py); "
@@ -118,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         module = importlib.import_module(f"benchmarks.bench_{name}")
         print(f"== {name}", flush=True)
         try:
-            rows = module.run()
+            with still_running(name):
+                rows = module.run()
         except Exception as exc:  # shown, and the exit status says so; the others still run
             traceback.print_exc()
             print(f"  failed ({type(exc).__name__}: {exc}); earlier results kept", flush=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -177,3 +178,13 @@ def test_without_torchjd_the_peer_rows_keep_their_last_measurement() -> None:
     assert [row["value"] for row in kept] == [
         next(r["value"] for r in committed["rows"] if r["name"] == row["name"]) for row in kept]
     assert {row["kept"] for row in kept} == {"TorchJD not installed"}
+
+
+def test_a_long_benchmark_says_it_still_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    with run.still_running("slow", every_s=0.05):
+        time.sleep(0.3)
+    said = capsys.readouterr().out.splitlines()
+    assert len(said) >= 3 and all(line == "  slow: still running, 0 min so far" for line in said)
+    with run.still_running("quick", every_s=5):
+        pass
+    assert capsys.readouterr().out == ""  # a benchmark done before the first minute says nothing
