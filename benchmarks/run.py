@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run",
                                      description="Run benchmarks; results in " + str(RESULTS))
     parser.add_argument("names", nargs="*", help=f"subset of: {', '.join(available())} (none: "
-                        "all of them, one after another; several take tens of minutes, "
-                        "repro and compare need a fresh clone's set-up: run them on an idle "
-                        "machine)")
+                        "all of them, one after another; several take tens of minutes, and "
+                        "ci, repro and compare set up a fresh clone of the repository: run "
+                        "them on an idle machine)")
     args = parser.parse_args(argv)
     if unknown := [name for name in args.names if name not in available()]:
         parser.error(f"no benchmark named {', '.join(unknown)} (benchmarks/bench_<name>.py); "
