@@ -69,6 +69,19 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def runuser() -> str:
+    """util-linux's ``runuser``, which root runs PostgreSQL's programs through (as user
+    postgres); it lives in ``/usr/sbin``, which a non-login root's PATH may lack."""
+    found = shutil.which("runuser") or next(
+        (str(path) for path in (Path("/usr/sbin/runuser"), Path("/sbin/runuser"))
+         if path.is_file()), None)
+    if found is None:
+        raise Unavailable("running as root needs runuser (util-linux) to run PostgreSQL as user "
+                          "postgres; none on PATH or in /usr/sbin: install util-linux or run as "
+                          "another user")
+    return found
+
+
 def _postgres_bin() -> Path:
     """The folder of Debian's PostgreSQL programs (initdb, pg_ctl, createdb)."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
@@ -98,7 +111,7 @@ class Postgres:
         return self.folder / "server.log"
 
     def _as_owner(self) -> list[str]:
-        return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        return [runuser(), "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
     def _run(self, *command: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*self._as_owner(), *command], capture_output=True, text=True)

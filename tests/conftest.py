@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import signal
 import struct
 import sys
 import tempfile
@@ -30,6 +31,7 @@ def pytest_configure(config: pytest.Config) -> None:
     threads in the worker and, through ``$MULTITASK_THREADS``, in the stages its tests start, so
     two workers on two cores run two threads, not four that take turns. Your own
     ``MULTITASK_THREADS`` wins."""
+    answer_ctrl_c()
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
     if not workers.isdigit() or "MULTITASK_THREADS" in os.environ:
         return
@@ -41,6 +43,15 @@ def pytest_configure(config: pytest.Config) -> None:
     from multitask.device import limit_threads
 
     limit_threads()
+
+
+def answer_ctrl_c() -> None:
+    """Take Ctrl-C (SIGINT) again when the test run inherited it ignored, as every job a
+    non-interactive shell starts in the background does (``make test &``, ``nohup``). Ignored,
+    it would stay ignored in every command the tests start, and the tests that press Ctrl-C at
+    a command, as a terminal does to its foreground job, would see it ignored."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -65,3 +65,15 @@ def test_a_port_another_server_listens_on_is_refused_before_anything_starts(
             in result.stderr)
     assert "--port" in result.stderr
     assert not (tmp_path / "state").exists()  # no PostgreSQL cluster, no pid file
+
+
+def test_runuser_is_found_outside_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-login root's PATH may lack /usr/sbin, where util-linux puts runuser."""
+    if not Path("/usr/sbin/runuser").is_file():
+        pytest.skip("no /usr/sbin/runuser on this machine")
+    from tracking_server import runuser  # tests/conftest.py loads the script as this module
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert runuser() == "/usr/sbin/runuser"
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/bin")
+    assert runuser() == "/usr/sbin/runuser"
