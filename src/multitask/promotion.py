@@ -284,6 +284,7 @@ def promote(params: Params, layout: Layout, *, run_id: str | None = None,
             dry_run: bool = False) -> int:
     """``multitask promote [--dry-run] [--run-id ID]``: the exit code says the outcome. A dry
     run only reads: MLflow's HTTP retries are bounded (:func:`~.store.read_only_requests`)."""
+    tracking.require_pipeline_store(Path(params.source).parent)
     if dry_run:
         with read_only_requests():
             return _promote(params, layout, run_id=run_id, dry_run=True)
@@ -377,6 +378,7 @@ def _promote(params: Params, layout: Layout, *, run_id: str | None, dry_run: boo
 def status(params: Params) -> int:
     """``multitask registry``: champion and challenger side by side, per task. It only reads:
     MLflow's HTTP retries are bounded (:func:`~.store.read_only_requests`)."""
+    tracking.require_pipeline_store(Path(params.source).parent)
     with read_only_requests():
         return _status(params)
 

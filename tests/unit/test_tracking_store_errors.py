@@ -224,3 +224,48 @@ def test_refused_credentials_are_named_not_a_server_that_is_down(
                  str(pipeline / "params.yaml")]) == 1
     err = capsys.readouterr().err
     assert f"cannot load model models:/multifashion@champion: {server} {advice}" in err
+
+
+@pytest.fixture
+def two_repositories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """Repository ``a`` with a pipeline folder ``a/sample``, and repository ``b``, the current
+    folder; no MLFLOW_TRACKING_URI."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for repo in (a, b):
+        (repo / ".git").mkdir(parents=True)
+    (a / "sample" / "reports").mkdir(parents=True)
+    (a / "sample" / "params.yaml").write_text((ROOT / "sample" / "params.yaml").read_text())
+    (a / "sample" / "reports" / "train.json").write_text(json.dumps({"run_id": RUN_ID}))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(b)
+    return a, b
+
+
+@pytest.mark.parametrize("command", ["promote", "registry"])
+def test_a_pipeline_of_another_repository_is_refused_not_logged_beside_this_folder(
+        command: str, two_repositories: tuple[Path, Path],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = two_repositories
+    assert main([command, "--params", str(a / "sample" / "params.yaml")]) == 1
+    assert (f"multitask {command}: error: {a / 'sample'} is a pipeline of {a}, but the MLflow "
+            f"store is found from the current folder ({b / 'mlflow.db'}); run the command "
+            f"inside {a}, or set MLFLOW_TRACKING_URI") in capsys.readouterr().err
+    assert not (b / "mlflow.db").exists() and not (a / "mlflow.db").exists()
+
+
+def test_a_stage_run_of_another_repository_is_refused(
+        two_repositories: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from multitask import tracking
+    from multitask.config import load_params
+
+    a, b = two_repositories
+    params = load_params(a / "sample" / "params.yaml")
+    with pytest.raises(store.StoreError, match=r"is a pipeline of"), \
+            tracking.stage_run(params, "train"):
+        pass
+    assert not (b / "mlflow.db").exists()
+    monkeypatch.chdir(a / "sample")  # inside its repository: its own store, a/mlflow.db
+    store.require_pipeline_store(a / "sample")
+    monkeypatch.chdir(b)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{b / 'team.db'}")
+    store.require_pipeline_store(a / "sample")  # the store is named: nothing to guess

@@ -54,6 +54,7 @@ from multitask.tracking.store import (
     get_run,
     missing_store,
     repo_root,
+    require_pipeline_store,
     run_json,
     tracking_uri,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "owner_tags",
     "register_version",
     "repo_root",
+    "require_pipeline_store",
     "rerun_of",
     "run_json",
     "run_tags",

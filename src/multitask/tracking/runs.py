@@ -36,6 +36,7 @@ from multitask.tracking.store import (
     experiment_id,
     filter_literal,
     get_run,
+    require_pipeline_store,
     store_errors,
     tracking_uri,
 )
@@ -279,6 +280,7 @@ def stage_run(params: Params, stage: str, run_id: str | None = None) -> Iterator
         return
     import mlflow
 
+    require_pipeline_store(Path(params.source).parent)
     os.environ.setdefault(*_ASYNC_BUFFER)
     mlflow.set_tracking_uri(tracking_uri())
     system_metrics = params.tracking.system_metrics

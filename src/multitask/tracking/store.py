@@ -196,6 +196,20 @@ def tracking_uri() -> str:
     return f"sqlite:///{repo_root() / STORE_FILE}"
 
 
+def require_pipeline_store(pipeline: str | os.PathLike[str]) -> None:
+    """Refuse the store found from the current folder for a pipeline folder of another
+    repository (``multitask train --params /elsewhere/params.yaml``): its runs would land in a
+    store beside neither, where the pipeline's own store, `make ui` and `promote` miss them.
+    Nothing to check when ``$MLFLOW_TRACKING_URI`` names the store."""
+    if os.environ.get(URI_ENV, "").strip():
+        return
+    home, here = repo_root(pipeline), repo_root()
+    if home != here:
+        raise StoreError(f"{pipeline} is a pipeline of {home}, but the MLflow store is found "
+                         f"from the current folder ({here / STORE_FILE}); run the command "
+                         f"inside {home}, or set {URI_ENV} to the store its runs belong in")
+
+
 def artifact_root(uri: str) -> Path | None:
     """Where new experiments of a SQLite store keep artifacts: ``mlartifacts/`` beside the file.
 
