@@ -22,6 +22,7 @@ from multitask.predict import predict_table
 from multitask.tasks import Task
 from multitask.tracking import (
     MODEL_URI_TAG,
+    StageRun,
     artifact_root,
     end_run,
     filter_literal,
@@ -207,6 +208,24 @@ def test_nested_runs_end_finished_pruned_or_failed_under_their_parent(store: str
     with nested_run(None, "trial-4") as disabled:
         disabled.log_epoch(1, {"x": 1.0})
     assert disabled.run_id is None
+
+
+def test_a_nested_run_interrupted_while_its_params_are_logged_ends_failed(
+        store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal (SIGTERM raises SystemExit) between creating a trial's run and entering it."""
+    client = mlflow.MlflowClient(store)
+    with stage_run(sample_params(), "tune") as parent:
+        def stopped(self: object, params: dict[str, object]) -> None:
+            raise SystemExit(143)
+
+        monkeypatch.setattr(StageRun, "log_params", stopped)
+        with pytest.raises(SystemExit), nested_run(parent.run_id, "trial-0", params={"a": 1}):
+            pytest.fail("the trial's body ran")
+        monkeypatch.undo()
+    [trial] = client.search_runs([client.get_run(parent.run_id).info.experiment_id],
+                                 filter_string="tags.mlflow.runName = 'trial-0'")
+    assert trial.info.status == "FAILED"
+    assert trial.data.tags["failure"] == "trial-0: SystemExit: 143"
 
 
 def test_disabled_tracking_does_nothing(store: str, tmp_path: Path) -> None:

@@ -373,7 +373,8 @@ def nested_run(parent_run_id: str | None, run_name: str, *, params: dict[str, An
     created = mlflow_client.create_run(parent.info.experiment_id, run_name=run_name,
                                        tags={**(tags or {}), "mlflow.parentRunId": parent_run_id})
     run = StageRun(created.info.run_id)
-    run.log_params(params or {})
+    # guarded from the moment it exists: a signal while its params are logged ends it FAILED
     with _ending(run, run_name, lambda status: mlflow_client.set_terminated(created.info.run_id,
                                                                          status), finished_on):
+        run.log_params(params or {})
         yield run
