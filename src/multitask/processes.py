@@ -14,7 +14,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +120,26 @@ def sigterm_raises() -> Callable[[], None]:
 
     signal.signal(signal.SIGTERM, terminate)
     return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_deferred(*signums: int) -> Iterator[None]:
+    """For the block, the signals ``signums`` are only recorded; at its end the handlers that
+    were there are restored and each signal received is delivered to its own, once, so what a
+    handler raises (``KeyboardInterrupt``, SIGTERM's ``SystemExit``) comes out of the block's
+    end, never from its middle. For steps that must not be cut in two, such as creating an
+    MLflow run and guarding it. Only the main thread can set handlers: elsewhere nothing is
+    deferred."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {signum: signal.signal(signum, lambda got, frame: received.append(got))
+                for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)

@@ -228,6 +228,29 @@ def test_a_nested_run_interrupted_while_its_params_are_logged_ends_failed(
     assert trial.data.tags["failure"] == "trial-0: SystemExit: 143"
 
 
+def test_a_signal_while_a_nested_run_is_created_ends_it_failed(
+        store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (a stage run turns it into SystemExit) just as MLflow created the trial's run."""
+    client = mlflow.MlflowClient(store)
+    create_run = mlflow.MlflowClient.create_run
+
+    def created_then_signalled(self: mlflow.MlflowClient, *args: object, **kwargs: object
+                               ) -> object:
+        created = create_run(self, *args, **kwargs)
+        signal.raise_signal(signal.SIGTERM)
+        return created
+
+    with pytest.raises(SystemExit), stage_run(sample_params(), "tune") as parent:
+        monkeypatch.setattr(mlflow.MlflowClient, "create_run", created_then_signalled)
+        with nested_run(parent.run_id, "trial-0"):
+            pytest.fail("the trial's body ran")
+    monkeypatch.undo()
+    [trial] = client.search_runs([client.get_run(parent.run_id).info.experiment_id],
+                                 filter_string="tags.mlflow.runName = 'trial-0'")
+    assert trial.info.status == "FAILED"
+    assert client.get_run(parent.run_id).info.status == "FAILED"
+
+
 def test_disabled_tracking_does_nothing(store: str, tmp_path: Path) -> None:
     with stage_run(sample_params(enabled=False), "train") as run:
         run.log_epoch(0, {"train/loss/left": 1.0})

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from multitask.config import Params, flatten
-from multitask.processes import sigterm_raises
+from multitask.processes import signals_deferred, sigterm_raises
 from multitask.tracking.models import MODEL_URI_TAG, log_model
 from multitask.tracking.orphans import end_orphaned_runs, owner_tags
 from multitask.tracking.provenance import run_tags
@@ -370,11 +371,16 @@ def nested_run(parent_run_id: str | None, run_name: str, *, params: dict[str, An
     os.environ.setdefault(*_ASYNC_BUFFER)
     mlflow_client = client()
     parent = get_run(parent_run_id)
-    created = mlflow_client.create_run(parent.info.experiment_id, run_name=run_name,
-                                       tags={**(tags or {}), "mlflow.parentRunId": parent_run_id})
-    run = StageRun(created.info.run_id)
-    # guarded from the moment it exists: a signal while its params are logged ends it FAILED
+    with contextlib.ExitStack() as creating:
+        # Ctrl-C or SIGTERM while the run is created would leave it RUNNING: they are held
+        # until it is guarded, then end it FAILED
+        creating.enter_context(signals_deferred(signal.SIGINT, signal.SIGTERM))
+        created = mlflow_client.create_run(parent.info.experiment_id, run_name=run_name, tags={
+            **(tags or {}), "mlflow.parentRunId": parent_run_id})
+        run = StageRun(created.info.run_id)
+        held = creating.pop_all()
     with _ending(run, run_name, lambda status: mlflow_client.set_terminated(created.info.run_id,
                                                                          status), finished_on):
+        held.close()  # a signal that came meanwhile is handled here
         run.log_params(params or {})
         yield run
