@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from multitask.config import load_params
 from multitask.layout import Layout
-from multitask.processes import die_with_parent
+from multitask.processes import die_with_parent, signals_deferred
 from multitask.tuning.storage import StudyStorage, count_states, finished_count
 from multitask.tuning.study import Setup, setup
 from multitask.tuning.trials import run_worker
@@ -98,16 +98,12 @@ def ctrl_c_deferred() -> Iterator[None]:
         yield
         return
     resource_tracker.ensure_running()
-    received: list[int] = []
-    handler = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        signal.signal(signal.SIGINT, handler)
-    if received:  # delivered again, to the handler it was meant for
-        signal.raise_signal(signal.SIGINT)
+    with signals_deferred(signal.SIGINT):  # then delivered again, to the handler it was meant for
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_trials: int,
