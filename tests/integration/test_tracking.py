@@ -479,6 +479,22 @@ def test_a_signal_while_the_run_logs_its_params_ends_it_failed(
     assert mlflow.active_run() is None
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit(143), RuntimeError("disk full")])
+def test_a_reopened_run_that_records_nothing_new_stays_finished_when_the_rerun_stops(
+        store: str, stop: BaseException | type[BaseException]) -> None:
+    """tune reopening the run of a finished study: Ctrl-C, SIGTERM or an error in the rerun
+    leave the run FINISHED (FAILED would hide the study's run from the next rerun)."""
+    with stage_run(sample_params(), "tune") as run:
+        pass
+    with pytest.raises(stop if isinstance(stop, type) else type(stop)), stage_run(
+            sample_params(), "tune", run_id=run.run_id, records_nothing_new=True):
+        raise stop
+    reopened = mlflow.MlflowClient(store).get_run(run.run_id)
+    assert reopened.info.status == "FINISHED"
+    assert "failure" not in reopened.data.tags
+    assert mlflow.active_run() is None
+
+
 def test_a_reopened_run_that_finishes_drops_the_failure_of_an_earlier_attempt(
         store: str) -> None:
     with stage_run(sample_params(), "train") as run:

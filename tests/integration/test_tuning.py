@@ -95,6 +95,10 @@ def run_tune(params: Path, **args: Any) -> dict[str, Any]:
                        n_trials=args.get("n_trials"))
 
 
+def interrupt(*args: Any, **kwargs: Any) -> Any:
+    raise KeyboardInterrupt
+
+
 def tune_process(folder: Path, params: Path, *args: str) -> subprocess.Popen[str]:
     """``multitask tune`` in its own process, as DVC or a user would start it."""
     return subprocess.Popen([sys.executable, "-m", "multitask", "tune", "--params", str(params),
@@ -497,8 +501,8 @@ def test_mlflow_parent_run_holds_one_nested_run_per_trial(processed: Path,
 
 
 @pytest.mark.slow
-def test_rerun_on_a_finished_study_reopens_its_mlflow_run(processed: Path,
-                                                          workdir: Path) -> None:
+def test_rerun_on_a_finished_study_reopens_its_mlflow_run(
+        processed: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """DVC reruns the stage (its code changed) on a study with no trial left: the run that
     holds the trials is reopened, not an empty parent added beside it in the runs table."""
     import mlflow
@@ -521,6 +525,17 @@ def test_rerun_on_a_finished_study_reopens_its_mlflow_run(processed: Path,
         [experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted(r.info.run_name for r in nested) == ["trial-0", "trial-1"]
     assert again.data.metrics["tune/trials/complete"] == 2
+    # Ctrl-C while that rerun rewrites the reports: the run keeps FINISHED, and the next
+    # rerun finds and reopens it again
+    with monkeypatch.context() as patch:
+        patch.setattr(tuning, "write_reports", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run_tune(params)
+    [interrupted] = parents()
+    assert interrupted.info.run_id == parent.info.run_id
+    assert interrupted.info.status == "FINISHED" and "failure" not in interrupted.data.tags
+    run_tune(params)
+    assert [r.info.run_id for r in parents()] == [parent.info.run_id]
     # a changed param the stage reads (the selection rule) is a new run: the old one's
     # params, which MLflow cannot change, would misstate it
     write_params(workdir, processed, n_trials=2, tracking=tracking_on("tuning-tests"),

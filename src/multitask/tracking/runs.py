@@ -234,16 +234,23 @@ def _is_failure(exc: BaseException) -> bool:
 
 @contextlib.contextmanager
 def _ending(run: StageRun, what: str, end: Callable[[str], None],
-            finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[StageRun]:
+            finished_on: tuple[type[BaseException], ...] = (),
+            keep_finished: bool = False) -> Iterator[StageRun]:
     """Yield ``run``; end it FINISHED on success (or a ``finished_on`` exception), else FAILED.
 
+    ``keep_finished``: the run is a FINISHED one reopened by a rerun that records nothing new,
+    so it ends FINISHED whatever happens to the rerun (the work it holds is complete; FAILED
+    would also hide it from :func:`rerun_of`, and the next rerun would add an empty run).
     The exception always propagates; the run's pending metrics are flushed either way.
     """
     try:
         yield run
         run.flush()
     except BaseException as exc:
-        if isinstance(exc, finished_on) or not _is_failure(exc):
+        if isinstance(exc, finished_on) or not _is_failure(exc) or keep_finished:
+            if keep_finished and _is_failure(exc):
+                log.warning("MLflow run %s stays FINISHED: this %s rerun, which records "
+                            "nothing new, stopped (%s)", run.run_id, what, type(exc).__name__)
             _flush_quietly(run)
             end("FINISHED")
             raise
@@ -266,15 +273,18 @@ def _flush_quietly(run: StageRun) -> None:
 
 
 @contextlib.contextmanager
-def stage_run(params: Params, stage: str, run_id: str | None = None) -> Iterator[StageRun]:
+def stage_run(params: Params, stage: str, run_id: str | None = None,
+              records_nothing_new: bool = False) -> Iterator[StageRun]:
     """The MLflow run of one pipeline stage, ended FINISHED or FAILED whatever happens.
 
     ``run_id`` None (``train``): a new run in experiment ``tracking.experiment`` (default: the
     data set's name), named after the DVC experiment when there is one, with every param of
     ``params.yaml`` flattened and the provenance tags of :func:`run_tags`. A ``run_id``
     (``evaluate``; ``tune`` on a finished study, see
-    :func:`rerun_of`): that run, reopened. System metrics are sampled when
-    ``tracking.system_metrics``. With ``tracking.enabled`` false the run does nothing.
+    :func:`rerun_of`): that run, reopened. ``records_nothing_new`` (with a ``run_id`` of a
+    FINISHED run: ``tune`` on a finished study): the run ends FINISHED even when the rerun
+    fails or is interrupted. System metrics are sampled when ``tracking.system_metrics``. With
+    ``tracking.enabled`` false the run does nothing.
     """
     if not params.tracking.enabled:
         yield StageRun(None)
@@ -306,7 +316,8 @@ def stage_run(params: Params, stage: str, run_id: str | None = None) -> Iterator
             active = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
         run = StageRun(active.info.run_id, log_models=params.tracking.log_model)
         guarded = True
-        with _ending(run, stage, partial(_end_active, reopened=run_id is not None)):
+        with _ending(run, stage, partial(_end_active, reopened=run_id is not None),
+                     keep_finished=records_nothing_new and run_id is not None):
             if run_id is None:
                 run.log_params(flatten(params))
             else:

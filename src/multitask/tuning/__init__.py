@@ -113,10 +113,12 @@ def tune(params: Params, layout: Layout, *, workers: int | None = None,
              workers)
     study_tags = {"optuna.study": study.study_name, "optuna.storage": storage.describe()}
     # no trial left to run (DVC reran the stage, the study is done): the study's last run
-    # (with these params) is reopened rather than an empty one added beside it in the UI
+    # (with these params) is reopened rather than an empty one added beside it in the UI, and
+    # stays FINISHED if this rerun is interrupted
     done = finished_count(counts) >= n_trials
     earlier = tracking.rerun_of(params, "tune", study_tags) if done else None
-    with tracking.stage_run(params, "tune", run_id=earlier) as run:
+    with tracking.stage_run(params, "tune", run_id=earlier,
+                            records_nothing_new=earlier is not None) as run:
         run.set_tags(study_tags)
         if study_setup.single and params.tune.objective == "delta_m":
             baselines = validation_baselines(study_setup, study)
