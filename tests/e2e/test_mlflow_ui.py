@@ -240,6 +240,7 @@ def test_models_tab_compares_the_logged_models_per_task(ui: UI, page, shots: Pat
         model = client.get_logged_model(run.data.tags["multitask.model_uri"].removeprefix(
             "models:/"))
         linked = {m.key: m.value for m in model.metrics if m.dataset_name}
+        assert not [m.key for m in model.metrics if m.key.startswith("system/")]
         assert {key: run.data.metrics[key] for key in TASK_METRICS} == {
             key: linked[key] for key in TASK_METRICS}
         row = page.get_by_role("row").filter(has=page.get_by_role("link", name=name,

@@ -320,6 +320,8 @@ def test_logged_model_loads_with_pyfunc_and_names_every_task_class_and_probabili
     images = np.random.default_rng(0).integers(0, 256, size=(4, 36, 36)).astype(np.uint8)
     classes = {t.name: [f"{t.name}-{i}" for i in range(10)] for t in tasks}
     with stage_run(sample_params(), "train") as run:
+        run.log_metrics({"system/cpu_utilization_percentage": 12.0})  # as a sample at step 0
+        run.flush()
         uri = run.log_model(model, images[:2], ["left", "right"], class_names=classes,
                             pixel_mean=0.3, pixel_std=0.3)
     tags = mlflow.MlflowClient(store).get_run(run.run_id).data.tags
@@ -343,6 +345,8 @@ def test_logged_model_loads_with_pyfunc_and_names_every_task_class_and_probabili
         ("right", "string"), ("right_probability", "float")]
     logged = mlflow.MlflowClient(store).get_logged_model(uri.removeprefix("models:/"))
     assert set(logged.params) == set(flatten(sample_params()))
+    # what the run logged at step 0 (system samples) is not linked to the model
+    assert not logged.metrics
     # the run's own URI resolves to the same model
     assert load_model(f"runs:/{run.run_id}/model").predict(batch).equals(table)
     with pytest.raises(ValueError, match="cannot load model models:/nope@champion"):

@@ -41,6 +41,7 @@ MODEL_NAME = "model"  # the logged model's name inside its run
 MODEL_URI_TAG = "multitask.model_uri"  # where promote finds the run's model
 MODEL_FORMAT_TAG = "multitask.model_format"  # on registered versions: what loading expects
 MODEL_FORMAT = "torch.export program (pt2), multitask flavour"
+NO_RUN_STEP = -1  # a step no run metric is logged at (runs log at epochs and samples from 0)
 STORE_SCHEMES = ("models:/", "runs:/")  # model URIs that name something in the tracking store
 # How images of another size are fitted into the model's (data.resize): what a model records
 # when its data says nothing (built-in data sets come at their size) and what a model logged
@@ -129,6 +130,10 @@ def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
                       "resize": resize or DEFAULT_RESIZE,
                       "output": served.describe_output(list(task_names), kinds)},
             model_type="multi-task classifier" if classifier else "multi-task model",
+            # MLflow links every run metric logged at ``step`` to the model; at the default 0
+            # those are the system samples. No step of the run's: the model's metrics are the
+            # ones linked on purpose (``StageRun.log_model_metrics``: evaluate's test metrics).
+            step=NO_RUN_STEP,
         )
     except BaseException:  # Ctrl-C, SIGTERM too: MLflow marks the model FAILED on Exception only
         with contextlib.suppress(Exception):  # the store may be what failed
