@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -28,16 +28,28 @@ def unknown_name(kind: str, name: str, known: Iterable[str]) -> str:
     return f"unknown {kind} '{name}'{hint} (available: {', '.join(names)})"
 
 
+def _section(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation,
+                                                                     BaseModel) else None
+
+
 def _owner(root: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the mapping at ``loc`` (for 'did you mean')."""
+    """The pydantic model that owns the mapping at ``loc`` (for 'did you mean'); a
+    ``dict[str, Model]`` field's entries (``data.tasks.<name>``) are owned by ``Model``."""
     model: type[BaseModel] | None = root
+    entries: type[BaseModel] | None = None  # the model of the entry named by the next part
     for part in loc[:-1]:
+        if entries is not None:
+            model, entries = entries, None
+            continue
         if model is None or not isinstance(part, str):
             return None
         field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
         annotation = getattr(field, "annotation", None)
-        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-        model = annotation if is_section else None
+        if get_origin(annotation) is dict and (value := _section(get_args(annotation)[1])):
+            model, entries = None, value
+            continue
+        model = _section(annotation)
     return model
 
 
@@ -49,7 +61,8 @@ def _line(error: dict[str, Any], root: type[BaseModel], where: str, prefix: str)
         names = [f.alias or n for n, f in owner.model_fields.items()] if owner else []
         close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.5)
         hint = f"; did you mean '{close[0]}'?" if close else (
-            f"; valid keys: {', '.join(sorted(names))}" if names else "; it takes no keys")
+            f"; valid keys: {', '.join(sorted(names))}" if names else
+            "; it takes no keys" if owner else "")
         return f"{where}: {dotted}: unknown key{hint}"
     # A section's own check (a model validator) gets the whole section as its input, and its
     # message already names the key and value: repeating the mapping would bury it.

@@ -80,6 +80,18 @@ def test_bad_checksum_is_rejected(sources: dict, tmp_path: Path) -> None:
         load_sources(path)
 
 
+def test_a_misspelt_key_of_a_source_names_the_nearest_key(sources: dict,
+                                                          tmp_path: Path) -> None:
+    # sources is a mapping of Source entries: it said "it takes no keys"
+    sources["sources"]["fashion_mnist"]["mirorrs"] = sources["sources"]["fashion_mnist"].pop(
+        "mirrors")
+    path = tmp_path / "sources.yaml"
+    path.write_text(yaml.safe_dump(sources))
+    with pytest.raises(ConfigError, match=rf"{path}: sources\.fashion_mnist\.mirorrs: unknown "
+                                          r"key; did you mean 'mirrors'\?"):
+        load_sources(path)
+
+
 @pytest.mark.parametrize("mirror", ["ftp://host/mnist/", "s3://bucket/mnist/", "HTTP://host/"])
 def test_a_mirror_the_download_stage_cannot_read_is_rejected_by_check(
         sources: dict, tmp_path: Path, mirror: str) -> None:

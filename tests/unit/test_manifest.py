@@ -111,6 +111,17 @@ def test_bad_manifest_params_are_refused_naming_the_key(data: dict[str, Any],
     assert message in str(caught.value)
 
 
+def test_a_misspelt_key_of_a_task_names_the_keys_a_task_takes() -> None:
+    # data.tasks is a mapping of tasks: its entries' keys are ManifestTask's, not none at all
+    raw = {"dataset": "manifest", "manifest": "m.csv",
+           "tasks": {**KINDS, "smiling": {"knd": "binary"}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_params({"data": raw}, "p.yaml")
+    assert "p.yaml: data.tasks.smiling.knd: unknown key; did you mean 'kind'?" in str(
+        caught.value)
+    assert "takes no keys" not in str(caught.value)
+
+
 def test_manifest_keys_are_refused_for_composite_data_sets() -> None:
     with pytest.raises(ConfigError, match=r"channels, image_size: apply to data\.dataset: "
                                           r"manifest only; remove them for multifashion"):
