@@ -786,6 +786,19 @@ def _backbone_problems(params: Params, path: Path) -> list[str]:
     return problems
 
 
+def lenet_input_problem(params: Params) -> str | None:
+    """LeNet's smallest input against a manifest's ``data.image_size`` (the only size that
+    goes below it): the check stage's, as data-only uses of a small size stay valid."""
+    from multitask.models.backbones import LeNetEncoder
+
+    minimum, size = LeNetEncoder.min_size, input_size(params.data)
+    if params.model.backbone != "lenet" or size >= minimum:
+        return None
+    return (f"{params.source}: model.backbone: lenet needs at least {minimum}x{minimum} input "
+            f"(data.image_size: {size}); set data.image_size: {minimum} or more (images are "
+            "fitted to it), or a torchvision backbone with model.resize_to")
+
+
 def pretrained_file(params: Params, root: Path) -> Path:
     """The state_dict file ``model.pretrained`` names, a relative path read from the pipeline
     folder ``root``; FileNotFoundError saying so when there is none (the check stage asks

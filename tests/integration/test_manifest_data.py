@@ -307,6 +307,23 @@ def test_check_stops_a_manifest_without_a_declared_column(example: Path, tmp_pat
     assert not Layout(tmp_path).params_check.exists()
 
 
+def test_check_stops_an_image_size_too_small_for_lenet(example: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """torch would say so in baselines ("Kernel size can't be greater than actual input
+    size"), after validate and preprocess ran; check names the key and the smallest size."""
+    params = pipeline(tmp_path, example)
+    raw = yaml.safe_load(params.read_text())
+    raw["data"]["image_size"] = 16
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert cli_main(["check", "--params", str(params)]) == 1
+    assert (f"{params}: model.backbone: lenet needs at least 20x20 input (data.image_size: "
+            "16); set data.image_size: 20 or more" in capsys.readouterr().err)
+    assert not Layout(tmp_path).params_check.exists()
+    raw["data"]["image_size"] = 20
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert cli_main(["check", "--params", str(params)]) == 0
+
+
 def _check_warnings(example: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
                     deps: dict[str, str], variables: list | None = None) -> list[str]:
     """The warnings of `multitask check` on the example's dvc.yaml with ``deps`` added to its

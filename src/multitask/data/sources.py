@@ -27,7 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from multitask.config import ConfigError, Params, Source, load_sources, pretrained_file
+from multitask.config import (
+    ConfigError,
+    Params,
+    Source,
+    lenet_input_problem,
+    load_sources,
+    pretrained_file,
+)
 from multitask.data.datasets import DATASETS, MANIFEST
 from multitask.data.dependencies import (
     STARTING_STAGES,
@@ -131,15 +138,18 @@ def check(params: Params, layout: Layout) -> None:
     sets, architectures, weighting methods and their params included); this adds the sources
     file, the sources the data set needs and the device (``train.device: cuda`` without a
     GPU would fail in baselines, after DVC removed their outputs, as would more
-    ``train.processes`` than GPUs); for ``data.dataset:
-    manifest`` read in place (no ``manifest`` source to download), that the manifest reads
-    (its file, columns, split values), with a warning when ``validate`` or ``preprocess`` does
-    not depend on it and its images (DVC would not rerun them when a label changes); for
+    ``train.processes`` than GPUs, or a LeNet on a manifest's ``image_size`` below 20); for
+    ``data.dataset: manifest`` read in place (no ``manifest`` source to download), that the
+    manifest reads (its file, columns, split values), with a warning when ``validate`` or
+    ``preprocess`` does not depend on it and its images (DVC would not rerun them when a label
+    changes); for
     ``model.pretrained: <file>``, that the file is there and holds weights, with a warning when
     ``baselines``, ``tune`` or ``train`` does not depend on it. The output's
     content is the same for every valid input, so the stages depending on it rerun only for
     what they read.
     """
+    if problem := lenet_input_problem(params):  # else baselines fails in torch, too late
+        raise ConfigError(problem)
     sources = load_sources(layout.sources)
     required_sources(sources, params.data.dataset, sources_path=layout.sources)
     if params.data.dataset == MANIFEST and MANIFEST not in sources:  # else download brings it

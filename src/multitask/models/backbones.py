@@ -35,6 +35,7 @@ class LeNetEncoder(nn.Module):
     name = "lenet"
     input_conv = "features.0"  # the convolution that reads the image
     num_stages = 2  # what stages() gives
+    min_size = 20  # conv 9, pool 2, conv 5, pool 2: the smallest side leaving 1x1 maps
 
     def __init__(self, in_channels: int = 1, image_size: int = 36,
                  out_features: int | None = None, dropout: float = 0.0,
