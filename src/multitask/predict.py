@@ -118,7 +118,10 @@ def _read_image(path: Path, channels: int, height: int, width: int, resize: str
         if size[0] * size[1] > MAX_IMAGE_PIXELS:
             raise ValueError(f"{path}: {size[0]}x{size[1]} pixels, more than "
                              f"{MAX_IMAGE_PIXELS:,}; refused before decoding (resize it)")
-        image = decode(path, channels)
+        try:
+            image = decode(path, channels)
+        except ValueError as exc:  # a 32-bit image's values: decode says which
+            raise ValueError(f"{path}: {exc}") from None
         if image.size != (width, height):
             log.warning("%s: %dx%d fitted into %dx%d (resize: %s, as the model's training "
                         "images were)", path, image.size[0], image.size[1], width, height,

@@ -341,6 +341,30 @@ def test_a_16_bit_grey_image_keeps_its_top_8_bits(tmp_path: Path) -> None:
                                                                         [128, 255, 1, 2]]
 
 
+def test_a_16_bit_netpbm_image_keeps_its_top_8_bits_too(tmp_path: Path) -> None:
+    # Pillow opens a 16-bit PGM in mode I (not I;16): converting it clipped all above 255
+    deep = np.array([[0, 255, 256, 4000], [32768, 65535, 511, 512]], dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.pgm")
+    assert Image.open(tmp_path / "deep.pgm").mode == "I"
+    assert np.asarray(mf.decode(tmp_path / "deep.pgm", 1)).tolist() == [[0, 0, 1, 15],
+                                                                        [128, 255, 1, 2]]
+
+
+@pytest.mark.parametrize(("pixels", "message"), [
+    (np.full((4, 4), 0.5, dtype=np.float32), r"values 0\.5\.\.0\.5: .*multiply them by 255"),
+    (np.full((4, 4), 300.0, dtype=np.float32), r"values 300\.0\.\.300\.0: outside 0\.\.255"),
+    (np.full((4, 4), 70000, dtype=np.int32), r"values 70000\.\.70000: outside 0\.\.255"),
+])
+def test_a_32_bit_image_whose_values_would_not_survive_conversion_is_refused(
+        tmp_path: Path, pixels: np.ndarray, message: str) -> None:
+    # a float image of 0..1 became black, values above 255 white, without a word
+    Image.fromarray(pixels).save(tmp_path / "wide.tif")
+    with pytest.raises(ValueError, match=r"^a 32-bit .*image, " + message):
+        mf.decode(tmp_path / "wide.tif", 1)
+    Image.fromarray(np.full((4, 4), 200.0, dtype=np.float32)).save(tmp_path / "plain.tif")
+    assert (np.asarray(mf.decode(tmp_path / "plain.tif", 1)) == 200).all()
+
+
 def test_a_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
     path.write_bytes("image,species,split\na.png,a,train\nb.png,b,train\nc.png,a,val\n"

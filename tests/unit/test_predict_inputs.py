@@ -64,6 +64,15 @@ def test_a_truncated_png_is_refused(tmp_path: Path) -> None:
         load_images([tmp_path / "cut.png"], SHAPE)
 
 
+def test_a_float_image_scaled_to_one_is_refused_naming_the_file(tmp_path: Path) -> None:
+    # it was predicted as a black image
+    Image.fromarray(np.full((36, 36), 0.5, dtype=np.float32)).save(tmp_path / "scaled.tif")
+    with pytest.raises(ValueError, match=r"scaled\.tif: a 32-bit floating-point image, values "
+                                         r"0\.5\.\.0\.5: within 0\.\.1, which would turn "
+                                         r"black; multiply them by 255"):
+        load_images([tmp_path / "scaled.tif"], SHAPE)
+
+
 def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
     png_header_claiming(tmp_path / "bomb.png", 30000, 30000)
     with pytest.raises(ValueError, match=r"bomb\.png: .*refused before decoding"):

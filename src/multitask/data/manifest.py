@@ -354,12 +354,26 @@ def decode(path: Path, channels: int) -> Image.Image:
     or DecompressionBombError when Pillow cannot read it.
 
     A 16-bit grey image keeps its top 8 bits (Pillow's own conversion would clip every value
-    above 255 to white)."""
+    above 255 to white), also a 16-bit PGM, which Pillow opens in mode I scaled to 0..65535.
+    Any other 32-bit image (mode I or F: no fixed range) converts only when its values lie
+    within 0..255, and a floating-point one not when they all lie within 0..1 (a scaled
+    image, which would turn black); else ValueError saying so."""
     with Image.open(path) as image:
         upright = ImageOps.exif_transpose(image)
-        if upright.mode.startswith("I;16"):
-            upright = Image.fromarray((np.asarray(upright, dtype=np.uint16) >> 8)
+        if upright.mode.startswith("I;16") or (upright.mode == "I" and image.format == "PPM"):
+            upright = Image.fromarray((np.asarray(upright).astype(np.uint16) >> 8)
                                       .astype(np.uint8))
+        elif upright.mode in ("I", "F"):
+            low, high = upright.getextrema()
+            kind = "integer" if upright.mode == "I" else "floating-point"
+            if low < 0 or high > 255:
+                raise ValueError(f"a 32-bit {kind} image, values {low}..{high}: "
+                                 "outside 0..255, which conversion would clip; save it as an "
+                                 "8-bit or 16-bit image")
+            if upright.mode == "F" and 0 < high <= 1:
+                raise ValueError(f"a 32-bit {kind} image, values {low}..{high}: "
+                                 "within 0..1, which would turn black; multiply them by 255, "
+                                 "or save it as an 8-bit or 16-bit image")
         return upright.convert("L" if channels == 1 else "RGB")
 
 
