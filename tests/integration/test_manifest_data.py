@@ -27,7 +27,7 @@ from multitask.config import ValidateConfig, parse_params
 from multitask.data import processed
 from multitask.data.datasets import FASHION_CLASSES
 from multitask.data.dependencies import interpolated, template_context
-from multitask.data.manifest import ManifestError, build_manifest
+from multitask.data.manifest import ManifestError, build_manifest, read_manifest
 from multitask.data.validation import failure_messages, validate_manifest
 from multitask.layout import Layout
 
@@ -247,6 +247,37 @@ def test_the_validate_stage_says_what_to_do_about_a_manifest_read_in_place(
             " or the images they point to; read in place: then `dvc repro <its dvc.yaml>` if the "
             "manifest's folder is among validate's deps (check warns when not), else `dvc repro "
             "-f <its dvc.yaml>:preprocess`") in err
+    assert "data.seed chose the splits" not in err  # the rows' split column did
+    assert json.loads(Layout(tmp_path).validation_summary.read_text())["sources"]["manifest"][
+        "split_from"] == "column"
+
+
+def test_the_validate_stage_says_a_seeded_split_is_fixed_by_a_split_column_or_seed(
+        example: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The example has no split column: a label data.seed's split left out of training is fixed
+    by a split column or another seed, not by correcting the row named."""
+    params = pipeline(tmp_path, example)
+    table = pd.read_csv(tmp_path / "mine" / "manifest.csv")
+    table["on_left"] = "no"
+    table.loc[7, "on_left"] = "yes"  # one row: in training only for some seeds
+    table.to_csv(tmp_path / "mine" / "manifest.csv", index=False)
+    raw = yaml.safe_load(params.read_text())
+    manifest = tmp_path / "mine" / "manifest.csv"
+    raw["data"]["seed"] = next(
+        seed for seed in range(100)
+        if read_manifest(manifest, parse_params(raw, params).data.tasks, 0.1, 0.1, seed)
+        .split[7] != "train")
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    for stage in ("check", "download"):
+        assert cli_main([stage, "--params", str(params)]) == 0, stage
+    assert cli_main(["validate", "--params", str(params)]) == 1
+    err = capsys.readouterr().err
+    assert "on column 'on_left'" in err
+    assert ("\nA label training lacks is no row's fault here: data.seed chose the splits (the "
+            "manifest has no split column); add a split column that puts some of its rows in "
+            "train, or try another data.seed") in err
+    assert json.loads(Layout(tmp_path).validation_summary.read_text())["sources"]["manifest"][
+        "split_from"] == "seed"
 
 
 def test_validation_flags_a_class_missing_from_a_split(tmp_path: Path) -> None:

@@ -292,6 +292,32 @@ def test_each_bad_label_is_an_error_naming_row_column_and_value(
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize(("raw_tasks", "rare", "message"), [
+    ({"smiling": {"kind": "binary"}}, "yes",
+     r"column 'smiling': one class \('no'\) in the training split; a task needs at least two"),
+    ({"colour": {"kind": "multiclass"}}, "blue",
+     r"column 'colour': value 'blue' \((val|test) split\) never occurs in training \(g, r\)"),
+])
+def test_a_label_a_seeded_split_left_out_of_training_says_how_to_put_it_there(
+        tmp_path: Path, raw_tasks: dict[str, dict[str, Any]], rare: str, message: str) -> None:
+    """Without a split column the rows are not the user's to move: the advice names the split
+    column and data.seed (the second task is not stratified, so its one rare row may land in
+    val or test)."""
+    name, kind = next(iter(raw_tasks)), next(iter(raw_tasks.values()))["kind"]
+    common = ["no"] if kind == "binary" else ["r", "g"]
+    rows = [{"species": "ab"[i % 2], name: common[i % len(common)]} for i in range(20)]
+    rows[7][name] = rare
+    path = write_csv(tmp_path, rows, images=False)
+    both = {"species": {"kind": "multiclass"}, **raw_tasks}
+    seed = next(seed for seed in range(100)
+                if read(path, both, 0.2, 0.2, seed).split[7] != "train")
+    with pytest.raises(mf.ManifestError, match=message) as caught:
+        mf.encode_tasks(read(path, both, 0.2, 0.2, seed), tasks(both))
+    assert str(caught.value).endswith(
+        "; data.seed split the rows (the manifest has no split column): add a split column "
+        f"that puts some rows of {rare!r} in train, or try another data.seed")
+
+
 def test_a_manifest_without_a_declared_column_names_it(tmp_path: Path) -> None:
     path = write_csv(tmp_path, split_rows(), images=False)
     with pytest.raises(mf.ManifestError, match=r"manifest.csv: no column 'age' .* the file has "

@@ -297,8 +297,10 @@ def _task_entry(manifest: Manifest, name: str, task: ManifestTask
                             "every row a label")
     classes = sorted_classes(text[train])
     if len(classes) < 2:
+        rest = sorted_classes(text[text != classes[0]]) if manifest.split_from == "seed" else []
         raise ManifestError(f"{path}: {where}: one class ({classes[0]!r}) in the training "
-                            "split; a task needs at least two")
+                            "split; a task needs at least two"
+                            + (_seeded_advice(rest[0]) if rest else ""))
     if task.kind == "binary":
         if len(classes) != 2:
             raise ManifestError(f"{path}: {where}: a binary task has two values, the training "
@@ -320,12 +322,19 @@ def _task_entry(manifest: Manifest, name: str, task: ManifestTask
         first = unseen[0]
         raise ManifestError(f"{path}: {manifest.rows_text(unseen)}, {where}: value "
                             f"{str(text[first])!r} ({manifest.split[first]} split) never occurs in "
-                            f"training ({', '.join(classes[:10])}); move such rows to "
-                            "training or drop them")
+                            f"training ({', '.join(classes[:10])})"
+                            + (_seeded_advice(str(text[first])) if manifest.split_from == "seed"
+                               else "; move such rows to training or drop them"))
     entry = {"name": name, "classes": len(classes), "class_names": classes, "kind": task.kind,
              "loss": loss or ("bce" if task.kind == "binary" else "cross_entropy"),
              "source": MANIFEST}
     return entry, np.array([index[v] for v in text], dtype=np.float64)
+
+
+def _seeded_advice(value: str) -> str:
+    """What to do when ``data.seed``'s split left ``value`` out of training."""
+    return ("; data.seed split the rows (the manifest has no split column): add a split column "
+            f"that puts some rows of {value!r} in train, or try another data.seed")
 
 
 def encode_tasks(manifest: Manifest, tasks: Mapping[str, ManifestTask]

@@ -104,9 +104,10 @@ def class_table(tables: Mapping[str, pd.DataFrame], split: str, task: str) -> pd
 
 
 def manifest_tables(config: DataConfig, layout: Layout
-                    ) -> tuple[Path, dict[str, dict[str, pd.DataFrame]]]:
-    """The manifest's path and ``{split: {table: frame}}``; ManifestError when the file itself
-    cannot be read (no file, a missing column, a bad split value)."""
+                    ) -> tuple[Path, dict[str, dict[str, pd.DataFrame]], str]:
+    """The manifest's path, ``{split: {table: frame}}`` and where the split came from
+    (``column`` or ``seed``); ManifestError when the file itself cannot be read (no file, a
+    missing column, a bad split value)."""
     path = manifest_path(config, layout)
     manifest = read_manifest(path, config.tasks, config.val_fraction, config.test_fraction,
                              config.seed)
@@ -117,7 +118,7 @@ def manifest_tables(config: DataConfig, layout: Layout
         tables[split] = {"images": images[split]}
         if stratified and split != "train":
             tables[split]["classes"] = class_table(images, split, stratified)
-    return path, tables
+    return path, tables, manifest.split_from
 
 
 def training_classes(tables: Mapping[str, Mapping[str, pd.DataFrame]], task: str) -> list[str]:

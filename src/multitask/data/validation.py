@@ -310,7 +310,7 @@ def validate_manifest(data: DataConfig, config: ValidateConfig, layout: Layout,
                       docs_dir: Path | None = None) -> dict[str, Any]:
     """The summary of ``data.dataset: manifest``'s checks (:mod:`multitask.data.manifest_checks`),
     under source ``manifest``; nothing raises on a failed expectation, as in :func:`validate`."""
-    path, tables = manifest_tables(data, layout)
+    path, tables, split_from = manifest_tables(data, layout)
     context = _context(docs_dir)
     summary = _header(config)
     entries = _run_suites(
@@ -326,7 +326,7 @@ def validate_manifest(data: DataConfig, config: ValidateConfig, layout: Layout,
               for split, by_table in tables.items()}
     success = all(s["success"] for s in splits.values())
     summary["sources"][MANIFEST] = {"manifest": str(path), "success": success,
-                                    "splits": splits,
+                                    "split_from": split_from, "splits": splits,
                                     "duplicates_across_splits": extras["duplicates_across_splits"]}
     summary["success"] = success
     if docs_dir is not None:
@@ -406,7 +406,11 @@ def validate_raw(params: Params, layout: Layout) -> dict[str, Any]:
                        if MANIFEST in load_sources(layout.sources) else
                        "; read in place: then `dvc repro <its dvc.yaml>` if the manifest's "
                        "folder is among validate's deps (check warns when not), else `dvc "
-                       "repro -f <its dvc.yaml>:preprocess`"))
+                       "repro -f <its dvc.yaml>:preprocess`")
+                    + ("\nA label training lacks is no row's fault here: data.seed chose the "
+                       "splits (the manifest has no split column); add a split column that "
+                       "puts some of its rows in train, or try another data.seed"
+                       if summary["sources"][MANIFEST].get("split_from") == "seed" else ""))
         raise ValueError(
             f"{len(failures)} expectation(s) failed; details in {layout.validation_summary} and "
             f"{layout.data_docs / 'index.html'}:\n  " + "\n  ".join(failures) + todo)
