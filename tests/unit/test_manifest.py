@@ -4,6 +4,7 @@ bad input, on small PNG files written here."""
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 import zipfile
 from collections.abc import Sequence
@@ -389,6 +390,28 @@ def test_a_32_bit_image_whose_values_would_not_survive_conversion_is_refused(
         mf.decode(tmp_path / "wide.tif", 1)
     Image.fromarray(np.full((4, 4), 200.0, dtype=np.float32)).save(tmp_path / "plain.tif")
     assert (np.asarray(mf.decode(tmp_path / "plain.tif", 1)) == 200).all()
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_a_csv_separated_by_other_than_commas_says_so(tmp_path: Path, separator: str) -> None:
+    # a spreadsheet's export in a locale whose decimal mark is a comma, or a TSV file: the
+    # error listed the whole header as the one column the file has
+    path = tmp_path / "manifest.csv"
+    path.write_text(separator.join(["image", "species", "split"]) + "\n"
+                    + separator.join(["a.png", "cat", "train"]) + "\n")
+    with pytest.raises(mf.ManifestError, match=(
+            rf"manifest\.csv: the header is one column, .*: its cells are separated by "
+            rf"{re.escape(repr(separator))}; a manifest's are separated by commas \(save it "
+            r"as CSV with commas\)")):
+        read(path, {"species": {"kind": "multiclass"}})
+
+
+def test_a_csv_not_in_utf_8_says_to_save_it_so(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.csv"
+    path.write_bytes("image,species\na.png,chât\n".encode("latin-1"))
+    with pytest.raises(mf.ManifestError, match=r"manifest\.csv: not a readable CSV file "
+                                               r"\('utf-8' codec .*\); save it as UTF-8"):
+        read(path, {"species": {"kind": "multiclass"}})
 
 
 def test_a_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path: Path) -> None:

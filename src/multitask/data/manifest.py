@@ -149,11 +149,16 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
                     lines.append(start)
                 start = reader.line_num + 1
     except (csv.Error, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: not a readable CSV file ({exc})") from None
+        advice = "; save it as UTF-8" if isinstance(exc, UnicodeDecodeError) else ""
+        raise ManifestError(f"{path}: not a readable CSV file ({exc}){advice}") from None
     if not records:
         raise ManifestError(f"{path}: empty; write a header row (image and one column per "
                             "task) and one row per image")
     header, *rows = records
+    if len(header) == 1 and (other := next((s for s in ";\t|" if s in header[0]), None)):
+        raise ManifestError(f"{path}: the header is one column, {header[0]!r}: its cells are "
+                            f"separated by {other!r}; a manifest's are separated by commas "
+                            "(save it as CSV with commas)")
     for line, record in zip(lines[1:], rows, strict=True):
         if any(cell.strip() for cell in record[len(header):]):
             raise ManifestError(f"{path}: row {line}: {len(record)} cells, the header has "
