@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from multitask.data.datasets import CIFAR10, DATASETS, MANIFEST, SOURCES
 from multitask.errors import ConfigError, unknown_name, validate
 from multitask.redaction import redact
-from multitask.tasks import KIND_LOSSES
+from multitask.tasks import KIND_LOSSES, task_columns
 
 __all__ = ["ConfigError", "Params", "flatten", "load_params", "load_sources", "parse_params",
            "regularisation_keys"]
@@ -221,6 +221,14 @@ class DataConfig(_Section):
             if not _TASK_NAME.fullmatch(name) or name in RESERVED_COLUMNS:
                 raise ValueError(f"tasks.{name}: a task name is a letter then letters, digits "
                                  f"or _, and not one of {', '.join(RESERVED_COLUMNS)}")
+        served = {column: name for name, task in self.tasks.items()
+                  for column in task_columns(name, task.kind)[1:]}
+        if clash := next((name for name in self.tasks if name in served), None):
+            owner = served[clash]
+            columns = ", ".join(task_columns(owner, self.tasks[owner].kind))
+            raise ValueError(f"tasks.{clash}: predict and the served model name a column of "
+                             f"task {owner} so ({columns}); rename the task (and its "
+                             "manifest column)")
         return self
 
     @field_validator("dataset")

@@ -3,7 +3,7 @@ model.
 
 The logged model (see :func:`multitask.tracking.log_model`) takes float32 raw pixel values 0..255
 shaped (N, C, H, W) and answers the same table as ``mlflow models serve``, per task the columns
-of its kind (:func:`multitask.tracking.served.task_columns`): multiclass ``<task>`` (the class
+of its kind (:func:`multitask.tasks.task_columns`): multiclass ``<task>`` (the class
 name) and ``<task>_probability``; binary ``<task>`` (the decided class's name),
 ``<task>_decision`` (0/1) and ``<task>_probability`` (of the positive class); regression
 ``<task>``, the value in the target's units. This module turns files into that batch and prints

@@ -127,3 +127,30 @@ ROTATION_TASK = Task(name="rotation", num_classes=4, auxiliary=True)
 def main_tasks(tasks: Iterable[Task]) -> list[Task]:
     """The tasks users are judged on (auxiliary tasks left out)."""
     return [t for t in tasks if not t.auxiliary]
+
+
+# ------------------------------------------------------------------- served columns
+# What the served model and `multitask predict` answer per task
+# (multitask.tracking.served): config refuses a task named as another task's column.
+PROBABILITY_SUFFIX = "_probability"
+DECISION_SUFFIX = "_decision"
+
+
+def probability_column(task: str) -> str:
+    """The column holding ``task``'s probability: of the predicted class (multiclass), of the
+    positive class (binary): ``left_probability``."""
+    return f"{task}{PROBABILITY_SUFFIX}"
+
+
+def decision_column(task: str) -> str:
+    """The column holding a binary task's 0/1 decision: ``smiling_decision``."""
+    return f"{task}{DECISION_SUFFIX}"
+
+
+def task_columns(task: str, kind: str) -> list[str]:
+    """The served columns of ``task`` for its ``kind``, in table order."""
+    if kind == "regression":
+        return [task]
+    if kind == "binary":
+        return [task, decision_column(task), probability_column(task)]
+    return [task, probability_column(task)]

@@ -97,6 +97,13 @@ def test_composite_data_sets_have_no_manifest_values() -> None:
     ({"manifest": "m.txt"}, "manifest: m.txt: expected a .csv or .parquet file"),
     ({"tasks": {}}, "dataset: manifest needs tasks:"),
     ({"tasks": {"split": {"kind": "binary"}}}, "tasks.split: a task name is a letter"),
+    # predict's table had one species_probability column, the regression value
+    ({"tasks": {**KINDS, "species_probability": {"kind": "regression"}}},
+     "tasks.species_probability: predict and the served model name a column of task species "
+     "so (species, species_probability); rename the task (and its manifest column)"),
+    ({"tasks": {**KINDS, "smiling_decision": {"kind": "binary"}}},
+     "tasks.smiling_decision: predict and the served model name a column of task smiling so "
+     "(smiling, smiling_decision, smiling_probability)"),
     ({"tasks": {"age": {"kind": "regression", "loss": "bce"}}},
      "loss: 'bce' is not a loss of a regression task; use one of mse, huber"),
     ({"tasks": {"age": {"kind": "regression", "positive": "1"}}},

@@ -66,7 +66,7 @@ def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
     :class:`multitask.models.base.MultiTaskModel`) do, and a task neither declares is
     multiclass. Served through
     :mod:`multitask.tracking.served`, the answer is a table with, per task in ``task_names``
-    order, the columns of its kind (:func:`multitask.tracking.served.task_columns`: class name
+    order, the columns of its kind (:func:`multitask.tasks.task_columns`: class name
     from ``class_names`` and probability; for binary also the 0/1 decision; for regression the
     value in the target's units); the signature lists them with their types. MLflow copies
     the run's params onto the logged model, so the experiment's Models tab shows them. Only

@@ -29,6 +29,9 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# The columns are defined with the task kinds (config refuses a task named as another's).
+from multitask.tasks import decision_column, probability_column, task_columns  # noqa: F401
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -38,28 +41,6 @@ FLAVOR = "multitask"
 LOADER_MODULE = __name__
 DATA_DIR = "data"
 PROGRAM_FILE = "model.pt2"
-PROBABILITY_SUFFIX = "_probability"
-DECISION_SUFFIX = "_decision"
-
-
-def probability_column(task: str) -> str:
-    """The column holding ``task``'s probability: of the predicted class (multiclass), of the
-    positive class (binary): ``left_probability``."""
-    return f"{task}{PROBABILITY_SUFFIX}"
-
-
-def decision_column(task: str) -> str:
-    """The column holding a binary task's 0/1 decision: ``smiling_decision``."""
-    return f"{task}{DECISION_SUFFIX}"
-
-
-def task_columns(task: str, kind: str) -> list[str]:
-    """The served columns of ``task`` for its ``kind``, in table order."""
-    if kind == "regression":
-        return [task]
-    if kind == "binary":
-        return [task, decision_column(task), probability_column(task)]
-    return [task, probability_column(task)]
 
 
 def describe_output(task_names: list[str], kinds: dict[str, str]) -> str:
