@@ -303,6 +303,31 @@ def test_validation_flags_a_class_missing_from_a_split(tmp_path: Path) -> None:
     assert "2 of 2 rows unexpected" in message and "at task kind at label b" in message
 
 
+@pytest.mark.parametrize(("values", "observed"), [
+    (["no", "yes", "maybe"], "observed 3 distinct values (maybe, no, yes); 2 expected"),
+    (["no", "no", "no"], "observed 1 distinct value (no); 2 expected"),
+])
+def test_validation_names_the_values_of_a_binary_task_without_two(
+        tmp_path: Path, values: list[str], observed: str) -> None:
+    # it said "observed 3": which values, and why two, was left to the reader
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rows = []
+    for number in range(12):
+        Image.fromarray(np.full((8, 8), 20 * number, dtype=np.uint8)).save(folder / f"{number}.png")
+        split = "train" if number < 8 else ("val" if number < 10 else "test")
+        rows.append({"image": f"{number}.png", "smiling": values[number % 3] if number < 8
+                     else "no", "split": split})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    data = {"dataset": "manifest", "manifest": str(folder / "manifest.csv"),
+            "tasks": {"smiling": {"kind": "binary"}}, "image_size": 8}
+    params = parse_params({"data": data}, tmp_path / "p.yaml")
+    summary = validate_manifest(params.data, ValidateConfig(), Layout(tmp_path))
+    (message,) = failure_messages(summary)
+    assert message == ("manifest/train images: expect_column_unique_value_count_to_be_between on "
+                       "column 'smiling' {'min_value': 2, 'max_value': 2}: " + observed)
+
+
 @pytest.mark.parametrize("value", ["1e400", "inf", "nan", "tall"])
 def test_validation_refuses_what_preprocess_refuses_as_a_regression_value(
         tmp_path: Path, value: str) -> None:

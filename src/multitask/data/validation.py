@@ -215,6 +215,9 @@ def _entry(table: str, result: Any, frame: pd.DataFrame) -> dict[str, Any]:
         "table": table, "expectation": name, "column": column,
         "kwargs": kwargs, "success": bool(raw["success"]), "observed_value": observed,
     }
+    if (name == "expect_column_unique_value_count_to_be_between" and column in frame
+            and not entry["success"]):
+        entry["distinct_values"] = sorted(str(v) for v in frame[column].dropna().unique())[:10]
     if "unexpected_count" in outcome:
         entry["unexpected_count"] = outcome["unexpected_count"]
         entry["element_count"] = outcome["element_count"]
@@ -358,6 +361,14 @@ def failure_messages(summary: Mapping[str, Any]) -> list[str]:
                 elif column is None and entry["observed_value"] == 0:  # the row count
                     detail = ("observed 0: the split is empty; the raw files of this source "
                               "hold no images for it")
+                elif "distinct_values" in entry:  # a task's classes: which, and how many
+                    count, low = entry["observed_value"], entry["kwargs"].get("min_value")
+                    high = entry["kwargs"].get("max_value")
+                    detail = (f"observed {count} distinct value{'' if count == 1 else 's'} "
+                              f"({', '.join(entry['distinct_values'])}); "
+                              + (f"{low} expected" if low == high else
+                                 f"at least {low} expected" if high is None else
+                                 f"{low} to {high} expected"))
                 else:
                     detail = f"observed {entry['observed_value']}"
                 where = "" if column is None else f" on column '{column}'"
