@@ -278,7 +278,8 @@ def test_regression_targets_are_raw_with_training_statistics(tmp_path: Path) -> 
      "column 'smiling': a binary task has two values, the training split has 3"),
     ({"smiling": ["no", "yes", "no", "no", "yes"]},
      {"smiling": {"kind": "binary", "positive": "Yes"}},
-     "data.tasks.smiling.positive 'Yes' is not one of its values 'no', 'yes'"),
+     "data.tasks.smiling.positive 'Yes' is not one of its values 'no', 'yes'; set it to one "
+     "of them, or remove it for the default 'yes'"),
     ({"species": ["a", "b", "a", "c", "b"]}, {"species": {"kind": "multiclass"}},
      "row 5, column 'species': value 'c' (val split) never occurs in training (a, b)"),
     ({"species": ["a", "", "b", "a", "b"]}, {"species": {"kind": "multiclass"}},

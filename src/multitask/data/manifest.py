@@ -316,7 +316,8 @@ def _task_entry(manifest: Manifest, name: str, task: ManifestTask
             if positive is None:
                 raise ManifestError(f"{path}: {where}: data.tasks.{name}.positive "
                                     f"{task.positive!r} is not one of its values "
-                                    f"{classes[0]!r}, {classes[1]!r}")
+                                    f"{classes[0]!r}, {classes[1]!r}; set it to one of them, "
+                                    f"or remove it for the default {classes[1]!r}")
             classes = [c for c in classes if c != positive] + [positive]
     elif len(classes) > 255:
         raise ManifestError(f"{path}: {where}: {len(classes)} classes; at most 255 fit the "
