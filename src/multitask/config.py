@@ -219,8 +219,10 @@ class DataConfig(_Section):
                              "binary | regression}, ...}, one per label column")
         for name in self.tasks:
             if not _TASK_NAME.fullmatch(name) or name in RESERVED_COLUMNS:
-                raise ValueError(f"tasks.{name}: a task name is a letter then letters, digits "
-                                 f"or _, and not one of {', '.join(RESERVED_COLUMNS)}")
+                raise ValueError(f"tasks.{name}: a task name is an ASCII letter (a-z, A-Z) "
+                                 "then ASCII letters, digits or _, and not one of "
+                                 f"{', '.join(RESERVED_COLUMNS)}; rename the task (and its "
+                                 "manifest column)")
         served = {column: name for name, task in self.tasks.items()
                   for column in task_columns(name, task.kind)[1:]}
         if clash := next((name for name in self.tasks if name in served), None):

@@ -96,7 +96,10 @@ def test_composite_data_sets_have_no_manifest_values() -> None:
     ({"manifest": None}, "dataset: manifest needs manifest: <path"),
     ({"manifest": "m.txt"}, "manifest: m.txt: expected a .csv or .parquet file"),
     ({"tasks": {}}, "dataset: manifest needs tasks:"),
-    ({"tasks": {"split": {"kind": "binary"}}}, "tasks.split: a task name is a letter"),
+    ({"tasks": {"split": {"kind": "binary"}}}, "tasks.split: a task name is an ASCII letter"),
+    # "a letter" was false for Âge, a letter that the name's pattern refuses
+    ({"tasks": {"Âge": {"kind": "regression"}}},
+     "tasks.Âge: a task name is an ASCII letter (a-z, A-Z) then ASCII letters, digits or _"),
     # predict's table had one species_probability column, the regression value
     ({"tasks": {**KINDS, "species_probability": {"kind": "regression"}}},
      "tasks.species_probability: predict and the served model name a column of task species "
