@@ -220,6 +220,20 @@ def test_an_unknown_alias_is_one_message_listing_the_aliases(workdir: Path) -> N
         "holds it")
 
 
+def test_a_local_file_or_folder_that_is_no_logged_model_says_what_a_model_uri_is(
+        workdir: Path) -> None:
+    # the pipeline's own models/model.pt was refused as if it were a pickled model
+    (workdir / "models").mkdir()
+    torch.save({"state": 1}, workdir / "models" / "model.pt")
+    hint = ("not a logged model (no MLmodel file); give a model URI: models:/<name>@champion, "
+            "models:/<name>/<version> or runs:/<run id>/model (a pipeline's run id is in its "
+            "reports/train.json)")
+    for given in ("models/model.pt", "models"):
+        with pytest.raises(ValueError) as caught:
+            tracking.load_model(given)
+        assert str(caught.value) == f"{given}: {hint}"
+
+
 def test_read_only_commands_outside_a_repository_create_no_store(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -188,7 +188,11 @@ def _fetch_checked(model_uri: str, into: Path, *, create: bool = True) -> Path:
     if model_uri.startswith(STORE_SCHEMES):
         client(create=create)  # points the URI at our store
     folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(into)))
-    problem = _format_problem(folder) if (folder / "MLmodel").is_file() else "no MLmodel file"
+    if not (folder / "MLmodel").is_file():  # a local file or folder, e.g. models/model.pt
+        raise ValueError(f"{model_uri}: not a logged model (no MLmodel file); give a model "
+                         "URI: models:/<name>@champion, models:/<name>/<version> or runs:/<run "
+                         "id>/model (a pipeline's run id is in its reports/train.json)")
+    problem = _format_problem(folder)
     if problem is not None:
         raise ValueError(f"{model_uri}: refused to load: {problem}; only models logged by "
                          f"multitask ({MODEL_FORMAT}) are loaded, since a pickled model runs "
