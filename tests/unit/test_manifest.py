@@ -535,6 +535,25 @@ def test_a_missing_image_names_row_and_path_and_writes_nothing(tmp_path: Path) -
     assert not (tmp_path / "pipeline" / "data").exists()
 
 
+def test_a_windows_path_in_the_image_column_says_to_use_slashes(tmp_path: Path) -> None:
+    # a manifest written on Windows: img\\0.png named a file that does not exist here
+    rows = split_rows()
+    write_csv(tmp_path / "mine", rows)
+    table = pd.read_csv(tmp_path / "mine" / "manifest.csv")
+    table.loc[0, "image"] = "img\\0.png"
+    table.to_csv(tmp_path / "mine" / "manifest.csv", index=False)
+    hint = "; separate folders with / (a \\ is part of a file's name here)"
+    with pytest.raises(mf.ManifestError) as caught:
+        mf.build_manifest(config(tmp_path / "mine" / "manifest.csv",
+                                 {"species": {"kind": "multiclass"}}, image_size=8),
+                          Layout(tmp_path / "pipeline"))
+    assert str(caught.value).endswith("img\\0.png; paths are relative to the manifest's "
+                                      "folder" + hint)
+    manifest = read(tmp_path / "mine" / "manifest.csv", {"species": {"kind": "multiclass"}})
+    problems = image_tables(manifest, tasks({"species": {"kind": "multiclass"}}), 1)["train"]
+    assert problems["problem"].iat[0].endswith("img\\0.png" + hint)
+
+
 def test_an_unreadable_image_names_row_and_path_and_writes_nothing(tmp_path: Path) -> None:
     rows = split_rows()
     write_csv(tmp_path / "mine", rows)

@@ -358,6 +358,12 @@ def encode_tasks(manifest: Manifest, tasks: Mapping[str, ManifestTask]
 
 
 # ------------------------------------------------------------------------------- images
+def separator_advice(path: Path) -> str:
+    """What to add to "not found" for ``path`` written with Windows' separator."""
+    return ("; separate folders with / (a \\ is part of a file's name here)"
+            if "\\" in str(path) else "")
+
+
 def missing_images(manifest: Manifest) -> np.ndarray:
     """Rows whose image file does not exist."""
     return np.flatnonzero([not manifest.image_path(i).is_file()
@@ -467,7 +473,8 @@ def build_manifest(config: DataConfig, layout: Layout) -> dict[str, Any]:
         raise ManifestError(f"{path}: {manifest.rows_text(missing)}, column "
                             f"{IMAGE_COLUMN!r}: image file not found: "
                             f"{manifest.image_path(int(missing[0]))}; paths are relative to "
-                            "the manifest's folder")
+                            "the manifest's folder" + separator_advice(
+                                manifest.image_path(int(missing[0]))))
     rows = {split: np.flatnonzero(manifest.split == split) for split in processed.SPLITS}
     with atomic_dir(layout.processed_dir) as tmp:
         with tqdm(total=len(manifest.frame), desc="manifest images", unit="img",

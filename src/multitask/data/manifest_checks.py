@@ -41,6 +41,7 @@ from multitask.data.manifest import (
     manifest_path,
     read_manifest,
     regression_values,
+    separator_advice,
 )
 from multitask.layout import Layout
 
@@ -55,7 +56,7 @@ ROW_KEYS: dict[str, list[str]] = {"images": ["split", "row", "image"],
 def inspect(path: Path, channels: int) -> tuple[str | None, int, int, str | None]:
     """(problem, width, height, pixel hash) of one image file."""
     if not path.is_file():
-        return f"missing: {path}", 0, 0, None
+        return f"missing: {path}{separator_advice(path)}", 0, 0, None
     try:
         image = decode(path, channels)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
