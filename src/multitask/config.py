@@ -109,6 +109,14 @@ class ManifestTask(_Section):
     # quoted 'yes' back): matched to the value spelt so (multitask.data.manifest)
     positive: bool | str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict | ManifestTask):  # `species: multiclass`, or nothing
+            raise ValueError("a task is a mapping: {kind: multiclass}, {kind: binary} or "
+                             "{kind: regression} (see the README, Task kinds)")
+        return raw
+
     @field_validator("positive", mode="before")
     @classmethod
     def _positive_as_text(cls, value: Any) -> Any:

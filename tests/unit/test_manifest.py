@@ -107,6 +107,11 @@ def test_composite_data_sets_have_no_manifest_values() -> None:
     ({"tasks": {**KINDS, "smiling_decision": {"kind": "binary"}}},
      "tasks.smiling_decision: predict and the served model name a column of task smiling so "
      "(smiling, smiling_decision, smiling_probability)"),
+    # pydantic's "Input should be a valid dictionary or instance of ManifestTask" named a class
+    ({"tasks": {**KINDS, "species": "multiclass"}},
+     "p.yaml: data.tasks.species: a task is a mapping: {kind: multiclass}, {kind: binary} or "
+     "{kind: regression} (see the README, Task kinds) (got 'multiclass')"),
+    ({"tasks": {**KINDS, "species": None}}, "data.tasks.species: a task is a mapping"),
     ({"tasks": {"age": {"kind": "regression", "loss": "bce"}}},
      "loss: 'bce' is not a loss of a regression task; use one of mse, huber"),
     ({"tasks": {"age": {"kind": "regression", "positive": "1"}}},
