@@ -335,6 +335,18 @@ def test_a_label_a_seeded_split_left_out_of_training_says_how_to_put_it_there(
         f"that puts some rows of {rare!r} in train, or try another data.seed")
 
 
+def test_a_manifest_not_found_names_one_of_its_name_a_folder_below(tmp_path: Path) -> None:
+    # an archive packed with its folder at the top unpacks to <name>/<folder>/manifest.csv
+    path = write_csv(tmp_path / "photos" / "photos", split_rows(), images=False)
+    expected = tmp_path / "photos" / "manifest.csv"
+    with pytest.raises(mf.ManifestError) as caught:
+        read(expected, {"species": {"kind": "multiclass"}})
+    assert str(caught.value) == (
+        f"{expected}: manifest not found; check data.manifest (relative paths start at the "
+        f"pipeline folder); there is {path}: set data.manifest to it, or pack an archive's "
+        "files without their folder (manifest.csv at its top)")
+
+
 def test_a_manifest_without_a_declared_column_names_it(tmp_path: Path) -> None:
     path = write_csv(tmp_path, split_rows(), images=False)
     with pytest.raises(mf.ManifestError, match=r"manifest.csv: no column 'age' .* the file has "

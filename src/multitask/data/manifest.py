@@ -171,8 +171,12 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
 def _read_table(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     """The manifest's cells, its column names stripped, and each row's number."""
     if not path.is_file():
+        below = sorted(path.parent.glob(f"*/{path.name}")) if path.parent.is_dir() else []
         raise ManifestError(f"{path}: manifest not found; check data.manifest (relative "
-                            "paths start at the pipeline folder)")
+                            "paths start at the pipeline folder)"
+                            + (f"; there is {below[0]}: set data.manifest to it, or pack an "
+                               "archive's files without their folder (manifest.csv at its "
+                               "top)" if below else ""))
     if path.suffix == ".parquet":
         try:
             import pyarrow  # noqa: F401
