@@ -165,3 +165,13 @@ def test_the_dvc_remote_section_names_every_cached_report_json() -> None:
         assert cached, f"{dvc_yaml}: no cached reports/*.json (update this test)"
         for name in cached:
             assert f"`{name}`" in section, f"{dvc_yaml}: {name} is cached but not named"
+
+
+def test_the_class_balance_check_states_the_smallest_count_it_judges() -> None:
+    """A val split of a few dozen rows holding one class only passed validate without a word:
+    every class's predicted count was below MIN_EXPECTED, which the README did not say."""
+    from multitask.data.manifest_checks import MIN_EXPECTED
+
+    section = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"(a class its share predicts fewer than {MIN_EXPECTED} times in the split is too "
+            "rare to judge and passes") in section
