@@ -42,6 +42,13 @@ _REMOVED = {
                          "experiments vary",
 }
 
+# Keys people reach for that the environment sets instead.
+_ENVIRONMENT = {
+    ("tracking", key): "the MLflow store is the environment's MLFLOW_TRACKING_URI (e.g. "
+                       "sqlite:///mlflow.db), else mlflow.db at the repository root"
+    for key in ("uri", "tracking_uri", "store")
+}
+
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -668,8 +675,9 @@ def regularisation_keys(section: type[BaseModel] = Params, prefix: str = "") -> 
 
 # ------------------------------------------------------------------------------------ loading
 def _removed_keys(raw: dict[str, Any], path: Path) -> list[str]:
-    return [f"{path}: {section}.{key}: no longer a param; {why}; remove the key"
-            for (section, key), why in _REMOVED.items()
+    return [f"{path}: {section}.{key}: {what}; {why}; remove the key"
+            for keys, what in ((_REMOVED, "no longer a param"), (_ENVIRONMENT, "not a param"))
+            for (section, key), why in keys.items()
             if isinstance(raw.get(section), dict) and key in raw[section]]
 
 

@@ -195,6 +195,16 @@ def test_path_params_are_gone_with_a_reason(raw: dict, section: str, key: str) -
         parse_params(raw)
 
 
+@pytest.mark.parametrize("key", ["uri", "tracking_uri"])
+def test_a_tracking_store_in_params_points_to_the_environment(raw: dict, key: str) -> None:
+    # "unknown key; valid keys: enabled, experiment, ..." left the store unexplained
+    raw["tracking"][key] = "sqlite:///mlflow.db"
+    with pytest.raises(ConfigError, match=rf"tracking\.{key}: not a param; the MLflow store is "
+                                          r"the environment's MLFLOW_TRACKING_URI .*; remove "
+                                          r"the key"):
+        parse_params(raw)
+
+
 def test_params_remember_their_file_through_copies(raw: dict, tmp_path: Path) -> None:
     path = write(tmp_path, raw, "other.yaml")
     params = load_params(path)
