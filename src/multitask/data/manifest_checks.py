@@ -104,14 +104,16 @@ def class_table(tables: Mapping[str, pd.DataFrame], split: str, task: str) -> pd
                          "relative_deviation": deviation.to_numpy()})
 
 
+def _read(config: DataConfig, layout: Layout) -> Manifest:
+    return read_manifest(manifest_path(config, layout), config.tasks, config.val_fraction,
+                         config.test_fraction, config.seed)
+
+
 def manifest_tables(config: DataConfig, layout: Layout
-                    ) -> tuple[Path, dict[str, dict[str, pd.DataFrame]], str]:
-    """The manifest's path, ``{split: {table: frame}}`` and where the split came from
-    (``column`` or ``seed``); ManifestError when the file itself cannot be read (no file, a
-    missing column, a bad split value)."""
-    path = manifest_path(config, layout)
-    manifest = read_manifest(path, config.tasks, config.val_fraction, config.test_fraction,
-                             config.seed)
+                    ) -> tuple[Path, dict[str, dict[str, pd.DataFrame]]]:
+    """The manifest's path and ``{split: {table: frame}}``; ManifestError when the file itself
+    cannot be read (no file, a missing column, a bad split value)."""
+    manifest = _read(config, layout)
     images = image_tables(manifest, config.tasks, config.channels)
     stratified = next((n for n, t in config.tasks.items() if t.kind != "regression"), None)
     tables: dict[str, dict[str, pd.DataFrame]] = {}
@@ -119,7 +121,12 @@ def manifest_tables(config: DataConfig, layout: Layout
         tables[split] = {"images": images[split]}
         if stratified and split != "train":
             tables[split]["classes"] = class_table(images, split, stratified)
-    return path, tables, manifest.split_from
+    return manifest.path, tables
+
+
+def seeded_split(config: DataConfig, layout: Layout) -> bool:
+    """Whether ``data.seed`` chose the manifest's splits (it has no split column)."""
+    return _read(config, layout).split_from == "seed"
 
 
 def training_classes(tables: Mapping[str, Mapping[str, pd.DataFrame]], task: str) -> list[str]:

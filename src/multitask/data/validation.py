@@ -45,7 +45,7 @@ from multitask.config import DataConfig, Params, ValidateConfig, load_sources
 from multitask.data import manifest_checks
 from multitask.data.cifar import archive_path, read_cifar10
 from multitask.data.datasets import DATASETS, MANIFEST, SOURCES
-from multitask.data.manifest_checks import manifest_tables
+from multitask.data.manifest_checks import manifest_tables, seeded_split
 from multitask.data.tables import (
     CLASSES,
     image_table,
@@ -313,7 +313,7 @@ def validate_manifest(data: DataConfig, config: ValidateConfig, layout: Layout,
                       docs_dir: Path | None = None) -> dict[str, Any]:
     """The summary of ``data.dataset: manifest``'s checks (:mod:`multitask.data.manifest_checks`),
     under source ``manifest``; nothing raises on a failed expectation, as in :func:`validate`."""
-    path, tables, split_from = manifest_tables(data, layout)
+    path, tables = manifest_tables(data, layout)
     context = _context(docs_dir)
     summary = _header(config)
     entries = _run_suites(
@@ -329,7 +329,7 @@ def validate_manifest(data: DataConfig, config: ValidateConfig, layout: Layout,
               for split, by_table in tables.items()}
     success = all(s["success"] for s in splits.values())
     summary["sources"][MANIFEST] = {"manifest": str(path), "success": success,
-                                    "split_from": split_from, "splits": splits,
+                                    "splits": splits,
                                     "duplicates_across_splits": extras["duplicates_across_splits"]}
     summary["success"] = success
     if docs_dir is not None:
@@ -421,7 +421,7 @@ def validate_raw(params: Params, layout: Layout) -> dict[str, Any]:
                     + ("\nA label training lacks is no row's fault here: data.seed chose the "
                        "splits (the manifest has no split column); add a split column that "
                        "puts some of its rows in train, or try another data.seed"
-                       if summary["sources"][MANIFEST].get("split_from") == "seed" else ""))
+                       if seeded_split(params.data, layout) else ""))
         raise ValueError(
             f"{len(failures)} expectation(s) failed; details in {layout.validation_summary} and "
             f"{layout.data_docs / 'index.html'}:\n  " + "\n  ".join(failures) + todo)

@@ -2,7 +2,7 @@
 
 MLflow's pytorch flavour serves one unnamed tensor, so a client got ``[[3, 7]]`` and had to look
 the task and class names up in the model's metadata. This flavour serves a table instead, one
-row per image and per task the columns its kind yields (:func:`task_columns`)::
+row per image and per task the columns its kind yields (:func:`multitask.tasks.task_columns`)::
 
     left     left_probability  smiling  smiling_decision  smiling_probability  age
     Trouser  0.97              yes      1                 0.81                 37.2
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # The columns are defined with the task kinds (config refuses a task named as another's).
-from multitask.tasks import decision_column, probability_column, task_columns  # noqa: F401
+from multitask.tasks import decision_column, probability_column
 
 if TYPE_CHECKING:
     import numpy as np
@@ -73,7 +73,7 @@ def pixel_problem(pixels: np.ndarray) -> str | None:
 
 class NamedTaskOutput:
     """The pyfunc implementation: pixels (N, C, H, W) -> a table with, per task in task order,
-    the columns its kind yields (:func:`task_columns`)."""
+    the columns its kind yields (:func:`multitask.tasks.task_columns`)."""
 
     def __init__(self, program: torch.nn.Module, task_names: list[str],
                  class_names: dict[str, list[str]], kinds: dict[str, str] | None = None
