@@ -470,6 +470,35 @@ def test_running_tasks_are_orphans_only_with_no_worker_active_for_the_grace() ->
     assert "mark them failed with `dvc queue kill bbbbbbb ccccccc` and rerun" in message
 
 
+class _Interrupted(_Queue):
+    """A _Queue interrupted by Ctrl-C in its poll ``at`` (counted from 0)."""
+
+    def __init__(self, polls: list[str], at: int) -> None:
+        super().__init__(polls)
+        self.at = at
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        if args[:2] == ("queue", "status"):
+            self.at -= 1
+            if self.at == -1:
+                raise KeyboardInterrupt
+        return super().__call__(*args, check=check)
+
+
+def test_ctrl_c_names_only_the_experiments_that_go_on_each_with_its_command(
+        caplog: pytest.LogCaptureFixture) -> None:
+    watched = {"aaaaaaa": "cmp-s0", "bbbbbbb": "cmp-s1", "ccccccc": "cmp-s2"}
+    polls = [_status(["Running", "Queued", "Queued"], active=1),
+             _status(["Success", "Running", "Queued"], active=1)]  # the queue after Ctrl-C
+    with pytest.raises(KeyboardInterrupt):
+        wait(_Interrupted(polls, at=1), watched, jobs=1, poll_s=0.0)
+    assert caplog.messages[-1] == (
+        "interrupted: 2 experiment(s) of this comparison go on in DVC's queue in the "
+        "background (dvc queue status). Rerun the same command to wait for them and write the "
+        "comparison; stop them with `dvc queue kill cmp-s1` (running) and `dvc queue remove "
+        "cmp-s2` (not started)")  # not cmp-s0, which finished
+
+
 @pytest.mark.parametrize("folder", [".", "sample", "examples/fashion-manifest"])
 def test_a_queued_stage_imports_its_copys_package_not_the_workspaces(tmp_path: Path,
                                                                       folder: str) -> None:

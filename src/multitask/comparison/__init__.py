@@ -134,16 +134,7 @@ def _run(dvc: Dvc, pipeline: Pipeline, spec: Spec, to_queue: list[tuple[Row, int
     log.info("running %d experiments (%d already queued) with %d workers, %s threads each",
              len(to_queue), len(pending), min(jobs, len(watched)), dvc.env[THREADS_ENV])
     with tqdm(total=len(watched), desc=f"compare {spec.name}", unit="experiment") as bar:
-        try:
-            wait(dvc, watched, jobs, on_done=lambda done: bar.update(done - bar.n))
-        except KeyboardInterrupt:
-            log.warning(
-                "interrupted: %d experiment(s) of this comparison go on in DVC's queue in the "
-                "background (dvc queue status). Rerun the same command to wait for them and "
-                "write the comparison; stop them with `dvc queue kill %s` (running) and `dvc "
-                "queue remove --queued` (not started)", len(watched) - bar.n,
-                " ".join(sorted(watched.values())))
-            raise
+        wait(dvc, watched, jobs, on_done=lambda done: bar.update(done - bar.n))
 
 
 def _collect(dvc: Dvc, pipeline: Pipeline, spec: Spec, rev: str,

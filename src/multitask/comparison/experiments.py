@@ -8,6 +8,9 @@ from an earlier `dvc queue start` keeps its own and takes any task queued meanwh
 ones are waited out first (:func:`idle_workers_gone`). Results come back from
 `dvc exp show --json` (the metrics of ``reports/metrics.json`` and ``reports/baselines.json``)
 and `git show <experiment>:reports/train.json` (its MLflow run id and thread counts).
+
+One module, not several: every DVC command a comparison runs and the reading of its text
+answers (`queue status`, `exp show --json`, `queue logs`) are one place to fix when DVC changes.
 """
 
 from __future__ import annotations
@@ -193,7 +196,16 @@ def wait(dvc: Dvc, watched: dict[str, str], jobs: int,
     DVC never marks it failed. A running task always has an active worker, so a task of ours
     that is Running while no worker is active for :data:`STALLED_POLLS` polls in a row (not
     one: a worker takes a few seconds to register) raises, naming the `dvc queue kill` that
-    marks it failed so that the next run queues it again."""
+    marks it failed so that the next run queues it again. Ctrl-C warns which go on."""
+    try:
+        _wait(dvc, watched, jobs, on_done, poll_s)
+    except KeyboardInterrupt:
+        log.warning("%s", _interrupted(watched, queue_status(dvc).tasks))
+        raise
+
+
+def _wait(dvc: Dvc, watched: dict[str, str], jobs: int, on_done: Callable[[int], None],
+          poll_s: float) -> None:
     dvc("queue", "start", "--jobs", str(jobs))
     short = 0  # polls in a row with fewer workers alive than the work left could use
     orphaned = 0  # polls in a row with a task of ours Running and no worker active
@@ -223,6 +235,19 @@ def wait(dvc: Dvc, watched: dict[str, str], jobs: int,
     failed = {task: name for task, name in watched.items() if states[task][1] == FAILED}
     if failed:
         raise RuntimeError("\n\n".join(_failure(dvc, task, name) for task, name in failed.items()))
+
+
+def _interrupted(watched: dict[str, str], states: dict[str, tuple[str, str]]) -> str:
+    """Ctrl-C's warning: by the queue's ``states``, ours still running and not started."""
+    left = {name: states.get(task, ("", "Queued"))[1] for task, name in watched.items()}
+    running = sorted(name for name, state in left.items() if state == RUNNING)
+    waiting = sorted(name for name, state in left.items() if state not in (*DONE, RUNNING))
+    stop = [*([f"`dvc queue kill {' '.join(running)}` (running)"] if running else []),
+            *([f"`dvc queue remove {' '.join(waiting)}` (not started)"] if waiting else [])]
+    return (f"interrupted: {len(running) + len(waiting)} experiment(s) of this comparison go "
+            "on in DVC's queue in the background (dvc queue status). Rerun the same command "
+            f"to wait for them and write the comparison; stop them with "
+            f"{' and '.join(stop) or 'nothing (all finished)'}")
 
 
 def _orphaned(running: dict[str, str]) -> str:
