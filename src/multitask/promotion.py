@@ -365,11 +365,11 @@ def _promote(params: Params, layout: Layout, *, run_id: str | None, dry_run: boo
         tracking.set_version_tags(name, version.version, tags)
     else:
         version = tracking.register_version(model_uri, name, tags)
-    tracking.set_alias(name, outcome, version.version)
-    if decision.promote:
-        challenger = tracking.version_by_alias(name, CHALLENGER)
+    if decision.promote:  # before the champion alias: a rerun after Ctrl-C between the two
+        challenger = tracking.version_by_alias(name, CHALLENGER)  # stops at "already champion"
         if challenger is not None and challenger.version == version.version:
             tracking.delete_alias(name, CHALLENGER)
+    tracking.set_alias(name, outcome, version.version)
     lines.append(f"{name} v{version.version} is now {outcome}")
     _write("\n".join(lines) + "\n")
     return EXIT_PROMOTED if decision.promote else EXIT_CHALLENGER

@@ -425,3 +425,22 @@ def test_a_tuning_trial_is_refused_and_another_experiments_run_is_pointed_out(
                 "--dry-run"]) == 0
     assert (f"note: the run was logged in experiment '{NAME}', not 'other' ({other}'s); check "
             "--run-id and --params") in capsys.readouterr().out
+
+
+def test_ctrl_c_while_a_challenger_takes_the_champion_alias_leaves_one_alias_after_a_rerun(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert promote("--run-id", evaluated_run(0.80, 0.90, 1.0)) == 0
+    lopsided = evaluated_run(0.90, 0.88, 4.0)  # 'right' drops by 0.02: challenger at 0.01
+    assert promote("--run-id", lopsided) == 3
+    assert aliases() == {"champion": "1", "challenger": "2"}
+    text = (workdir / "params.yaml").read_text()
+    (workdir / "params.yaml").write_text(text.replace("tolerance: 0.01", "tolerance: 0.05"))
+
+    def interrupted(name: str, alias: str) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # Ctrl-C at the alias move that ends a promotion
+        patch.setattr(tracking, "delete_alias", interrupted)
+        assert promote("--run-id", lopsided) == 130
+    assert promote("--run-id", lopsided) == 0  # the rerun finishes it
+    assert aliases() == {"champion": "2"}  # v2 is not also the challenger
