@@ -388,6 +388,11 @@ def _status(params: Params) -> int:
     aggregate = params.promote.aggregate
     versions = {alias: tracking.version_by_alias(name, alias) for alias in (CHAMPION, CHALLENGER)}
     if not any(versions.values()):
+        if name not in (names := tracking.registered_names()):  # the params of another pipeline?
+            held = f"it holds {', '.join(names)}" if names else "it holds no registered model"
+            raise ValueError(f"no registered model '{name}' (named by {params.source}) in "
+                             f"{tracking.describe_uri()} ({held}); run `multitask promote` in "
+                             "the pipeline's folder first, or give that pipeline's --params")
         raise ValueError(f"registered model '{name}' has no champion or challenger in "
                          f"{tracking.describe_uri()}; run `multitask promote` first")
     columns = {alias: _version_metrics(v) if v else {} for alias, v in versions.items()}

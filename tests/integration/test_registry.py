@@ -165,7 +165,8 @@ def test_missing_corrupt_or_unfinished_runs_are_clear_errors(
     assert promote("--run-id", str(unevaluated.run_id)) == 1
     assert "no test metrics" in capsys.readouterr().err
     assert cli(["registry", "--params", "params.yaml"]) == 1
-    assert "has no champion or challenger" in capsys.readouterr().err
+    assert (f"no registered model '{NAME}' (named by params.yaml) in sqlite:///"
+            in capsys.readouterr().err)
 
 
 def test_a_pickled_model_is_never_registered_or_loaded(
@@ -444,3 +445,17 @@ def test_ctrl_c_while_a_challenger_takes_the_champion_alias_leaves_one_alias_aft
         assert promote("--run-id", lopsided) == 130
     assert promote("--run-id", lopsided) == 0  # the rerun finishes it
     assert aliases() == {"champion": "2"}  # v2 is not also the challenger
+
+
+def test_registry_of_a_model_not_in_the_store_names_those_it_holds(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert promote("--run-id", evaluated_run(0.8, 0.8, 1.0)) == 0
+    other = workdir / "other.yaml"  # the params of another pipeline, e.g. the root's
+    other.write_text((workdir / "params.yaml").read_text().replace(
+        f"experiment: {NAME}", "experiment: multifashion"))
+    capsys.readouterr()
+    assert cli(["registry", "--params", str(other)]) == 1
+    assert capsys.readouterr().err == (
+        f"multitask registry: error: no registered model 'multifashion' (named by {other}) in "
+        f"sqlite:///{workdir / 'mlflow.db'} (it holds {NAME}); run `multitask promote` in the "
+        "pipeline's folder first, or give that pipeline's --params\n")

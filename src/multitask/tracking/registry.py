@@ -50,6 +50,12 @@ def version_by_alias(name: str, alias: str) -> ModelVersion | None:
 
 
 @store_errors
+def registered_names() -> list[str]:
+    """The names of the store's registered models (its first page of them)."""
+    return sorted(model.name for model in client(create=False).search_registered_models())
+
+
+@store_errors
 def versions_of_run(name: str, run_id: str) -> list[ModelVersion]:
     """The versions of ``name`` registered from run ``run_id`` (oldest first)."""
     query = f"name = {filter_literal(name)} and run_id = {filter_literal(run_id)}"
