@@ -485,6 +485,11 @@ def ci_report(base_dir: str | Path, head_dir: str | Path, output: str | Path,
               params_path: str | Path) -> int:
     """``multitask ci-report``: write the report and its PNG; 1 when the gate fails."""
     tolerance = regression_tolerance(params_path)
+    for flag, folder in (("--base", base_dir), ("--head", head_dir)):
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{flag} {folder}: no such folder; give the folder its "
+                                    "pipeline ran in (its params.yaml and reports/, e.g. sample/ "
+                                    "of a checkout)")
     base, head = load_result(base_dir), load_result(head_dir)
     rows = compare_metrics(base, head)
     output, plot_path = _outputs(output)

@@ -241,6 +241,17 @@ def test_missing_metrics_are_an_error_naming_the_file(
     assert f"{head}/reports/metrics.json: not found" in capsys.readouterr().err
 
 
+def test_a_folder_that_does_not_exist_is_an_error_naming_its_flag(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = write_result(tmp_path / "base", {"left": 0.81, "right": 0.78})
+    status, report = run_report(tmp_path, base, tmp_path / "hed")
+    assert status == 2 and report == ""
+    assert capsys.readouterr().err == (
+        f"multitask ci-report: error: --head {tmp_path / 'hed'}: no such folder; give the "
+        "folder its pipeline ran in (its params.yaml and reports/, e.g. sample/ of a "
+        "checkout)\n")
+
+
 AGE = {"age": {"mae": 3.0, "rmse": 4.0, "loss": 9.0}}  # a regression task beside left, right
 
 
