@@ -22,6 +22,7 @@ from multitask.comparison.experiments import (
     Pipeline,
     copy_sources_first,
     experiments,
+    queue_all,
     queue_status,
     run_to_files,
     wait,
@@ -497,6 +498,38 @@ def test_ctrl_c_names_only_the_experiments_that_go_on_each_with_its_command(
         "background (dvc queue status). Rerun the same command to wait for them and write the "
         "comparison; stop them with `dvc queue kill cmp-s1` (running) and `dvc queue remove "
         "cmp-s2` (not started)")  # not cmp-s0, which finished
+
+
+class _Queueing(Dvc):
+    """A Dvc on which the second `dvc exp run --queue` is interrupted by Ctrl-C."""
+
+    def __init__(self) -> None:
+        super().__init__(Path("."))
+        self.queued: list[str] = []
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        if args[:2] == ("exp", "run"):
+            if self.queued:
+                raise KeyboardInterrupt
+            self.queued.append(args[args.index("--name") + 1])
+            return subprocess.CompletedProcess(args, 0, "", "")
+        rows = "".join(f"{task}  {name}  09:39 AM  {state}\n" for task, name, state in (
+            ("aaaaaaa", self.queued[0], "Queued"), ("bbbbbbb", "cmp-s5", "Queued"),
+            ("ccccccc", "other-s0", "Queued"), ("ddddddd", "cmp-s6", "Success")))
+        return subprocess.CompletedProcess(args, 0, f"Task  Name  Created  Status\n{rows}\n"
+                                           "Worker status: 0 active, 0 idle\n", "")
+
+
+def test_ctrl_c_while_queueing_names_the_experiments_left_waiting_in_the_queue(
+        caplog: pytest.LogCaptureFixture) -> None:
+    pipeline = Pipeline(ROOT, Path("sample/dvc.yaml"))
+    planned = [("cmp-s0", [("train.seed", "0")]), ("cmp-s1", [("train.seed", "1")])]
+    with pytest.raises(KeyboardInterrupt):
+        queue_all(_Queueing(), pipeline, planned, pending=["cmp-s5"])
+    assert caplog.messages[-1] == (
+        "interrupted while queueing: 2 experiment(s) of this comparison wait in DVC's queue, "
+        "not started (dvc queue status); rerun the same command to run them and write the "
+        "comparison, or remove them with `dvc queue remove cmp-s0 cmp-s5`")
 
 
 @pytest.mark.parametrize("folder", [".", "sample", "examples/fashion-manifest"])

@@ -37,7 +37,7 @@ from multitask.comparison.experiments import (
     Pipeline,
     experiments,
     idle_workers_gone,
-    queue,
+    queue_all,
     queue_status,
     train_record,
     wait,
@@ -126,8 +126,8 @@ def _run(dvc: Dvc, pipeline: Pipeline, spec: Spec, to_queue: list[tuple[Row, int
         log.warning("%d DVC queue workers from an earlier start are still alive: any of our "
                     "experiments they take runs with their environment, not MULTITASK_THREADS=%s",
                     before.active + before.idle, dvc.env[THREADS_ENV])
-    for row, seed, name in to_queue:
-        queue(dvc, pipeline, name, spec.overrides(row, seed))
+    queue_all(dvc, pipeline, [(name, spec.overrides(row, seed)) for row, seed, name in to_queue],
+              pending)
     names = {name for *_, name in to_queue} | set(pending)
     watched = {task: name for task, (name, state) in queue_status(dvc).tasks.items()
                if name in names and (task not in before.tasks or state in ("Queued", "Running"))}

@@ -148,6 +148,25 @@ def queue(dvc: Dvc, pipeline: Pipeline, name: str, overrides: list[tuple[str, st
     dvc("exp", "run", pipeline.dvc_yaml.as_posix(), "--queue", "--name", name, *settings)
 
 
+def queue_all(dvc: Dvc, pipeline: Pipeline, planned: list[tuple[str, list[tuple[str, str]]]],
+              pending: list[str]) -> None:
+    """Queue each (name, overrides) of ``planned``. Ctrl-C names those of them and of
+    ``pending`` (queued earlier) that wait in the queue: no worker was started for them."""
+    try:
+        for name, overrides in planned:
+            queue(dvc, pipeline, name, overrides)
+    except KeyboardInterrupt:
+        names = {name for name, _ in planned} | set(pending)
+        waiting = sorted(name for name, state in queue_status(dvc).tasks.values()
+                         if name in names and state == "Queued")
+        if waiting:
+            log.warning("interrupted while queueing: %d experiment(s) of this comparison wait "
+                        "in DVC's queue, not started (dvc queue status); rerun the same command "
+                        "to run them and write the comparison, or remove them with `dvc queue "
+                        "remove %s`", len(waiting), " ".join(waiting))
+        raise
+
+
 @dataclass(frozen=True)
 class QueueStatus:
     """`dvc queue status`: its tasks and how many workers are alive."""
