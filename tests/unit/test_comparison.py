@@ -452,6 +452,18 @@ def test_a_running_task_without_a_worker_is_named_with_the_fix() -> None:
     assert dvc.starts == [(STALLED_POLLS, "2")]  # raised instead of starting idle workers
 
 
+def test_a_task_missing_from_one_status_is_waited_for_and_gone_after_the_grace() -> None:
+    watched = {"aaaaaaa": "cmp-s0", "bbbbbbb": "cmp-s1", "ccccccc": "cmp-s2"}
+    # a worker took s1 between DVC's read of the running tasks and its read of the queued
+    taken = _status(["Success", "Running", "Queued"], active=1).replace("bbbbbbb  cmp-s1", "")
+    dvc = _Queue([taken, _status(["Success", "Success", "Success"], active=0)])
+    wait(dvc, watched, jobs=1, poll_s=0.0)
+    assert dvc.polls == []
+    removed = [taken] * STALLED_POLLS  # `dvc queue remove`: gone for good
+    with pytest.raises(RuntimeError, match=r"experiment cmp-s1: no longer in `dvc queue status`"):
+        wait(_Queue(removed), watched, jobs=1, poll_s=0.0)
+
+
 def test_running_tasks_are_orphans_only_with_no_worker_active_for_the_grace() -> None:
     watched = {"aaaaaaa": "cmp-s0", "bbbbbbb": "cmp-s1", "ccccccc": "cmp-s2"}
     # right after `dvc queue start` a worker may not have registered yet: not an orphan

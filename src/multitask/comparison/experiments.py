@@ -228,13 +228,21 @@ def _wait(dvc: Dvc, watched: dict[str, str], jobs: int, on_done: Callable[[int],
     dvc("queue", "start", "--jobs", str(jobs))
     short = 0  # polls in a row with fewer workers alive than the work left could use
     orphaned = 0  # polls in a row with a task of ours Running and no worker active
+    missing = 0  # polls in a row with a task of ours in no list of `dvc queue status`
     while True:
         status = queue_status(dvc)
         states = status.tasks
+        # DVC lists the running tasks, then the queued: one a worker takes between the two
+        # reads is in neither, for that one poll
         if gone := sorted(watched[task] for task in watched if task not in states):
-            raise RuntimeError(f"experiment {', '.join(gone)}: no longer in `dvc queue status` "
-                               "(removed from the queue?); rerun the same command to queue "
-                               "what is missing")
+            missing += 1
+            if missing == STALLED_POLLS:
+                raise RuntimeError(f"experiment {', '.join(gone)}: no longer in `dvc queue "
+                                   "status` (removed from the queue?); rerun the same command "
+                                   "to queue what is missing")
+            time.sleep(poll_s)
+            continue
+        missing = 0
         finished = {task for task in watched if states[task][1] in DONE}
         on_done(len(finished))
         if len(finished) == len(watched):
