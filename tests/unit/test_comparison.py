@@ -544,6 +544,29 @@ def test_ctrl_c_while_queueing_names_the_experiments_left_waiting_in_the_queue(
         "comparison, or remove them with `dvc queue remove cmp-s0 cmp-s5`")
 
 
+class _StatusFails(_Queueing):
+    """As :class:`_Queueing`, and `dvc queue status` fails after the Ctrl-C."""
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        if args[:2] == ("queue", "status"):
+            raise subprocess.CalledProcessError(255, ["dvc", *args], "", "ERROR: lock held")
+        return super().__call__(*args, check=check)
+
+
+def test_ctrl_c_still_ends_as_an_interruption_when_the_queue_cannot_be_read(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The warning falls back to what to look at; the KeyboardInterrupt is what propagates."""
+    pipeline = Pipeline(ROOT, Path("sample/dvc.yaml"))
+    planned = [("cmp-s0", [("train.seed", "0")]), ("cmp-s1", [("train.seed", "1")])]
+    with pytest.raises(KeyboardInterrupt):
+        queue_all(_StatusFails(), pipeline, planned, pending=[])
+    assert "`dvc queue status` lists what this comparison left" in caplog.messages[-1]
+    # Ctrl-C in the first poll; the status read after it fails (no answer left: IndexError)
+    with pytest.raises(KeyboardInterrupt):
+        wait(_Interrupted([], at=0), {"aaaaaaa": "cmp-s0"}, jobs=1, poll_s=0.0)
+    assert "may go on in DVC's queue" in caplog.messages[-1]
+
+
 @pytest.mark.parametrize("folder", [".", "sample", "examples/fashion-manifest"])
 def test_a_queued_stage_imports_its_copys_package_not_the_workspaces(tmp_path: Path,
                                                                       folder: str) -> None:

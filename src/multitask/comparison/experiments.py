@@ -157,9 +157,13 @@ def queue_all(dvc: Dvc, pipeline: Pipeline, planned: list[tuple[str, list[tuple[
             queue(dvc, pipeline, name, overrides)
     except KeyboardInterrupt:
         names = {name for name, _ in planned} | set(pending)
-        waiting = sorted(name for name, state in queue_status(dvc).tasks.values()
+        states = _states_after_ctrl_c(dvc)
+        waiting = sorted(name for name, state in (states or {}).values()
                          if name in names and state == "Queued")
-        if waiting:
+        if states is None:
+            log.warning("interrupted while queueing; `dvc queue status` lists what this "
+                        "comparison left in DVC's queue (`dvc queue remove <name>` removes one)")
+        elif waiting:
             log.warning("interrupted while queueing: %d experiment(s) of this comparison wait "
                         "in DVC's queue, not started (dvc queue status); rerun the same command "
                         "to run them and write the comparison, or remove them with `dvc queue "
@@ -219,8 +223,22 @@ def wait(dvc: Dvc, watched: dict[str, str], jobs: int,
     try:
         _wait(dvc, watched, jobs, on_done, poll_s)
     except KeyboardInterrupt:
-        log.warning("%s", _interrupted(watched, queue_status(dvc).tasks))
+        states = _states_after_ctrl_c(dvc)
+        log.warning("%s", "interrupted: experiments of this comparison may go on in DVC's queue "
+                    "in the background (dvc queue status); rerun the same command to wait for "
+                    "them, or stop them with `dvc queue kill` / `dvc queue remove`"
+                    if states is None else _interrupted(watched, states))
         raise
+
+
+def _states_after_ctrl_c(dvc: Dvc) -> dict[str, tuple[str, str]] | None:
+    """The queue's tasks for Ctrl-C's warning; None when `dvc queue status` fails then (the
+    interruption, not that failure, is what the user should see)."""
+    try:
+        return queue_status(dvc).tasks
+    except Exception:
+        log.debug("dvc queue status failed after Ctrl-C", exc_info=True)
+        return None
 
 
 def _wait(dvc: Dvc, watched: dict[str, str], jobs: int, on_done: Callable[[int], None],
