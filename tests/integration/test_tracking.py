@@ -265,6 +265,10 @@ def test_log_model_false_logs_no_model(store: str) -> None:
     with stage_run(sample_params(log_model=False), "train") as run:
         assert run.log_model(torch.nn.Linear(1, 1), np.zeros((2, 1)), ["left"]) is None
     assert MODEL_URI_TAG not in mlflow.MlflowClient(store).get_run(run.run_id).data.tags
+    # asked for as a model, the run is named as one that logged none, with where to look
+    with pytest.raises(ValueError, match=f"check the run: {run.run_id} logged no model .* its "
+                                         "reports/train.json"):
+        load_model(f"runs:/{run.run_id}/model")
 
 
 def test_system_metrics_are_sampled_when_enabled(store: str) -> None:

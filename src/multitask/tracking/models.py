@@ -237,11 +237,30 @@ def _unreachable(what: str, model_uri: str, exc: Exception) -> ValueError:
     elif ":" not in model_uri and "/" not in model_uri:  # a bare registered model name?
         named = (f"the URI: a folder, runs:/<run id>/model, or a registered model as "
                  f"models:/{model_uri}@champion (or @challenger, /<version>)")
+    elif no_model := _run_without_model(model_uri):
+        named = no_model
     else:
         named = "the URI"
     return ValueError(f"{what} from the MLflow store {describe_uri()}: {message}"
                       f"{_aliases(model_uri)}; check {server}{named}, or set {URI_ENV} to the "
                       "store that holds it")
+
+
+def _run_without_model(model_uri: str) -> str | None:
+    """For ``runs:/<id>/...`` naming a run that logged no model (a tuning trial's, a stage's
+    other than train, or with ``tracking.log_model`` false): what to give instead."""
+    run_id = model_uri.removeprefix("runs:/").split("/")[0]
+    if not model_uri.startswith("runs:/") or not run_id:
+        return None
+    try:
+        tags = client(create=False).get_run(run_id).data.tags
+    except (StoreError, *_unreachable_errors()):  # no such run: MLflow's reason says so
+        return None
+    if MODEL_URI_TAG in tags:
+        return None
+    return (f"the run: {run_id} logged no model (a tuning trial's or another stage's run, or "
+            "tracking.log_model was false); a pipeline's train run, which does, is named in "
+            "its reports/train.json")
 
 
 def _aliases(model_uri: str) -> str:
