@@ -24,7 +24,14 @@ from multitask.tasks import Task
 from multitask.training import stages
 from multitask.training.data import ProcessedData, targets
 from multitask.training.ensemble import trains_together, unbatchable
-from multitask.training.metrics import auroc, binary_f1, delta_m, evaluate, macro_f1
+from multitask.training.metrics import (
+    Evaluation,
+    auroc,
+    binary_f1,
+    delta_m,
+    evaluate,
+    macro_f1,
+)
 from multitask.training.selection import Selection
 from multitask.training.trainer import task_loss
 
@@ -68,6 +75,21 @@ def test_auroc_of_a_perfect_and_a_reversed_ranking() -> None:
 
 def test_auroc_of_one_class_is_undefined() -> None:
     assert math.isnan(auroc(torch.tensor([0.2, 0.9]), torch.tensor([1, 1])))
+
+
+def test_a_metric_not_defined_on_a_split_is_warned_about_naming_task_and_report(
+        caplog: pytest.LogCaptureFixture) -> None:
+    one_class = Evaluation({"shape": {"accuracy": 0.9, "loss": 0.3},
+                            "bright": {"accuracy": 1.0, "auroc": math.nan, "loss": 0.1}}, {})
+    one_class.warn_undefined("test", "reports/metrics.json")
+    assert caplog.messages == [
+        "test split, task bright: auroc not defined (an AUROC needs both classes in the split; "
+        "the validate stage's summary counts each split's classes); written as NaN in "
+        "reports/metrics.json"]
+    caplog.clear()
+    Evaluation({"bright": {"accuracy": 0.5, "auroc": 0.5, "loss": 0.7}}, {}).warn_undefined(
+        "test", "reports/metrics.json")
+    assert caplog.messages == []
 
 
 def test_delta_m_rewards_a_lower_mae_and_penalises_a_higher_one() -> None:

@@ -3,6 +3,8 @@ single-task baselines."""
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +18,8 @@ from multitask.models.base import MultiTaskModel
 from multitask.tasks import Task
 from multitask.training.data import ProcessedData, targets
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Evaluation:
@@ -26,6 +30,18 @@ class Evaluation:
     confusion: dict[str, Tensor]  # classification task -> (classes, classes), rows = actual
     # regression task -> (N, 2) float64: predicted value, target (the target's units)
     predictions: dict[str, Tensor] = field(default_factory=dict)
+
+    def warn_undefined(self, split: str, report: str) -> None:
+        """One warning per task with a metric that is not a number on ``split`` (an AUROC of
+        a split that holds one class of a binary task): written as NaN into ``report``."""
+        for task, values in self.metrics.items():
+            undefined = sorted(name for name, value in values.items() if not math.isfinite(value))
+            if undefined:
+                why = ("an AUROC needs both classes in the split; the validate stage's summary "
+                       "counts each split's classes" if keys.AUROC in undefined else
+                       "the network's outputs or the loss were not finite")
+                log.warning("%s split, task %s: %s not defined (%s); written as NaN in %s",
+                            split, task, ", ".join(undefined), why, report)
 
 
 def macro_f1(confusion: Tensor) -> float:

@@ -145,6 +145,7 @@ def _baselines(params: Params, layout: Layout, writes: bool) -> dict[str, dict[s
     for task, fitted, checkpoint in _fitted_baselines(params, layout, data, tasks, start,
                                                       together):
         scored = evaluate_split(fitted.model, data, keys.TEST, [task])
+        scored.warn_undefined(keys.TEST, str(layout.baselines_json))
         results[task.name] = scored.metrics[task.name]
         validation[task.name] = {metric: fitted.kept[keys.task_metric(keys.VAL, task.name, metric)]
                                  for metric in (*task.metrics, keys.LOSS)}
@@ -345,6 +346,7 @@ def evaluate(params: Params, layout: Layout) -> dict[str, object]:
         model.to(data.device, memory_format=torch.channels_last)
         tasks = main_tasks(model.tasks)
         result = evaluate_split(model, data, keys.TEST, tasks)
+        result.warn_undefined(keys.TEST, str(layout.metrics_json))
         primary = {t.name: result.metrics[t.name][t.metric] for t in tasks}
         base_primary = {}
         for name, values in baseline.items():
