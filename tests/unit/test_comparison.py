@@ -588,6 +588,19 @@ def test_a_queued_stage_imports_its_copys_package_not_the_workspaces(tmp_path: P
 
 
 # ------------------------------------------------------------------------- command and threads
+@pytest.mark.parametrize(("seeds", "message"), [
+    (["0", "-1"], "--seeds 0 -1: -1 is negative; train.seed takes 0 or more"),
+    (["1", "1"], "--seeds 1 1: give distinct seeds")])
+def test_bad_seeds_are_named_once_before_any_dvc_command(seeds: list[str], message: str
+                                                         ) -> None:
+    done = subprocess.run([sys.executable, "-m", "multitask", "compare", "x", "--vary",
+                           "train.weighting", "equal", "dwa", "--seeds", *seeds, "--pipeline",
+                           "sample/dvc.yaml"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.count(message) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_a_typo_exits_1_before_any_dvc_command(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "multitask", "compare", "x", "--vary",
                            "train.weightng", "equal", "--pipeline", "sample/dvc.yaml"],

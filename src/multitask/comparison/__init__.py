@@ -177,6 +177,9 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
     if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
         raise ValueError(f"--seeds {' '.join(map(str, spec.seeds))}: give distinct seeds, "
                          "at least one (three or more for an interval worth reading)")
+    if negative := [seed for seed in spec.seeds if seed < 0]:
+        raise ValueError(f"--seeds {' '.join(map(str, spec.seeds))}: {negative[0]} is "
+                         "negative; train.seed takes 0 or more")
     pipeline = resolve_pipeline(pipeline_file)
     params_path = pipeline.root / pipeline.params_file
     raw = read_yaml(params_path, "the pipeline's params file")
