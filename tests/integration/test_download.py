@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import http.server
@@ -18,8 +19,8 @@ import pytest
 
 from multitask import cli
 from multitask.config import ConfigError, Source, SourcesFile
-from multitask.data import sources
-from multitask.data.datasets import DATASETS
+from multitask.data import download, sources
+from multitask.data.datasets import DATASETS, SOURCES
 from multitask.data.download import HttpPolicy, fetch_sources
 from multitask.data.sources import ExpectedFile, required_sources
 from multitask.layout import Layout
@@ -299,9 +300,17 @@ def test_a_corrupt_mirror_is_skipped_for_the_next(tmp_path: Path, server: FileSe
     assert len(server.requests) == 4  # every file tried on the corrupt mirror first
 
 
+def _debian_copy_at(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``folder`` where the install hint puts Debian's Fashion-MNIST (there or not)."""
+    spec = dataclasses.replace(SOURCES["fashion_mnist"], hint_folder=str(folder))
+    monkeypatch.setattr(download, "SOURCES", {**SOURCES, "fashion_mnist": spec})
+
+
 def test_every_mirror_down_names_each_mirror_and_why(tmp_path: Path, server: FileServer,
-                                                     mirror: tuple[Path, dict]) -> None:
+                                                     mirror: tuple[Path, dict],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     folder, digests = mirror
+    _debian_copy_at(tmp_path / "not-installed", monkeypatch)
     server.publish("flaky", folder)
     server.faults[f"/flaky/{IMAGES}"] = [500] * FAST.attempts
     with socket.socket() as probe:  # a port with nothing listening
@@ -361,6 +370,23 @@ def test_local_mirrors_alone_get_no_network_advice(tmp_path: Path,
         fetch(_data(tmp_path, [str(tmp_path / "nowhere")], digests), tmp_path)
     assert "folder not found" in str(error.value)
     assert "HTTPS_PROXY" not in str(error.value)
+    assert "add a mirror that has the files to sources.fashion_mnist.mirrors" in str(error.value)
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_the_install_hint_is_given_only_where_the_package_is_missing(
+        tmp_path: Path, mirror: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch,
+        installed: bool) -> None:
+    """Debian's copy already installed (but not a mirror, or not matching the digests):
+    installing it again does not help, so only the generic advice is given."""
+    _, digests = mirror
+    debian = tmp_path / "debian"
+    if installed:
+        debian.mkdir()
+    _debian_copy_at(debian, monkeypatch)
+    with pytest.raises(RuntimeError) as error:
+        fetch(_data(tmp_path, [str(tmp_path / "nowhere")], digests), tmp_path)
+    assert ("install Debian's dataset-fashion-mnist" in str(error.value)) is not installed
     assert "add a mirror that has the files to sources.fashion_mnist.mirrors" in str(error.value)
 
 

@@ -44,6 +44,7 @@ class SourceSpec:
     item_shape: tuple[int, ...]  # (H, W) for grey images, (H, W, C) for colour ones
     class_names: tuple[str, ...]
     hint: str = ""  # what to do when no mirror answers, beyond the generic advice
+    hint_folder: str = ""  # the folder the hint's remedy fills: no advice once it exists
 
     @property
     def num_classes(self) -> int:
@@ -82,7 +83,8 @@ SOURCES: Mapping[str, SourceSpec] = MappingProxyType({
     "fashion_mnist": SourceSpec(
         "idx", (28, 28), FASHION_CLASSES,
         hint="install Debian's dataset-fashion-mnist package (`make system-deps` as root), "
-        "which puts the four files in /usr/share/datasets/fashion-mnist/"),
+        "which puts the four files in /usr/share/datasets/fashion-mnist/",
+        hint_folder="/usr/share/datasets/fashion-mnist/"),
     "mnist": SourceSpec("idx", (28, 28), DIGIT_CLASSES),
     "cifar10": SourceSpec("cifar", (32, 32, 3), CIFAR10_CLASSES),
 })

@@ -290,7 +290,9 @@ def fetch_sources(
             if name in failed and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()  # leave nothing behind, not even a folder
     if failed:
-        advice = [SOURCES[name].hint for name in failed if name in SOURCES and SOURCES[name].hint]
+        # (not when done already: installing a package that is there does not help)
+        advice = [spec.hint for name in failed if (spec := SOURCES.get(name)) and spec.hint
+                  and not (spec.hint_folder and Path(spec.hint_folder).is_dir())]
         # a source of the user's own (a manifest archive) that they rebuilt: the digest is stale
         advice += [f"if you rebuilt the files of sources.{name} on purpose, put each new digest "
                    f"(the 'got' value above) in {sources_path}" for name, lines in failed.items()
