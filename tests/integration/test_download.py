@@ -276,6 +276,26 @@ def test_a_download_stopped_by_the_time_limit_keeps_its_part_file(
     assert part.read_bytes() == body[: len(body) // 2]
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_under_the_part_file_names_it_and_what_to_do(
+        tmp_path: Path, server: FileServer, mirror: tuple[Path, dict],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writing the partial file fails (ENOSPC): the error names that file, in the user cache
+    rather than the raw folder, and the way out; it was a bare '[Errno 28] No space left on
+    device'."""
+    folder, digests = mirror
+    full = tmp_path / "cache" / "full.part"
+    full.parent.mkdir()
+    full.symlink_to("/dev/full")
+    monkeypatch.setattr(download, "partial_path", lambda expected: full)
+    with pytest.raises(OSError) as error:
+        fetch(_data(tmp_path, [server.publish("fm", folder)], digests), tmp_path)
+    assert str(error.value).startswith(f"[Errno 28] {full}: cannot write the partial download "
+                                       f"of {server.url}/fm/")
+    assert "No space left on device" in str(error.value)
+    assert "MULTITASK_CACHE_DIR" in str(error.value)
+
+
 def test_an_http_refusal_deletes_the_part_file(tmp_path: Path, server: FileServer,
                                                mirror: tuple[Path, dict]) -> None:
     _, digests = mirror

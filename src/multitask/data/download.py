@@ -204,6 +204,12 @@ def _from_http(
     except MirrorError:
         part.unlink(missing_ok=True)
         raise
+    except OSError as exc:  # the partial file's disk, not the mirror (network errors are retried)
+        if isinstance(exc, requests.RequestException):
+            raise
+        raise OSError(exc.errno, f"{part}: cannot write the partial download of {url} "
+                      f"({exc.strerror or exc}); free space there or set MULTITASK_CACHE_DIR to "
+                      "a writable folder with room, then rerun (it resumes)") from exc
     with atomic_path(dest) as tmp:
         shutil.move(part, tmp)  # the cache may be on another file system
 
