@@ -473,6 +473,28 @@ def test_cli_download_and_its_errors(tmp_path: Path, mirror: tuple[Path, dict],
     assert f"{declared}: sources.mnist: not defined" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["check", "download"])
+def test_a_source_missing_a_file_its_reader_needs_is_refused(
+        tmp_path: Path, mirror: tuple[Path, dict], capsys: pytest.CaptureFixture[str],
+        command: str) -> None:
+    """check said 'valid' and download fetched three files, then validate asked to 'run
+    multitask download first' for the fourth, which no download would bring."""
+    folder, digests = mirror
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  dataset: multifashion\n")
+    declared = Layout(tmp_path).sources
+    declared.parent.mkdir(parents=True)
+    labels = "t10k-labels-idx1-ubyte.gz"
+    files = "".join(f"      {name}: {digest}\n" for name, digest in digests.items()
+                    if name != labels)
+    declared.write_text(f"sources:\n  fashion_mnist:\n    mirrors: [{folder}]\n"
+                        f"    files:\n{files}")
+    assert cli.main([command, "--params", str(params)]) == 1
+    assert (f"{declared}: sources.fashion_mnist: {labels} not listed, but fashion_mnist is "
+            "read from ") in capsys.readouterr().err
+    assert not raw_source(tmp_path).exists()
+
+
 def test_each_data_set_maps_to_its_sources(tmp_path: Path, mirror: tuple[Path, dict]) -> None:
     folder, digests = mirror
     assert DATASETS["multifashion_mnist"].sources == ("fashion_mnist", "mnist")

@@ -38,6 +38,7 @@ from multitask.data.sources import (
     mirror_folder,
     partial_path,
     refuse_mirrors_inside,
+    refuse_unlisted_files,
     remember_verified,
     required_sources,
 )
@@ -323,6 +324,8 @@ def download(params: Params, layout: Layout, sources: Sequence[str] = ()) -> lis
     ``manifest`` source's archives are unpacked beside themselves (:mod:`multitask.data.unpack`).
     """
     sources_file = load_sources(layout.sources)
+    refuse_unlisted_files(required_sources(sources_file, params.data.dataset, sources,
+                                           layout.sources), layout.sources)
     paths = fetch_sources(sources_file, params.data.dataset, layout, sources,
                           sources_path=layout.sources)
     if MANIFEST in required_sources(sources_file, params.data.dataset, sources, layout.sources):

@@ -13,6 +13,9 @@ inode and modification and change times. A no-op download then costs one ``stat`
 while any rewrite of a file changes its change time and makes it be verified again. The cache
 lives outside the raw folder (see :func:`cache_path`) so that the DVC output holds exactly
 the original files and its hash does not depend on when they were written.
+
+One module, not several: the ``check`` stage and ``download`` refuse the same sources files
+(undefined sources, unlisted files, mirrors inside the raw folder) with the same words.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from multitask.config import (
     load_sources,
     pretrained_file,
 )
-from multitask.data.datasets import DATASETS, MANIFEST
+from multitask.data.cifar import ARCHIVE
+from multitask.data.datasets import DATASETS, MANIFEST, SOURCES
 from multitask.data.dependencies import (
     STARTING_STAGES,
     folder_of,
@@ -43,6 +47,7 @@ from multitask.data.dependencies import (
     unwatched_stages,
     watched,
 )
+from multitask.data.idx import SPLIT_FILES
 from multitask.data.manifest import manifest_path, read_manifest
 from multitask.device import check_processes, select_device
 from multitask.io import atomic_open, read_json, write_json
@@ -111,6 +116,21 @@ def required_sources(
     return {name: sources[name] for name in wanted}
 
 
+def refuse_unlisted_files(sources: Mapping[str, Source], sources_path: str | Path) -> None:
+    """Each of ``sources`` that a reader of this repository reads lists every file it reads:
+    an unlisted one would never be downloaded, and validate would send the user back to
+    ``multitask download`` for it."""
+    reads = {"idx": [n for pair in SPLIT_FILES.values() for n in pair], "cifar": [ARCHIVE]}
+    for name, source in sources.items():
+        listed = {*source.files, *source.archive_sha256}
+        if name in SOURCES and (missing := [n for n in reads[SOURCES[name].reader]
+                                            if n not in listed]):
+            raise ConfigError(
+                f"{sources_path}: sources.{name}: {', '.join(missing)} not listed, but "
+                f"{name} is read from {', '.join(reads[SOURCES[name].reader])}; add each with "
+                f"its SHA-256 (listed: {', '.join(sorted(listed))})")
+
+
 def refuse_mirrors_inside(layout: Layout, sources: Mapping[str, Source],
                           sources_path: str | Path) -> None:
     """A local mirror must not lie in the folder the stage writes (and DVC deletes first)."""
@@ -151,7 +171,8 @@ def check(params: Params, layout: Layout) -> None:
     if problem := lenet_input_problem(params):  # else baselines fails in torch, too late
         raise ConfigError(problem)
     sources = load_sources(layout.sources)
-    required_sources(sources, params.data.dataset, sources_path=layout.sources)
+    refuse_unlisted_files(required_sources(sources, params.data.dataset,
+                                           sources_path=layout.sources), layout.sources)
     if params.data.dataset == MANIFEST and MANIFEST not in sources:  # else download brings it
         data = params.data
         manifest = read_manifest(manifest_path(data, layout), data.tasks, data.val_fraction,
