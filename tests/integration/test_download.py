@@ -31,8 +31,8 @@ IMAGES = "train-images-idx3-ubyte.gz"
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     """Serves ``server.files`` with Range support; ``server.faults[path]`` lists what to do
-    instead on the next requests: an HTTP status, "cut" (drop the connection mid-file) or
-    "stall" (send half the file, then nothing for 1.5 s)."""
+    instead on the next requests: an HTTP status, "cut" (drop the connection mid-file),
+    "stall" (send half the file, then nothing for 1.5 s) or "loop" (redirect to itself, always)."""
 
     server: FileServer
     protocol_version = "HTTP/1.1"
@@ -45,6 +45,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         server.requests.append((self.path, self.headers.get("Range")))
         fault = server.faults.get(self.path, []).pop(0) if server.faults.get(self.path) else None
         body = server.files.get(self.path)
+        if fault == "loop":  # a redirect to itself
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            server.faults[self.path].insert(0, "loop")
+            return
         if isinstance(fault, int) or body is None:
             self.send_error(fault if isinstance(fault, int) else 404)
             return
@@ -324,6 +331,20 @@ def _debian_copy_at(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make ``folder`` where the install hint puts Debian's Fashion-MNIST (there or not)."""
     spec = dataclasses.replace(SOURCES["fashion_mnist"], hint_folder=str(folder))
     monkeypatch.setattr(download, "SOURCES", {**SOURCES, "fashion_mnist": spec})
+
+
+def test_a_redirect_loop_is_named_and_the_next_mirror_tried(
+        tmp_path: Path, server: FileServer, mirror: tuple[Path, dict]) -> None:
+    """It ended the whole download with a bare 'Exceeded 30 redirects.'."""
+    folder, digests = mirror
+    looping = server.publish("loop", folder)
+    server.faults[f"/loop/{IMAGES}"] = ["loop"]
+    fetch(_data(tmp_path, [looping, server.publish("fm", folder)], digests), tmp_path)
+    assert _leftovers(raw_source(tmp_path)) == sorted(digests)
+    files = _data(tmp_path, [looping], {IMAGES: digests[IMAGES]})
+    with pytest.raises(RuntimeError) as error:
+        fetch(files, tmp_path / "again")
+    assert f"- {looping}: TooManyRedirects: Exceeded 30 redirects." in str(error.value)
 
 
 def test_every_mirror_down_names_each_mirror_and_why(tmp_path: Path, server: FileServer,

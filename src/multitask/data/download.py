@@ -152,6 +152,8 @@ def _stream(session: requests.Session, url: str, part: Path, policy: HttpPolicy,
                     bar.update(len(chunk))
     except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError) as exc:
         raise _Retry(_reason(exc)) from None
+    except requests.RequestException as exc:  # not transient (a redirect loop): the next mirror
+        raise MirrorError(_reason(exc)) from None
     if announced is not None and received < announced:
         raise _Retry(f"connection closed after {received} of {announced} bytes")
 
