@@ -500,6 +500,25 @@ def test_mlflow_parent_run_holds_one_nested_run_per_trial(processed: Path,
         chosen["weights"]["left"])
 
 
+def test_the_parent_run_records_the_trials_and_workers_given_on_the_command_line(
+        processed: Path, workdir: Path) -> None:
+    """``--n-trials``/``--workers`` override tune.n_trials/tune.workers: the parent run's params
+    say what this invocation ran (they said params.yaml's values: 2 trials, 1 worker)."""
+    import mlflow
+
+    params = write_params(workdir, processed, n_trials=2, tracking=tracking_on("tuning-tests"))
+    run_tune(params, n_trials=3, workers=1)
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tuning-tests").experiment_id
+    [parent] = [r for r in client.search_runs([experiment])
+                if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.data.params["tune.n_trials"] == "3"
+    assert parent.data.metrics["tune/trials/complete"] == 3
+    run_tune(params)  # params.yaml's 2: a run of its own, not the one that says 3
+    assert len([r for r in client.search_runs([experiment])
+                if "mlflow.parentRunId" not in r.data.tags]) == 2
+
+
 @pytest.mark.slow
 def test_rerun_on_a_finished_study_reopens_its_mlflow_run(
         processed: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -102,6 +102,9 @@ def tune(params: Params, layout: Layout, *, workers: int | None = None,
     workers = params.tune.workers if workers is None else workers
     if n_trials < 1 or workers < 1:
         raise ValueError(f"--n-trials ({n_trials}) and --workers ({workers}) must be at least 1")
+    # the run's params say what this invocation runs, not the values the command line overrode
+    params = params.model_copy(update={"tune": params.tune.model_copy(
+        update={"n_trials": n_trials, "workers": workers})})
     study_setup = setup(params, layout)
     storage = StudyStorage.of(params, layout)
     study = open_study(study_setup, storage, n_trials)
