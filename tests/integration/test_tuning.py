@@ -34,6 +34,7 @@ from multitask.training import session
 from multitask.training.data import ProcessedData
 from multitask.tuning.storage import LOCK_TIMEOUT_S
 from multitask.tuning.study import open_study, setup
+from multitask.tuning.workers import INTERRUPT_GRACE_S
 from multitask.weighting import METHODS, LossWeighting
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -717,6 +718,30 @@ def test_ctrl_c_stops_the_workers_with_one_message_not_their_tracebacks(
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
     states = {t.state.name for t in stored_trials(str(workdir / JOURNAL))}
     assert "RUNNING" not in states, states
+
+
+@pytest.mark.slow
+def test_sigint_to_the_tune_process_alone_stops_its_workers_at_once(processed: Path,
+                                                                     workdir: Path) -> None:
+    """``kill -INT`` of the tune process (not its group, as a terminal's Ctrl-C): its workers
+    are interrupted too. They went on starting trials until the parent's grace period ran out
+    and SIGTERM failed them."""
+    params = write_params(workdir, processed, n_trials=500, epochs=3)  # minutes of work left
+    process = tune_process(workdir, params, "--workers", "2")
+    storage = str(workdir / JOURNAL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None and not (
+            Path(storage).exists() and len(finished(stored_trials(storage))) >= 1):
+        time.sleep(0.2)
+    assert process.poll() is None, "tune ended before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0 and "interrupted" in output
+    assert time.monotonic() - started < INTERRUPT_GRACE_S, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    states = [t.state.name for t in stored_trials(storage)]
+    assert "RUNNING" not in states and states.count("FAIL") <= 2, states
 
 
 def descendants(pid: int) -> list[int]:

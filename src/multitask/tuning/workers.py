@@ -62,6 +62,8 @@ def _worker_process(job: WorkerJob) -> None:
         raise SystemExit(128 + signum)
 
     def interrupt(signum: int, frame: Any) -> None:  # Ctrl-C reaches the whole process group
+        if stopped:  # and the parent passes it on: once is enough, the trial is being failed
+            return
         stopped.append(signum)
         raise KeyboardInterrupt
 
@@ -143,9 +145,13 @@ def run_workers(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tria
                         f"{failed[0].name} exited with code {failed[0].exitcode} (its log is "
                         "above); the study keeps every finished trial: rerun multitask tune")
         except KeyboardInterrupt:
-            interrupted = True  # the workers got Ctrl-C too: let them fail their trials
+            interrupted = True  # let the workers fail their trials
             raise
         finally:
+            if interrupted:  # Ctrl-C reaches them too, but a SIGINT sent to this process alone
+                for process in processes:  # (kill -INT) left them starting new trials
+                    if process.pid is not None and process.exitcode is None:
+                        os.kill(process.pid, signal.SIGINT)
             for process in processes:
                 if process.pid is None:  # never started
                     continue
