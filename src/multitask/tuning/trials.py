@@ -147,10 +147,21 @@ def run_trial(study: optuna.Study, storage: StudyStorage, trial: Trial, objectiv
     return _tell(study, trial, values=values)
 
 
+def _not_skipped_telling(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Skipped telling trial")
+
+
 def _tell(study: optuna.Study, trial: Trial, **outcome: Any) -> FrozenTrial:
-    with warnings.catch_warnings():  # Optuna's own warning says less than ours
-        warnings.filterwarnings("ignore", "Skipped telling trial")
-        frozen = study.tell(trial, skip_if_finished=True, **outcome)
+    # Optuna's own message says less than ours: a warning in older Optuna, an INFO log line in
+    # this one (each worker printed it for the trial Ctrl-C failed, told FAIL twice)
+    tell_log = logging.getLogger("optuna.study._tell")
+    tell_log.addFilter(_not_skipped_telling)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Skipped telling trial")
+            frozen = study.tell(trial, skip_if_finished=True, **outcome)
+    finally:
+        tell_log.removeFilter(_not_skipped_telling)
     if frozen.state == TrialState.FAIL and outcome.get("state") != TrialState.FAIL:
         log.warning("trial %d was declared lost by another worker while this one ran it (no "
                     "heartbeat for tune.grace_period_s); its result is dropped", trial.number)
