@@ -164,23 +164,6 @@ def test_unbounded_simplex_coordinates_are_uniform_on_the_simplex() -> None:
     assert (samples < 0.5).mean(axis=0) == pytest.approx([0.75] * 3, abs=0.015)
 
 
-def test_the_pareto_plot_title_fits_in_the_figure() -> None:
-    """A study's name with the trials and rule after it ran off the 5.5-inch figure (the
-    sample's plot showed '... #28dcb0: 14 trials, best_mea')."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from multitask.tuning.reports import pareto_figure
-
-    name = "task-weights (multi-objective, cross_stitch/lenet, static+uncertainty+lr) #3a7d98"
-    figure = pareto_figure(np.array([[0.5, 0.4], [0.4, 0.5]]), [0, 1], 0, ["left", "right"],
-                           f"{name}: 14 trials, best_mean")
-    figure.canvas.draw()
-    title = figure.axes[0].title.get_window_extent()
-    assert title.x0 >= 0 and title.x1 <= figure.bbox.x1, (title, figure.bbox)
-    assert "best_mean" in figure.axes[0].get_title()
-
-
 def test_pareto_front_and_selection_rules_on_hand_computed_points() -> None:
     points = [[0.9, 0.5], [0.7, 0.7], [0.6, 0.6], [0.5, 0.9], [0.9, 0.4], [0.7, 0.7]]
     front = tuning.pareto_front(points)

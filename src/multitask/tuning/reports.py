@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -109,8 +108,7 @@ def pareto_figure(points: np.ndarray, front: Sequence[int], chosen: int, names: 
                    color="tab:red", label="chosen", zorder=3)
         ax.set_xlabel(labels[0])
         ax.set_ylabel(labels[1])
-    # wrapped: a study's name with the trials after it ran off the figure
-    ax.set_title("\n".join(textwrap.fill(line, 70) for line in title.splitlines()), fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
@@ -189,7 +187,7 @@ def write_reports(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tr
     _write_rows(layout.pareto_csv, rows)
     _write_rows(layout.pareto_front_csv, [row for row in rows if row["on_front"]])
     save_figure(pareto_figure(points, front, chosen, names,
-                              f"{setup.study_name}\n{len(complete)} trials, {selection}",
+                              f"{setup.study_name}: {len(complete)} trials, {selection}",
                               [setup.task_metrics[n] for n in names]),
                 layout.pareto_png)
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
