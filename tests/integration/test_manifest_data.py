@@ -287,16 +287,22 @@ def test_validation_flags_a_class_missing_from_a_split(tmp_path: Path) -> None:
         # train: 20 a, 20 b; val: 10 a and no b; test: 5 a, 5 b
         label = "a" if (number < 40 and number % 2) or 40 <= number < 55 else "b"
         rows.append({"image": name, "kind": label, "split": split})
-    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
-    data = {"dataset": "manifest", "manifest": str(folder / "manifest.csv"),
-            "tasks": {"kind": {"kind": "binary"}}, "image_size": 8}
-    params = parse_params({"data": data}, tmp_path / "p.yaml")
-    summary = validate_manifest(params.data, ValidateConfig(), Layout(tmp_path))
-    (message,) = failure_messages(summary)
+    (message,) = binary_task_failures(tmp_path, rows, "kind")
     # val: 10 images, training shares 1/2 each: 5 expected, a 10 (+1.0), b 0 (-1.0)
     assert message.startswith("manifest/val classes: expect_column_values_to_be_between on "
                               "column 'relative_deviation'")
     assert "2 of 2 rows unexpected" in message and "at task kind at label b" in message
+
+
+def binary_task_failures(tmp_path: Path, rows: list[dict[str, Any]], task: str) -> list[str]:
+    """validate's failure messages for ``rows`` (images in tmp_path/mine) as a manifest with
+    the one binary task ``task``, 8x8 images."""
+    folder = tmp_path / "mine"
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    data = {"dataset": "manifest", "manifest": str(folder / "manifest.csv"),
+            "tasks": {task: {"kind": "binary"}}, "image_size": 8}
+    params = parse_params({"data": data}, tmp_path / "p.yaml")
+    return failure_messages(validate_manifest(params.data, ValidateConfig(), Layout(tmp_path)))
 
 
 @pytest.mark.parametrize(("values", "observed"), [
@@ -314,12 +320,7 @@ def test_validation_names_the_values_of_a_binary_task_without_two(
         split = "train" if number < 8 else ("val" if number < 10 else "test")
         rows.append({"image": f"{number}.png", "smiling": values[number % 3] if number < 8
                      else "no", "split": split})
-    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
-    data = {"dataset": "manifest", "manifest": str(folder / "manifest.csv"),
-            "tasks": {"smiling": {"kind": "binary"}}, "image_size": 8}
-    params = parse_params({"data": data}, tmp_path / "p.yaml")
-    summary = validate_manifest(params.data, ValidateConfig(), Layout(tmp_path))
-    (message,) = failure_messages(summary)
+    (message,) = binary_task_failures(tmp_path, rows, "smiling")
     assert message == ("manifest/train images: expect_column_unique_value_count_to_be_between on "
                        "column 'smiling' {'min_value': 2, 'max_value': 2}: " + observed)
 
