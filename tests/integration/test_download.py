@@ -22,7 +22,7 @@ from multitask.config import ConfigError, Source, SourcesFile
 from multitask.data import download, sources
 from multitask.data.datasets import DATASETS, SOURCES
 from multitask.data.download import HttpPolicy, fetch_sources
-from multitask.data.sources import ExpectedFile, required_sources
+from multitask.data.sources import ExpectedFile, expected_files, required_sources
 from multitask.layout import Layout
 
 FAST = HttpPolicy(attempts=3, backoff_s=0.0, connect_timeout_s=2.0, read_timeout_s=5.0)
@@ -301,6 +301,30 @@ def test_a_full_disk_under_the_part_file_names_it_and_what_to_do(
                                        f"of {server.url}/fm/")
     assert "No space left on device" in str(error.value)
     assert "MULTITASK_CACHE_DIR" in str(error.value)
+
+
+def test_ctrl_c_leaves_no_empty_raw_folder_and_names_the_part_file_it_resumes_from(
+        tmp_path: Path, server: FileServer, mirror: tuple[Path, dict],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    folder, digests = mirror
+
+    def cut_short(expected: ExpectedFile, dest: Path, *args: Any) -> bool:
+        dest.parent.mkdir(parents=True, exist_ok=True)  # as fetch_file does before it writes
+        part = download.partial_path(expected)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(b"the first bytes")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download, "fetch_file", cut_short)
+    data = _data(tmp_path, [server.publish("fm", folder)], digests)
+    with pytest.raises(KeyboardInterrupt):
+        fetch(data, tmp_path)
+    assert not raw_source(tmp_path).exists()  # it said only "interrupted" and left it empty
+    first = next(iter(expected_files(data["fashion_mnist"])))
+    assert caplog.messages[-1] == (
+        f"interrupted: 0 file(s) fetched and verified are kept; {download.partial_path(first)} "
+        f"holds what arrived of {first.name}: the rerun resumes from it; rerun multitask "
+        "download for the rest")
 
 
 def test_an_http_refusal_deletes_the_part_file(tmp_path: Path, server: FileServer,

@@ -288,14 +288,26 @@ def fetch_sources(
         session.headers["User-Agent"] = f"multitask/{__version__} python-requests"
         for name, source in wanted.items():
             folder = layout.source_dir(name)
-            for expected in expected_files(source):
-                dest = folder / expected.name
-                try:
-                    fetched += fetch_file(expected, dest, source.mirrors, session, policy,
-                                          unreachable, layout.root)
-                    paths.append(dest)
-                except RuntimeError as exc:
-                    failed.setdefault(name, []).append(str(exc))
+            current: ExpectedFile | None = None
+            try:
+                for expected in expected_files(source):
+                    current, dest = expected, folder / expected.name
+                    try:
+                        fetched += fetch_file(expected, dest, source.mirrors, session, policy,
+                                              unreachable, layout.root)
+                        paths.append(dest)
+                    except RuntimeError as exc:
+                        failed.setdefault(name, []).append(str(exc))
+            except KeyboardInterrupt:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()  # as after a failure: nothing half-done in the raw folder
+                part = partial_path(current) if current is not None else None
+                log.warning("interrupted: %d file(s) fetched and verified are kept%s; rerun "
+                            "multitask download for the rest", len(paths),
+                            f"; {part} holds what arrived of {current.name}: the rerun resumes "
+                            "from it" if part is not None and current is not None
+                            and part.is_file() else "")
+                raise
             if name in failed and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()  # leave nothing behind, not even a folder
     if failed:
