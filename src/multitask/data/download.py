@@ -338,10 +338,10 @@ def download(params: Params, layout: Layout, sources: Sequence[str] = ()) -> lis
     ``manifest`` source's archives are unpacked beside themselves (:mod:`multitask.data.unpack`).
     """
     sources_file = load_sources(layout.sources)
-    refuse_unlisted_files(required_sources(sources_file, params.data.dataset, sources,
-                                           layout.sources), layout.sources)
+    wanted = required_sources(sources_file, params.data.dataset, sources, layout.sources)
+    refuse_unlisted_files(wanted, layout.sources)
     paths = fetch_sources(sources_file, params.data.dataset, layout, sources,
                           sources_path=layout.sources)
-    if MANIFEST in required_sources(sources_file, params.data.dataset, sources, layout.sources):
+    if MANIFEST in wanted:
         unpack_all(layout.source_dir(MANIFEST))
     return paths

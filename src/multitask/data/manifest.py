@@ -120,6 +120,12 @@ def manifest_path(config: DataConfig, layout: Layout) -> Path:
     return path if path.is_absolute() else layout.root / path
 
 
+def read_configured(config: DataConfig, layout: Layout) -> Manifest:
+    """The manifest ``config`` names, read and split as ``config`` says (:func:`read_manifest`)."""
+    return read_manifest(manifest_path(config, layout), config.tasks, config.val_fraction,
+                         config.test_fraction, config.seed)
+
+
 # ------------------------------------------------------------------------------ reading
 def _as_text(column: pd.Series) -> pd.Series:
     """Cells as the text a CSV would hold (a Parquet file's typed values converted; a missing
@@ -468,9 +474,8 @@ def build_manifest(config: DataConfig, layout: Layout) -> dict[str, Any]:
     """Read, check and write ``config``'s manifest as ``layout``'s processed folder; return
     its ``meta.json`` content. Every row and label is checked before any image is read."""
     start = time.perf_counter()
-    path = manifest_path(config, layout)
-    manifest = read_manifest(path, config.tasks, config.val_fraction, config.test_fraction,
-                             config.seed)
+    manifest = read_configured(config, layout)
+    path = manifest.path
     entries, labels = encode_tasks(manifest, config.tasks)
     missing = missing_images(manifest)
     if missing.size:

@@ -38,8 +38,7 @@ from multitask.data import processed
 from multitask.data.manifest import (
     Manifest,
     decode,
-    manifest_path,
-    read_manifest,
+    read_configured,
     regression_values,
     separator_advice,
 )
@@ -104,16 +103,11 @@ def class_table(tables: Mapping[str, pd.DataFrame], split: str, task: str) -> pd
                          "relative_deviation": deviation.to_numpy()})
 
 
-def _read(config: DataConfig, layout: Layout) -> Manifest:
-    return read_manifest(manifest_path(config, layout), config.tasks, config.val_fraction,
-                         config.test_fraction, config.seed)
-
-
 def manifest_tables(config: DataConfig, layout: Layout
                     ) -> tuple[Path, dict[str, dict[str, pd.DataFrame]]]:
     """The manifest's path and ``{split: {table: frame}}``; ManifestError when the file itself
     cannot be read (no file, a missing column, a bad split value)."""
-    manifest = _read(config, layout)
+    manifest = read_configured(config, layout)
     images = image_tables(manifest, config.tasks, config.channels)
     stratified = next((n for n, t in config.tasks.items() if t.kind != "regression"), None)
     tables: dict[str, dict[str, pd.DataFrame]] = {}
@@ -126,7 +120,7 @@ def manifest_tables(config: DataConfig, layout: Layout
 
 def seeded_split(config: DataConfig, layout: Layout) -> bool:
     """Whether ``data.seed`` chose the manifest's splits (it has no split column)."""
-    return _read(config, layout).split_from == "seed"
+    return read_configured(config, layout).split_from == "seed"
 
 
 def training_classes(tables: Mapping[str, Mapping[str, pd.DataFrame]], task: str) -> list[str]:

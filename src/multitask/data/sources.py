@@ -48,7 +48,7 @@ from multitask.data.dependencies import (
     watched,
 )
 from multitask.data.idx import SPLIT_FILES
-from multitask.data.manifest import manifest_path, read_manifest
+from multitask.data.manifest import read_configured
 from multitask.device import check_processes, select_device
 from multitask.io import atomic_open, read_json, write_json
 from multitask.layout import Layout
@@ -174,9 +174,7 @@ def check(params: Params, layout: Layout) -> None:
     refuse_unlisted_files(required_sources(sources, params.data.dataset,
                                            sources_path=layout.sources), layout.sources)
     if params.data.dataset == MANIFEST and MANIFEST not in sources:  # else download brings it
-        data = params.data
-        manifest = read_manifest(manifest_path(data, layout), data.tasks, data.val_fraction,
-                                 data.test_fraction, data.seed)
+        manifest = read_configured(params.data, layout)
         paths = watched(manifest)
         if stages := unwatched_stages(paths, layout):
             log.warning("%s is read where it lies, and no dependency of %s in %s: DVC will not "
