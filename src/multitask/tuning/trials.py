@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -152,14 +151,12 @@ def _not_skipped_telling(record: logging.LogRecord) -> bool:
 
 
 def _tell(study: optuna.Study, trial: Trial, **outcome: Any) -> FrozenTrial:
-    # Optuna's own message says less than ours: a warning in older Optuna, an INFO log line in
-    # this one (each worker printed it for the trial Ctrl-C failed, told FAIL twice)
+    # Optuna's own message says less than ours: an INFO log line in Optuna 5 (each worker
+    # printed it for the trial Ctrl-C failed, told FAIL twice)
     tell_log = logging.getLogger("optuna.study._tell")
     tell_log.addFilter(_not_skipped_telling)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Skipped telling trial")
-            frozen = study.tell(trial, skip_if_finished=True, **outcome)
+        frozen = study.tell(trial, skip_if_finished=True, **outcome)
     finally:
         tell_log.removeFilter(_not_skipped_telling)
     if frozen.state == TrialState.FAIL and outcome.get("state") != TrialState.FAIL:
