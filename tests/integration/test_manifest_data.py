@@ -276,6 +276,35 @@ def test_the_validate_stage_says_a_seeded_split_is_fixed_by_a_split_column_or_se
             "train, or try another data.seed") in err
 
 
+def test_the_validate_stage_says_a_class_the_seeded_split_left_out_needs_another_seed(
+        example: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """on_left is not what the seeded split is stratified on: when data.seed's split leaves
+    its class 'yes' out of val and test, the fix is another seed or a split column."""
+    params = pipeline(tmp_path, example)
+    manifest = tmp_path / "mine" / "manifest.csv"
+    raw = yaml.safe_load(params.read_text())
+    data = parse_params(raw, params).data
+    split = read_manifest(manifest, data.tasks, data.val_fraction, data.test_fraction,
+                          data.seed).split
+    table = pd.read_csv(manifest)
+    in_train = [i for i in range(len(table)) if split[i] == "train"]
+    table["on_left"] = "no"
+    table.loc[in_train[:80], "on_left"] = "yes"  # a third of training: ~10 expected in val
+    table.to_csv(manifest, index=False)
+    for stage in ("check", "download"):
+        assert cli_main([stage, "--params", str(params)]) == 0, stage
+    assert cli_main(["validate", "--params", str(params)]) == 1
+    err = capsys.readouterr().err
+    assert "2 expectation(s) failed" in err
+    for where in ("val", "test"):
+        assert (f"manifest/{where} classes: expect_column_values_to_be_in_set on column "
+                "'absent'") in err and "absent=True at task on_left at label yes" in err
+    assert ("\nA class absent from val or test is no row's fault either: the seeded split is "
+            "stratified on the first classification task only, the others get their classes "
+            "by chance; try another data.seed, or add a split column that puts some of that "
+            "class's rows there") in err
+
+
 def test_validation_flags_a_class_missing_from_a_split(tmp_path: Path) -> None:
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -287,20 +316,43 @@ def test_validation_flags_a_class_missing_from_a_split(tmp_path: Path) -> None:
         # train: 20 a, 20 b; val: 10 a and no b; test: 5 a, 5 b
         label = "a" if (number < 40 and number % 2) or 40 <= number < 55 else "b"
         rows.append({"image": name, "kind": label, "split": split})
-    (message,) = binary_task_failures(tmp_path, rows, "kind")
+    balance, absent = binary_task_failures(tmp_path, rows, "kind")
     # val: 10 images, training shares 1/2 each: 5 expected, a 10 (+1.0), b 0 (-1.0)
-    assert message.startswith("manifest/val classes: expect_column_values_to_be_between on "
+    assert balance.startswith("manifest/val classes: expect_column_values_to_be_between on "
                               "column 'relative_deviation'")
-    assert "2 of 2 rows unexpected" in message and "at task kind at label b" in message
+    assert "2 of 2 rows unexpected" in balance and "at task kind at label b" in balance
+    assert absent.endswith("1 of 2 rows unexpected, e.g. absent=True at task kind at label b")
 
 
-def binary_task_failures(tmp_path: Path, rows: list[dict[str, Any]], task: str) -> list[str]:
+def test_validation_flags_a_class_of_any_task_absent_from_a_split(tmp_path: Path) -> None:
+    """Every classification task's classes are looked for in val and test (the first task's
+    balance alone was checked: a second task's class could be missing, its AUROC undefined);
+    only the first task's shares are held to the tolerance."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rows = []
+    for number in range(60):
+        Image.fromarray(np.full((8, 8), number, dtype=np.uint8)).save(folder / f"{number}.png")
+        split = "train" if number < 40 else ("val" if number < 50 else "test")
+        # kind: a, b alternating everywhere; mood: x, y alternating in train, val all x
+        # (y absent, 5 expected), test 8 x and 2 y (-0.6 from its share, but present)
+        mood = ("xy"[number % 2] if number < 40 else "x" if number < 50
+                else "y" if number >= 58 else "x")
+        rows.append({"image": f"{number}.png", "kind": "ab"[number % 2], "mood": mood,
+                     "split": split})
+    (message,) = binary_task_failures(tmp_path, rows, "kind", "mood")
+    assert message == ("manifest/val classes: expect_column_values_to_be_in_set on column "
+                       "'absent' {'value_set': [False]}: 1 of 4 rows unexpected, e.g. "
+                       "absent=True at task mood at label y")
+
+
+def binary_task_failures(tmp_path: Path, rows: list[dict[str, Any]], *tasks: str) -> list[str]:
     """validate's failure messages for ``rows`` (images in tmp_path/mine) as a manifest with
-    the one binary task ``task``, 8x8 images."""
+    the binary ``tasks``, 8x8 images."""
     folder = tmp_path / "mine"
     pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
     data = {"dataset": "manifest", "manifest": str(folder / "manifest.csv"),
-            "tasks": {task: {"kind": "binary"}}, "image_size": 8}
+            "tasks": {task: {"kind": "binary"} for task in tasks}, "image_size": 8}
     params = parse_params({"data": data}, tmp_path / "p.yaml")
     return failure_messages(validate_manifest(params.data, ValidateConfig(), Layout(tmp_path)))
 

@@ -13,10 +13,14 @@ the same one preprocess makes):
   a regression value that is a finite number as preprocess reads it (not among the column's
   cells that :func:`~multitask.data.manifest.regression_values` refuses); on train, two
   classes for a binary task and at least two for a multiclass one.
-- ``classes`` (val and test, first classification task, the one the seeded split is
-  stratified on): each class's count against the count its training share predicts;
-  ``relative_deviation`` within ``validate.class_balance_tolerance``. A class predicted fewer
-  than :data:`MIN_EXPECTED` times is too rare to judge: its deviation is left null.
+- ``classes`` (val and test, every classification task): each training class's count
+  against the count its training share predicts. Every task: ``absent`` false, i.e. no class
+  that its share predicts at least :data:`MIN_EXPECTED` times is missing from the split (its
+  metrics would be undefined there: an AUROC needs both classes). The first classification
+  task, the one the seeded split is stratified on, also has its ``relative_deviation`` within
+  ``validate.class_balance_tolerance``; the other tasks' shares vary by chance under a seeded
+  split, so their deviation is left null, as is that of a class predicted fewer than
+  :data:`MIN_EXPECTED` times (too rare to judge).
 
 No pixel-statistics expectation: a user's images have no known range of means.
 """
@@ -91,16 +95,20 @@ def image_tables(manifest: Manifest, tasks: Mapping[str, ManifestTask],
     return tables
 
 
-def class_table(tables: Mapping[str, pd.DataFrame], split: str, task: str) -> pd.DataFrame:
-    """Counts of ``task``'s training classes in ``split`` against their training shares."""
+def class_table(tables: Mapping[str, pd.DataFrame], split: str, task: str,
+                balance: bool = True) -> pd.DataFrame:
+    """Counts of ``task``'s training classes in ``split`` against their training shares;
+    ``relative_deviation`` only where ``balance`` (the task the split is stratified on)."""
     train = tables["train"][task].value_counts()
     train = train[train.index != ""].sort_index()
     counts = tables[split][task].value_counts().reindex(train.index, fill_value=0)
     expected = train / train.sum() * len(tables[split])
-    deviation = (counts / expected - 1.0).where(expected >= MIN_EXPECTED)
+    judged = expected >= MIN_EXPECTED
+    deviation = (counts / expected - 1.0).where(judged & balance)
     return pd.DataFrame({"split": split, "task": task, "label": train.index.astype(str),
                          "count": counts.to_numpy(), "expected_count": expected.to_numpy(),
-                         "relative_deviation": deviation.to_numpy()})
+                         "relative_deviation": deviation.to_numpy(),
+                         "absent": (judged & (counts == 0)).to_numpy()})
 
 
 def manifest_tables(config: DataConfig, layout: Layout
@@ -109,12 +117,14 @@ def manifest_tables(config: DataConfig, layout: Layout
     cannot be read (no file, a missing column, a bad split value)."""
     manifest = read_configured(config, layout)
     images = image_tables(manifest, config.tasks, config.channels)
-    stratified = next((n for n, t in config.tasks.items() if t.kind != "regression"), None)
+    classified = [n for n, t in config.tasks.items() if t.kind != "regression"]
     tables: dict[str, dict[str, pd.DataFrame]] = {}
     for split in processed.SPLITS:
         tables[split] = {"images": images[split]}
-        if stratified and split != "train":
-            tables[split]["classes"] = class_table(images, split, stratified)
+        if classified and split != "train":  # the first is the one a seeded split stratifies
+            tables[split]["classes"] = pd.concat(
+                [class_table(images, split, name, balance=name == classified[0])
+                 for name in classified], ignore_index=True)
     return manifest.path, tables
 
 
@@ -144,7 +154,8 @@ def expectations(table: str, split: str, tasks: Mapping[str, ManifestTask],
 
     if table == "classes":
         return [gxe.ExpectColumnValuesToBeBetween(column="relative_deviation",
-                                                  min_value=-tolerance, max_value=tolerance)]
+                                                  min_value=-tolerance, max_value=tolerance),
+                gxe.ExpectColumnValuesToBeInSet(column="absent", value_set=[False])]
     suite: list[Expectation] = [gxe.ExpectColumnValuesToBeNull(column="problem")]
     if split != "train":
         suite.append(gxe.ExpectColumnValuesToBeNull(column="duplicate_of"))

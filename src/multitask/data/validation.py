@@ -381,6 +381,21 @@ def _short(value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else value
 
 
+def _seeded_split_advice(summary: Mapping[str, Any]) -> str:
+    """What to do about the failures that data.seed's split, not a row, causes."""
+    absent = any(not entry["success"] and entry["column"] == "absent"
+                 for by_split in summary["sources"][MANIFEST]["splits"].values()
+                 for entry in by_split["expectations"])
+    return ("\nA label training lacks is no row's fault here: data.seed chose the splits (the "
+            "manifest has no split column); add a split column that puts some of its rows in "
+            "train, or try another data.seed"
+            + ("\nA class absent from val or test is no row's fault either: the seeded split "
+               "is stratified on the first classification task only, the others get their "
+               "classes by chance; try another data.seed, or add a split column that puts "
+               "some of that class's rows there"
+               if absent else ""))
+
+
 # ---------------------------------------------------------------------------------- the stage
 def validate_raw(params: Params, layout: Layout) -> dict[str, Any]:
     """``multitask validate``: validate every source of ``data.dataset``, write the reports.
@@ -418,10 +433,8 @@ def validate_raw(params: Params, layout: Layout) -> dict[str, Any]:
                        "; read in place: then `dvc repro <its dvc.yaml>` if the manifest's "
                        "folder is among validate's deps (check warns when not), else `dvc "
                        "repro -f <its dvc.yaml>:preprocess`")
-                    + ("\nA label training lacks is no row's fault here: data.seed chose the "
-                       "splits (the manifest has no split column); add a split column that "
-                       "puts some of its rows in train, or try another data.seed"
-                       if seeded_split(params.data, layout) else ""))
+                    + (_seeded_split_advice(summary) if seeded_split(params.data, layout)
+                       else ""))
         raise ValueError(
             f"{len(failures)} expectation(s) failed; details in {layout.validation_summary} and "
             f"{layout.data_docs / 'index.html'}:\n  " + "\n  ".join(failures) + todo)
