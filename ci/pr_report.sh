@@ -8,6 +8,11 @@
 #       Exit 1 when a task's accuracy dropped by more than the base's ci.regression_tolerance.
 #       The report and the gate run with the base's code (its worktree's src/) and params;
 #       this checkout's results are read as data only.
+#   ci/pr_report.sh not-run
+#       The report of a push whose job failed before `report` gave a verdict (setup, lint, the
+#       tests, its own pipeline, or a comparison that could not be made): the gate was not
+#       evaluated for it. Posted like a report, so the comment an earlier push left does not
+#       go on showing that push's verdict and numbers as if they were this one's.
 #   ci/pr_report.sh comment REPORT_MD
 #       Create the pull request's report comment, or update the one posted before (found by
 #       the marker on its first line and its author), with `gh api`. Needs GH_TOKEN,
@@ -39,9 +44,11 @@ repro_sample() {
 publish() {  # $1: markdown file; adds the run link, appends it to the job summary
     local report="$1"
     if [ -n "${GITHUB_RUN_ID:-}" ]; then
-        printf '\n[Workflow run](%s/%s/actions/runs/%s) (plots: its artifacts)\n' \
+        local plots=""
+        [ ! -f "${report%.md}.png" ] || plots=" (plots: its artifacts)"
+        printf '\n[Workflow run](%s/%s/actions/runs/%s)%s\n' \
             "${GITHUB_SERVER_URL:-https://github.com}" "${GITHUB_REPOSITORY:-}" \
-            "$GITHUB_RUN_ID" >> "$report"
+            "$GITHUB_RUN_ID" "$plots" >> "$report"
     fi
     if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
         cat "$report" >> "$GITHUB_STEP_SUMMARY"
@@ -115,6 +122,24 @@ report() {
     return "$status"
 }
 
+not_run() {
+    local out_dir="${REPORT_DIR:-reports/ci}"
+    local md="$out_dir/ci_report.md"
+    mkdir -p "$out_dir"
+    rm -f "$md" "${md%.md}.png"
+    {
+        echo "$MARKER"
+        echo "## Sample pipeline: this pull request vs its base"
+        echo
+        echo "**Gate: not evaluated.** This push's job failed before the per-task report was"
+        echo "made (in setup, lint, the tests, the sample pipeline or the comparison), so no"
+        echo "task was compared; see the job log. Earlier pushes' results no longer apply."
+    } > "$md"
+    publish "$md"
+    [ -z "${GITHUB_OUTPUT:-}" ] || echo "gate=not-run" >> "$GITHUB_OUTPUT"
+    echo "::warning title=ci-report::the job failed before the report; gate not evaluated"
+}
+
 comment() {
     local body_file="${1:?usage: ci/pr_report.sh comment REPORT_MD}"
     [ -f "$body_file" ] || die "$body_file: no such report"
@@ -163,6 +188,7 @@ PY
 
 case "${1:-}" in
     report) shift; report "$@" ;;
+    not-run) shift; not_run "$@" ;;
     comment) shift; comment "$@" ;;
-    *) die "usage: ci/pr_report.sh report BASE_REV | comment REPORT_MD" ;;
+    *) die "usage: ci/pr_report.sh report BASE_REV | not-run | comment REPORT_MD" ;;
 esac

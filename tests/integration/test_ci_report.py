@@ -415,6 +415,29 @@ def test_script_tells_a_failed_comparison_from_a_failed_gate(tmp_path: Path) -> 
     assert not (tmp_path / "output").exists()  # no gate=passed/failed for the comment job
 
 
+def test_script_not_run_replaces_the_report_of_an_earlier_push(tmp_path: Path) -> None:
+    """A push whose job failed before the report: the comment must stop showing the earlier
+    push's verdict, so `not-run` writes a report (marker first) saying the gate was not
+    evaluated, and the gate output the comment job waits for."""
+    repo = tmp_path / "repo"
+    (repo / "reports" / "ci").mkdir(parents=True)
+    stale = repo / "reports" / "ci" / "ci_report.md"
+    stale.write_text(f"{ci_report.MARKER}\n**Gate: passed.**\n")
+    (repo / "reports" / "ci" / "ci_report.png").write_bytes(b"an earlier push's plots")
+    git(repo, "init", "-q")
+    result = subprocess.run([str(SCRIPT), "not-run"], cwd=repo, capture_output=True, text=True,
+                            env=script_env(tmp_path, GITHUB_RUN_ID="78",
+                                           GITHUB_REPOSITORY="team/multitask"), timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = stale.read_text()
+    assert report.startswith(ci_report.MARKER + "\n")
+    assert "**Gate: not evaluated.**" in report and "passed" not in report
+    assert "https://github.com/team/multitask/actions/runs/78)\n" in report  # no plots named
+    assert not (repo / "reports" / "ci" / "ci_report.png").exists()
+    assert (tmp_path / "summary.md").read_text() == report
+    assert (tmp_path / "output").read_text() == "gate=not-run\n"
+
+
 def test_script_refuses_a_reused_base_worktree_of_another_commit(tmp_path: Path) -> None:
     """SKIP_REPRO=1 must not compare against whatever base an earlier run left there."""
     repo = tmp_path / "repo"

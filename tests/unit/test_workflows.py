@@ -139,7 +139,7 @@ def test_ci_runs_the_readme_commands_and_the_pr_script() -> None:
     runs = [s["run"] for s in workflow["jobs"]["test"]["steps"] if "run" in s]
     assert runs == ["make setup", 'ci/dvc_remote.sh "$DVC_REMOTE_URL"', ".ci/run",
                     "make repro-sample", ".venv/bin/dvc push --run-cache sample/dvc.yaml",
-                    "ci/pr_report.sh report HEAD^1"]
+                    "ci/pr_report.sh report HEAD^1", "ci/pr_report.sh not-run"]
     makefile = (ROOT / "Makefile").read_text()
     assert all(re.search(rf"^{target}:", makefile, re.M) for target in
                ("setup", "lint", "test", "repro-sample"))
@@ -151,6 +151,20 @@ def test_ci_runs_the_readme_commands_and_the_pr_script() -> None:
     assert cache["with"]["path"] == ".dvc/cache"
     comment = workflow["jobs"]["comment"]["steps"][-1]
     assert comment["run"] == "ci/pr_report.sh comment ci-report/ci_report.md"
+
+
+def test_a_push_that_fails_before_the_report_still_updates_the_comment() -> None:
+    """Otherwise the comment goes on showing an earlier push's verdict and numbers."""
+    job = load(WORKFLOWS[0])["jobs"]["test"]
+    names = [s.get("id") for s in job["steps"]]
+    not_run = job["steps"][names.index("not_run")]
+    assert names.index("not_run") == names.index("report") + 1
+    assert not_run["run"] == "ci/pr_report.sh not-run"
+    assert "failure()" in not_run["if"] and "steps.report.outputs.gate == ''" in not_run["if"]
+    assert job["outputs"]["gate"] == (
+        "${{ steps.report.outputs.gate || steps.not_run.outputs.gate }}")
+    keep = next(s for s in job["steps"] if s.get("with", {}).get("name") == "ci-report")
+    assert "steps.not_run.outputs.gate != ''" in keep["if"]
 
 
 def _server_check_script() -> str:
