@@ -4,7 +4,8 @@
 #   ci/pr_report.sh report BASE_REV
 #       Run the sample pipeline (sample/dvc.yaml) of BASE_REV in a git worktree and of this
 #       checkout, then `multitask ci-report`: the per-task markdown report and its PNG in
-#       $REPORT_DIR (default reports/ci), appended to $GITHUB_STEP_SUMMARY when set.
+#       $REPORT_DIR (default reports/ci), naming the commits compared under its heading,
+#       appended to $GITHUB_STEP_SUMMARY when set.
 #       Exit 1 when a task's accuracy dropped by more than the base's ci.regression_tolerance.
 #       The report and the gate run with the base's code (its worktree's src/) and params;
 #       this checkout's results are read as data only.
@@ -55,6 +56,35 @@ publish() {  # $1: markdown file; adds the run link, appends it to the job summa
     fi
 }
 
+# The commits a report is about, one markdown line: the pull request's own commit and its base
+# (on GitHub the checkout is their merge, HEAD^2 into HEAD^1), so a comment each push updates
+# says which push it shows. $1: the base's SHA (empty: HEAD^1 where HEAD is a merge).
+commits_line() {
+    local base_sha="${1:-}" head_sha pr_sha
+    head_sha="$(git rev-parse --verify --quiet HEAD)" || return 0  # no commit yet
+    if [ -z "$base_sha" ] && git rev-parse --verify --quiet HEAD^2 > /dev/null; then
+        base_sha="$(git rev-parse HEAD^1)"
+    fi
+    if [ -n "$base_sha" ] && [ "$(git rev-parse --verify --quiet HEAD^1)" = "$base_sha" ] \
+            && pr_sha="$(git rev-parse --verify --quiet HEAD^2)"; then
+        echo "Pull request \`${pr_sha:0:12}\` merged into base \`${base_sha:0:12}\`" \
+            "(merge commit \`${head_sha:0:12}\`)."
+    elif [ -n "$base_sha" ]; then
+        echo "Head \`${head_sha:0:12}\` against base \`${base_sha:0:12}\`."
+    else
+        echo "Head \`${head_sha:0:12}\`."
+    fi
+}
+
+# Put commits_line's line under the report's heading (the marker stays the first line).
+name_commits() {  # $1: markdown file, $2: the base's SHA
+    local line
+    line="$(commits_line "${2:-}")"
+    [ -n "$line" ] || return 0
+    awk -v line="$line" '{ print } !done && /^## / { print ""; print line; done = 1 }' \
+        "$1" > "$1.tmp" && mv "$1.tmp" "$1"
+}
+
 report() {
     local base_rev="${1:?usage: ci/pr_report.sh report BASE_REV}"
     VENV_BIN="${VENV_BIN:-$ROOT/.venv/bin}"
@@ -91,6 +121,7 @@ report() {
                 echo "**Gate: not evaluated.** The sample pipeline of the base (${base_sha:0:12})"
                 echo "failed, so there is nothing to compare with; see the job log."
             } > "$md"
+            name_commits "$md" "$base_sha"
             publish "$md"
             [ -z "${GITHUB_OUTPUT:-}" ] || echo "gate=skipped" >> "$GITHUB_OUTPUT"
             echo "::warning title=ci-report::base ${base_sha:0:12}: sample pipeline failed; gate skipped"
@@ -115,6 +146,7 @@ report() {
     # (a base from before exit status 2 meant "bad input" also used 1, without a report)
     case "$status" in 0|1) ;; *) die "multitask ci-report could not compare (exit $status); see the error above" ;; esac
     [ -f "$md" ] || die "multitask ci-report wrote no report (exit $status); see the error above"
+    name_commits "$md" "$base_sha"
     publish "$md"
     if [ -n "${GITHUB_OUTPUT:-}" ]; then
         echo "gate=$([ "$status" = 0 ] && echo passed || echo failed)" >> "$GITHUB_OUTPUT"
@@ -135,6 +167,7 @@ not_run() {
         echo "made (in setup, lint, the tests, the sample pipeline or the comparison), so no"
         echo "task was compared; see the job log. Earlier pushes' results no longer apply."
     } > "$md"
+    name_commits "$md" ""
     publish "$md"
     [ -z "${GITHUB_OUTPUT:-}" ] || echo "gate=not-run" >> "$GITHUB_OUTPUT"
     echo "::warning title=ci-report::the job failed before the report; gate not evaluated"

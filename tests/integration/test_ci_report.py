@@ -407,6 +407,36 @@ def test_script_report_gates_and_writes_the_job_summary(tmp_path: Path) -> None:
     assert (repo / "reports" / "ci" / "ci_report.png").is_file()
 
 
+def test_script_report_names_the_commits_it_compares(tmp_path: Path) -> None:
+    """The comment each push updates must say which push it shows: on GitHub the checkout
+    merges the pull request's commit (HEAD^2) into its base (HEAD^1)."""
+    repo = tmp_path / "repo"
+    write_result(repo / "sample", {"left": 0.80, "right": 0.78})
+    shutil.copytree(ROOT / "ci", repo / "ci")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    git(repo, "checkout", "-qb", "change")
+    (repo / "sample" / "reports" / "metrics.json").write_text(json.dumps(
+        {"tasks": {"left": {"accuracy": 0.80}, "right": {"accuracy": 0.70}}}))
+    git(repo, "commit", "-qam", "the pull request")
+    git(repo, "checkout", "-q", "main")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "main moved on")
+    git(repo, "merge", "-q", "--no-ff", "-m", "merge", "change")
+    base, pull, merge = (git(repo, "rev-parse", rev) for rev in ("HEAD^1", "HEAD^2", "HEAD"))
+    base_tree = tmp_path / "base"
+    write_result(base_tree / "sample", {"left": 0.80, "right": 0.78})
+    result = subprocess.run([str(SCRIPT), "report", "HEAD^1"], cwd=repo, capture_output=True,
+                            text=True, timeout=300, env=script_env(
+                                tmp_path, SKIP_REPRO="1", BASE_WORKTREE=str(base_tree)))
+    assert result.returncode == 1, result.stderr
+    lines = (repo / "reports" / "ci" / "ci_report.md").read_text().splitlines()
+    assert lines[0] == ci_report.MARKER
+    assert lines[3] == (f"Pull request `{pull[:12]}` merged into base `{base[:12]}` "
+                        f"(merge commit `{merge[:12]}`).")
+    assert lines[5].startswith("**Gate: failed.**")
+
+
 def test_script_tells_a_failed_comparison_from_a_failed_gate(tmp_path: Path) -> None:
     result = script_report(tmp_path, None)  # a head whose pipeline left no reports
     assert result.returncode == 2, result.stderr
@@ -425,6 +455,7 @@ def test_script_not_run_replaces_the_report_of_an_earlier_push(tmp_path: Path) -
     stale.write_text(f"{ci_report.MARKER}\n**Gate: passed.**\n")
     (repo / "reports" / "ci" / "ci_report.png").write_bytes(b"an earlier push's plots")
     git(repo, "init", "-q")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "head")
     result = subprocess.run([str(SCRIPT), "not-run"], cwd=repo, capture_output=True, text=True,
                             env=script_env(tmp_path, GITHUB_RUN_ID="78",
                                            GITHUB_REPOSITORY="team/multitask"), timeout=60)
@@ -432,6 +463,7 @@ def test_script_not_run_replaces_the_report_of_an_earlier_push(tmp_path: Path) -
     report = stale.read_text()
     assert report.startswith(ci_report.MARKER + "\n")
     assert "**Gate: not evaluated.**" in report and "passed" not in report
+    assert f"Head `{git(repo, 'rev-parse', 'HEAD')[:12]}`." in report  # the push it is about
     assert "https://github.com/team/multitask/actions/runs/78)\n" in report  # no plots named
     assert not (repo / "reports" / "ci" / "ci_report.png").exists()
     assert (tmp_path / "summary.md").read_text() == report
