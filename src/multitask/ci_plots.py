@@ -17,6 +17,8 @@ from multitask import keys
 from multitask.io import atomic_open
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from multitask.ci_report import PipelineResult
 
 
@@ -33,11 +35,23 @@ def confusion_matrix(pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def render_plots(base: PipelineResult, head: PipelineResult, path: Path) -> bool:
-    """Draw one row per task (losses, validation primary metric -- accuracy, or MAE for a
-    regression task --, base and head confusion; for a regression task its predicted-vs-true
-    scatter, from the same ``actual,predicted`` pairs) to ``path``.
+    """Draw :func:`draw`'s figure to ``path`` as a PNG.
 
     Returns False (drawing nothing) when neither side has curves or confusion data.
+    """
+    figure = draw(base, head)
+    if figure is None:
+        return False
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=80)
+    return True
+
+
+def draw(base: PipelineResult, head: PipelineResult) -> Figure | None:
+    """One row per task (losses, validation primary metric -- accuracy, or MAE for a
+    regression task --, base and head confusion; for a regression task its predicted-vs-true
+    scatter, from the same ``actual,predicted`` pairs); None when neither side has curves or
+    confusion data. Each epoch is a marker on its curve, so a one-epoch run shows too.
     """
     # Imported here: matplotlib is slow to import and the report text does not need it.
     from matplotlib.figure import Figure
@@ -45,29 +59,31 @@ def render_plots(base: PipelineResult, head: PipelineResult, path: Path) -> bool
 
     tasks = [t for t in base.tasks() if t in head.tasks()]
     if not tasks or all(side.history is None and not side.confusion for side in (base, head)):
-        return False
+        return None
     figure = Figure(figsize=(16, 3.6 * len(tasks)), layout="constrained")
     axes = figure.subplots(len(tasks), 4, squeeze=False)
     for row, task in enumerate(tasks):
         loss_ax, acc_ax, *confusion_axes = axes[row]
         metric = base.primary(task)  # accuracy; MAE for a regression task (no confusion)
-        for side, style in ((base, "--"), (head, "-")):
-            name = "base" if side is base else "head"
+        # base dashed with hollow markers, head solid with filled ones
+        for name, side, style, fill in (("base", base, "--", "none"), ("head", head, "-", "full")):
             if side.history is None:
                 continue
             for kind, color in ((keys.TRAIN, "tab:blue"), (keys.VAL, "tab:orange")):
                 column = keys.task_metric(kind, task, keys.LOSS)
                 if column in side.history:
                     loss_ax.plot(side.history["epoch"], side.history[column], style, color=color,
+                                 marker="o", markersize=4, fillstyle=fill,
                                  label=f"{name} {kind}")
             column = keys.task_metric(keys.VAL, task, metric)
             if column in side.history:
                 acc_ax.plot(side.history["epoch"], side.history[column], style,
-                            color="tab:green", label=name)
+                            color="tab:green", marker="o", markersize=4, fillstyle=fill,
+                            label=name)
         loss_ax.set(title=f"{task}: loss", xlabel="epoch")
         acc_ax.set(title=f"{task}: validation {metric}", xlabel="epoch")
         for ax in (loss_ax, acc_ax):
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             if ax.lines:
                 ax.legend(fontsize="small")
         for ax, side, name in zip(confusion_axes, (base, head), ("base", "head"), strict=True):
@@ -91,7 +107,5 @@ def render_plots(base: PipelineResult, head: PipelineResult, path: Path) -> bool
                 ax.imshow(matrix.to_numpy(), vmin=0.0, vmax=1.0, cmap="Blues")
                 ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize="small")
                 ax.set_yticks(range(len(labels)), labels, fontsize="small")
-    figure.suptitle("Sample pipeline: base (dashed) vs head (solid)")
-    with atomic_open(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=80)
-    return True
+    figure.suptitle("Sample pipeline: base (dashed, hollow) vs head (solid, filled)")
+    return figure

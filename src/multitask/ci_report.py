@@ -417,7 +417,8 @@ def render_markdown(base: PipelineResult, head: PipelineResult, rows: list[Metri
     curves, scatter = (("accuracy or MAE", " (regression: predicted vs true)") if regression
                        else ("accuracy", ""))
     plots = ([f"Learning curves (loss, validation {curves}) and confusion matrices per task"
-              f"{scatter}, base dashed and head solid: `{plot_name}` in this run's artifacts."]
+              f"{scatter}, base dashed (hollow markers) and head solid: `{plot_name}` in this "
+              "run's artifacts."]
              if plot_name else ["_No plots: history or confusion data is missing._"])
     return "\n".join([
         MARKER,

@@ -360,6 +360,27 @@ def test_confusion_matrix_is_row_normalised_in_class_order(tmp_path: Path) -> No
     assert [matrix.loc[c, c] for c in matrix.index] == [hits[c] for c in matrix.index]
 
 
+def test_a_one_epoch_run_still_shows_its_curves(tmp_path: Path) -> None:
+    """A one-point line draws nothing: each epoch is a marker (base hollow, head filled), and
+    the epoch axis has whole epochs only."""
+    base = ci_report.load_result(write_result(tmp_path / "base", {"left": 0.7}, epochs=1))
+    head = ci_report.load_result(write_result(tmp_path / "head", {"left": 0.6}, epochs=1))
+    figure = ci_plots.draw(base, head)
+    assert figure is not None
+    loss_ax, accuracy_ax = figure.axes[:2]
+    for ax in (loss_ax, accuracy_ax):
+        figure.canvas.draw()
+        lines = {line.get_label(): line for line in ax.lines}
+        assert lines and all(line.get_marker() not in ("None", "", None)
+                             for line in lines.values())
+        assert {line.get_fillstyle() for name, line in lines.items()
+                if name.startswith("base")} == {"none"}
+        assert {line.get_fillstyle() for name, line in lines.items()
+                if name.startswith("head")} == {"full"}
+        low, high = ax.get_xlim()
+        assert [tick for tick in ax.get_xticks() if low <= tick <= high] == [1.0]
+
+
 # ---------------------------------------------------------------------- ci/pr_report.sh
 def git(repo: Path, *args: str) -> str:
     env = {**os.environ, "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.org",
