@@ -1,7 +1,7 @@
 """``multitask promote`` and ``multitask registry``: the task-aware gate over MLflow aliases.
 
 A multi-task model is not better because its average is: the gate protects every task
-(:func:`multitask.gate.task_regressions`, the rule the CI gate applies too). The candidate
+(:meth:`multitask.gate.TaskChange.regressed`, the rule the CI gate applies too). The candidate
 (the evaluated run of ``reports/train.json``, or ``--run-id``) is registered as a new
 version of the registered model ``promote.model_name`` (default: the experiment, i.e. the data
 set) with its test metrics as version tags. It takes the ``champion`` alias only if

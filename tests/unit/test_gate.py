@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from multitask import keys
@@ -64,6 +66,16 @@ def test_promotion_and_ci_gates_agree_task_by_task() -> None:
                              gated=True) for task in champion]
         ci_fails = any(row.is_regression(tolerance) for row in ci_rows)
         assert promotion.promote == (not ci_fails), tolerance
+
+
+def test_both_gates_apply_the_rule_the_readme_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README names the one rule promotion and CI share; both must call it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "The rule itself,\n`multitask.gate.TaskChange.regressed`, is the one" in readme
+    monkeypatch.setattr(TaskChange, "regressed", lambda self, tolerance: True)
+    same = {"left": 0.8}
+    assert not decide(Scores(same, 1.0), Scores(same, 0.0), 0.5, "delta_m").promote
+    assert MetricRow("left", keys.ACCURACY, 0.8, 0.8, True, gated=True).is_regression(0.5)
 
 
 def test_keys_round_trip() -> None:
