@@ -370,8 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="multitask",
         description="Multi-task learning experiments: one subcommand per DVC pipeline stage "
         "(check -> download -> validate -> preprocess -> pretrain -> baselines -> tune -> "
-        "train -> evaluate), "
-        "plus model promotion and prediction.",
+        "train -> evaluate), plus the model registry (promote, registry), predict, methods "
+        "(the weighting methods and architectures), compare (rows of params over seeds) and "
+        "ci-report (the pull-request report and its gate).",
     )
     parser.add_argument("--version", action="version", version=f"multitask {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

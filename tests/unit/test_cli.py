@@ -28,6 +28,12 @@ def test_help_lists_every_command_and_imports_nothing_heavy() -> None:
     assert "HEAVY []" in out.stdout
 
 
+def test_the_description_names_every_command() -> None:
+    """`multitask --help`'s first lines name every subcommand, not only the stages."""
+    words = set(build_parser().description.translate(str.maketrans(",()", "   ")).split())
+    assert set(COMMANDS) - words == set()
+
+
 def test_every_dvc_stage_is_a_subcommand() -> None:
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
