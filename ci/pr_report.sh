@@ -151,7 +151,17 @@ report() {
     if [ -n "${GITHUB_OUTPUT:-}" ]; then
         echo "gate=$([ "$status" = 0 ] && echo passed || echo failed)" >> "$GITHUB_OUTPUT"
     fi
+    [ "$status" = 0 ] || annotate_failures "$md"
     return "$status"
+}
+
+# One error annotation per regressed task (the report's "Gate: failed." list), so the pull
+# request's checks name the task and its numbers, not only "exit code 1". Workflow commands
+# read % as an escape: it is written %25.
+annotate_failures() {
+    awk '/^\*\*Gate: failed\.\*\*/ { listing = 1; next }
+         listing && /^- / { sub(/^- /, ""); gsub(/%/, "%25"); print "::error title=ci-report gate::" $0 }
+         listing && /^#/ { exit }' "$1"
 }
 
 not_run() {

@@ -458,6 +458,31 @@ def test_script_report_names_the_commits_it_compares(tmp_path: Path) -> None:
     assert lines[5].startswith("**Gate: failed.**")
 
 
+def test_script_annotates_each_regressed_task_for_the_checks_page(tmp_path: Path) -> None:
+    """A failed gate is one error annotation per task, with its numbers (a % escaped as
+    GitHub's workflow commands read it), not only the step's exit code 1."""
+    repo = tmp_path / "repo"
+    write_result(repo / "sample", {"left": 0.70, "right": 0.78},
+                 extra_tasks={"age": {"mae": 6.0}})
+    shutil.copytree(ROOT / "ci", repo / "ci")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "head")
+    base_tree = tmp_path / "base"
+    write_result(base_tree / "sample", {"left": 0.80, "right": 0.78},
+                 extra_tasks={"age": {"mae": 5.0}})
+    result = subprocess.run([str(SCRIPT), "report", "HEAD"], cwd=repo, capture_output=True,
+                            text=True, timeout=300, env=script_env(
+                                tmp_path, SKIP_REPRO="1", BASE_WORKTREE=str(base_tree)))
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stdout.splitlines() if line.startswith("::error")]
+    assert errors == [
+        "::error title=ci-report gate::task 'left': accuracy dropped by 10.00 pp "
+        "(0.8000 -> 0.7000), more than the 2.00 pp tolerance (ci.regression_tolerance = 0.02)",
+        "::error title=ci-report gate::task 'age': mae rose by 20.00%25 (5.0000 -> 6.0000), "
+        "more than the 2.00%25 tolerance (ci.regression_tolerance = 0.02, relative for mae)"]
+
+
 def test_script_tells_a_failed_comparison_from_a_failed_gate(tmp_path: Path) -> None:
     result = script_report(tmp_path, None)  # a head whose pipeline left no reports
     assert result.returncode == 2, result.stderr
