@@ -19,7 +19,9 @@
 #       the marker on its first line and its author), with `gh api`. Needs GH_TOKEN,
 #       GITHUB_REPOSITORY and PR_NUMBER.
 #
-# Environment for `report`: BASE_WORKTREE (default $RUNNER_TEMP or $TMPDIR /multitask-base),
+# Environment for `report`: BASE_WORKTREE (default $RUNNER_TEMP or $TMPDIR
+# /multitask-base-<cksum of this checkout's path>: one per checkout, as a run replaces
+# a folder there that is not its base, so two clones must never share it),
 # VENV_BIN (default .venv/bin, where dvc and multitask live), SKIP_REPRO=1 to reuse results
 # already in both folders (a base worktree checked out at another commit is refused). Both
 # pipelines run with `dvc repro --pull`: a stage whose outputs the DVC remote holds (pushed by
@@ -91,7 +93,9 @@ report() {
     [ -x "$VENV_BIN/dvc" ] && [ -x "$VENV_BIN/multitask" ] \
         || die "$VENV_BIN has no dvc or multitask; run make setup (or set VENV_BIN)"
     local out_dir="${REPORT_DIR:-reports/ci}"
-    local worktree="${BASE_WORKTREE:-${RUNNER_TEMP:-${TMPDIR:-/tmp}}/multitask-base}"
+    local checkout_id
+    checkout_id="$(printf '%s' "$ROOT" | cksum | cut -d ' ' -f 1)"  # POSIX, also on macOS
+    local worktree="${BASE_WORKTREE:-${RUNNER_TEMP:-${TMPDIR:-/tmp}}/multitask-base-$checkout_id}"
     local base_sha
     base_sha="$(git rev-parse --verify --quiet "${base_rev}^{commit}")" \
         || die "$base_rev: no such commit here (on GitHub, check out with fetch-depth: 2)"

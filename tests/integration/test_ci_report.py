@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -514,6 +515,30 @@ def test_script_not_run_replaces_the_report_of_an_earlier_push(tmp_path: Path) -
     assert not (repo / "reports" / "ci" / "ci_report.png").exists()
     assert (tmp_path / "summary.md").read_text() == report
     assert (tmp_path / "output").read_text() == "gate=not-run\n"
+
+
+def test_two_clones_never_share_the_default_base_worktree(tmp_path: Path) -> None:
+    """A run replaces whatever folder at its worktree path is not its base (rm -rf when it
+    is no worktree of its own repository), so one default path for every clone on a machine
+    let a second clone's run delete the first's base while that pipeline ran in it."""
+    env = {k: v for k, v in script_env(tmp_path, SKIP_REPRO="1").items()
+           if k not in ("BASE_WORKTREE", "RUNNER_TEMP")}
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    bases = []
+    for name in ("first", "second"):
+        repo = tmp_path / name
+        write_result(repo / "sample", {"left": 0.80, "right": 0.78})
+        shutil.copytree(ROOT / "ci", repo / "ci")
+        git(repo, "init", "-q")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", "head")
+        result = subprocess.run([str(SCRIPT), "report", "HEAD"], cwd=repo, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr  # no base ran there (SKIP_REPRO=1)
+        # the error names the base's params file, in the worktree the run would use
+        bases.append(re.search(r"(\S+)/sample/params\.yaml: not found", result.stderr)[1])
+    assert all(Path(base).parent == tmp_path / "tmp" for base in bases), bases
+    assert bases[0] != bases[1]
 
 
 def test_script_refuses_a_reused_base_worktree_of_another_commit(tmp_path: Path) -> None:
