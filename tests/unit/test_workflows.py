@@ -167,6 +167,15 @@ def test_a_push_that_fails_before_the_report_still_updates_the_comment() -> None
     assert "steps.not_run.outputs.gate != ''" in keep["if"]
 
 
+def test_a_rerun_job_replaces_its_artifacts() -> None:
+    """"Re-run failed jobs" is the same workflow run, where upload-artifact refuses a name
+    already uploaded (409 Conflict) unless told to overwrite: the re-run of a flaky test would
+    fail at the upload of a report its first attempt left."""
+    uploads = [s for s in steps(load(WORKFLOWS[0]))
+               if s.get("uses", "").startswith("actions/upload-artifact@")]
+    assert uploads and all(s["with"].get("overwrite") is True for s in uploads)
+
+
 def _server_check_script() -> str:
     workflow = load(WORKFLOWS[1])
     job = workflow["jobs"]["promote"]
