@@ -224,8 +224,9 @@ COMMANDS: dict[str, Command] = {
         "multitask.data.validation:validate_raw",
         "check the raw data with Great Expectations; non-zero exit on any failure",
         "Run the expectation suite over a per-image table of the raw data and write "
-        "reports/validation/summary.json plus the Great Expectations data docs. Exits 1 "
-        "naming each failed expectation, its column and the offending values."),
+        "reports/validation/summary.json plus the Great Expectations data docs "
+        "(reports/validation/data_docs/). Exits 1 naming each failed expectation, its column "
+        "and the offending values."),
     "preprocess": Command(
         "multitask.data.preprocess:preprocess",
         "build the train/val/test splits: composites, a manifest's images or CIFAR-10",
@@ -253,8 +254,10 @@ COMMANDS: dict[str, Command] = {
         "multitask.training.stages:baselines",
         "train one single-task model per task (the reference for Δm%%)",
         "Train one single-task model per task with the same backbone and schedule as the "
-        "multi-task model and write reports/baselines.json with each one's test metrics. "
-        "With train.processes > 1 it runs that many data-parallel processes (torchrun).",
+        "multi-task model into models/baselines/ and write reports/baselines.json with each "
+        "one's test metrics and reports/baselines_info.json (backbone, start, epochs, data "
+        "hash, validation accuracies, kept epoch, seconds). With train.processes > 1 it runs "
+        "that many data-parallel processes (torchrun).",
         call=_data_parallel),
     "tune": Command(
         "multitask.tuning:tune",
@@ -278,8 +281,8 @@ COMMANDS: dict[str, Command] = {
         "Evaluate models/model.pt on the test split, write reports/metrics.json (each task's "
         "metrics by its kind: accuracy, macro F1 or AUROC and F1, loss; MAE and RMSE for a "
         "regression task; mean_accuracy and delta_m_pct against reports/baselines.json), the "
-        "confusion matrices (predicted against true for regression tasks), and complete the "
-        "MLflow run."),
+        "confusion matrices under reports/confusion/ (predicted against true for regression "
+        "tasks), and complete the MLflow run."),
     "promote": Command(
         "multitask.promotion:promote",
         "register the evaluated model and move the champion alias through the task-aware gate",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,24 @@ def test_every_dvc_stage_is_a_subcommand() -> None:
         assert stage["cmd"] == f"multitask {name}" + (" --if-used" if name == "tune" else "")
         assert name in COMMANDS
         build_parser().parse_args(stage["cmd"].split()[1:])  # its options exist
+
+
+@pytest.mark.parametrize("stage", sorted(yaml.safe_load((ROOT / "dvc.yaml").read_text())
+                                           ["stages"]))
+def test_each_stage_help_names_what_dvc_yaml_says_it_writes(stage: str) -> None:
+    """Every output and metrics file of the stage in dvc.yaml, or the folder holding it below
+    reports/, models/ or data/, is named in `multitask <stage> --help`."""
+    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]
+    paths = [next(iter(out)) if isinstance(out, dict) else out
+             for out in declared.get("outs", []) + declared.get("metrics", [])]
+    text = " ".join(COMMANDS[stage].description.split())
+    def folders(path: str) -> list[str]:
+        parent = Path(path).parent
+        return [path, *([str(parent)] if len(parent.parts) > 1 else [])]
+
+    named = [path for path in paths
+             if any(re.search(re.escape(name) + r"(?![\w-])", text) for name in folders(path))]
+    assert named == paths, f"not in the help of {stage}: {set(paths) - set(named)}"
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
