@@ -300,6 +300,11 @@ def _param(value: Any) -> str:
 
 def _status(row: MetricRow, tolerance: float) -> str:
     if row.is_regression(tolerance):
+        # missing or not a number: no amount worse, so no "> tolerance" to show
+        if row.head is None:
+            return "❌ **regression**: missing from the head"
+        if not math.isfinite(row.head):
+            return "❌ **regression**: not a number"
         allowed = (f"{100 * tolerance:g}% of base" if row.metric in RELATIVE_METRICS
                    else f"{tolerance:g}")
         return f"❌ **regression** (> {allowed})"
@@ -320,7 +325,8 @@ def _metrics_table(rows: list[MetricRow], tolerance: float) -> list[str]:
         name = {keys.DELTA_M: "Δm%", keys.MEAN_ACCURACY: "mean accuracy"}.get(row.metric,
                                                                               row.metric)
         digits = 2 if row.metric.endswith("_pct") else 4
-        delta = "—" if row.delta is None else f"{row.delta:+.{digits}f}"
+        delta = ("—" if row.delta is None or not math.isfinite(row.delta)
+                 else f"{row.delta:+.{digits}f}")
         task = f"`{row.task}`" if row.task else "**all tasks**"
         lines.append(f"| {task} | {name} | {_fmt(row.base, digits)} | {_fmt(row.head, digits)} "
                      f"| {delta} | {_status(row, tolerance)} |")

@@ -123,6 +123,9 @@ def test_a_task_missing_from_head_fails_and_auxiliary_tasks_are_not_gated(
     assert status == 1
     assert ("task 'right': not in the head results (base accuracy 0.7800): a removed or "
             "renamed task fails the gate") in report
+    # no "(> 0.02)": the task is not some amount worse, it is gone
+    assert table_row(report, "right", "accuracy").endswith(
+        "| ❌ **regression**: missing from the head |")
     assert "rotation" not in report.split("### Metrics")[0]  # not among the gate's reasons
     assert "regression" not in table_row(report, "rotation", "accuracy")
 
@@ -147,9 +150,10 @@ def test_a_metric_that_is_not_a_number_in_head_fails_the_gate(tmp_path: Path) ->
     assert status == 1
     assert "task 'left': accuracy is nan in the head results (base 0.8100)" in report
     assert "task 'age': mae is nan in the head results (base 3.0000)" in report
-    assert "regression" in table_row(report, "left", "accuracy")
+    assert ("| 0.8100 | nan | — | ❌ **regression**: not a number |"
+            in table_row(report, "left", "accuracy"))
     assert "better" not in table_row(report, "age", "mae")
-    assert "❌ **regression** (> 2% of base)" in table_row(report, "age", "mae")
+    assert "❌ **regression**: not a number |" in table_row(report, "age", "mae")
 
 
 def test_a_renamed_task_fails_naming_the_name_it_has_in_head(tmp_path: Path) -> None:
