@@ -7,9 +7,24 @@ STAMP := $(VENV)/.installed
 # DVC stage commands call `multitask`: find it without an activated venv (as on CI).
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup system-deps repro repro-sample repro-example test test-fast bench lint ui dashboard server
+.PHONY: setup system-deps repro repro-sample repro-example test test-fast bench lint ui dashboard server help
 
 setup: $(STAMP) system-deps
+
+# What each target does (the README's "The two commands" says more); installs nothing.
+help:
+	@echo "make repro          set up .venv, then dvc repro: the whole pipeline on full MultiFashion"
+	@echo "make test           set up .venv, then ruff and the test suite (pytest -n 2)"
+	@echo "make repro-sample   the same pipeline on the sample in data/sample/ (about a minute)"
+	@echo "make repro-example  the pipeline on a manifest with a multiclass, a binary and a regression task"
+	@echo "make setup          .venv from requirements.lock (and, as root, Debian's Fashion-MNIST)"
+	@echo "make system-deps    as root with apt-get: Debian's dataset-fashion-mnist only"
+	@echo "make lint           ruff over src tests benchmarks scripts"
+	@echo "make test-fast      the test suite without the slow tests"
+	@echo "make bench          the benchmarks (python -m benchmarks.run)"
+	@echo "make ui             the MLflow UI on http://127.0.0.1:5000 (MLFLOW_PORT=5001 moves it)"
+	@echo "make dashboard      optuna-dashboard on http://127.0.0.1:8080 (STUDY=..., DASHBOARD_PORT=...)"
+	@echo "make server         a team MLflow tracking server on PostgreSQL (SERVER_ARGS=...)"
 
 # The virtual environment, pinned exactly by requirements.lock (torch 2.14.1 + torchvision 0.29.1).
 $(STAMP): requirements.lock pyproject.toml

@@ -35,3 +35,16 @@ def test_repro_example_without_fashion_mnist_says_where_to_get_it(tmp_path: Path
     assert (f"make repro-example: {missing} is missing: install Debian's dataset-fashion-mnist"
             in result.stderr)
     assert "FASHION_SOURCE=<folder" in result.stderr
+
+
+def test_help_lists_every_target_and_installs_nothing() -> None:
+    """`make help`, a new user's first try, answers without building the venv."""
+    result = subprocess.run(["make", "--no-print-directory", "-n", "help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert "pip install" not in result.stdout and "-m venv" not in result.stdout
+    listed = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+    phony = next(line for line in (ROOT / "Makefile").read_text().splitlines()
+                 if line.startswith(".PHONY:")).split()[1:]
+    named = {line.split()[1] for line in listed.splitlines() if line.startswith("make ")}
+    assert named == set(phony) - {"help"}
