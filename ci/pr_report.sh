@@ -138,6 +138,9 @@ report() {
         held="$(git -C "$worktree" rev-parse HEAD)"
         [ "$held" = "$base_sha" ] || die "SKIP_REPRO=1: $worktree holds ${held:0:12}, not" \
             "$base_rev (${base_sha:0:12}); run without SKIP_REPRO=1 to check out and run the base"
+    elif [ ! -d "$worktree/sample" ]; then
+        die "SKIP_REPRO=1: $worktree holds no base pipeline (no sample/); run without" \
+            "SKIP_REPRO=1 to check out and run the base, or set BASE_WORKTREE to where it ran"
     fi
 
     # The comparison and the gate run the BASE's code and params, the head's results are only

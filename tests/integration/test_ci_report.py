@@ -521,6 +521,25 @@ def test_script_not_run_replaces_the_report_of_an_earlier_push(tmp_path: Path) -
     assert (tmp_path / "output").read_text() == "gate=not-run\n"
 
 
+def test_script_skip_repro_without_a_base_says_what_to_run(tmp_path: Path) -> None:
+    """Not the comparison's error about a params file in a folder the user never made."""
+    repo = tmp_path / "repo"
+    write_result(repo / "sample", {"left": 0.80, "right": 0.78})
+    shutil.copytree(ROOT / "ci", repo / "ci")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "head")
+    result = subprocess.run([str(SCRIPT), "report", "HEAD"], cwd=repo, capture_output=True,
+                            text=True, timeout=300, env=script_env(
+                                tmp_path, SKIP_REPRO="1",
+                                BASE_WORKTREE=str(tmp_path / "nothing-here")))
+    assert result.returncode == 2, result.stderr
+    assert (f"ci/pr_report.sh: SKIP_REPRO=1: {tmp_path / 'nothing-here'} holds no base "
+            "pipeline (no sample/); run without SKIP_REPRO=1") in result.stderr
+    assert "params.yaml: not found" not in result.stderr
+    assert not (tmp_path / "output").exists()
+
+
 def test_two_clones_never_share_the_default_base_worktree(tmp_path: Path) -> None:
     """A run replaces whatever folder at its worktree path is not its base (rm -rf when it
     is no worktree of its own repository), so one default path for every clone on a machine
@@ -539,8 +558,8 @@ def test_two_clones_never_share_the_default_base_worktree(tmp_path: Path) -> Non
         result = subprocess.run([str(SCRIPT), "report", "HEAD"], cwd=repo, env=env,
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 2, result.stderr  # no base ran there (SKIP_REPRO=1)
-        # the error names the base's params file, in the worktree the run would use
-        bases.append(re.search(r"(\S+)/sample/params\.yaml: not found", result.stderr)[1])
+        # the error names the worktree the run would use
+        bases.append(re.search(r"SKIP_REPRO=1: (\S+) holds no base pipeline", result.stderr)[1])
     assert all(Path(base).parent == tmp_path / "tmp" for base in bases), bases
     assert bases[0] != bases[1]
 
