@@ -208,7 +208,10 @@ COMMANDS: dict[str, Command] = {
         "reports/params_check.txt, the same for all valid params. Every other stage depends "
         "on it, so a bad value stops dvc repro / dvc exp run before any output is removed. "
         "Warns when a manifest read in place is no dependency of validate and preprocess in "
-        "the dvc.yaml beside the params (DVC would not rerun them when it changes)."),
+        "the dvc.yaml beside the params (DVC would not rerun them when it changes). With "
+        "model.pretrained: imagenet, warns when torchvision's file is not in torch.hub's cache "
+        "($TORCH_HOME/hub/checkpoints) yet and stops at a cached one whose SHA-256 does not "
+        "start with the part of its name after the dash."),
     "download": Command(
         "multitask.data.download:download",
         "fetch the raw data set from its mirrors and verify every file",

@@ -215,6 +215,7 @@ def test_check_warns_when_imagenet_weights_would_need_a_download(
     """Offline, the download fails in baselines, after DVC removed its outputs: check says
     beforehand which file is missing, where it goes and where it comes from."""
     from multitask.cli import main
+    from multitask.models import pretrained
     from multitask.models.pretrained import hub_path, imagenet_source
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -238,5 +239,34 @@ def test_check_warns_when_imagenet_weights_would_need_a_download(
         f"baselines will download it from {url}. Offline, download it where there is internet "
         "and put it there under that name (the folder follows TORCH_HOME)"]
     cached.parent.mkdir(parents=True)
-    cached.write_bytes(b"weights")  # there: check reads no more (baselines verifies it)
+    published = b"the published weights"
+    monkeypatch.setattr(pretrained, "file_sha256",
+                        lambda path: "f37072fd" if Path(path).read_bytes() == published else "0")
+    cached.write_bytes(published)  # there and verified: no warning
     assert check_warnings() == []
+
+
+def test_check_stops_at_a_cached_imagenet_file_that_is_not_the_published_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A truncated copy (or another file under torchvision's name) would stop baselines after
+    DVC removed their outputs: check refuses it, naming the file and what to do."""
+    from multitask.cli import main
+    from multitask.models.pretrained import hub_path, imagenet_source
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
+    params["model"].update({"backbone": "resnet18", "pretrained": "imagenet"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data").mkdir()
+    shutil.copy(ROOT / "sample" / "data" / "sources.yaml", tmp_path / "data" / "sources.yaml")
+    member, url = imagenet_source("resnet18")
+    cached = hub_path(url)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"the first megabyte of the weights")
+    assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert (f"model.pretrained: imagenet ({member}): {cached}: sha256 does not start with "
+            f"f37072fd (the prefix in its name): corrupt or not the published file; delete it "
+            f"and rerun, which downloads it again from {url}") in err
+    assert not (tmp_path / "reports" / "params_check.txt").exists()

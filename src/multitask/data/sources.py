@@ -52,7 +52,13 @@ from multitask.data.manifest import read_configured
 from multitask.device import check_processes, select_device
 from multitask.io import atomic_open, read_json, write_json
 from multitask.layout import Layout
-from multitask.models.pretrained import file_weights, hub_path, imagenet_source
+from multitask.models.pretrained import (
+    WeightsError,
+    cached_file_problem,
+    file_weights,
+    hub_path,
+    imagenet_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +170,9 @@ def check(params: Params, layout: Layout) -> None:
     ``preprocess`` does not depend on it and its images (DVC would not rerun them when a label
     changes); for
     ``model.pretrained: <file>``, that the file is there and holds weights, with a warning when
-    ``baselines``, ``tune`` or ``train`` does not depend on it. The output's
+    ``baselines``, ``tune`` or ``train`` does not depend on it; for ``model.pretrained:
+    imagenet``, a warning when the file is not in torch.hub's cache yet, and that a cached one
+    is the published file. The output's
     content is the same for every valid input, so the stages depending on it rerun only for
     what they read.
     """
@@ -190,8 +198,8 @@ def check(params: Params, layout: Layout) -> None:
                         "(a param), not its contents, and will not rerun them when the file "
                         "changes in place. Add it to the deps of each, or give changed weights "
                         "a new file name", weights, in_words(stages), layout.dvc_yaml)
-    if params.model.pretrained_kind == "imagenet":  # else found missing offline, too late
-        warn_if_imagenet_weights_missing(params.model.backbone)
+    if params.model.pretrained_kind == "imagenet":  # else found missing or corrupt, too late
+        check_imagenet_weights(params.model.backbone)
     check_processes(select_device(params.train.device, params.source), params.train.processes,
                     params.source)
     layout.params_check.parent.mkdir(parents=True, exist_ok=True)
@@ -200,13 +208,17 @@ def check(params: Params, layout: Layout) -> None:
     log.info("%s and %s: valid", params.source, layout.sources)
 
 
-def warn_if_imagenet_weights_missing(backbone: str) -> None:
-    """Warn when ``model.pretrained: imagenet`` weights are not in torch.hub's cache yet: the
-    first stage to start from them downloads them, which fails offline after DVC has removed
-    that stage's outputs. Whether the download will work is not knowable here."""
+def check_imagenet_weights(backbone: str) -> None:
+    """Warn when ``model.pretrained: imagenet`` weights are not in torch.hub's cache yet, and
+    refuse a cached file that is not the published one (its sha256 against the prefix in its
+    name): the first stage to start from them downloads or verifies them, and fails offline or
+    on a corrupt file after DVC has removed that stage's outputs. Whether a download will work
+    is not knowable here."""
     member, url = imagenet_source(backbone)
     path = hub_path(url)
     if path.is_file():
+        if (problem := cached_file_problem(path, url)) is not None:
+            raise WeightsError(f"model.pretrained: imagenet ({member}): {problem}")
         return
     log.warning("model.pretrained: imagenet: %s (%s) is not in %s yet; baselines will download "
                 "it from %s. Offline, download it where there is internet and put it there "

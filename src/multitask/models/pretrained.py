@@ -167,11 +167,20 @@ def download_weights(url: str, *, progress: bool = True) -> Path:
                 f"{name}: not in {folder}, and downloading it failed ({exc}). Download {url} "
                 f"where there is internet and put it in {folder} under that name (the folder "
                 f"follows TORCH_HOME)") from exc
-    if prefix is not None and not file_sha256(path).startswith(prefix):
-        raise WeightsError(f"{path}: sha256 does not start with {prefix} (the prefix in its "
-                           f"name): corrupt or not the published file; delete it and rerun "
-                           f"(it is downloaded again from {url})")
+    if (problem := cached_file_problem(path, url)) is not None:
+        raise WeightsError(problem)
     return path
+
+
+def cached_file_problem(path: Path, url: str) -> str | None:
+    """Why ``path``, torch.hub's cached copy of ``url``, is not the published file (its sha256
+    does not start with the prefix in its name); None when it is, or its name has no prefix."""
+    prefix = hash_prefix(path.name)
+    if prefix is None or file_sha256(path).startswith(prefix):
+        return None
+    return (f"{path}: sha256 does not start with {prefix} (the prefix in its name): corrupt or "
+            f"not the published file; delete it and rerun, which downloads it again from {url} "
+            f"(offline: fetch that URL where there is internet and put the file in its place)")
 
 
 # ------------------------------------------------------------------------------ reading files
