@@ -204,7 +204,8 @@ COMMANDS: dict[str, Command] = {
         "validate params.yaml and data/sources.yaml (the pipeline's first stage)",
         "Validate every key and name of the params file (data set, architecture, weighting "
         "methods and their params ...), the sources file beside it and the files the params "
-        "name (a manifest read in place, a model.pretrained state_dict), then write "
+        "name (a manifest read in place, a model.pretrained state_dict, loaded into the "
+        "encoder to see that it fits), then write "
         "reports/params_check.txt, the same for all valid params. Every other stage depends "
         "on it, so a bad value stops dvc repro / dvc exp run before any output is removed. "
         "Warns when a manifest read in place is no dependency of validate and preprocess in "

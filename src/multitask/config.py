@@ -785,6 +785,12 @@ def input_size(data: DataConfig) -> int:
     return SOURCES[DATASETS[data.dataset].sources[0]].item_shape[0]
 
 
+def input_channels(data: DataConfig) -> int:
+    """The channels of the data set's images: a manifest's ``data.channels``, else its data
+    set's own (the composites' 1, CIFAR-10's 3)."""
+    return data.channels if data.channels is not None else DATASETS[data.dataset].channels
+
+
 def _backbone_problems(params: Params, path: Path) -> list[str]:
     """What the backbone would refuse when built: a torchvision encoder's smallest input, and
     an mmoe LeNet expert's width where pretrained weights fix it."""

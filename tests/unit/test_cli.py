@@ -18,6 +18,15 @@ from multitask.cli import COMMANDS, build_parser
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def save_mobilenet_weights(path: Path) -> None:
+    """A plain torchvision state_dict that fits model.backbone: mobilenet_v3_small (the
+    smallest backbone): what check loads into the encoder before any stage runs."""
+    import torchvision
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), path)
+
+
 def test_help_lists_every_command_and_imports_nothing_heavy() -> None:
     code = ("import sys; from multitask.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
@@ -125,7 +134,35 @@ def test_check_finds_a_missing_or_unreadable_pretrained_file_before_any_stage_ru
             "with torch.save(model.state_dict(), path)") in err
     assert "\x1b[" not in err  # torch's terminal colours are not passed on
     assert not (tmp_path / "reports" / "params_check.txt").exists()
-    torch.save(torch.nn.Linear(2, 2).state_dict(), weights)
+    save_mobilenet_weights(weights)
+    params["model"]["backbone"] = "mobilenet_v3_small"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 0
+    assert (tmp_path / "reports" / "params_check.txt").is_file()
+
+
+def test_check_finds_pretrained_weights_that_do_not_fit_the_backbone(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """ResNet-18 weights under model.backbone: resnet34 would stop the baselines stage, after
+    DVC removed their outputs: check loads them into the encoder first and names the keys."""
+    import torchvision
+
+    from multitask.cli import main
+
+    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
+    params["model"].update({"backbone": "resnet34", "pretrained": "resnet18.pth"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data").mkdir()
+    shutil.copy(ROOT / "sample" / "data" / "sources.yaml", tmp_path / "data" / "sources.yaml")
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
+    assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert (f"file: {tmp_path / 'resnet18.pth'}: does not fit the resnet34 encoder (missing "
+            "net.layer1.2.bn1.bias, ") in err
+    assert "check model.backbone, model.width, model.stem and the data's channels" in err
+    assert not (tmp_path / "reports" / "params_check.txt").exists()
+    params["model"]["backbone"] = "resnet18"  # fits, 3-channel filters summed for grey input
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 0
     assert (tmp_path / "reports" / "params_check.txt").is_file()
 
@@ -143,12 +180,11 @@ def test_check_warns_when_dvc_would_not_rerun_on_changed_pretrained_weights(
     from multitask.cli import main
 
     params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
-    params["model"]["pretrained"] = "weights/encoder.pt"
+    params["model"].update({"backbone": "mobilenet_v3_small", "pretrained": "weights/encoder.pt"})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "data").mkdir()
     shutil.copy(ROOT / "sample" / "data" / "sources.yaml", tmp_path / "data" / "sources.yaml")
-    (tmp_path / "weights").mkdir()
-    torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "weights" / "encoder.pt")
+    save_mobilenet_weights(tmp_path / "weights" / "encoder.pt")
     pipeline = yaml.safe_load((ROOT / "sample" / "dvc.yaml").read_text())
     for stage in watching:  # the file itself, or the folder holding it
         pipeline["stages"][stage]["deps"].append(

@@ -34,6 +34,8 @@ from multitask.config import (
     ConfigError,
     Params,
     Source,
+    input_channels,
+    input_size,
     lenet_input_problem,
     load_sources,
     pretrained_file,
@@ -52,10 +54,13 @@ from multitask.data.manifest import read_configured
 from multitask.device import check_processes, select_device
 from multitask.io import atomic_open, read_json, write_json
 from multitask.layout import Layout
+from multitask.models.base import encoder_factory
 from multitask.models.pretrained import (
+    EncoderWeights,
     WeightsError,
     cached_file_problem,
     file_weights,
+    fitted_state,
     hub_path,
     imagenet_source,
 )
@@ -192,7 +197,7 @@ def check(params: Params, layout: Layout) -> None:
                         folder_of(paths, layout))
     if params.model.pretrained_kind == "file":  # else baselines finds it wrong, too late
         weights = pretrained_file(params, layout.root)
-        file_weights(weights)  # readable, and weights
+        check_weights_fit(params, file_weights(weights))  # readable, weights, and they fit
         if stages := unwatched_stages([os.path.abspath(weights)], layout, STARTING_STAGES):
             log.warning("model.pretrained: %s is no dependency of %s in %s: DVC tracks its path "
                         "(a param), not its contents, and will not rerun them when the file "
@@ -206,6 +211,15 @@ def check(params: Params, layout: Layout) -> None:
     with atomic_open(layout.params_check, "w") as handle:
         handle.write(CHECKED)
     log.info("%s and %s: valid", params.source, layout.sources)
+
+
+def check_weights_fit(params: Params, weights: EncoderWeights) -> None:
+    """Load ``weights`` into a ``model.backbone`` encoder for the data set's images, as the
+    stages that start from them will: weights of another backbone or width, or keys that do
+    not match, stop here (:class:`WeightsError` naming the keys) rather than in baselines."""
+    encoder = encoder_factory(params.model, input_channels(params.data),
+                              input_size(params.data), None)()
+    fitted_state(encoder, weights)
 
 
 def check_imagenet_weights(backbone: str) -> None:

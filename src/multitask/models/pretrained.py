@@ -318,6 +318,20 @@ def load_encoder(encoder: nn.Module, weights: EncoderWeights, *,
     ``torchvision``-layout weights, whose normalisation the adapter is set to. All or nothing:
     :class:`WeightsError` names missing, unexpected and mis-shaped keys.
     """
+    state = fitted_state(encoder, weights)
+    encoder.load_state_dict(state, strict=True)
+    if weights.layout == "torchvision":
+        assert isinstance(encoder, TorchvisionEncoder)
+        encoder.adapter.set_affine(*imagenet_affine(encoder, pixel_mean, pixel_std))
+    log.info("encoder %s started from %s", getattr(encoder, "name", type(encoder).__name__),
+             weights.origin)
+
+
+def fitted_state(encoder: nn.Module, weights: EncoderWeights) -> dict[str, Tensor]:
+    """The state_dict ``encoder`` gets from ``weights`` (keys renamed, the classifier dropped,
+    3-channel filters summed for 1-channel input; the rest ``encoder``'s own), or
+    :class:`WeightsError` naming missing, unexpected and mis-shaped keys: what
+    :func:`load_encoder` loads, and what the check stage tries before any stage runs."""
     name = getattr(encoder, "name", type(encoder).__name__)
     if weights.backbone is not None and weights.backbone != name:
         raise WeightsError(f"{weights.origin}: weights for a {weights.backbone} encoder, not "
@@ -346,12 +360,7 @@ def load_encoder(encoder: nn.Module, weights: EncoderWeights, *,
             f"{weights.origin}: does not fit the {name} encoder ({'; '.join(problems)}); check "
             f"model.backbone, model.width, model.stem and the data's channels against the "
             "weights")
-    encoder.load_state_dict(
-        {**target, **{k: v.to(target[k].dtype) for k, v in source.items()}}, strict=True)
-    if weights.layout == "torchvision":
-        assert isinstance(encoder, TorchvisionEncoder)
-        encoder.adapter.set_affine(*imagenet_affine(encoder, pixel_mean, pixel_std))
-    log.info("encoder %s started from %s", name, weights.origin)
+    return {**target, **{k: v.to(target[k].dtype) for k, v in source.items()}}
 
 
 def load_heads(model: nn.Module, weights: EncoderWeights) -> list[str]:
