@@ -365,6 +365,22 @@ def test_only_hard_sharing_networks_give_an_encoder(tmp_path: Path) -> None:
         file_weights(tmp_path / "absent.pt")
 
 
+def test_a_checkpoint_holding_a_state_dict_is_refused_with_what_to_save(tmp_path: Path) -> None:
+    """A training checkpoint ({'epoch': ..., 'state_dict': ...}) is the usual near miss: the
+    error names the entry to save alone; anything else gets how to save a state_dict."""
+    weights = {"conv1.weight": torch.zeros(2, 3, 3, 3)}
+    torch.save({"epoch": 3, "state_dict": weights}, tmp_path / "checkpoint.pt")
+    with pytest.raises(WeightsError, match=r"checkpoint\.pt: neither a state_dict .* it holds "
+                                           r"one under 'state_dict' \(a training checkpoint\?\): "
+                                           r"save that alone, torch\.save\(checkpoint\["
+                                           r"'state_dict'\], path\)$"):
+        file_weights(tmp_path / "checkpoint.pt")
+    torch.save([weights["conv1.weight"]], tmp_path / "list.pt")
+    with pytest.raises(WeightsError, match=r"list\.pt: neither a state_dict .*; save the weights "
+                                           r"with torch\.save\(model\.state_dict\(\), path\)$"):
+        file_weights(tmp_path / "list.pt")
+
+
 def test_three_channel_encoder_weights_fit_one_channel_data() -> None:
     torch.manual_seed(0)
     rgb = build_backbone("mobilenet_v3_small", 3, 32).double().eval()

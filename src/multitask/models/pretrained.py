@@ -240,8 +240,13 @@ def file_weights(path: Path) -> EncoderWeights:
                                sha256=weights_sha256(payload["state_dict"]),
                                backbone=model.get("backbone"))
     if not is_state_dict(payload):
+        inner = sorted(str(k) for k, v in payload.items() if is_state_dict(v)) if isinstance(
+            payload, Mapping) else []
+        fix = (f"it holds one under {inner[0]!r} (a training checkpoint?): save that alone, "
+               f"torch.save(checkpoint[{inner[0]!r}], path)" if inner else
+               "save the weights with torch.save(model.state_dict(), path)")
         raise WeightsError(f"{path}: neither a state_dict (names -> tensors) nor a network file "
-                           f"written by multitask train")
+                           f"written by multitask train; {fix}")
     return EncoderWeights(dict(payload), "torchvision", f"file: {path}", weights_sha256(payload))
 
 
