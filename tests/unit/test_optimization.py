@@ -79,3 +79,35 @@ def test_the_encoder_group_keeps_its_ratio_under_every_schedule() -> None:
         assert encoder_lr == pytest.approx(0.25 * heads_lr, abs=1e-15)
         optimizer.step()
         scheduler.step()
+
+
+@pytest.mark.parametrize(("architecture", "scaled", "unscaled"), [
+    ("hps", ["encoder."], ["heads."]),
+    ("branched", ["trunk."], ["branches.", "heads."]),
+    ("mmoe", ["stem.", "experts."], ["gates.", "towers."]),
+])
+def test_the_encoder_group_is_what_the_readme_says_per_architecture(
+        architecture: str, scaled: list[str], unscaled: list[str]) -> None:
+    """README, Fine-tuning controls: train.encoder_lr_scale (and model.freeze_encoder_epochs)
+    act on the shared parameters: a branched network's per-task stages keep lr, and a
+    ResNet's fresh CIFAR stem convolution is in the encoder group."""
+    from multitask.config import ModelConfig, OptimizerConfig
+    from multitask.models import build_model
+    from multitask.tasks import Task
+    from multitask.training.optimization import build_optimizer, freeze_shared
+
+    config = ModelConfig(backbone="resnet18", architecture=architecture, stem="cifar",
+                         **({"shared_stages": 3} if architecture == "branched" else {}))
+    model = build_model(config, [Task("left", 10), Task("right", 10)], 1, 36)
+    optimizer = build_optimizer(list(model.parameters()), OptimizerConfig(name="sgd", lr=LR),
+                                encoder=model.shared_parameters(), encoder_lr_scale=0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    heads_group, encoder_group = ({names[id(p)] for p in g["params"]}
+                                  for g in optimizer.param_groups)
+    assert encoder_group and all(n.startswith(tuple(scaled)) for n in encoder_group)
+    assert heads_group and all(n.startswith(tuple(unscaled)) for n in heads_group)
+    stem_conv = {"hps": "encoder.net.conv1.weight", "branched": "trunk.0.0.weight",
+                 "mmoe": "stem.0.0.weight"}[architecture]
+    assert stem_conv in encoder_group
+    freeze_shared(model, True)
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == encoder_group
