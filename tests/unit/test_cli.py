@@ -306,3 +306,19 @@ def test_check_stops_at_a_cached_imagenet_file_that_is_not_the_published_one(
             f"f37072fd (the prefix in its name): corrupt or not the published file; delete it "
             f"and rerun, which downloads it again from {url}") in err
     assert not (tmp_path / "reports" / "params_check.txt").exists()
+
+
+def test_training_before_preprocess_names_the_stage_to_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A user who runs multitask train (or baselines) by hand before preprocess is told which
+    stage writes the processed data, not 'the stage that writes it'."""
+    from multitask.cli import main
+
+    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
+    params["tracking"]["enabled"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["train", "--params", str(tmp_path / "params.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert (f"{tmp_path / 'data' / 'processed' / 'meta.json'}: not found; run multitask "
+            "preprocess (after download and validate), or dvc repro") in err
+    assert "Traceback" not in err

@@ -60,7 +60,11 @@ def write(out_dir: Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, An
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
     """``meta.json`` of a processed folder (an error naming the file and the fix)."""
-    return dict(read_json(Path(folder) / META_FILE))
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run multitask preprocess (after download "
+                                "and validate), or dvc repro, to write the processed data")
+    return dict(read_json(path, remedy="rerun multitask preprocess to write it again"))
 
 
 def load_split(folder: str | Path, split: str, meta: Mapping[str, Any], *,
