@@ -14,6 +14,7 @@ stitch the file back together.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -838,10 +839,12 @@ def pretrained_file(params: Params, root: Path) -> Path:
     path = Path(params.model.pretrained)
     path = path if path.is_absolute() else root / path
     if not path.is_file():
+        close = difflib.get_close_matches(params.model.pretrained.lower(), PRETRAINED_WORDS, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
         raise FileNotFoundError(
             f"{params.source}: model.pretrained: {path} is not a file (a relative path is "
-            f"read from the pipeline folder {root}); give a state_dict file, or one of none, "
-            "imagenet, self_supervised, models:/<name>@<alias>")
+            f"read from the pipeline folder {root}){hint}; give a state_dict file, or one of "
+            "none, imagenet, self_supervised, models:/<name>@<alias>")
     return path
 
 

@@ -103,6 +103,23 @@ def test_bad_params_exit_1_with_the_key(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_check_suggests_the_word_a_misspelt_pretrained_value_was_meant_to_be(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """'imagenett' is read as a file name (anything not a word is one): the error says which
+    word it is close to, not only that no such file exists."""
+    from multitask.cli import main
+
+    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
+    params["model"].update(backbone="resnet18", pretrained="imagenett")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data").mkdir()
+    shutil.copy(ROOT / "sample" / "data" / "sources.yaml", tmp_path / "data" / "sources.yaml")
+    assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 1
+    assert (f"model.pretrained: {tmp_path / 'imagenett'} is not a file (a relative path is read "
+            f"from the pipeline folder {tmp_path}); did you mean imagenet?"
+            in capsys.readouterr().err)
+
+
 def test_check_finds_a_missing_or_unreadable_pretrained_file_before_any_stage_runs(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A missing or unreadable state_dict file would otherwise stop the baselines stage, after
