@@ -29,10 +29,10 @@ from multitask import tuning
 from multitask.config import ConfigError, load_params
 from multitask.data.processed import tasks as tasks_from_meta
 from multitask.layout import Layout
-from multitask.processes import start_ticks
+from multitask.processes import HOST, start_ticks
 from multitask.training import session
 from multitask.training.data import ProcessedData
-from multitask.tuning.storage import LOCK_TIMEOUT_S
+from multitask.tuning.storage import LOCK_TIMEOUT_S, fail_stale_trials
 from multitask.tuning.study import open_study, setup
 from multitask.tuning.workers import INTERRUPT_GRACE_S
 from multitask.weighting import METHODS, LossWeighting
@@ -1051,6 +1051,34 @@ def test_a_sigkilled_machine_s_trial_fails_and_the_other_runs_it_again(
     run = client.get_run(lost.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED"
     assert "no heartbeat" in run.data.tags["failure"]
+
+
+def test_a_lost_trial_whose_run_is_in_another_store_is_failed_and_the_study_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Machines that share a study but each log to their own MLflow store (no shared
+    MLFLOW_TRACKING_URI): the worker that finds another machine's trial lost cannot end that
+    trial's run. It marks the trial FAIL, says where the run is not, and goes on; it used to
+    stop its own tune with "Run with id=... not found"."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.MlflowClient(uri).search_experiments()  # this worker's store exists
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    elsewhere = "0" * 32  # the lost worker's run, in its own store
+    with study_storage(str(tmp_path / "study.journal")) as storage:
+        study = optuna.create_study(storage=storage.optuna, study_name="shared")
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)})
+        trial.set_user_attr("owner", {"host": HOST, "pid": gone.pid, "start": None,
+                                      "since": time.time()})
+        trial.set_user_attr("mlflow_run_id", elsewhere)
+        with caplog.at_level(logging.WARNING, logger="multitask.tuning.storage"):
+            assert fail_stale_trials(study, storage, tracking_enabled=True) == [trial.number]
+        states = [t.state.name for t in study.get_trials()]
+    assert states == ["FAIL", "WAITING"]  # marked FAIL, its parameters queued again
+    assert f"its MLflow run {elsewhere} is not in this worker's store" in caplog.text
 
 
 def test_a_diverging_trial_is_pruned_and_the_study_goes_on(processed: Path,

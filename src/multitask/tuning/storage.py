@@ -365,9 +365,24 @@ def fail_stale_trials(study: optuna.Study, storage: StudyStorage,
                     trial.number, reason)
         run_id = trial.user_attrs.get("mlflow_run_id")
         if tracking_enabled and run_id:
-            tracking.end_run(run_id, "FAILED", f"tune: {reason}")
+            _end_lost_run(trial.number, run_id, reason)
         failed.append(trial.number)
     return failed
+
+
+def _end_lost_run(number: int, run_id: str, reason: str) -> None:
+    """End a lost trial's MLflow run FAILED, if this worker's store holds it. A worker on
+    another machine with a store of its own (no shared ``MLFLOW_TRACKING_URI``) logged it
+    elsewhere: that is said, and this worker goes on with the study rather than fail on it."""
+    try:
+        tracking.get_run(run_id)
+    except ValueError:
+        log.warning("trial %d: its MLflow run %s is not in this worker's store %s (its worker "
+                    "logged to another one): end it FAILED there, and give every machine one "
+                    "tracking server (MLFLOW_TRACKING_URI)", number, run_id,
+                    tracking.describe_uri())
+        return
+    tracking.end_run(run_id, "FAILED", f"tune: {reason}")
 
 
 def finished_count(counts: dict[str, int]) -> int:
