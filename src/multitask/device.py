@@ -22,24 +22,30 @@ THREADS_ENV = "MULTITASK_THREADS"
 WORLD_ENV = "WORLD_SIZE"  # set by torchrun: the budget is shared by its processes
 
 
-def limit_threads() -> int:
-    """Size torch's CPU threads (``torch.set_num_threads``) and return them:
-    ``$MULTITASK_THREADS`` when set, else :func:`available_cpus` (torch's own default counts
-    the affinity mask but not a cgroup quota, so in a container limited to one CPU two threads
-    would take turns on it).
-
-    Under torchrun (``train.processes > 1``) the budget is the whole stage's, so each of the
-    ``$WORLD_SIZE`` processes takes an equal part of it (at least one thread).
+def threads_per_process(processes: int = 1) -> int:
+    """Torch's CPU threads for each of a stage's ``processes``: ``$MULTITASK_THREADS`` when set,
+    else :func:`available_cpus` (torch's own default counts the affinity mask but not a cgroup
+    quota, so in a container limited to one CPU two threads would take turns on it), divided
+    equally between them (at least one thread each). ``OMP_NUM_THREADS`` plays no part.
     """
     value = os.environ.get(THREADS_ENV, "").strip()
     if value and (not value.isdigit() or int(value) < 1):
         raise ValueError(f"{THREADS_ENV}={value!r}: expected a whole number of CPU threads "
                          "of at least 1; unset it to use the CPUs this process may use")
     budget = int(value) if value else available_cpus()
+    return max(1, budget // max(1, processes))
+
+
+def limit_threads() -> int:
+    """Size torch's CPU threads (``torch.set_num_threads``) by :func:`threads_per_process` and
+    return them. Under torchrun (``train.processes > 1``) the budget is the whole stage's, so
+    each of the ``$WORLD_SIZE`` processes takes an equal part of it.
+    """
     world = os.environ.get(WORLD_ENV, "1")
-    threads = max(1, budget // (int(world) if world.isdigit() and int(world) > 0 else 1))
+    threads = threads_per_process(int(world) if world.isdigit() and int(world) > 0 else 1)
     torch.set_num_threads(threads)
-    log.debug("%s=%s: %d torch threads", THREADS_ENV, value or "(unset)", threads)
+    log.debug("%s=%s, %s=%s: %d torch threads", THREADS_ENV,
+              os.environ.get(THREADS_ENV) or "(unset)", WORLD_ENV, world, threads)
     return threads
 
 

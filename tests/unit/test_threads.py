@@ -146,3 +146,31 @@ def test_each_pytest_worker_takes_its_share_of_the_cpus(worker_threads: int | No
     share = max(1, available_cpus() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     assert os.environ["MULTITASK_THREADS"] == str(share)
     assert worker_threads == share and torch.get_num_threads() == share
+
+
+@pytest.mark.parametrize(("variables", "expected"), [
+    ({"MULTITASK_THREADS": "4", "OMP_NUM_THREADS": "1"}, "2 torch threads each"),
+    ({"OMP_NUM_THREADS": "3"}, "1 torch thread each"),  # 2 CPUs between 2 processes
+])
+def test_train_processes_log_the_threads_their_ranks_take_not_omp_num_threads(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        variables: dict[str, str], expected: str) -> None:
+    """Each rank sizes torch's threads from MULTITASK_THREADS or the CPUs (limit_threads), so
+    the launch line says that count; it used to print OMP_NUM_THREADS, which plays no part."""
+    from multitask.training import distributed
+
+    class Launched:
+        def __init__(self, command: list[str], env: dict[str, str], **options: object) -> None:
+            self.env = env
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr("multitask.device.available_cpus", lambda: 2)
+    monkeypatch.delenv("MULTITASK_THREADS", raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed.subprocess, "Popen", Launched)
+    with caplog.at_level("INFO", logger=distributed.__name__):
+        assert distributed.relaunch(["train"], 2) == 0
+    assert expected in caplog.text and "OMP_NUM_THREADS" not in caplog.text

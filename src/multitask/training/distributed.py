@@ -50,7 +50,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from multitask.cpus import available_cpus
+from multitask.device import threads_per_process
 from multitask.processes import die_with_parent, terminate_with_parent
 
 log = logging.getLogger(__name__)
@@ -111,17 +111,20 @@ def torchrun(arguments: Sequence[str]) -> int:
 def relaunch(argv: Sequence[str], processes: int) -> int:
     """Run ``multitask <argv>`` as ``processes`` ranks under torchrun; return its exit code.
 
-    Each process gets an equal part of this process's CPUs as intra-op threads (unless
-    ``OMP_NUM_THREADS`` is set): ranks that each took every core would spin against each other.
+    Each process gets an equal part of ``$MULTITASK_THREADS`` or of this process's CPUs as
+    intra-op threads (:func:`multitask.device.limit_threads` in each rank; ``OMP_NUM_THREADS``
+    plays no part): ranks that each took every core would spin against each other.
 
     Ctrl-C here is forwarded to torchrun once (it runs in its own session, so a terminal's
     Ctrl-C reaches it only this way), which stops the ranks; this process waits for them to
     mark the run failed and returns 130. A second Ctrl-C kills torchrun (its ranks follow).
     """
+    threads = threads_per_process(processes)  # what each rank's limit_threads will choose
     env = dict(os.environ)
-    env.setdefault(THREADS_ENV, str(max(1, available_cpus() // processes)))
-    log.info("starting %d processes: torchrun %s (%s=%s)", processes,
-             " ".join(torchrun_arguments(argv, processes)), THREADS_ENV, env[THREADS_ENV])
+    # unset, torchrun would set it to 1 with a warning; each rank sets torch's threads anyway
+    env.setdefault(THREADS_ENV, str(threads))
+    log.info("starting %d processes: torchrun %s (%d torch thread%s each)", processes,
+             " ".join(torchrun_arguments(argv, processes)), threads, "" if threads == 1 else "s")
     # torchrun stops its ranks on SIGTERM; it gets one if this process is killed
     process = subprocess.Popen(launch_command(argv, processes), env=env,
                                preexec_fn=terminate_with_parent, start_new_session=True)
