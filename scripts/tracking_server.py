@@ -10,8 +10,9 @@ Then ``export MLFLOW_TRACKING_URI=http://127.0.0.1:5000`` points the pipeline, t
 
 Everything lives in one git-ignored folder (``--dir``, default ``.server/``): PostgreSQL's
 cluster in ``postgres/data`` (created by ``initdb`` on the first start, database ``mlflow``),
-its log and socket in ``postgres/``, ``mlflow.log`` and ``mlflow.pid`` of a background server,
-and ``artifacts/``, the default ``--artifacts-destination`` (``s3://bucket/path`` or
+its log and socket in ``postgres/``, ``mlflow.log`` of a background server, ``mlflow.pid`` and
+``mlflow.address`` of a running one (``status`` and ``stop`` read its host and port there), and
+``artifacts/``, the default ``--artifacts-destination`` (``s3://bucket/path`` or
 ``gs://bucket/path`` instead keep artifacts in object storage; clients upload and download
 through the server either way, so only the server needs the bucket's credentials).
 
@@ -215,6 +216,19 @@ class TrackingServer:
         return self.folder / "mlflow.log"
 
     @property
+    def addressfile(self) -> Path:
+        """``HOST PORT`` of the server started from this folder, for ``status`` and ``stop``."""
+        return self.folder / "mlflow.address"
+
+    def _started(self, pid: int) -> None:
+        self.pidfile.write_text(str(pid))
+        self.addressfile.write_text(f"{self.host} {self.port}")
+
+    def _ended(self) -> None:
+        self.pidfile.unlink(missing_ok=True)
+        self.addressfile.unlink(missing_ok=True)
+
+    @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
@@ -288,12 +302,12 @@ class TrackingServer:
             process = subprocess.Popen(self._command(db_port), stdout=output,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        env=_server_environment(), start_new_session=True)
-        self.pidfile.write_text(str(process.pid))
+        self._started(process.pid)
         try:
             self._wait_healthy(process)
         except BaseException:
             _end_group(process.pid)
-            self.pidfile.unlink(missing_ok=True)
+            self._ended()
             raise
         log.info("MLflow tracking server is up: %s (pid %d, log %s)", self.url, process.pid,
                  self.logfile)
@@ -304,7 +318,7 @@ class TrackingServer:
         if pid is not None:
             _end_group(pid)
             log.info("mlflow server (pid %d) stopped", pid)
-        self.pidfile.unlink(missing_ok=True)
+        self._ended()
         self.postgres.stop()
 
     def run(self) -> int:
@@ -324,7 +338,7 @@ class TrackingServer:
                 # its own session: Ctrl-C reaches this script only, which then stops both
                 process = subprocess.Popen(self._command(db_port), env=_server_environment(),
                                            start_new_session=True)
-                self.pidfile.write_text(str(process.pid))
+                self._started(process.pid)
                 log.info("MLflow tracking server starting on %s; Ctrl-C stops it and "
                          "PostgreSQL", self.url)
             while process is not None and process.poll() is None and not stopping:
@@ -332,7 +346,7 @@ class TrackingServer:
         finally:
             if process is not None:
                 _end_group(process.pid)
-                self.pidfile.unlink(missing_ok=True)
+                self._ended()
             self.postgres.stop()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -353,6 +367,16 @@ class TrackingServer:
                  f"{'healthy' if healthy else 'not answering'})" if pid else
                  f"{self.url} {'answers (not started from here)' if healthy else 'not running'}")
         return db_port is not None and healthy
+
+
+def recorded_address(folder: Path) -> tuple[str, int] | None:
+    """``(host, port)`` that the server started from ``folder`` was given, None when none
+    was recorded (or the record is unreadable)."""
+    try:
+        host, port = (folder / "mlflow.address").read_text().split()
+        return host, int(port)
+    except (OSError, ValueError):
+        return None
 
 
 def _server_environment() -> dict[str, str]:
@@ -396,11 +420,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
                         help="state folder: PostgreSQL cluster, logs, pid file, local "
                              "artifacts (default: .server)")
-    parser.add_argument("--host", default="127.0.0.1",
+    parser.add_argument("--host",
                         help="interface mlflow server binds (default: 127.0.0.1; 0.0.0.0 "
-                             "for the whole network, then also -- --allowed-hosts NAME)")
-    parser.add_argument("--port", type=int, default=5000, help="mlflow server port "
-                                                                "(default: 5000)")
+                             "for the whole network, then also -- --allowed-hosts NAME); "
+                             "status and stop: the one the server of --dir was started with")
+    parser.add_argument("--port", type=int,
+                        help="mlflow server port (default: 5000); status and stop: the one "
+                             "the server of --dir was started with")
     parser.add_argument("--artifacts-destination",
                         help="where served artifacts are stored: a local folder (default: "
                              "DIR/artifacts), s3://bucket/path or gs://bucket/path (the "
@@ -412,7 +438,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="PostgreSQL port on 127.0.0.1 (default: a free one at start)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    server = TrackingServer(args.dir, host=args.host, port=args.port,
+    recorded = recorded_address(args.dir) if args.action in ("status", "stop") else None
+    host, port = recorded or ("127.0.0.1", 5000)
+    server = TrackingServer(args.dir, host=args.host or host, port=args.port or port,
                             artifacts_destination=args.artifacts_destination,
                             workers=args.workers, db_port=args.db_port,
                             extra_args=tuple(extra))

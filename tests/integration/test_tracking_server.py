@@ -99,6 +99,9 @@ def server() -> Iterator[Server]:
             pytest.skip(started.stderr.strip())
         assert started.returncode == 0, started.stderr[-3000:]
         assert running.script("status").returncode == 0
+        unnamed = subprocess.run([sys.executable, str(SCRIPT), "status", "--dir", str(folder)],
+                                 capture_output=True, text=True, timeout=300)
+        assert unnamed.returncode == 0, unnamed.stderr  # the port it was started on, recorded
         yield running
     finally:
         stopped = running.script("stop")

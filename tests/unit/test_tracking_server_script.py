@@ -77,3 +77,35 @@ def test_runuser_is_found_outside_path(monkeypatch: pytest.MonkeyPatch) -> None:
     assert runuser() == "/usr/sbin/runuser"
     monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/bin")
     assert runuser() == "/usr/sbin/runuser"
+
+
+def test_status_asks_the_port_the_server_was_started_on(tmp_path: Path) -> None:
+    """`start --port 5317` then `status` (no --port): status asks the server where it runs,
+    not port 5000 (where it reported "not answering" and exited 3 for a healthy server)."""
+    import http.server
+    import threading
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    state = tmp_path / "state"
+    state.mkdir()
+    with http.server.HTTPServer(("127.0.0.1", 0), Health) as health:
+        threading.Thread(target=health.serve_forever, daemon=True).start()
+        port = health.server_address[1]
+        mlflow = subprocess.Popen(["sleep", "60"])  # stands for the started server's pid
+        try:
+            (state / "mlflow.pid").write_text(str(mlflow.pid))
+            (state / "mlflow.address").write_text(f"127.0.0.1 {port}")  # as start writes it
+            status = _script("status", "--dir", str(state))
+        finally:
+            mlflow.kill()
+            mlflow.wait()
+            health.shutdown()
+    assert f"mlflow server: http://127.0.0.1:{port} (pid {mlflow.pid}, healthy)" in status.stderr
+    assert status.returncode == 3  # PostgreSQL is not running in this folder
