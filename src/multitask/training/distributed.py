@@ -118,6 +118,7 @@ def relaunch(argv: Sequence[str], processes: int) -> int:
     Ctrl-C here is forwarded to torchrun once (it runs in its own session, so a terminal's
     Ctrl-C reaches it only this way), which stops the ranks; this process waits for them to
     mark the run failed and returns 130. A second Ctrl-C kills torchrun (its ranks follow).
+    torchrun killed by a signal it cannot catch gives 128 + that signal, as a shell would.
     """
     threads = threads_per_process(processes)  # what each rank's limit_threads will choose
     env = dict(os.environ)
@@ -129,7 +130,7 @@ def relaunch(argv: Sequence[str], processes: int) -> int:
     process = subprocess.Popen(launch_command(argv, processes), env=env,
                                preexec_fn=terminate_with_parent, start_new_session=True)
     try:
-        return process.wait()
+        code = process.wait()
     except KeyboardInterrupt:
         for stop in (signal.SIGINT, signal.SIGKILL):
             process.send_signal(stop)
@@ -138,6 +139,11 @@ def relaunch(argv: Sequence[str], processes: int) -> int:
                 break
         process.wait()
         return 130
+    if code < 0:  # torchrun itself killed (SIGKILL): its ranks saw their parent go and stopped
+        name = signal.Signals(-code).name
+        print(f"multitask: torchrun was killed ({name}); its processes stopped", file=sys.stderr)
+        return 128 - code  # the shell's status for a process killed by that signal
+    return code
 
 
 def shard(count: int, rank: int, world: int) -> slice:
