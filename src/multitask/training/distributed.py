@@ -102,10 +102,20 @@ def torchrun(arguments: Sequence[str]) -> int:
         return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
-        print(f"multitask: process {rank} failed (exit code {failure.exitcode}); torchrun "
+        print(f"multitask: process {rank} failed ({_ending(failure.exitcode)}); torchrun "
               "stopped the others", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0
+
+
+def _ending(exitcode: int) -> str:
+    """How a process ended, from its exit code (negative: the signal that killed it)."""
+    if exitcode >= 0:
+        return f"exit code {exitcode}"
+    try:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    except ValueError:
+        return f"killed by signal {-exitcode}"
 
 
 def relaunch(argv: Sequence[str], processes: int) -> int:
@@ -140,8 +150,7 @@ def relaunch(argv: Sequence[str], processes: int) -> int:
         process.wait()
         return 130
     if code < 0:  # torchrun itself killed (SIGKILL): its ranks saw their parent go and stopped
-        name = signal.Signals(-code).name
-        print(f"multitask: torchrun was killed ({name}); its processes stopped", file=sys.stderr)
+        print(f"multitask: torchrun was {_ending(code)}; its processes stopped", file=sys.stderr)
         return 128 - code  # the shell's status for a process killed by that signal
     return code
 
