@@ -19,7 +19,10 @@ log = logging.getLogger(__name__)
 # (affinity and cgroup quota). `multitask compare --jobs N` sets it so that N queued
 # experiments share the cores.
 THREADS_ENV = "MULTITASK_THREADS"
-WORLD_ENV = "WORLD_SIZE"  # set by torchrun: the budget is shared by its processes
+# set by torchrun: the processes on this host, which share its budget (WORLD_SIZE counts those
+# of every host; a launcher that sets only WORLD_SIZE runs them all here)
+LOCAL_WORLD_ENV = "LOCAL_WORLD_SIZE"
+WORLD_ENV = "WORLD_SIZE"
 
 
 def threads_per_process(processes: int = 1) -> int:
@@ -38,14 +41,15 @@ def threads_per_process(processes: int = 1) -> int:
 
 def limit_threads() -> int:
     """Size torch's CPU threads (``torch.set_num_threads``) by :func:`threads_per_process` and
-    return them. Under torchrun (``train.processes > 1``) the budget is the whole stage's, so
-    each of the ``$WORLD_SIZE`` processes takes an equal part of it.
+    return them. Under torchrun (``train.processes > 1``, or ``--nnodes``) the budget is this
+    host's, so each of the processes torchrun started on this host (``$LOCAL_WORLD_SIZE``, else
+    ``$WORLD_SIZE``) takes an equal part of it.
     """
-    world = os.environ.get(WORLD_ENV, "1")
-    threads = threads_per_process(int(world) if world.isdigit() and int(world) > 0 else 1)
+    local = os.environ.get(LOCAL_WORLD_ENV) or os.environ.get(WORLD_ENV, "1")
+    threads = threads_per_process(int(local) if local.isdigit() and int(local) > 0 else 1)
     torch.set_num_threads(threads)
-    log.debug("%s=%s, %s=%s: %d torch threads", THREADS_ENV,
-              os.environ.get(THREADS_ENV) or "(unset)", WORLD_ENV, world, threads)
+    log.debug("%s=%s, %s processes on this host: %d torch threads", THREADS_ENV,
+              os.environ.get(THREADS_ENV) or "(unset)", local, threads)
     return threads
 
 

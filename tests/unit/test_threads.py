@@ -174,3 +174,29 @@ def test_train_processes_log_the_threads_their_ranks_take_not_omp_num_threads(
     with caplog.at_level("INFO", logger=distributed.__name__):
         assert distributed.relaunch(["train"], 2) == 0
     assert expected in caplog.text and "OMP_NUM_THREADS" not in caplog.text
+
+
+@pytest.mark.parametrize(("variables", "expected"), [
+    ({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}, 4),  # 2 hosts x 2 processes, 8 CPUs each
+    ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"}, 8),  # torchrun --nnodes 2 --nproc-per-node 1
+    ({"WORLD_SIZE": "2"}, 4),  # a launcher that says nothing of hosts: all of them here
+])
+def test_under_torchrun_a_host_s_cpus_are_shared_by_that_host_s_processes(
+        monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], expected: int) -> None:
+    """Several hosts (torchrun --nnodes): each host's CPUs are split between the processes
+    torchrun started there, not between every process of every host (WORLD_SIZE), which
+    left half of each host's cores idle with two hosts."""
+    import torch
+
+    from multitask import device
+
+    monkeypatch.setattr(device, "available_cpus", lambda: 8)
+    for name in ("MULTITASK_THREADS", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    before = torch.get_num_threads()
+    try:
+        assert device.limit_threads() == expected == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
