@@ -216,6 +216,11 @@ class TrackingServer:
         return self.folder / "mlflow.log"
 
     @property
+    def runnerfile(self) -> Path:
+        """The pid of a foreground ``run``, which ``stop`` asks to stop everything."""
+        return self.folder / "run.pid"
+
+    @property
     def addressfile(self) -> Path:
         """``HOST PORT`` of the server started from this folder, for ``status`` and ``stop``."""
         return self.folder / "mlflow.address"
@@ -281,14 +286,7 @@ class TrackingServer:
 
     def pid(self) -> int | None:
         """The background server's process id, None when there is none (a stale file is)."""
-        try:
-            pid = int(self.pidfile.read_text())
-            os.kill(pid, 0)
-            # a killed server not yet reaped by its parent is a zombie: gone all the same
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, ValueError, IndexError):
-            return None
-        return None if state in ("Z", "X") else pid
+        return _live_pid(self.pidfile)
 
     def start(self) -> None:
         """PostgreSQL, then ``mlflow server`` in its own session; return once it answers."""
@@ -313,7 +311,18 @@ class TrackingServer:
                  self.logfile)
 
     def stop(self) -> None:
-        """Stop the background ``mlflow server`` (its whole process group), then PostgreSQL."""
+        """Stop the background ``mlflow server`` (its whole process group), then PostgreSQL.
+        A foreground ``run`` gets SIGTERM instead, and stops both itself, as on Ctrl-C."""
+        runner = _live_pid(self.runnerfile)
+        if runner is not None and runner != os.getpid():
+            os.kill(runner, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_S + 30
+            while _live_pid(self.runnerfile) == runner and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _live_pid(self.runnerfile) is None:
+                log.info("the foreground run (pid %d) stopped mlflow server and PostgreSQL",
+                         runner)
+                return
         pid = self.pid()
         if pid is not None:
             _end_group(pid)
@@ -332,6 +341,8 @@ class TrackingServer:
         previous = {s: signal.signal(s, lambda signum, frame: stopping.append(signum))
                     for s in (signal.SIGINT, signal.SIGTERM)}
         process: subprocess.Popen[bytes] | None = None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.runnerfile.write_text(str(os.getpid()))
         try:
             db_port = self.postgres.start(self.db_port)
             if not stopping:
@@ -348,6 +359,7 @@ class TrackingServer:
                 _end_group(process.pid)
                 self._ended()
             self.postgres.stop()
+            self.runnerfile.unlink(missing_ok=True)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         if stopping or process is None:
@@ -367,6 +379,18 @@ class TrackingServer:
                  f"{'healthy' if healthy else 'not answering'})" if pid else
                  f"{self.url} {'answers (not started from here)' if healthy else 'not running'}")
         return db_port is not None and healthy
+
+
+def _live_pid(path: Path) -> int | None:
+    """The process id in ``path`` while that process runs; None for none, or a stale file."""
+    try:
+        pid = int(path.read_text())
+        os.kill(pid, 0)
+        # a killed process not yet reaped by its parent is a zombie: gone all the same
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if state in ("Z", "X") else pid
 
 
 def recorded_address(folder: Path) -> tuple[str, int] | None:
@@ -413,8 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["run", "start", "stop", "status"],
                         help="run: in the foreground until Ctrl-C/SIGTERM, which stop both; "
                              "start: in the background, return once /health answers; "
-                             "stop: the background server and PostgreSQL; status: exit 0 "
-                             "when both are up, 3 otherwise. Any action exits 1 on an error "
+                             "stop: the background server (or a foreground run) and "
+                             "PostgreSQL; status: exit 0 when both are up, 3 otherwise. Any "
+                             "action exits 1 on an error "
                              "and 4 when PostgreSQL cannot run here (not installed, or root "
                              "without a postgres user)")
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,

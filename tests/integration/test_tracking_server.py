@@ -272,20 +272,27 @@ def test_a_server_killed_mid_run_and_restarted_still_gets_the_later_metrics(
     log.info("server down %.1f s after epoch %d of %d", down_for, max(before), RESTART_EPOCHS)
 
 
-def test_run_in_the_foreground_stops_the_server_and_postgresql_on_ctrl_c(server: Server) -> None:
-    """`make server`'s way: `run` until Ctrl-C, which stops mlflow's workers and PostgreSQL."""
-    assert server.script("stop").returncode == 0
-    assert server.script("status").returncode == 3
+def run_in_the_foreground(server: Server) -> subprocess.Popen[str]:
+    """`make server`'s `run`, once the server answers."""
     foreground = subprocess.Popen(
         [sys.executable, str(SCRIPT), "run", "--dir", str(server.folder), "--port",
          str(server.port), "--workers", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while not server.answers():
+        if foreground.poll() is not None or time.monotonic() > deadline:
+            foreground.kill()
+            pytest.fail(f"`run` did not answer within 180 s: {foreground.communicate()[0]}")
+        time.sleep(0.5)
+    return foreground
+
+
+def test_run_in_the_foreground_stops_the_server_and_postgresql_on_ctrl_c(server: Server) -> None:
+    """`make server`'s way: `run` until Ctrl-C, which stops mlflow's workers and PostgreSQL."""
+    assert server.script("stop").returncode == 0
+    assert server.script("status").returncode == 3
+    foreground = run_in_the_foreground(server)
     try:
-        deadline = time.monotonic() + 180
-        while not server.answers():
-            assert foreground.poll() is None, foreground.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "`run` did not answer within 180 s"
-            time.sleep(0.5)
         assert server.script("status").returncode == 0
         group = int((server.folder / "mlflow.pid").read_text())
         foreground.send_signal(signal.SIGINT)
@@ -295,6 +302,28 @@ def test_run_in_the_foreground_stops_the_server_and_postgresql_on_ctrl_c(server:
             foreground.kill()
     assert foreground.returncode == 0, output[-3000:]
     assert "PostgreSQL stopped" in output
+    with pytest.raises(ProcessLookupError):
+        os.killpg(group, 0)  # no worker left behind
+    assert server.script("status").returncode == 3
+
+
+def test_stop_from_another_shell_ends_a_foreground_run_as_ctrl_c_would(server: Server) -> None:
+    """`make server` in one terminal, `tracking_server.py stop` in another: the foreground run
+    stops mlflow and PostgreSQL and exits 0 (it used to say the server "exited on its own" and
+    exit 1)."""
+    assert server.script("stop").returncode == 0
+    foreground = run_in_the_foreground(server)
+    try:
+        group = int((server.folder / "mlflow.pid").read_text())
+        stopped = server.script("stop")
+        output, _ = foreground.communicate(timeout=120)
+    finally:
+        if foreground.poll() is None:
+            foreground.kill()
+    assert stopped.returncode == 0, stopped.stderr
+    assert "the foreground run" in stopped.stderr
+    assert foreground.returncode == 0, output[-3000:]
+    assert "on its own" not in output
     with pytest.raises(ProcessLookupError):
         os.killpg(group, 0)  # no worker left behind
     assert server.script("status").returncode == 3
