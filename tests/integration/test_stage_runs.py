@@ -124,3 +124,22 @@ def test_a_crash_in_the_test_pass_ends_the_run_failed(trained: tuple[Params, Lay
     assert logged.info.status == "FAILED"
     assert logged.data.tags["failure"] == ("evaluate: RuntimeError: injected failure in the "
                                            "test pass")
+
+
+def test_a_train_run_says_it_is_unevaluated_until_an_evaluate_completes(
+        trained: tuple[Params, Layout]) -> None:
+    """A pipeline stopped between train and evaluate leaves the run FINISHED without test
+    metrics; its ``evaluated`` tag is what tells it from an evaluated one in the runs table."""
+    params, layout = trained
+    run_id = train_run(layout)
+    client = mlflow.MlflowClient()
+    experiment = client.get_run(run_id).info.experiment_id
+    assert client.get_run(run_id).data.tags[tracking.EVALUATED_TAG] == "false"
+    unevaluated = client.search_runs([experiment], filter_string="tags.evaluated = 'false'")
+    assert run_id in [run.info.run_id for run in unevaluated]
+    layout.baselines_json.write_text('{"tasks": {"species": {"accuracy": 0.5}}}')
+    stages.evaluate(params, layout)
+    logged = client.get_run(run_id)
+    assert logged.info.status == "FINISHED"
+    assert logged.data.tags[tracking.EVALUATED_TAG] == "true"
+    assert "test/accuracy/species" in logged.data.metrics

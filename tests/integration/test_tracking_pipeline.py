@@ -293,6 +293,7 @@ def test_repro_run_has_every_metric_at_every_epoch_the_artifacts_and_tags(
     (dataset,) = run.inputs.dataset_inputs
     assert dataset.dataset.digest == meta["sha256"][:32]
     assert "multitask.model_uri" in tags
+    assert tags["evaluated"] == "true"  # the pipeline's evaluate completed this run
 
 
 def test_logged_model_reproduces_the_reported_test_accuracy(sample_pipeline: SampleRepo) -> None:

@@ -35,6 +35,7 @@ from multitask.tracking.registry import (
 )
 from multitask.tracking.runs import (
     DATA_TAG,
+    EVALUATED_TAG,
     StageRun,
     experiment_name,
     nested_run,
@@ -64,6 +65,7 @@ __all__ = [
     "ARTIFACT_DIR",
     "DATA_TAG",
     "DEFAULT_RESIZE",
+    "EVALUATED_TAG",
     "MODEL_FORMAT",
     "MODEL_FORMAT_TAG",
     "MODEL_NAME",

@@ -58,6 +58,10 @@ _ASYNC_BUFFER = ("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "2")
 # The processed data's full sha256 on a training run (log_dataset); promotion copies it to
 # the registered version and compares champion and candidate by it.
 DATA_TAG = "data.sha256"
+# "false" on a train run until an evaluate of it completes ("true"): a pipeline stopped between
+# the two stages leaves the run FINISHED without test metrics, and this is what says so (the
+# runs table's filter: tags.evaluated = 'false').
+EVALUATED_TAG = "evaluated"
 
 
 def param_value(value: Any) -> str:

@@ -227,7 +227,9 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
     tuned = session.tuned_choice(params, layout)
     with tracking.stage_run(params, "train") as run:
         run.log_dataset(data.meta, source=str(layout.processed_dir))
-        run.set_tags(pretrained_tags(start))
+        # until an evaluate of this run completes: a pipeline stopped between the two stages
+        # leaves a FINISHED run without test metrics, and this tag says so
+        run.set_tags({**pretrained_tags(start), tracking.EVALUATED_TAG: "false"})
         if tuned is not None:  # what train.weighting: tuned stood for in this run
             log.info("train.weighting: tuned: %s from trial %s of %s", tuned["method"]
                      if tuned["method"] != "static" else f"static weights {tuned['weights']}",
@@ -335,6 +337,7 @@ def evaluate(params: Params, layout: Layout) -> dict[str, object]:
     run_id = read_json(layout.train_json, required=(), remedy="rerun multitask train").get(
         "run_id")
     with tracking.stage_run(params, "evaluate", run_id=run_id) as run:
+        run.set_tags({tracking.EVALUATED_TAG: "false"})  # "true" once this pass completes
         # before the test pass: a bad baselines file should not cost it
         baseline = read_json(layout.baselines_json, required=[keys.TASKS],
                              remedy="rerun multitask baselines")[keys.TASKS]
@@ -376,6 +379,8 @@ def evaluate(params: Params, layout: Layout) -> dict[str, object]:
         run.log_artifact(params.source)
         if layout.validation_summary.is_file():
             run.log_artifact(layout.validation_summary, "validation")
+        run.flush()  # the test metrics are in the store before the tag says they are
+        run.set_tags({tracking.EVALUATED_TAG: "true"})
     log.info("test: %s  Δm%% = %+.2f", {t.name: f"{t.metric} {primary[t.name]:.4f}"
                                          for t in tasks}, metrics[keys.DELTA_M])
     return metrics
