@@ -398,6 +398,34 @@ def test_a_sigkilled_stage_run_is_ended_by_the_next_run_of_that_stage(store: str
     assert client.get_run(other_stage.run_id).info.status == "FINISHED"
 
 
+def test_a_sigkilled_run_of_a_removed_experiment_copy_is_ended_by_the_next_run_anywhere(
+        store: str, tmp_path: Path) -> None:
+    """A ``dvc exp run --temp``/``--queue`` copy is removed when its experiment stops: no
+    later run can start in that folder, so the next run of the stage in another one ends it."""
+    import shutil
+
+    copy = tmp_path / "exps" / "tmp1234" / "sample"
+    copy.mkdir(parents=True)
+    held = subprocess.Popen([sys.executable, "-c", HOLD_RUN,
+                             str(ROOT / "sample" / "params.yaml")], cwd=copy)
+    deadline = time.monotonic() + 120
+    while not (copy / "run_id").exists() and time.monotonic() < deadline:
+        assert held.poll() is None, "the holding process died before opening its run"
+        time.sleep(0.1)
+    held_id = (copy / "run_id").read_text()
+    held.send_signal(signal.SIGKILL)
+    held.wait()
+    client = mlflow.MlflowClient(store)
+    with stage_run(sample_params(), "train"):  # its folder still exists: a rerun there may come
+        pass
+    assert client.get_run(held_id).info.status == "RUNNING"
+    shutil.rmtree(tmp_path / "exps")
+    with stage_run(sample_params(), "train"):
+        pass
+    assert client.get_run(held_id).info.status == "KILLED"
+    assert f"and so is {copy}" in client.get_run(held_id).data.tags["failure"]
+
+
 @pytest.mark.parametrize("value", ["x' or name != '", 'a"b', "back\\slash", "new\nline", ""])
 def test_filter_values_that_could_rewrite_a_search_are_refused(value: str) -> None:
     with pytest.raises(ValueError, match="cannot be used in an MLflow search"):
