@@ -71,6 +71,8 @@ def test_saved_network_loads_back(pipeline: tuple[Params, Layout]) -> None:
 @pytest.mark.parametrize(("weights", "message"), [
     ({"method": "static", "weights": {"left": 0.3}}, r"no weight for task\(s\) \['right'\]"),
     ({"method": "static", "weights": [0.3, 0.7]}, "'weights' is not a mapping"),
+    ({"tuned": False, "weights": None, "train_weighting": "dwa", "reason": "no study ran"},
+     r"no study ran when tune wrote it \(train.weighting was 'dwa'\).*rerun multitask tune"),
     (["left", "right"], "expected a mapping"),
     ({"method": "pcgard"}, "unknown weighting method 'pcgard'"),
     ({"method": "static", "weights": {"left": -0.5, "right": 1.0}}, "must be non-negative"),

@@ -143,6 +143,10 @@ def tuned_method(path: Path, tasks: list[Task], method_params: dict[str, dict[st
                          "multitask tune")
     if tuned.get("method", "static") != "static":  # tune.methods chose another method
         return build_weighting(tuned["method"], len(tasks), method_params, where=path)
+    if tuned.get("tuned") is False:  # tune --if-used ran while train.weighting was another
+        raise ValueError(f"{path}: holds no tuned weights: no study ran when tune wrote it "
+                         f"(train.weighting was {tuned.get('train_weighting')!r}); rerun "
+                         "multitask tune (dvc repro reruns it)")
     chosen = tuned.get("weights")
     if not isinstance(chosen, dict):
         raise ValueError(f"{path}: 'weights' is not a mapping of task -> weight; rerun "
