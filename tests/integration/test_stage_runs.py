@@ -143,3 +143,36 @@ def test_a_train_run_says_it_is_unevaluated_until_an_evaluate_completes(
     assert logged.info.status == "FINISHED"
     assert logged.data.tags[tracking.EVALUATED_TAG] == "true"
     assert "test/accuracy/species" in logged.data.metrics
+
+
+def test_a_resumed_train_is_a_new_run_with_every_epoch_and_the_interrupted_one_failed(
+        trained: tuple[Params, Layout], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """What the README says of a train interrupted after its first epoch (the checkpoint is
+    written before the epoch is logged) and run again."""
+    params, _ = trained  # its store; a pipeline folder of its own
+    params = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 2})})
+    layout = Layout(tmp_path / "pipeline")
+    layout.root.mkdir()
+    build_manifest(params.data, layout)
+    logged_epoch = tracking.StageRun.log_epoch
+
+    def interrupted(self: tracking.StageRun, epoch: int, metrics: dict[str, float]) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracking.StageRun, "log_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        stages.train(params, layout)
+    assert layout.checkpoint("train").is_file()
+    monkeypatch.setattr(tracking.StageRun, "log_epoch", logged_epoch)
+    stages.train(params, layout)
+    client = mlflow.MlflowClient()
+    resumed = client.get_run(train_run(layout))
+    assert resumed.data.tags["resumed_after_epoch"] == "1"
+    history = client.get_metric_history(resumed.info.run_id, "train/loss/species")
+    assert sorted(metric.step for metric in history) == [1, 2]
+    first = client.search_runs([resumed.info.experiment_id],
+                               filter_string="attributes.status = 'FAILED'",
+                               order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert first.data.tags["failure"] == "train: KeyboardInterrupt: "
+    assert first.info.start_time < resumed.info.start_time
