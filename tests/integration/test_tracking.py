@@ -271,6 +271,14 @@ def test_log_model_false_logs_no_model(store: str) -> None:
         load_model(f"runs:/{run.run_id}/model")
 
 
+def test_a_train_run_that_failed_before_its_model_is_named_as_failed(store: str) -> None:
+    with pytest.raises(RuntimeError), stage_run(sample_params(), "train") as run:
+        raise RuntimeError("diverged")  # before the model was logged
+    with pytest.raises(ValueError, match=f"check the run: {run.run_id} is FAILED \\(its "
+                                         "'failure' tag says why\\) and logged no model"):
+        load_model(f"runs:/{run.run_id}/model")
+
+
 def test_system_metrics_are_sampled_when_enabled(store: str) -> None:
     mlflow.set_system_metrics_sampling_interval(0.2)
     try:

@@ -248,16 +248,21 @@ def _unreachable(what: str, model_uri: str, exc: Exception) -> ValueError:
 
 def _run_without_model(model_uri: str) -> str | None:
     """For ``runs:/<id>/...`` naming a run that logged no model (a tuning trial's, a stage's
-    other than train, or with ``tracking.log_model`` false): what to give instead."""
+    other than train, one with ``tracking.log_model`` false, or a train that failed or was
+    killed before it logged one): what to give instead."""
     run_id = model_uri.removeprefix("runs:/").split("/")[0]
     if not model_uri.startswith("runs:/") or not run_id:
         return None
     try:
-        tags = client(create=False).get_run(run_id).data.tags
+        run = client(create=False).get_run(run_id)
     except (StoreError, *_unreachable_errors()):  # no such run: MLflow's reason says so
         return None
-    if MODEL_URI_TAG in tags:
+    if MODEL_URI_TAG in run.data.tags:
         return None
+    if run.info.status in ("FAILED", "KILLED"):  # a train stopped before it logged its model
+        return (f"the run: {run_id} is {run.info.status} (its 'failure' tag says why) and "
+                "logged no model; rerun the pipeline, or give a finished train run: "
+                "reports/train.json names the last")
     return (f"the run: {run_id} logged no model (a tuning trial's or another stage's run, or "
             "tracking.log_model was false); a pipeline's train run, which does, is named in "
             "its reports/train.json")
