@@ -228,3 +228,13 @@ def test_mgda_iteration_cap_is_counted(caplog: pytest.LogCaptureFixture) -> None
 def test_bad_method_params_name_the_key(name: str, params: dict[str, object], key: str) -> None:
     with pytest.raises(ValueError, match=rf"train\.method_params\.{name}\.{key}"):
         build_weighting(name, 2, {name: params})
+
+
+@pytest.mark.parametrize(("name", "key"), [
+    ("dwa", "temperature"), ("famo", "lr"), ("cagrad", "c"), ("mgda", "tol"),
+    ("gradnorm", "alpha"), ("upgrad", "norm_eps"), ("dbmtl", "beta_sigma"),
+])
+def test_infinite_method_params_are_refused_by_key(name: str, key: str) -> None:
+    # YAML's .inf passes gt=0 / ge=0; mgda with tol: .inf would stop at its first vertex
+    with pytest.raises(ValueError, match=rf"train\.method_params\.{name}\.{key}: .*finite"):
+        build_weighting(name, 2, {name: {key: float("inf")}})

@@ -25,9 +25,14 @@ from multitask.weighting.gradients import Collective, TaskGradients, Wrt, per_ta
 
 
 class MethodParams(BaseModel):
-    """Hyperparameters of a method (``train.method_params.<name>``); unknown keys are errors."""
+    """Hyperparameters of a method (``train.method_params.<name>``); unknown keys are errors.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Numbers must be finite: YAML's ``.inf`` passes every bound such as ``gt=0``, and an infinite
+    temperature, tolerance, step size or radius silently turns a method into another (DWA into
+    equal weights, MGDA into one task's gradient) or makes its weights NaN.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 @dataclass
