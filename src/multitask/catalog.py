@@ -14,9 +14,11 @@ from multitask.layout import Layout
 from multitask.models import ARCHITECTURES
 from multitask.weighting import METHODS, TUNED
 
-# `tuned` is no class in the registry: it names the fixed loss weights the tune stage chose.
+# `tuned` is no class in the registry: it names what the tune stage chose, fixed loss weights
+# or, when tune.methods lets it pick one, another method (training.session.tuned_method).
 # Users look here for every value train.weighting takes, so it is listed too.
-TUNED_DESCRIPTION = f"fixed weights chosen by the tune stage ({Layout().tuned_weights})"
+TUNED_DESCRIPTION = ("the fixed weights, or the method (tune.methods), the tune stage chose "
+                     f"({Layout().tuned_weights})")
 
 
 def weighting_methods() -> dict[str, str]:

@@ -75,3 +75,10 @@ def test_cli_methods_json_prints_the_catalogue_in_a_fresh_process() -> None:
         "weighting": list(catalog.weighting_methods()),
         "architectures": list(catalog.architectures()),
     }
+
+
+def test_tuned_says_the_tune_stage_may_choose_a_method_not_only_weights() -> None:
+    # with tune.methods: [static, uncertainty] weights.json may name "uncertainty", and
+    # train.weighting: tuned then trains with it (tests/integration/test_tuning.py)
+    assert "method" in catalog.TUNED_DESCRIPTION and "tune.methods" in catalog.TUNED_DESCRIPTION
+    assert not catalog.TUNED_DESCRIPTION.startswith("fixed weights chosen")

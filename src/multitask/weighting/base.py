@@ -129,8 +129,9 @@ def register(cls: type[WeightingMethod]) -> type[WeightingMethod]:
     return cls
 
 
-# Not a class in the registry: ``train.weighting: tuned`` names the fixed loss weights the tune
-# stage chose (reports/tuning/weights.json), which the training session turns into a method.
+# Not a class in the registry: ``train.weighting: tuned`` names what the tune stage chose
+# (reports/tuning/weights.json: fixed loss weights, or a method when ``tune.methods`` lists
+# several), which the training session turns into a method.
 TUNED = "tuned"
 
 
