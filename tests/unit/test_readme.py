@@ -173,5 +173,5 @@ def test_the_class_balance_check_states_the_smallest_count_it_judges() -> None:
     from multitask.data.manifest_checks import MIN_EXPECTED
 
     section = " ".join((ROOT / "README.md").read_text().split())
-    assert (f"(a class its share predicts fewer than {MIN_EXPECTED} times in the split is too "
+    assert (f"a class its share predicts fewer than {MIN_EXPECTED} times in the split is too "
             "rare to judge and passes") in section
