@@ -28,14 +28,19 @@ def _renderer(script: Path = ROOT / "scripts" / "update_readme.py") -> ModuleTyp
 RENDERED_FROM = ["README.md", "params.yaml", "reports/metrics.json", "reports/baselines.json",
                  "reports/train.json", "reports/tuning/weights.json",
                  "reports/method_comparison.json", "reports/benchmarks.json",
-                 "reports/pretraining/study.md"]
+                 "reports/pretraining/study.md",
+                 *(f"examples/fashion-manifest/{path}" for path in (
+                     "params.yaml", "reports/metrics.json", "reports/baselines.json",
+                     "reports/train.json", "reports/tuning/weights.json"))]
 
 
 def _committed(tmp_path: Path) -> Path:
     """README and the reports it is rendered from, as the last commit holds them (a local
     `dvc exp run` rewrites reports/ in the workspace; what must agree is what is committed)."""
     comparisons = subprocess.run(["git", "ls-tree", "-r", "--name-only", "HEAD",
-                                  "reports/comparisons/"], cwd=ROOT, capture_output=True,
+                                  "reports/comparisons/",
+                                  "examples/fashion-manifest/reports/comparisons/"],
+                                 cwd=ROOT, capture_output=True,
                                  text=True).stdout.split()  # `multitask compare`'s outputs
     for path in [*RENDERED_FROM, *comparisons]:
         shown = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=ROOT, capture_output=True)
@@ -46,7 +51,8 @@ def _committed(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("block", ["results", "comparison", "pretraining", "benchmarks"])
+@pytest.mark.parametrize("block", ["results", "example-results", "example-comparison",
+                                   "comparison", "pretraining", "benchmarks"])
 @pytest.mark.parametrize("workspace", ["as committed", "rerun on another machine"])
 def test_readme_blocks_match_the_committed_reports(
         block: str, workspace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,7 +74,7 @@ def test_readme_blocks_match_the_committed_reports(
     text = (committed / "README.md").read_text()
     found = re.search(rf"<!-- {block}:start -->\n(.*?)<!-- {block}:end -->", text, re.S)
     assert found, f"README.md has no {block} block"
-    assert found.group(1) == getattr(renderer, block)() + "\n", (
+    assert found.group(1) == getattr(renderer, block.replace("-", "_"))() + "\n", (
         f"README.md's {block} block is out of date: run python scripts/update_readme.py")
 
 
