@@ -50,3 +50,51 @@ def test_the_example_gradient_figures_are_its_last_epoch_in_history_csv() -> Non
                               _signed(cosine, 3)), (
         "README.md, A heterogeneous example: the gradient figures differ from the last epoch "
         "of examples/fashion-manifest/reports/plots/history.csv")
+
+
+# (the README's words around a parameter count, with {n} where the count stands; the model;
+# how many networks of it the count covers)
+PARAMETER_COUNTS = [
+    ("one LeNet and two heads, {n} parameters", {"architecture": "hps"}, 2, 1),
+    ("the two single-task networks together (2 × {n})", {"architecture": "hps"}, 1, 1),
+    ("the two single-task LeNets together ({n} parameters)", {"architecture": "hps"}, 1, 2),
+    ("after each stage: {n} parameters", {"architecture": "cross_stitch", "stitch": "scalar"},
+     2, 1),
+    ("(`model.stitch: linear`, {n} parameters",
+     {"architecture": "cross_stitch", "stitch": "linear"}, 2, 1),
+    ("MMoE (4 experts; {n} parameters)", {"architecture": "mmoe"}, 2, 1),
+    ("(`model.architecture: branched`, {n} parameters", {"architecture": "branched"}, 2, 1),
+    ("MTAN ({n})", {"architecture": "mtan"}, 2, 1),
+    ("`model.width: 2` doubles its channels and features, {n} parameters with two heads",
+     {"architecture": "hps", "width": 2}, 2, 1),
+    ("single-task LeNets of width 2 ({n} parameters each)", {"architecture": "hps", "width": 2},
+     1, 1),
+    ("with scalar units, {n} parameters",
+     {"architecture": "cross_stitch", "stitch": "scalar", "width": 1.5}, 2, 1),
+    ("against single-task LeNets of {n})", {"architecture": "hps", "width": 1.5}, 1, 1),
+    ("they would take the pair to {n} parameters",
+     {"architecture": "cross_stitch", "stitch": "linear", "width": 1.5}, 2, 1),
+    ("(width 1.4, shifts, 50 epochs, {n} parameters)",
+     {"architecture": "cross_stitch", "stitch": "linear", "width": 1.4}, 2, 1),
+    ("a single-task LeNet of that width has {n}", {"architecture": "hps", "width": 1.4}, 1, 1),
+]
+
+
+@pytest.mark.parametrize(("words", "model", "tasks", "networks"), PARAMETER_COUNTS,
+                         ids=[words for words, *_ in PARAMETER_COUNTS])
+def test_a_parameter_count_is_what_the_model_code_builds(
+        words: str, model: dict[str, object], tasks: int, networks: int) -> None:
+    """Each count is of the network `build_model` gives for MultiFashion (1×36×36, 10-way
+    tasks), the single-task ones with one head."""
+    from multitask.config import ModelConfig
+    from multitask.data.processed import task_of
+    from multitask.models import build_model
+
+    heads = [task_of({"name": name, "classes": 10}) for name in ("left", "right")[:tasks]]
+    network = build_model(ModelConfig(**model), heads, 1, 36)
+    count = networks * sum(parameter.numel() for parameter in network.parameters())
+    readme = _readme()
+    assert words.format(n=f"{count:,}") in readme, (
+        f"README.md: {model} builds {count:,} parameters; the README says "
+        + (re.search(re.escape(words).replace(re.escape("{n}"), r"[\d,]+"), readme)
+           or [f"nothing like {words!r}"])[0])
