@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -98,3 +99,60 @@ def test_a_parameter_count_is_what_the_model_code_builds(
         f"README.md: {model} builds {count:,} parameters; the README says "
         + (re.search(re.escape(words).replace(re.escape("{n}"), r"[\d,]+"), readme)
            or [f"nothing like {words!r}"])[0])
+
+
+def _plain() -> str:
+    """The README folded, with minus signs as hyphens and without bold marks."""
+    return _readme().replace("−", "-").replace("**", "")
+
+
+def _comparison(name: str) -> dict[str, dict]:
+    """A committed `multitask compare` result of the root pipeline, its rows by label."""
+    result = json.loads(_committed(f"reports/comparisons/{name}/comparison.json"))
+    return {row["label"]: row for row in result["rows"]}
+
+
+def _interval(summary: dict[str, float]) -> str:
+    return f"{summary['mean']:+.2f} [{summary['ci_low']:+.2f}, {summary['ci_high']:+.2f}]"
+
+
+def _spread(summary: dict[str, float]) -> str:
+    return f"{summary['mean']:.4f} ± {summary['std']:.4f}"
+
+
+def test_the_schedule_tables_are_the_short_and_fast_comparisons() -> None:
+    """The tables of "10 epochs, not 15" and "7 epochs, not 10" copy reports/comparisons/short
+    and fast (per seed, mean and interval, against their own, 15- and 20-epoch baselines)."""
+    rows = {**_comparison("short"), **_comparison("fast")}
+    readme = _plain()
+    for epochs in (10, 8):
+        row = rows[f"e{epochs}"]
+        cells = [row["delta_m_pct"], row["against"]["epochs"], row["against"]["lr"]]
+        line = f"| {epochs} epochs | " + " | ".join(
+            ", ".join(f"{value:+.2f}" for value in cell["per_seed"]) + ": " + _interval(cell)
+            for cell in cells) + " |"
+        assert line in readme, f"README.md, 10 epochs, not 15: no row {line}"
+    for epochs in (10, 8, 7, 6, 5):
+        row = rows[f"e{epochs}"]
+        line = (f"| {epochs} | {_spread(row['tasks']['left'])} | {_spread(row['tasks']['right'])}"
+                f" | {_interval(row['delta_m_pct'])} | {_interval(row['against']['epochs'])} | "
+                f"{_interval(row['against']['lr'])} |")
+        assert line in readme, f"README.md, 7 epochs, not 10: no row {line}"
+
+
+def test_the_opening_figures_are_the_default_and_long_profile_comparisons() -> None:
+    default, long = _comparison("fast")["e7"], _comparison("long-linear")["w1.4-shift2-e50"]
+    readme = _plain()
+    tasks = default["tasks"]
+    expected = [
+        f"{tasks['left']['mean']:.4f} / {tasks['right']['mean']:.4f} on average, Δm% "
+        f"{default['delta_m_pct']['mean']:+.2f} with a 95% interval of "
+        f"[{default['delta_m_pct']['ci_low']:+.2f}, {default['delta_m_pct']['ci_high']:+.2f}]",
+        f"trained 15 epochs ({_interval(default['against']['epochs'])})",
+        f"reaches {_spread(long['tasks']['left'])} / {_spread(long['tasks']['right'])} test "
+        "accuracy over seeds 0, 1 and 2",
+        f"Δm% {long['delta_m_pct']['mean']:+.2f} with a 95% interval of "
+        f"[{long['delta_m_pct']['ci_low']:+.2f}, {long['delta_m_pct']['ci_high']:+.2f}]",
+    ]
+    for words in expected:
+        assert words in readme, f"README.md's opening: no {words!r}"
