@@ -12,6 +12,7 @@ import io
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,18 @@ def test_the_opening_figures_are_the_default_and_long_profile_comparisons() -> N
     ]
     for words in expected:
         assert words in readme, f"README.md's opening: no {words!r}"
+
+
+def test_the_tracking_server_tests_are_counted_as_pytest_collects_them() -> None:
+    files = ["tests/integration/test_tracking_server.py",
+             "tests/unit/test_tracking_server_script.py"]
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+         "--collect-only", "-q", "-m", "slow", *files],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    counts = re.search(r"(\d+)/\d+ tests collected \((\d+) deselected\)", collected.stdout)
+    assert counts, collected.stdout[-2000:] + collected.stderr[-2000:]
+    slow, fast = counts.groups()
+    assert f"These are {slow} slow tests and {fast} fast ones." in _readme(), (
+        f"README.md, One tracking server for a team: {' and '.join(files)} hold {slow} slow "
+        f"and {fast} fast tests")
