@@ -172,3 +172,28 @@ def test_the_tracking_server_tests_are_counted_as_pytest_collects_them() -> None
     assert f"These are {slow} slow tests and {fast} fast ones." in _readme(), (
         f"README.md, One tracking server for a team: {' and '.join(files)} hold {slow} slow "
         f"and {fast} fast tests")
+
+
+def _half_minutes(seconds: float) -> str:
+    halves = round(seconds / 30)
+    return f"{halves // 2}½" if halves % 2 else f"{halves // 2}"
+
+
+def test_the_fresh_clone_benchmark_durations_are_their_rows_sums() -> None:
+    """Benchmarks: how long `ci`, `repro` and `compare` take, from reports/benchmarks.json."""
+    groups = json.loads(_committed("reports/benchmarks.json"))
+    rows = {group: {row["name"]: row["value"] for row in entry["rows"]}
+            for group, entry in groups.items()}
+    ci = sum(value for name, value in rows["ci"].items()
+             if name.endswith("_s") and not name.startswith("ci_pr_job_"))
+    repro = rows["repro"]["make_repro_setup_warm_pip_cache_s"] + rows["repro"]["make_repro_s"]
+    compare = sum(value for name, value in rows["compare"].items() if name.endswith("/wall_s"))
+    words = (f"take about {_half_minutes(ci)}, {_half_minutes(repro)} and "
+             f"{_half_minutes(compare)} minutes on the 2-core AMD EPYC (the sums of their timed "
+             f"rows: `ci` {ci:,.1f} s, setup with a cold and a warm pip cache included, "
+             f"{groups['ci']['measured_at'][:10]}; `repro` "
+             f"setup {rows['repro']['make_repro_setup_warm_pip_cache_s']:.0f} s and the pipeline "
+             f"{rows['repro']['make_repro_s']:.0f} s, {groups['repro']['measured_at'][:10]}; "
+             f"`compare` {compare:,.1f} s for its three comparisons, "
+             f"{groups['compare']['measured_at'][:10]})")
+    assert words in _readme(), f"README.md, Benchmarks: expected {words!r}"
