@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,96 @@ def test_the_fresh_clone_benchmark_durations_are_their_rows_sums() -> None:
              f"`compare` {compare:,.1f} s for its three comparisons, "
              f"{groups['compare']['measured_at'][:10]})")
     assert words in _readme(), f"README.md, Benchmarks: expected {words!r}"
+
+
+def _rounded(value: float, digits: int) -> str:
+    """Rounded half up on the decimal digits, as a person reads 70.5 ms as 71."""
+    step = Decimal(1).scaleb(-digits)
+    return f"{Decimal(repr(value)).quantize(step, rounding=ROUND_HALF_UP):,}"
+
+
+def _peer(tasks: int, layout: str) -> list[tuple[str, str, int]]:
+    """One row of the TorchJD table: per-task gradients here and TorchJD's, UPGrad both ways."""
+    suffix = "" if layout == "channels_last" else "@contiguous"
+    engine = (f"weighting/T{tasks}/parameter_gradients{suffix}_vs_peer_torchjd:mean{suffix}")
+    upgrad = f"weighting/T{tasks}/upgrad{suffix}_vs_peer_torchjd:upgrad{suffix}"
+    return [(engine, "cpu_ms", 0), (engine, "peer_cpu_ms", 0), (upgrad, "cpu_ms", 0),
+            (upgrad, "peer_cpu_ms", 0)]
+
+
+# (the README's words with {} where a figure stands; for each, the benchmarks.json row, its
+# field and the decimals shown)
+BENCHMARK_FIGURES = [
+    ("a cross-stitch training step on two threads took {} ms idle with the short spin, {} ms "
+     "with GNU OpenMP's default long spin and {} ms sleeping at once; beside two spinning "
+     "processes, {} ms sleeping at once, {} ms with the short spin and {} ms with the long one "
+     "(one thread: {} to {} ms). `dvc repro --force sample/dvc.yaml` took {} s idle and {} s "
+     "beside two spinning processes, against {} s there",
+     [(f"contention_step_ms_{name}", "value", 0) for name in (
+         "idle_2t_short_spin", "idle_2t_spinning", "idle_2t_passive", "load2_2t_passive",
+         "load2_2t_short_spin", "load2_2t_spinning", "load2_1t_spinning",
+         "load2_1t_short_spin")]
+     + [(f"contention_repro_sample_s_{name}", "value", 0) for name in (
+         "idle_defaults", "loaded_defaults", "loaded_all_cores_spinning")]),
+    ("the hard-sharing step from {} to {} ms on one thread and {} to {} ms on two; the "
+     "cross-stitch step (the default) is unchanged within noise ({} vs {} ms on one thread, {} "
+     "vs {} ms on two)",
+     [(f"allocator_step_ms_{name}", "value", 1) for name in (
+         "hps_1t_glibc_defaults", "hps_1t_kept", "hps_2t_glibc_defaults", "hps_2t_kept",
+         "cross_stitch_1t_glibc_defaults", "cross_stitch_1t_kept",
+         "cross_stitch_2t_glibc_defaults", "cross_stitch_2t_kept")]),
+    ("first convolution {} ms channels-last, {} contiguous, {} weight-gradient-as-convolution, {} "
+     "im2col; second {} ms channels-last, {} contiguous, {} and {}.",
+     [(f"layers_{layer}_{form}_forward_backward_AVX512", "value", 1 if form != "im2col" or
+       layer == "conv2" else 0)
+      for layer in ("conv1", "conv2")
+      for form in ("onednn_channels_last", "onednn_contiguous", "weight_grad_as_conv",
+                   "im2col")]),
+    ("hard sharing {} ms compiled against {} ms eager, cross-stitch {} against {} ms, after {} s "
+     "and {} s of compilation",
+     [(f"compile_step_ms_{name}", "value", 1) for name in (
+         "hps_compiled", "hps_eager", "cross_stitch_compiled", "cross_stitch_eager")]
+     + [(f"compile_first_5_steps_s_{name}_compiled", "value", 0)
+        for name in ("hps", "cross_stitch")]),
+    ("preprocessed them at {} images/s with at most {} MiB of the process's own (anonymous) "
+     "memory",
+     [("manifest preprocess, 200000 PNG 64x64x3", "value", 0),
+      ("manifest preprocess, peak anonymous memory", "value", 0)]),
+    ("peaked at {} MiB of anonymous memory against {} MiB with the split loaded whole, at the "
+     "same speed ({} against {} images/s",
+     [("train peak anonymous memory, memory-mapped", "value", 0),
+      ("train peak anonymous memory, loaded whole", "value", 0),
+      ("train images/s, CPU, memory-mapped", "value", 0),
+      ("train images/s, CPU, loaded whole", "value", 0)]),
+    ("2 processes (1 thread each) train at {}× the speed of one process with 2 threads (equal "
+     "weighting) and {}× (MGDA",
+     [("train images/s, 2 process(es), CPU, equal", "extra_note", 2),
+      ("train images/s, 2 process(es), CPU, mgda", "extra_note", 2)]),
+    ("download {} s, validate {} s, preprocess {} s, pretrain {} s, tune {} s, baselines {} s, "
+     "train {} s, evaluate {} s",
+     [(f"make_repro_stage_{stage}_s", "value", 0) for stage in (
+         "download", "validate", "preprocess", "pretrain", "tune", "baselines", "train",
+         "evaluate")]),
+    ("one step of `equal` took {} ms of CPU at 2 tasks and {} ms at 10.",
+     [(f"weighting/T{tasks}/equal/step_cpu_ms", "value", 1) for tasks in (2, 10)]),
+    *((f"| {tasks} | {title} | {{}} ms | {{}} ms | {{}} ms | {{}} ms |", _peer(tasks, layout))
+      for tasks in (2, 10)
+      for layout, title in (("channels_last", "channels-last (the trainer's)"),
+                            ("contiguous", "contiguous"))),
+]
+
+
+@pytest.mark.parametrize(("words", "figures"), BENCHMARK_FIGURES,
+                         ids=[words[:40] for words, _ in BENCHMARK_FIGURES])
+def test_a_benchmark_figure_in_the_prose_is_its_row_in_benchmarks_json(
+        words: str, figures: list[tuple[str, str, int]]) -> None:
+    groups = json.loads(_committed("reports/benchmarks.json"))
+    rows = {row["name"]: row for entry in groups.values() for row in entry["rows"]}
+    values = []
+    for name, field, digits in figures:
+        value = rows[name][field]
+        if isinstance(value, str):  # "0.85x one process"
+            value = float(value.split("x")[0])
+        values.append(_rounded(value, digits))
+    expected = words.format(*values)
+    assert expected in _readme(), f"README.md: expected, from reports/benchmarks.json: {expected}"
