@@ -291,3 +291,10 @@ def test_a_benchmark_figure_in_the_prose_is_its_row_in_benchmarks_json(
         values.append(_rounded(value, digits))
     expected = words.format(*values)
     assert expected in _readme(), f"README.md: expected, from reports/benchmarks.json: {expected}"
+
+
+def test_the_example_network_time_is_its_committed_train_json() -> None:
+    train = json.loads(_committed("examples/fashion-manifest/reports/train.json"))
+    assert (f"network {train['seconds']:.1f} s (`seconds` in `reports/train.json`;"
+            in _readme()), ("README.md, A heterogeneous example: the committed network's "
+                            f"time is {train['seconds']} s (reports/train.json)")
