@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import re
+import statistics
 import subprocess
 import sys
 from decimal import ROUND_HALF_UP, Decimal
@@ -298,3 +299,26 @@ def test_the_example_network_time_is_its_committed_train_json() -> None:
     assert (f"network {train['seconds']:.1f} s (`seconds` in `reports/train.json`;"
             in _readme()), ("README.md, A heterogeneous example: the committed network's "
                             f"time is {train['seconds']} s (reports/train.json)")
+
+
+def test_the_pretraining_reading_is_the_committed_study() -> None:
+    """"What it buys on MultiFashion": the gains it reads off reports/pretraining/study.json."""
+    rows = json.loads(_committed("reports/pretraining/study.json"))["rows"]
+
+    def mean(fraction: float, start: str, figure: str) -> float:
+        values = [row["delta_m_pct"] if figure == "delta_m" else 100 * row["accuracy"][figure]
+                  for row in rows if row["fraction"] == fraction and row["start"] == start]
+        return statistics.mean(values)
+
+    def gain(fraction: float, figure: str) -> str:
+        return _rounded(mean(fraction, "self_supervised", figure)
+                        - mean(fraction, "scratch", figure), 1)
+
+    words = (f"lifts task `left` by about {gain(0.05, 'left')} points and `right` by about "
+             f"{gain(0.05, 'right')}, about three standard deviations apart; with 20%, by about "
+             f"{gain(0.2, 'left')} and {gain(0.2, 'right')};")
+    improves = (f"Δm% improves at every fraction (by about {gain(0.05, 'delta_m')}, "
+                f"{gain(0.2, 'delta_m')} and {gain(1.0, 'delta_m')} points)")
+    readme = _readme()
+    assert words in readme, f"README.md, Pretrained encoders: expected {words!r}"
+    assert improves in readme, f"README.md, Pretrained encoders: expected {improves!r}"
