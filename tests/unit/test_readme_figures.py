@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import statistics
 import subprocess
@@ -322,3 +323,31 @@ def test_the_pretraining_reading_is_the_committed_study() -> None:
     readme = _readme()
     assert words in readme, f"README.md, Pretrained encoders: expected {words!r}"
     assert improves in readme, f"README.md, Pretrained encoders: expected {improves!r}"
+
+
+def test_the_one_seed_method_and_architecture_figures_are_method_comparison_json() -> None:
+    """Results and the 15-epoch tables' reading quote reports/method_comparison.json."""
+    entries = json.loads(_committed("reports/method_comparison.json"))
+    methods = entries["default@15"]["methods"]
+    tuned, baselines = methods["tuned"], entries["default@15"]["baselines"]
+    delta = {name: result["delta_m_pct"] for name, result in methods.items()}
+    means = [result["mean_accuracy"] for result in methods.values()]
+    architectures = {name: entries[f"{name}@15"]["methods"]["equal"]["delta_m_pct"]
+                     for name in ("mmoe", "cross_stitch", "mtan")}
+    expected = [
+        f"left {tuned['tasks']['left']['accuracy']:.4f}, right "
+        f"{tuned['tasks']['right']['accuracy']:.4f} against {baselines['left']:.4f} / "
+        f"{baselines['right']:.4f} after 15 epochs, Δm% {_signed(tuned['delta_m_pct'], 2)}",
+        f"every weighting method lay between {_signed(min(delta.values()), 1)} and "
+        f"{_signed(max(delta.values()), 1)}",
+        f"within {math.ceil(1000 * (max(means) - min(means))) / 10} points of mean accuracy of "
+        "each other "
+        f"({min(means):.3f} to {max(means):.3f})",
+        f"DB-MTL's log losses come first (Δm% {_signed(delta['dbmtl'], 2)})",
+        f"(Δm% {architectures['mmoe']:+.2f} and {architectures['cross_stitch']:+.2f}), and MTAN "
+        f"(63,680) matches them ({_signed(architectures['mtan'], 2)}), while hard sharing "
+        f"(31,910) pays for its single 50-unit shared layer with {_signed(delta['equal'], 2)}",
+    ]
+    readme = _readme()
+    for words in expected:
+        assert words in readme, f"README.md: expected, from method_comparison.json: {words!r}"
