@@ -351,3 +351,64 @@ def test_the_one_seed_method_and_architecture_figures_are_method_comparison_json
     readme = _readme()
     for words in expected:
         assert words in readme, f"README.md: expected, from method_comparison.json: {words!r}"
+
+
+def _seeds(row: dict, task: str) -> list[float]:
+    return row["tasks"][task]["per_seed"]
+
+
+def _listed(items: list[str]) -> str:
+    """"a, b and c", as the README lists the seeds."""
+    return ", ".join(items[:-1]) + f" and {items[-1]}"
+
+
+def test_the_results_prose_quotes_the_comparisons_seed_by_seed() -> None:
+    """Results on MultiFashion: per-seed accuracies and Δm% written out in the paragraphs."""
+    candidates, lr = _comparison("candidates")["equal"], _comparison("lr")["lr2e-3"]
+    stitch, epochs = _comparison("stitch")["linear"], _comparison("epochs")["e15"]
+    short, fast = _comparison("short"), _comparison("fast")
+    long = _comparison("long-linear")["w1.4-shift2-e50"]
+
+    def deltas(row: dict) -> str:
+        return _listed([f"{value:+.2f}" for value in row["delta_m_pct"]["per_seed"]])
+
+    def pairs(row: dict) -> str:
+        return ", ".join(f"{left} / {right}" for left, right in
+                         zip(_seeds(row, "left"), _seeds(row, "right"), strict=True))
+
+    expected = [
+        f"Δm% {deltas(candidates)} (seed 2: left {_seeds(candidates, 'left')[2]} against "
+        f"{candidates['baselines']['left']['per_seed'][2]}, right "
+        f"{_seeds(candidates, 'right')[2]} against "
+        f"{candidates['baselines']['right']['per_seed'][2]}), mean "
+        f"{candidates['delta_m_pct']['mean']:+.2f} with a 95% interval of "
+        f"[{candidates['delta_m_pct']['ci_low']:+.2f}, "
+        f"{candidates['delta_m_pct']['ci_high']:+.2f}]",
+        f"({deltas(lr)}, seed 2's right task a hair under its single-task network's, "
+        f"{_seeds(lr, 'right')[2]} against {lr['baselines']['right']['per_seed'][2]}; mean "
+        f"{lr['delta_m_pct']['mean']:+.2f}, 95% interval [{lr['delta_m_pct']['ci_low']:+.2f}, "
+        f"{lr['delta_m_pct']['ci_high']:+.2f}])",
+        "Δm% " + _listed([f"{delta:+.2f} ({left:.4f} / {right:.4f})" for delta, left, right in zip(
+            stitch["delta_m_pct"]["per_seed"], _seeds(stitch, "left"), _seeds(stitch, "right"),
+            strict=True)]),
+        f"per seed {pairs(epochs)})",
+        f"Δm% is {deltas(epochs)}, mean {epochs['delta_m_pct']['mean']:+.2f}, 95% interval "
+        f"[{epochs['delta_m_pct']['ci_low']:+.2f}, {epochs['delta_m_pct']['ci_high']:+.2f}]",
+        f"(per seed {pairs(short['e10'])})",
+        "5 epochs miss 0.80 on task `left` on every seed ("
+        + ", ".join(str(value) for value in _seeds(fast["e5"], "left")) + ")",
+        f"7 epochs keep both tasks of every seed above 0.804 ({pairs(fast['e7'])})",
+    ]
+    for seed in range(3):
+        expected.append(
+            f"| {seed} | {long['baselines']['left']['per_seed'][seed]} / "
+            f"{long['baselines']['right']['per_seed'][seed]} | {_seeds(long, 'left')[seed]} / "
+            f"{_seeds(long, 'right')[seed]} | {long['delta_m_pct']['per_seed'][seed]:+.2f} |")
+    expected.append(
+        f"| mean ± std | {_spread(long['baselines']['left'])} / "
+        f"{_spread(long['baselines']['right'])} | {_spread(long['tasks']['left'])} / "
+        f"{_spread(long['tasks']['right'])} | {_interval(long['delta_m_pct'])} |")
+    readme = _plain()
+    for words in expected:
+        words = words.replace("−", "-")
+        assert words in readme, f"README.md, Results on MultiFashion: expected {words!r}"
