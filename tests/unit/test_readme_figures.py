@@ -412,3 +412,45 @@ def test_the_results_prose_quotes_the_comparisons_seed_by_seed() -> None:
     for words in expected:
         words = words.replace("−", "-")
         assert words in readme, f"README.md, Results on MultiFashion: expected {words!r}"
+
+
+# The rows of the README's cost table by the methods they cover (`weighting` benchmark names)
+COST_ROWS = {
+    "| loss-based (`equal`, `static`, `uncertainty`, `dwa`, `rlw`, `dbmtl`), FAMO with `update: "
+    "next_batch` |": ["equal", "static", "uncertainty", "dwa", "rlw", "dbmtl", "famo+next_batch"],
+    "| representation gradients (`mgda`, `imtl`, `graddrop`, and every Gramian method with "
+    "`gradients: representation`) |": ["mgda", "imtl", "graddrop", *(
+        f"{name}@representation" for name in ("pcgrad", "cagrad", "nashmtl", "upgrad",
+                                              "alignedmtl", "gradnorm"))],
+    "| exact FAMO (`update: same_batch`, the default) |": ["famo"],
+    "| parameter gradients (`pcgrad`, `cagrad`, `alignedmtl`, `upgrad`, `gradnorm`, `nashmtl`) |":
+        ["pcgrad", "cagrad", "alignedmtl", "upgrad", "gradnorm", "nashmtl"],
+    "| Nash-MTL solving every 4th step (`update_weights_every: 4`) |": ["nashmtl+every4"],
+}
+
+
+def test_the_weighting_cost_table_spans_its_benchmark_rows() -> None:
+    """Experiments, cost per step relative to `equal`: each cell is the range (or the value) of
+    the `weighting/T<n>/<method>/step_time` rows of reports/benchmarks.json."""
+    rows = {row["name"]: row["value"]
+            for row in json.loads(_committed("reports/benchmarks.json"))["weighting"]["rows"]}
+    readme = _readme()
+    for words, methods in COST_ROWS.items():
+        cells = []
+        for tasks in (2, 10):
+            ratios = [rows[f"weighting/T{tasks}/{method}/step_time"] for method in methods]
+            low, high = _rounded(min(ratios), 2), _rounded(max(ratios), 2)
+            cells.append(f"{low}×" if low == high else f"{low}–{high}×")
+        line = f"{words} {cells[0]} | {cells[1]} |"
+        assert line in readme, f"README.md, Weighting methods: expected {line}"
+
+    def yardstick(name: str) -> list[str]:
+        return [_rounded(rows[f"weighting/T{tasks}/{name}"], 2) for tasks in (2, 10)]
+
+    forward, engine = yardstick("no_grad_forward/step_time"), yardstick(
+        "parameter_gradients/step_time")
+    batched = sorted(yardstick("gradients/is_grads_batched_over_loop"))
+    for words in (f"A no-grad forward alone costs {min(forward)}–{max(forward)}× a step",
+                  f"costs {engine[0]}× at 2 tasks and {engine[1]}× at 10",
+                  f"is_grads_batched=True)` {batched[0]}–{batched[1]}× slower"):
+        assert words in readme, f"README.md, Weighting methods: expected {words!r}"
