@@ -1,8 +1,9 @@
 """Figures the README quotes in its prose agree with the committed files they come from.
 
-The rendered blocks are test_readme.py's; these are the numbers written by hand around them
-(a sentence that quotes a report, a count of tests). Reports are read as the last commit holds
-them: `make repro` on another CPU rewrites the workspace's with that CPU's floats.
+The rendered blocks are test_readme.py's; these are the numbers written by hand around them:
+a sentence or table that quotes a report, a comparison or a benchmark row, a parameter count
+(the model built on the CPU), a count of tests or methods. Reports are read as the last commit
+holds them: `make repro` on another CPU rewrites the workspace's with that CPU's floats.
 """
 
 from __future__ import annotations
@@ -454,3 +455,11 @@ def test_the_weighting_cost_table_spans_its_benchmark_rows() -> None:
                   f"costs {engine[0]}× at 2 tasks and {engine[1]}× at 10",
                   f"is_grads_batched=True)` {batched[0]}–{batched[1]}× slower"):
         assert words in readme, f"README.md, Weighting methods: expected {words!r}"
+
+
+def test_the_opening_counts_methods_and_architectures_as_the_registries_do() -> None:
+    from multitask.catalog import architectures, weighting_methods
+
+    methods = [name for name in weighting_methods() if name != "tuned"]  # tuned: static's
+    assert (f"**{len(methods)} task-weighting methods** and **{len(architectures())} "
+            "architectures**") in _readme()
