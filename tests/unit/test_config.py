@@ -53,7 +53,8 @@ def test_unknown_section(raw: dict) -> None:
         ("data", "val_fraction", 0.9, r"data\.val_fraction: Input should be less than 0.5"),
         # YAML's .inf passes a lower bound; an infinite number is never meant
         ("pretrain", "lr", float("inf"), r"pretrain\.lr: Input should be a finite number"),
-        ("model", "width", float("nan"), r"model\.width: Input should be a finite number"),
+        ("pretrain", "data_fraction", float("nan"),
+         r"pretrain\.data_fraction: Input should be a finite number"),
     ],
 )
 def test_wrong_type_or_range_names_key(raw: dict, section: str, key: str, value: object,
