@@ -133,9 +133,13 @@ def _comparison_table(kind: str, epochs: int, rows: dict[tuple[str, str], dict[s
         title, first = "hard sharing (`hps`, the default architecture then)", "method"
     else:
         title, first = "by `model.architecture`", "architecture, method"
+    # the method's default is the paper's loss-scale half: say so where its row ranks
+    dbmtl = ("; `dbmtl` ran with its defaults, so its row is log-loss weighting alone, not the "
+             "paper's full DB-MTL (`balance_gradients: true`)"
+             if kind == "methods" and any(m == "dbmtl" for _, m in rows) else "")
     lines = [
         f"{epochs} epochs each, {title}, same seed (`dvc exp run`, read back with "
-        "`dvc exp show`):",
+        f"`dvc exp show`){dbmtl}:",
         "",
         f"| {first} | " + " | ".join(f"`{t}` accuracy" for t in tasks)
         + " | mean accuracy | Δm% |",
