@@ -18,6 +18,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from matplotlib.colors import to_hex
 from PIL import Image
 
 from multitask import ci_plots, ci_report, keys, promotion, tracking, tuning
@@ -34,6 +35,7 @@ from multitask.promotion import Scores, decide, scores_from
 from multitask.tasks import Task
 from multitask.tracking import served
 from multitask.training import stages
+from multitask.training.plots import learning_curves
 from multitask.tuning.reports import pareto_front, select, selection_scores
 from multitask.tuning.space import SearchSpace
 from multitask.tuning.study import Setup
@@ -188,6 +190,22 @@ def test_ci_report_curves_show_the_mae_and_a_regression_task_has_no_class_table(
     assert "| `age` | mae | 5.0000 | 4.0000 | -1.0000 | ✅ better |" in markdown
     assert ci_plots.render_plots(sides["base"], sides["head"], tmp_path / "plots.png")
     assert (tmp_path / "plots.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_learning_curves_draw_a_regression_task_in_its_legend_colour() -> None:
+    # The legend (first panel) shows left in C0 and height in C1; the accuracy panel has only
+    # left, the MAE panel only height: its line must be C1, not the first colour again.
+    history = [{"epoch": e, "train/loss/left": 0.7, "train/loss/height": 0.9,
+                "val/loss/left": 0.6, "val/loss/height": 0.8, "val/accuracy/left": 0.5 + e / 10,
+                "val/mae/height": 5.0 - e, "weight/left": 0.5, "weight/height": 0.5}
+               for e in (1, 2)]
+    figure = learning_curves(history, ["left", "height"])
+    panels = {ax.get_title(): {line.get_label(): to_hex(line.get_color())
+                               for line in ax.get_lines()} for ax in figure.axes}
+    legend = panels["training loss"]
+    assert legend["left"] != legend["height"]
+    assert panels["validation MAE (target units)"] == {"height": legend["height"]}
+    assert panels["validation accuracy"] == {"left": legend["left"]}
 
 
 # ----------------------------------------------------------------------------------- tuning

@@ -35,11 +35,14 @@ def learning_curves(history: Sequence[dict[str, float]], task_names: Sequence[st
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2),
                              constrained_layout=True)
     for ax, (key_of, title) in zip(axes, panels, strict=True):
-        for name in task_names:
+        # a task keeps its colour in every panel: the legend is drawn on the first panel only,
+        # and a panel that skips a task (no accuracy for a regression) must not shift the rest
+        for index, name in enumerate(task_names):
             key = key_of(name)
             values = [row.get(key, np.nan) for row in history]
             if not np.all(np.isnan(values)):
-                ax.plot(epochs, values, marker="o", markersize=3, label=name)
+                ax.plot(epochs, values, marker="o", markersize=3, label=name,
+                        color=f"C{index % 10}")
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
