@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,12 @@ def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
     output = served.NamedTaskOutput(program.module(), task_names, names, kinds).predict(example)
     units = {t.name: t.unit for t in declared if t.kind == "regression"}
     classifier = all(kind != "regression" for kind in kinds.values())
+    with warnings.catch_warnings():
+        # MLflow hints that an integer column cannot hold a missing value: a binary task's
+        # <task>_decision is 0 or 1 on every row the model answers, never missing
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer",
+                                category=UserWarning)
+        signature = infer_signature(example, output)
     try:
         info = Model.log(
             None,  # artifact_path: deprecated in favour of name, still positional
@@ -119,7 +126,7 @@ def log_model(run_id: str, model: torch.nn.Module, input_example: np.ndarray,
             task_names=list(task_names),
             class_names=names,
             kinds=kinds,
-            signature=infer_signature(example, output),
+            signature=signature,
             input_example=example,
             # Explicit requirements: inferring them reloads the model in a subprocess (seconds).
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
