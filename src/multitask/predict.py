@@ -99,10 +99,10 @@ def _read_array(path: Path, channels: int, height: int, width: int) -> np.ndarra
 
 
 def _read_image(path: Path, channels: int, height: int, width: int, resize: str
-                ) -> np.ndarray:
+                ) -> tuple[np.ndarray, tuple[int, int]]:
     """An image file as float32 (C, H, W) raw pixels, read and fitted by the training code
     (:func:`multitask.data.manifest.decode`, :func:`~multitask.data.manifest.fit` with the
-    model's ``resize``).
+    model's ``resize``), and its own size (width, height) before fitting.
 
     The header is checked before any pixel is decoded: a file claiming more than
     :data:`MAX_IMAGE_PIXELS` pixels is refused (a decompression bomb would exhaust memory).
@@ -122,10 +122,6 @@ def _read_image(path: Path, channels: int, height: int, width: int, resize: str
             image = decode(path, channels)
         except ValueError as exc:  # a 32-bit image's values: decode says which
             raise ValueError(f"{path}: {exc}") from None
-        if image.size != (width, height):
-            log.warning("%s: %dx%d fitted into %dx%d (resize: %s, as the model's training "
-                        "images were)", path, image.size[0], image.size[1], width, height,
-                        resize)
         pixels_hwc = np.asarray(fit(image, width, resize), dtype=np.float32)
     except UnidentifiedImageError:
         raise ValueError(f"{path}: not a readable {path.suffix} image") from None
@@ -133,7 +129,7 @@ def _read_image(path: Path, channels: int, height: int, width: int, resize: str
         raise ValueError(f"{path}: refused before decoding ({exc})") from None
     except OSError as exc:  # truncated or corrupt pixel data
         raise ValueError(f"{path}: truncated or corrupt {path.suffix} image ({exc})") from None
-    return pixels_hwc[None] if channels == 1 else pixels_hwc.transpose(2, 0, 1)
+    return (pixels_hwc[None] if channels == 1 else pixels_hwc.transpose(2, 0, 1)), image.size
 
 
 def _readable(path: Path) -> bool:
@@ -167,6 +163,7 @@ def load_images(paths: list[Path], shape: tuple[int, int, int], resize: str = DE
     channels, height, width = shape
     batch: list[np.ndarray] = []
     names: list[str] = []
+    fitted: dict[tuple[int, int], list[Path]] = {}  # own size -> the images fitted from it
     for path in expand_folders(paths):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such image file")
@@ -176,12 +173,20 @@ def load_images(paths: list[Path], shape: tuple[int, int, int], resize: str = DE
             names.extend([str(path)] if len(array) == 1
                          else [f"{path}[{i}]" for i in range(len(array))])
         elif path.suffix.lower() in image_suffixes():
-            batch.append(_read_image(path, channels, height, width, resize))
+            pixels, size = _read_image(path, channels, height, width, resize)
+            batch.append(pixels)
             names.append(str(path))
+            if size != (width, height):
+                fitted.setdefault(size, []).append(path)
         else:
             raise ValueError(f"{path}: unsupported file type '{path.suffix}'; give images "
                              "Pillow reads (PNG, JPEG, BMP, WebP, TIFF ...), .npy arrays or "
                              "a folder of them")
+    for (own_width, own_height), paths_of_size in fitted.items():  # one line per size, not
+        which = (str(paths_of_size[0]) if len(paths_of_size) == 1  # one per image of a folder
+                 else f"{len(paths_of_size)} images ({paths_of_size[0]}, ...)")
+        log.warning("%s: %dx%d fitted into %dx%d (resize: %s, as the model's training images "
+                    "were)", which, own_width, own_height, width, height, resize)
     return np.stack(batch).astype(np.float32), names
 
 

@@ -197,3 +197,22 @@ def test_a_missing_input_is_named_before_any_model_is_fetched(
     assert main(["predict", "--model", "models:/any@champion", str(tmp_path / "here.png"),
                  str(missing)]) == 1
     assert f"{missing}: no such file or folder" in capsys.readouterr().err
+
+
+def test_a_folder_of_other_sized_images_warns_once_per_size(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # a data set's own folder: every image 40x30, one 50x50, one already 36x36
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(5):
+        Image.new("L", (40, 30), 10 * index).save(folder / f"{index}.png")
+    Image.new("L", (50, 50), 100).save(folder / "square.png")
+    Image.new("L", (36, 36), 100).save(folder / "same.png")
+    batch, _ = load_images([folder], SHAPE)
+    assert batch.shape == (7, 1, 36, 36)
+    lines = [r.getMessage() for r in caplog.records if "fitted into" in r.getMessage()]
+    assert lines == [
+        f"5 images ({folder / '0.png'}, ...): 40x30 fitted into 36x36 (resize: pad, as the "
+        "model's training images were)",
+        f"{folder / 'square.png'}: 50x50 fitted into 36x36 (resize: pad, as the model's "
+        "training images were)"]
