@@ -209,6 +209,14 @@ def test_learning_curves_draw_a_regression_task_in_its_legend_colour() -> None:
     assert panels["validation accuracy"] == {"left": legend["left"]}
 
 
+def test_learning_curves_of_regression_tasks_only_have_no_empty_accuracy_panel() -> None:
+    history = [{"epoch": e, "train/loss/height": 0.9, "val/loss/height": 0.8,
+                "val/mae/height": 5.0 - e, "weight/height": 1.0} for e in (1, 2)]
+    titles = [ax.get_title() for ax in learning_curves(history, ["height"]).axes]
+    assert titles == ["training loss", "validation loss", "validation MAE (target units)",
+                      "task weight"]
+
+
 # ----------------------------------------------------------------------------------- tuning
 def _params(folder: Path, **tune: Any) -> Params:
     path = folder / "params.yaml"

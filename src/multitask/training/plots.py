@@ -22,16 +22,23 @@ from multitask.io import atomic_path
 
 
 def learning_curves(history: Sequence[dict[str, float]], task_names: Sequence[str]) -> Figure:
-    """Per-task training loss, validation loss and accuracy (and MAE, when a task has one),
-    and task weights, per epoch."""
+    """Per-task training loss, validation loss, accuracy (when a task has one: classification)
+    and MAE (when a task has one: regression), and task weights, per epoch."""
     epochs = [row[keys.EPOCH] for row in history]
+
+    def recorded(metric: str) -> bool:
+        return any(keys.task_metric(keys.VAL, t, metric) in row
+                   for row in history for t in task_names)
+
     panels = [(lambda t: keys.task_metric(keys.TRAIN, t, keys.LOSS), "training loss"),
-              (lambda t: keys.task_metric(keys.VAL, t, keys.LOSS), "validation loss"),
-              (lambda t: keys.task_metric(keys.VAL, t, keys.ACCURACY), "validation accuracy"),
-              (keys.weight, "task weight")]
-    if any(keys.task_metric(keys.VAL, t, keys.MAE) in row for row in history for t in task_names):
-        panels.insert(3, (lambda t: keys.task_metric(keys.VAL, t, keys.MAE),
-                          "validation MAE (target units)"))
+              (lambda t: keys.task_metric(keys.VAL, t, keys.LOSS), "validation loss")]
+    if recorded(keys.ACCURACY):
+        panels.append((lambda t: keys.task_metric(keys.VAL, t, keys.ACCURACY),
+                       "validation accuracy"))
+    if recorded(keys.MAE):
+        panels.append((lambda t: keys.task_metric(keys.VAL, t, keys.MAE),
+                       "validation MAE (target units)"))
+    panels.append((keys.weight, "task weight"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2),
                              constrained_layout=True)
     for ax, (key_of, title) in zip(axes, panels, strict=True):
