@@ -547,3 +547,28 @@ def test_a_manifest_archive_that_does_not_verify_is_refused(
     assert ("if you rebuilt the files of sources.manifest on purpose, put each new digest (the "
             "'got' value above) in" in err)
     assert not Layout(pipeline_dir).source_dir("manifest").exists()
+
+
+def test_validation_refuses_a_positive_class_that_is_neither_value_as_preprocess_does(
+        tmp_path: Path) -> None:
+    # validate met every expectation, then preprocess refused the same params
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rows = []
+    for number in range(12):
+        Image.fromarray(np.full((8, 8), 20 * number, dtype=np.uint8)).save(folder / f"{number}.png")
+        split = "train" if number < 8 else ("val" if number < 10 else "test")
+        rows.append({"image": f"{number}.png", "smiling": "yes" if number % 2 else "no",
+                     "split": split})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    data = {"dataset": "manifest", "manifest": str(folder / "manifest.csv"),
+            "tasks": {"smiling": {"kind": "binary", "positive": "Yes"}}, "image_size": 8}
+    params = parse_params({"data": data}, tmp_path / "p.yaml")
+    expected = (f"{folder / 'manifest.csv'}: column 'smiling': data.tasks.smiling.positive "
+                "'Yes' is not one of its values 'no', 'yes'; set it to one of them, or remove "
+                "it for the default 'yes'")
+    with pytest.raises(ManifestError) as preprocessed:
+        build_manifest(params.data, Layout(tmp_path))
+    with pytest.raises(ManifestError) as validated:
+        validate_manifest(params.data, ValidateConfig(), Layout(tmp_path))
+    assert str(preprocessed.value) == str(validated.value) == expected

@@ -114,6 +114,22 @@ def positive_value(positive: bool | str, classes: list[str]) -> str | None:
     return spelt[0] if len(spelt) == 1 else None
 
 
+def binary_classes(path: Path, name: str, positive: bool | str | None, classes: list[str]
+                   ) -> list[str]:
+    """A binary task's two sorted training values in label order (negative, positive), the
+    positive one named by ``data.tasks.<name>.positive`` (:func:`positive_value`; without it
+    the second); ManifestError naming both values when it names neither."""
+    if positive is None:
+        return classes
+    value = positive_value(positive, classes)
+    if value is None:
+        raise ManifestError(f"{path}: column {name!r}: data.tasks.{name}.positive "
+                            f"{positive!r} is not one of its values "
+                            f"{classes[0]!r}, {classes[1]!r}; set it to one of them, "
+                            f"or remove it for the default {classes[1]!r}")
+    return [c for c in classes if c != value] + [value]
+
+
 def manifest_path(config: DataConfig, layout: Layout) -> Path:
     """``data.manifest``, relative paths taken from the pipeline folder."""
     path = Path(str(config.manifest)).expanduser()
@@ -321,14 +337,7 @@ def _task_entry(manifest: Manifest, name: str, task: ManifestTask
             raise ManifestError(f"{path}: {where}: a binary task has two values, the training "
                                 f"split has {len(classes)} ({', '.join(classes[:10])}); "
                                 "declare it multiclass or fix the labels")
-        if task.positive is not None:
-            positive = positive_value(task.positive, classes)
-            if positive is None:
-                raise ManifestError(f"{path}: {where}: data.tasks.{name}.positive "
-                                    f"{task.positive!r} is not one of its values "
-                                    f"{classes[0]!r}, {classes[1]!r}; set it to one of them, "
-                                    f"or remove it for the default {classes[1]!r}")
-            classes = [c for c in classes if c != positive] + [positive]
+        classes = binary_classes(path, name, task.positive, classes)
     elif len(classes) > 255:
         raise ManifestError(f"{path}: {where}: {len(classes)} classes; at most 255 fit the "
                             "processed format's uint8 labels")

@@ -41,10 +41,12 @@ from multitask.config import DataConfig, ManifestTask
 from multitask.data import processed
 from multitask.data.manifest import (
     Manifest,
+    binary_classes,
     decode,
     read_configured,
     regression_values,
     separator_advice,
+    sorted_classes,
 )
 from multitask.layout import Layout
 
@@ -114,9 +116,15 @@ def class_table(tables: Mapping[str, pd.DataFrame], split: str, task: str,
 def manifest_tables(config: DataConfig, layout: Layout
                     ) -> tuple[Path, dict[str, dict[str, pd.DataFrame]]]:
     """The manifest's path and ``{split: {table: frame}}``; ManifestError when the file itself
-    cannot be read (no file, a missing column, a bad split value)."""
+    cannot be read (no file, a missing column, a bad split value) or a binary task's
+    ``positive`` names neither of its training values."""
     manifest = read_configured(config, layout)
     images = image_tables(manifest, config.tasks, config.channels)
+    for name, task in config.tasks.items():  # a positive naming neither value: preprocess's error
+        values = images["train"][name].to_numpy(dtype=str)
+        classes = sorted_classes(values[values != ""])
+        if task.kind == "binary" and len(classes) == 2:  # other counts: an expectation fails
+            binary_classes(manifest.path, name, task.positive, classes)
     classified = [n for n, t in config.tasks.items() if t.kind != "regression"]
     tables: dict[str, dict[str, pd.DataFrame]] = {}
     for split in processed.SPLITS:
