@@ -217,6 +217,20 @@ def test_learning_curves_of_regression_tasks_only_have_no_empty_accuracy_panel()
                       "task weight"]
 
 
+def test_learning_curves_title_the_mae_with_the_tasks_unit() -> None:
+    # README: a regression task's unit labels its MAE in reports
+    history = [{"epoch": 1, "train/loss/height": 0.5, "train/loss/width": 0.4,
+                "val/mae/height": 4.0, "val/mae/width": 3.0}]
+
+    def mae_title(units: dict[str, str]) -> str:
+        figure = learning_curves(history, ["height", "width"], units)
+        return next(ax.get_title() for ax in figure.axes if "MAE" in ax.get_title())
+
+    assert mae_title({"height": "px", "width": "px"}) == "validation MAE (px)"
+    assert mae_title({"height": "px", "width": "mm"}) == "validation MAE (target units)"
+    assert mae_title({"height": "px", "width": ""}) == "validation MAE (target units)"
+
+
 # ----------------------------------------------------------------------------------- tuning
 def _params(folder: Path, **tune: Any) -> Params:
     path = folder / "params.yaml"

@@ -6,7 +6,7 @@ matplotlib is imported here only, with the non-interactive Agg backend.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,14 @@ from multitask import keys
 from multitask.io import atomic_path
 
 
-def learning_curves(history: Sequence[dict[str, float]], task_names: Sequence[str]) -> Figure:
+def learning_curves(history: Sequence[dict[str, float]], task_names: Sequence[str],
+                    units: Mapping[str, str] | None = None) -> Figure:
     """Per-task training loss, validation loss, accuracy (when a task has one: classification)
-    and MAE (when a task has one: regression), and task weights, per epoch."""
+    and MAE (when a task has one: regression, titled with the regression tasks' ``units`` when
+    they share one), and task weights, per epoch."""
     epochs = [row[keys.EPOCH] for row in history]
+    named = set((units or {}).values())
+    mae_unit = named.pop() if len(named) == 1 and "" not in named else "target units"
 
     def recorded(metric: str) -> bool:
         return any(keys.task_metric(keys.VAL, t, metric) in row
@@ -37,7 +41,7 @@ def learning_curves(history: Sequence[dict[str, float]], task_names: Sequence[st
                        "validation accuracy"))
     if recorded(keys.MAE):
         panels.append((lambda t: keys.task_metric(keys.VAL, t, keys.MAE),
-                       "validation MAE (target units)"))
+                       f"validation MAE ({mae_unit})"))
     panels.append((keys.weight, "task weight"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2),
                              constrained_layout=True)

@@ -252,7 +252,8 @@ def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str
         session.save_network(layout.model, fitted.model, params, data, start=start)
         _write_history(layout.history_csv, fitted.history)
         names = [t.name for t in tasks]
-        save_figure(learning_curves(fitted.history, names), layout.curves_png)
+        units = {t.name: t.unit for t in tasks if t.kind == "regression"}
+        save_figure(learning_curves(fitted.history, names, units), layout.curves_png)
         run.log_artifact(layout.curves_png, "plots")
         run.log_artifact(layout.history_csv, "plots")
         # The logged model takes raw pixels (0..255) and normalises them itself; it answers per
