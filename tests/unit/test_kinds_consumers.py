@@ -37,7 +37,7 @@ from multitask.tasks import Task
 from multitask.tracking import served
 from multitask.training import stages
 from multitask.training.plots import learning_curves
-from multitask.tuning.reports import pareto_front, select, selection_scores
+from multitask.tuning.reports import pareto_figure, pareto_front, select, selection_scores
 from multitask.tuning.space import SearchSpace
 from multitask.tuning.study import Setup
 from multitask.tuning.trials import Objective, describe_choice
@@ -267,6 +267,19 @@ def test_single_mode_delta_m_signs_the_mae_change(tmp_path: Path) -> None:
     # Δm% = (10 + 0 + 25) / 3
     value = objective.values({"species": 0.88, "smiling": 0.50, "age": 3.0})
     assert value == [pytest.approx(35 / 3)]
+
+
+def test_a_pareto_plots_title_of_a_study_name_fits_in_the_figure() -> None:
+    # the title the tune stage writes: a study's name, the trials and the selection
+    title = ("task-weights (multi-objective, hps/lenet, static) #1adb44: 2 trials, "
+             "best_mean")
+    figure = pareto_figure(np.array([[0.47, 496.8], [0.47, 496.9]]), [0], 0,
+                           ["left", "level"], title, ["accuracy", "mae"])
+    figure.canvas.draw()
+    shown = figure.axes[0].title
+    box = shown.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= figure.bbox.x1
+    assert " ".join(shown.get_text().split()) == title
 
 
 def test_pareto_front_minimises_where_lower_is_better() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,8 @@ def pareto_figure(points: np.ndarray, front: Sequence[int], chosen: int, names: 
                    color="tab:red", label="chosen", zorder=3)
         ax.set_xlabel(labels[0])
         ax.set_ylabel(labels[1])
-    ax.set_title(title, fontsize=9)
+    # a study's name alone runs to 60 characters: wrapped, or the figure cuts the title off
+    ax.set_title("\n".join(textwrap.wrap(title, 60, break_long_words=False)), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
