@@ -110,7 +110,9 @@ def pareto_figure(points: np.ndarray, front: Sequence[int], chosen: int, names: 
         ax.set_xlabel(labels[0])
         ax.set_ylabel(labels[1])
     # a study's name alone runs to 60 characters: wrapped, or the figure cuts the title off
-    ax.set_title("\n".join(textwrap.wrap(title, 60, break_long_words=False)), fontsize=9)
+    ax.set_title("\n".join(part for line in title.splitlines()
+                           for part in textwrap.wrap(line, 60, break_long_words=False)),
+                 fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
@@ -189,7 +191,7 @@ def write_reports(setup: Setup, storage: StudyStorage, study: optuna.Study, n_tr
     _write_rows(layout.pareto_csv, rows)
     _write_rows(layout.pareto_front_csv, [row for row in rows if row["on_front"]])
     save_figure(pareto_figure(points, front, chosen, names,
-                              f"{setup.study_name}: {len(complete)} trials, {selection}",
+                              f"{setup.study_name}\n{len(complete)} trials, {selection}",
                               [setup.task_metrics[n] for n in names]),
                 layout.pareto_png)
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
