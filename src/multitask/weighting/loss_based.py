@@ -76,10 +76,12 @@ class Static(LossWeighting):
 class Uncertainty(LossWeighting):
     """Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
 
-    With a learnable log-variance ``s_t`` per task, classification losses combine as
+    With a learnable log-variance ``s_t`` per task, the losses combine as
     ``L = sum_t exp(-s_t) L_t + s_t / 2`` (the form for a softmax likelihood scaled by
-    ``1/sigma^2``, eq. 10 of the paper, with ``s = log sigma^2``). The reported weight of task
-    ``t`` is ``exp(-s_t)``.
+    ``1/sigma^2``, eq. 10 of the paper, with ``s = log sigma^2``), regression losses too: the
+    paper's Gaussian form ``exp(-s_t) L_t / 2 + s_t / 2`` gives a task the same weight
+    ``1 / (2 L_t)`` at the optimum of ``s_t``, so one form serves every kind. The reported
+    weight of task ``t`` is ``exp(-s_t)``.
     """
 
     name = "uncertainty"
