@@ -77,7 +77,7 @@ def test_saved_network_loads_back(pipeline: tuple[Params, Layout]) -> None:
     ({"method": "pcgard"}, "unknown weighting method 'pcgard'"),
     ({"method": "static", "weights": {"left": -0.5, "right": 1.0}}, "must be non-negative"),
     ({"method": "static", "weights": {"left": float("nan"), "right": 1.0}},
-     "must be finite numbers"),
+     r"weights\.0: Input should be a finite number \(got nan\)"),
 ])
 def test_a_bad_weights_file_is_named(pipeline: tuple[Params, Layout], weights: object,
                                      message: str) -> None:

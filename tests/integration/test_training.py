@@ -218,9 +218,9 @@ def test_a_diverging_stage_names_the_learning_rate_it_trained_at(
          "train.method_params.static.weights: 3 weights for 2 tasks (left, right)"),
         ({"weighting": "pcgard"}, "train.weighting: unknown weighting method 'pcgard'"),
         ({"weighting": "static", "method_params": {"static": {"weights": [float("nan"), 1.0]}}},
-         "weights must be finite numbers"),
+         "train.method_params.static.weights.0: Input should be a finite number (got nan)"),
         ({"weighting": "static", "method_params": {"static": {"weights": [float("inf"), 1.0]}}},
-         "weights must be finite numbers"),
+         "train.method_params.static.weights.0: Input should be a finite number (got inf)"),
         ({"method_params": {"static": {"weigths": [1, 1]}}}, "train.method_params.static"),
     ],
 )

@@ -6,7 +6,6 @@ and famo (Liu et al. 2023).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import torch
@@ -34,8 +33,6 @@ class StaticParams(MethodParams):
     @field_validator("weights")
     @classmethod
     def _non_negative(cls, weights: list[float]) -> list[float]:
-        if not all(math.isfinite(w) for w in weights):
-            raise ValueError(f"weights must be finite numbers, got {weights}")
         if any(w < 0 for w in weights):
             raise ValueError(f"weights must be non-negative, got {weights}")
         if sum(weights) <= 0:
