@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,6 +17,18 @@ import yaml
 from multitask.cli import COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def sample_pipeline(folder: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """The sample's params with ``sections``' keys changed, written to ``folder/params.yaml``
+    beside a copy of its ``data/sources.yaml``; the params, for a test to change further."""
+    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    (folder / "data").mkdir(exist_ok=True)
+    shutil.copy(ROOT / "sample" / "data" / "sources.yaml", folder / "data" / "sources.yaml")
+    return params
 
 
 def save_mobilenet_weights(path: Path) -> None:
@@ -109,11 +122,7 @@ def test_check_suggests_the_word_a_misspelt_pretrained_value_was_meant_to_be(
     word it is close to, not only that no such file exists."""
     from multitask.cli import main
 
-    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
-    params["model"].update(backbone="resnet18", pretrained="imagenett")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "data").mkdir()
-    shutil.copy(ROOT / "sample" / "data" / "sources.yaml", tmp_path / "data" / "sources.yaml")
+    sample_pipeline(tmp_path, model={"backbone": "resnet18", "pretrained": "imagenett"})
     assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 1
     assert (f"model.pretrained: {tmp_path / 'imagenett'} is not a file (a relative path is read "
             f"from the pipeline folder {tmp_path}); did you mean imagenet?"
@@ -126,11 +135,7 @@ def test_check_finds_a_missing_or_unreadable_pretrained_file_before_any_stage_ru
     DVC removed their outputs."""
     from multitask.cli import main
 
-    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
-    params["model"]["pretrained"] = "weights/encoder.pt"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "data").mkdir()
-    shutil.copy(ROOT / "sample" / "data" / "sources.yaml", tmp_path / "data" / "sources.yaml")
+    params = sample_pipeline(tmp_path, model={"pretrained": "weights/encoder.pt"})
     assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 1
     assert (f"model.pretrained: {tmp_path / 'weights' / 'encoder.pt'} is not a file (a "
             f"relative path is read from the pipeline folder {tmp_path})"
@@ -166,11 +171,7 @@ def test_check_finds_pretrained_weights_that_do_not_fit_the_backbone(
 
     from multitask.cli import main
 
-    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
-    params["model"].update({"backbone": "resnet34", "pretrained": "resnet18.pth"})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "data").mkdir()
-    shutil.copy(ROOT / "sample" / "data" / "sources.yaml", tmp_path / "data" / "sources.yaml")
+    params = sample_pipeline(tmp_path, model={"backbone": "resnet34", "pretrained": "resnet18.pth"})
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
     assert main(["check", "--params", str(tmp_path / "params.yaml")]) == 1
     err = capsys.readouterr().err
@@ -196,11 +197,8 @@ def test_check_warns_when_dvc_would_not_rerun_on_changed_pretrained_weights(
     when its weights change in place only if they list it (or a folder above it) as a dep."""
     from multitask.cli import main
 
-    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
-    params["model"].update({"backbone": "mobilenet_v3_small", "pretrained": "weights/encoder.pt"})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "data").mkdir()
-    shutil.copy(ROOT / "sample" / "data" / "sources.yaml", tmp_path / "data" / "sources.yaml")
+    sample_pipeline(tmp_path, model={"backbone": "mobilenet_v3_small",
+                                                     "pretrained": "weights/encoder.pt"})
     save_mobilenet_weights(tmp_path / "weights" / "encoder.pt")
     pipeline = yaml.safe_load((ROOT / "sample" / "dvc.yaml").read_text())
     for stage in watching:  # the file itself, or the folder holding it
@@ -226,11 +224,7 @@ def test_check_refuses_more_processes_than_visible_gpus(
 
     from multitask.cli import main
 
-    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
-    params["train"].update(device="cuda", processes=3)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "data").mkdir()
-    shutil.copy(ROOT / "sample" / "data" / "sources.yaml", tmp_path / "data" / "sources.yaml")
+    params = sample_pipeline(tmp_path, train={"device": "cuda", "processes": 3})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a host with two GPUs
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -272,11 +266,7 @@ def test_check_warns_when_imagenet_weights_would_need_a_download(
     from multitask.models.pretrained import hub_path, imagenet_source
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
-    params["model"].update({"backbone": "resnet18", "pretrained": "imagenet"})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "data").mkdir()
-    shutil.copy(ROOT / "sample" / "data" / "sources.yaml", tmp_path / "data" / "sources.yaml")
+    sample_pipeline(tmp_path, model={"backbone": "resnet18", "pretrained": "imagenet"})
     member, url = imagenet_source("resnet18")
     cached = hub_path(url)
     assert cached.parent == tmp_path / "torch" / "hub" / "checkpoints"
@@ -308,11 +298,7 @@ def test_check_stops_at_a_cached_imagenet_file_that_is_not_the_published_one(
     from multitask.models.pretrained import hub_path, imagenet_source
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    params = yaml.safe_load((ROOT / "sample" / "params.yaml").read_text())
-    params["model"].update({"backbone": "resnet18", "pretrained": "imagenet"})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "data").mkdir()
-    shutil.copy(ROOT / "sample" / "data" / "sources.yaml", tmp_path / "data" / "sources.yaml")
+    sample_pipeline(tmp_path, model={"backbone": "resnet18", "pretrained": "imagenet"})
     member, url = imagenet_source("resnet18")
     cached = hub_path(url)
     cached.parent.mkdir(parents=True)
