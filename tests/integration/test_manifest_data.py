@@ -357,6 +357,19 @@ def binary_task_failures(tmp_path: Path, rows: list[dict[str, Any]], *tasks: str
     return failure_messages(validate_manifest(params.data, ValidateConfig(), Layout(tmp_path)))
 
 
+def twelve_images(tmp_path: Path, task: str, labels: list[str]) -> list[dict[str, Any]]:
+    """Manifest rows of twelve 8x8 images written to tmp_path/mine (8 train, 2 val, 2 test),
+    image ``n`` labelled ``labels[n]`` for ``task``."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rows = []
+    for number, label in enumerate(labels):
+        Image.fromarray(np.full((8, 8), 20 * number, dtype=np.uint8)).save(folder / f"{number}.png")
+        split = "train" if number < 8 else ("val" if number < 10 else "test")
+        rows.append({"image": f"{number}.png", task: label, "split": split})
+    return rows
+
+
 @pytest.mark.parametrize(("values", "observed"), [
     (["no", "yes", "maybe"], "observed 3 distinct values (maybe, no, yes); 2 expected"),
     (["no", "no", "no"], "observed 1 distinct value (no); 2 expected"),
@@ -364,14 +377,8 @@ def binary_task_failures(tmp_path: Path, rows: list[dict[str, Any]], *tasks: str
 def test_validation_names_the_values_of_a_binary_task_without_two(
         tmp_path: Path, values: list[str], observed: str) -> None:
     # it said "observed 3": which values, and why two, was left to the reader
-    folder = tmp_path / "mine"
-    folder.mkdir()
-    rows = []
-    for number in range(12):
-        Image.fromarray(np.full((8, 8), 20 * number, dtype=np.uint8)).save(folder / f"{number}.png")
-        split = "train" if number < 8 else ("val" if number < 10 else "test")
-        rows.append({"image": f"{number}.png", "smiling": values[number % 3] if number < 8
-                     else "no", "split": split})
+    rows = twelve_images(tmp_path, "smiling",
+                         [values[n % 3] if n < 8 else "no" for n in range(12)])
     (message,) = binary_task_failures(tmp_path, rows, "smiling")
     assert message == ("manifest/train images: expect_column_unique_value_count_to_be_between on "
                        "column 'smiling' {'min_value': 2, 'max_value': 2}: " + observed)
@@ -553,13 +560,7 @@ def test_validation_refuses_a_positive_class_that_is_neither_value_as_preprocess
         tmp_path: Path) -> None:
     # validate met every expectation, then preprocess refused the same params
     folder = tmp_path / "mine"
-    folder.mkdir()
-    rows = []
-    for number in range(12):
-        Image.fromarray(np.full((8, 8), 20 * number, dtype=np.uint8)).save(folder / f"{number}.png")
-        split = "train" if number < 8 else ("val" if number < 10 else "test")
-        rows.append({"image": f"{number}.png", "smiling": "yes" if number % 2 else "no",
-                     "split": split})
+    rows = twelve_images(tmp_path, "smiling", ["yes" if n % 2 else "no" for n in range(12)])
     pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
     data = {"dataset": "manifest", "manifest": str(folder / "manifest.csv"),
             "tasks": {"smiling": {"kind": "binary", "positive": "Yes"}}, "image_size": 8}
