@@ -521,14 +521,20 @@ def test_script_not_run_replaces_the_report_of_an_earlier_push(tmp_path: Path) -
     assert (tmp_path / "output").read_text() == "gate=not-run\n"
 
 
-def test_script_skip_repro_without_a_base_says_what_to_run(tmp_path: Path) -> None:
-    """Not the comparison's error about a params file in a folder the user never made."""
-    repo = tmp_path / "repo"
+def committed_result(repo: Path, message: str) -> None:
+    """A repository at ``repo`` of one commit: ci/ and a sample result (left 0.80, right
+    0.78)."""
     write_result(repo / "sample", {"left": 0.80, "right": 0.78})
     shutil.copytree(ROOT / "ci", repo / "ci")
     git(repo, "init", "-q")
     git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "head")
+    git(repo, "commit", "-qm", message)
+
+
+def test_script_skip_repro_without_a_base_says_what_to_run(tmp_path: Path) -> None:
+    """Not the comparison's error about a params file in a folder the user never made."""
+    repo = tmp_path / "repo"
+    committed_result(repo, "head")
     result = subprocess.run([str(SCRIPT), "report", "HEAD"], cwd=repo, capture_output=True,
                             text=True, timeout=300, env=script_env(
                                 tmp_path, SKIP_REPRO="1",
@@ -550,11 +556,7 @@ def test_two_clones_never_share_the_default_base_worktree(tmp_path: Path) -> Non
     bases = []
     for name in ("first", "second"):
         repo = tmp_path / name
-        write_result(repo / "sample", {"left": 0.80, "right": 0.78})
-        shutil.copytree(ROOT / "ci", repo / "ci")
-        git(repo, "init", "-q")
-        git(repo, "add", "-A")
-        git(repo, "commit", "-qm", "head")
+        committed_result(repo, "head")
         result = subprocess.run([str(SCRIPT), "report", "HEAD"], cwd=repo, env=env,
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 2, result.stderr  # no base ran there (SKIP_REPRO=1)
@@ -567,11 +569,7 @@ def test_two_clones_never_share_the_default_base_worktree(tmp_path: Path) -> Non
 def test_script_refuses_a_reused_base_worktree_of_another_commit(tmp_path: Path) -> None:
     """SKIP_REPRO=1 must not compare against whatever base an earlier run left there."""
     repo = tmp_path / "repo"
-    write_result(repo / "sample", {"left": 0.80, "right": 0.78})
-    shutil.copytree(ROOT / "ci", repo / "ci")
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "old base")
+    committed_result(repo, "old base")
     worktree = tmp_path / "base"
     git(repo, "worktree", "add", "--detach", "-q", str(worktree), "HEAD")
     git(repo, "commit", "-q", "--allow-empty", "-m", "new base")

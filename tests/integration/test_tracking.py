@@ -380,15 +380,21 @@ with stage_run(params, "train") as run:
 """
 
 
-def test_a_sigkilled_stage_run_is_ended_by_the_next_run_of_that_stage(store: str,
-                                                                      tmp_path: Path) -> None:
+def hold_run(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A process in ``folder`` holding a sample train run open (HOLD_RUN), and that run's id
+    once it is open."""
     held = subprocess.Popen([sys.executable, "-c", HOLD_RUN,
-                             str(ROOT / "sample" / "params.yaml")], cwd=tmp_path)
+                             str(ROOT / "sample" / "params.yaml")], cwd=folder)
     deadline = time.monotonic() + 120
-    while not (tmp_path / "run_id").exists() and time.monotonic() < deadline:
+    while not (folder / "run_id").exists() and time.monotonic() < deadline:
         assert held.poll() is None, "the holding process died before opening its run"
         time.sleep(0.1)
-    held_id = (tmp_path / "run_id").read_text()
+    return held, (folder / "run_id").read_text()
+
+
+def test_a_sigkilled_stage_run_is_ended_by_the_next_run_of_that_stage(store: str,
+                                                                      tmp_path: Path) -> None:
+    held, held_id = hold_run(tmp_path)
     client = mlflow.MlflowClient(store)
     with stage_run(sample_params(), "train"):
         pass
@@ -414,13 +420,7 @@ def test_a_sigkilled_run_of_a_removed_experiment_copy_is_ended_by_the_next_run_a
 
     copy = tmp_path / "exps" / "tmp1234" / "sample"
     copy.mkdir(parents=True)
-    held = subprocess.Popen([sys.executable, "-c", HOLD_RUN,
-                             str(ROOT / "sample" / "params.yaml")], cwd=copy)
-    deadline = time.monotonic() + 120
-    while not (copy / "run_id").exists() and time.monotonic() < deadline:
-        assert held.poll() is None, "the holding process died before opening its run"
-        time.sleep(0.1)
-    held_id = (copy / "run_id").read_text()
+    held, held_id = hold_run(copy)
     held.send_signal(signal.SIGKILL)
     held.wait()
     client = mlflow.MlflowClient(store)
