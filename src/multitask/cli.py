@@ -444,8 +444,22 @@ def main(argv: list[str] | None = None) -> int:
         # whose message names the path.
         if args.verbose:
             raise
-        print(f"multitask {args.command}: error: {redact(str(exc))}", file=sys.stderr)
+        print(f"multitask {args.command}{_stage_folder()}: error: {redact(str(exc))}",
+              file=sys.stderr)
         return command.error_status
+
+
+def _stage_folder() -> str:
+    """`` (in sample/)`` when DVC runs this command in a pipeline folder below its repository's
+    root (``$DVC_ROOT``): the error's ``params.yaml: ...`` is that folder's, not the root's."""
+    root = os.environ.get("DVC_ROOT")
+    if not root:
+        return ""
+    try:
+        folder = Path.cwd().resolve().relative_to(Path(root).resolve())
+    except (OSError, ValueError):  # a cwd outside the repository: nothing to say
+        return ""
+    return "" if folder == Path() else f" (in {folder.as_posix()}/)"
 
 
 if __name__ == "__main__":

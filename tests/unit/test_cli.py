@@ -116,6 +116,27 @@ def test_bad_params_exit_1_with_the_key(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_an_error_in_a_stage_dvc_runs_below_the_root_names_its_folder(tmp_path: Path) -> None:
+    """`dvc repro sample/dvc.yaml` runs the stage in sample/: its "params.yaml: ..." is
+    sample/params.yaml, which the error says, not the root's (which a user would open)."""
+    (tmp_path / "sample").mkdir()
+    sample_pipeline(tmp_path / "sample", train={"epoch": 3})
+    (tmp_path / "sample" / "dvc.yaml").write_text(
+        f"stages:\n  check:\n    cmd: {sys.executable} -m multitask check\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "dvc"), "init", "-q"], cwd=tmp_path, check=True)
+    result = subprocess.run([str(bin_dir / "dvc"), "repro", "sample/dvc.yaml"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert ("multitask check (in sample/): error: params.yaml: train.epoch: unknown key; did "
+            "you mean 'epochs'?") in result.stdout + result.stderr
+    # run by hand in that folder, no DVC: no folder to name
+    by_hand = subprocess.run([sys.executable, "-m", "multitask", "check"],
+                             cwd=tmp_path / "sample", capture_output=True, text=True)
+    assert by_hand.stderr.startswith("multitask check: error: params.yaml: train.epoch")
+
+
 def test_check_suggests_the_word_a_misspelt_pretrained_value_was_meant_to_be(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """'imagenett' is read as a file name (anything not a word is one): the error says which
