@@ -48,6 +48,7 @@ from pathlib import Path
 log = logging.getLogger("tracking_server")
 
 DEFAULT_DIR = Path(".server")
+ADDRESS_FILE = "mlflow.address"  # "HOST PORT" of the server started from a folder
 DATABASE = "mlflow"
 HEALTH_TIMEOUT_S = 180.0  # the first start creates MLflow's tables (alembic migrations)
 STOP_TIMEOUT_S = 30.0
@@ -223,7 +224,7 @@ class TrackingServer:
     @property
     def addressfile(self) -> Path:
         """``HOST PORT`` of the server started from this folder, for ``status`` and ``stop``."""
-        return self.folder / "mlflow.address"
+        return self.folder / ADDRESS_FILE
 
     def _started(self, pid: int) -> None:
         self.pidfile.write_text(str(pid))
@@ -397,7 +398,7 @@ def recorded_address(folder: Path) -> tuple[str, int] | None:
     """``(host, port)`` that the server started from ``folder`` was given, None when none
     was recorded (or the record is unreadable)."""
     try:
-        host, port = (folder / "mlflow.address").read_text().split()
+        host, port = (folder / ADDRESS_FILE).read_text().split()
         return host, int(port)
     except (OSError, ValueError):
         return None
