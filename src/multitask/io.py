@@ -16,11 +16,12 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from multitask.processes import alive
+from multitask.processes import HOST, alive
 
 
 def current_umask() -> int:
@@ -147,6 +148,34 @@ def exclusive_lock(path: str | Path) -> Iterator[None]:
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def recorded_lock(path: str | Path, busy: Callable[[str], Exception], wait_s: float = 0.0,
+                  poll_s: float = 0.05) -> Iterator[None]:
+    """Hold an ``flock`` on ``path`` (created if missing) for the block, and write into the
+    file who holds it (``pid N on HOST``). When another process still holds it after
+    ``wait_s`` seconds, raise ``busy(holder)``: the caller words the error and its remedy.
+    The kernel drops the lock when its holder dies, so a killed holder never blocks anyone."""
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    raise busy(handle.read().strip() or "an unknown process") from None
+                time.sleep(poll_s)
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {HOST}")
+            handle.flush()
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

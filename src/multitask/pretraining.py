@@ -33,6 +33,7 @@ from multitask.models import MultiTaskModel, pretrained
 from multitask.models.pretrained import EncoderWeights
 from multitask.tasks import ROTATION_TASK
 from multitask.training import session
+from multitask.training.checkpoints import sole_run
 from multitask.training.data import ProcessedData
 from multitask.training.trainer import NonFiniteLossError, rotate_batch
 from multitask.weighting import build_weighting
@@ -166,15 +167,20 @@ def pretrain(params: Params, layout: Layout) -> dict[str, Any]:
     models:/<registered_name>@newest`` starts another pipeline from it). Resumes from
     ``models/checkpoints/pretrain.pt`` after an interruption. Returns the record written.
     """
-    encoder = layout.pretrained_encoder
     if params.model.pretrained_kind != SELF_SUPERVISED:
         # DVC removed the folder before running the stage; by hand, an encoder left from an
         # earlier self-supervised run would otherwise make the output differ.
-        encoder.unlink(missing_ok=True)
+        layout.pretrained_encoder.unlink(missing_ok=True)
         layout.pretrain_dir.mkdir(parents=True, exist_ok=True)
         write_json(layout.pretrain_json, NOT_TRAINED)
         log.info("model.pretrained is %s: nothing to pretrain", params.model.pretrained)
         return NOT_TRAINED
+    with sole_run(layout, "pretrain"):
+        return _pretrain(params, layout)
+
+
+def _pretrain(params: Params, layout: Layout) -> dict[str, Any]:
+    encoder = layout.pretrained_encoder
     requested, params = params, pretraining_params(params)
     data = session.load_data(params, layout, splits=(keys.TRAIN, keys.VAL))
     checkpoint = layout.checkpoint("pretrain")

@@ -136,6 +136,18 @@ def run_train(cwd: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True)
 
 
+def train_until_checkpoint(cwd: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start ``multitask train`` in ``cwd``; return it once its first checkpoint exists (or it
+    ended), with the checkpoint's path."""
+    checkpoint = cwd / "models" / "checkpoints" / "train.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "multitask", "train"], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return proc, checkpoint
+
+
 @pytest.mark.slow
 def test_sigkilled_training_resumes_to_the_same_result(stage_dir: Callable[..., Path],
                                                        tmp_path: Path) -> None:
@@ -143,12 +155,7 @@ def test_sigkilled_training_resumes_to_the_same_result(stage_dir: Callable[..., 
     assert run_train(straight).returncode == 0
 
     killed = stage_dir(tmp_path / "killed")
-    checkpoint = killed / "models" / "checkpoints" / "train.pt"
-    proc = subprocess.Popen([sys.executable, "-m", "multitask", "train"], cwd=killed,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    proc, checkpoint = train_until_checkpoint(killed)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     state = torch.load(checkpoint, weights_only=True)
@@ -166,6 +173,56 @@ def test_sigkilled_training_resumes_to_the_same_result(stage_dir: Callable[..., 
     weights_a = torch.load(straight / "models" / "model.pt", weights_only=True)["state_dict"]
     weights_b = torch.load(killed / "models" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_a_second_train_in_one_folder_is_refused_while_the_first_runs(
+        stage_dir: Callable[..., Path], tmp_path: Path) -> None:
+    """Two runs in one folder would resume from and overwrite each other's checkpoint: the
+    second stops at once, naming the first, and the first finishes untouched."""
+    cwd = stage_dir(tmp_path)
+    first, checkpoint = train_until_checkpoint(cwd)
+    first.send_signal(signal.SIGSTOP)  # mid-training, for as long as the second one takes
+    try:
+        assert first.poll() is None, "the first run should still be training"
+        saved = checkpoint.read_bytes()
+        second = run_train(cwd)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert (f"models/checkpoints/train.lock: another multitask train runs in this folder "
+            f"(pid {first.pid} on ") in second.stderr
+    assert checkpoint.read_bytes() == saved, "the refused run touched the checkpoint"
+    assert first.wait(timeout=300) == 0
+    assert json.loads((cwd / "reports" / "train.json").read_text())["epochs"] == 5
+    assert not checkpoint.exists()
+
+
+@pytest.mark.parametrize("stage", ["baselines", "pretrain"])
+def test_the_other_training_stages_refuse_a_second_run_in_one_folder(
+        stage_dir: Callable[..., Path], tmp_path: Path, stage: str) -> None:
+    cwd = stage_dir(tmp_path)
+    params = yaml.safe_load((cwd / "params.yaml").read_text())
+    params["model"]["pretrained"] = "self_supervised"  # else pretrain has nothing to run
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\n"
+         "from multitask.layout import Layout\n"
+         "from multitask.training.checkpoints import sole_run\n"
+         f"with sole_run(Layout(), {stage!r}):\n"
+         "    print('held', flush=True)\n"
+         "    sys.stdin.read()\n"],
+        cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        refused = subprocess.run([sys.executable, "-m", "multitask", stage], cwd=cwd,
+                                 capture_output=True, text=True)
+    finally:
+        holder.communicate("")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert (f"models/checkpoints/{stage}.lock: another multitask {stage} runs in this folder "
+            f"(pid {holder.pid} on ") in refused.stderr
+    assert not (cwd / "reports" / f"{stage}.json").exists()
+    assert not (cwd / "reports" / "baselines_info.json").exists()
 
 
 def test_a_loss_that_blows_up_stops_training(processed: Path) -> None:

@@ -4,17 +4,24 @@ The trainer writes everything needed to continue bit for bit (see
 :class:`~multitask.training.trainer.Trainer`); a checkpoint is discarded only when it is
 provably not one: an unreadable torch archive, one whose records fail their zip CRC-32 (bytes
 changed inside a tensor, which ``torch.load`` does not check), or one missing the trainer's keys.
+A stage's checkpoints are its one run's: :func:`sole_run` refuses a second run of the stage in
+the same pipeline folder while the first still runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from multitask.io import recorded_lock
+from multitask.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +77,27 @@ def tensors_to(state: Any, device: torch.device) -> Any:
     if isinstance(state, list | tuple):
         return type(state)(tensors_to(value, device) for value in state)
     return state
+
+
+@contextlib.contextmanager
+def sole_run(layout: Layout, stage: str, writes: bool = True) -> Iterator[None]:
+    """Run the block as the only ``multitask <stage>`` of the pipeline folder ``layout``.
+
+    Two runs of one stage in one folder would resume from and overwrite each other's
+    checkpoint (``models/checkpoints/<stage>...``) and outputs; the second is refused at once,
+    with the first one's pid. DVC serialises its own stages; this guards runs by hand. A
+    data-parallel run's other ranks (``writes`` False: rank 0 writes for them) take no lock.
+    """
+    if not writes:
+        yield
+        return
+    lock = layout.checkpoints_dir / f"{stage}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+
+    def busy(holder: str) -> RuntimeError:
+        return RuntimeError(
+            f"{lock}: another multitask {stage} runs in this folder ({holder}); two runs would "
+            "share its checkpoint and outputs: wait for it to end or stop it, then rerun")
+
+    with recorded_lock(lock, busy):
+        yield

@@ -31,6 +31,7 @@ from multitask.models.pretrained import EncoderWeights
 from multitask.pretraining import resolve_start
 from multitask.tasks import Task, main_tasks
 from multitask.training import distributed, ensemble, session
+from multitask.training.checkpoints import sole_run
 from multitask.training.data import ProcessedData
 from multitask.training.metrics import delta_m
 from multitask.training.metrics import evaluate as evaluate_split
@@ -107,7 +108,9 @@ def baselines(params: Params, layout: Layout) -> dict[str, dict[str, float]]:
     try:
         with distributed.process_group(select_device(params.train.device,
                                                      params.source)) as group:
-            return _baselines(params, layout, group is None or group.main)
+            writes = group is None or group.main
+            with sole_run(layout, "baselines", writes):
+                return _baselines(params, layout, writes)
     except NonFiniteLossError as error:
         raise error.advising(
             "stopped before saving this epoch. A baseline trains its one task at weight 1 with "
@@ -209,8 +212,9 @@ def train(params: Params, layout: Layout) -> dict[str, float]:
     earlier run of the same inputs was interrupted.
     """
     with distributed.process_group(select_device(params.train.device, params.source)) as group:
-        return _train(params, layout, 1 if group is None else group.world,
-                      writes=group is None or group.main)
+        writes = group is None or group.main
+        with sole_run(layout, "train", writes):
+            return _train(params, layout, 1 if group is None else group.world, writes=writes)
 
 
 def _train(params: Params, layout: Layout, world: int, writes: bool) -> dict[str, float]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import hashlib
 import json
 import logging
@@ -44,7 +43,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from multitask import tracking
 from multitask.config import Params
-from multitask.io import exclusive_lock
+from multitask.io import exclusive_lock, recorded_lock
 from multitask.layout import Layout
 from multitask.processes import HOST, alive, this_process
 
@@ -285,30 +284,14 @@ class StudyStorage:
     def _file_lock(self) -> Iterator[None]:
         """An exclusive lock on ``<journal>.claim``, which also records who holds it."""
         claim = Path(f"{self.location}.claim")  # Optuna's own journal lock is another file
-        with open(claim, "a+") as handle:
-            deadline = time.monotonic() + self.lock_timeout_s
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        handle.seek(0)
-                        who = handle.read().strip() or "an unknown process"
-                        raise TimeoutError(
-                            f"{claim}: the claim lock is held by {who} for over "
-                            f"{self.lock_timeout_s:g} s; stop that process, then rerun "
-                            "multitask tune") from None
-                    time.sleep(LOCK_POLL_S)
-            try:
-                handle.seek(0)
-                handle.truncate()
-                pid, _ = this_process()
-                handle.write(f"pid {pid} on {HOST}")
-                handle.flush()
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+
+        def busy(who: str) -> TimeoutError:
+            return TimeoutError(f"{claim}: the claim lock is held by {who} for over "
+                                f"{self.lock_timeout_s:g} s; stop that process, then rerun "
+                                "multitask tune")
+
+        with recorded_lock(claim, busy, wait_s=self.lock_timeout_s, poll_s=LOCK_POLL_S):
+            yield
 
 # ------------------------------------------------------------------------- liveness of trials
 def _owner() -> dict[str, Any]:
