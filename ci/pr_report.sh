@@ -14,6 +14,10 @@
 #       tests, its own pipeline, or a comparison that could not be made): the gate was not
 #       evaluated for it. Posted like a report, so the comment an earlier push left does not
 #       go on showing that push's verdict and numbers as if they were this one's.
+#   ci/pr_report.sh pending
+#       The report of a push whose job has just started: the gate is pending. Posted as the
+#       comment before the job runs, so a job cancelled or timed out (which writes no report)
+#       leaves a comment that says so, not an earlier push's verdict.
 #   ci/pr_report.sh comment REPORT_MD
 #       Create the pull request's report comment, or update the one posted before (found by
 #       the marker on its first line and its author), with `gh api`. Needs GH_TOKEN,
@@ -21,7 +25,8 @@
 #
 # Environment for `report`: BASE_WORKTREE (default $RUNNER_TEMP or $TMPDIR
 # /multitask-base-<cksum of this checkout's path>: one per checkout, as a run replaces
-# a folder there that is not its base, so two clones must never share it),
+# a folder there that is not its base, so two clones must never share it; a second report
+# while one runs for the same checkout or worktree stops at once, naming the first's pid),
 # VENV_BIN (default .venv/bin, where dvc and multitask live), SKIP_REPRO=1 to reuse results
 # already in both folders (a base worktree checked out at another commit is refused). Both
 # pipelines run with `dvc repro --pull`: a stage whose outputs the DVC remote holds (pushed by
@@ -87,21 +92,34 @@ name_commits() {  # $1: markdown file, $2: the base's SHA
         "$1" > "$1.tmp" && mv "$1.tmp" "$1"
 }
 
+# Hold lock file $1 on descriptor $2 until the script exits, or stop naming its holder: two
+# reports at once would check out, run and compare in the same folders ($3 says which). The
+# kernel drops the lock when its holder dies. Without flock(1) (util-linux; macOS lacks it)
+# nothing is held.
+hold() {
+    command -v flock > /dev/null || return 0
+    eval "exec $2>>\"\$1\""
+    flock -n "$2" || die "another ci/pr_report.sh report runs for $3 ($(cat "$1" 2>/dev/null \
+        || echo "lock $1")); wait for it to end or stop it, then rerun"
+    printf 'pid %s on %s\n' "$$" "$(uname -n)" > "$1"
+}
+
 report() {
     local base_rev="${1:?usage: ci/pr_report.sh report BASE_REV}"
     VENV_BIN="${VENV_BIN:-$ROOT/.venv/bin}"
     [ -x "$VENV_BIN/dvc" ] && [ -x "$VENV_BIN/multitask" ] \
         || die "$VENV_BIN has no dvc or multitask; run make setup (or set VENV_BIN)"
-    local out_dir="${REPORT_DIR:-reports/ci}"
     local checkout_id
     checkout_id="$(printf '%s' "$ROOT" | cksum | cut -d ' ' -f 1)"  # POSIX, also on macOS
     local worktree="${BASE_WORKTREE:-${RUNNER_TEMP:-${TMPDIR:-/tmp}}/multitask-base-$checkout_id}"
     local base_sha
     base_sha="$(git rev-parse --verify --quiet "${base_rev}^{commit}")" \
         || die "$base_rev: no such commit here (on GitHub, check out with fetch-depth: 2)"
-    mkdir -p "$out_dir"
-    local md="$out_dir/ci_report.md"
-    rm -f "$md" "${md%.md}.png"
+    hold "$(git rev-parse --absolute-git-dir)/multitask-pr-report.lock" 8 "this checkout"
+    mkdir -p "$(dirname "$worktree")"
+    hold "$worktree.lock" 9 "the base worktree $worktree"
+    local md
+    md="$(fresh_report)"
 
     if [ "${SKIP_REPRO:-0}" != 1 ]; then
         if [ "$(git -C "$worktree" rev-parse HEAD 2>/dev/null)" != "$base_sha" ] \
@@ -118,15 +136,9 @@ report() {
         (cd "$worktree" && "$VENV_BIN/dvc" cache dir --local "$ROOT/.dvc/cache")
         echo "ci/pr_report.sh: sample pipeline of the base, ${base_sha:0:12}" >&2
         if ! repro_sample "$worktree"; then
-            {
-                echo "$MARKER"
-                echo "## Sample pipeline: this pull request vs its base"
-                echo
-                echo "**Gate: not evaluated.** The sample pipeline of the base (${base_sha:0:12})"
-                echo "failed, so there is nothing to compare with; see the job log."
-            } > "$md"
-            name_commits "$md" "$base_sha"
-            publish "$md"
+            notice "$md" "$base_sha" \
+                "**Gate: not evaluated.** The sample pipeline of the base (${base_sha:0:12})" \
+                "failed, so there is nothing to compare with; see the job log."
             [ -z "${GITHUB_OUTPUT:-}" ] || echo "gate=skipped" >> "$GITHUB_OUTPUT"
             echo "::warning title=ci-report::base ${base_sha:0:12}: sample pipeline failed; gate skipped"
             return 0
@@ -171,23 +183,45 @@ annotate_failures() {
          listing && /^#/ { exit }' "$1"
 }
 
-not_run() {
-    local out_dir="${REPORT_DIR:-reports/ci}"
-    local md="$out_dir/ci_report.md"
-    mkdir -p "$out_dir"
-    rm -f "$md" "${md%.md}.png"
+# A report that compares nothing ($1, written whole): the marker, the heading, the paragraph
+# of the arguments after $2 (one line each) and the commits it is about ($2: the base's SHA;
+# empty: HEAD^1 of a merge), published like a report.
+notice() {
+    local md="$1" base_sha="$2"
+    shift 2
     {
         echo "$MARKER"
         echo "## Sample pipeline: this pull request vs its base"
         echo
-        echo "**Gate: not evaluated.** This push's job failed before the per-task report was"
-        echo "made (in setup, lint, the tests, the sample pipeline or the comparison), so no"
-        echo "task was compared; see the job log. Earlier pushes' results no longer apply."
+        printf '%s\n' "$@"
     } > "$md"
-    name_commits "$md" ""
+    name_commits "$md" "$base_sha"
     publish "$md"
+}
+
+# The report file of $REPORT_DIR, with an earlier run's report and plots removed.
+fresh_report() {
+    local out_dir="${REPORT_DIR:-reports/ci}"
+    mkdir -p "$out_dir"
+    rm -f "$out_dir/ci_report.md" "$out_dir/ci_report.png"
+    echo "$out_dir/ci_report.md"
+}
+
+not_run() {
+    notice "$(fresh_report)" "" \
+        "**Gate: not evaluated.** This push's job failed before the per-task report was" \
+        "made (in setup, lint, the tests, the sample pipeline or the comparison), so no" \
+        "task was compared; see the job log. Earlier pushes' results no longer apply."
     [ -z "${GITHUB_OUTPUT:-}" ] || echo "gate=not-run" >> "$GITHUB_OUTPUT"
     echo "::warning title=ci-report::the job failed before the report; gate not evaluated"
+}
+
+pending() {
+    notice "$(fresh_report)" "" \
+        "**Gate: pending.** CI is running for this push; its report replaces this comment" \
+        "when the job ends. If the workflow run has ended and this is still here, the job" \
+        "was cancelled or ran out of time before the report: the gate was not evaluated" \
+        "for this push, and earlier pushes' results no longer apply."
 }
 
 comment() {
@@ -239,6 +273,7 @@ PY
 case "${1:-}" in
     report) shift; report "$@" ;;
     not-run) shift; not_run "$@" ;;
+    pending) shift; pending "$@" ;;
     comment) shift; comment "$@" ;;
-    *) die "usage: ci/pr_report.sh report BASE_REV | not-run | comment REPORT_MD" ;;
+    *) die "usage: ci/pr_report.sh report BASE_REV | not-run | pending | comment REPORT_MD" ;;
 esac

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -496,10 +497,16 @@ def test_script_tells_a_failed_comparison_from_a_failed_gate(tmp_path: Path) -> 
     assert not (tmp_path / "output").exists()  # no gate=passed/failed for the comment job
 
 
-def test_script_not_run_replaces_the_report_of_an_earlier_push(tmp_path: Path) -> None:
-    """A push whose job failed before the report: the comment must stop showing the earlier
-    push's verdict, so `not-run` writes a report (marker first) saying the gate was not
-    evaluated, and the gate output the comment job waits for."""
+@pytest.mark.parametrize(("command", "verdict", "output"), [
+    ("not-run", "**Gate: not evaluated.** This push's job failed", "gate=not-run\n"),
+    ("pending", "**Gate: pending.** CI is running for this push", None),
+])
+def test_script_notes_replace_the_report_of_an_earlier_push(
+        tmp_path: Path, command: str, verdict: str, output: str | None) -> None:
+    """The comment must stop showing an earlier push's verdict: `pending` (posted before the
+    job runs, for a job cancelled or timed out) and `not-run` (a job that failed before the
+    report) write a report, marker first, about this push; `not-run` also gives the gate
+    output the comment job waits for."""
     repo = tmp_path / "repo"
     (repo / "reports" / "ci").mkdir(parents=True)
     stale = repo / "reports" / "ci" / "ci_report.md"
@@ -507,18 +514,21 @@ def test_script_not_run_replaces_the_report_of_an_earlier_push(tmp_path: Path) -
     (repo / "reports" / "ci" / "ci_report.png").write_bytes(b"an earlier push's plots")
     git(repo, "init", "-q")
     git(repo, "commit", "-q", "--allow-empty", "-m", "head")
-    result = subprocess.run([str(SCRIPT), "not-run"], cwd=repo, capture_output=True, text=True,
+    result = subprocess.run([str(SCRIPT), command], cwd=repo, capture_output=True, text=True,
                             env=script_env(tmp_path, GITHUB_RUN_ID="78",
                                            GITHUB_REPOSITORY="team/multitask"), timeout=60)
     assert result.returncode == 0, result.stderr
     report = stale.read_text()
     assert report.startswith(ci_report.MARKER + "\n")
-    assert "**Gate: not evaluated.**" in report and "passed" not in report
+    assert verdict in report and "passed" not in report
     assert f"Head `{git(repo, 'rev-parse', 'HEAD')[:12]}`." in report  # the push it is about
     assert "https://github.com/team/multitask/actions/runs/78)\n" in report  # no plots named
     assert not (repo / "reports" / "ci" / "ci_report.png").exists()
     assert (tmp_path / "summary.md").read_text() == report
-    assert (tmp_path / "output").read_text() == "gate=not-run\n"
+    if output is None:
+        assert not (tmp_path / "output").exists()
+    else:
+        assert (tmp_path / "output").read_text() == output
 
 
 def committed_result(repo: Path, message: str) -> None:
@@ -564,6 +574,56 @@ def test_two_clones_never_share_the_default_base_worktree(tmp_path: Path) -> Non
         bases.append(re.search(r"SKIP_REPRO=1: (\S+) holds no base pipeline", result.stderr)[1])
     assert all(Path(base).parent == tmp_path / "tmp" for base in bases), bases
     assert bases[0] != bases[1]
+
+
+BLOCKING_DVC = """#!/bin/sh
+# stands in for dvc: says it started, then waits until the test lets it go
+echo started >> "$RELEASE.log"
+while [ ! -e "$RELEASE" ]; do sleep 0.05; done
+exit 1
+"""
+
+
+def test_a_second_report_while_one_runs_stops_naming_the_first(tmp_path: Path) -> None:
+    """Two reports at once would check out, run and compare in one worktree and one
+    checkout: the second stops at once, naming the first's pid, whether it comes from the
+    same clone or from another clone given the same BASE_WORKTREE."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "dvc").write_text(BLOCKING_DVC)
+    (fake_bin / "dvc").chmod(0o755)
+    (fake_bin / "multitask").symlink_to(VENV_BIN / "multitask")
+    release = tmp_path / "release"
+    repo, other = tmp_path / "repo", tmp_path / "other"
+    committed_result(repo, "head")
+    committed_result(other, "head")
+    env = script_env(tmp_path, VENV_BIN=str(fake_bin), RELEASE=str(release),
+                     BASE_WORKTREE=str(tmp_path / "base"))
+    first = subprocess.Popen([str(SCRIPT), "report", "HEAD"], cwd=repo, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not Path(f"{release}.log").exists() and first.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first report should be running its base"
+        holder = f"(pid {first.pid} on {os.uname().nodename})"
+        for clone, what in ((repo, "this checkout"),
+                            (other, f"the base worktree {tmp_path / 'base'}")):
+            second = subprocess.run([str(clone / "ci" / "pr_report.sh"), "report", "HEAD"],
+                                    cwd=clone, env=env, capture_output=True, text=True,
+                                    timeout=60)
+            assert second.returncode == 2, second.stderr
+            assert (f"ci/pr_report.sh: another ci/pr_report.sh report runs for {what} "
+                    f"{holder}; wait for it to end or stop it, then rerun") in second.stderr
+        assert Path(f"{release}.log").read_text() == "started\n", "a second one ran dvc"
+    finally:
+        release.touch()
+        first.communicate(timeout=60)
+    assert first.returncode != 0  # its stand-in dvc failed: nothing more is asserted of it
+    again = subprocess.run([str(SCRIPT), "report", "HEAD"], cwd=repo, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert "another ci/pr_report.sh report runs" not in again.stderr, "the lock outlived it"
 
 
 def test_script_refuses_a_reused_base_worktree_of_another_commit(tmp_path: Path) -> None:
