@@ -120,7 +120,7 @@ def test_least_privilege_and_no_persisted_credentials(path: Path) -> None:
     assert workflow["permissions"] == {"contents": "read"}
     for name, job in workflow["jobs"].items():
         writes = {k for k, v in job.get("permissions", {}).items() if v == "write"}
-        assert writes <= ({"pull-requests"} if name == "comment" else set()), name
+        assert writes <= ({"pull-requests"} if name in ("pending", "comment") else set()), name
     checkouts = [s for s in steps(workflow) if s.get("uses", "").startswith("actions/checkout@")]
     assert checkouts and all(s["with"]["persist-credentials"] is False for s in checkouts)
 
@@ -165,6 +165,21 @@ def test_a_push_that_fails_before_the_report_still_updates_the_comment() -> None
         "${{ steps.report.outputs.gate || steps.not_run.outputs.gate }}")
     keep = next(s for s in job["steps"] if s.get("with", {}).get("name") == "ci-report")
     assert "steps.not_run.outputs.gate != ''" in keep["if"]
+
+
+def test_the_comment_says_pending_before_the_tests_and_the_report_replaces_it() -> None:
+    """A test job cancelled or timed out writes no report (no failure() step runs): the
+    comment an earlier push left would go on showing its verdict, unless this push's pending
+    note replaced it first, and the report posted after the note replaces it in turn."""
+    jobs = load(WORKFLOWS[0])["jobs"]
+    pending = jobs["pending"]
+    assert [s["run"] for s in pending["steps"] if "run" in s] == [
+        "ci/pr_report.sh pending && ci/pr_report.sh comment reports/ci/ci_report.md"]
+    assert pending["if"] == jobs["comment"]["if"].replace(
+        "!cancelled() && ", "").replace(" && needs.test.outputs.gate != ''", "")
+    checkout = pending["steps"][0]["with"]
+    assert checkout["fetch-depth"] == 2 and checkout["sparse-checkout"] == "ci"
+    assert "needs" not in pending and "pending" in jobs["comment"]["needs"]
 
 
 def test_a_rerun_job_replaces_its_artifacts() -> None:
