@@ -181,3 +181,22 @@ def test_the_class_balance_check_states_the_smallest_count_it_judges() -> None:
     section = " ".join((ROOT / "README.md").read_text().split())
     assert (f"a class its share predicts fewer than {MIN_EXPECTED} times in the split is too "
             "rare to judge and passes") in section
+
+
+def _github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation but hyphens dropped, spaces
+    to hyphens (``Δm%`` keeps ``δm``: letters of any script stay)."""
+    text = re.sub(r"[`*_]|\]\([^)]*\)|[\[\]]", "", heading).strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def test_every_link_within_the_readme_lands_on_a_heading_or_anchor() -> None:
+    """A section renamed, or a link written before its target, leaves a link that scrolls
+    nowhere; GitHub says nothing about it."""
+    text = re.sub(r"```.*?```", "", (ROOT / "README.md").read_text(), flags=re.S)
+    targets = {_github_anchor(line.lstrip("#")) for line in text.splitlines()
+               if re.match(r"#{1,6} ", line)}
+    targets |= set(re.findall(r'<a id="([^"]+)"', text))
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert links, "the README links within itself"
+    assert sorted(links - targets) == []
