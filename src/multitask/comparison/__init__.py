@@ -126,6 +126,10 @@ def _run(dvc: Dvc, pipeline: Pipeline, spec: Spec, to_queue: list[tuple[Row, int
         log.warning("%d DVC queue workers from an earlier start are still alive: any of our "
                     "experiments they take runs with their environment, not MULTITASK_THREADS=%s",
                     before.active + before.idle, dvc.env[THREADS_ENV])
+    if to_queue:
+        log.info("queueing %d experiments: DVC stashes and restores the workspace's uncommitted "
+                 "changes for each, so leave its files alone until 'running' shows (an edit "
+                 "made meanwhile can be lost)", len(to_queue))
     queue_all(dvc, pipeline, [(name, spec.overrides(row, seed)) for row, seed, name in to_queue],
               pending)
     names = {name for *_, name in to_queue} | set(pending)

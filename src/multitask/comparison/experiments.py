@@ -1,7 +1,8 @@
 """The comparison's experiments through DVC: queued, run side by side, read back.
 
 Each (row, seed) is queued with `dvc exp run <pipeline> --queue --name <name> -S ...`, which
-stashes the workspace and runs it in a copy: the workspace itself is never edited. `dvc queue
+stashes the workspace and runs it in a copy: the workspace keeps its files, but an edit made
+while DVC has them stashed (about 1.5 s per experiment queued) can be lost. `dvc queue
 start --jobs N` then starts N workers; they are spawned by that command and inherit its
 environment, which is how ``$MULTITASK_THREADS`` reaches each stage. A worker still alive
 from an earlier `dvc queue start` keeps its own and takes any task queued meanwhile, so idle
