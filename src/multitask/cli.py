@@ -172,7 +172,8 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
                         "comparison.json's measurements that still stand)")
     parser.add_argument("--rev", metavar="COMMIT",
                         help="with --collect-only: read back the experiments derived from "
-                        "COMMIT (default: HEAD; a comparison records its commit in "
+                        "COMMIT, or from a commit before it with the same pipeline inputs "
+                        "(default: HEAD; a comparison records its commit in "
                         "comparison.json)")
     parser.add_argument("--against", action="append", default=[], metavar="COMPARISON",
                         help="also take each row's Δm%% against the single-task baselines of "
@@ -329,7 +330,8 @@ COMMANDS: dict[str, Command] = {
         "Run every row (each --vary value or their combinations, each --row; --set for all) "
         "once per seed as a DVC experiment NAME-<row>-s<seed>, queued in a copy of the "
         "workspace (left as it is) and run --jobs at a time; experiments already run with "
-        "the same params are read back, not rerun, and so are those the comparison's "
+        "the same params are read back, not rerun (those queued on HEAD, or on an earlier "
+        "commit with the same pipeline inputs), and so are those the comparison's "
         "comparison.json recorded on an earlier commit when git shows none of the "
         "pipeline's inputs (dvc.yaml, params, stage dependencies, requirements.lock) "
         "changed since, uncommitted edits included (a fresh clone has no experiment "

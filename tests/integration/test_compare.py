@@ -256,3 +256,48 @@ def test_a_later_commit_reads_back_the_comparison_through_rev(compared: Compared
     finally:
         compared.repo.run("git", "reset", "-q", "--soft", "HEAD~1")
         compared.repo.run("git", "checkout", "HEAD", "--", "sample/params.yaml")
+
+
+def test_a_rerun_after_a_commit_of_other_files_reads_back_the_experiments(
+        compared: Compared) -> None:
+    """A comparison stopped before it wrote comparison.json, then a commit that changes no
+    input of the pipeline (notes, the README): the rerun reads back the experiments queued on
+    the earlier commit instead of running them all again, and runs only those DVC no longer
+    has (an earlier test removes some), each seed naming the commit it was measured on."""
+    client = compared.repo.client()
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs = len(client.search_runs([experiment]))
+    first = compared.result()
+    names = {name for row in first["rows"] for name in row["experiments"]}
+    refs = compared.repo.run("git", "for-each-ref", "--format=%(refname)", "refs/exps")
+    kept = names & {ref.rsplit("/", 1)[1] for ref in refs.stdout.split()}
+    assert kept, "no experiment of the comparison left to read back"
+    summary_file = compared.folder / "comparison.json"
+    aside = summary_file.with_name("aside.json")
+    summary_file.rename(aside)  # as if stopped before writing it
+    notes = compared.repo.root / "NOTES.md"
+    notes.write_text("results to come\n")
+    compared.repo.run("git", "add", "NOTES.md")
+    compared.repo.run("git", "commit", "-q", "-m", "notes")
+    try:
+        later = compared.repo.run("git", "rev-parse", "HEAD").stdout.strip()
+        again = compared.repo.run(*COMMAND, timeout=900)
+        assert (f"read back experiments of earlier commit(s) {first['commit'][:7]}, whose "
+                f"pipeline inputs are those of {later[:7]}") in again.stderr
+        gone = names - kept
+        assert (f"queueing {len(gone)} experiments" if gone
+                else "already ran: reading them back") in again.stderr
+        # and, where some ran again, a new parent: the old one holds the runs they replace
+        assert len(client.search_runs([experiment])) == runs + len(gone) + bool(gone)
+        result = compared.result()
+        assert result["commit"] == later
+        for row, before in zip(result["rows"], first["rows"], strict=True):
+            assert row["commits"] == [first["commit"] if name in kept else later
+                                      for name in row["experiments"]], row["label"]
+            same = {key: value for key, value in row.items() if key not in ("commits", "run_ids")}
+            assert same == {key: value for key, value in before.items()
+                            if key not in ("commits", "run_ids")}
+    finally:
+        compared.repo.run("git", "reset", "-q", "HEAD~1")
+        notes.unlink()
+        aside.replace(summary_file)

@@ -368,6 +368,7 @@ def test_experiments_are_read_from_exp_show_json() -> None:
                         Pipeline(Path("."), Path("sample/dvc.yaml")))
     assert [(e.name, e.state) for e in found] == [("a", "success"), ("b", "failed"),
                                                   ("c", "queued"), ("d", "success")]
+    assert {e.baseline for e in found} == {"abc"}  # the commit each was queued on
     assert found[0].metrics == {"delta_m_pct": 1.0} and found[0].params == {"train": {}}
     assert found[0].baselines == {"tasks": {}} and found[1].metrics is None
 
@@ -440,16 +441,35 @@ def test_no_worker_is_started_when_the_work_left_needs_no_more() -> None:
 
 def test_a_running_task_without_a_worker_is_named_with_the_fix() -> None:
     watched = {"aaaaaaa": "cmp-s0", "bbbbbbb": "cmp-s1", "ccccccc": "cmp-s2"}
-    # s1's worker was killed (kill -9): DVC shows s1 Running for good, with no worker alive
+    # s1's worker was killed (kill -9): DVC shows s1 Running for good, with no worker alive;
+    # s2 waits in the queue, so workers are started again for it first
     orphaned = [_status(["Success", "Running", "Queued"], active=0)] * STALLED_POLLS
-    dvc = _Queue(orphaned)
+    taken = [_status(["Success", "Running", "Running"], active=1)] * (STALLED_POLLS + 1)
+    left = [_status(["Success", "Running", "Success"], active=0)] * STALLED_POLLS
+    dvc = _Queue([*orphaned, *taken, *left])
     with pytest.raises(RuntimeError) as raised:
         wait(dvc, watched, jobs=2, poll_s=0.0)
     assert str(raised.value) == (
         "experiment cmp-s1 (task bbbbbbb) is marked Running in DVC's queue but no queue worker "
         "runs it (its worker was killed?); mark it failed with `dvc queue kill bbbbbbb` and "
         "rerun the same command: it queues cmp-s1 again and keeps the finished experiments")
-    assert dvc.starts == [(STALLED_POLLS, "2")]  # raised instead of starting idle workers
+    assert dvc.polls == []  # raised once nothing of ours waited, not one poll earlier
+    restarted = len(taken) + len(left)  # polls left when the workers were started again
+    assert dvc.starts == [(len(orphaned) + restarted, "2"), (restarted, "2")]
+
+
+def test_a_task_marked_running_after_its_worker_left_does_not_stop_the_rest() -> None:
+    """DVC can mark a task Success well after its worker exits: the worker that left with
+    tasks still queued is started again, and the late task is waited for."""
+    watched = {"aaaaaaa": "cmp-s0", "bbbbbbb": "cmp-s1", "ccccccc": "cmp-s2"}
+    late = [_status(["Running", "Queued", "Queued"], active=0)] * (STALLED_POLLS + 1)
+    rest = [_status(["Success", "Running", "Queued"], active=1),
+            _status(["Success", "Success", "Running"], active=1),
+            _status(["Success", "Success", "Success"], active=0)]
+    dvc = _Queue([*late, *rest])
+    wait(dvc, watched, jobs=1, poll_s=0.0)
+    assert dvc.polls == []
+    assert dvc.starts == [(len(late) + len(rest), "1"), (len(rest) + 1, "1")]
 
 
 def test_a_task_missing_from_one_status_is_waited_for_and_gone_after_the_grace() -> None:

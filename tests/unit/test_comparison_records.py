@@ -14,6 +14,7 @@ import pytest
 from multitask.comparison.experiments import Experiment, Pipeline
 from multitask.comparison.records import (
     changed_between,
+    commits_alike,
     measures_commit,
     pipeline_inputs,
     recorded,
@@ -238,7 +239,7 @@ def _experiment(repo: Path, name: str, changes: dict[str, str]) -> Experiment:
         (repo / path).write_text(text)
     rev = _commit(repo, name)
     _git(repo, "reset", "-q", "--hard", head)
-    return Experiment(name, rev, "success", None, None, None)
+    return Experiment(name, rev, "success", head, None, None, None)
 
 
 def test_an_experiment_that_ran_uncommitted_code_is_refused_by_name(repo: Path) -> None:
@@ -274,3 +275,21 @@ def test_a_rev_is_resolved_to_its_full_hash(repo: Path) -> None:
     assert resolve_commit(repo, "HEAD~1") == first
     assert resolve_commit(repo, later[:7]) == later
     assert resolve_commit(repo, "deadbeef") is None
+
+
+def test_commits_alike_run_back_to_the_last_change_of_an_input(repo: Path) -> None:
+    """A comparison reads back the experiments queued on earlier commits that run what its
+    own would: the commits after the last change to an input, and that one."""
+    (repo / "src" / "pkg" / "train.py").write_text("EPOCHS = 3\n")
+    changed = _commit(repo, "an input")
+    (repo / "README.md").write_text("# repo\n\nresults\n")
+    docs = _commit(repo, "docs")
+    (repo / "src" / "pkg" / "other.py").write_text("VALUE = 2\n")
+    other = _commit(repo, "code no stage reads")
+    inputs = pipeline_inputs(Pipeline(repo, Path("dvc.yaml")))
+    assert commits_alike(repo, other, inputs) == [other, docs, changed]
+    assert commits_alike(repo, docs, inputs) == [docs, changed]
+    assert commits_alike(repo, other, inputs, limit=2) == [other, docs]
+    (repo / "params.yaml").write_text("train:\n  seed: 0\n  epochs: 3\n")
+    params = _commit(repo, "params")
+    assert commits_alike(repo, params, inputs) == [params]

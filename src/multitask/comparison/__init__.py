@@ -8,9 +8,11 @@ exactly only at the same count). The single-task baselines run with every seed t
 (``train.seed`` is one of their params); rows that share a seed and the regularisation
 share them through DVC's run cache (the first experiment trains them, later ones restore
 them), and each experiment's Δm% is against its own seed's baselines. Experiments already
-there with the same params are read back, not run again, and so are those the comparison's
-comparison.json recorded on an earlier commit whose pipeline inputs git shows unchanged
-(:mod:`.records`: a fresh clone has no experiments). A comparison measures one commit:
+there with the same params are read back, not run again: those queued on the commit checked
+out or on an earlier one whose pipeline inputs git shows unchanged (a commit to the README
+while a comparison runs does not make its rerun start over), and those the comparison's
+comparison.json recorded on such a commit (:mod:`.records`: a fresh clone has no
+experiments). A comparison measures one commit:
 nothing is queued while an input of the pipeline has uncommitted changes, and an experiment
 that ran such changes is refused by name. The summary
 (:mod:`.report`) goes to ``reports/comparisons/<name>/`` of the pipeline folder, and to one
@@ -31,6 +33,8 @@ from tqdm.auto import tqdm
 
 from multitask.comparison.experiments import (
     PENDING_STATES,
+    QUEUED,
+    RUNNING,
     SUCCESS_STATE,
     Dvc,
     Experiment,
@@ -44,6 +48,7 @@ from multitask.comparison.experiments import (
 )
 from multitask.comparison.recording import parent_run, record, write
 from multitask.comparison.records import (
+    commits_alike,
     measures_commit,
     pipeline_inputs,
     recorded,
@@ -134,24 +139,41 @@ def _run(dvc: Dvc, pipeline: Pipeline, spec: Spec, to_queue: list[tuple[Row, int
               pending)
     names = {name for *_, name in to_queue} | set(pending)
     watched = {task: name for task, (name, state) in queue_status(dvc).tasks.items()
-               if name in names and (task not in before.tasks or state in ("Queued", "Running"))}
+               if name in names and (task not in before.tasks or state in (QUEUED, RUNNING))}
     log.info("running %d experiments (%d already queued) with %d workers, %s threads each",
              len(to_queue), len(pending), min(jobs, len(watched)), dvc.env[THREADS_ENV])
     with tqdm(total=len(watched), desc=f"compare {spec.name}", unit="experiment") as bar:
         wait(dvc, watched, jobs, on_done=lambda done: bar.update(done - bar.n))
 
 
-def _collect(dvc: Dvc, pipeline: Pipeline, spec: Spec, rev: str,
+def _latest(found: list[Experiment]) -> dict[str, Experiment]:
+    """The finished experiments by name, the newest commit's where a name ran on several
+    (:func:`.experiments.experiments` lists the newest commit first)."""
+    latest: dict[str, Experiment] = {}
+    for experiment in found:
+        if _finished(experiment):
+            latest.setdefault(experiment.name, experiment)
+    return latest
+
+
+def _collect(dvc: Dvc, pipeline: Pipeline, spec: Spec, rev: str, alike: list[str],
              earlier: dict[str, Measured]) -> dict[str, list[Measured]]:
-    """Each row's measurements, seed by seed: from the experiments of ``rev``, else from
-    ``earlier`` (read from comparison.json)."""
-    present = {e.name: e for e in experiments(dvc, pipeline, rev) if _finished(e)}
+    """Each row's measurements, seed by seed: from the experiments of ``rev`` or of the
+    commits ``alike`` it (:func:`.records.commits_alike`), else from ``earlier`` (read from
+    comparison.json)."""
+    present = _latest([e for e in experiments(dvc, pipeline, rev, len(alike))
+                       if e.baseline in alike])
     missing = [name for *_, name in spec.experiments()
                if name not in present and name not in earlier]
     if missing:
         raise RuntimeError(f"no results for experiment {', '.join(missing)} in `dvc exp show "
-                           f"--rev {rev[:7]}` (not run yet, or run on another commit: --rev "
-                           "names it); run `multitask compare` without --collect-only")
+                           f"--rev {rev[:7]} --num {len(alike)}` (not run yet, or run on a "
+                           "commit whose pipeline inputs differ: --rev names it); run "
+                           "`multitask compare` without --collect-only")
+    from_earlier = sorted({e.baseline[:7] for e in present.values() if e.baseline != rev})
+    if from_earlier:
+        log.info("read back experiments of earlier commit(s) %s, whose pipeline inputs are "
+                 "those of %s", ", ".join(from_earlier), rev[:7])
     measured: dict[str, list[Measured]] = {row.label: [] for row in spec.rows}
     for row, seed, name in spec.experiments():
         if name not in present:
@@ -160,8 +182,8 @@ def _collect(dvc: Dvc, pipeline: Pipeline, spec: Spec, rev: str,
         found = present[name]
         record = train_record(dvc, pipeline, found)
         measured[row.label].append(Measured(seed, name, record.get("run_id"),
-                                            found.metrics or {}, found.baselines or {}, rev,
-                                            threads_of(record)))
+                                            found.metrics or {}, found.baselines or {},
+                                            found.baseline, threads_of(record)))
     return measured
 
 
@@ -175,7 +197,8 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
     against, seed by seed (:func:`.references.add_references`).
 
     The experiments are those derived from the commit checked out when the command starts
-    (or ``rev``, with ``collect_only``): a commit made while they run does not hide them."""
+    (or ``rev``, with ``collect_only``), or from the first-parent commits before it with the
+    same pipeline inputs: a commit made while they run does not hide them."""
     if jobs < 1:
         raise ValueError(f"--jobs {jobs}: run at least one experiment at a time")
     if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
@@ -204,9 +227,10 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
     if base is None:
         raise ValueError(f"--rev {rev}: not a commit of {pipeline.root}; give a commit hash, "
                          "branch or tag, e.g. the commit a comparison.json records")
-    present = experiments(dvc, pipeline, base)
-    names = {name for *_, name in spec.experiments()}
     inputs = pipeline_inputs(pipeline)
+    alike = commits_alike(pipeline.root, base, inputs)
+    present = [e for e in experiments(dvc, pipeline, base, len(alike)) if e.baseline in alike]
+    names = {name for *_, name in spec.experiments()}
     measures_commit(pipeline, base, [e for e in present if e.name in names and _finished(e)],
                     inputs, queueing=not collect_only)
     done = {e.name for e in present if _finished(e)}
@@ -222,7 +246,7 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
     else:
         log.info("all %d experiments already ran: reading them back", len(spec.experiments()))
     try:
-        measured = _collect(dvc, pipeline, spec, base, earlier)
+        measured = _collect(dvc, pipeline, spec, base, alike, earlier)
     except RuntimeError as error:
         summary_file = pipeline.layout.comparison_json(spec.name)
         written = read_json(summary_file).get("commit") if summary_file.is_file() else None

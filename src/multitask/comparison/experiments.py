@@ -40,7 +40,7 @@ IDLE_WORKER_EXIT_S = 40.0
 STALLED_POLLS = 2  # a worker takes a few seconds to register after `dvc queue start`
 LOG_TAIL_LINES = 40
 _TASK = re.compile(r"[0-9a-f]{7}")
-DONE, FAILED, RUNNING = ("Success", "Failed"), "Failed", "Running"
+DONE, FAILED, RUNNING, QUEUED = ("Success", "Failed"), "Failed", "Running", "Queued"
 # `dvc exp show --json` executor states
 SUCCESS_STATE, PENDING_STATES = "success", ("queued", "running")
 
@@ -77,6 +77,7 @@ class Experiment:
     name: str
     rev: str
     state: str  # success | failed | queued | running
+    baseline: str  # the commit it derives from (it was queued on)
     params: dict[str, Any] | None  # the pipeline's params file
     metrics: dict[str, Any] | None  # reports/metrics.json
     baselines: dict[str, Any] | None  # reports/baselines.json
@@ -160,7 +161,7 @@ def queue_all(dvc: Dvc, pipeline: Pipeline, planned: list[tuple[str, list[tuple[
         names = {name for name, _ in planned} | set(pending)
         states = _states_after_ctrl_c(dvc)
         waiting = sorted(name for name, state in (states or {}).values()
-                         if name in names and state == "Queued")
+                         if name in names and state == QUEUED)
         if states is None:
             log.warning("interrupted while queueing; `dvc queue status` lists what this "
                         "comparison left in DVC's queue (`dvc queue remove <name>` removes one)")
@@ -212,15 +213,17 @@ def wait(dvc: Dvc, watched: dict[str, str], jobs: int,
 
     Workers can leave early: one can exit while tasks still wait (after a fast or a failed
     experiment, say), and a killed one is gone. Whenever fewer workers live than the work left
-    could use (at most ``jobs``) for :data:`STALLED_POLLS` polls in a row, `dvc queue start
-    --jobs` starts the missing ones again (it starts only the worker numbers that are not
-    alive).
+    could use (the busy ones and one per task waiting, at most ``jobs``) for
+    :data:`STALLED_POLLS` polls in a row, `dvc queue start --jobs` starts the missing ones
+    again (it starts only the worker numbers that are not alive).
 
     A killed worker also leaves its task marked Running for good: no worker takes it again and
     DVC never marks it failed. A running task always has an active worker, so a task of ours
     that is Running while no worker is active for :data:`STALLED_POLLS` polls in a row (not
     one: a worker takes a few seconds to register) raises, naming the `dvc queue kill` that
-    marks it failed so that the next run queues it again. Ctrl-C warns which go on."""
+    marks it failed so that the next run queues it again; but only once none of ours waits
+    in the queue: until then the workers started again run those (and DVC sometimes marks a
+    task Success only well after its worker has left). Ctrl-C warns which go on."""
     try:
         _wait(dvc, watched, jobs, on_done, poll_s)
     except KeyboardInterrupt:
@@ -267,14 +270,17 @@ def _wait(dvc: Dvc, watched: dict[str, str], jobs: int, on_done: Callable[[int],
         if len(finished) == len(watched):
             break
         running = {task: name for task, name in watched.items() if states[task][1] == RUNNING}
+        queued = sum(states[task][1] == QUEUED for task in watched)
         orphaned = orphaned + 1 if running and not status.active else 0
-        if orphaned == STALLED_POLLS:
+        if orphaned >= STALLED_POLLS and not queued:
             raise RuntimeError(_orphaned(running))
-        wanted = min(jobs, len(watched) - len(finished))
+        # the busy workers and one per waiting task (a task left Running by a worker gone
+        # needs none: no worker takes it)
+        wanted = min(jobs, status.active + queued)
         short = short + 1 if status.active + status.idle < wanted else 0
         if short == STALLED_POLLS:
             log.warning("%d DVC queue workers alive and %d experiments wait: starting up to %d",
-                        status.active + status.idle, len(watched) - len(finished), jobs)
+                        status.active + status.idle, queued, jobs)
             dvc("queue", "start", "--jobs", str(jobs))
             short = 0
         time.sleep(poll_s)
@@ -285,7 +291,7 @@ def _wait(dvc: Dvc, watched: dict[str, str], jobs: int, on_done: Callable[[int],
 
 def _interrupted(watched: dict[str, str], states: dict[str, tuple[str, str]]) -> str:
     """Ctrl-C's warning: by the queue's ``states``, ours still running and not started."""
-    left = {name: states.get(task, ("", "Queued"))[1] for task, name in watched.items()}
+    left = {name: states.get(task, ("", QUEUED))[1] for task, name in watched.items()}
     running = sorted(name for name, state in left.items() if state == RUNNING)
     waiting = sorted(name for name, state in left.items() if state not in (*DONE, RUNNING))
     stop = [*([f"`dvc queue kill {' '.join(running)}` (running)"] if running else []),
@@ -319,27 +325,32 @@ def _data(node: dict[str, Any], path: str) -> dict[str, Any] | None:
     return data.get("data") if isinstance(data.get("data"), dict) else None
 
 
-def _walk(shown: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], str | None]]:
+def _walk(shown: list[dict[str, Any]]
+          ) -> Iterator[tuple[dict[str, Any], str | None, str]]:
     for commit in shown:
         for group in commit.get("experiments") or []:
             state = (group.get("executor") or {}).get("state")
             for rev in group.get("revs") or []:
-                yield rev, state
+                yield rev, state, commit.get("rev") or ""
 
 
-def experiments(dvc: Dvc, pipeline: Pipeline, rev: str | None = None) -> list[Experiment]:
-    """Every experiment derived from commit ``rev`` (default: HEAD) in `dvc exp show --json`,
-    with the pipeline's params and metrics."""
-    shown = json.loads(dvc("exp", "show", "--json", *(("--rev", rev) if rev else ())).stdout)
+def experiments(dvc: Dvc, pipeline: Pipeline, rev: str | None = None, num: int = 1
+                ) -> list[Experiment]:
+    """Every experiment derived from commit ``rev`` (default: HEAD) or, with ``num`` above
+    one, from any of the ``num`` first-parent commits that end there, in `dvc exp show
+    --json` (``rev``'s first, then each commit's parent's), with the pipeline's params and
+    metrics."""
+    shown = json.loads(dvc("exp", "show", "--json", *(("--rev", rev) if rev else ()),
+                           *(("--num", str(num)) if num > 1 else ())).stdout)
     metrics_file, baselines_file = (pipeline.path(Layout().metrics_json),
                                     pipeline.path(Layout().baselines_json))
     found = []
-    for rev, state in _walk(shown):
+    for rev, state, baseline in _walk(shown):
         data = rev.get("data") or {}
         metrics = _data(data.get("metrics"), metrics_file)
         if state is None:  # not from a queue: it ran, and either wrote its metrics or failed
             state = SUCCESS_STATE if rev.get("error") is None and metrics else "failed"
-        found.append(Experiment(rev.get("name") or "", rev["rev"], state,
+        found.append(Experiment(rev.get("name") or "", rev["rev"], state, baseline,
                                 _data(data.get("params"), pipeline.params_file.as_posix()),
                                 metrics, _data(data.get("metrics"), baselines_file)))
     return found
