@@ -745,6 +745,30 @@ def test_sigint_to_the_tune_process_alone_stops_its_workers_at_once(processed: P
     assert "RUNNING" not in states and states.count("FAIL") <= 2, states
 
 
+@pytest.mark.parametrize("moment", ["as the trial is made", "as the claim returns"])
+def test_ctrl_c_as_a_trial_is_claimed_fails_that_trial(processed: Path, workdir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        moment: str) -> None:
+    """A SIGINT that lands while a worker claims its next trial (in Optuna's ask, or as the
+    claim lock is let go) fails that trial, as it fails one it interrupts in training. It was
+    left RUNNING for good (kill -INT of a two-worker tune on a loaded machine)."""
+    params = write_params(workdir, processed, n_trials=4, epochs=1)
+    owner, function = ((optuna.Study, "ask") if moment == "as the trial is made"
+                       else (tuning.trials, "claim_trial"))
+    real = getattr(owner, function)
+
+    def then_ctrl_c(*args: Any, **kwargs: Any) -> Any:
+        made = real(*args, **kwargs)
+        if made is not None:
+            os.kill(os.getpid(), signal.SIGINT)  # Python raises it before this returns
+        return made
+
+    monkeypatch.setattr(owner, function, then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_tune(params, workers=1)
+    assert [t.state.name for t in stored_trials(str(workdir / JOURNAL))] == ["FAIL"]
+
+
 def descendants(pid: int) -> list[int]:
     """The processes below ``pid``, children first (Linux /proc)."""
     found = children(pid)

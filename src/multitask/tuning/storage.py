@@ -30,10 +30,11 @@ import copy
 import hashlib
 import json
 import logging
+import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from multitask import tracking
 from multitask.config import Params
 from multitask.io import exclusive_lock, recorded_lock
 from multitask.layout import Layout
-from multitask.processes import HOST, alive, this_process
+from multitask.processes import HOST, alive, signals_deferred, this_process
 
 log = logging.getLogger(__name__)
 
@@ -382,26 +383,33 @@ def count_states(study: optuna.Study) -> dict[str, int]:
 
 
 def claim_trial(study: optuna.Study, storage: StudyStorage, n_trials: int,
-                tracking_enabled: bool) -> Trial | None:
+                tracking_enabled: bool, on_claim: Callable[[Trial], None] = lambda trial: None
+                ) -> Trial | None:
     """A new trial if finished plus running trials number fewer than ``n_trials``, else None.
 
     A queued retry of a lost trial is handed out first. Its first heartbeat is recorded before
-    the lock is released, so that no other worker can see it RUNNING without one.
+    the lock is released, so that no other worker can see it RUNNING without one. The trial
+    goes to ``on_claim`` as soon as it is made: a Ctrl-C or SIGTERM is held back from the
+    trial's making to that hand-over (not while the lock is awaited), so a worker that a
+    signal stops always knows the trial it has to fail (one that landed as the claim
+    returned left it RUNNING for good).
     """
     with storage.claim_lock(study.study_name):
         fail_stale_trials(study, storage, tracking_enabled)
         counts = count_states(study)
         if counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"] >= n_trials:
             return None
-        with warnings.catch_warnings():  # we run the heartbeat that Study.optimize would
-            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
-            trial = study.ask()
-        try:
-            if storage.is_url and storage.heartbeat_interval_s is not None:
-                storage.optuna.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
-            trial.set_user_attr("owner", _owner())
-        except BaseException:  # Ctrl-C, SIGTERM too: not left RUNNING with no owner
-            with contextlib.suppress(Exception):
-                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            raise
+        with signals_deferred(signal.SIGINT, signal.SIGTERM):
+            with warnings.catch_warnings():  # we run the heartbeat that Study.optimize would
+                warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
+                trial = study.ask()
+            try:
+                if storage.is_url and storage.heartbeat_interval_s is not None:
+                    storage.optuna.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+                trial.set_user_attr("owner", _owner())
+            except BaseException:  # not left RUNNING with no owner
+                with contextlib.suppress(Exception):
+                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                raise
+            on_claim(trial)
         return trial

@@ -196,10 +196,11 @@ def run_worker(setup: Setup, storage: StudyStorage, n_trials: int, worker: int,
                  if setup.single and setup.params.tune.objective == "delta_m" else None)
     objective = Objective(setup, baselines, parent_run_id)
     ran, waiting = 0, False
-    trial: Trial | None = None
-    with _epoch_logs_at_debug(), _failing_on_the_way_out(study, lambda: trial):
+    current: dict[str, Trial] = {}  # the trial this worker runs, from the moment it is made
+    with _epoch_logs_at_debug(), _failing_on_the_way_out(study, lambda: current.get("trial")):
         while True:
-            trial = claim_trial(study, storage, n_trials, setup.params.tracking.enabled)
+            trial = claim_trial(study, storage, n_trials, setup.params.tracking.enabled,
+                                on_claim=lambda made: current.update(trial=made))
             if trial is None:
                 counts = count_states(study)
                 if finished_count(counts) >= n_trials:
