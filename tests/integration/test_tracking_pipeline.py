@@ -135,16 +135,19 @@ def copy_sample_repo(root: Path, env: dict[str, str] | None = None) -> SampleRep
     return repo
 
 
-def run_queue(repo: SampleRepo, names: list[str], jobs: int = 1) -> None:
-    """Run the queued experiments ``names`` with ``jobs`` workers; fail with the logs of any
-    experiment that failed."""
-    repo.run("dvc", "queue", "start", "--jobs", str(jobs))
+def run_queue(repo: SampleRepo, names: list[str], jobs: int = 1,
+              env: dict[str, str] | None = None) -> None:
+    """Run the queued experiments ``names`` with ``jobs`` workers (``env`` added to theirs);
+    fail with the logs of any experiment that failed."""
+    repo.run("dvc", "queue", "start", "--jobs", str(jobs), env=env)
     deadline = time.monotonic() + 300
     while True:
         status = repo.run("dvc", "queue", "status").stdout
         if not any(word in status for word in ("Queued", "Running")):
             break
-        assert time.monotonic() < deadline, f"dvc queue still busy:\n{status}"
+        assert time.monotonic() < deadline, f"dvc queue still busy:\n{status}\n" + "\n".join(
+            f"{log.name}: ...{log.read_text(errors='replace')[-2000:]}"
+            for log in sorted((repo.root / ".dvc" / "tmp" / "exps" / "celery").glob("*.out")))
         time.sleep(2)
     repo.run("dvc", "queue", "stop", check=False)
     assert "Failed" not in status, "\n".join(

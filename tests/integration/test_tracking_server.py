@@ -43,6 +43,7 @@ from test_tracking_pipeline import (
 
 from multitask.layout import Layout
 from multitask.tracking import fetch_checked_model
+from multitask.training.trainer import BARRIER_ENV
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,13 +128,15 @@ def served(server: Server, tmp_path_factory: pytest.TempPathFactory) -> SampleRe
 
 
 @pytest.fixture(scope="module")
-def queued(served: SampleRepo) -> dict[str, str]:
-    """Two experiments queued with different params and run by two workers at once;
-    experiment name -> MLflow run id."""
+def queued(served: SampleRepo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Two experiments queued with different params and run by two workers at once (each
+    train stage waits after its first epoch for the other: on a loaded machine one finished
+    training before the other started); experiment name -> MLflow run id."""
     for name, fraction in QUEUED.items():
         served.run("dvc", "exp", "run", "sample/dvc.yaml", "--queue", "--name", name,
                    "-S", f"{FRACTION}={fraction}")
-    run_queue(served, list(QUEUED), jobs=2)
+    barrier = tmp_path_factory.mktemp("barrier")
+    run_queue(served, list(QUEUED), jobs=2, env={BARRIER_ENV: f"{barrier}:{len(QUEUED)}"})
     return {name: run_of(served, name) for name in QUEUED}
 
 

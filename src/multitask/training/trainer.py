@@ -50,8 +50,22 @@ from multitask.weighting import StepContext, WeightingMethod
 
 log = logging.getLogger(__name__)
 FAIL_AFTER_EPOCH_ENV = "MULTITASK_FAIL_AFTER_EPOCH"  # tests only: raise after this epoch
+# tests only: "<folder>:<n>": after its first epoch each run waits (up to BARRIER_WAIT_S) until
+# n runs have reached that point, so that runs meant to log at the same time surely do
+BARRIER_ENV, BARRIER_WAIT_S = "MULTITASK_EPOCH_BARRIER", 120.0
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def _meet(barrier: str) -> None:
+    """Test hook (:data:`BARRIER_ENV`): mark this process as arrived in the barrier's folder
+    and wait for the others."""
+    folder, count = barrier.rsplit(":", 1)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / str(os.getpid())).touch()
+    deadline = time.monotonic() + BARRIER_WAIT_S
+    while len(list(Path(folder).iterdir())) < int(count) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -392,6 +406,8 @@ class Trainer:
                 if keys.parse_task_metric(k) is not None))
             if self.on_epoch is not None and self.main:
                 self.on_epoch(epoch + 1, record)
+            if epoch == 0 and (barrier := os.environ.get(BARRIER_ENV)):
+                _meet(barrier)
             if os.environ.get(FAIL_AFTER_EPOCH_ENV) == str(epoch + 1):
                 # Test hook: a crash mid-training must leave the MLflow run FAILED.
                 raise RuntimeError(f"{FAIL_AFTER_EPOCH_ENV}={epoch + 1}: injected failure")
