@@ -170,7 +170,8 @@ def _collect(dvc: Dvc, pipeline: Pipeline, spec: Spec, rev: str, alike: list[str
                            f"--rev {rev[:7]} --num {len(alike)}` (not run yet, or run on a "
                            "commit whose pipeline inputs differ: --rev names it); run "
                            "`multitask compare` without --collect-only")
-    from_earlier = sorted({e.baseline[:7] for e in present.values() if e.baseline != rev})
+    from_earlier = sorted({present[name].baseline[:7] for *_, name in spec.experiments()
+                           if name in present and present[name].baseline != rev})
     if from_earlier:
         log.info("read back experiments of earlier commit(s) %s, whose pipeline inputs are "
                  "those of %s", ", ".join(from_earlier), rev[:7])
