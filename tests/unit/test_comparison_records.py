@@ -141,7 +141,13 @@ def test_a_record_is_read_back_exactly_while_only_other_files_change(repo: Path)
         {"train": 2, "baselines": 2}, {"train": 2, "baselines": 2}, {"train": 2, "baselines": 1}]
     # the caption says which measurements come from an earlier commit
     caption = markdown(again | {"commit": later}).splitlines()[0]
-    assert f"`equal` seed 0 at `{measured_on[:7]}`" in caption
+    assert (f"(measured on another commit with the same pipeline inputs: `pcgrad`, `equal` "
+            f"(every seed) at `{measured_on[:7]}`)") in caption
+    # rows read back in part are named with their seeds
+    partly = again | {"commit": later, "rows": [
+        row | {"commits": [measured_on, later, measured_on]} for row in again["rows"]]}
+    assert (f"`pcgrad`, `equal` (seeds 0, 2) at `{measured_on[:7]}`)"
+            in markdown(partly).splitlines()[0])
 
 
 def test_only_the_wanted_experiments_are_read(repo: Path) -> None:

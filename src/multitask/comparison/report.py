@@ -170,16 +170,26 @@ def task_metrics(result: dict[str, Any]) -> dict[str, str]:
 
 
 def _read_back(result: dict[str, Any]) -> str:
-    """The caption's note on measurements of another commit (read from comparison.json,
-    :mod:`.records`): `` (`row` seed 0 measured at commit `abc1234`, ...)``, else empty."""
-    earlier = [f"`{row['label']}` seed {seed} at `{commit[:7]}`" for row in result["rows"]
-               for seed, commit in zip(row.get("seeds") or [], row.get("commits") or [],
-                                       strict=False)
-               if commit and commit != result.get("commit")]
-    if not earlier:
+    """The caption's note on measurements of another commit (read back from its experiments or
+    its comparison.json, :mod:`.records`), rows grouped by commit and seeds:
+    `` (... inputs: `equal`, `pcgrad` (every seed) at `abc1234`; `dwa` (seed 0) at ...)``,
+    else empty."""
+    groups: dict[tuple[str, str], list[str]] = {}  # (commit, seeds) -> row labels
+    for row in result["rows"]:
+        seeds = row.get("seeds") or []
+        by_commit: dict[str, list[int]] = {}
+        for seed, commit in zip(seeds, row.get("commits") or [], strict=False):
+            if commit and commit != result.get("commit"):
+                by_commit.setdefault(commit, []).append(seed)
+        for commit, earlier in by_commit.items():
+            which = ("every seed" if earlier == seeds else
+                     f"seed{'s' * (len(earlier) > 1)} {', '.join(map(str, earlier))}")
+            groups.setdefault((commit, which), []).append(f"`{row['label']}`")
+    if not groups:
         return ""
-    return (" (measured on another commit with the same pipeline inputs: "
-            + ", ".join(earlier) + ")")
+    return (" (measured on another commit with the same pipeline inputs: " + "; ".join(
+        f"{', '.join(labels)} ({which}) at `{commit[:7]}`"
+        for (commit, which), labels in groups.items()) + ")")
 
 
 def _threads(counts: dict[str, int | None] | None) -> str:
