@@ -94,12 +94,16 @@ name_commits() {  # $1: markdown file, $2: the base's SHA
 
 # Hold lock file $1 on descriptor $2 until the script exits, or stop naming its holder: two
 # reports at once would check out, run and compare in the same folders ($3 says which). The
-# kernel drops the lock when its holder dies. Without flock(1) (util-linux; macOS lacks it)
-# nothing is held.
+# lock is flock(2) on the open file, which the script's descriptor keeps after python3 took
+# it (flock(1) of util-linux does the same, but macOS lacks it); the kernel drops it when its
+# holder dies.
 hold() {
-    command -v flock > /dev/null || return 0
+    command -v python3 > /dev/null \
+        || die "python3 not found: it takes the lock that keeps two reports apart"
     eval "exec $2>>\"\$1\""
-    flock -n "$2" || die "another ci/pr_report.sh report runs for $3 ($(cat "$1" 2>/dev/null \
+    python3 -c 'import fcntl, sys; fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | fcntl.LOCK_NB)' \
+        "$2" 2> /dev/null \
+        || die "another ci/pr_report.sh report runs for $3 ($(cat "$1" 2>/dev/null \
         || echo "lock $1")); wait for it to end or stop it, then rerun"
     printf 'pid %s on %s\n' "$$" "$(uname -n)" > "$1"
 }
