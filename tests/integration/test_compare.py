@@ -48,11 +48,17 @@ def _snapshot(root: Path) -> dict[str, bytes]:
     return {name: (root / name).read_bytes() for name in WATCHED}
 
 
-def committed(repo: SampleRepo, experiment: str, path: str) -> str:
-    """``path`` as DVC experiment ``experiment`` committed it (found by its git ref, not by
+def experiment_refs(repo: SampleRepo) -> list[tuple[str, str]]:
+    """The DVC experiments the repository holds, (name, git ref) (read from git, not by
     `dvc exp show`, which the command itself reads)."""
     refs = repo.run("git", "for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
-    (ref,) = [r for r in refs if r.endswith(f"/{experiment}")]
+    return [(ref.rsplit("/", 1)[1], ref) for ref in refs]
+
+
+def committed(repo: SampleRepo, experiment: str, path: str) -> str:
+    """``path`` as DVC experiment ``experiment`` committed it (the one experiment of that
+    name)."""
+    (ref,) = [ref for name, ref in experiment_refs(repo) if name == experiment]
     return repo.run("git", "show", f"{ref}:{path}").stdout
 
 
@@ -269,8 +275,7 @@ def test_a_rerun_after_a_commit_of_other_files_reads_back_the_experiments(
     runs = len(client.search_runs([experiment]))
     first = compared.result()
     names = {name for row in first["rows"] for name in row["experiments"]}
-    refs = compared.repo.run("git", "for-each-ref", "--format=%(refname)", "refs/exps")
-    kept = names & {ref.rsplit("/", 1)[1] for ref in refs.stdout.split()}
+    kept = names & {name for name, _ in experiment_refs(compared.repo)}
     assert kept, "no experiment of the comparison left to read back"
     summary_file = compared.folder / "comparison.json"
     aside = summary_file.with_name("aside.json")

@@ -156,13 +156,19 @@ def _latest(found: list[Experiment]) -> dict[str, Experiment]:
     return latest
 
 
+def _alike(dvc: Dvc, pipeline: Pipeline, rev: str, alike: list[str]) -> list[Experiment]:
+    """The experiments derived from ``rev`` or from the commits ``alike`` it
+    (:func:`.records.commits_alike`: the first-parent commits before it with the same
+    pipeline inputs), in one `dvc exp show --rev REV --num N`."""
+    return [e for e in experiments(dvc, pipeline, rev, len(alike)) if e.baseline in alike]
+
+
 def _collect(dvc: Dvc, pipeline: Pipeline, spec: Spec, rev: str, alike: list[str],
-             earlier: dict[str, Measured]) -> dict[str, list[Measured]]:
-    """Each row's measurements, seed by seed: from the experiments of ``rev`` or of the
-    commits ``alike`` it (:func:`.records.commits_alike`), else from ``earlier`` (read from
-    comparison.json)."""
-    present = _latest([e for e in experiments(dvc, pipeline, rev, len(alike))
-                       if e.baseline in alike])
+             found: list[Experiment], earlier: dict[str, Measured]
+             ) -> dict[str, list[Measured]]:
+    """Each row's measurements, seed by seed: from the experiments ``found`` (:func:`_alike`
+    ``rev``), else from ``earlier`` (read from comparison.json)."""
+    present = _latest(found)
     missing = [name for *_, name in spec.experiments()
                if name not in present and name not in earlier]
     if missing:
@@ -230,7 +236,7 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
                          "branch or tag, e.g. the commit a comparison.json records")
     inputs = pipeline_inputs(pipeline)
     alike = commits_alike(pipeline.root, base, inputs)
-    present = [e for e in experiments(dvc, pipeline, base, len(alike)) if e.baseline in alike]
+    present = _alike(dvc, pipeline, base, alike)
     names = {name for *_, name in spec.experiments()}
     measures_commit(pipeline, base, [e for e in present if e.name in names and _finished(e)],
                     inputs, queueing=not collect_only)
@@ -244,10 +250,11 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
     elif to_queue or pending:
         parent_run(spec.name, first)  # before the experiments, which may share a new store
         _run(dvc, pipeline, spec, to_queue, pending, jobs)
+        present = _alike(dvc, pipeline, base, alike)  # with those that ran meanwhile
     else:
         log.info("all %d experiments already ran: reading them back", len(spec.experiments()))
     try:
-        measured = _collect(dvc, pipeline, spec, base, alike, earlier)
+        measured = _collect(dvc, pipeline, spec, base, alike, present, earlier)
     except RuntimeError as error:
         summary_file = pipeline.layout.comparison_json(spec.name)
         written = read_json(summary_file).get("commit") if summary_file.is_file() else None
