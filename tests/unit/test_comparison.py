@@ -22,6 +22,7 @@ from multitask.comparison.experiments import (
     Pipeline,
     copy_sources_first,
     experiments,
+    idle_workers_gone,
     queue_all,
     queue_status,
     run_to_files,
@@ -400,15 +401,18 @@ def test_a_command_whose_children_outlive_it_returns_with_its_output(tmp_path: P
 
 class _Queue(Dvc):
     """A Dvc whose `queue status` answers come from a script, one per poll; records each
-    `queue start`."""
+    `queue start` and `queue stop` (with the number of polls left)."""
 
     def __init__(self, polls: list[str]) -> None:
         super().__init__(Path("."))
-        self.polls, self.starts = polls, []
+        self.polls, self.starts, self.stops = polls, [], []
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         if args[:2] == ("queue", "start"):
             self.starts.append((len(self.polls), args[-1]))
+            return subprocess.CompletedProcess(args, 0, "", "")
+        if args[:2] == ("queue", "stop"):
+            self.stops.append(len(self.polls))
             return subprocess.CompletedProcess(args, 0, "", "")
         return subprocess.CompletedProcess(args, 0, self.polls.pop(0), "")
 
@@ -418,6 +422,19 @@ def _status(states: list[str], active: int, idle: int = 0) -> str:
     rows = "".join(f"{task}  cmp-s{i}  09:39 AM  {state}\n"
                    for i, (task, state) in enumerate(zip(tasks, states, strict=True)))
     return f"Task  Name  Created  Status\n{rows}\nWorker status: {active} active, {idle} idle\n"
+
+
+def test_idle_workers_of_an_earlier_start_are_stopped_once_and_waited_for() -> None:
+    """A worker left idle by an earlier start would take the next task with its own
+    environment: once none is busy, `dvc queue stop` asks them to leave (once), and the call
+    returns when they are gone."""
+    lingering = [_status(["Success"] * 3, active=0, idle=2)] * 3
+    dvc = _Queue([*lingering, _status(["Success"] * 3, active=0, idle=0)])
+    status = idle_workers_gone(dvc)
+    assert (status.active, status.idle) == (0, 0) and dvc.polls == []
+    assert dvc.stops == [len(lingering)]  # right after the first poll, not again
+    busy = _Queue([_status(["Running", "Success", "Success"], active=1, idle=1)])
+    assert (idle_workers_gone(busy).idle, busy.stops) == (1, [])  # its task runs on
 
 
 def test_a_worker_that_left_early_is_started_again_while_work_waits() -> None:

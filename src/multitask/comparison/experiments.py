@@ -6,7 +6,7 @@ while DVC has them stashed (about 1.5 s per experiment queued) can be lost. `dvc
 start --jobs N` then starts N workers; they are spawned by that command and inherit its
 environment, which is how ``$MULTITASK_THREADS`` reaches each stage. A worker still alive
 from an earlier `dvc queue start` keeps its own and takes any task queued meanwhile, so idle
-ones are waited out first (:func:`idle_workers_gone`). Results come back from
+ones are stopped first (:func:`idle_workers_gone`). Results come back from
 `dvc exp show --json` (the metrics of ``reports/metrics.json`` and ``reports/baselines.json``)
 and `git show <experiment>:reports/train.json` (its MLflow run id and thread counts).
 
@@ -194,12 +194,19 @@ def queue_status(dvc: Dvc) -> QueueStatus:
 
 
 def idle_workers_gone(dvc: Dvc, timeout_s: float = IDLE_WORKER_EXIT_S) -> QueueStatus:
-    """Wait for idle queue workers to exit (they do after ten seconds without work): a worker
-    takes any task queued while it lives and runs it with the environment it started with,
-    not the one given to the next `dvc queue start`. Busy workers are not waited for."""
+    """Stop idle queue workers and wait for them to exit: a worker takes any task queued while
+    it lives and runs it with the environment it started with, not the one given to the next
+    `dvc queue start`. An idle worker leaves by itself about ten seconds after its last task,
+    but on a loaded machine one was seen still alive minutes later, so `dvc queue stop` (which
+    lets a worker finish its running task first) asks them to leave once, when none is busy.
+    Busy workers are neither stopped nor waited for."""
     status = queue_status(dvc)
     deadline = time.monotonic() + timeout_s
+    stopped = False
     while status.idle and not status.active and time.monotonic() < deadline:
+        if not stopped:
+            dvc("queue", "stop")
+            stopped = True
         time.sleep(1.0)
         status = queue_status(dvc)
     return status
