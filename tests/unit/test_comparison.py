@@ -30,7 +30,13 @@ from multitask.comparison.experiments import (
 )
 from multitask.comparison.plot import plot
 from multitask.comparison.references import add_references
-from multitask.comparison.report import Measured, markdown, summary, threads_of
+from multitask.comparison.report import (
+    Measured,
+    markdown,
+    paired_to_best,
+    summary,
+    threads_of,
+)
 from multitask.comparison.rows import (
     Row,
     Spec,
@@ -39,7 +45,7 @@ from multitask.comparison.rows import (
     parse_assignments,
     row_params,
 )
-from multitask.comparison.statistics import rank, summarise
+from multitask.comparison.statistics import paired, rank, summarise
 from multitask.config import ConfigError
 from multitask.device import available_cpus, limit_threads
 
@@ -204,11 +210,33 @@ def test_the_table_shows_mean_std_interval_ties_and_baselines() -> None:
     # Δm% 2.1883 ± 0.4431 over two seeds: half-width t(0.975, 1) · s / √2 = 12.706 · 0.4431 /
     # 1.4142 = 3.981
     assert rows[0] == ("| 1 | `pcgrad` | `train.weighting=pcgrad` | 0.8250 ± 0.0212 | "
-                       "0.8100 ± 0.0141 | 0.8175 ± 0.0035 | +2.19 [-1.79, +6.17] | best |")
-    # equal's Δm% (-0.63, -0.61) lies inside that interval
-    assert rows[1].startswith("| 2 | `equal` |") and rows[1].endswith("| tied |")
+                       "0.8100 ± 0.0141 | 0.8175 ± 0.0035 | +2.19 [-1.79, +6.17] | best | — |")
+    # equal's Δm% (-0.63, -0.61) lies inside that interval; minus pcgrad's seed by seed
+    # (-2.50, -3.11): mean -2.81, s = 0.4323, half-width 12.706 · 0.4323 / 1.4142 = 3.884
+    assert rows[1].startswith("| 2 | `equal` |")
+    assert rows[1].endswith("| tied | -2.81 [-6.69, +1.08] |")
     assert rows[2] == ("| | single-task baselines | | 0.8100 ± 0.0141 | 0.7900 ± 0.0141 | "
-                       "0.8000 ± 0.0000 | 0 (reference) | |")
+                       "0.8000 ± 0.0000 | 0 (reference) | | |")
+
+
+def test_the_paired_difference_to_the_best_separates_rows_the_overlap_calls_tied() -> None:
+    """A seed that suits every row (seed 2 here) widens each row's interval alike; seed by
+    seed the row is below the best every time, and the paired interval says so."""
+    def row(per_seed: list[float], seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+        return {"seeds": list(seeds), "delta_m_pct": summarise(per_seed, interval=True).as_dict()}
+
+    best, other = row([1.0, 3.0, 5.0]), row([0.5, 2.4, 4.6])
+    elsewhere = row([0.5, 2.4, 4.6], seeds=(3, 4, 5))
+    assert rank({"best": summarise([1.0, 3.0, 5.0], interval=True),
+                 "other": summarise([0.5, 2.4, 4.6], interval=True)})[1] == ("other", True)
+    differences = paired_to_best([best, other, elsewhere])
+    assert differences[0] is None and differences[2] is None  # itself; not on the same seeds
+    # d = (-0.5, -0.6, -0.4): mean -0.5, s = 0.1, half-width t(0.975, 2) · 0.1 / √3 = 0.2484
+    assert differences[1]["per_seed"] == pytest.approx([-0.5, -0.6, -0.4])
+    assert differences[1]["mean"] == pytest.approx(-0.5)
+    assert differences[1]["ci_high"] == pytest.approx(-0.5 + 4.302653 * 0.1 / math.sqrt(3))
+    with pytest.raises(ValueError, match="3 values against 2: the two rows must be measured"):
+        paired([1.0, 2.0, 3.0], [1.0, 2.0])
 
 
 def _with_threads(result: dict, counts: dict[tuple[str, int], dict | None]) -> dict:
@@ -228,8 +256,7 @@ def test_a_train_record_gives_the_thread_counts_of_the_run_and_its_baselines() -
 
 def test_the_caption_names_the_thread_count_and_every_measurement_off_it() -> None:
     same = markdown(_with_threads(_result(), {})).splitlines()[0]
-    assert same.endswith("the interval overlaps the best row's. Every experiment ran on 2 CPU "
-                         "threads.")
+    assert same.endswith("on these seeds). Every experiment ran on 2 CPU threads.")
     # a seed's baselines restored from DVC's run cache, trained at another thread count, and
     # one experiment run with --jobs 2 (one thread each)
     mixed = markdown(_with_threads(_result(), {
@@ -281,11 +308,11 @@ def test_rows_are_also_measured_against_another_comparisons_baselines_seed_by_se
                              "`lr` (commit `e613b87`), seed by seed, a reference that stays put "
                              "while the rows change.")
     table = [line for line in lines if line.startswith("|")]
-    assert table[0].endswith("| Δm% [95% interval] | | Δm% vs `lr` |")
-    assert table[1] == "|---|---|---|---|---|---|---|---|---|"
-    assert table[2].endswith("| best | +0.31 [-3.61, +4.23] |")
-    assert table[3].endswith("| tied | -2.44 [-9.96, +5.08] |")
-    assert table[4].endswith("| 0 (reference) | | |")  # the baselines have no such cell
+    assert table[0].endswith("| Δm% [95% interval] | | paired − best | Δm% vs `lr` |")
+    assert table[1] == "|---|---|---|---|---|---|---|---|---|---|"
+    assert table[2].endswith("| best | — | +0.31 [-3.61, +4.23] |")
+    assert table[3].endswith("| -2.81 [-6.69, +1.08] | -2.44 [-9.96, +5.08] |")
+    assert table[4].endswith("| 0 (reference) | | | |")  # the baselines have no such cell
 
 
 def test_a_reference_counts_lower_is_better_metrics_the_other_way() -> None:

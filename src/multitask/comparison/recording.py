@@ -52,6 +52,9 @@ def record(result: dict[str, Any], parent: str, files: list[Path]) -> str:
         metrics |= _interval_metrics(f"{label}/{keys.DELTA_M}", row[keys.DELTA_M])
         if row.get(keys.MEAN_ACCURACY):  # absent without a classification task
             metrics[f"{label}/{keys.MEAN_ACCURACY}/mean"] = row[keys.MEAN_ACCURACY]["mean"]
+        if row.get("paired_to_best"):
+            metrics |= _interval_metrics(f"{label}/{keys.DELTA_M}_minus_best",
+                                         row["paired_to_best"])
         for other, reference in (row.get("against") or {}).items():
             metrics |= _interval_metrics(f"{label}/{keys.DELTA_M}_vs_{other}", reference)
         for task, summary_ in row[keys.TASKS].items():

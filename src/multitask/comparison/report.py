@@ -5,7 +5,8 @@ Per row: each task's primary test metric (accuracy; MAE for a regression task, n
 summary's ``metrics``) and the mean accuracy (over the classification tasks; absent without
 any) as mean ± sample standard deviation over seeds, Δm% (each seed's against that seed's
 single-task baselines, as ``reports/metrics.json`` holds it) with its 95% interval, the rank by
-mean Δm% and whether the row is tied with the best (:mod:`.statistics`); the per-seed values,
+mean Δm%, whether the row is tied with the best and its Δm% minus the best row's, paired seed
+by seed (:mod:`.statistics`); the per-seed values,
 experiment names, MLflow run ids, commits and CPU thread counts beside them; the baselines' own
 mean ± std over seeds.
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 from multitask import keys
 from multitask.comparison.rows import Row, Spec
-from multitask.comparison.statistics import CONFIDENCE, Summary, rank, summarise
+from multitask.comparison.statistics import CONFIDENCE, Summary, paired, rank, summarise
 from multitask.gate import primary_metric
 
 METRIC_TITLES = {"mae": "MAE", "rmse": "RMSE", "macro_f1": "macro-F1", "auroc": "AUROC",
@@ -102,6 +103,8 @@ def summary(spec: Spec, measured: dict[str, Sequence[Measured]], *, pipeline: st
     rows = [{**_row(by_label[label], measured[label], metrics, delta_m[label]),
              "rank": position, "tied": tied}
             for position, (label, tied) in enumerate(rank(delta_m), 1)]
+    for row, difference in zip(rows, paired_to_best(rows), strict=True):
+        row["paired_to_best"] = difference
     shared = all(row["baselines"] == rows[0]["baselines"] for row in rows)
     return {
         "name": spec.name,
@@ -117,6 +120,19 @@ def summary(spec: Spec, measured: dict[str, Sequence[Measured]], *, pipeline: st
         # regularisation), else null: each row's own are in the row
         "baselines": rows[0]["baselines"] if shared else None,
     }
+
+
+def paired_to_best(rows: Sequence[dict[str, Any]], confidence: float = CONFIDENCE
+                   ) -> list[dict[str, Any] | None]:
+    """Each row's Δm% minus the best row's (``rows`` best first) seed by seed, with its t
+    interval (:func:`.statistics.paired`); None for the best row and for a row not measured on
+    the best row's seeds. Read from the rows' per-seed Δm%, so a comparison.json written before
+    this field has it too."""
+    best = rows[0]
+    return [None if index == 0 or row.get("seeds") != best.get("seeds") else
+            paired(row[keys.DELTA_M]["per_seed"], best[keys.DELTA_M]["per_seed"],
+                   confidence).as_dict()
+            for index, row in enumerate(rows)]
 
 
 # ------------------------------------------------------------------------------------ table
@@ -148,7 +164,7 @@ def _accuracy_cell(per_task: dict[str, dict[str, Any]], metrics: dict[str, str])
 def _baseline_row(title: str, baselines: dict[str, dict[str, Any]], tasks: Sequence[str],
                   metrics: dict[str, str], references: int = 0) -> str:
     return (f"| | {title} | | " + " | ".join(_cell(baselines[t]) for t in tasks)
-            + f" | {_accuracy_cell(baselines, metrics)} | 0 (reference) | |"
+            + f" | {_accuracy_cell(baselines, metrics)} | 0 (reference) | | |"
             + " |" * references)
 
 
@@ -241,20 +257,25 @@ def markdown(result: dict[str, Any]) -> str:
         + _read_back(result) + (f" with {common}" if common else "")
         + f", seeds {seeds}: mean ± sample standard deviation over seeds; Δm% (each seed "
         f"against that seed's single-task baselines) with its {percent}% t interval; *tied*: "
-        f"the interval overlaps the best row's{against}." + _threads_note(result),
+        f"the interval overlaps the best row's; *paired*: the row's Δm% minus the best row's, "
+        f"seed by seed, with its {percent}% t interval (what a seed does to every row alike "
+        "cancels: an interval wholly below 0 shows the row worse than the best on these seeds)"
+        f"{against}." + _threads_note(result),
         "",
         "| rank | row | overrides | " + " | ".join(column_title(t, metrics[t]) for t in tasks)
-        + f" | mean accuracy | Δm% [{percent}% interval] | |"
+        + f" | mean accuracy | Δm% [{percent}% interval] | | paired − best |"
         + "".join(f" Δm% vs `{name}` |" for name in references),
-        "|---|---|---|" + "---|" * (len(tasks) + 3 + len(references)),
+        "|---|---|---|" + "---|" * (len(tasks) + 4 + len(references)),
     ]
-    for row in result["rows"]:
+    differences = paired_to_best(result["rows"], result["confidence"])
+    for row, difference in zip(result["rows"], differences, strict=True):
         overrides = ", ".join(f"`{k}={v}`" for k, v in row["overrides"].items())
         mark = "best" if row["rank"] == 1 else ("tied" if row["tied"] else "")
         lines.append(f"| {row['rank']} | `{row['label']}` | {overrides} | "
                      + " | ".join(_cell(row[keys.TASKS][t]) for t in tasks)
                      + f" | {_cell(row[keys.MEAN_ACCURACY]) if row[keys.MEAN_ACCURACY] else '—'}"
                      f" | {_delta_m_cell(row[keys.DELTA_M])} | {mark} |"
+                     f" {_delta_m_cell(difference) if difference else '—'} |"
                      + "".join(f" {_delta_m_cell(row['against'][name])} |"
                                if name in (row.get("against") or {}) else " — |"
                                for name in references))

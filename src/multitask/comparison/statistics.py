@@ -9,6 +9,13 @@ Overlapping intervals are a conservative test (two means can differ significantl
 intervals touch), which is the right side to err on before calling one method better.
 With one seed there is no spread: s and the interval are None and a row ties only with an
 equal mean.
+
+The rows of a comparison share their seeds, and a seed can move every row alike (one draw of
+the initial weights and batches suits every method better than another), which widens each
+row's interval without telling rows apart. The *paired* difference (:func:`paired`) takes it
+out: d_i = x_i − b_i per seed against the best row b, with the t interval of d̄. An interval of
+d̄ wholly below zero says these seeds show the row worse than the best, even where the two
+rows' own intervals overlap.
 """
 
 from __future__ import annotations
@@ -80,3 +87,14 @@ def rank(delta_m: dict[str, Summary]) -> list[tuple[str, bool]]:
         return []
     best = delta_m[order[0]].interval
     return [(label, overlaps(delta_m[label].interval, best)) for label in order]
+
+
+def paired(values: Sequence[float], reference: Sequence[float],
+           confidence: float = CONFIDENCE) -> Summary:
+    """``values`` minus ``reference`` seed by seed (both in the same seed order), with the t
+    interval of the mean difference (none with one seed)."""
+    if len(values) != len(reference):
+        raise ValueError(f"paired: {len(values)} values against {len(reference)}: the two rows "
+                         "must be measured on the same seeds")
+    return summarise([v - r for v, r in zip(values, reference, strict=True)], interval=True,
+                     confidence=confidence)
