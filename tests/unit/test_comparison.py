@@ -341,7 +341,7 @@ def test_a_reference_that_cannot_serve_is_refused_with_its_reason(change: dict,
 
 
 @pytest.mark.parametrize("tasks", [2, 3])
-def test_the_plot_is_written_with_each_axis_named_after_its_task(
+def test_the_plot_names_each_axis_after_its_task_and_pairs_the_rows_with_the_best(
         tmp_path: Path, tasks: int, monkeypatch: pytest.MonkeyPatch) -> None:
     from matplotlib.figure import Figure
 
@@ -362,6 +362,15 @@ def test_the_plot_is_written_with_each_axis_named_after_its_task(
     named = [axis.get_xlabel() for axis in figure.axes] + [figure.axes[0].get_ylabel()]
     for task in result["tasks"]:
         assert any(label.endswith(f"task {task}") for label in named), (task, named)
+    # the last panel: equal's Δm% minus pcgrad's, paired by seed, pcgrad itself at 0
+    last = figure.axes[-1]
+    assert last.get_xlabel().startswith("Δm% minus pcgrad's, paired by seed")
+    assert [tick.get_text() for tick in last.get_yticklabels()] == ["pcgrad", "equal"]
+    assert len(figure.axes) == (1 if tasks == 2 else tasks) + 1
+    drawn.clear()
+    result["rows"] = result["rows"][:1]  # one row: nothing to pair
+    plot(result, tmp_path / "one.png")
+    assert len(drawn[0].axes) == (1 if tasks == 2 else tasks)
 
 
 # --------------------------------------------------------------------- reading DVC's answers

@@ -1,5 +1,6 @@
 """A comparison's plot: each row's per-task primary test metric, mean ± std over seeds, beside
-the single-task baselines (two tasks: one against the other, the Pareto view)."""
+the single-task baselines (two tasks: one against the other, the Pareto view), and each row's
+Δm% minus the best row's, paired seed by seed, with its interval."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from multitask import keys
-from multitask.comparison.report import METRIC_TITLES, task_metrics
+from multitask.comparison.report import METRIC_TITLES, paired_to_best, task_metrics
 
 __all__ = ["plot"]
 
@@ -15,7 +16,9 @@ __all__ = ["plot"]
 def plot(result: dict[str, Any], path: Any) -> None:
     """Per-task primary test metric (accuracy; MAE for a regression task) of each row, mean ±
     std over seeds (per-seed values faint); two tasks: one against the other (the Pareto view),
-    else one panel per task. The single-task baselines are marked."""
+    else one panel per task. The single-task baselines are marked. With several rows measured on
+    the best row's seeds, a last panel shows each one's Δm% minus the best row's, paired seed by
+    seed (:func:`.report.paired_to_best`), with its interval and a line at 0."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,14 +31,20 @@ def plot(result: dict[str, Any], path: Any) -> None:
     labels = {task: f"test {METRIC_TITLES.get(m, m)}, task {task}" for task, m in metrics.items()}
     baselines = ([("single-task baselines", result["baselines"])] if result["baselines"]
                  else [(f"baselines of {r['label']}", r["baselines"]) for r in rows])
+    differences = paired_to_best(rows, result["confidence"])
+    paired = any(differences)
     if len(tasks) == 2:
-        fig, axis = plt.subplots(figsize=(6.5, 5.5))
-        _pareto(axis, tasks, rows, baselines, labels)
-    else:
-        fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 0.5 * len(rows) + 2),
+        fig, axes = plt.subplots(1, 1 + paired, figsize=(6.5 + 5.5 * paired, 5.5),
                                  squeeze=False)
-        for axis, task in zip(axes[0], tasks, strict=True):
+        _pareto(axes[0][0], tasks, rows, baselines, labels)
+    else:
+        fig, axes = plt.subplots(1, len(tasks) + paired,
+                                 figsize=(4.5 * (len(tasks) + paired), 0.5 * len(rows) + 2),
+                                 squeeze=False)
+        for axis, task in zip(axes[0], tasks, strict=False):
             _panel(axis, task, rows, baselines, labels[task])
+    if paired:
+        _paired(axes[0][-1], rows, differences, round(result["confidence"] * 100))
     shown = " and ".join(dict.fromkeys(METRIC_TITLES.get(m, m) for m in metrics.values()))
     fig.suptitle(f"multitask compare {result['name']}: test {shown}, mean ± std over "
                  f"seeds {', '.join(map(str, result['seeds']))}", fontsize=10)
@@ -84,3 +93,28 @@ def _panel(axis: Any, task: str, rows: Sequence[dict[str, Any]],
     axis.locator_params(axis="x", nbins=5)
     axis.grid(axis="x", alpha=0.3)
     axis.legend(fontsize=8)
+
+
+def _paired(axis: Any, rows: Sequence[dict[str, Any]],
+            differences: Sequence[dict[str, Any] | None], percent: int) -> None:
+    """Each row's Δm% minus the best row's, seed by seed: the mean with its interval (per-seed
+    differences faint), the best row at 0; rows on other seeds are left out."""
+    shown = [(row["label"], difference) for index, (row, difference) in enumerate(
+        zip(rows, differences, strict=True)) if index == 0 or difference]
+    for position, (_, difference) in enumerate(shown):
+        if difference is None:  # the best row itself
+            axis.plot(0.0, position, "D", color="black")
+            continue
+        low, high = difference.get("ci_low"), difference.get("ci_high")
+        error = None if low is None else [[difference["mean"] - low], [high - difference["mean"]]]
+        below = high is not None and high < 0
+        axis.errorbar(difference["mean"], position, xerr=error, fmt="o", capsize=3,
+                      color="tab:red" if below else "tab:blue")
+        axis.scatter(difference["per_seed"], [position] * len(difference["per_seed"]), s=10,
+                     alpha=0.35, color="gray")
+    axis.axvline(0.0, color="black", linewidth=1)
+    axis.set_yticks(list(range(len(shown))), [label for label, _ in shown])
+    axis.invert_yaxis()
+    axis.set_xlabel(f"Δm% minus {shown[0][0]}'s, paired by seed\n({percent}% interval;"
+                    " red: below 0)")
+    axis.grid(axis="x", alpha=0.3)
