@@ -217,6 +217,11 @@ def test_the_table_shows_mean_std_interval_ties_and_baselines() -> None:
     assert rows[1].endswith("| tied | -2.81 [-6.69, +1.08] |")
     assert rows[2] == ("| | single-task baselines | | 0.8100 ± 0.0141 | 0.7900 ± 0.0141 | "
                        "0.8000 ± 0.0000 | 0 (reference) | | |")
+    alone = _result()
+    alone["rows"] = alone["rows"][:1]  # one row: nothing to pair, no such column or caption
+    lines = markdown(alone).splitlines()
+    assert "paired" not in lines[0] and lines[2].endswith("| Δm% [95% interval] | |")
+    assert lines[4].endswith("| best |") and lines[5].endswith("| 0 (reference) | |")
 
 
 def test_the_paired_difference_to_the_best_separates_rows_the_overlap_calls_tied() -> None:

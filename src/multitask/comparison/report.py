@@ -162,10 +162,11 @@ def _accuracy_cell(per_task: dict[str, dict[str, Any]], metrics: dict[str, str])
 
 
 def _baseline_row(title: str, baselines: dict[str, dict[str, Any]], tasks: Sequence[str],
-                  metrics: dict[str, str], references: int = 0) -> str:
+                  metrics: dict[str, str], empty: int = 0) -> str:
+    """The baselines' row, ``empty`` cells left blank after the mark column."""
     return (f"| | {title} | | " + " | ".join(_cell(baselines[t]) for t in tasks)
-            + f" | {_accuracy_cell(baselines, metrics)} | 0 (reference) | | |"
-            + " |" * references)
+            + f" | {_accuracy_cell(baselines, metrics)} | 0 (reference) | |"
+            + " |" * empty)
 
 
 def _reference_commits(result: dict[str, Any]) -> dict[str, str | None]:
@@ -239,7 +240,8 @@ def _threads_note(result: dict[str, Any]) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The ranked table with its caption (comparison.md; also the README's)."""
+    """The ranked table with its caption (comparison.md; also the README's); the *paired −
+    best* column only where a row has a paired difference (several rows on the same seeds)."""
     tasks = result[keys.TASKS]
     metrics = task_metrics(result)
     seeds = ", ".join(str(s) for s in result["seeds"])
@@ -251,23 +253,25 @@ def markdown(result: dict[str, Any]) -> str:
         + (f" (commit `{commit[:7]}`)" if commit else "")
         + ", seed by seed, a reference that stays put while the rows change" * (i == 0)
         for i, (name, commit) in enumerate(references.items()))
+    differences = paired_to_best(result["rows"], result["confidence"])
+    pairs = any(difference is not None for difference in differences)
     lines = [
         f"`multitask compare {result['name']}` on `{result['pipeline']}`"
         + (f" at commit `{result['commit'][:7]}`" if result.get("commit") else "")
         + _read_back(result) + (f" with {common}" if common else "")
         + f", seeds {seeds}: mean ± sample standard deviation over seeds; Δm% (each seed "
         f"against that seed's single-task baselines) with its {percent}% t interval; *tied*: "
-        f"the interval overlaps the best row's; *paired*: the row's Δm% minus the best row's, "
-        f"seed by seed, with its {percent}% t interval (what a seed does to every row alike "
-        "cancels: an interval wholly below 0 shows the row worse than the best on these seeds)"
-        f"{against}." + _threads_note(result),
+        "the interval overlaps the best row's"
+        + (f"; *paired*: the row's Δm% minus the best row's, seed by seed, with its {percent}% "
+           "t interval (what a seed does to every row alike cancels: an interval wholly below "
+           "0 shows the row worse than the best on these seeds)" if pairs else "")
+        + f"{against}." + _threads_note(result),
         "",
         "| rank | row | overrides | " + " | ".join(column_title(t, metrics[t]) for t in tasks)
-        + f" | mean accuracy | Δm% [{percent}% interval] | | paired − best |"
+        + f" | mean accuracy | Δm% [{percent}% interval] | |" + " paired − best |" * pairs
         + "".join(f" Δm% vs `{name}` |" for name in references),
-        "|---|---|---|" + "---|" * (len(tasks) + 4 + len(references)),
+        "|---|---|---|" + "---|" * (len(tasks) + 3 + pairs + len(references)),
     ]
-    differences = paired_to_best(result["rows"], result["confidence"])
     for row, difference in zip(result["rows"], differences, strict=True):
         overrides = ", ".join(f"`{k}={v}`" for k, v in row["overrides"].items())
         mark = "best" if row["rank"] == 1 else ("tied" if row["tied"] else "")
@@ -275,14 +279,14 @@ def markdown(result: dict[str, Any]) -> str:
                      + " | ".join(_cell(row[keys.TASKS][t]) for t in tasks)
                      + f" | {_cell(row[keys.MEAN_ACCURACY]) if row[keys.MEAN_ACCURACY] else '—'}"
                      f" | {_delta_m_cell(row[keys.DELTA_M])} | {mark} |"
-                     f" {_delta_m_cell(difference) if difference else '—'} |"
+                     + (f" {_delta_m_cell(difference) if difference else '—'} |" if pairs else "")
                      + "".join(f" {_delta_m_cell(row['against'][name])} |"
                                if name in (row.get("against") or {}) else " — |"
                                for name in references))
     if result["baselines"] is not None:
         lines.append(_baseline_row("single-task baselines", result["baselines"], tasks,
-                                   metrics, len(references)))
+                                   metrics, pairs + len(references)))
     else:
         lines += [_baseline_row(f"baselines of `{row['label']}`", row["baselines"], tasks,
-                                metrics, len(references)) for row in result["rows"]]
+                                metrics, pairs + len(references)) for row in result["rows"]]
     return "\n".join(lines) + "\n"
