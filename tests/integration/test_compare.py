@@ -126,6 +126,11 @@ def test_runs_are_nested_under_one_parent_with_the_tags(compared: Compared) -> N
     logged = {item.path for item in client.list_artifacts(parent.info.run_id)}
     assert {"comparison.json", "comparison.md", "comparison.png"} <= logged
     assert f"{ROWS[0]}/delta_m_pct/mean" in parent.data.metrics
+    best, other = (row["label"] for row in compared.result()["rows"])  # two rows, best first
+    paired = compared.result()["rows"][1]["paired_to_best"]
+    assert parent.data.metrics[f"{other}/delta_m_pct_minus_best/mean"] == pytest.approx(
+        paired["mean"])
+    assert f"{best}/delta_m_pct_minus_best/mean" not in parent.data.metrics
 
 
 def test_the_workspace_is_left_as_it_was(compared: Compared) -> None:
