@@ -463,3 +463,47 @@ def test_the_opening_counts_methods_and_architectures_as_the_registries_do() -> 
     methods = [name for name in weighting_methods() if name != "tuned"]  # tuned: static's
     assert (f"**{len(methods)} task-weighting methods** and **{len(architectures())} "
             "architectures**") in _readme()
+
+
+
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+                "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen")
+
+
+def test_the_weighting_figures_are_the_methods_comparisons_paired_by_seed() -> None:
+    """The opening's and `methods-paired`'s claims about the sixteen three-seed weighting rows
+    (reports/comparisons/methods and methods-more, which share their baselines seed by seed)."""
+    from multitask.comparison.statistics import paired
+
+    rows = {**_comparison("methods"), **_comparison("methods-more")}
+    baselines = rows["equal"]["baselines"]
+    assert all(row["baselines"] == baselines for row in rows.values())
+    # every row above the single-task networks on both tasks, on every seed
+    for label, row in rows.items():
+        for task in ("left", "right"):
+            for ours, theirs in zip(row["tasks"][task]["per_seed"],
+                                    baselines[task]["per_seed"], strict=True):
+                assert ours > theirs, (label, task, ours, theirs)
+    best = rows["dbmtl"]["delta_m_pct"]["per_seed"]
+    others = {label: row["delta_m_pct"]["per_seed"] for label, row in rows.items()
+              if label != "dbmtl"}
+    for label, values in others.items():  # DB-MTL above every other row on every seed
+        assert all(value < top for value, top in zip(values, best, strict=True)), label
+    differences = {label: paired(values, best) for label, values in others.items()}
+    below = [d for d in differences.values() if d.high < 0]
+    rest = [d for d in differences.values() if d.high >= 0]
+    means = [row["delta_m_pct"]["mean"] for row in rows.values()]
+    expected = [
+        f"the {NUMBER_WORDS[len(rows)]} mean Δm% within {max(means) - min(means):.2f} points of "
+        "each other",
+        f"{NUMBER_WORDS[len(below)]} of the {NUMBER_WORDS[len(others)]} intervals lie wholly "
+        f"below zero, and none of the {NUMBER_WORDS[len(rest)]} others reaches above +0.25",
+    ]
+    assert max(d.high for d in rest) <= 0.25
+    names = {"upgrad": "UPGrad", "alignedmtl": "Aligned-MTL", "pcgrad": "PCGrad",
+             "equal": "equal weights", "famo": "FAMO", "tuned": "`tuned`", "graddrop": "GradDrop"}
+    expected += [f"{name} {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]"
+                 for label, name in names.items() for d in [differences[label]]]
+    readme = _plain()
+    for words in expected:
+        assert words.replace("−", "-") in readme, f"README.md: expected {words!r}"
