@@ -645,6 +645,47 @@ def test_ctrl_c_still_ends_as_an_interruption_when_the_queue_cannot_be_read(
     assert "may go on in DVC's queue" in caplog.messages[-1]
 
 
+class _RewritingParams(Dvc):
+    """A Dvc whose `dvc exp run --queue` is stopped by Ctrl-C after writing the experiment's
+    params into the workspace's params file and staging it, as DVC does mid-queue."""
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        if args[:2] == ("exp", "run"):
+            (self.root / "params.yaml").write_text("train:\n  weighting: dwa\n")
+            subprocess.run(["git", "add", "params.yaml"], cwd=self.root, check=True)
+            raise KeyboardInterrupt
+        return subprocess.CompletedProcess(args, 0, "Task  Name  Created  Status\n\n"
+                                           "Worker status: 0 active, 0 idle\n", "")
+
+
+def test_ctrl_c_while_queueing_puts_the_params_dvc_was_rewriting_back(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from multitask.comparison import _run
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True,
+                              text=True).stdout
+
+    git("init", "-q")
+    (tmp_path / "params.yaml").write_text("train:\n  weighting: equal  # kept as written\n")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "pipeline")
+    base = git("rev-parse", "HEAD").strip()
+    (tmp_path / "notes.txt").write_text("an uncommitted file that is not an input\n")
+    spec = Spec("cmp", expand_rows([["train.weighting", "dwa"]]), seeds=(0,))
+    (row,) = spec.rows
+    dvc = _RewritingParams(tmp_path, env={"MULTITASK_THREADS": "1"})
+    with pytest.raises(KeyboardInterrupt):
+        _run(dvc, Pipeline(tmp_path, Path("dvc.yaml")), spec, [(row, 0, "cmp-dwa-s0")], [],
+             jobs=1, base=base, inputs=["dvc.yaml", "params.yaml"])
+    assert (tmp_path / "params.yaml").read_text() == (
+        "train:\n  weighting: equal  # kept as written\n")
+    assert git("status", "--porcelain") == "?? notes.txt\n"  # nothing staged, notes untouched
+    assert (f"put back params.yaml as commit {base[:7]} has them: Ctrl-C stopped DVC while it "
+            "was writing an experiment's params into the workspace") in caplog.messages
+
+
 @pytest.mark.parametrize("folder", [".", "sample", "examples/fashion-manifest"])
 def test_a_queued_stage_imports_its_copys_package_not_the_workspaces(tmp_path: Path,
                                                                       folder: str) -> None:

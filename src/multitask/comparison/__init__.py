@@ -53,6 +53,7 @@ from multitask.comparison.records import (
     pipeline_inputs,
     recorded,
     resolve_commit,
+    restore_inputs,
 )
 from multitask.comparison.references import add_references, read_references
 from multitask.comparison.report import Measured, summary, threads_of
@@ -124,8 +125,10 @@ def _plan(spec: Spec, pipeline: Pipeline, raw: dict[str, Any], present: list[Exp
 
 
 def _run(dvc: Dvc, pipeline: Pipeline, spec: Spec, to_queue: list[tuple[Row, int, str]],
-         pending: list[str], jobs: int) -> None:
-    """Queue the missing experiments, start the workers and wait for ours to finish."""
+         pending: list[str], jobs: int, base: str, inputs: list[str]) -> None:
+    """Queue the missing experiments, start the workers and wait for ours to finish. Ctrl-C
+    while queueing puts the pipeline's ``inputs`` back as commit ``base`` has them
+    (:func:`.records.restore_inputs`)."""
     before = idle_workers_gone(dvc)
     if before.active + before.idle:
         log.warning("%d DVC queue workers from an earlier start are still alive: any of our "
@@ -135,8 +138,15 @@ def _run(dvc: Dvc, pipeline: Pipeline, spec: Spec, to_queue: list[tuple[Row, int
         log.info("queueing %d experiments: DVC stashes and restores the workspace's uncommitted "
                  "changes for each, so leave its files alone until 'running' shows (an edit "
                  "made meanwhile can be lost)", len(to_queue))
-    queue_all(dvc, pipeline, [(name, spec.overrides(row, seed)) for row, seed, name in to_queue],
-              pending)
+    try:
+        queue_all(dvc, pipeline,
+                  [(name, spec.overrides(row, seed)) for row, seed, name in to_queue], pending)
+    except KeyboardInterrupt:
+        if restored := restore_inputs(pipeline.root, base, inputs):
+            log.warning("put back %s as commit %s has them: Ctrl-C stopped DVC while it was "
+                        "writing an experiment's params into the workspace",
+                        ", ".join(restored), base[:7])
+        raise
     names = {name for *_, name in to_queue} | set(pending)
     watched = {task: name for task, (name, state) in queue_status(dvc).tasks.items()
                if name in names and (task not in before.tasks or state in (QUEUED, RUNNING))}
@@ -249,7 +259,7 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
         log.info("--collect-only: reading back %d experiments", len(spec.experiments()))
     elif to_queue or pending:
         parent_run(spec.name, first)  # before the experiments, which may share a new store
-        _run(dvc, pipeline, spec, to_queue, pending, jobs)
+        _run(dvc, pipeline, spec, to_queue, pending, jobs, base, inputs)
         present = _alike(dvc, pipeline, base, alike)  # with those that ran meanwhile
     else:
         log.info("all %d experiments already ran: reading them back", len(spec.experiments()))

@@ -43,6 +43,7 @@ __all__ = [
     "pipeline_inputs",
     "recorded",
     "resolve_commit",
+    "restore_inputs",
     "unchanged_since",
     "uncommitted",
 ]
@@ -93,6 +94,22 @@ def uncommitted(root: Path, commit: str, paths: list[str]) -> list[str]:
     edited = _git(root, "diff", "--name-only", commit, "--", *paths).stdout.split()
     untracked = _git(root, "ls-files", "--others", "--exclude-standard", "--", *paths)
     return sorted({*edited, *untracked.stdout.split()})
+
+
+def restore_inputs(root: Path, commit: str, paths: list[str]) -> list[str]:
+    """Put back, as ``commit`` has them (working tree and index), the ``paths`` that now
+    differ from it, and return them. For Ctrl-C while `dvc exp run --queue` is writing an
+    experiment's params into the workspace: DVC stops there and leaves the params file
+    rewritten (and staged). Queueing starts only when the pipeline's inputs have no
+    uncommitted change (:func:`measures_commit`), so the commit's version is what the
+    workspace held."""
+    changed = [path for path in uncommitted(root, commit, paths)
+               if _git(root, "cat-file", "-e", f"{commit}:{path}").returncode == 0]
+    if changed and (done := _git(root, "checkout", commit, "--", *changed)).returncode != 0:
+        raise RuntimeError(f"could not put back {', '.join(changed)} as commit {commit[:7]} "
+                           f"has them ({done.stderr.strip()}): `git checkout {commit[:7]} -- "
+                           f"{' '.join(changed)}` does it")
+    return changed
 
 
 def resolve_commit(root: Path, rev: str) -> str | None:
