@@ -504,6 +504,14 @@ def test_the_weighting_figures_are_the_methods_comparisons_paired_by_seed() -> N
              "equal": "equal weights", "famo": "FAMO", "tuned": "`tuned`", "graddrop": "GradDrop"}
     expected += [f"{name} {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]"
                  for label, name in names.items() for d in [differences[label]]]
+    full = next(iter(_comparison("dbmtl-full").values()))  # the gradient half as well
+    assert full["baselines"] == baselines
+    expected += [_listed([f"{v:+.2f}" for v in full["delta_m_pct"]["per_seed"]]) + ", mean "
+                 + _interval(full["delta_m_pct"])]
+    expected += [f"{_interval(paired(full['delta_m_pct']['per_seed'], values).as_dict())} "
+                 f"against {against}" for values, against in (
+                     (best, "log losses alone"), (rows["equal"]["delta_m_pct"]["per_seed"],
+                                                 "equal weights"))]
     readme = _plain()
     for words in expected:
         assert words.replace("−", "-") in readme, f"README.md: expected {words!r}"
