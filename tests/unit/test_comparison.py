@@ -646,11 +646,13 @@ def test_ctrl_c_still_ends_as_an_interruption_when_the_queue_cannot_be_read(
 
 
 class _RewritingParams(Dvc):
-    """A Dvc whose `dvc exp run --queue` is stopped by Ctrl-C after writing the experiment's
-    params into the workspace's params file and staging it, as DVC does mid-queue."""
+    """A Dvc whose `dvc exp run --queue` is stopped by Ctrl-C with the commit checked out
+    detached and the experiment's params written into the workspace's params file and staged,
+    as DVC leaves them mid-queue."""
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         if args[:2] == ("exp", "run"):
+            subprocess.run(["git", "checkout", "-q", "--detach"], cwd=self.root, check=True)
             (self.root / "params.yaml").write_text("train:\n  weighting: dwa\n")
             subprocess.run(["git", "add", "params.yaml"], cwd=self.root, check=True)
             raise KeyboardInterrupt
@@ -658,7 +660,7 @@ class _RewritingParams(Dvc):
                                            "Worker status: 0 active, 0 idle\n", "")
 
 
-def test_ctrl_c_while_queueing_puts_the_params_dvc_was_rewriting_back(
+def test_ctrl_c_while_queueing_puts_the_params_and_the_branch_dvc_had_changed_back(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from multitask.comparison import _run
 
@@ -666,7 +668,7 @@ def test_ctrl_c_while_queueing_puts_the_params_dvc_was_rewriting_back(
         return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True,
                               text=True).stdout
 
-    git("init", "-q")
+    git("init", "-q", "-b", "main")
     (tmp_path / "params.yaml").write_text("train:\n  weighting: equal  # kept as written\n")
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     git("add", "-A")
@@ -682,6 +684,9 @@ def test_ctrl_c_while_queueing_puts_the_params_dvc_was_rewriting_back(
     assert (tmp_path / "params.yaml").read_text() == (
         "train:\n  weighting: equal  # kept as written\n")
     assert git("status", "--porcelain") == "?? notes.txt\n"  # nothing staged, notes untouched
+    assert git("symbolic-ref", "HEAD") == "refs/heads/main\n"  # the next commit goes on main
+    assert (f"checked out main again: Ctrl-C stopped DVC while it had commit {base[:7]} "
+            "checked out detached") in caplog.messages
     assert (f"put back params.yaml as commit {base[:7]} has them: Ctrl-C stopped DVC while it "
             "was writing an experiment's params into the workspace") in caplog.messages
 

@@ -49,8 +49,10 @@ from multitask.comparison.experiments import (
 from multitask.comparison.recording import parent_run, record, write
 from multitask.comparison.records import (
     commits_alike,
+    head_branch,
     measures_commit,
     pipeline_inputs,
+    reattach_head,
     recorded,
     resolve_commit,
     restore_inputs,
@@ -128,7 +130,8 @@ def _run(dvc: Dvc, pipeline: Pipeline, spec: Spec, to_queue: list[tuple[Row, int
          pending: list[str], jobs: int, base: str, inputs: list[str]) -> None:
     """Queue the missing experiments, start the workers and wait for ours to finish. Ctrl-C
     while queueing puts the pipeline's ``inputs`` back as commit ``base`` has them
-    (:func:`.records.restore_inputs`)."""
+    (:func:`.records.restore_inputs`) and checks the branch out again where DVC left HEAD
+    detached (:func:`.records.reattach_head`)."""
     before = idle_workers_gone(dvc)
     if before.active + before.idle:
         log.warning("%d DVC queue workers from an earlier start are still alive: any of our "
@@ -138,6 +141,7 @@ def _run(dvc: Dvc, pipeline: Pipeline, spec: Spec, to_queue: list[tuple[Row, int
         log.info("queueing %d experiments: DVC stashes and restores the workspace's uncommitted "
                  "changes for each, so leave its files alone until 'running' shows (an edit "
                  "made meanwhile can be lost)", len(to_queue))
+    branch = head_branch(pipeline.root)
     try:
         queue_all(dvc, pipeline,
                   [(name, spec.overrides(row, seed)) for row, seed, name in to_queue], pending)
@@ -146,6 +150,9 @@ def _run(dvc: Dvc, pipeline: Pipeline, spec: Spec, to_queue: list[tuple[Row, int
             log.warning("put back %s as commit %s has them: Ctrl-C stopped DVC while it was "
                         "writing an experiment's params into the workspace",
                         ", ".join(restored), base[:7])
+        if reattach_head(pipeline.root, branch, base):
+            log.warning("checked out %s again: Ctrl-C stopped DVC while it had commit %s "
+                        "checked out detached", branch.removeprefix("refs/heads/"), base[:7])
         raise
     names = {name for *_, name in to_queue} | set(pending)
     watched = {task: name for task, (name, state) in queue_status(dvc).tasks.items()

@@ -38,9 +38,11 @@ from multitask.io import read_json
 __all__ = [
     "changed_between",
     "commits_alike",
+    "head_branch",
     "measures_commit",
     "off_commit",
     "pipeline_inputs",
+    "reattach_head",
     "recorded",
     "resolve_commit",
     "restore_inputs",
@@ -110,6 +112,26 @@ def restore_inputs(root: Path, commit: str, paths: list[str]) -> list[str]:
                            f"has them ({done.stderr.strip()}): `git checkout {commit[:7]} -- "
                            f"{' '.join(changed)}` does it")
     return changed
+
+
+def head_branch(root: Path) -> str | None:
+    """The branch checked out (``refs/heads/main``); None on a detached HEAD."""
+    found = _git(root, "symbolic-ref", "-q", "HEAD")
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def reattach_head(root: Path, branch: str | None, commit: str) -> bool:
+    """Check ``branch`` out again where DVC left HEAD detached at ``commit`` (`dvc exp run
+    --queue` checks the commit out and puts the branch back when done; stopped midway it does
+    not, and the next commits would be made on no branch). Only when HEAD and the branch both
+    still point at ``commit``: the working tree stays as it is. Returns whether it did."""
+    if branch is None or head_branch(root) is not None:
+        return False
+    at = [_git(root, "rev-parse", "-q", "--verify", f"{ref}^{{commit}}").stdout.strip()
+          for ref in ("HEAD", branch)]
+    if at != [commit, commit]:
+        return False
+    return _git(root, "symbolic-ref", "HEAD", branch).returncode == 0
 
 
 def resolve_commit(root: Path, rev: str) -> str | None:
