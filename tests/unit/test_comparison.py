@@ -516,6 +516,30 @@ def test_a_running_task_without_a_worker_is_named_with_the_fix() -> None:
     assert dvc.starts == [(len(orphaned) + restarted, "2"), (restarted, "2")]
 
 
+def test_a_running_task_whose_process_runs_is_waited_for_while_no_worker_answers(
+        tmp_path: Path) -> None:
+    """On a loaded machine a busy worker can miss `dvc queue status`'s reply window and count
+    as gone: while the process DVC records for the task runs (and has no exit code), the task
+    is waited for; once that process is gone without one, it is named as before."""
+    watched = {"aaaaaaa": "cmp-s0", "bbbbbbb": "cmp-s1", "ccccccc": "cmp-s2"}
+    run = tmp_path / ".dvc" / "tmp" / "exps" / "run" / ("bbbbbbb" + "0" * 33)
+    run.mkdir(parents=True)
+    record = run / f"{run.name}.json"
+    record.write_text(json.dumps({"pid": os.getpid(), "returncode": None}))
+    unanswered = [_status(["Success", "Running", "Success"], active=0)] * (STALLED_POLLS + 2)
+    dvc = _Queue([*unanswered, _status(["Success", "Success", "Success"], active=0)])
+    dvc.root = tmp_path
+    wait(dvc, watched, jobs=1, poll_s=0.0)
+    assert dvc.polls == []  # waited to the end, no error
+    gone = subprocess.Popen(["true"])  # a pid that has exited
+    gone.wait()
+    record.write_text(json.dumps({"pid": gone.pid, "returncode": None}))
+    dvc = _Queue([_status(["Success", "Running", "Success"], active=0)] * STALLED_POLLS)
+    dvc.root = tmp_path
+    with pytest.raises(RuntimeError, match=r"experiment cmp-s1 \(task bbbbbbb\) is marked Running"):
+        wait(dvc, watched, jobs=1, poll_s=0.0)
+
+
 def test_a_task_marked_running_after_its_worker_left_does_not_stop_the_rest() -> None:
     """DVC can mark a task Success well after its worker exits: the worker that left with
     tasks still queued is started again, and the late task is waited for."""

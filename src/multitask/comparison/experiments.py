@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from multitask.layout import Layout
+from multitask.processes import alive
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,22 @@ def queue_status(dvc: Dvc) -> QueueStatus:
     return QueueStatus(found, *(map(int, workers.groups()) if workers else (0, 0)))
 
 
+def task_process_runs(root: Path, task: str) -> bool:
+    """Whether the process DVC started for queue task ``task`` (the id `dvc queue status`
+    shows, the start of the experiment's stash revision) still runs without having reported
+    its exit: DVC records ``pid`` and ``returncode`` in
+    ``.dvc/tmp/exps/run/<revision>/<revision>.json``. False without such a record."""
+    for folder in (root / ".dvc" / "tmp" / "exps" / "run").glob(f"{task}*"):
+        try:
+            record = json.loads((folder / f"{folder.name}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        pid = record.get("pid") if isinstance(record, dict) else None
+        if isinstance(pid, int) and record.get("returncode") is None and alive(pid, None):
+            return True
+    return False
+
+
 def idle_workers_gone(dvc: Dvc, timeout_s: float = IDLE_WORKER_EXIT_S) -> QueueStatus:
     """Stop idle queue workers and wait for them to exit: a worker takes any task queued while
     it lives and runs it with the environment it started with, not the one given to the next
@@ -225,12 +242,15 @@ def wait(dvc: Dvc, watched: dict[str, str], jobs: int,
     again (it starts only the worker numbers that are not alive).
 
     A killed worker also leaves its task marked Running for good: no worker takes it again and
-    DVC never marks it failed. A running task always has an active worker, so a task of ours
-    that is Running while no worker is active for :data:`STALLED_POLLS` polls in a row (not
-    one: a worker takes a few seconds to register) raises, naming the `dvc queue kill` that
-    marks it failed so that the next run queues it again; but only once none of ours waits
-    in the queue: until then the workers started again run those (and DVC sometimes marks a
-    task Success only well after its worker has left). Ctrl-C warns which go on."""
+    DVC never marks it failed. A running task has an active worker, so a task of ours that is
+    Running while no worker is active for :data:`STALLED_POLLS` polls in a row (not one: a
+    worker takes a few seconds to register) and whose process is gone
+    (:func:`task_process_runs`: on a loaded machine a busy worker can miss the status query's
+    one-second reply window, and one experiment was called orphaned while it ran) raises,
+    naming the `dvc queue kill` that marks it failed so that the next run queues it again; but
+    only once none of ours waits in the queue: until then the workers started again run those
+    (and DVC sometimes marks a task Success only well after its worker has left). Ctrl-C warns
+    which go on."""
     try:
         _wait(dvc, watched, jobs, on_done, poll_s)
     except KeyboardInterrupt:
@@ -278,9 +298,11 @@ def _wait(dvc: Dvc, watched: dict[str, str], jobs: int, on_done: Callable[[int],
             break
         running = {task: name for task, name in watched.items() if states[task][1] == RUNNING}
         queued = sum(states[task][1] == QUEUED for task in watched)
-        orphaned = orphaned + 1 if running and not status.active else 0
+        suspects = ({task: name for task, name in running.items()
+                     if not task_process_runs(dvc.root, task)} if not status.active else {})
+        orphaned = orphaned + 1 if suspects else 0
         if orphaned >= STALLED_POLLS and not queued:
-            raise RuntimeError(_orphaned(running))
+            raise RuntimeError(_orphaned(suspects))
         # the busy workers and one per waiting task (a task left Running by a worker gone
         # needs none: no worker takes it)
         wanted = min(jobs, status.active + queued)
