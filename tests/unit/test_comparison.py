@@ -686,7 +686,7 @@ class _RewritingParams(Dvc):
 
 def test_ctrl_c_while_queueing_puts_the_params_and_the_branch_dvc_had_changed_back(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from multitask.comparison import _run
+    from multitask.comparison import run_queued
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True,
@@ -703,7 +703,7 @@ def test_ctrl_c_while_queueing_puts_the_params_and_the_branch_dvc_had_changed_ba
     (row,) = spec.rows
     dvc = _RewritingParams(tmp_path, env={"MULTITASK_THREADS": "1"})
     with pytest.raises(KeyboardInterrupt):
-        _run(dvc, Pipeline(tmp_path, Path("dvc.yaml")), spec, [(row, 0, "cmp-dwa-s0")], [],
+        run_queued(dvc, Pipeline(tmp_path, Path("dvc.yaml")), spec, [(row, 0, "cmp-dwa-s0")], [],
              jobs=1, base=base, inputs=["dvc.yaml", "params.yaml"])
     assert (tmp_path / "params.yaml").read_text() == (
         "train:\n  weighting: equal  # kept as written\n")

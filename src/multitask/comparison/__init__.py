@@ -126,7 +126,7 @@ def _plan(spec: Spec, pipeline: Pipeline, raw: dict[str, Any], present: list[Exp
     return to_queue, pending
 
 
-def _run(dvc: Dvc, pipeline: Pipeline, spec: Spec, to_queue: list[tuple[Row, int, str]],
+def run_queued(dvc: Dvc, pipeline: Pipeline, spec: Spec, to_queue: list[tuple[Row, int, str]],
          pending: list[str], jobs: int, base: str, inputs: list[str]) -> None:
     """Queue the missing experiments, start the workers and wait for ours to finish. Ctrl-C
     while queueing puts the pipeline's ``inputs`` back as commit ``base`` has them
@@ -266,7 +266,7 @@ def compare(spec: Spec, pipeline_file: str | Path = "dvc.yaml", *, jobs: int = 1
         log.info("--collect-only: reading back %d experiments", len(spec.experiments()))
     elif to_queue or pending:
         parent_run(spec.name, first)  # before the experiments, which may share a new store
-        _run(dvc, pipeline, spec, to_queue, pending, jobs, base, inputs)
+        run_queued(dvc, pipeline, spec, to_queue, pending, jobs, base, inputs)
         present = _alike(dvc, pipeline, base, alike)  # with those that ran meanwhile
     else:
         log.info("all %d experiments already ran: reading them back", len(spec.experiments()))
