@@ -218,12 +218,10 @@ def idle_workers_gone(dvc: Dvc, timeout_s: float = IDLE_WORKER_EXIT_S) -> QueueS
     lets a worker finish its running task first) asks them to leave once, when none is busy.
     Busy workers are neither stopped nor waited for."""
     status = queue_status(dvc)
+    if status.idle and not status.active:
+        dvc("queue", "stop")
     deadline = time.monotonic() + timeout_s
-    stopped = False
     while status.idle and not status.active and time.monotonic() < deadline:
-        if not stopped:
-            dvc("queue", "stop")
-            stopped = True
         time.sleep(1.0)
         status = queue_status(dvc)
     return status

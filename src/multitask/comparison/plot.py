@@ -32,7 +32,7 @@ def plot(result: dict[str, Any], path: Any) -> None:
     baselines = ([("single-task baselines", result["baselines"])] if result["baselines"]
                  else [(f"baselines of {r['label']}", r["baselines"]) for r in rows])
     differences = paired_to_best(rows, result["confidence"])
-    paired = any(differences)
+    paired = any(difference is not None for difference in differences)
     if len(tasks) == 2:
         fig, axes = plt.subplots(1, 1 + paired, figsize=(6.5 + 5.5 * paired, 5.5),
                                  squeeze=False)

@@ -127,9 +127,7 @@ def reattach_head(root: Path, branch: str | None, commit: str) -> bool:
     still point at ``commit``: the working tree stays as it is. Returns whether it did."""
     if branch is None or head_branch(root) is not None:
         return False
-    at = [_git(root, "rev-parse", "-q", "--verify", f"{ref}^{{commit}}").stdout.strip()
-          for ref in ("HEAD", branch)]
-    if at != [commit, commit]:
+    if [resolve_commit(root, ref) for ref in ("HEAD", branch)] != [commit, commit]:
         return False
     return _git(root, "symbolic-ref", "HEAD", branch).returncode == 0
 
