@@ -20,6 +20,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,14 +147,28 @@ def test_the_schedule_tables_are_the_short_and_fast_comparisons() -> None:
 
 
 def test_the_opening_figures_are_the_default_and_long_profile_comparisons() -> None:
-    default, long = _comparison("fast")["e7"], _comparison("long-linear")["w1.4-shift2-e50"]
+    """The opening's default (DB-MTL, five seeds: `default-weighting`), the figures of equal
+    weights, the default before, in "Why this default" (`fast`'s `e7`), and the long profile."""
+    from multitask.comparison.statistics import paired
+
+    rows = _comparison("default-weighting")
+    default, equal = rows["dbmtl"], rows["equal"]
+    before, long = _comparison("fast")["e7"], _comparison("long-linear")["w1.4-shift2-e50"]
     readme = _plain()
     tasks = default["tasks"]
+    difference = paired(equal["delta_m_pct"]["per_seed"], default["delta_m_pct"]["per_seed"])
     expected = [
-        f"{tasks['left']['mean']:.4f} / {tasks['right']['mean']:.4f} on average, Δm% "
-        f"{default['delta_m_pct']['mean']:+.2f} with a 95% interval of "
-        f"[{default['delta_m_pct']['ci_low']:+.2f}, {default['delta_m_pct']['ci_high']:+.2f}]",
-        f"trained 15 epochs ({_interval(default['against']['epochs'])})",
+        f"each of seeds 0 to 4 after 7 epochs, {tasks['left']['mean']:.4f} / "
+        f"{tasks['right']['mean']:.4f} on average, Δm% {default['delta_m_pct']['mean']:+.2f} "
+        f"with a 95% interval of [{default['delta_m_pct']['ci_low']:+.2f}, "
+        f"{default['delta_m_pct']['ci_high']:+.2f}]",
+        f"(paired, equal weights {difference.mean:+.2f} [{difference.low:+.2f}, "
+        f"{difference.high:+.2f}];",
+        f"the same network gave {before['delta_m_pct']['mean']:+.2f} with a 95% interval of "
+        f"[{before['delta_m_pct']['ci_low']:+.2f}, {before['delta_m_pct']['ci_high']:+.2f}] "
+        "over seeds 0, 1 and 2",
+        f"tied those of 15 epochs ({_interval(before['against']['epochs'])})",
+        f"the 20-epoch ones ({_interval(before['against']['lr'])})",
         f"reaches {_spread(long['tasks']['left'])} / {_spread(long['tasks']['right'])} test "
         "accuracy over seeds 0, 1 and 2",
         f"Δm% {long['delta_m_pct']['mean']:+.2f} with a 95% interval of "
@@ -464,6 +479,47 @@ def test_the_opening_counts_methods_and_architectures_as_the_registries_do() -> 
     assert (f"**{len(methods)} task-weighting methods** and **{len(architectures())} "
             "architectures**") in _readme()
 
+
+
+def test_the_default_weighting_paragraph_is_the_default_weighting_comparison() -> None:
+    """`default-dbmtl`: DB-MTL against equal weights over five seeds, the rule it met (equal
+    weights' paired interval wholly below zero, DB-MTL above on every seed), equal weights'
+    first three seeds equal to `fast`'s `e7`, and `make repro`'s report as DB-MTL's seed 0."""
+    from multitask.comparison.statistics import paired
+
+    rows = _comparison("default-weighting")
+    dbmtl, equal = rows["dbmtl"], rows["equal"]
+    ours, theirs = dbmtl["delta_m_pct"]["per_seed"], equal["delta_m_pct"]["per_seed"]
+    difference = paired(theirs, ours)
+    assert difference.high < 0 and all(b > a for a, b in zip(theirs, ours, strict=True))
+    gaps = [b - a for a, b in zip(theirs, ours, strict=True)]
+    fast = _comparison("fast")["e7"]
+    for task in ("left", "right"):
+        assert equal["tasks"][task]["per_seed"][:3] == fast["tasks"][task]["per_seed"]
+    params = yaml.safe_load(_committed("params.yaml"))
+    assert params["train"]["weighting"] == "dbmtl"
+    metrics = json.loads(_committed("reports/metrics.json"))
+    assert [metrics["tasks"][t]["accuracy"] for t in ("left", "right")] == [
+        dbmtl["tasks"][t]["per_seed"][0] for t in ("left", "right")]
+    assert metrics["delta_m_pct"] == pytest.approx(ours[0], abs=1e-9)
+    expected = [
+        f"gives DB-MTL {_spread(dbmtl['tasks']['left'])} / {_spread(dbmtl['tasks']['right'])}, "
+        f"Δm% {_interval(dbmtl['delta_m_pct'])}, and equal weights "
+        f"{_spread(equal['tasks']['left'])} / {_spread(equal['tasks']['right'])}, "
+        f"{_interval(equal['delta_m_pct'])}",
+        f"by {min(gaps):.2f} to {max(gaps):.2f} points of Δm% ("
+        + ", ".join(f"{v:+.2f}" for v in ours) + " against "
+        + ", ".join(f"{v:+.2f}" for v in theirs) + ")",
+        f"paired, equal weights {difference.mean:+.2f} [{difference.low:+.2f}, "
+        f"{difference.high:+.2f}], wholly below zero",
+        f"its seed 0 to the digit ({metrics['tasks']['left']['accuracy']} / "
+        f"{metrics['tasks']['right']['accuracy']}, Δm% {metrics['delta_m_pct']:+.2f}; with equal "
+        f"weights {fast['tasks']['left']['per_seed'][0]} / "
+        f"{fast['tasks']['right']['per_seed'][0]}, {fast['delta_m_pct']['per_seed'][0]:+.2f})",
+    ]
+    readme = _plain()
+    for words in expected:
+        assert words.replace("−", "-") in readme, f"README.md, default-dbmtl: expected {words!r}"
 
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
