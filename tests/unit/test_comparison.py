@@ -704,7 +704,7 @@ def test_ctrl_c_while_queueing_puts_the_params_and_the_branch_dvc_had_changed_ba
     dvc = _RewritingParams(tmp_path, env={"MULTITASK_THREADS": "1"})
     with pytest.raises(KeyboardInterrupt):
         run_queued(dvc, Pipeline(tmp_path, Path("dvc.yaml")), spec, [(row, 0, "cmp-dwa-s0")], [],
-             jobs=1, base=base, inputs=["dvc.yaml", "params.yaml"])
+                   jobs=1, base=base, inputs=["dvc.yaml", "params.yaml"])
     assert (tmp_path / "params.yaml").read_text() == (
         "train:\n  weighting: equal  # kept as written\n")
     assert git("status", "--porcelain") == "?? notes.txt\n"  # nothing staged, notes untouched

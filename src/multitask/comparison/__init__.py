@@ -127,7 +127,7 @@ def _plan(spec: Spec, pipeline: Pipeline, raw: dict[str, Any], present: list[Exp
 
 
 def run_queued(dvc: Dvc, pipeline: Pipeline, spec: Spec, to_queue: list[tuple[Row, int, str]],
-         pending: list[str], jobs: int, base: str, inputs: list[str]) -> None:
+               pending: list[str], jobs: int, base: str, inputs: list[str]) -> None:
     """Queue the missing experiments, start the workers and wait for ours to finish. Ctrl-C
     while queueing puts the pipeline's ``inputs`` back as commit ``base`` has them
     (:func:`.records.restore_inputs`) and checks the branch out again where DVC left HEAD
